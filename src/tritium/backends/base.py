@@ -1,0 +1,120 @@
+"""The backend API, shaped after Triton's ``TRITONBACKEND_*`` lifecycle.
+
+    Backend.initialize()                      once per backend kind
+      Backend.auto_complete_config(ctx)       fill inputs/outputs/batching from the model file
+      Backend.model_initialize(ctx) -> ModelState          once per model version
+        ModelState.instance_initialize(spec) -> ModelInstanceState   once per instance
+          ModelInstanceState.execute(requests) -> responses  many times, on the instance's worker
+        ModelInstanceState.finalize()
+      ModelState.finalize()
+    Backend.finalize()
+
+A backend sees :class:`~tritium.core.inference.InferenceRequest` objects with
+numpy tensors, never HTTP, gRPC or JSON.  ``execute`` runs on the instance's own
+worker thread, so it may block (frameworks release the GIL while they compute).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from tritium._proto import model_config_pb2 as mc
+from tritium.core.inference import InferenceRequest, InferenceResponse
+
+
+@dataclass(frozen=True, slots=True)
+class ModelContext:
+    """What a backend needs to know to load one version of one model."""
+
+    name: str
+    version: int
+    model_dir: str
+    config: mc.ModelConfig
+    #: Backend settings from ``--backend-config <backend>,<key>=<value>``.
+    backend_config: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def version_dir(self) -> str:
+        return os.path.join(self.model_dir, str(self.version))
+
+    @property
+    def model_path(self) -> str:
+        """The model file (or directory) of this version, per ``default_model_filename``."""
+        return os.path.join(self.version_dir, self.config.default_model_filename)
+
+    def parameter(self, key: str, default: str | None = None) -> str | None:
+        """A ``parameters { key: ... value: { string_value: ... } }`` entry of the config."""
+        if key in self.config.parameters:
+            return self.config.parameters[key].string_value
+        return default
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    """One instance of a model, as ``instance_group`` asks for it."""
+
+    name: str
+    kind: str  # "KIND_CPU", "KIND_GPU" or "KIND_MODEL"
+    device_id: int
+    group: mc.ModelInstanceGroup
+
+
+class ModelInstanceState(ABC):
+    """One executing copy of a model (Triton's model instance)."""
+
+    def __init__(self, spec: InstanceSpec) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResponse]:
+        """Run a batch of requests; one response per request, in order.
+
+        May raise a :class:`~tritium.core.errors.TritiumError`, which fails every
+        request of the batch with that error.
+        """
+
+    def finalize(self) -> None:
+        """Release what the instance holds."""
+
+
+class ModelState(ABC):
+    """State shared by the instances of one model version (config, shared weights)."""
+
+    def __init__(self, ctx: ModelContext) -> None:
+        self.ctx = ctx
+
+    @abstractmethod
+    def instance_initialize(self, spec: InstanceSpec) -> ModelInstanceState:
+        """Create one instance; raise a TritiumError to fail the model's load."""
+
+    def finalize(self) -> None:
+        """Release what the model holds after all its instances are finalized."""
+
+
+class Backend(ABC):
+    """A kind of backend (onnxruntime, pytorch, python, ...); one object per server."""
+
+    name: str = ""
+
+    def initialize(self, backend_config: Mapping[str, str]) -> None:
+        """Called once before the first model of this backend loads."""
+
+    def auto_complete_config(self, ctx: ModelContext) -> None:
+        """Fill missing inputs, outputs, ``max_batch_size`` and batching from the model file.
+
+        Only called when auto-complete is on; changes ``ctx.config`` in place.
+        """
+
+    def default_instance_count(self, kind: str) -> int:
+        """Instances per group when ``count`` is not given (Triton: 2 for ONNX Runtime on CPU)."""
+        return 1
+
+    @abstractmethod
+    def model_initialize(self, ctx: ModelContext) -> ModelState:
+        """Load one version of a model; raise a TritiumError to fail the load with a reason."""
+
+    def finalize(self) -> None:
+        """Called once at server shutdown."""
+

@@ -1,0 +1,105 @@
+"""Reading ``config.pbtxt`` and writing the config back out as Triton's JSON.
+
+The config is a real ``inference.ModelConfig`` protobuf message, parsed with
+protobuf's text format, so field names, numbers and enums are Triton's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from google.protobuf import json_format, text_format
+
+from tritium._proto import model_config_pb2 as mc
+from tritium.core.errors import ModelConfigError
+
+ModelConfig = mc.ModelConfig
+
+CONFIG_FILENAME = "config.pbtxt"
+
+
+def config_path(model_dir: str, config_name: str | None = None) -> str:
+    """Path of the config file: ``configs/<name>.pbtxt`` when it exists, else ``config.pbtxt``."""
+    if config_name:
+        custom = os.path.join(model_dir, "configs", config_name + ".pbtxt")
+        if os.path.isfile(custom):
+            return custom
+    return os.path.join(model_dir, CONFIG_FILENAME)
+
+
+def load_config_file(path: str, model_name: str) -> ModelConfig | None:
+    """Parse one ``config.pbtxt``; ``None`` when the file does not exist.
+
+    Raises :class:`ModelConfigError` naming the model, the file and the line.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelConfigError(f"failed to read model configuration {path} for model '{model_name}': {e}") from None
+    return parse_config_text(text, model_name, path)
+
+
+def parse_config_text(text: str, model_name: str, source: str = CONFIG_FILENAME) -> ModelConfig:
+    config = ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as e:
+        raise ModelConfigError(f"failed to parse model configuration {source} for model '{model_name}': line {e}") from None
+    return config
+
+
+def config_from_json(text: str | bytes, model_name: str) -> ModelConfig:
+    """A config given as JSON (e.g. the ``config`` parameter of a repository load)."""
+    config = ModelConfig()
+    try:
+        json_format.Parse(text, config)
+    except json_format.ParseError as e:
+        raise ModelConfigError(f"failed to parse JSON model configuration for model '{model_name}': {e}") from None
+    return config
+
+
+def config_to_dict(config: ModelConfig) -> dict[str, Any]:
+    """The config as Triton's JSON: proto field names, every field present, 64-bit ints as numbers."""
+    result = json_format.MessageToDict(
+        config,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+    )
+    _ints_as_numbers(config, result)
+    return result
+
+
+def _ints_as_numbers(message: Any, out: dict[str, Any]) -> None:
+    """Turn protobuf-JSON's string-encoded 64-bit integers back into numbers, recursively."""
+    for fd in message.DESCRIPTOR.fields:
+        name = fd.name
+        if name not in out:
+            continue
+        value = out[name]
+        if fd.message_type is not None:
+            if fd.message_type.GetOptions().map_entry:
+                value_fd = fd.message_type.fields_by_name["value"]
+                key_fd = fd.message_type.fields_by_name["key"]
+                src = getattr(message, name)
+                if value_fd.message_type is not None:
+                    for key, sub in src.items():
+                        json_key = str(key).lower() if key_fd.type == key_fd.TYPE_BOOL else str(key)
+                        if json_key in value:
+                            _ints_as_numbers(sub, value[json_key])
+                elif value_fd.type in _WIDE_INT_TYPES:
+                    out[name] = {k: int(v) for k, v in value.items()}
+            elif fd.label == fd.LABEL_REPEATED:
+                for sub, sub_out in zip(getattr(message, name), value):
+                    _ints_as_numbers(sub, sub_out)
+            else:
+                _ints_as_numbers(getattr(message, name), value)
+        elif fd.type in _WIDE_INT_TYPES:
+            out[name] = [int(v) for v in value] if fd.label == fd.LABEL_REPEATED else int(value)
+
+
+_FD = mc.ModelConfig.DESCRIPTOR.fields_by_name["max_batch_size"]
+_WIDE_INT_TYPES = frozenset({_FD.TYPE_INT64, _FD.TYPE_UINT64, _FD.TYPE_SINT64, _FD.TYPE_FIXED64, _FD.TYPE_SFIXED64})

@@ -1,0 +1,116 @@
+"""Normalising and checking a model config before a model is built from it.
+
+:func:`normalize` fills the defaults Triton fills (name, version policy,
+instance groups); :func:`validate` rejects what Triton rejects, with a message
+that names the model and the offending field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tritium._proto import model_config_pb2 as mc
+from tritium.core.errors import ModelConfigError
+
+KIND_AUTO = mc.ModelInstanceGroup.KIND_AUTO
+KIND_GPU = mc.ModelInstanceGroup.KIND_GPU
+KIND_CPU = mc.ModelInstanceGroup.KIND_CPU
+KIND_MODEL = mc.ModelInstanceGroup.KIND_MODEL
+
+
+def normalize(config: mc.ModelConfig, model_name: str, gpus: Sequence[int], default_cpu_count: int = 1) -> None:
+    """Fill defaults in place: name, version policy, instance groups (KIND_AUTO resolved)."""
+    if not config.name:
+        config.name = model_name
+    if not config.HasField("version_policy"):
+        config.version_policy.latest.num_versions = 1
+    if config.platform == "ensemble":
+        return
+    if not config.instance_group:
+        config.instance_group.add()
+    for index, group in enumerate(config.instance_group):
+        if not group.name:
+            group.name = model_name if len(config.instance_group) == 1 else f"{model_name}_{index}"
+        if group.kind == KIND_AUTO:
+            if gpus and all(g in gpus for g in group.gpus):
+                group.kind = KIND_GPU
+            else:
+                group.kind = KIND_CPU
+                del group.gpus[:]
+        if group.kind == KIND_GPU and not group.gpus:
+            group.gpus.extend(gpus)
+        if group.count < 1:
+            group.count = default_cpu_count if group.kind == KIND_CPU else 1
+
+
+def validate(config: mc.ModelConfig, model_name: str, gpus: Sequence[int]) -> None:
+    """Raise :class:`ModelConfigError` for a config Triton would refuse."""
+
+    def fail(message: str) -> None:
+        raise ModelConfigError(f"model '{model_name}': {message}")
+
+    if config.name != model_name:
+        fail(f"config name '{config.name}' does not match the model directory name '{model_name}'")
+    if config.max_batch_size < 0:
+        fail(f"max_batch_size must be >= 0, got {config.max_batch_size}")
+    if config.platform == "ensemble":
+        return
+    if not config.backend and not config.platform:
+        fail("unable to determine the backend: set 'backend' or 'platform' in config.pbtxt or add a model file with a known name")
+    _check_tensors("input", config.input, fail)
+    _check_tensors("output", config.output, fail)
+    if config.HasField("dynamic_batching"):
+        for size in config.dynamic_batching.preferred_batch_size:
+            if size < 1 or (config.max_batch_size > 0 and size > config.max_batch_size):
+                fail(
+                    f"dynamic batching preferred size must be positive and <= max batch size {config.max_batch_size}, got {size}"
+                )
+    for group in config.instance_group:
+        kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
+        if group.kind == KIND_GPU:
+            if not gpus:
+                fail(f"instance group {group.name} of model {model_name} has kind KIND_GPU but no GPUs are available")
+            for gpu in group.gpus:
+                if gpu not in gpus:
+                    fail(
+                        f"instance group {group.name} of model {model_name} specifies invalid or unsupported gpu id {gpu}. "
+                        f"GPUs available are: {', '.join(map(str, gpus)) or 'none'}"
+                    )
+        elif group.gpus:
+            fail(f"instance group {group.name} of model {model_name} has kind {kind} but specifies one or more GPUs")
+        if group.count < 1:
+            fail(f"instance group {group.name} of model {model_name} must have a count >= 1, got {group.count}")
+
+
+def _check_tensors(what: str, tensors: Sequence[mc.ModelInput] | Sequence[mc.ModelOutput], fail) -> None:  # type: ignore[no-untyped-def]
+    seen: set[str] = set()
+    for tensor in tensors:
+        if not tensor.name:
+            fail(f"model {what} must specify 'name'")
+        if tensor.name in seen:
+            fail(f"duplicate {what} name '{tensor.name}'")
+        seen.add(tensor.name)
+        if tensor.data_type == mc.TYPE_INVALID:
+            fail(f"model {what} '{tensor.name}' must specify 'data_type'")
+        if not tensor.dims and not tensor.HasField("reshape"):
+            fail(f"model {what} '{tensor.name}' must specify 'dims'")
+        for dim in tensor.dims:
+            if dim < -1:
+                fail(f"model {what} '{tensor.name}' dimension must be integer >= 1, or -1 to indicate a variable-size dimension, got {dim}")
+        if tensor.HasField("reshape"):
+            _check_reshape(what, tensor, fail)
+
+
+def _check_reshape(what: str, tensor: mc.ModelInput | mc.ModelOutput, fail) -> None:  # type: ignore[no-untyped-def]
+    dims, shape = list(tensor.dims), list(tensor.reshape.shape)
+    if (-1 in dims) != (-1 in shape):
+        fail(f"model {what} '{tensor.name}' has different variable-size dimensions for dims and reshape")
+    if -1 not in dims:
+        count = 1
+        for d in dims:
+            count *= d
+        reshaped = 1
+        for d in shape:
+            reshaped *= d
+        if count != reshaped:
+            fail(f"model {what} '{tensor.name}' has different size for dims {dims} and reshape {shape}")

@@ -1,0 +1,80 @@
+"""The one error hierarchy of tritium.
+
+Every failure that can reach a client is a :class:`TritiumError` carrying a
+:class:`Status` (Triton's error codes).  Frontends map the status to an HTTP
+or gRPC code once, at the edge; nothing below a frontend knows about wire
+status codes.
+
+    TritiumError
+    ├── InvalidArgumentError   INVALID_ARG     (HTTP 400, gRPC INVALID_ARGUMENT)
+    ├── NotFoundError          NOT_FOUND       (HTTP 404, gRPC NOT_FOUND)
+    ├── UnavailableError       UNAVAILABLE     (HTTP 503, gRPC UNAVAILABLE)
+    ├── UnsupportedError       UNSUPPORTED     (HTTP 501, gRPC UNIMPLEMENTED)
+    ├── AlreadyExistsError     ALREADY_EXISTS  (HTTP 400, gRPC ALREADY_EXISTS)
+    ├── CancelledError         CANCELLED       (HTTP 400, gRPC CANCELLED)
+    └── InternalError          INTERNAL        (HTTP 500, gRPC INTERNAL)
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Status(enum.Enum):
+    """Triton's error codes (``TRITONSERVER_Error_Code``)."""
+
+    UNKNOWN = "UNKNOWN"
+    INTERNAL = "INTERNAL"
+    NOT_FOUND = "NOT_FOUND"
+    INVALID_ARG = "INVALID_ARG"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNSUPPORTED = "UNSUPPORTED"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    CANCELLED = "CANCELLED"
+
+
+class TritiumError(Exception):
+    """Base of every error a client may see; ``status`` decides the wire code."""
+
+    status: Status = Status.UNKNOWN
+
+    def __init__(self, message: str, status: Status | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidArgumentError(TritiumError):
+    status = Status.INVALID_ARG
+
+
+class NotFoundError(TritiumError):
+    status = Status.NOT_FOUND
+
+
+class UnavailableError(TritiumError):
+    status = Status.UNAVAILABLE
+
+
+class UnsupportedError(TritiumError):
+    status = Status.UNSUPPORTED
+
+
+class AlreadyExistsError(TritiumError):
+    status = Status.ALREADY_EXISTS
+
+
+class CancelledError(TritiumError):
+    status = Status.CANCELLED
+
+
+class InternalError(TritiumError):
+    status = Status.INTERNAL
+
+
+class ModelConfigError(InvalidArgumentError):
+    """A model's configuration is unusable; the message names model, file and field."""

@@ -1,0 +1,43 @@
+"""Protocol-neutral inference request and response.
+
+Frontends decode their wire format into an :class:`InferenceRequest` and encode
+the :class:`InferenceResponse` they get back; schedulers and backends only see
+these objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .types import Tensor
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    """One client request for one model.
+
+    ``model_version`` is ``-1`` to let the version policy pick (latest ready).
+    ``requested_outputs`` is ``None`` to ask for every output of the model.
+    ``parameters`` holds request-level parameters as the client sent them.
+    """
+
+    model_name: str
+    model_version: int = -1
+    id: str = ""
+    inputs: list[Tensor] = field(default_factory=list)
+    requested_outputs: list[str] | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    #: The size of the batch dimension; set by validation (1 for non-batching models).
+    batch_size: int = 1
+
+
+@dataclass(slots=True)
+class InferenceResponse:
+    """The outputs of one request, in the order the client asked for them."""
+
+    model_name: str
+    model_version: int
+    id: str = ""
+    outputs: list[Tensor] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,184 @@
+"""A loaded model version: validates requests against its config, then hands them to its scheduler.
+
+Validation happens here, once, before anything is queued, so schedulers and
+backends can trust names, data types and shapes.  Checks are precomputed from
+the config at load time to keep the per-request cost small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tritium._proto import model_config_pb2 as mc
+from tritium.config.parse import config_to_dict
+
+from .errors import InvalidArgumentError
+from .inference import InferenceRequest, InferenceResponse
+from .types import DataType, Tensor
+
+if TYPE_CHECKING:
+    from tritium.scheduler.base import Scheduler
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One input or output of the config, with the shapes precomputed."""
+
+    name: str
+    datatype: DataType
+    dims: tuple[int, ...]
+    #: Shape the model itself sees (``reshape``), or ``None`` when equal to ``dims``.
+    reshape: tuple[int, ...] | None
+    optional: bool = False
+
+    @classmethod
+    def from_config(cls, tensor: mc.ModelInput | mc.ModelOutput) -> TensorSpec:
+        reshape = tuple(tensor.reshape.shape) if tensor.HasField("reshape") else None
+        return cls(
+            name=tensor.name,
+            datatype=DataType.from_config(mc.DataType.Name(tensor.data_type)),
+            dims=tuple(tensor.dims),
+            reshape=reshape,
+            optional=getattr(tensor, "optional", False),
+        )
+
+    def metadata_shape(self, max_batch_size: int) -> list[int]:
+        return ([-1] if max_batch_size > 0 else []) + list(self.dims)
+
+
+def _shape_str(shape: Sequence[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+class Model:
+    """One READY version of a model."""
+
+    def __init__(self, name: str, version: int, config: mc.ModelConfig, scheduler: Scheduler) -> None:
+        self.name = name
+        self.version = version
+        self.config = config
+        self.scheduler = scheduler
+        self.max_batch_size = config.max_batch_size
+        self.inputs = {t.name: TensorSpec.from_config(t) for t in config.input}
+        self.outputs = {t.name: TensorSpec.from_config(t) for t in config.output}
+        self.required_inputs = [s.name for s in self.inputs.values() if not s.optional]
+        self.decoupled = config.model_transaction_policy.decoupled
+        self._config_dict: dict[str, Any] | None = None
+
+    # -- metadata ---------------------------------------------------------------------------------
+
+    @property
+    def platform(self) -> str:
+        return self.config.platform or self.config.backend
+
+    def config_dict(self) -> dict[str, Any]:
+        if self._config_dict is None:
+            self._config_dict = config_to_dict(self.config)
+        return self._config_dict
+
+    # -- inference --------------------------------------------------------------------------------
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        self.validate(request)
+        response = await self.scheduler.infer(request)
+        return self._shape_response(request, response)
+
+    def validate(self, request: InferenceRequest) -> None:
+        """Check names, data types, shapes and batch size; apply input ``reshape``.
+
+        Raises :class:`InvalidArgumentError` whose text follows Triton's wording.
+        """
+        name = self.name
+        inputs = self.inputs
+        batch_size = -1
+        seen: set[str] = set()
+        for tensor in request.inputs:
+            spec = inputs.get(tensor.name)
+            if spec is None:
+                raise InvalidArgumentError(f"unexpected inference input '{tensor.name}' for model '{name}'")
+            if tensor.name in seen:
+                raise InvalidArgumentError(f"input '{tensor.name}' is given more than once for model '{name}'")
+            seen.add(tensor.name)
+            if tensor.datatype is not spec.datatype:
+                raise InvalidArgumentError(
+                    f"inference input '{tensor.name}' data-type is '{tensor.datatype.wire_name}', "
+                    f"but model '{name}' expects '{spec.datatype.wire_name}'"
+                )
+            shape = tensor.data.shape
+            if self.max_batch_size > 0:
+                if not shape:
+                    raise InvalidArgumentError(
+                        f"unexpected shape for input '{tensor.name}' for model '{name}'. Expected "
+                        f"{_shape_str(spec.metadata_shape(self.max_batch_size))}, got []"
+                    )
+                item_shape = shape[1:]
+                if batch_size < 0:
+                    batch_size = shape[0]
+                    if batch_size > self.max_batch_size:
+                        raise InvalidArgumentError(
+                            f"inference request batch-size must be <= {self.max_batch_size} for '{name}'"
+                        )
+                elif shape[0] != batch_size:
+                    raise InvalidArgumentError(
+                        f"input '{tensor.name}' batch size does not match other inputs for '{name}'"
+                    )
+            else:
+                item_shape = shape
+            if not _dims_match(item_shape, spec.dims):
+                raise InvalidArgumentError(
+                    f"unexpected shape for input '{tensor.name}' for model '{name}'. Expected "
+                    f"{_shape_str(spec.metadata_shape(self.max_batch_size))}, got {_shape_str(shape)}"
+                )
+            if spec.reshape is not None:
+                lead = shape[:1] if self.max_batch_size > 0 else ()
+                tensor.data = tensor.data.reshape(lead + _resolve(spec.reshape, item_shape, spec.dims))
+        if len(seen) < len(self.inputs):
+            missing = [n for n in self.required_inputs if n not in seen]
+            if missing:
+                raise InvalidArgumentError(
+                    f"expected {len(self.required_inputs)} inputs but got {len(request.inputs)} inputs for model "
+                    f"'{name}'. Got input(s) {sorted(seen)}, but missing required input(s) {missing}. Please provide "
+                    "all required input(s)."
+                )
+        if request.requested_outputs is not None:
+            for output in request.requested_outputs:
+                if output not in self.outputs:
+                    raise InvalidArgumentError(f"unexpected inference output '{output}' for model '{name}'")
+        request.batch_size = max(batch_size, 1) if self.max_batch_size > 0 else 1
+
+    def _shape_response(self, request: InferenceRequest, response: InferenceResponse) -> InferenceResponse:
+        """Keep the outputs the client asked for, in its order, and undo output ``reshape``."""
+        outputs = response.outputs
+        if request.requested_outputs is not None:
+            by_name = {t.name: t for t in outputs}
+            outputs = [by_name[n] for n in request.requested_outputs if n in by_name]
+        for i, tensor in enumerate(outputs):
+            spec = self.outputs.get(tensor.name)
+            if spec is not None and spec.reshape is not None:
+                lead = tensor.data.shape[:1] if self.max_batch_size > 0 else ()
+                dims = tuple(-1 if d < 0 else d for d in spec.dims)
+                outputs[i] = Tensor(tensor.name, tensor.datatype, tensor.data.reshape(lead + dims))
+        response.outputs = outputs
+        response.model_name = self.name
+        response.model_version = self.version
+        response.id = request.id
+        return response
+
+
+def _dims_match(shape: Sequence[int], dims: Sequence[int]) -> bool:
+    if len(shape) != len(dims):
+        return False
+    for got, want in zip(shape, dims):
+        if want != -1 and got != want:
+            return False
+    return True
+
+
+def _resolve(reshape: tuple[int, ...], item_shape: Sequence[int], dims: Sequence[int]) -> tuple[int, ...]:
+    """The model-side shape of one item: ``reshape`` with its variable dims taken from the request."""
+    if -1 not in reshape:
+        return reshape
+    variable = iter(g for g, d in zip(item_shape, dims) if d == -1)
+    return tuple(next(variable, -1) if d == -1 else d for d in reshape)

@@ -1,0 +1,116 @@
+"""Protocol-neutral tensor types: data types and tensors.
+
+A :class:`DataType` knows its three names (wire ``FP32``, config ``TYPE_FP32``,
+numpy ``float32``) so that no other module needs a translation table.
+BYTES tensors are numpy ``object`` arrays of ``bytes``; BF16 uses ``ml_dtypes``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from .errors import InvalidArgumentError
+
+
+class DataType(enum.Enum):
+    """A tensor element type, valued by its KServe v2 wire name."""
+
+    BOOL = "BOOL"
+    UINT8 = "UINT8"
+    UINT16 = "UINT16"
+    UINT32 = "UINT32"
+    UINT64 = "UINT64"
+    INT8 = "INT8"
+    INT16 = "INT16"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP16 = "FP16"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    BYTES = "BYTES"
+    BF16 = "BF16"
+
+    @property
+    def wire_name(self) -> str:
+        return self.value
+
+    @property
+    def config_name(self) -> str:
+        """Name in ``model_config.proto``'s ``DataType`` enum."""
+        return "TYPE_STRING" if self is DataType.BYTES else "TYPE_" + self.value
+
+    @property
+    def numpy_dtype(self) -> np.dtype[Any]:
+        return _NUMPY[self]
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element; 0 for BYTES, whose elements vary in size."""
+        return 0 if self is DataType.BYTES else _NUMPY[self].itemsize
+
+    @classmethod
+    def from_wire(cls, name: str) -> DataType:
+        try:
+            return cls(name)
+        except ValueError:
+            raise InvalidArgumentError(f"invalid datatype '{name}'") from None
+
+    @classmethod
+    def from_config(cls, name: str) -> DataType:
+        """From ``TYPE_FP32``-style names; raises ``KeyError`` when not a tensor type."""
+        return _FROM_CONFIG[name]
+
+    @classmethod
+    def from_numpy(cls, dtype: np.dtype[Any]) -> DataType:
+        try:
+            return _FROM_NUMPY[np.dtype(dtype)]
+        except KeyError:
+            if dtype.kind in ("S", "U"):
+                return DataType.BYTES
+            raise InvalidArgumentError(f"unsupported numpy dtype '{dtype}'") from None
+
+
+_NUMPY: dict[DataType, np.dtype[Any]] = {
+    DataType.BOOL: np.dtype(np.bool_),
+    DataType.UINT8: np.dtype(np.uint8),
+    DataType.UINT16: np.dtype("<u2"),
+    DataType.UINT32: np.dtype("<u4"),
+    DataType.UINT64: np.dtype("<u8"),
+    DataType.INT8: np.dtype(np.int8),
+    DataType.INT16: np.dtype("<i2"),
+    DataType.INT32: np.dtype("<i4"),
+    DataType.INT64: np.dtype("<i8"),
+    DataType.FP16: np.dtype("<f2"),
+    DataType.FP32: np.dtype("<f4"),
+    DataType.FP64: np.dtype("<f8"),
+    DataType.BYTES: np.dtype(object),
+    DataType.BF16: np.dtype(ml_dtypes.bfloat16),
+}
+_FROM_NUMPY = {dtype: datatype for datatype, dtype in _NUMPY.items()}
+_FROM_CONFIG = {datatype.config_name: datatype for datatype in DataType}
+
+
+@dataclass(slots=True)
+class Tensor:
+    """A named tensor: numpy data plus its wire data type.
+
+    The data type is kept explicitly because numpy cannot tell BYTES from other
+    object arrays, and because validation compares it against the config.
+    """
+
+    name: str
+    datatype: DataType
+    data: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @classmethod
+    def from_numpy(cls, name: str, array: np.ndarray) -> Tensor:
+        return cls(name, DataType.from_numpy(array.dtype), array)

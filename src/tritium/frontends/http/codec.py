@@ -1,0 +1,284 @@
+"""KServe v2 JSON and Triton's binary tensor extension, to and from core objects.
+
+Binary inputs become ``np.frombuffer`` views over the request body (no copy);
+binary outputs are written once into the response.  JSON tensor data is the
+slow path and only used where the client asks for it.  Nothing is allocated
+from a size the client declared before that size is checked against the body.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from tritium.core.bytes_codec import deserialize_bytes_tensor, serialize_bytes_tensor
+from tritium.core.errors import InvalidArgumentError
+from tritium.core.inference import InferenceRequest, InferenceResponse
+from tritium.core.types import DataType, Tensor
+
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_NO_JSON_TYPES = (DataType.FP16, DataType.BF16)
+
+
+@dataclass(slots=True)
+class OutputEncoding:
+    """How the client wants outputs back: binary or JSON, per output name."""
+
+    binary_default: bool = False
+    binary: dict[str, bool] = field(default_factory=dict)
+
+    def is_binary(self, name: str) -> bool:
+        return self.binary.get(name, self.binary_default)
+
+
+def _fail(message: str) -> InvalidArgumentError:
+    return InvalidArgumentError(message)
+
+
+def parse_json(data: bytes | memoryview, what: str = "request") -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise _fail(f"failed to parse the {what} JSON buffer: {e}") from None
+
+
+def decode_infer_request(
+    body: bytes,
+    header_length: int | None,
+    model_name: str,
+    model_version: int,
+) -> tuple[InferenceRequest, OutputEncoding]:
+    """Decode an ``/infer`` body (JSON, or JSON header + binary tail) into a request."""
+    if header_length is None:
+        header, tail = body, memoryview(b"")
+    else:
+        if header_length <= 0 or header_length > len(body):
+            raise _fail(
+                f"inference header size should be in range (0, {len(body)}], got: {header_length}"
+            )
+        view = memoryview(body)
+        header, tail = view[:header_length], view[header_length:]
+    doc = parse_json(header)
+    if not isinstance(doc, dict):
+        raise _fail("inference request JSON must be an object")
+    request = InferenceRequest(model_name, model_version)
+    request_id = doc.get("id")
+    if request_id is not None:
+        if not isinstance(request_id, str):
+            raise _fail("'id' of an inference request must be a string")
+        request.id = request_id
+    params = doc.get("parameters")
+    encoding = OutputEncoding()
+    if params is not None:
+        if not isinstance(params, dict):
+            raise _fail("'parameters' of an inference request must be an object")
+        request.parameters = params
+        binary_output = params.get("binary_data_output")
+        if binary_output is not None:
+            encoding.binary_default = _as_bool(binary_output, "binary_data_output")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list):
+        raise _fail("inference request JSON must have an 'inputs' array")
+    offset = 0
+    tensors = []
+    for item in inputs:
+        tensor, offset = _decode_input(item, tail, offset)
+        tensors.append(tensor)
+    if offset != len(tail):
+        raise _fail(
+            f"unexpected additional input data: {len(tail) - offset} bytes of binary data are not claimed by any input"
+        )
+    request.inputs = tensors
+    outputs = doc.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, list):
+            raise _fail("'outputs' of an inference request must be an array")
+        names = []
+        for item in outputs:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise _fail("each requested output must be an object with a string 'name'")
+            name = item["name"]
+            names.append(name)
+            out_params = item.get("parameters")
+            if out_params:
+                if not isinstance(out_params, dict):
+                    raise _fail(f"'parameters' of output '{name}' must be an object")
+                if "binary_data" in out_params:
+                    encoding.binary[name] = _as_bool(out_params["binary_data"], "binary_data")
+                if "classification" in out_params:
+                    raise InvalidArgumentError("the classification extension is not supported by this server")
+        request.requested_outputs = names
+    return request, encoding
+
+
+def _as_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _fail(f"parameter '{key}' must be a boolean, got {value!r}")
+
+
+def _decode_input(item: Any, tail: memoryview, offset: int) -> tuple[Tensor, int]:
+    if not isinstance(item, dict):
+        raise _fail("each inference input must be a JSON object")
+    name = item.get("name")
+    if not isinstance(name, str):
+        raise _fail("inference input must have a string 'name'")
+    shape = item.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise _fail(f"input '{name}' must have a 'shape' array of non-negative integers")
+    datatype_name = item.get("datatype")
+    if not isinstance(datatype_name, str):
+        raise _fail(f"input '{name}' must have a string 'datatype'")
+    datatype = DataType.from_wire(datatype_name)
+    count = math.prod(shape)
+    params = item.get("parameters")
+    binary_size = None
+    if params:
+        if not isinstance(params, dict):
+            raise _fail(f"'parameters' of input '{name}' must be an object")
+        if "shared_memory_region" in params:
+            raise _fail("shared memory inputs are not supported by this server")
+        binary_size = params.get("binary_data_size")
+    if binary_size is not None:
+        if "data" in item:
+            raise _fail(f"input '{name}' has both 'data' and 'binary_data_size'")
+        if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
+            raise _fail(f"'binary_data_size' of input '{name}' must be a non-negative integer")
+        end = offset + binary_size
+        if end > len(tail):
+            raise _fail(
+                f"unexpected size {binary_size} for input '{name}': only {len(tail) - offset} bytes of binary data remain"
+            )
+        chunk = tail[offset:end]
+        return Tensor(name, datatype, _from_binary(chunk, datatype, shape, count, name)), end
+    if "data" not in item:
+        raise _fail(f"input '{name}' must have 'data' or a 'binary_data_size' parameter")
+    return Tensor(name, datatype, _from_json(item["data"], datatype, shape, count, name)), offset
+
+
+def _from_binary(chunk: memoryview, datatype: DataType, shape: list[int], count: int, name: str) -> np.ndarray:
+    if datatype is DataType.BYTES:
+        return deserialize_bytes_tensor(chunk, count, name).reshape(shape)
+    expected = count * datatype.itemsize
+    if len(chunk) != expected:
+        raise _fail(
+            f"unexpected total byte size {len(chunk)} for input '{name}', expecting {expected} "
+            f"for shape {_shape_str(shape)} of {datatype.wire_name}"
+        )
+    return np.frombuffer(chunk, dtype=datatype.numpy_dtype, count=count).reshape(shape)
+
+
+def _from_json(data: Any, datatype: DataType, shape: list[int], count: int, name: str) -> np.ndarray:
+    if datatype in _NO_JSON_TYPES:
+        raise _fail(
+            f"datatype {datatype.wire_name} of input '{name}' cannot be sent as JSON: use the binary data extension"
+        )
+    if not isinstance(data, list):
+        data = [data]
+    if datatype is DataType.BYTES:
+        flat = _flatten(data)
+        if len(flat) != count:
+            raise _count_error(name, len(flat), count, shape)
+        out = np.empty(count, dtype=object)
+        for i, value in enumerate(flat):
+            if not isinstance(value, str):
+                raise _fail(f"BYTES input '{name}' must hold JSON strings, found {type(value).__name__}")
+            out[i] = value.encode("utf-8")
+        return out.reshape(shape)
+    try:
+        array = np.asarray(data)
+    except ValueError:  # ragged nesting
+        array = np.asarray(_flatten(data), dtype=object)
+    if array.size != count:
+        flat = _flatten(data)
+        raise _count_error(name, len(flat), count, shape)
+    kind = array.dtype.kind
+    if datatype is DataType.BOOL:
+        if kind != "b":
+            raise _fail(f"input '{name}' of type BOOL must hold JSON booleans")
+    elif kind not in "iub" + ("f" if datatype.numpy_dtype.kind == "f" else ""):
+        expected = "numbers" if datatype.numpy_dtype.kind == "f" else "integers"
+        raise _fail(f"input '{name}' of type {datatype.wire_name} must hold JSON {expected}")
+    try:
+        return array.astype(datatype.numpy_dtype, casting="unsafe").reshape(shape)
+    except (OverflowError, ValueError) as e:
+        raise _fail(f"input '{name}' holds values that do not fit {datatype.wire_name}: {e}") from None
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                stack.append(iter(value))
+                break
+            out.append(value)
+        else:
+            stack.pop()
+    return out
+
+
+def _count_error(name: str, got: int, count: int, shape: list[int]) -> InvalidArgumentError:
+    return _fail(
+        f"unexpected number of elements for input '{name}': shape {_shape_str(shape)} needs {count}, 'data' has {got}"
+    )
+
+
+def _shape_str(shape: list[int] | tuple[int, ...]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def encode_infer_response(response: InferenceResponse, encoding: OutputEncoding) -> tuple[list[bytes | memoryview], int | None]:
+    """The response body as pieces to write, and the JSON header length when any output is binary."""
+    outputs = []
+    blobs: list[bytes | memoryview] = []
+    for tensor in response.outputs:
+        array = tensor.data
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype.wire_name, "shape": list(array.shape)}
+        if encoding.is_binary(tensor.name):
+            blob = _to_binary(array, tensor.datatype)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = _to_json_data(tensor)
+        outputs.append(entry)
+    doc: dict[str, Any] = {"model_name": response.model_name, "model_version": str(response.model_version)}
+    if response.id:
+        doc["id"] = response.id
+    if response.parameters:
+        doc["parameters"] = response.parameters
+    doc["outputs"] = outputs
+    header = orjson.dumps(doc, option=_JSON_OPTIONS)
+    if not blobs:
+        return [header], None
+    return [header, *blobs], len(header)
+
+
+def _to_binary(array: np.ndarray, datatype: DataType) -> bytes | memoryview:
+    if datatype is DataType.BYTES:
+        return serialize_bytes_tensor(array)
+    array = np.ascontiguousarray(array)
+    return memoryview(array).cast("B") if array.size else b""
+
+
+def _to_json_data(tensor: Tensor) -> Any:
+    datatype = tensor.datatype
+    array = tensor.data
+    if datatype in _NO_JSON_TYPES:
+        raise _fail(
+            f"datatype {datatype.wire_name} of output '{tensor.name}' cannot be returned as JSON: request it as binary data"
+        )
+    if datatype is DataType.BYTES:
+        return [
+            item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
+            for item in array.reshape(-1)
+        ]
+    flat = np.ascontiguousarray(array).reshape(-1)
+    if flat.dtype.byteorder == ">":
+        flat = flat.astype(flat.dtype.newbyteorder("<"))
+    return flat

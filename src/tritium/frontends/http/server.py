@@ -1,0 +1,219 @@
+"""The HTTP/1.1 transport: an asyncio protocol around httptools' parser (uvloop when installed).
+
+Chosen by measurement (``benchmarks/http_stacks``): an ASGI server adds a
+layer of per-request dictionaries and callbacks that costs more than the whole
+inference path of a small model.  This module only moves bytes: it parses
+requests with httptools, enforces ``--http-max-input-size`` before reading a
+body, keeps connections alive, answers requests of one connection in order,
+and writes each response with one ``writelines``.  Everything the API means
+lives in ``routes.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from http import HTTPStatus
+
+import httptools
+
+from tritium.options import ServerOptions
+
+from .routes import HttpApi, HttpRequest, HttpResponse, compress_body, error_response
+
+log = logging.getLogger(__name__)
+
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+def _head(response: HttpResponse, length: int, keep_alive: bool) -> bytes:
+    lines = [b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"Unknown"))]
+    if response.content_type is not None:
+        lines.append(b"Content-Type: " + response.content_type + b"\r\n")
+    for name, value in response.headers:
+        lines.append(name + b": " + value + b"\r\n")
+    lines.append(b"Content-Length: %d\r\n" % length)
+    if not keep_alive:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    __slots__ = (
+        "api", "max_body", "loop", "transport", "parser", "url", "headers", "body", "body_size",
+        "queue", "busy", "closing", "tasks", "_header_name",
+    )
+
+    def __init__(self, api: HttpApi, max_body: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.api = api
+        self.max_body = max_body
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.queue: deque[tuple[HttpRequest, bool]] = deque()
+        self.busy = False
+        self.closing = False
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # -- asyncio.Protocol -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as e:
+            self._fail(400, f"malformed HTTP request: {e}")
+        except _BodyTooLarge as e:
+            self._fail(400, str(e))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.transport = None
+        for task in self.tasks:
+            task.cancel()
+
+    # -- httptools callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = {}
+        self.body = []
+        self.body_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        declared = self.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise _BodyTooLarge(
+                f"request body of {declared} bytes is larger than the maximum input size of {self.max_body} bytes"
+            )
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+        if self.body_size > self.max_body:
+            raise _BodyTooLarge(f"request body is larger than the maximum input size of {self.max_body} bytes")
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        parsed = httptools.parse_url(self.url)
+        path = parsed.path.decode("utf-8", errors="replace")
+        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        method = self.parser.get_method().decode("ascii")
+        request = HttpRequest(method, path, self.headers, body)
+        self.queue.append((request, self.parser.should_keep_alive()))
+        if not self.busy:
+            self._next()
+
+    # -- answering --------------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        request, keep_alive = self.queue.popleft()
+        self.busy = True
+        task = self.loop.create_task(self._answer(request, keep_alive))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _answer(self, request: HttpRequest, keep_alive: bool) -> None:
+        try:
+            response = await self.api.handle(request)
+        except asyncio.CancelledError:
+            return
+        except Exception as e:  # a bug must cost one request, never the connection or server
+            log.exception("unhandled error answering %s %s", request.method, request.path)
+            response = error_response(f"internal error: {type(e).__name__}: {e}", 500)
+        self._write(request, response, keep_alive)
+
+    def _write(self, request: HttpRequest, response: HttpResponse, keep_alive: bool) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        pieces = response.body
+        accept = request.headers.get("accept-encoding")
+        if accept and pieces and response.status == 200 and request.path.endswith("/infer"):
+            pieces, encoding = compress_body(pieces, accept)
+            if encoding is not None:
+                response.headers.append((b"Content-Encoding", encoding))
+        length = sum(len(p) for p in pieces)
+        transport.writelines([_head(response, length, keep_alive), *pieces])
+        self.busy = False
+        if not keep_alive:
+            self.closing = True
+            transport.close()
+        elif self.queue:
+            self._next()
+
+    def _fail(self, status: int, message: str) -> None:
+        """Answer a request we could not parse and close the connection."""
+        self.closing = True
+        if self.transport is not None:
+            response = error_response(message, status)
+            body = response.body[0]
+            self.transport.write(_head(response, len(body), False) + bytes(body))
+            self.transport.close()
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class HttpFrontend:
+    """Serves :class:`HttpApi` on ``--http-address``:``--http-port``."""
+
+    def __init__(self, server, options: ServerOptions) -> None:  # type: ignore[no-untyped-def]
+        self.api = HttpApi(server, options.http_max_input_size)
+        self.options = options
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: set[HttpProtocol] = set()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        api, limit = self.api, self.options.http_max_input_size
+
+        def factory() -> HttpProtocol:
+            return HttpProtocol(api, limit, loop)
+
+        self._server = await loop.create_server(
+            factory,
+            host=self.options.http_address,
+            port=self.options.http_port,
+            reuse_port=self.options.reuse_http_port or None,
+            backlog=1024,
+        )
+        log.info("started HTTPService at %s:%d", self.options.http_address, self.options.http_port)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None

@@ -1,0 +1,43 @@
+"""Everything the server is configured with, built once (by the CLI or by code) and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ServerOptions:
+    """Server settings, named after ``tritonserver``'s flags."""
+
+    model_repositories: list[str] = field(default_factory=list)
+    model_control_mode: str = "none"  # none | explicit (poll: see the model management issue)
+    load_models: list[str] = field(default_factory=list)
+    model_config_name: str = ""
+    strict_model_config: bool = False  # True disables backend auto-complete
+    exit_on_error: bool = True
+    strict_readiness: bool = True
+    exit_timeout_secs: int = 30
+    model_load_thread_count: int = 4
+    server_id: str = "triton"
+
+    allow_http: bool = True
+    http_address: str = "0.0.0.0"
+    http_port: int = 8000
+    http_max_input_size: int = 64 * 1024 * 1024
+    reuse_http_port: bool = False
+
+    allow_grpc: bool = False
+    grpc_address: str = "0.0.0.0"
+    grpc_port: int = 8001
+
+    allow_metrics: bool = False
+    metrics_address: str = "0.0.0.0"
+    metrics_port: int = 8002
+
+    log_verbose: int = 0
+    log_info: bool = True
+    log_warning: bool = True
+    log_error: bool = True
+
+    #: ``--backend-config <backend>,<key>=<value>``; backend ``*`` holds global settings.
+    backend_config: dict[str, dict[str, str]] = field(default_factory=dict)

@@ -1,0 +1,163 @@
+"""The server: wires repository, backends and frontends from :class:`ServerOptions`,
+and offers the frontends one small protocol-neutral API.
+
+Frontends call only the methods below (``live``, ``ready``, ``metadata``,
+``model_metadata``, ``model_config``, ``model_ready``, ``infer``); they never
+reach into the repository, schedulers or backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any, Protocol
+
+from tritium import __version__
+from tritium.backends.registry import BackendRegistry
+from tritium.core.errors import InvalidArgumentError
+from tritium.core.inference import InferenceRequest, InferenceResponse
+from tritium.core.model import Model
+from tritium.options import ServerOptions
+from tritium.repository.manager import ModelRepositoryManager
+
+log = logging.getLogger(__name__)
+
+#: Triton version reported in server metadata; clients gate features on it.
+TRITON_VERSION = "2.64.0"
+
+#: Extensions that work in this build, in Triton's order.
+EXTENSIONS = ["model_configuration", "binary_tensor_data", "parameters"]
+
+
+class Frontend(Protocol):
+    """A protocol endpoint (HTTP, gRPC, metrics) the server starts and stops."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class Server:
+    """One tritium server process."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.backends = BackendRegistry(options.backend_config)
+        self.repository: ModelRepositoryManager | None = None
+        self.frontends: list[Frontend] = []
+        self._live = False
+        self._started = False
+        self._stopping: asyncio.Event | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the startup models, then open the endpoints.
+
+        Raises :class:`StartupError` when a model fails and ``--exit-on-error`` is on.
+        """
+        self._stopping = asyncio.Event()
+        self.repository = ModelRepositoryManager(self.options, self.backends)
+        self._live = True
+        failed = await self.repository.load_startup_models()
+        if failed and self.options.exit_on_error:
+            raise StartupError(f"failed to load all models: {', '.join(failed)}")
+        for frontend in self._make_frontends():
+            await frontend.start()
+            self.frontends.append(frontend)
+        self._started = True
+
+    def _make_frontends(self) -> list[Frontend]:
+        frontends: list[Frontend] = []
+        if self.options.allow_http:
+            from tritium.frontends.http.server import HttpFrontend
+
+            frontends.append(HttpFrontend(self, self.options))
+        return frontends
+
+    async def serve_forever(self) -> None:
+        """Run until SIGINT/SIGTERM, then shut down gracefully."""
+        assert self._stopping is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stopping.set)
+        await self._stopping.wait()
+        log.info("signal received, shutting down")
+        await self.stop()
+
+    def request_stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def stop(self) -> None:
+        """Stop accepting requests, let in-flight ones finish (bounded), unload models."""
+        self._started = False
+        for frontend in reversed(self.frontends):
+            try:
+                await asyncio.wait_for(frontend.stop(), timeout=self.options.exit_timeout_secs)
+            except (asyncio.TimeoutError, Exception):
+                log.exception("frontend failed to stop cleanly")
+        self.frontends.clear()
+        if self.repository is not None:
+            try:
+                await asyncio.wait_for(self.repository.unload_all(), timeout=self.options.exit_timeout_secs)
+            except asyncio.TimeoutError:
+                log.warning("timed out after %ss waiting for models to unload", self.options.exit_timeout_secs)
+        self.backends.finalize()
+        self._live = False
+
+    # -- the API frontends call -----------------------------------------------------------------
+
+    def live(self) -> bool:
+        return self._live
+
+    def ready(self) -> bool:
+        if not (self._live and self._started and self.repository is not None):
+            return False
+        return not self.options.strict_readiness or self.repository.all_ready()
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.options.server_id, "version": TRITON_VERSION, "extensions": list(EXTENSIONS)}
+
+    def model(self, name: str, version: int = -1) -> Model:
+        if not name:
+            raise InvalidArgumentError("model name must not be empty")
+        assert self.repository is not None
+        return self.repository.get(name, version)
+
+    def model_ready(self, name: str, version: int = -1) -> bool:
+        return self.repository is not None and self.repository.is_ready(name, version)
+
+    def model_metadata(self, name: str, version: int = -1) -> dict[str, Any]:
+        model = self.model(name, version)
+        assert self.repository is not None
+        versions = [str(version)] if version >= 0 else self.repository.ready_versions(name)
+        mbs = model.max_batch_size
+        return {
+            "name": model.name,
+            "versions": versions,
+            "platform": model.platform,
+            "inputs": [
+                {"name": s.name, "datatype": s.datatype.wire_name, "shape": s.metadata_shape(mbs)}
+                for s in model.inputs.values()
+            ],
+            "outputs": [
+                {"name": s.name, "datatype": s.datatype.wire_name, "shape": s.metadata_shape(mbs)}
+                for s in model.outputs.values()
+            ],
+        }
+
+    def model_config(self, name: str, version: int = -1) -> dict[str, Any]:
+        return self.model(name, version).config_dict()
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        model = self.model(request.model_name, request.model_version)
+        return await model.infer(request)
+
+
+class StartupError(Exception):
+    """The server could not start as asked (e.g. a model failed with ``--exit-on-error``)."""
+
+
+__all__ = ["Server", "StartupError", "TRITON_VERSION", "EXTENSIONS", "__version__"]
