@@ -126,6 +126,13 @@ class OnnxInstanceState(ModelInstanceState):
         self.output_names = [o.name for o in config.output]
         self.output_types = {o.name: DataType.from_config(mc.DataType.Name(o.data_type)) for o in config.output}
         self.string_inputs = {i.name for i in config.input if i.data_type == mc.TYPE_STRING}
+        for t in (*config.input, *config.output):
+            if t.data_type == mc.TYPE_BF16:
+                # onnxruntime's Python API has no numpy type for bfloat16 and cannot hand such outputs back.
+                raise ModelConfigError(
+                    f"unable to load model '{ctx.name}': tensor '{t.name}' is TYPE_BF16, which onnxruntime's "
+                    "Python API cannot exchange; cast to FP32 or FP16 in the model"
+                )
         graph_inputs = {a.name for a in session.get_inputs()}
         graph_outputs = {a.name for a in session.get_outputs()}
         for i in config.input:
