@@ -110,6 +110,7 @@ class HttpApi:
         return error_response("Not Found", 404)
 
     async def _infer(self, request: HttpRequest, name: str, version: int) -> HttpResponse:
+        model = self.server.model(name, version)  # an unknown model is reported before the body is read
         body = self._decompress(request)
         header_length = request.headers.get("inference-header-content-length")
         length = None
@@ -123,7 +124,7 @@ class HttpApi:
         if length == 0:
             raise InvalidArgumentError("raw binary inference requests (Inference-Header-Content-Length: 0) are not supported")
         infer_request, encoding = decode_infer_request(body, length, name, version)
-        response = await self.server.infer(infer_request)
+        response = await model.infer(infer_request)
         pieces, json_length = encode_infer_response(response, encoding)
         if json_length is None:
             return HttpResponse(200, pieces, JSON)

@@ -1,0 +1,171 @@
+"""HTTP inference throughput and latency of tritium, measured with wrk.
+
+Starts tritium on a repository it builds (an identity model, FP32 [1,16], and a
+256→1024→1024→256 ReLU MLP), drives ``/v2/models/{m}/infer`` with wrk at 1, 8 and
+32 connections with JSON and with binary bodies, and prints one table.
+
+    python benchmarks/http_infer.py [--duration 10] [--connections 1,8,32] [--models identity,mlp]
+
+Needs ``wrk`` (Debian package ``wrk``) and the ``onnx`` package.  With
+``--url host:port`` it drives an already running server instead (e.g. real
+Triton serving the same models), so peers can be compared side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+from models import identity_graph, mlp_graph, write_model  # noqa: E402
+
+LUA = """
+local f = io.open("{body}", "rb")
+wrk.method = "POST"
+wrk.body = f:read("*all")
+f:close()
+wrk.headers["Content-Type"] = "{content_type}"
+{extra}
+"""
+
+MODELS = {
+    "identity": ("identity_fp32", (1, 16)),
+    "mlp": ("mlp", (1, 256)),
+}
+
+
+def build_repo(root: str) -> None:
+    write_model(root, "identity_fp32", identity_graph("FP32", ("batch", 16)), config="""
+        backend: "onnxruntime"
+        max_batch_size: 32
+        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]
+        output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]
+        dynamic_batching { }
+        instance_group [ { kind: KIND_CPU count: 1 } ]
+    """)
+    graph, _ = mlp_graph((256, 1024, 1024, 256))
+    write_model(root, "mlp", graph, config="""
+        backend: "onnxruntime"
+        max_batch_size: 32
+        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 256 ] } ]
+        output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 256 ] } ]
+        dynamic_batching { }
+        instance_group [ { kind: KIND_CPU count: 1 } ]
+        parameters { key: "intra_op_thread_count" value: { string_value: "1" } }
+    """)
+
+
+def bodies(workdir: str, model: str, shape: tuple[int, ...]) -> dict[str, tuple[str, str, str]]:
+    """mode -> (body file, content type, extra lua) for JSON and binary requests."""
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    out = {}
+    doc = {"inputs": [{"name": "INPUT0", "shape": list(shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}]}
+    path = os.path.join(workdir, f"{model}.json")
+    with open(path, "wb") as f:
+        f.write(json.dumps(doc).encode())
+    out["json"] = (path, "application/json", "")
+    header = json.dumps({
+        "inputs": [{"name": "INPUT0", "shape": list(shape), "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes}}],
+        "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}}],
+    }).encode()
+    path = os.path.join(workdir, f"{model}.bin")
+    with open(path, "wb") as f:
+        f.write(header + x.tobytes())
+    out["binary"] = (path, "application/octet-stream",
+                     f'wrk.headers["Inference-Header-Content-Length"] = "{len(header)}"')
+    return out
+
+
+def wait_live(url: str, proc: subprocess.Popen | None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("server did not become ready")
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(url: str, model: str, lua: str, connections: int, duration: int, threads: int) -> dict[str, float]:
+    cmd = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", lua,
+           f"http://{url}/v2/models/{model}/infer"]
+    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", text).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", text).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return {"rps": rps, "p50": p50, "p99": p99, "errors": int(errors.group(1)) if errors else 0}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", default="1,8,32")
+    ap.add_argument("--models", default="identity,mlp")
+    ap.add_argument("--modes", default="json,binary")
+    ap.add_argument("--threads", type=int, default=1, help="wrk threads")
+    ap.add_argument("--url", help="drive this running server instead of starting tritium")
+    ap.add_argument("--label", default="tritium")
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    workdir = tempfile.mkdtemp(prefix="tritium-bench-")
+    proc = None
+    url = args.url
+    try:
+        if url is None:
+            repo = os.path.join(workdir, "repo")
+            build_repo(repo)
+            port = 18600
+            url = f"127.0.0.1:{port}"
+            log = open(os.path.join(workdir, "server.log"), "wb")
+            proc = subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}",
+                                     f"--http-port={port}", "--http-address=127.0.0.1"], stdout=log, stderr=log)
+        wait_live(url, proc)
+        rows = []
+        for key in args.models.split(","):
+            model, shape = MODELS[key]
+            for mode, (body, ctype, extra) in bodies(workdir, model, shape).items():
+                if mode not in args.modes.split(","):
+                    continue
+                lua = os.path.join(workdir, f"{model}-{mode}.lua")
+                with open(lua, "w") as f:
+                    f.write(LUA.format(body=body, content_type=ctype, extra=extra))
+                run_wrk(url, model, lua, 8, 2, args.threads)  # warm up
+                for c in (int(x) for x in args.connections.split(",")):
+                    r = run_wrk(url, model, lua, c, args.duration, args.threads)
+                    rows.append((args.label, key, mode, c, r))
+        print(f"{'server':<10} {'model':<9} {'body':<7} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+        for label, key, mode, c, r in rows:
+            print(f"{label:<10} {key:<9} {mode:<7} {c:>5} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>6}")
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
