@@ -213,12 +213,13 @@ def configure_logging(verbose: int) -> None:
 
 
 async def _run(options: ServerOptions) -> int:
+    from tritium.core.errors import TritiumError
     from tritium.server import Server, StartupError
 
     server = Server(options)
     try:
         await server.start()
-    except StartupError as e:
+    except (StartupError, TritiumError) as e:  # e.g. a model failed, or a repository cannot be read
         logging.getLogger("tritium").error("%s", e)
         await server.stop()
         return 1

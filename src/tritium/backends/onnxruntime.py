@@ -133,20 +133,22 @@ class OnnxInstanceState(ModelInstanceState):
                     f"unable to load model '{ctx.name}': tensor '{t.name}' is TYPE_BF16, which onnxruntime's "
                     "Python API cannot exchange; cast to FP32 or FP16 in the model"
                 )
-        graph_inputs = {a.name for a in session.get_inputs()}
-        graph_outputs = {a.name for a in session.get_outputs()}
+        graph_inputs = {a.name: a for a in session.get_inputs()}
+        graph_outputs = {a.name: a for a in session.get_outputs()}
         for i in config.input:
             if i.name not in graph_inputs:
                 raise ModelConfigError(
                     f"unable to load model '{ctx.name}', configuration expects input '{i.name}' but the model only has "
                     f"inputs {sorted(graph_inputs)}"
                 )
+            _check_against_graph(ctx.name, config, "input", i, graph_inputs[i.name])
         for o in config.output:
             if o.name not in graph_outputs:
                 raise ModelConfigError(
                     f"unable to load model '{ctx.name}', configuration expects output '{o.name}' but the model only has "
                     f"outputs {sorted(graph_outputs)}"
                 )
+            _check_against_graph(ctx.name, config, "output", o, graph_outputs[o.name])
 
     def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResponse]:
         feeds = batch_inputs(requests)
@@ -175,6 +177,29 @@ class OnnxInstanceState(ModelInstanceState):
 
     def finalize(self) -> None:
         self.session = None
+
+
+def _check_against_graph(model_name: str, config: mc.ModelConfig, what: str, tensor: Any, arg: Any) -> None:
+    """Refuse at load time a config whose data type or shape the graph cannot take (as Triton's backend does),
+    rather than failing every request later."""
+    graph_type = _ORT_TYPES.get(arg.type)
+    if graph_type is not None and graph_type != tensor.data_type:
+        raise ModelConfigError(
+            f"unable to load model '{model_name}', configuration expects datatype "
+            f"{mc.DataType.Name(tensor.data_type)} for {what} '{tensor.name}', "
+            f"model provides {mc.DataType.Name(graph_type)}"
+        )
+    graph_shape = [d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or [])]
+    if not graph_shape:  # a scalar, or a tensor of unknown rank: onnxruntime does not tell them apart
+        return
+    dims = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
+    full = ([-1] if config.max_batch_size > 0 else []) + dims
+    if len(full) != len(graph_shape) or any(g >= 0 and c >= 0 and g != c for g, c in zip(graph_shape, full)):
+        raise ModelConfigError(
+            f"unable to load model '{model_name}', {what} '{tensor.name}': the model expects shape {graph_shape} but "
+            f"the configuration specifies {full} (max_batch_size {config.max_batch_size}, "
+            f"{'reshape' if tensor.HasField('reshape') else 'dims'} {dims})"
+        )
 
 
 def _open_session(ctx: ModelContext, options: Any, providers: list[Any]) -> Any:

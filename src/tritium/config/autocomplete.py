@@ -34,6 +34,8 @@ _PLATFORM_TO_BACKEND = {
 }
 _BACKEND_DEFAULTS = {backend: (platform, filename) for backend, platform, filename in _DEFAULT_FILES}
 _BACKEND_DEFAULTS["tensorflow"] = ("tensorflow_savedmodel", "model.savedmodel")
+# Platforms whose model file differs from their backend's default one.
+_PLATFORM_FILES = {"tensorflow_graphdef": "model.graphdef", "torch_aoti": "model.pt2"}
 
 
 def version_dirs(model_dir: str) -> list[int]:
@@ -70,7 +72,7 @@ def fill_backend_fields(config: mc.ModelConfig, model_dir: str) -> None:
     if not config.platform and defaults[0] and config.backend not in ("tensorflow",):
         config.platform = defaults[0]
     if not config.default_model_filename:
-        config.default_model_filename = defaults[1]
+        config.default_model_filename = _PLATFORM_FILES.get(config.platform, defaults[1])
 
 
 def _probe_files(config: mc.ModelConfig, model_dir: str) -> tuple[str, str] | None:

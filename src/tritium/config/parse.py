@@ -92,13 +92,19 @@ def _ints_as_numbers(message: Any, out: dict[str, Any]) -> None:
                             _ints_as_numbers(sub, value[json_key])
                 elif value_fd.type in _WIDE_INT_TYPES:
                     out[name] = {k: int(v) for k, v in value.items()}
-            elif fd.label == fd.LABEL_REPEATED:
+            elif _is_repeated(fd):
                 for sub, sub_out in zip(getattr(message, name), value):
                     _ints_as_numbers(sub, sub_out)
             else:
                 _ints_as_numbers(getattr(message, name), value)
         elif fd.type in _WIDE_INT_TYPES:
-            out[name] = [int(v) for v in value] if fd.label == fd.LABEL_REPEATED else int(value)
+            out[name] = [int(v) for v in value] if _is_repeated(fd) else int(value)
+
+
+def _is_repeated(fd: Any) -> bool:
+    # ``label`` is deprecated in newer protobuf releases, which offer ``is_repeated`` instead.
+    is_repeated = getattr(fd, "is_repeated", None)
+    return bool(is_repeated) if is_repeated is not None else fd.label == fd.LABEL_REPEATED
 
 
 _FD = mc.ModelConfig.DESCRIPTOR.fields_by_name["max_batch_size"]

@@ -27,10 +27,10 @@ def normalize(config: mc.ModelConfig, model_name: str, gpus: Sequence[int], defa
     if config.platform == "ensemble":
         return
     if not config.instance_group:
-        config.instance_group.add()
+        config.instance_group.add().name = model_name  # Triton: an implicit group is named after the model
     for index, group in enumerate(config.instance_group):
         if not group.name:
-            group.name = model_name if len(config.instance_group) == 1 else f"{model_name}_{index}"
+            group.name = f"{model_name}_{index}"
         if group.kind == KIND_AUTO:
             if gpus and all(g in gpus for g in group.gpus):
                 group.kind = KIND_GPU
@@ -56,6 +56,12 @@ def validate(config: mc.ModelConfig, model_name: str, gpus: Sequence[int]) -> No
     if config.platform == "ensemble":
         return
     if not config.backend and not config.platform:
+        if config.default_model_filename:
+            fail(
+                f"unable to determine the backend from default_model_filename '{config.default_model_filename}' "
+                "(no such file in the version directory, or an unknown extension): set 'backend' or 'platform' "
+                "in config.pbtxt"
+            )
         fail("unable to determine the backend: set 'backend' or 'platform' in config.pbtxt or add a model file with a known name")
     _check_tensors("input", config.input, fail)
     _check_tensors("output", config.output, fail)
@@ -95,22 +101,37 @@ def _check_tensors(what: str, tensors: Sequence[mc.ModelInput] | Sequence[mc.Mod
         if not tensor.dims and not tensor.HasField("reshape"):
             fail(f"model {what} '{tensor.name}' must specify 'dims'")
         for dim in tensor.dims:
-            if dim < -1:
+            if dim < 1 and dim != -1:
                 fail(f"model {what} '{tensor.name}' dimension must be integer >= 1, or -1 to indicate a variable-size dimension, got {dim}")
         if tensor.HasField("reshape"):
             _check_reshape(what, tensor, fail)
 
 
 def _check_reshape(what: str, tensor: mc.ModelInput | mc.ModelOutput, fail) -> None:  # type: ignore[no-untyped-def]
+    """Triton's rule: the same number of variable-size dims, and equal element counts between them.
+
+    E.g. [2, 4, -1, 6] -> [8, -1, 1, 6] is valid (2 * 4 = 8, 6 = 1 * 6); requests then map the n-th
+    variable dim of ``dims`` to the n-th of ``reshape``.
+    """
     dims, shape = list(tensor.dims), list(tensor.reshape.shape)
-    if (-1 in dims) != (-1 in shape):
-        fail(f"model {what} '{tensor.name}' has different variable-size dimensions for dims and reshape")
-    if -1 not in dims:
-        count = 1
-        for d in dims:
-            count *= d
-        reshaped = 1
-        for d in shape:
-            reshaped *= d
-        if count != reshaped:
-            fail(f"model {what} '{tensor.name}' has different size for dims {dims} and reshape {shape}")
+    for d in shape:
+        if d < 1 and d != -1:
+            fail(f"model {what} '{tensor.name}' reshape dimensions must be integer >= 1, or -1 to indicate a "
+                 f"variable-size dimension, got {d}")
+    dim_chunks, shape_chunks = _chunks(dims), _chunks(shape)
+    if len(dim_chunks) != len(shape_chunks):
+        fail(f"model {what} '{tensor.name}' has different number of variable-size dimensions for dims {dims} "
+             f"and reshape {shape}")
+    if dim_chunks != shape_chunks:
+        fail(f"model {what} '{tensor.name}' has different size for dims {dims} and reshape {shape}")
+
+
+def _chunks(shape: Sequence[int]) -> list[int]:
+    """Element counts of the runs of fixed dims separated by variable-size (-1) dims."""
+    counts = [1]
+    for d in shape:
+        if d == -1:
+            counts.append(1)
+        else:
+            counts[-1] *= d
+    return counts

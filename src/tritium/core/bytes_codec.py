@@ -35,6 +35,12 @@ def deserialize_bytes_tensor(buffer: bytes | memoryview, count: int, name: str =
     """
     view = memoryview(buffer)
     size = len(view)
+    if count * 4 > size:
+        # Every element takes at least its 4-byte length: refuse before allocating ``count`` slots.
+        raise InvalidArgumentError(
+            f"unexpected total byte size {size} for BYTES input '{name}': {count} elements need at least "
+            f"{count * 4} bytes"
+        )
     out = np.empty(count, dtype=object)
     offset = 0
     unpack = _LEN.unpack_from

@@ -120,6 +120,8 @@ class Model:
                         raise InvalidArgumentError(
                             f"inference request batch-size must be <= {self.max_batch_size} for '{name}'"
                         )
+                    if batch_size < 1:
+                        raise InvalidArgumentError(f"inference request batch-size must be >= 1 for '{name}'")
                 elif shape[0] != batch_size:
                     raise InvalidArgumentError(
                         f"input '{tensor.name}' batch size does not match other inputs for '{name}'"

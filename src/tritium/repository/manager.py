@@ -237,9 +237,9 @@ class ModelRepositoryManager:
             workers = [InstanceWorker(instance, loop) for instance in slot.instances]
             scheduler: Scheduler
             if config.HasField("dynamic_batching") and config.max_batch_size > 0:
-                scheduler = DynamicBatcher(workers, config.max_batch_size)
+                scheduler = DynamicBatcher(workers, loop, config.max_batch_size)
             else:
-                scheduler = DirectScheduler(workers)
+                scheduler = DirectScheduler(workers, loop)
             slot.model = Model(name, version, config, scheduler)
             slot.state = State.READY
         except TritiumError as e:

@@ -2,6 +2,11 @@
 
 Requests wait in one FIFO queue when every instance is busy.  Everything here
 runs on the event loop; only ``execute`` runs on the instance workers.
+
+Dispatch happens in its own event-loop callback, scheduled once when work
+arrives: requests that arrive in the same turn of the loop (several connections'
+data read in one poll) wait for each other, so the dynamic batcher can join them
+even when an instance is free, at the cost of one ``call_soon``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from .workers import InstanceWorker
 
 
 class DirectScheduler(Scheduler):
-    def __init__(self, workers: Sequence[InstanceWorker]) -> None:
+    def __init__(self, workers: Sequence[InstanceWorker], loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dispatch_scheduled = False
         self._workers = list(workers)
         self._idle: deque[InstanceWorker] = deque(self._workers)
         self._pending: deque[tuple[InferenceRequest, asyncio.Future[InferenceResponse]]] = deque()
@@ -33,14 +40,20 @@ class DirectScheduler(Scheduler):
         self._in_flight += 1
         self._pending.append((request, future))
         if self._idle:
-            self._dispatch()
+            self._schedule_dispatch()
         return await future
+
+    def _schedule_dispatch(self) -> None:
+        if not self._dispatch_scheduled:
+            self._dispatch_scheduled = True
+            self._loop.call_soon(self._dispatch)
 
     def _next_batch(self) -> list[tuple[InferenceRequest, asyncio.Future[InferenceResponse]]]:
         """The next batch to run; one request here, more in the dynamic batcher."""
         return [self._pending.popleft()]
 
     def _dispatch(self) -> None:
+        self._dispatch_scheduled = False
         while self._idle and self._pending:
             entries = []
             for request, future in self._next_batch():
@@ -71,7 +84,7 @@ class DirectScheduler(Scheduler):
             self._in_flight -= len(futures)
             self._idle.append(worker)
             if self._pending:
-                self._dispatch()
+                self._schedule_dispatch()
             self._maybe_drained()
 
         return done

@@ -22,8 +22,8 @@ def _batch_key(request: InferenceRequest) -> tuple[tuple[str, tuple[int, ...]], 
 
 
 class DynamicBatcher(DirectScheduler):
-    def __init__(self, workers: Sequence[InstanceWorker], max_batch_size: int) -> None:
-        super().__init__(workers)
+    def __init__(self, workers: Sequence[InstanceWorker], loop: asyncio.AbstractEventLoop, max_batch_size: int) -> None:
+        super().__init__(workers, loop)
         self._max_batch_size = max_batch_size
 
     def _next_batch(self) -> list[tuple[InferenceRequest, asyncio.Future[InferenceResponse]]]:

@@ -16,12 +16,14 @@ import numpy as np
 import orjson
 
 from tritium.core.bytes_codec import deserialize_bytes_tensor, serialize_bytes_tensor
-from tritium.core.errors import InvalidArgumentError
+from tritium.core.errors import InvalidArgumentError, UnsupportedError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.types import DataType, Tensor
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _NO_JSON_TYPES = (DataType.FP16, DataType.BF16)
+#: Most dimensions a tensor may have (numpy's own limit is 64).
+MAX_RANK = 64
 
 
 @dataclass(slots=True)
@@ -57,41 +59,42 @@ def decode_infer_request(
         header, tail = body, memoryview(b"")
     else:
         if header_length <= 0 or header_length > len(body):
-            raise _fail(
-                f"inference header size should be in range (0, {len(body)}], got: {header_length}"
-            )
+            raise _fail(f"inference header size should be in range (0, {len(body)}), got: {header_length}")
         view = memoryview(body)
         header, tail = view[:header_length], view[header_length:]
     doc = parse_json(header)
     if not isinstance(doc, dict):
-        raise _fail("inference request JSON must be an object")
+        raise _fail("Unable to parse 'inputs': the request JSON must be an object")
     request = InferenceRequest(model_name, model_version)
     request_id = doc.get("id")
     if request_id is not None:
         if not isinstance(request_id, str):
-            raise _fail("'id' of an inference request must be a string")
+            raise _fail("Unable to parse 'id': 'id' must be a string")
         request.id = request_id
     params = doc.get("parameters")
     encoding = OutputEncoding()
     if params is not None:
         if not isinstance(params, dict):
             raise _fail("'parameters' of an inference request must be an object")
+        for key, value in params.items():
+            if not isinstance(value, (str, int, float, bool)):
+                raise _fail(f"parameter '{key}' has invalid type. It should be either 'int', 'bool', or 'string'.")
         request.parameters = params
         binary_output = params.get("binary_data_output")
         if binary_output is not None:
             encoding.binary_default = _as_bool(binary_output, "binary_data_output")
     inputs = doc.get("inputs")
     if not isinstance(inputs, list):
-        raise _fail("inference request JSON must have an 'inputs' array")
+        if inputs is None:
+            raise _fail("Unable to parse 'inputs': the request has no 'inputs' array")
+        raise _fail("Unable to parse 'inputs': 'inputs' must be an array")
     offset = 0
     tensors = []
     for item in inputs:
-        tensor, offset = _decode_input(item, tail, offset)
+        tensor, offset = _decode_input(item, tail, offset, model_name)
         tensors.append(tensor)
     if offset != len(tail):
-        raise _fail(
-            f"unexpected additional input data: {len(tail) - offset} bytes of binary data are not claimed by any input"
-        )
+        raise _fail(f"unexpected additional input data for model '{model_name}'")
     request.inputs = tensors
     outputs = doc.get("outputs")
     if outputs is not None:
@@ -121,19 +124,24 @@ def _as_bool(value: Any, key: str) -> bool:
     raise _fail(f"parameter '{key}' must be a boolean, got {value!r}")
 
 
-def _decode_input(item: Any, tail: memoryview, offset: int) -> tuple[Tensor, int]:
+def _decode_input(item: Any, tail: memoryview, offset: int, model_name: str) -> tuple[Tensor, int]:
     if not isinstance(item, dict):
-        raise _fail("each inference input must be a JSON object")
+        raise _fail("Unable to parse 'inputs': each input must be a JSON object")
     name = item.get("name")
     if not isinstance(name, str):
-        raise _fail("inference input must have a string 'name'")
+        raise _fail("Unable to parse 'name': each input must have a string 'name'")
     shape = item.get("shape")
+    if isinstance(shape, list) and len(shape) > MAX_RANK:
+        raise _fail(f"Unable to parse 'shape': input '{name}' has {len(shape)} dimensions, more than {MAX_RANK}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise _fail(f"input '{name}' must have a 'shape' array of non-negative integers")
+        raise _fail(f"Unable to parse 'shape': input '{name}' must have a 'shape' array of non-negative integers")
     datatype_name = item.get("datatype")
     if not isinstance(datatype_name, str):
-        raise _fail(f"input '{name}' must have a string 'datatype'")
-    datatype = DataType.from_wire(datatype_name)
+        raise _fail(f"Unable to parse 'datatype': input '{name}' must have a string 'datatype'")
+    try:
+        datatype = DataType(datatype_name)
+    except ValueError:
+        raise _fail(f"invalid datatype for input {name}") from None
     count = math.prod(shape)
     params = item.get("parameters")
     binary_size = None
@@ -141,33 +149,63 @@ def _decode_input(item: Any, tail: memoryview, offset: int) -> tuple[Tensor, int
         if not isinstance(params, dict):
             raise _fail(f"'parameters' of input '{name}' must be an object")
         if "shared_memory_region" in params:
-            raise _fail("shared memory inputs are not supported by this server")
+            raise UnsupportedError("shared memory inputs are not supported by this server")
         binary_size = params.get("binary_data_size")
+    has_data = "data" in item
+    if has_data == (binary_size is not None):
+        given = "But set 'data' 'binary_data_size'" if has_data else "But no field is set"
+        raise _fail(
+            "Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', "
+            f"'shared_memory_region' in 'parameters'. {given}"
+        )
     if binary_size is not None:
-        if "data" in item:
-            raise _fail(f"input '{name}' has both 'data' and 'binary_data_size'")
         if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
             raise _fail(f"'binary_data_size' of input '{name}' must be a non-negative integer")
         end = offset + binary_size
         if end > len(tail):
             raise _fail(
-                f"unexpected size {binary_size} for input '{name}': only {len(tail) - offset} bytes of binary data remain"
+                f"unexpected size for input '{name}', expecting {binary_size} additional bytes for model '{model_name}'"
             )
         chunk = tail[offset:end]
-        return Tensor(name, datatype, _from_binary(chunk, datatype, shape, count, name)), end
-    if "data" not in item:
-        raise _fail(f"input '{name}' must have 'data' or a 'binary_data_size' parameter")
+        return Tensor(name, datatype, _from_binary(chunk, datatype, shape, count, name, model_name)), end
     return Tensor(name, datatype, _from_json(item["data"], datatype, shape, count, name)), offset
 
 
-def _from_binary(chunk: memoryview, datatype: DataType, shape: list[int], count: int, name: str) -> np.ndarray:
+def decode_raw_request(
+    body: bytes, model_name: str, model_version: int, input_name: str, datatype: DataType, shape: list[int]
+) -> tuple[InferenceRequest, OutputEncoding]:
+    """Triton's raw binary request (``Inference-Header-Content-Length: 0``): the body is the bytes of the
+    model's single input; ``shape`` may hold one -1, resolved from the body size.  Outputs come back binary."""
+    shape = list(shape)
+    if datatype is DataType.BYTES:
+        count = math.prod(d for d in shape if d >= 0)
+        shape = [1 if d < 0 else d for d in shape]
+    elif -1 in shape:
+        known = math.prod(d for d in shape if d >= 0) * datatype.itemsize
+        if shape.count(-1) > 1 or known == 0 or len(body) % known:
+            raise _fail(
+                f"input byte size mismatch for input 'raw_input' for model '{model_name}'. "
+                f"Cannot infer the shape of {len(body)} bytes of {datatype.wire_name}"
+            )
+        shape[shape.index(-1)] = len(body) // known
+        count = math.prod(shape)
+    else:
+        count = math.prod(shape)
+    request = InferenceRequest(model_name, model_version)
+    array = _from_binary(memoryview(body), datatype, shape, count, "raw_input", model_name)
+    request.inputs = [Tensor(input_name, datatype, array)]
+    return request, OutputEncoding(binary_default=True)
+
+
+def _from_binary(
+    chunk: memoryview, datatype: DataType, shape: list[int], count: int, name: str, model_name: str
+) -> np.ndarray:
     if datatype is DataType.BYTES:
         return deserialize_bytes_tensor(chunk, count, name).reshape(shape)
     expected = count * datatype.itemsize
     if len(chunk) != expected:
         raise _fail(
-            f"unexpected total byte size {len(chunk)} for input '{name}', expecting {expected} "
-            f"for shape {_shape_str(shape)} of {datatype.wire_name}"
+            f"input byte size mismatch for input '{name}' for model '{model_name}'. Expected {expected}, got {len(chunk)}"
         )
     return np.frombuffer(chunk, dtype=datatype.numpy_dtype, count=count).reshape(shape)
 
@@ -175,7 +213,8 @@ def _from_binary(chunk: memoryview, datatype: DataType, shape: list[int], count:
 def _from_json(data: Any, datatype: DataType, shape: list[int], count: int, name: str) -> np.ndarray:
     if datatype in _NO_JSON_TYPES:
         raise _fail(
-            f"datatype {datatype.wire_name} of input '{name}' cannot be sent as JSON: use the binary data extension"
+            f"receiving {datatype.wire_name} data via JSON is not supported. Please use the binary data format for "
+            f"input {name}"
         )
     if not isinstance(data, list):
         data = [data]
@@ -186,27 +225,53 @@ def _from_json(data: Any, datatype: DataType, shape: list[int], count: int, name
         out = np.empty(count, dtype=object)
         for i, value in enumerate(flat):
             if not isinstance(value, str):
-                raise _fail(f"BYTES input '{name}' must hold JSON strings, found {type(value).__name__}")
+                raise _fail(
+                    f"Unable to parse JSON bytes array: input '{name}' must hold JSON strings, found {type(value).__name__}"
+                )
             out[i] = value.encode("utf-8")
         return out.reshape(shape)
+    if count == 0:
+        if _flatten(data):
+            raise _count_error(name, len(_flatten(data)), count, shape)
+        return np.empty(shape, dtype=datatype.numpy_dtype)
     try:
         array = np.asarray(data)
-    except ValueError:  # ragged nesting
+    except ValueError:  # ragged nesting: Triton only counts the elements
         array = np.asarray(_flatten(data), dtype=object)
     if array.size != count:
-        flat = _flatten(data)
-        raise _count_error(name, len(flat), count, shape)
+        raise _count_error(name, len(_flatten(data)), count, shape)
     kind = array.dtype.kind
-    if datatype is DataType.BOOL:
-        if kind != "b":
-            raise _fail(f"input '{name}' of type BOOL must hold JSON booleans")
-    elif kind not in "iub" + ("f" if datatype.numpy_dtype.kind == "f" else ""):
-        expected = "numbers" if datatype.numpy_dtype.kind == "f" else "integers"
-        raise _fail(f"input '{name}' of type {datatype.wire_name} must hold JSON {expected}")
-    try:
-        return array.astype(datatype.numpy_dtype, casting="unsafe").reshape(shape)
-    except (OverflowError, ValueError) as e:
-        raise _fail(f"input '{name}' holds values that do not fit {datatype.wire_name}: {e}") from None
+    target = datatype.numpy_dtype.kind
+    if kind == "O" or (target in "iu" and kind == "f"):
+        # numpy picks float64 or object for ints beyond int64 or ragged lists: look at the values themselves.
+        return _from_values(_flatten(data), datatype, name).reshape(shape)
+    allowed = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[target]  # as Triton: no floats for ints, no bools for numbers
+    if kind not in allowed:
+        raise _type_error(name, datatype)
+    return array.astype(datatype.numpy_dtype, casting="unsafe").reshape(shape)
+
+
+def _type_error(name: str, datatype: DataType) -> InvalidArgumentError:
+    expected = {"b": "booleans", "f": "numbers"}.get(datatype.numpy_dtype.kind, "integers")
+    return _fail(f"Unable to parse 'data': input '{name}' of type {datatype.wire_name} must hold JSON {expected}")
+
+
+def _from_values(values: list[Any], datatype: DataType, name: str) -> np.ndarray:
+    """The slow path for values numpy could not type by itself; integers wrap to the type's width as in Triton."""
+    target = datatype.numpy_dtype
+    if target.kind == "b":
+        if not all(isinstance(v, bool) for v in values):
+            raise _type_error(name, datatype)
+        return np.array(values, dtype=target)
+    if target.kind == "f":
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise _type_error(name, datatype)
+        return np.array([float(v) for v in values], dtype=target)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise _type_error(name, datatype)
+    mask = (1 << (8 * target.itemsize)) - 1
+    unsigned = np.dtype(f"<u{target.itemsize}")
+    return np.array([v & mask for v in values], dtype=unsigned).view(target)
 
 
 def _flatten(data: list[Any]) -> list[Any]:
@@ -225,7 +290,8 @@ def _flatten(data: list[Any]) -> list[Any]:
 
 def _count_error(name: str, got: int, count: int, shape: list[int]) -> InvalidArgumentError:
     return _fail(
-        f"unexpected number of elements for input '{name}': shape {_shape_str(shape)} needs {count}, 'data' has {got}"
+        f"Unable to parse 'data': Shape does not match true shape of 'data' field: input '{name}' has shape "
+        f"{_shape_str(shape)} ({count} elements) but 'data' holds {got}"
     )
 
 
@@ -247,9 +313,9 @@ def encode_infer_response(response: InferenceResponse, encoding: OutputEncoding)
         else:
             entry["data"] = _to_json_data(tensor)
         outputs.append(entry)
-    doc: dict[str, Any] = {"model_name": response.model_name, "model_version": str(response.model_version)}
-    if response.id:
-        doc["id"] = response.id
+    doc: dict[str, Any] = {"id": response.id} if response.id else {}
+    doc["model_name"] = response.model_name
+    doc["model_version"] = str(response.model_version)
     if response.parameters:
         doc["parameters"] = response.parameters
     doc["outputs"] = outputs
@@ -271,7 +337,7 @@ def _to_json_data(tensor: Tensor) -> Any:
     array = tensor.data
     if datatype in _NO_JSON_TYPES:
         raise _fail(
-            f"datatype {datatype.wire_name} of output '{tensor.name}' cannot be returned as JSON: request it as binary data"
+            f"sending {datatype.wire_name} data via JSON is not supported. Please request binary data for output {tensor.name}"
         )
     if datatype is DataType.BYTES:
         return [

@@ -15,9 +15,10 @@ from typing import Any
 import orjson
 
 from tritium.core.errors import InvalidArgumentError, Status, TritiumError
+from tritium.core.model import Model
 from tritium.server import Server
 
-from .codec import decode_infer_request, encode_infer_response
+from .codec import decode_infer_request, decode_raw_request, encode_infer_response
 
 #: Triton's mapping of error status to HTTP status.
 HTTP_STATUS = {
@@ -29,6 +30,7 @@ HTTP_STATUS = {
 
 JSON = b"application/json"
 OCTET_STREAM = b"application/octet-stream"
+TEXT = b"text/plain"
 
 _MODEL_URL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([0-9]+))?(?:/(infer|ready|config))?$")
 
@@ -50,18 +52,26 @@ class HttpResponse:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
-def error_response(error: TritiumError | str, status: int | None = None) -> HttpResponse:
+def error_response(error: TritiumError | str, status: int | None = None, content_type: bytes = JSON) -> HttpResponse:
     message = str(error)
     if status is None:
         status = HTTP_STATUS.get(error.status, 400) if isinstance(error, TritiumError) else 400
-    return HttpResponse(status, [orjson.dumps({"error": message})], JSON)
+    return HttpResponse(status, [orjson.dumps({"error": message})], content_type)
 
 
 def _json(doc: Any, status: int = 200) -> HttpResponse:
     return HttpResponse(status, [orjson.dumps(doc)], JSON)
 
 
-_EMPTY_OK = HttpResponse(200)
+# Triton answers health and readiness with an empty text/plain body.
+_EMPTY_OK = HttpResponse(200, [], TEXT)
+_EMPTY_NOT_READY = HttpResponse(400, [], TEXT)
+_MODEL_NOT_READY = HttpResponse(400, [orjson.dumps({"error": "Model version not ready"})], TEXT)
+_NOT_FOUND = HttpResponse(404, [orjson.dumps({"error": "Not Found"})], TEXT)
+
+
+def _not_allowed(content_type: bytes = JSON) -> HttpResponse:
+    return HttpResponse(405, [orjson.dumps({"error": "Method Not Allowed"})], content_type)
 
 
 class HttpApi:
@@ -73,10 +83,13 @@ class HttpApi:
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         try:
-            response = await self._route(request)
+            return await self._route(request)
         except TritiumError as e:
             return error_response(e)
-        return response
+        except _UnsupportedEncoding:
+            response = error_response("Unsupported compression type", 501, TEXT)
+            response.headers.append((b"Accept-Encoding", b"gzip, deflate"))
+            return response
 
     async def _route(self, request: HttpRequest) -> HttpResponse:
         path = request.path
@@ -84,46 +97,55 @@ class HttpApi:
         if path.startswith("/v2/models/"):
             match = _MODEL_URL.match(path)
             if match is None:
-                return error_response("Not Found", 404)
+                return _NOT_FOUND
             name, version_text, action = match.groups()
             version = int(version_text) if version_text else -1
             if action == "infer":
                 if method != "POST":
-                    return error_response("Method Not Allowed", 405)
+                    return _not_allowed(TEXT)
                 return await self._infer(request, name, version)
-            if method != "GET":
-                return error_response("Method Not Allowed", 405)
             if action == "ready":
-                return _EMPTY_OK if self.server.model_ready(name, version) else HttpResponse(400)
+                if method != "GET":
+                    return _not_allowed(TEXT)
+                return _EMPTY_OK if self.server.model_ready(name, version) else _MODEL_NOT_READY
+            if method != "GET":
+                return _not_allowed()
             if action == "config":
                 return _json(self.server.model_config(name, version))
             return _json(self.server.model_metadata(name, version))
         if path == "/v2/health/live" or path == "/v2/health/ready":
             if method != "GET":
-                return error_response("Method Not Allowed", 405)
+                return _not_allowed(TEXT)
             ok = self.server.live() if path.endswith("live") else self.server.ready()
-            return _EMPTY_OK if ok else HttpResponse(400)
-        if path == "/v2" or path == "/v2/":
+            return _EMPTY_OK if ok else _EMPTY_NOT_READY
+        if path == "/v2":
             if method != "GET":
-                return error_response("Method Not Allowed", 405)
+                return _not_allowed()
             return _json(self.server.metadata())
-        return error_response("Not Found", 404)
+        return _NOT_FOUND
 
     async def _infer(self, request: HttpRequest, name: str, version: int) -> HttpResponse:
-        model = self.server.model(name, version)  # an unknown model is reported before the body is read
+        try:
+            model = self.server.model(name, version)  # an unknown model is reported before the body is read
+        except TritiumError as e:
+            return error_response(e, content_type=TEXT)
         body = self._decompress(request)
         header_length = request.headers.get("inference-header-content-length")
-        length = None
-        if header_length is not None:
+        if header_length is None:
+            infer_request, encoding = decode_infer_request(body, None, name, version)
+        else:
             try:
                 length = int(header_length)
             except ValueError:
-                raise InvalidArgumentError(
-                    f"Inference-Header-Content-Length must be an integer, got '{header_length}'"
-                ) from None
-        if length == 0:
-            raise InvalidArgumentError("raw binary inference requests (Inference-Header-Content-Length: 0) are not supported")
-        infer_request, encoding = decode_infer_request(body, length, name, version)
+                length = 0  # as Triton: an unreadable length means a raw binary request
+            if length == 0:
+                infer_request, encoding = self._raw_request(model, body, name, version)
+            elif not 0 < length <= len(body):
+                return error_response(
+                    f"inference header size should be in range (0, {len(body)}), got: {length}", 400, TEXT
+                )
+            else:
+                infer_request, encoding = decode_infer_request(body, length, name, version)
         response = await model.infer(infer_request)
         pieces, json_length = encode_infer_response(response, encoding)
         if json_length is None:
@@ -135,6 +157,18 @@ class HttpApi:
             [(b"Inference-Header-Content-Length", str(json_length).encode())],
         )
 
+    @staticmethod
+    def _raw_request(model: Model, body: bytes, name: str, version: int):  # type: ignore[no-untyped-def]
+        if len(model.inputs) != 1:
+            raise InvalidArgumentError(
+                f"raw binary request requires a model with exactly one input; model '{name}' has {len(model.inputs)}"
+            )
+        spec = next(iter(model.inputs.values()))
+        shape = spec.metadata_shape(model.max_batch_size)
+        if model.max_batch_size > 0:
+            shape[0] = 1
+        return decode_raw_request(body, name, version, spec.name, spec.datatype, shape)
+
     def _decompress(self, request: HttpRequest) -> bytes:
         encoding = request.headers.get("content-encoding")
         if not encoding or encoding == "identity":
@@ -142,9 +176,9 @@ class HttpApi:
         if encoding == "gzip":
             wbits = 16 + zlib.MAX_WBITS
         elif encoding == "deflate":
-            wbits = zlib.MAX_WBITS
+            wbits = 32 + zlib.MAX_WBITS  # zlib or gzip wrapper, detected (Triton accepts both)
         else:
-            raise InvalidArgumentError(f"unsupported Content-Encoding '{encoding}'")
+            raise _UnsupportedEncoding(encoding)
         inflater = zlib.decompressobj(wbits)
         try:
             data = inflater.decompress(request.body, self.max_input_size + 1)
@@ -155,6 +189,10 @@ class HttpApi:
                 f"request body is larger than the maximum input size of {self.max_input_size} bytes once decompressed"
             )
         return data
+
+
+class _UnsupportedEncoding(Exception):
+    pass
 
 
 def compress_body(pieces: list[bytes | memoryview], accept_encoding: str) -> tuple[list[bytes | memoryview], bytes | None]:

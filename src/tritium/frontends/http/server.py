@@ -26,6 +26,10 @@ from .routes import HttpApi, HttpRequest, HttpResponse, compress_body, error_res
 log = logging.getLogger(__name__)
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_REASONS[405] = b"Not Allowed"  # Triton's phrase
+
+#: Most bytes of request line and headers accepted; the body has its own limit (--http-max-input-size).
+MAX_HEAD_BYTES = 64 * 1024
 
 
 def _head(response: HttpResponse, length: int, keep_alive: bool) -> bytes:
@@ -46,7 +50,7 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = (
         "api", "max_body", "loop", "transport", "parser", "url", "headers", "body", "body_size",
-        "queue", "busy", "closing", "tasks", "_header_name",
+        "queue", "busy", "closing", "tasks", "head_size", "refusal", "in_head",
     )
 
     def __init__(self, api: HttpApi, max_body: int, loop: asyncio.AbstractEventLoop) -> None:
@@ -63,6 +67,11 @@ class HttpProtocol(asyncio.Protocol):
         self.busy = False
         self.closing = False
         self.tasks: set[asyncio.Task[None]] = set()
+        self.head_size = 0
+        #: True while the current request's head (line and headers) is still arriving.
+        self.in_head = False
+        #: Why a callback refused the request (httptools wraps exceptions raised in callbacks).
+        self.refusal: str | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -82,10 +91,15 @@ class HttpProtocol(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(400, "protocol upgrades are not supported")
+            return
         except httptools.HttpParserError as e:
-            self._fail(400, f"malformed HTTP request: {e}")
-        except _BodyTooLarge as e:
-            self._fail(400, str(e))
+            self._fail(400, self.refusal or f"malformed HTTP request: {e}")
+            return
+        if self.in_head:
+            # httptools buffers a header until it ends: bound what it may hold.
+            self.head_size += len(data)
+            if self.head_size > MAX_HEAD_BYTES:
+                self._fail(400, f"request line and headers are larger than {MAX_HEAD_BYTES} bytes")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -100,24 +114,37 @@ class HttpProtocol(asyncio.Protocol):
         self.headers = {}
         self.body = []
         self.body_size = 0
+        self.head_size = 0
+        self.in_head = True
+
+    def _refuse(self, message: str) -> None:
+        self.refusal = message
+        raise _Refused(message)
 
     def on_url(self, url: bytes) -> None:
+        self.head_size += len(url)
+        if self.head_size > MAX_HEAD_BYTES:
+            self._refuse(f"request line and headers are larger than {MAX_HEAD_BYTES} bytes")
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value)
+        if self.head_size > MAX_HEAD_BYTES:
+            self._refuse(f"request line and headers are larger than {MAX_HEAD_BYTES} bytes")
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         declared = self.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            raise _BodyTooLarge(
+            self._refuse(
                 f"request body of {declared} bytes is larger than the maximum input size of {self.max_body} bytes"
             )
 
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)
         if self.body_size > self.max_body:
-            raise _BodyTooLarge(f"request body is larger than the maximum input size of {self.max_body} bytes")
+            self._refuse(f"request body is larger than the maximum input size of {self.max_body} bytes")
         self.body.append(body)
 
     def on_message_complete(self) -> None:
@@ -178,8 +205,8 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _Refused(Exception):
+    """Raised in a parser callback to stop reading a request we will not serve."""
 
 
 class HttpFrontend:

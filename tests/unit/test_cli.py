@@ -1,0 +1,162 @@
+"""The command line: tritonserver's flag names and spellings, refusals that name the flag."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tritium.cli import UNSUPPORTED_FLAGS, parse_args
+
+REPO = ["--model-repository=/models"]
+
+
+def refused(capsys, argv) -> str:
+    """Parse ``argv`` expecting a refusal; return everything said about it."""
+    with pytest.raises(SystemExit) as info:
+        parse_args(argv)
+    code = info.value.code
+    assert code not in (0, None)
+    return (code if isinstance(code, str) else "") + capsys.readouterr().err
+
+
+# -- spellings ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["--model-repository=/a", "--http-port=9000", "--exit-on-error=false", "--log-verbose=2", "--id=srv"],
+    ["--model-repository", "/a", "--http-port", "9000", "--exit-on-error", "false",
+     "--log-verbose", "2", "--id", "srv"],
+    ["--model-store=/a", "--http-port", "9000", "--exit-on-error=false", "--log-verbose", "2", "--id=srv"],
+    ["--model-store", "/a", "--http-port=9000", "--exit-on-error", "false", "--log-verbose=2", "--id", "srv"],
+])
+def test_equals_and_space_forms_agree(argv):
+    options = parse_args(argv)
+    assert options.model_repositories == ["/a"]
+    assert options.http_port == 9000
+    assert options.exit_on_error is False
+    assert options.log_verbose == 2
+    assert options.server_id == "srv"
+
+
+def test_defaults():
+    options = parse_args(REPO)
+    assert options.http_port == 8000 and options.http_address == "0.0.0.0"
+    assert options.exit_on_error is True and options.strict_readiness is True
+    assert options.model_control_mode == "none"
+    assert options.http_max_input_size == 64 * 1024 * 1024
+    assert options.strict_model_config is False
+    assert options.server_id == "triton"
+
+
+def test_repeatable_model_repository_keeps_order():
+    options = parse_args(["--model-repository=/a", "--model-store", "/b", "--model-repository", "/c"])
+    assert options.model_repositories == ["/a", "/b", "/c"]
+
+
+def test_repository_path_with_equals_sign():
+    assert parse_args(["--model-repository=/data/a=b"]).model_repositories == ["/data/a=b"]
+
+
+@pytest.mark.parametrize("text, value", [
+    ("true", True), ("TRUE", True), ("1", True), ("on", True), ("yes", True),
+    ("false", False), ("False", False), ("0", False), ("off", False), ("no", False),
+])
+def test_boolean_spellings(text, value):
+    options = parse_args([*REPO, f"--strict-readiness={text}", "--exit-on-error", text])
+    assert options.strict_readiness is value and options.exit_on_error is value
+
+
+def test_auto_complete_switches():
+    assert parse_args([*REPO, "--strict-model-config=true"]).strict_model_config is True
+    assert parse_args([*REPO, "--disable-auto-complete-config"]).strict_model_config is True
+    assert parse_args([*REPO, "--strict-model-config=false"]).strict_model_config is False
+
+
+def test_explicit_mode_and_load_model():
+    options = parse_args([*REPO, "--model-control-mode=explicit", "--load-model=a", "--load-model", "b"])
+    assert options.model_control_mode == "explicit"
+    assert options.load_models == ["a", "b"]
+
+
+def test_backend_config():
+    options = parse_args([*REPO, "--backend-config=onnxruntime,default-max-batch-size=8",
+                          "--backend-config", "default-max-batch-size=2",
+                          "--backend-config=python,shm-default-byte-size=1048576"])
+    assert options.backend_config == {
+        "onnxruntime": {"default-max-batch-size": "8"},
+        "*": {"default-max-batch-size": "2"},
+        "python": {"shm-default-byte-size": "1048576"},
+    }
+
+
+def test_disabled_endpoints_accept_false():
+    options = parse_args([*REPO, "--allow-grpc=false", "--allow-metrics", "false", "--allow-http=true"])
+    assert options.allow_grpc is False and options.allow_metrics is False and options.allow_http is True
+
+
+# -- refusals -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--grpc-port", "9000"], "--grpc-port"),
+    (["--grpc-port=9000"], "--grpc-port"),
+    (["--trace-config", "x"], "--trace-config"),
+    (["--trace-config=level=TIMESTAMPS"], "--trace-config"),
+    (["--metrics-port=8002"], "--metrics-port"),
+    (["--log-file", "/tmp/log"], "--log-file"),
+    (["--repository-poll-secs=5"], "--repository-poll-secs"),
+    (["--cache-config", "local,size=1024"], "--cache-config"),
+    (["--pinned-memory-pool-byte-size=0"], "--pinned-memory-pool-byte-size"),
+])
+def test_unsupported_flags_name_the_flag(capsys, argv, flag):
+    message = refused(capsys, [*REPO, *argv])
+    assert flag in message
+    assert "not supported" in message or "not available" in message
+
+
+def test_every_unsupported_flag_is_refused(capsys):
+    for flag in UNSUPPORTED_FLAGS:
+        assert flag in refused(capsys, [*REPO, f"{flag}=1"])
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--exit-on-error=maybe"], ["--exit-on-error", "maybe"]),
+    (["--strict-readiness", "2"], ["--strict-readiness", "2"]),
+    (["--allow-http="], ["--allow-http"]),
+    (["--http-port=70000"], ["--http-port", "70000"]),
+    (["--http-port", "-1"], ["--http-port"]),
+    (["--http-port=http"], ["--http-port", "http"]),
+    (["--log-verbose=loud"], ["--log-verbose", "loud"]),
+    (["--http-max-input-size=64MB"], ["--http-max-input-size", "64MB"]),
+    (["--model-control-mode=sometimes"], ["--model-control-mode", "sometimes"]),
+    (["--no-such-flag=1"], ["--no-such-flag"]),
+    (["--model-repo=/x"], ["--model-repo"]),  # no abbreviations
+    (["--allow-grpc=true"], ["--allow-grpc"]),
+    (["--allow-metrics=true"], ["--allow-metrics"]),
+    (["--model-control-mode=poll"], ["poll"]),
+    (["--load-model=a"], ["--load-model", "explicit"]),
+    (["--backend-config=onnxruntime,novalue"], ["--backend-config", "onnxruntime,novalue"]),
+    (["--exit-on-error"], ["--exit-on-error"]),  # a value is required
+])
+def test_bad_values_are_refused_with_the_flag_named(capsys, argv, needles):
+    message = refused(capsys, [*REPO, *argv])
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in {message!r}"
+
+
+def test_model_repository_is_required(capsys):
+    assert "--model-repository" in refused(capsys, ["--http-port=9000"])
+
+
+def test_process_exits_nonzero_naming_the_flag():
+    """As users see it: the process exits non-zero before starting anything, naming the flag."""
+    result = subprocess.run([sys.executable, "-m", "tritium", "--model-repository=/nonexistent", "--grpc-port", "9000"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "--grpc-port" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "tritium", "--model-repository=/nonexistent", "--http-port=x"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--http-port" in result.stderr
