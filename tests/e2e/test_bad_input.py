@@ -2,8 +2,8 @@
 
 Raw HTTP (http.client and plain sockets) for what tritonclient refuses to send, tritonclient
 for what it can express.  Every error must be ``{"error": "..."}`` with ``Content-Type:
-application/json``, the status Triton uses (400 for bad input and unknown models, 404 for
-unknown paths, 405 for a wrong method), and a message naming the offending input, model,
+application/json``, the status Triton uses (400 for bad input, 404 for unknown models, versions
+and paths, 405 for a wrong method), and a message naming the offending input, model,
 header or value.  The last test checks the server still answers a valid request correctly.
 """
 
@@ -498,7 +498,7 @@ def test_unknown_model(server):
     for path in ("/v2/models/no_such_model/infer", "/v2/models/no_such_model", "/v2/models/no_such_model/config"):
         method = "POST" if path.endswith("infer") else "GET"
         body = json.dumps({"inputs": good_inputs()}).encode() if method == "POST" else None
-        expect_error(request(server, method, path, body), 400, "unknown model", "no_such_model")
+        expect_error(request(server, method, path, body), 404, "unknown model", "no_such_model")
 
 
 def test_unknown_model_ready_is_400(server):
@@ -507,9 +507,9 @@ def test_unknown_model_ready_is_400(server):
 
 
 def test_unknown_version(server):
-    expect_error(post_json(server, {"inputs": good_inputs()}, "/v2/models/add_sub/versions/7/infer"), 400,
+    expect_error(post_json(server, {"inputs": good_inputs()}, "/v2/models/add_sub/versions/7/infer"), 404,
                  "add_sub", "7")
-    expect_error(request(server, "GET", "/v2/models/add_sub/versions/7"), 400, "add_sub", "7")
+    expect_error(request(server, "GET", "/v2/models/add_sub/versions/7"), 404, "add_sub", "7")
     assert request(server, "GET", "/v2/models/add_sub/versions/7/ready")[0] == 400
 
 
@@ -574,7 +574,7 @@ def test_keep_alive_connection_survives_error_responses(server):
             ("POST", INFER, json.dumps({"inputs": [ints("INPUT0")]}).encode(), 400),
             ("GET", "/v2/nope", None, 404),
             ("GET", INFER, None, 405),
-            ("POST", "/v2/models/no_such_model/infer", b"{}", 400),
+            ("POST", "/v2/models/no_such_model/infer", b"{}", 404),
             ("POST", INFER, json.dumps({"inputs": good_inputs()}).encode(), 200),
         ]
         sockets = set()
@@ -622,13 +622,13 @@ def _tc_infer(client, model="add_sub", inputs=None, **kwargs):
 
 def test_tritonclient_unknown_model(client):
     e = _tc_infer(client, model="no_such_model")
-    assert e.status() == "400"
+    assert e.status() == "404"  # real Triton (2.51) answers NOT_FOUND
     assert "unknown model" in e.message() and "no_such_model" in e.message()
 
 
 def test_tritonclient_unknown_version(client):
     e = _tc_infer(client, model_version="7")
-    assert e.status() == "400" and "7" in e.message()
+    assert e.status() == "404" and "7" in e.message()
 
 
 def test_tritonclient_unknown_input(client):
@@ -668,7 +668,7 @@ def test_tritonclient_unknown_output(client):
 def test_tritonclient_metadata_of_unknown_model(client):
     with pytest.raises(InferenceServerException) as info:
         client.get_model_metadata("no_such_model")
-    assert info.value.status() == "400" and "no_such_model" in info.value.message()
+    assert info.value.status() == "404" and "no_such_model" in info.value.message()
     assert not client.is_model_ready("no_such_model")
 
 

@@ -24,6 +24,10 @@ def normalize(config: mc.ModelConfig, model_name: str, gpus: Sequence[int], defa
         config.name = model_name
     if not config.HasField("version_policy"):
         config.version_policy.latest.num_versions = 1
+    if not config.HasField("optimization"):
+        # Triton's defaults, so the config JSON reads as Triton's does.
+        config.optimization.input_pinned_memory.enable = True
+        config.optimization.output_pinned_memory.enable = True
     if config.platform == "ensemble":
         return
     if not config.instance_group:

@@ -88,10 +88,12 @@ class Model:
     def validate(self, request: InferenceRequest) -> None:
         """Check names, data types, shapes and batch size; apply input ``reshape``.
 
-        Raises :class:`InvalidArgumentError` whose text follows Triton's wording.
+        Raises :class:`InvalidArgumentError` with Triton's wording (clients match on it): errors Triton's
+        core raises carry its ``[request id: ...]`` prefix, those its frontends raise do not.
         """
         name = self.name
         inputs = self.inputs
+        mbs = self.max_batch_size
         batch_size = -1
         seen: set[str] = set()
         for tensor in request.inputs:
@@ -99,56 +101,61 @@ class Model:
             if spec is None:
                 raise InvalidArgumentError(f"unexpected inference input '{tensor.name}' for model '{name}'")
             if tensor.name in seen:
-                raise InvalidArgumentError(f"input '{tensor.name}' is given more than once for model '{name}'")
+                raise _request_error(request, f"input '{tensor.name}' already exists in request")
             seen.add(tensor.name)
             if tensor.datatype is not spec.datatype:
-                raise InvalidArgumentError(
+                raise _request_error(
+                    request,
                     f"inference input '{tensor.name}' data-type is '{tensor.datatype.wire_name}', "
-                    f"but model '{name}' expects '{spec.datatype.wire_name}'"
+                    f"but model '{name}' expects '{spec.datatype.wire_name}'",
                 )
             shape = tensor.data.shape
-            if self.max_batch_size > 0:
+            if mbs > 0:
                 if not shape:
-                    raise InvalidArgumentError(
+                    raise _request_error(
+                        request,
                         f"unexpected shape for input '{tensor.name}' for model '{name}'. Expected "
-                        f"{_shape_str(spec.metadata_shape(self.max_batch_size))}, got []"
+                        f"{_shape_str(spec.metadata_shape(mbs))}, got []. {_BATCH_NOTE}",
                     )
-                item_shape = shape[1:]
                 if batch_size < 0:
                     batch_size = shape[0]
-                    if batch_size > self.max_batch_size:
-                        raise InvalidArgumentError(
-                            f"inference request batch-size must be <= {self.max_batch_size} for '{name}'"
-                        )
+                    if batch_size > mbs:
+                        raise _request_error(request, f"inference request batch-size must be <= {mbs} for '{name}'")
                     if batch_size < 1:
-                        raise InvalidArgumentError(f"inference request batch-size must be >= 1 for '{name}'")
+                        raise _request_error(request, f"inference request batch-size must be >= 1 for '{name}'")
                 elif shape[0] != batch_size:
-                    raise InvalidArgumentError(
-                        f"input '{tensor.name}' batch size does not match other inputs for '{name}'"
+                    raise _request_error(
+                        request, f"input '{tensor.name}' batch size does not match other inputs for '{name}'"
                     )
+                item_shape = shape[1:]
             else:
                 item_shape = shape
             if not _dims_match(item_shape, spec.dims):
-                raise InvalidArgumentError(
+                raise _request_error(
+                    request,
                     f"unexpected shape for input '{tensor.name}' for model '{name}'. Expected "
-                    f"{_shape_str(spec.metadata_shape(self.max_batch_size))}, got {_shape_str(shape)}"
+                    f"{_shape_str(spec.metadata_shape(mbs))}, got {_shape_str(shape)}. "
+                    + (_BATCH_NOTE if mbs > 0 else ""),
                 )
             if spec.reshape is not None:
-                lead = shape[:1] if self.max_batch_size > 0 else ()
+                lead = shape[:1] if mbs > 0 else ()
                 tensor.data = tensor.data.reshape(lead + _resolve(spec.reshape, item_shape, spec.dims))
         if len(seen) < len(self.inputs):
             missing = [n for n in self.required_inputs if n not in seen]
             if missing:
-                raise InvalidArgumentError(
+                got = ",".join(f"'{n}'" for n in sorted(seen))
+                want = ",".join(f"'{n}'" for n in missing)
+                raise _request_error(
+                    request,
                     f"expected {len(self.required_inputs)} inputs but got {len(request.inputs)} inputs for model "
-                    f"'{name}'. Got input(s) {sorted(seen)}, but missing required input(s) {missing}. Please provide "
-                    "all required input(s)."
+                    f"'{name}'. Got input(s) [{got}], but missing required input(s) [{want}]. Please provide "
+                    "all required input(s).",
                 )
         if request.requested_outputs is not None:
             for output in request.requested_outputs:
                 if output not in self.outputs:
                     raise InvalidArgumentError(f"unexpected inference output '{output}' for model '{name}'")
-        request.batch_size = max(batch_size, 1) if self.max_batch_size > 0 else 1
+        request.batch_size = batch_size if mbs > 0 else 1
 
     def _shape_response(self, request: InferenceRequest, response: InferenceResponse) -> InferenceResponse:
         """Keep the outputs the client asked for, in its order, and undo output ``reshape``."""
@@ -167,6 +174,18 @@ class Model:
         response.model_version = self.version
         response.id = request.id
         return response
+
+
+_BATCH_NOTE = (
+    "NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension to be prepended to each "
+    "input shape. If you want to specify the full shape including the batch dim in your input dims config, try "
+    "setting max_batch_size to zero. See the model configuration docs for more info on max_batch_size."
+)
+
+
+def _request_error(request: InferenceRequest, message: str) -> InvalidArgumentError:
+    """An error about one request, prefixed with its id as Triton's core does."""
+    return InvalidArgumentError(f"[request id: {request.id or '<id_unknown>'}] {message}")
 
 
 def _dims_match(shape: Sequence[int], dims: Sequence[int]) -> bool:

@@ -28,6 +28,7 @@ from tritium.core.errors import (
     InternalError,
     InvalidArgumentError,
     ModelConfigError,
+    NotFoundError,
     TritiumError,
     UnavailableError,
 )
@@ -73,6 +74,12 @@ class ModelEntry:
     state: State = State.UNKNOWN
     reason: str = ""
     versions: dict[int, VersionSlot] = field(default_factory=dict)
+    #: The highest READY version's model, kept current by :meth:`refresh` (looked up on every request).
+    latest: Model | None = None
+
+    def refresh(self) -> None:
+        ready = [v for v, slot in self.versions.items() if slot.state is State.READY and slot.model is not None]
+        self.latest = self.versions[max(ready)].model if ready else None
 
 
 class ModelRepositoryManager:
@@ -156,6 +163,7 @@ class ModelRepositoryManager:
             entry.state, entry.reason = State.READY, ""
             raise InvalidArgumentError(failed[0].reason)
         entry.versions = {slot.version: slot for slot in slots}
+        entry.refresh()
         if len(failed) == len(slots):
             entry.state, entry.reason = State.UNAVAILABLE, failed[0].reason
         else:
@@ -173,6 +181,10 @@ class ModelRepositoryManager:
         entry.state = State.UNAVAILABLE
         entry.reason = "unloaded"
         for slot in slots:
+            if slot.state is State.READY:
+                slot.state = State.UNLOADING  # no new requests; in-flight ones finish
+        entry.refresh()
+        for slot in slots:
             await self._retire(slot)
 
     async def unload_all(self, timeout: float | None = None) -> None:
@@ -181,7 +193,7 @@ class ModelRepositoryManager:
     async def _retire(self, slot: VersionSlot) -> None:
         """Stop taking requests for ``slot``, let in-flight ones finish, then free it."""
         model = slot.model
-        if slot.state is State.READY and model is not None:
+        if slot.state in (State.READY, State.UNLOADING) and model is not None:
             slot.state = State.UNLOADING
             await model.scheduler.drain()
             model.scheduler.close()
@@ -201,8 +213,7 @@ class ModelRepositoryManager:
                 raise ModelConfigError(f"failed to load model '{name}': {path} not found and auto-complete is disabled")
             config = mc.ModelConfig()
         fill_backend_fields(config, model_dir)
-        if config.platform == "ensemble":
-            raise UnavailableError(f"model '{name}': ensembles are not available in this version of tritium")
+        _refuse_unsupported_features(config, name)
         available = version_dirs(model_dir)
         if not config.name:
             config.name = name
@@ -254,19 +265,20 @@ class ModelRepositoryManager:
     # -- queries ----------------------------------------------------------------------------------
 
     def get(self, name: str, version: int = -1) -> Model:
-        """The READY model for ``name`` (latest ready version when ``version`` is -1)."""
+        """The READY model for ``name`` (latest ready version when ``version`` is -1).
+
+        Raises :class:`NotFoundError` with Triton's texts when there is none.
+        """
         entry = self._models.get(name)
         if entry is None or not entry.versions:
-            raise InvalidArgumentError(f"Request for unknown model: '{name}' is not found")
+            raise NotFoundError(f"Request for unknown model: '{name}' is not found")
         if version < 0:
-            for v in sorted(entry.versions, reverse=True):
-                slot = entry.versions[v]
-                if slot.state is State.READY and slot.model is not None:
-                    return slot.model
-            raise UnavailableError(f"Request for unknown model: '{name}' has no available versions")
+            if entry.latest is not None:
+                return entry.latest
+            raise NotFoundError(f"Request for unknown model: '{name}' has no available versions")
         slot = entry.versions.get(version)
         if slot is None:
-            raise InvalidArgumentError(f"Request for unknown model: '{name}' version {version} is not found")
+            raise NotFoundError(f"Request for unknown model: '{name}' version {version} is not found")
         if slot.state is not State.READY or slot.model is None:
             raise UnavailableError(f"Request for unknown model: '{name}' version {version} is not at ready state")
         return slot.model
@@ -312,6 +324,20 @@ class ModelRepositoryManager:
                     continue
                 rows.append({"name": name, "version": str(version), "state": slot.state.value, "reason": slot.reason})
         return rows
+
+
+def _refuse_unsupported_features(config: mc.ModelConfig, name: str) -> None:
+    """Fail the load of a model that needs what tritium cannot do yet, rather than serve it wrongly."""
+    if config.platform == "ensemble":
+        raise UnavailableError(f"model '{name}': ensembles are not available in this version of tritium")
+    if config.HasField("sequence_batching"):
+        raise UnavailableError(f"model '{name}': sequence batching is not available in this version of tritium")
+    if config.model_transaction_policy.decoupled:
+        raise UnavailableError(f"model '{name}': decoupled models are not available in this version of tritium")
+    if config.model_warmup:
+        log.warning("model '%s': model_warmup is not available in this version of tritium; loading without warmup", name)
+    if config.response_cache.enable:
+        log.warning("model '%s': the response cache is not available in this version of tritium; caching is off", name)
 
 
 def _instance_specs(config: mc.ModelConfig) -> list[InstanceSpec]:
