@@ -8,9 +8,12 @@ these objects.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .types import Tensor
+
+if TYPE_CHECKING:
+    from .streaming import ResponseStream
 
 
 @dataclass(slots=True)
@@ -30,6 +33,8 @@ class InferenceRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     #: The size of the batch dimension; set by validation (1 for non-batching models).
     batch_size: int = 1
+    #: Where a decoupled model sends its responses; set by :meth:`tritium.core.model.Model.stream`.
+    response_stream: ResponseStream | None = None
 
 
 @dataclass(slots=True)

@@ -7,15 +7,17 @@ the config at load time to keep the per-request cost small.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.config.parse import config_to_dict
 
-from .errors import InvalidArgumentError
+from .errors import InternalError, InvalidArgumentError, TritiumError
 from .inference import InferenceRequest, InferenceResponse
+from .streaming import ResponseStream, StreamItem
 from .types import DataType, Tensor
 
 if TYPE_CHECKING:
@@ -81,9 +83,49 @@ class Model:
     # -- inference --------------------------------------------------------------------------------
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        """One request, one response (models that are not decoupled)."""
         self.validate(request)
         response = await self.scheduler.infer(request)
         return self._shape_response(request, response)
+
+    async def stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]:
+        """Every response of one request as the model sends it, ending with a final item.
+
+        For a model that is not decoupled this is its one response, marked final.  Errors come as a
+        final item with ``error`` set, so a streaming frontend can report them per request.
+        """
+        try:
+            self.validate(request)
+        except TritiumError as e:
+            yield StreamItem(None, True, e)
+            return
+        if not self.decoupled:
+            try:
+                response = await self.scheduler.infer(request)
+            except TritiumError as e:
+                yield StreamItem(None, True, e)
+                return
+            yield StreamItem(self._shape_response(request, response), True)
+            return
+        stream = ResponseStream(asyncio.get_running_loop())
+        request.response_stream = stream
+        execution = asyncio.ensure_future(self.scheduler.infer(request))
+
+        def failed(task: asyncio.Future[InferenceResponse]) -> None:
+            # execute() returning ends nothing (responses may still come); an error ends the stream.
+            if not task.cancelled() and task.exception() is not None:
+                error = task.exception()
+                stream.fail(error if isinstance(error, TritiumError) else InternalError(str(error)))
+
+        execution.add_done_callback(failed)
+        try:
+            async for item in stream.items():
+                if item.response is not None:
+                    item.response = self._shape_response(request, item.response)
+                yield item
+        finally:
+            if not execution.done():
+                execution.cancel()
 
     def validate(self, request: InferenceRequest) -> None:
         """Check names, data types, shapes and batch size; apply input ``reshape``.

@@ -129,6 +129,8 @@ class HttpApi:
             model = self.server.model(name, version)  # an unknown model is reported before the body is read
         except TritiumError as e:
             return error_response(e, content_type=TEXT)
+        if model.decoupled:
+            raise InvalidArgumentError("HTTP end point doesn't support models with decoupled transaction policy")
         body = self._decompress(request)
         header_length = request.headers.get("inference-header-content-length")
         if header_length is None:
