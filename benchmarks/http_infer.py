@@ -7,8 +7,12 @@ Starts tritium on a repository it builds (an identity model, FP32 [1,16], and a
     python benchmarks/http_infer.py [--duration 10] [--connections 1,8,32] [--models identity,mlp]
 
 Needs ``wrk`` (Debian package ``wrk``) and the ``onnx`` package.  With
-``--url host:port`` it drives an already running server instead (e.g. real
-Triton serving the same models), so peers can be compared side by side.
+``--url host:port`` it drives an already running server instead.  With
+``--triton-python PYTHON`` (an interpreter whose environment has
+``nvidia-pytriton``) it also starts real Triton through
+``../shared/tools/real_triton.sh`` on an identity model with the same inputs
+and outputs (Triton's Python backend: the only backend that build carries) and
+measures it in the same run, for a side-by-side table.
 """
 
 from __future__ import annotations
@@ -67,6 +71,47 @@ def build_repo(root: str) -> None:
     """)
 
 
+TRITON_IDENTITY = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())])
+            for r in requests
+        ]
+"""
+
+
+def build_triton_repo(root: str) -> None:
+    """identity_fp32 as a Python-backend model, for real Triton."""
+    os.makedirs(os.path.join(root, "identity_fp32", "1"))
+    with open(os.path.join(root, "identity_fp32", "config.pbtxt"), "w") as f:
+        f.write("""
+            backend: "python"
+            max_batch_size: 32
+            input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]
+            output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]
+            dynamic_batching { }
+            instance_group [ { kind: KIND_CPU count: 1 } ]
+        """)
+    with open(os.path.join(root, "identity_fp32", "1", "model.py"), "w") as f:
+        f.write(TRITON_IDENTITY)
+
+
+def start_triton(workdir: str, python: str, port: int) -> subprocess.Popen:
+    script = os.path.join(HERE, "..", "..", "shared", "tools", "real_triton.sh")
+    repo = os.path.join(workdir, "triton-repo")
+    build_triton_repo(repo)
+    log = open(os.path.join(workdir, "triton.log"), "wb")
+    return subprocess.Popen(
+        ["bash", script, f"--model-repository={repo}", f"--http-port={port}", f"--grpc-port={port + 1}",
+         f"--metrics-port={port + 2}"],
+        stdout=log, stderr=log, env=dict(os.environ, PYTRITON_PYTHON=python),
+    )
+
+
 def bodies(workdir: str, model: str, shape: tuple[int, ...]) -> dict[str, tuple[str, str, str]]:
     """mode -> (body file, content type, extra lua) for JSON and binary requests."""
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -123,6 +168,22 @@ def run_wrk(url: str, model: str, lua: str, connections: int, duration: int, thr
     return {"rps": rps, "p50": p50, "p99": p99, "errors": int(errors.group(1)) if errors else 0}
 
 
+def measure(args: argparse.Namespace, workdir: str, url: str, label: str, models: list[str]) -> list:
+    rows = []
+    for key in models:
+        model, shape = MODELS[key]
+        for mode, (body, ctype, extra) in bodies(workdir, model, shape).items():
+            if mode not in args.modes.split(","):
+                continue
+            lua = os.path.join(workdir, f"{model}-{mode}.lua")
+            with open(lua, "w") as f:
+                f.write(LUA.format(body=body, content_type=ctype, extra=extra))
+            run_wrk(url, model, lua, 8, 2, args.threads)  # warm up
+            for c in (int(x) for x in args.connections.split(",")):
+                rows.append((label, key, mode, c, run_wrk(url, model, lua, c, args.duration, args.threads)))
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
@@ -132,6 +193,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="wrk threads")
     ap.add_argument("--url", help="drive this running server instead of starting tritium")
     ap.add_argument("--label", default="tritium")
+    ap.add_argument("--triton-python", help="also measure real Triton (identity only), started with this interpreter")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -146,21 +208,18 @@ def main() -> int:
             url = f"127.0.0.1:{port}"
             log = open(os.path.join(workdir, "server.log"), "wb")
             proc = subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}",
-                                     f"--http-port={port}", "--http-address=127.0.0.1"], stdout=log, stderr=log)
+                                     f"--http-port={port}", "--http-address=127.0.0.1", "--allow-grpc=false"],
+                                    stdout=log, stderr=log)
         wait_live(url, proc)
-        rows = []
-        for key in args.models.split(","):
-            model, shape = MODELS[key]
-            for mode, (body, ctype, extra) in bodies(workdir, model, shape).items():
-                if mode not in args.modes.split(","):
-                    continue
-                lua = os.path.join(workdir, f"{model}-{mode}.lua")
-                with open(lua, "w") as f:
-                    f.write(LUA.format(body=body, content_type=ctype, extra=extra))
-                run_wrk(url, model, lua, 8, 2, args.threads)  # warm up
-                for c in (int(x) for x in args.connections.split(",")):
-                    r = run_wrk(url, model, lua, c, args.duration, args.threads)
-                    rows.append((args.label, key, mode, c, r))
+        rows = measure(args, workdir, url, args.label, args.models.split(","))
+        if args.triton_python:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
+            proc = start_triton(workdir, args.triton_python, 18650)
+            triton_url = "127.0.0.1:18650"
+            wait_live(triton_url, proc, timeout=120)
+            rows += measure(args, workdir, triton_url, "triton", ["identity"])
         print(f"{'server':<10} {'model':<9} {'body':<7} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
         for label, key, mode, c, r in rows:
             print(f"{label:<10} {key:<9} {mode:<7} {c:>5} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>6}")
