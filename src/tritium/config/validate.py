@@ -70,11 +70,8 @@ def validate(config: mc.ModelConfig, model_name: str, gpus: Sequence[int]) -> No
     _check_tensors("input", config.input, fail)
     _check_tensors("output", config.output, fail)
     if config.HasField("dynamic_batching"):
-        for size in config.dynamic_batching.preferred_batch_size:
-            if size < 1 or (config.max_batch_size > 0 and size > config.max_batch_size):
-                fail(
-                    f"dynamic batching preferred size must be positive and <= max batch size {config.max_batch_size}, got {size}"
-                )
+        _check_dynamic_batching(config, fail)
+    _check_batch_io(config, fail)
     for group in config.instance_group:
         kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
         if group.kind == KIND_GPU:
@@ -90,6 +87,59 @@ def validate(config: mc.ModelConfig, model_name: str, gpus: Sequence[int]) -> No
             fail(f"instance group {group.name} of model {model_name} has kind {kind} but specifies one or more GPUs")
         if group.count < 1:
             fail(f"instance group {group.name} of model {model_name} must have a count >= 1, got {group.count}")
+
+
+def _check_dynamic_batching(config: mc.ModelConfig, fail) -> None:  # type: ignore[no-untyped-def]
+    batching = config.dynamic_batching
+    for size in batching.preferred_batch_size:
+        if size < 1 or (config.max_batch_size > 0 and size > config.max_batch_size):
+            fail(
+                f"dynamic batching preferred size must be positive and <= max batch size {config.max_batch_size}, got {size}"
+            )
+    levels = batching.priority_levels
+    if levels:
+        if not 1 <= batching.default_priority_level <= levels:
+            fail(f"default priority level must be in range [1, {levels}], got {batching.default_priority_level}")
+    elif batching.default_priority_level:
+        fail(f"default_priority_level {batching.default_priority_level} needs priority_levels to be set")
+    for level in batching.priority_queue_policy:
+        if not 1 <= level <= levels:
+            fail(f"priority queue policy must have priority level in range [1, {levels}], got {level}")
+
+
+_BATCH_INPUT_TYPES = (mc.TYPE_INT32, mc.TYPE_FP32)
+
+
+def _check_batch_io(config: mc.ModelConfig, fail) -> None:  # type: ignore[no-untyped-def]
+    """Ragged inputs, ``batch_input`` and ``batch_output`` as Triton defines them."""
+    inputs = {i.name for i in config.input}
+    outputs = {o.name for o in config.output}
+    ragged = [i.name for i in config.input if i.allow_ragged_batch]
+    if ragged and config.max_batch_size == 0:
+        fail(f"input '{ragged[0]}' allows ragged batch but the model does not batch (max_batch_size is 0)")
+    for batch_input in config.batch_input:
+        kind = mc.BatchInput.Kind.Name(batch_input.kind)
+        if config.max_batch_size == 0:
+            fail(f"batch_input {kind} needs a batching model (max_batch_size > 0)")
+        if len(batch_input.target_name) != 1:
+            fail(f"batch_input {kind} must name exactly one target_name, got {list(batch_input.target_name)}")
+        target = batch_input.target_name[0]
+        if target in inputs:
+            fail(f"batch_input target '{target}' must not also be a model input")
+        if batch_input.data_type not in _BATCH_INPUT_TYPES:
+            fail(f"batch_input '{target}' data_type must be TYPE_INT32 or TYPE_FP32, got "
+                 f"{mc.DataType.Name(batch_input.data_type)}")
+        if len(batch_input.source_input) != 1:
+            fail(f"batch_input '{target}' must name exactly one source_input, got {list(batch_input.source_input)}")
+        if batch_input.source_input[0] not in inputs:
+            fail(f"batch_input '{target}' source_input '{batch_input.source_input[0]}' is not an input of the model")
+    for batch_output in config.batch_output:
+        if len(batch_output.source_input) != 1 or batch_output.source_input[0] not in inputs:
+            fail(f"batch_output must name exactly one source_input that is an input of the model, got "
+                 f"{list(batch_output.source_input)}")
+        for target in batch_output.target_name:
+            if target not in outputs:
+                fail(f"batch_output target '{target}' is not an output of the model")
 
 
 def _check_tensors(what: str, tensors: Sequence[mc.ModelInput] | Sequence[mc.ModelOutput], fail) -> None:  # type: ignore[no-untyped-def]

@@ -35,6 +35,12 @@ class InferenceRequest:
     batch_size: int = 1
     #: Where a decoupled model sends its responses; set by :meth:`tritium.core.model.Model.stream`.
     response_stream: ResponseStream | None = None
+    #: Request ``priority`` parameter (0 = the model's default level, 1 = highest); set by validation.
+    priority: int = 0
+    #: Request ``timeout`` parameter in microseconds (0 = none); set by validation.
+    timeout_us: int = 0
+    #: ``time.monotonic_ns()`` when the scheduler queued the request (for statistics).
+    queued_ns: int = 0
 
 
 @dataclass(slots=True)

@@ -198,6 +198,13 @@ class Model:
                 if output not in self.outputs:
                     raise InvalidArgumentError(f"unexpected inference output '{output}' for model '{name}'")
         request.batch_size = batch_size if mbs > 0 else 1
+        params = request.parameters
+        if params and ("priority" in params or "timeout" in params):
+            # Scheduling parameters, not the model's: taken out as Triton's frontends do.
+            if "priority" in params:
+                request.priority = _uint_parameter(params.pop("priority"), "priority")
+            if "timeout" in params:
+                request.timeout_us = _uint_parameter(params.pop("timeout"), "timeout")
 
     def _shape_response(self, request: InferenceRequest, response: InferenceResponse) -> InferenceResponse:
         """Keep the outputs the client asked for, in its order, and undo output ``reshape``."""
@@ -228,6 +235,12 @@ _BATCH_NOTE = (
 def _request_error(request: InferenceRequest, message: str) -> InvalidArgumentError:
     """An error about one request, prefixed with its id as Triton's core does."""
     return InvalidArgumentError(f"[request id: {request.id or '<id_unknown>'}] {message}")
+
+
+def _uint_parameter(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgumentError(f"request parameter '{name}' must be a non-negative integer, got {value!r}")
+    return value
 
 
 def _dims_match(shape: Sequence[int], dims: Sequence[int]) -> bool:

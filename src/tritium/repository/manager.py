@@ -248,7 +248,8 @@ class ModelRepositoryManager:
             workers = [InstanceWorker(instance, loop) for instance in slot.instances]
             scheduler: Scheduler
             if config.HasField("dynamic_batching") and config.max_batch_size > 0:
-                scheduler = DynamicBatcher(workers, loop, config.max_batch_size)
+                ragged = [i.name for i in config.input if i.allow_ragged_batch]
+                scheduler = DynamicBatcher(workers, loop, config.max_batch_size, config.dynamic_batching, ragged)
             else:
                 scheduler = DirectScheduler(workers, loop)
             slot.model = Model(name, version, config, scheduler)

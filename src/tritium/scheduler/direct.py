@@ -7,83 +7,123 @@ Dispatch happens in its own event-loop callback, scheduled once when work
 arrives: requests that arrive in the same turn of the loop (several connections'
 data read in one poll) wait for each other, so the dynamic batcher can join them
 even when an instance is free, at the cost of one ``call_soon``.
+
+Subclasses change only the queue: :meth:`_enqueue`, :meth:`_take` and
+:attr:`_queued`; completion, statistics, draining and ordering live here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Sequence
 
 from tritium.core.errors import TritiumError, UnavailableError
 from tritium.core.inference import InferenceRequest, InferenceResponse
+from tritium.core.stats import ExecutionTiming, ModelStats
 
 from .base import Scheduler
 from .workers import InstanceWorker
 
+Future = asyncio.Future  # of InferenceResponse
+Batch = list[tuple[InferenceRequest, "asyncio.Future[InferenceResponse]"]]
+
 
 class DirectScheduler(Scheduler):
-    def __init__(self, workers: Sequence[InstanceWorker], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, workers: Sequence[InstanceWorker], loop: asyncio.AbstractEventLoop,
+                 stats: ModelStats | None = None) -> None:
         self._loop = loop
         self._dispatch_scheduled = False
         self._workers = list(workers)
         self._idle: deque[InstanceWorker] = deque(self._workers)
         self._pending: deque[tuple[InferenceRequest, asyncio.Future[InferenceResponse]]] = deque()
+        #: Requests accepted and not yet answered (queued or executing).
         self._in_flight = 0
         self._drained: asyncio.Event | None = None
         self._closed = False
+        self.stats = stats if stats is not None else ModelStats()
+        #: With ``preserve_ordering``: dispatched batches in order, each [futures, results or None].
+        self._ordered: deque[list] | None = None  # type: ignore[type-arg]
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         if self._closed:
             raise UnavailableError("model is being unloaded")
-        future: asyncio.Future[InferenceResponse] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[InferenceResponse] = self._loop.create_future()
+        request.queued_ns = time.monotonic_ns()
+        self._enqueue(request, future)  # may refuse (full queue)
         self._in_flight += 1
-        self._pending.append((request, future))
         if self._idle:
             self._schedule_dispatch()
         return await future
+
+    # -- the queue (overridden by the dynamic batcher) ----------------------------------------------
+
+    def _enqueue(self, request: InferenceRequest, future: asyncio.Future[InferenceResponse]) -> None:
+        self._pending.append((request, future))
+
+    @property
+    def _queued(self) -> bool:
+        return bool(self._pending)
+
+    def _take(self) -> Batch | None:
+        """The next batch to run now, or ``None`` when nothing should run yet."""
+        pending = self._pending
+        while pending:
+            entry = pending.popleft()
+            if not entry[1].cancelled():
+                return [entry]
+            self._in_flight -= 1  # the client went away while it waited
+        self._maybe_drained()
+        return None
+
+    # -- dispatch and completion --------------------------------------------------------------------
 
     def _schedule_dispatch(self) -> None:
         if not self._dispatch_scheduled:
             self._dispatch_scheduled = True
             self._loop.call_soon(self._dispatch)
 
-    def _next_batch(self) -> list[tuple[InferenceRequest, asyncio.Future[InferenceResponse]]]:
-        """The next batch to run; one request here, more in the dynamic batcher."""
-        return [self._pending.popleft()]
-
     def _dispatch(self) -> None:
         self._dispatch_scheduled = False
-        while self._idle and self._pending:
-            entries = []
-            for request, future in self._next_batch():
-                if future.cancelled():  # the client went away while it waited
-                    self._in_flight -= 1
-                else:
-                    entries.append((request, future))
-            if not entries:
-                self._maybe_drained()
-                continue
-            worker = self._idle.popleft()
-            futures = [f for _, f in entries]
-            worker.submit([r for r, _ in entries], self._make_done(worker, futures))
+        idle = self._idle
+        while idle:
+            batch = self._take()
+            if not batch:
+                return
+            worker = idle.popleft()
+            futures = [f for _, f in batch]
+            slot = None
+            if self._ordered is not None:
+                slot = [futures, None]
+                self._ordered.append(slot)
+            worker.submit([r for r, _ in batch], self._make_done(worker, futures, slot))
 
-    def _make_done(self, worker: InstanceWorker, futures: list[asyncio.Future[InferenceResponse]]):  # type: ignore[no-untyped-def]
+    def _make_done(self, worker: InstanceWorker, futures: list[asyncio.Future[InferenceResponse]],
+                   slot: list | None):  # type: ignore[no-untyped-def,type-arg]
         def done(
             batch: Sequence[InferenceRequest],
             responses: list[InferenceResponse] | None,
             error: TritiumError | None,
+            timing: ExecutionTiming,
         ) -> None:
-            for i, future in enumerate(futures):
-                if future.done():
-                    continue
-                if responses is not None:
-                    future.set_result(responses[i])
-                else:
-                    future.set_exception(error or UnavailableError("execution failed"))
+            self.stats.record_execution(batch, timing, responses is not None)
+            if responses is None:
+                outcome: list[InferenceResponse] | TritiumError = error or UnavailableError("execution failed")
+            else:
+                outcome = responses
+            if slot is None:
+                _resolve(futures, outcome)
+            else:
+                slot[1] = outcome
+                ordered = self._ordered
+                assert ordered is not None
+                while ordered and ordered[0][1] is not None:
+                    head = ordered.popleft()
+                    _resolve(head[0], head[1])
             self._in_flight -= len(futures)
             self._idle.append(worker)
-            if self._pending:
+            if self._queued:
                 self._schedule_dispatch()
             self._maybe_drained()
 
@@ -102,3 +142,15 @@ class DirectScheduler(Scheduler):
         self._closed = True
         for worker in self._workers:
             worker.stop()
+
+
+def _resolve(futures: list[asyncio.Future[InferenceResponse]],
+             outcome: list[InferenceResponse] | TritiumError) -> None:
+    if isinstance(outcome, TritiumError):
+        for future in futures:
+            if not future.done():
+                future.set_exception(outcome)
+    else:
+        for future, response in zip(futures, outcome):
+            if not future.done():
+                future.set_result(response)

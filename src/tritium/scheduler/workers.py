@@ -13,6 +13,10 @@ average), it runs the batch right on the event loop, where a call that short
 costs the loop less than the hop would; a slower execution moves the instance
 back to its thread from the next batch on.  Set ``TRITIUM_INLINE_EXECUTE_US=0``
 to always use the thread.
+
+Each execution is timed (:class:`~tritium.core.stats.ExecutionTiming`); a backend
+that can tell its phases apart sets ``input_end_ns`` and ``infer_end_ns`` on its
+instance during ``execute`` (monotonic ns), which the worker copies.
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ from collections.abc import Callable, Sequence
 from tritium.backends.base import ModelInstanceState
 from tritium.core.errors import InternalError, TritiumError
 from tritium.core.inference import InferenceRequest, InferenceResponse
+from tritium.core.stats import ExecutionTiming
 
 log = logging.getLogger(__name__)
 
-#: Called on the event loop with the batch and either its responses or the error that failed it.
-Done = Callable[[Sequence[InferenceRequest], "list[InferenceResponse] | None", "TritiumError | None"], None]
+#: Called on the event loop with the batch, either its responses or the error that failed it, and its timing.
+Done = Callable[
+    [Sequence[InferenceRequest], "list[InferenceResponse] | None", "TritiumError | None", ExecutionTiming], None
+]
 
 #: Executions shorter than this (moving average) run on the event loop instead of the worker thread.
 INLINE_EXECUTE_S = float(os.environ.get("TRITIUM_INLINE_EXECUTE_US", "150")) / 1e6
@@ -60,8 +67,8 @@ class InstanceWorker:
     def submit(self, batch: Sequence[InferenceRequest], done: Done) -> None:
         """Run ``batch``; ``done`` is called on the event loop (possibly before this returns)."""
         if self._average_s < INLINE_EXECUTE_S:
-            responses, error = self._execute(batch)
-            done(batch, responses, error)
+            responses, error, timing = self._execute(batch)
+            done(batch, responses, error, timing)
         else:
             self._queue.put((batch, done))
 
@@ -71,10 +78,13 @@ class InstanceWorker:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
-    def _execute(self, batch: Sequence[InferenceRequest]) -> tuple[list[InferenceResponse] | None, TritiumError | None]:
-        started = time.perf_counter()
+    def _execute(
+        self, batch: Sequence[InferenceRequest]
+    ) -> tuple[list[InferenceResponse] | None, TritiumError | None, ExecutionTiming]:
+        instance = self.instance
+        start = time.monotonic_ns()
         try:
-            responses = self.instance.execute(batch)
+            responses = instance.execute(batch)
             if len(responses) != len(batch):
                 raise InternalError(f"instance {self.name} returned {len(responses)} responses for {len(batch)} requests")
             result: tuple[list[InferenceResponse] | None, TritiumError | None] = (responses, None)
@@ -83,9 +93,15 @@ class InstanceWorker:
         except Exception as e:  # a backend bug must fail the batch, not kill the worker or the loop
             log.exception("instance %s failed", self.name)
             result = (None, InternalError(f"{type(e).__name__}: {e}"))
+        end = time.monotonic_ns()
+        timing = ExecutionTiming(
+            start, getattr(instance, "input_end_ns", 0), getattr(instance, "infer_end_ns", 0), end
+        )
+        if timing.input_end_ns < start:  # the backend did not stamp this execution
+            timing.input_end_ns = timing.infer_end_ns = 0
         if INLINE_EXECUTE_S > 0:
-            self._average_s += (time.perf_counter() - started - self._average_s) * 0.2
-        return result
+            self._average_s += ((end - start) / 1e9 - self._average_s) * 0.2
+        return result[0], result[1], timing
 
     def _run(self) -> None:
         call_back = self._loop.call_soon_threadsafe
@@ -94,8 +110,8 @@ class InstanceWorker:
             if item is _STOP:
                 return
             batch, done = item  # type: ignore[misc]
-            responses, error = self._execute(batch)
+            responses, error, timing = self._execute(batch)
             try:
-                call_back(done, batch, responses, error)
+                call_back(done, batch, responses, error, timing)
             except RuntimeError:  # loop closed during shutdown
                 return

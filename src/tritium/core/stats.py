@@ -1,0 +1,119 @@
+"""Per-model inference statistics, recorded cheaply on the hot path, read by statistics and metrics.
+
+Triton's model statistics, in the same terms: per request a queue time and the
+compute input / infer / output times of the execution it was part of; per
+execution its batch size.  Times are ``time.monotonic_ns()`` stamps.
+
+Everything here is updated on the event loop thread only (schedulers call
+:meth:`ModelStats.record_execution` from their completion callback), so no lock
+is taken.  Backends that can tell their phases apart fill an
+:class:`ExecutionTiming`'s ``input_end_ns`` / ``infer_end_ns``; otherwise the
+whole execution counts as compute infer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .inference import InferenceRequest
+
+now_ns = time.monotonic_ns
+
+
+@dataclass(slots=True)
+class ExecutionTiming:
+    """Stamps of one execution: start → inputs joined → model ran → outputs split (end)."""
+
+    start_ns: int = 0
+    input_end_ns: int = 0
+    infer_end_ns: int = 0
+    end_ns: int = 0
+
+    def phases(self) -> tuple[int, int, int]:
+        """(compute input, compute infer, compute output) in ns; unknown phases count as infer."""
+        start, end = self.start_ns, self.end_ns
+        input_end = self.input_end_ns or start
+        infer_end = self.infer_end_ns or end
+        return input_end - start, infer_end - input_end, end - infer_end
+
+
+@dataclass(slots=True)
+class Duration:
+    """A count and a total, as Triton's ``StatisticDuration``."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """Executions of one batch size (Triton's ``InferBatchStatistics``)."""
+
+    batch_size: int
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass(slots=True)
+class ModelStats:
+    """Counters of one model version (Triton's ``ModelStatistics``)."""
+
+    #: Requests that got a response, and the time from arrival at the scheduler to completion.
+    success: Duration = field(default_factory=Duration)
+    #: Requests that failed after they were queued (execution errors, timeouts, full queue).
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    #: Items inferred (sum of batch sizes) and model executions.
+    inference_count: int = 0
+    execution_count: int = 0
+    #: Wall-clock milliseconds since the epoch of the last completed inference (0 = never).
+    last_inference_ms: int = 0
+    batches: dict[int, BatchStats] = field(default_factory=dict)
+
+    def record_execution(self, requests: Sequence[InferenceRequest], timing: ExecutionTiming, ok: bool) -> None:
+        """One execution of ``requests`` (one batch) finished; ``ok`` is False when it failed."""
+        c_in, c_infer, c_out = timing.phases()
+        end = timing.end_ns
+        start = timing.start_ns
+        n = len(requests)
+        size = 0
+        queue_ns = 0
+        total_ns = 0
+        for request in requests:
+            size += request.batch_size
+            queued = request.queued_ns or start
+            queue_ns += start - queued
+            total_ns += end - queued
+        self.queue.add(queue_ns, n)
+        if not ok:
+            self.fail.add(total_ns, n)
+            return
+        self.success.add(total_ns, n)
+        self.compute_input.add(c_in * n, n)
+        self.compute_infer.add(c_infer * n, n)
+        self.compute_output.add(c_out * n, n)
+        self.inference_count += size
+        self.execution_count += 1
+        self.last_inference_ms = time.time_ns() // 1_000_000
+        batch = self.batches.get(size)
+        if batch is None:
+            batch = self.batches[size] = BatchStats(size)
+        batch.compute_input.add(c_in)
+        batch.compute_infer.add(c_infer)
+        batch.compute_output.add(c_out)
+
+    def record_rejected(self, request: InferenceRequest) -> None:
+        """A request that never ran: full queue or expired timeout."""
+        self.fail.add(now_ns() - (request.queued_ns or now_ns()))
