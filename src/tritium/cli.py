@@ -17,22 +17,16 @@ import time
 from collections.abc import Sequence
 
 from tritium import __version__
+from tritium.logsettings import LogManager, LogSettings
 from tritium.options import ServerOptions
 
 #: tritonserver flags tritium knows but cannot honour yet, with the reason shown to the user.
 UNSUPPORTED_FLAGS: dict[str, str] = {
-    **{
-        f: "the gRPC endpoint is not available in this version of tritium (use --allow-grpc=false)"
-        for f in (
-            "--grpc-port", "--grpc-address", "--reuse-grpc-port", "--grpc-header-forward-pattern",
-            "--grpc-infer-thread-count", "--grpc-infer-allocation-pool-size", "--grpc-max-response-pool-size",
-            "--grpc-use-ssl", "--grpc-use-ssl-mutual", "--grpc-server-cert", "--grpc-server-key",
-            "--grpc-root-cert", "--grpc-infer-response-compression-level", "--grpc-keepalive-time",
-            "--grpc-keepalive-timeout", "--grpc-keepalive-permit-without-calls",
-            "--grpc-http2-max-pings-without-data", "--grpc-http2-min-recv-ping-interval-without-data",
-            "--grpc-http2-max-ping-strikes", "--grpc-restricted-protocol",
-        )
-    },
+    "--grpc-header-forward-pattern": "header forwarding is not available in this version of tritium",
+    "--grpc-restricted-protocol": "restricted APIs are not available in this version of tritium",
+    "--grpc-infer-thread-count": "tritium serves gRPC on its event loop; there is no gRPC thread pool to size",
+    "--grpc-infer-allocation-pool-size": "tritium's gRPC frontend keeps no pool of request/response objects",
+    "--grpc-max-response-pool-size": "tritium's gRPC frontend keeps no pool of request/response objects",
     **{
         f: "the metrics endpoint is not available in this version of tritium (use --allow-metrics=false)"
         for f in (
@@ -46,11 +40,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     "--http-thread-count": "tritium serves HTTP on its event loop; there is no HTTP thread pool to size",
     "--http-header-forward-pattern": "header forwarding is not available in this version of tritium",
     "--http-restricted-api": "restricted APIs are not available in this version of tritium",
-    "--log-info": "the logging extension is not available in this version of tritium",
-    "--log-warning": "the logging extension is not available in this version of tritium",
-    "--log-error": "the logging extension is not available in this version of tritium",
-    "--log-format": "the logging extension is not available in this version of tritium",
-    "--log-file": "the logging extension is not available in this version of tritium",
     "--trace-config": "tracing is not available in this version of tritium",
     "--trace-file": "tracing is not available in this version of tritium",
     "--trace-level": "tracing is not available in this version of tritium",
@@ -130,11 +119,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=_port, default=8000)
     p.add_argument("--reuse-http-port", type=_bool, default=False, metavar="BOOL")
     p.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024)
-    p.add_argument("--allow-grpc", type=_bool, default=False, metavar="BOOL",
-                   help="gRPC is not available yet; only false is accepted")
+    p.add_argument("--allow-grpc", type=_bool, default=True, metavar="BOOL")
+    p.add_argument("--grpc-address", default="0.0.0.0")
+    p.add_argument("--grpc-port", type=_port, default=8001)
+    p.add_argument("--reuse-grpc-port", type=_bool, default=False, metavar="BOOL")
+    p.add_argument("--grpc-max-input-size", type=int, default=2**31 - 1,
+                   help="largest gRPC request message in bytes (tritium's flag; Triton's fixed limit by default)")
+    p.add_argument("--grpc-use-ssl", type=_bool, default=False, metavar="BOOL")
+    p.add_argument("--grpc-use-ssl-mutual", type=_bool, default=False, metavar="BOOL")
+    p.add_argument("--grpc-server-cert", default="", metavar="PATH")
+    p.add_argument("--grpc-server-key", default="", metavar="PATH")
+    p.add_argument("--grpc-root-cert", default="", metavar="PATH")
+    p.add_argument("--grpc-infer-response-compression-level", choices=["none", "low", "medium", "high"],
+                   default="none")
+    p.add_argument("--grpc-keepalive-time", type=int, default=7_200_000, metavar="MS")
+    p.add_argument("--grpc-keepalive-timeout", type=int, default=20_000, metavar="MS")
+    p.add_argument("--grpc-keepalive-permit-without-calls", type=_bool, default=False, metavar="BOOL")
+    p.add_argument("--grpc-http2-max-pings-without-data", type=int, default=2)
+    p.add_argument("--grpc-http2-min-recv-ping-interval-without-data", type=int, default=300_000, metavar="MS")
+    p.add_argument("--grpc-http2-max-ping-strikes", type=int, default=2)
+    p.add_argument("--grpc-max-connection-age", type=int, default=None, metavar="MS")
+    p.add_argument("--grpc-max-connection-age-grace", type=int, default=None, metavar="MS")
     p.add_argument("--allow-metrics", type=_bool, default=False, metavar="BOOL",
                    help="metrics are not available yet; only false is accepted")
-    p.add_argument("--log-verbose", type=int, default=0)
+    p.add_argument("--log-verbose", type=int, default=0, help="verbose logging level (0 = off)")
+    p.add_argument("--log-info", type=_bool, default=True, metavar="BOOL")
+    p.add_argument("--log-warning", type=_bool, default=True, metavar="BOOL")
+    p.add_argument("--log-error", type=_bool, default=True, metavar="BOOL")
+    p.add_argument("--log-format", choices=["default", "ISO8601"], default="default")
+    p.add_argument("--log-file", default="", metavar="PATH", help="write the log to this file instead of stderr")
     p.add_argument("--backend-config", action="append", default=[], metavar="BACKEND,KEY=VALUE")
     return p
 
@@ -146,6 +159,28 @@ def _refuse_unsupported(argv: Sequence[str]) -> None:
             raise SystemExit(f"tritium: {name} is not supported: {UNSUPPORTED_FLAGS[name]}")
 
 
+def _check_grpc(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """TLS needs readable certificate files; sizes and intervals must make sense."""
+    if args.grpc_max_input_size <= 0:
+        parser.error(f"--grpc-max-input-size must be a positive number of bytes, got {args.grpc_max_input_size}")
+    for flag in ("grpc_keepalive_time", "grpc_keepalive_timeout", "grpc_http2_max_pings_without_data",
+                 "grpc_http2_min_recv_ping_interval_without_data", "grpc_http2_max_ping_strikes",
+                 "grpc_max_connection_age", "grpc_max_connection_age_grace"):
+        value = getattr(args, flag)
+        if value is not None and value < 0:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 0, got {value}")
+    if not (args.grpc_use_ssl or args.grpc_use_ssl_mutual):
+        return
+    needed = [("--grpc-server-cert", args.grpc_server_cert), ("--grpc-server-key", args.grpc_server_key)]
+    if args.grpc_use_ssl_mutual:
+        needed.append(("--grpc-root-cert", args.grpc_root_cert))
+    for flag, path in needed:
+        if not path:
+            parser.error(f"{flag} is required with --grpc-use-ssl{'-mutual' if args.grpc_use_ssl_mutual else ''}")
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            parser.error(f"{flag}: cannot read '{path}'")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
     """Turn command-line flags into :class:`ServerOptions` (exits with a message on bad flags)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -154,8 +189,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
     args = parser.parse_args(argv)
     if not args.model_repositories:
         parser.error("at least one --model-repository is required")
-    if args.allow_grpc:
-        parser.error("--allow-grpc=true: the gRPC endpoint is not available in this version of tritium")
+    _check_grpc(parser, args)
     if args.allow_metrics:
         parser.error("--allow-metrics=true: the metrics endpoint is not available in this version of tritium")
     if args.model_control_mode == "poll":
@@ -193,42 +227,55 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         http_port=args.http_port,
         reuse_http_port=args.reuse_http_port,
         http_max_input_size=args.http_max_input_size,
-        allow_grpc=False,
+        allow_grpc=args.allow_grpc,
+        grpc_address=args.grpc_address,
+        grpc_port=args.grpc_port,
+        reuse_grpc_port=args.reuse_grpc_port,
+        grpc_max_input_size=args.grpc_max_input_size,
+        grpc_use_ssl=args.grpc_use_ssl,
+        grpc_use_ssl_mutual=args.grpc_use_ssl_mutual,
+        grpc_server_cert=args.grpc_server_cert,
+        grpc_server_key=args.grpc_server_key,
+        grpc_root_cert=args.grpc_root_cert,
+        grpc_infer_response_compression_level=args.grpc_infer_response_compression_level,
+        grpc_keepalive_time=args.grpc_keepalive_time,
+        grpc_keepalive_timeout=args.grpc_keepalive_timeout,
+        grpc_keepalive_permit_without_calls=args.grpc_keepalive_permit_without_calls,
+        grpc_http2_max_pings_without_data=args.grpc_http2_max_pings_without_data,
+        grpc_http2_min_recv_ping_interval_without_data=args.grpc_http2_min_recv_ping_interval_without_data,
+        grpc_http2_max_ping_strikes=args.grpc_http2_max_ping_strikes,
+        grpc_max_connection_age=args.grpc_max_connection_age,
+        grpc_max_connection_age_grace=args.grpc_max_connection_age_grace,
         allow_metrics=False,
         log_verbose=args.log_verbose,
+        log_info=args.log_info,
+        log_warning=args.log_warning,
+        log_error=args.log_error,
+        log_format=args.log_format,
+        log_file=args.log_file,
         backend_config=backend_config,
     )
 
 
-class TritonLogFormatter(logging.Formatter):
-    """Triton's default log line: ``I1122 03:43:00.123456 1234 file.py:12] message``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        t = time.localtime(record.created)
-        micros = int((record.created % 1) * 1_000_000)
-        level = record.levelname[0] if record.levelname else "I"
-        text = (
-            f"{level}{t.tm_mon:02d}{t.tm_mday:02d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{micros:06d} "
-            f"{os.getpid()} {record.filename}:{record.lineno}] {record.getMessage()}"
+def configure_logging(options: ServerOptions) -> LogManager:
+    """Route Python's logging through Triton's log settings (format, levels, file)."""
+    return LogManager(
+        LogSettings(
+            log_file=options.log_file,
+            log_info=options.log_info,
+            log_warning=options.log_warning,
+            log_error=options.log_error,
+            log_verbose_level=options.log_verbose,
+            log_format=options.log_format,
         )
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
+    )
 
 
-def configure_logging(verbose: int) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(TritonLogFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose > 0 else logging.INFO)
-
-
-async def _run(options: ServerOptions) -> int:
+async def _run(options: ServerOptions, logs: LogManager | None = None) -> int:
     from tritium.core.errors import TritiumError
     from tritium.server import Server, StartupError
 
-    server = Server(options)
+    server = Server(options, logs)
     try:
         await server.start()
     except (StartupError, TritiumError) as e:  # e.g. a model failed, or a repository cannot be read
@@ -250,14 +297,17 @@ async def _run(options: ServerOptions) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
-    configure_logging(options.log_verbose)
+    try:
+        logs = configure_logging(options)
+    except OSError as e:
+        raise SystemExit(f"tritium: cannot open --log-file: {e}") from None
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    return asyncio.run(_run(options))
+    return asyncio.run(_run(options, logs))
 
 
 if __name__ == "__main__":

@@ -26,9 +26,27 @@ class ServerOptions:
     http_max_input_size: int = 64 * 1024 * 1024
     reuse_http_port: bool = False
 
-    allow_grpc: bool = False
+    allow_grpc: bool = True
     grpc_address: str = "0.0.0.0"
     grpc_port: int = 8001
+    reuse_grpc_port: bool = False
+    #: Largest request message accepted (tritium's flag; Triton's limit is INT32_MAX, as here).
+    grpc_max_input_size: int = 2**31 - 1
+    grpc_use_ssl: bool = False
+    grpc_use_ssl_mutual: bool = False
+    grpc_server_cert: str = ""
+    grpc_server_key: str = ""
+    grpc_root_cert: str = ""
+    grpc_infer_response_compression_level: str = "none"  # none | low | medium | high
+    #: Keepalive settings in milliseconds, with tritonserver's defaults.
+    grpc_keepalive_time: int = 7_200_000
+    grpc_keepalive_timeout: int = 20_000
+    grpc_keepalive_permit_without_calls: bool = False
+    grpc_http2_max_pings_without_data: int = 2
+    grpc_http2_min_recv_ping_interval_without_data: int = 300_000
+    grpc_http2_max_ping_strikes: int = 2
+    grpc_max_connection_age: int | None = None
+    grpc_max_connection_age_grace: int | None = None
 
     allow_metrics: bool = False
     metrics_address: str = "0.0.0.0"
@@ -38,6 +56,8 @@ class ServerOptions:
     log_info: bool = True
     log_warning: bool = True
     log_error: bool = True
+    log_format: str = "default"  # or "ISO8601"
+    log_file: str = ""
 
     #: ``--backend-config <backend>,<key>=<value>``; backend ``*`` holds global settings.
     backend_config: dict[str, dict[str, str]] = field(default_factory=dict)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from tritium import __version__
@@ -18,6 +19,8 @@ from tritium.backends.registry import BackendRegistry
 from tritium.core.errors import InvalidArgumentError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.model import Model
+from tritium.core.streaming import StreamItem
+from tritium.logsettings import LogManager
 from tritium.options import ServerOptions
 from tritium.repository.manager import ModelRepositoryManager
 
@@ -27,7 +30,7 @@ log = logging.getLogger(__name__)
 TRITON_VERSION = "2.64.0"
 
 #: Extensions that work in this build, in Triton's order.
-EXTENSIONS = ["model_configuration", "binary_tensor_data", "parameters"]
+EXTENSIONS = ["model_configuration", "binary_tensor_data", "parameters", "logging"]
 
 
 class Frontend(Protocol):
@@ -41,8 +44,10 @@ class Frontend(Protocol):
 class Server:
     """One tritium server process."""
 
-    def __init__(self, options: ServerOptions) -> None:
+    def __init__(self, options: ServerOptions, logs: LogManager | None = None) -> None:
         self.options = options
+        #: Log settings of the logging extension; made on first use when the CLI did not set them up.
+        self._logs = logs
         self.backends = BackendRegistry(options.backend_config)
         self.repository: ModelRepositoryManager | None = None
         self.frontends: list[Frontend] = []
@@ -59,6 +64,7 @@ class Server:
         """
         self._stopping = asyncio.Event()
         self.repository = ModelRepositoryManager(self.options, self.backends)
+        self.repository.inference = LocalInference(self, asyncio.get_running_loop())
         self._live = True
         failed = await self.repository.load_startup_models()
         if failed and self.options.exit_on_error:
@@ -74,6 +80,10 @@ class Server:
             from tritium.frontends.http.server import HttpFrontend
 
             frontends.append(HttpFrontend(self, self.options))
+        if self.options.allow_grpc:
+            from tritium.frontends.grpc.server import GrpcFrontend
+
+            frontends.append(GrpcFrontend(self, self.options))
         return frontends
 
     async def serve_forever(self) -> None:
@@ -120,6 +130,14 @@ class Server:
     def metadata(self) -> dict[str, Any]:
         return {"name": self.options.server_id, "version": TRITON_VERSION, "extensions": list(EXTENSIONS)}
 
+    def log_settings(self, changes: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The logging extension: current settings, after applying ``changes`` when given."""
+        if self._logs is None:
+            from tritium.cli import configure_logging
+
+            self._logs = configure_logging(self.options)
+        return self._logs.update(changes or {})
+
     def model(self, name: str, version: int = -1) -> Model:
         if not name:
             raise InvalidArgumentError("model name must not be empty")
@@ -154,6 +172,20 @@ class Server:
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         model = self.model(request.model_name, request.model_version)
         return await model.infer(request)
+
+
+class LocalInference:
+    """Requests from backends to this server's models (Python-backend BLS), as frontends make them."""
+
+    def __init__(self, server: Server, loop: asyncio.AbstractEventLoop) -> None:
+        self._server = server
+        self.loop = loop
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        return await self._server.infer(request)
+
+    def stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]:
+        return self._server.model(request.model_name, request.model_version).stream(request)
 
 
 class StartupError(Exception):

@@ -100,12 +100,12 @@ def test_disabled_endpoints_accept_false():
 
 
 @pytest.mark.parametrize("argv, flag", [
-    (["--grpc-port", "9000"], "--grpc-port"),
-    (["--grpc-port=9000"], "--grpc-port"),
+    (["--grpc-infer-thread-count", "4"], "--grpc-infer-thread-count"),
+    (["--grpc-infer-allocation-pool-size=8"], "--grpc-infer-allocation-pool-size"),
     (["--trace-config", "x"], "--trace-config"),
     (["--trace-config=level=TIMESTAMPS"], "--trace-config"),
     (["--metrics-port=8002"], "--metrics-port"),
-    (["--log-file", "/tmp/log"], "--log-file"),
+    (["--rate-limit", "execution_count"], "--rate-limit"),
     (["--repository-poll-secs=5"], "--repository-poll-secs"),
     (["--cache-config", "local,size=1024"], "--cache-config"),
     (["--pinned-memory-pool-byte-size=0"], "--pinned-memory-pool-byte-size"),
@@ -133,7 +133,12 @@ def test_every_unsupported_flag_is_refused(capsys):
     (["--model-control-mode=sometimes"], ["--model-control-mode", "sometimes"]),
     (["--no-such-flag=1"], ["--no-such-flag"]),
     (["--model-repo=/x"], ["--model-repo"]),  # no abbreviations
-    (["--allow-grpc=true"], ["--allow-grpc"]),
+    (["--allow-grpc=perhaps"], ["--allow-grpc"]),
+    (["--grpc-port=70000"], ["--grpc-port", "70000"]),
+    (["--grpc-infer-response-compression-level=max"], ["--grpc-infer-response-compression-level", "max"]),
+    (["--grpc-use-ssl=true"], ["--grpc-server-cert"]),
+    (["--grpc-use-ssl=true", "--grpc-server-cert=/no/cert", "--grpc-server-key=/no/key"], ["/no/cert"]),
+    (["--grpc-keepalive-time=-5"], ["--grpc-keepalive-time"]),
     (["--allow-metrics=true"], ["--allow-metrics"]),
     (["--model-control-mode=poll"], ["poll"]),
     (["--load-model=a"], ["--load-model", "explicit"]),
@@ -152,10 +157,10 @@ def test_model_repository_is_required(capsys):
 
 def test_process_exits_nonzero_naming_the_flag():
     """As users see it: the process exits non-zero before starting anything, naming the flag."""
-    result = subprocess.run([sys.executable, "-m", "tritium", "--model-repository=/nonexistent", "--grpc-port", "9000"],
+    result = subprocess.run([sys.executable, "-m", "tritium", "--model-repository=/nonexistent", "--grpc-infer-thread-count", "4"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
-    assert "--grpc-port" in result.stderr
+    assert "--grpc-infer-thread-count" in result.stderr
     result = subprocess.run([sys.executable, "-m", "tritium", "--model-repository=/nonexistent", "--http-port=x"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2

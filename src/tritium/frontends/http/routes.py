@@ -7,6 +7,7 @@ Triton's: a model name is ``[^/]+``, a version ``[0-9]+``.
 
 from __future__ import annotations
 
+import logging
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -18,7 +19,9 @@ from tritium.core.errors import InvalidArgumentError, Status, TritiumError
 from tritium.core.model import Model
 from tritium.server import Server
 
-from .codec import decode_infer_request, decode_raw_request, encode_infer_response
+from .codec import decode_infer_request, decode_raw_request, encode_infer_response, parse_json
+
+log = logging.getLogger(__name__)
 
 #: Triton's mapping of error status to HTTP status.
 HTTP_STATUS = {
@@ -85,6 +88,7 @@ class HttpApi:
         try:
             return await self._route(request)
         except TritiumError as e:
+            log.debug("%s %s failed: %s", request.method, request.path, e)  # --log-verbose
             return error_response(e)
         except _UnsupportedEncoding:
             response = error_response("Unsupported compression type", 501, TEXT)
@@ -122,6 +126,15 @@ class HttpApi:
             if method != "GET":
                 return _not_allowed()
             return _json(self.server.metadata())
+        if path == "/v2/logging":
+            if method == "GET":
+                return _json(self.server.log_settings())
+            if method == "POST":
+                changes = parse_json(request.body, "logging") if request.body else {}
+                if not isinstance(changes, dict):
+                    raise InvalidArgumentError("the logging settings must be a JSON object")
+                return _json(self.server.log_settings(changes))
+            return _not_allowed()
         return _NOT_FOUND
 
     async def _infer(self, request: HttpRequest, name: str, version: int) -> HttpResponse:
