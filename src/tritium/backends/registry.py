@@ -16,11 +16,11 @@ log = logging.getLogger(__name__)
 #: backend name -> "module:Class"
 _BACKENDS: dict[str, str] = {
     "onnxruntime": "tritium.backends.onnxruntime:OnnxRuntimeBackend",
+    "pytorch": "tritium.backends.pytorch:PyTorchBackend",
+    "python": "tritium.backends.python.backend:PythonBackend",
 }
 #: backends Triton has that tritium does not serve (yet), with the reason given to users.
 _NOT_AVAILABLE: dict[str, str] = {
-    "python": "the python backend is not available in this version of tritium",
-    "pytorch": "the pytorch backend is not available in this version of tritium",
     "tensorflow": "tritium has no tensorflow backend",
     "tensorrt": "tritium has no tensorrt backend (TensorRT plans need NVIDIA's runtime)",
     "openvino": "tritium has no openvino backend yet",
