@@ -1,0 +1,1 @@
+"""Triton's gRPC service (``inference.GRPCInferenceService``) over ``grpc.aio``."""

@@ -1,0 +1,335 @@
+"""Triton's gRPC messages (``ModelInferRequest`` / ``ModelInferResponse``) to and from core objects.
+
+The request deserializer and response serializer work on the wire bytes directly for the tensor
+data, because protobuf's Python API copies every ``bytes`` field twice (into its arena, then into
+a new ``bytes`` object):
+
+* ``raw_input_contents`` (field 7) are cut out of the received message as ``memoryview`` slices
+  before protobuf parses the rest, so inputs become ``np.frombuffer`` views of the bytes gRPC
+  handed us (zero copy);
+* ``raw_output_contents`` (field 6) are appended to the serialized response header straight from
+  the output arrays' memory, so each output is copied once, into the message gRPC sends.
+
+Typed ``InferTensorContents`` are decoded too (the slow path); answers are always raw, as Triton's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from tritium._proto import grpc_service_pb2 as pb
+from tritium.core.bytes_codec import deserialize_bytes_tensor, serialize_bytes_tensor
+from tritium.core.errors import InvalidArgumentError, UnsupportedError
+from tritium.core.inference import InferenceRequest, InferenceResponse
+from tritium.core.types import DataType, Tensor
+
+#: Most dimensions a tensor may have (numpy's own limit is 64), as the HTTP frontend.
+MAX_RANK = 64
+_RAW_INPUT_FIELD = 7
+_RAW_OUTPUT_TAG = b"\x32"  # field 6, length-delimited
+_STREAM_RESPONSE_TAG = b"\x12"  # ModelStreamInferResponse.infer_response: field 2, length-delimited
+
+#: The typed-contents field that carries each data type (FP16/BF16 have none: raw only).
+CONTENTS_FIELD: dict[DataType, str] = {
+    DataType.BOOL: "bool_contents",
+    DataType.INT8: "int_contents",
+    DataType.INT16: "int_contents",
+    DataType.INT32: "int_contents",
+    DataType.INT64: "int64_contents",
+    DataType.UINT8: "uint_contents",
+    DataType.UINT16: "uint_contents",
+    DataType.UINT32: "uint_contents",
+    DataType.UINT64: "uint64_contents",
+    DataType.FP32: "fp32_contents",
+    DataType.FP64: "fp64_contents",
+    DataType.BYTES: "bytes_contents",
+}
+_ALL_CONTENTS = sorted(set(CONTENTS_FIELD.values()))
+
+
+@dataclass(slots=True)
+class DecodedRequest:
+    """A parsed ``ModelInferRequest`` whose raw contents are views of the received bytes.
+
+    ``error`` is set instead of raising, so a malformed message becomes a per-request error
+    (a status for ``ModelInfer``, an ``error_message`` on a stream) rather than a broken call.
+    """
+
+    message: pb.ModelInferRequest
+    raw: list[memoryview]
+    error: str | None = None
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise DecodeError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def decode_request_bytes(data: bytes) -> DecodedRequest:
+    """gRPC request deserializer for ``ModelInfer`` and ``ModelStreamInfer`` (never raises)."""
+    message = pb.ModelInferRequest()
+    try:
+        view = memoryview(data)
+        raw: list[memoryview] = []
+        rest: list[memoryview] = []
+        pos, start, size = 0, 0, len(data)
+        while pos < size:
+            field_start = pos
+            key, pos = _varint(data, pos)
+            wire_type = key & 7
+            if wire_type == 2:
+                length, pos = _varint(data, pos)
+                end = pos + length
+                if end > size:
+                    raise DecodeError("truncated length-delimited field")
+                if key >> 3 == _RAW_INPUT_FIELD:
+                    if field_start > start:
+                        rest.append(view[start:field_start])
+                    raw.append(view[pos:end])
+                    start = end
+                pos = end
+            elif wire_type == 0:
+                _, pos = _varint(data, pos)
+            elif wire_type == 1:
+                pos += 8
+            elif wire_type == 5:
+                pos += 4
+            else:
+                raise DecodeError(f"unsupported wire type {wire_type}")
+        if pos != size:
+            raise DecodeError("truncated message")
+        if not raw:
+            message.ParseFromString(data)
+        else:
+            rest.append(view[start:])
+            message.ParseFromString(b"".join(rest))
+        return DecodedRequest(message, raw)
+    except DecodeError as e:
+        return DecodedRequest(message, [], f"failed to parse the ModelInferRequest message: {e}")
+
+
+# -- parameters -------------------------------------------------------------------------------------
+
+
+def parameter_value(key: str, param: pb.InferParameter) -> Any:
+    """An ``InferParameter`` as a Python value (bool, int, str or float)."""
+    choice = param.WhichOneof("parameter_choice")
+    if choice is None:
+        raise InvalidArgumentError(
+            f"invalid value type for '{key}' parameter, expected int64_param, bool_param, string_param, "
+            "double_param or uint64_param."
+        )
+    return getattr(param, choice)
+
+
+def set_parameter(param: pb.InferParameter, value: Any) -> None:
+    if isinstance(value, bool):
+        param.bool_param = value
+    elif isinstance(value, int):
+        if value >= 1 << 63:
+            param.uint64_param = value
+        else:
+            param.int64_param = value
+    elif isinstance(value, float):
+        param.double_param = value
+    else:
+        param.string_param = str(value)
+
+
+# -- requests ---------------------------------------------------------------------------------------
+
+
+def to_inference_request(decoded: DecodedRequest, model_name: str, model_version: int) -> InferenceRequest:
+    """Build the core request; tensor checks name the input and model, in the HTTP frontend's words."""
+    message = decoded.message
+    request = InferenceRequest(model_name, model_version, message.id)
+    if message.parameters:
+        request.parameters = {k: parameter_value(k, v) for k, v in message.parameters.items()}
+    raw = decoded.raw
+    inputs = message.inputs
+    if raw and len(raw) > len(inputs):
+        raise InvalidArgumentError(f"unexpected additional input data for model '{model_name}'")
+    tensors = []
+    for i, item in enumerate(inputs):
+        tensors.append(_decode_input(item, raw[i] if i < len(raw) else None, bool(raw), model_name))
+    request.inputs = tensors
+    if message.outputs:
+        names = []
+        for output in message.outputs:
+            if "classification" in output.parameters:
+                raise InvalidArgumentError("the classification extension is not supported by this server")
+            names.append(output.name)
+        request.requested_outputs = names
+    return request
+
+
+def _decode_input(
+    item: pb.ModelInferRequest.InferInputTensor, raw: memoryview | None, uses_raw: bool, model_name: str
+) -> Tensor:
+    name = item.name
+    shape = list(item.shape)
+    if len(shape) > MAX_RANK:
+        raise InvalidArgumentError(
+            f"Unable to parse 'shape': input '{name}' has {len(shape)} dimensions, more than {MAX_RANK}"
+        )
+    if any(d < 0 for d in shape):
+        raise InvalidArgumentError(
+            f"Unable to parse 'shape': input '{name}' must have a shape of non-negative integers, got {shape}"
+        )
+    try:
+        datatype = DataType(item.datatype)
+    except ValueError:
+        raise InvalidArgumentError(f"invalid datatype for input {name}") from None
+    if item.parameters and "shared_memory_region" in item.parameters:
+        raise UnsupportedError("shared memory inputs are not supported by this server")
+    count = math.prod(shape)
+    has_contents = item.HasField("contents")
+    if uses_raw:
+        if has_contents:
+            raise InvalidArgumentError(
+                f"contents field must not be specified when using raw_input_contents for '{name}' for model "
+                f"'{model_name}'"
+            )
+        if raw is None:
+            raise _no_data(name, model_name)
+        return Tensor(name, datatype, _from_raw(raw, datatype, shape, count, name, model_name))
+    if not has_contents:
+        raise _no_data(name, model_name)
+    return Tensor(name, datatype, _from_contents(item.contents, datatype, shape, count, name, model_name))
+
+
+def _no_data(name: str, model_name: str) -> InvalidArgumentError:
+    return InvalidArgumentError(f"unable to find data for input tensor '{name}' for model '{model_name}' in request.")
+
+
+def _from_raw(raw: memoryview, datatype: DataType, shape: list[int], count: int, name: str, model: str) -> np.ndarray:
+    if datatype is DataType.BYTES:
+        return deserialize_bytes_tensor(raw, count, name).reshape(shape)
+    expected = count * datatype.itemsize
+    if len(raw) != expected:
+        raise _size_mismatch(name, model, expected, len(raw))
+    return np.frombuffer(raw, dtype=datatype.numpy_dtype, count=count).reshape(shape)
+
+
+def _size_mismatch(name: str, model: str, expected: int, got: int) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"input byte size mismatch for input '{name}' for model '{model}'. Expected {expected}, got {got}"
+    )
+
+
+def _from_contents(
+    contents: pb.InferTensorContents, datatype: DataType, shape: list[int], count: int, name: str, model: str
+) -> np.ndarray:
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidArgumentError(
+            f"{datatype.wire_name} data for input '{name}' of model '{model}' can only be sent in raw_input_contents"
+        )
+    for other in _ALL_CONTENTS:
+        if other != field and len(getattr(contents, other)):
+            raise InvalidArgumentError(
+                f"unexpected explicit tensor data for input tensor '{name}' for model '{model}' of type "
+                f"'{datatype.wire_name}', expected the '{field}' field, found '{other}'"
+            )
+    values = getattr(contents, field)
+    if len(values) != count:
+        if datatype is DataType.BYTES:
+            raise InvalidArgumentError(
+                f"unexpected number of string elements {len(values)} for input '{name}' for model '{model}', "
+                f"expecting {count}"
+            )
+        raise _size_mismatch(name, model, count * datatype.itemsize, len(values) * datatype.itemsize)
+    if datatype is DataType.BYTES:
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    wide = np.array(values, dtype=_WIDE[field]) if count else np.empty(0, dtype=datatype.numpy_dtype)
+    return wide.astype(datatype.numpy_dtype, copy=False).reshape(shape)
+
+
+#: numpy type of each typed-contents field, before narrowing to the tensor's type (as Triton, values wrap).
+_WIDE = {
+    "bool_contents": np.bool_,
+    "int_contents": np.int32,
+    "int64_contents": np.int64,
+    "uint_contents": np.uint32,
+    "uint64_contents": np.uint64,
+    "fp32_contents": np.float32,
+    "fp64_contents": np.float64,
+}
+
+
+# -- responses --------------------------------------------------------------------------------------
+
+
+def encode_response(response: InferenceResponse, extra: dict[str, Any] | None = None) -> list[bytes | memoryview]:
+    """A serialized ``ModelInferResponse`` as pieces to join: header fields, then each raw output."""
+    message = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=str(response.model_version), id=response.id
+    )
+    params = {**response.parameters, **extra} if extra else response.parameters
+    if params:
+        target = message.parameters
+        for key, value in params.items():
+            set_parameter(target[key], value)
+    pieces: list[bytes | memoryview] = [b""]
+    outputs = message.outputs
+    for tensor in response.outputs:
+        array = tensor.data
+        outputs.add(name=tensor.name, datatype=tensor.datatype.wire_name, shape=array.shape)
+        blob = _to_raw(array, tensor.datatype)
+        pieces.append(_RAW_OUTPUT_TAG + _varint_bytes(len(blob)))
+        pieces.append(blob)
+    pieces[0] = message.SerializeToString()
+    return pieces
+
+
+def _to_raw(array: np.ndarray, datatype: DataType) -> bytes | memoryview:
+    if datatype is DataType.BYTES:
+        return serialize_bytes_tensor(array)
+    array = np.ascontiguousarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return memoryview(array).cast("B") if array.size else b""
+
+
+def infer_response_bytes(response: InferenceResponse) -> bytes:
+    """The ``ModelInfer`` answer, serialized (outputs copied once, into this buffer)."""
+    return b"".join(encode_response(response))
+
+
+def stream_response_bytes(response: InferenceResponse, final: bool) -> bytes:
+    """A ``ModelStreamInferResponse`` carrying ``response``, with Triton's ``triton_final_response`` flag."""
+    pieces = encode_response(response, {"triton_final_response": final})
+    size = sum(len(p) for p in pieces)
+    return b"".join([_STREAM_RESPONSE_TAG, _varint_bytes(size), *pieces])
+
+
+def stream_error_bytes(message: str, request_id: str) -> bytes:
+    """A ``ModelStreamInferResponse`` reporting one request's error in-band (the stream stays open)."""
+    return pb.ModelStreamInferResponse(
+        error_message=message, infer_response=pb.ModelInferResponse(id=request_id)
+    ).SerializeToString()

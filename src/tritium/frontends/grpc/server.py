@@ -1,0 +1,332 @@
+"""The gRPC endpoint: ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health`` on ``grpc.aio``.
+
+The server runs on the process's event loop (uvloop when installed), beside the HTTP frontend, and
+calls the same core API.  Handlers are registered by method name (``GrpcApi.handlers``), so an
+extension's issue adds its RPCs there; RPCs whose feature tritium lacks answer UNIMPLEMENTED.
+
+``ModelInfer`` and ``ModelStreamInfer`` use the byte-level codec in ``codec.py`` (zero-copy raw
+inputs, outputs copied once); the other RPCs use the generated protobuf classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from tritium._proto import grpc_service_pb2 as pb
+from tritium._proto import health_pb2
+from tritium.core.errors import InternalError, InvalidArgumentError, TritiumError, UnsupportedError
+from tritium.core.inference import InferenceResponse
+from tritium.core.model import Model
+from tritium.options import ServerOptions
+
+from .codec import (
+    DecodedRequest,
+    decode_request_bytes,
+    infer_response_bytes,
+    stream_error_bytes,
+    stream_response_bytes,
+    to_inference_request,
+)
+from .errors import grpc_status
+
+log = logging.getLogger(__name__)
+
+SERVICE = "inference.GRPCInferenceService"
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+#: ``--grpc-infer-response-compression-level`` → gRPC's compression levels (``grpc_compression_level``).
+COMPRESSION_LEVELS = {"none": 0, "low": 1, "medium": 2, "high": 3}
+
+#: RPCs of Triton's service whose extensions tritium does not have yet.
+UNIMPLEMENTED_RPCS: dict[str, tuple[type, str]] = {
+    "ModelStatistics": (pb.ModelStatisticsRequest, "the statistics extension"),
+    "RepositoryIndex": (pb.RepositoryIndexRequest, "the model repository extension"),
+    "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, "the model repository extension"),
+    "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, "the model repository extension"),
+    "SystemSharedMemoryStatus": (pb.SystemSharedMemoryStatusRequest, "the system shared-memory extension"),
+    "SystemSharedMemoryRegister": (pb.SystemSharedMemoryRegisterRequest, "the system shared-memory extension"),
+    "SystemSharedMemoryUnregister": (pb.SystemSharedMemoryUnregisterRequest, "the system shared-memory extension"),
+    "CudaSharedMemoryStatus": (pb.CudaSharedMemoryStatusRequest, "the CUDA shared-memory extension"),
+    "CudaSharedMemoryRegister": (pb.CudaSharedMemoryRegisterRequest, "the CUDA shared-memory extension"),
+    "CudaSharedMemoryUnregister": (pb.CudaSharedMemoryUnregisterRequest, "the CUDA shared-memory extension"),
+    "TraceSetting": (pb.TraceSettingRequest, "the trace extension"),
+    "LogSettings": (pb.LogSettingsRequest, "the logging extension"),
+}
+
+Context = grpc.aio.ServicerContext
+
+
+def _version(text: str) -> int:
+    """A request's ``version`` string: empty lets the version policy choose."""
+    if not text:
+        return -1
+    if not text.isdigit():
+        raise InvalidArgumentError(f"model version must be a non-negative integer, got '{text}'")
+    return int(text)
+
+
+async def _abort(context: Context, error: Exception) -> None:
+    if isinstance(error, TritiumError):
+        await context.abort(grpc_status(error.status), str(error))
+    log.exception("unexpected error in a gRPC handler", exc_info=error)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {error}")
+
+
+def _guarded(method: Callable[[Any, Context], Awaitable[Any]]) -> Callable[[Any, Context], Awaitable[Any]]:
+    """Turn :class:`TritiumError` (and anything unexpected) into a gRPC status."""
+
+    async def handler(request: Any, context: Context) -> Any:
+        try:
+            return await method(request, context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure must become a status, not a dropped call
+            if isinstance(e, grpc.aio.AbortError):
+                raise
+            await _abort(context, e)
+
+    return handler
+
+
+class GrpcApi:
+    """Triton's gRPC RPCs over the server's protocol-neutral API."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    # -- health and metadata --------------------------------------------------------------------
+
+    async def server_live(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.server.live())
+
+    async def server_ready(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.server.ready())
+
+    async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+        try:
+            version = _version(request.version)
+        except InvalidArgumentError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=self.server.model_ready(request.name, version))
+
+    async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
+        doc = self.server.metadata()
+        return pb.ServerMetadataResponse(name=doc["name"], version=doc["version"], extensions=doc["extensions"])
+
+    async def model_metadata(self, request: pb.ModelMetadataRequest, context: Context) -> pb.ModelMetadataResponse:
+        doc = self.server.model_metadata(request.name, _version(request.version))
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=doc["name"],
+            versions=doc["versions"],
+            platform=doc["platform"],
+            inputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in doc["inputs"]],
+            outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in doc["outputs"]],
+        )
+
+    async def model_config(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
+        model: Model = self.server.model(request.name, _version(request.version))
+        response = pb.ModelConfigResponse()
+        response.config.CopyFrom(model.config)
+        return response
+
+    async def health_check(self, request: health_pb2.HealthCheckRequest, context: Context) -> Any:
+        status = health_pb2.HealthCheckResponse
+        return status(status=status.SERVING if self.server.live() else status.NOT_SERVING)
+
+    # -- inference ------------------------------------------------------------------------------
+
+    def _model(self, decoded: DecodedRequest) -> Model:
+        if decoded.error is not None:  # the message could not be parsed: not even its model name is known
+            raise InvalidArgumentError(decoded.error)
+        message = decoded.message
+        return self.server.model(message.model_name, _version(message.model_version))
+
+    async def model_infer(self, decoded: DecodedRequest, context: Context) -> bytes:
+        model = self._model(decoded)
+        if model.decoupled:
+            raise UnsupportedError("ModelInfer RPC doesn't support models with decoupled transaction policy")
+        request = to_inference_request(decoded, model.name, model.version)
+        response = await model.infer(request)
+        return infer_response_bytes(response)
+
+    async def model_stream_infer(self, requests: AsyncIterator[DecodedRequest], context: Context) -> AsyncIterator[bytes]:
+        """Many requests in flight on one stream; each response is sent as soon as it is produced.
+
+        A request's error is reported in that response's ``error_message`` and the stream goes on.
+        """
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def read() -> None:
+            try:
+                async for decoded in requests:
+                    task = asyncio.ensure_future(self._stream_one(decoded, queue))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                queue.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (item := await queue.get()) is not None:
+                yield item
+            await reader  # surface a failure of the request stream itself
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    async def _stream_one(self, decoded: DecodedRequest, queue: asyncio.Queue[bytes | None]) -> None:
+        request_id = decoded.message.id
+        try:
+            model = self._model(decoded)
+            request = to_inference_request(decoded, model.name, model.version)
+            empty_final = bool(request.parameters.get("triton_enable_empty_final_response", False))
+            decoupled = model.decoupled
+            async for item in model.stream(request):
+                if item.error is not None:
+                    queue.put_nowait(stream_error_bytes(str(item.error), request_id))
+                elif item.response is not None:
+                    # Triton flags every streamed response; a decoupled model's last one says final only
+                    # when the model sent its data and the final flag together.
+                    queue.put_nowait(stream_response_bytes(item.response, item.final or not decoupled))
+                elif item.final and empty_final:
+                    empty = _empty_response(model, request_id)
+                    queue.put_nowait(stream_response_bytes(empty, True))
+        except TritiumError as e:
+            queue.put_nowait(stream_error_bytes(str(e), request_id))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - report it on the stream, keep the stream open
+            log.exception("unexpected error in a streamed request")
+            queue.put_nowait(stream_error_bytes(str(InternalError(f"internal error: {e}")), request_id))
+
+    # -- wiring ---------------------------------------------------------------------------------
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        unary = grpc.unary_unary_rpc_method_handler
+        simple: dict[str, tuple[Callable[..., Awaitable[Any]], type]] = {
+            "ServerLive": (self.server_live, pb.ServerLiveRequest),
+            "ServerReady": (self.server_ready, pb.ServerReadyRequest),
+            "ModelReady": (self.model_ready, pb.ModelReadyRequest),
+            "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest),
+            "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest),
+            "ModelConfig": (self.model_config, pb.ModelConfigRequest),
+        }
+        methods: dict[str, grpc.RpcMethodHandler] = {
+            name: unary(_guarded(fn), request_deserializer=cls.FromString, response_serializer=_serialize)
+            for name, (fn, cls) in simple.items()
+        }
+        methods["ModelInfer"] = unary(_guarded(self.model_infer), request_deserializer=decode_request_bytes)
+        methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+            self.model_stream_infer, request_deserializer=decode_request_bytes
+        )
+        for name, (cls, feature) in UNIMPLEMENTED_RPCS.items():
+            methods[name] = unary(_unimplemented(name, feature), request_deserializer=cls.FromString)
+        health = {
+            "Check": unary(
+                _guarded(self.health_check),
+                request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                response_serializer=_serialize,
+            )
+        }
+        return [
+            grpc.method_handlers_generic_handler(SERVICE, methods),
+            grpc.method_handlers_generic_handler(HEALTH_SERVICE, health),
+        ]
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()
+
+
+def _unimplemented(name: str, feature: str) -> Callable[[Any, Context], Awaitable[Any]]:
+    async def handler(request: Any, context: Context) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"{name}: {feature} is not available in this version of tritium"
+        )
+
+    return handler
+
+
+def _empty_response(model: Model, request_id: str) -> InferenceResponse:
+    return InferenceResponse(model.name, model.version, request_id)
+
+
+def server_options(options: ServerOptions) -> list[tuple[str, Any]]:
+    """gRPC channel arguments from tritonserver's flags."""
+    args: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", options.grpc_max_input_size),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 1 if options.reuse_grpc_port else 0),
+        ("grpc.keepalive_time_ms", options.grpc_keepalive_time),
+        ("grpc.keepalive_timeout_ms", options.grpc_keepalive_timeout),
+        ("grpc.keepalive_permit_without_calls", 1 if options.grpc_keepalive_permit_without_calls else 0),
+        ("grpc.http2.max_pings_without_data", options.grpc_http2_max_pings_without_data),
+        ("grpc.http2.min_ping_interval_without_data_ms", options.grpc_http2_min_recv_ping_interval_without_data),
+        ("grpc.http2.max_ping_strikes", options.grpc_http2_max_ping_strikes),
+    ]
+    if options.grpc_max_connection_age is not None:
+        args.append(("grpc.max_connection_age_ms", options.grpc_max_connection_age))
+    if options.grpc_max_connection_age_grace is not None:
+        args.append(("grpc.max_connection_age_grace_ms", options.grpc_max_connection_age_grace))
+    level = COMPRESSION_LEVELS[options.grpc_infer_response_compression_level]
+    if level:
+        args.append(("grpc.default_compression_level", level))
+    return args
+
+
+def _credentials(options: ServerOptions) -> grpc.ServerCredentials:
+    def read(path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    root = read(options.grpc_root_cert) if options.grpc_root_cert else None
+    return grpc.ssl_server_credentials(
+        [(read(options.grpc_server_key), read(options.grpc_server_cert))],
+        root_certificates=root,
+        require_client_auth=options.grpc_use_ssl_mutual,
+    )
+
+
+class GrpcFrontend:
+    """Serves :class:`GrpcApi` on ``--grpc-address``:``--grpc-port``."""
+
+    def __init__(self, server: Any, options: ServerOptions) -> None:
+        self.api = GrpcApi(server)
+        self.options = options
+        self._server: grpc.aio.Server | None = None
+        self.port = options.grpc_port
+
+    async def start(self) -> None:
+        options = self.options
+        server = grpc.aio.server(options=server_options(options))
+        server.add_generic_rpc_handlers(self.api.handlers())
+        address = f"{options.grpc_address}:{options.grpc_port}"
+        if ":" in options.grpc_address and not options.grpc_address.startswith("["):
+            address = f"[{options.grpc_address}]:{options.grpc_port}"
+        try:
+            if options.grpc_use_ssl or options.grpc_use_ssl_mutual:
+                self.port = server.add_secure_port(address, _credentials(options))
+            else:
+                self.port = server.add_insecure_port(address)
+        except RuntimeError as e:
+            raise OSError(f"failed to listen for gRPC on {address}: {e}") from None
+        if self.port == 0:
+            raise OSError(f"failed to listen for gRPC on {address}")
+        await server.start()
+        self._server = server
+        log.info("Started GRPCInferenceService at %s:%d", options.grpc_address, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=self.options.exit_timeout_secs)
+            self._server = None
