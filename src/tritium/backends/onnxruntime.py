@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.types import DataType, Tensor
 
 from .base import Backend, InstanceSpec, ModelContext, ModelInstanceState, ModelState
-from .batching import batch_inputs, requested_union, split_batch
+from .batching import batch_input_tensor, batch_inputs, requested_union, scatter_with_input_shape, split_batch
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,18 @@ class OnnxInstanceState(ModelInstanceState):
         self.output_names = [o.name for o in config.output]
         self.output_types = {o.name: DataType.from_config(mc.DataType.Name(o.data_type)) for o in config.output}
         self.string_inputs = {i.name for i in config.input if i.data_type == mc.TYPE_STRING}
+        self.ragged_inputs = frozenset(i.name for i in config.input if i.allow_ragged_batch)
+        self.batch_input_specs = [
+            (b, DataType.from_config(mc.DataType.Name(b.data_type)).numpy_dtype) for b in config.batch_input
+        ]
+        #: batch_output target -> (source input, config dims)
+        self.scatter_outputs = {
+            target: (b.source_input[0], tuple(next(o.dims for o in config.output if o.name == target)))
+            for b in config.batch_output for target in b.target_name
+        }
+        #: Phase stamps of the last execute (monotonic ns), read by the instance worker for statistics.
+        self.input_end_ns = 0
+        self.infer_end_ns = 0
         for t in (*config.input, *config.output):
             if t.data_type == mc.TYPE_BF16:
                 # onnxruntime's Python API has no numpy type for bfloat16 and cannot hand such outputs back.
@@ -141,24 +154,42 @@ class OnnxInstanceState(ModelInstanceState):
                     f"unable to load model '{ctx.name}', configuration expects input '{i.name}' but the model only has "
                     f"inputs {sorted(graph_inputs)}"
                 )
+            if i.allow_ragged_batch:
+                if len(graph_inputs[i.name].shape or [1]) != 1:
+                    raise ModelConfigError(
+                        f"unable to load model '{ctx.name}', ragged input '{i.name}' must be 1-dimensional in the "
+                        f"model (the batch is joined into one flat tensor), the model expects {graph_inputs[i.name].shape}"
+                    )
+                continue
             _check_against_graph(ctx.name, config, "input", i, graph_inputs[i.name])
+        for b in config.batch_input:
+            if b.target_name[0] not in graph_inputs:
+                raise ModelConfigError(
+                    f"unable to load model '{ctx.name}', batch input '{b.target_name[0]}' is not an input of the model "
+                    f"(inputs {sorted(graph_inputs)})"
+                )
         for o in config.output:
             if o.name not in graph_outputs:
                 raise ModelConfigError(
                     f"unable to load model '{ctx.name}', configuration expects output '{o.name}' but the model only has "
                     f"outputs {sorted(graph_outputs)}"
                 )
-            _check_against_graph(ctx.name, config, "output", o, graph_outputs[o.name])
+            if o.name not in self.scatter_outputs:
+                _check_against_graph(ctx.name, config, "output", o, graph_outputs[o.name])
 
     def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResponse]:
-        feeds = batch_inputs(requests)
+        feeds = batch_inputs(requests, self.ragged_inputs)
         for name in self.string_inputs:
             feeds[name] = _bytes_to_str(feeds[name], name)
+        for spec, dtype in self.batch_input_specs:
+            feeds[spec.target_name[0]] = batch_input_tensor(spec, requests, dtype)
         names = requested_union(requests, self.output_names)
+        self.input_end_ns = time.monotonic_ns()
         try:
             results = self.session.run(names, feeds)
         except Exception as e:  # onnxruntime raises its own exception types
             raise InternalError(f"onnxruntime failed to run model '{self.model_name}': {e}") from None
+        self.infer_end_ns = time.monotonic_ns()
         per_request: list[list[Tensor]] = [[] for _ in requests]
         for name, array in zip(names, results):
             datatype = self.output_types[name]
@@ -168,7 +199,12 @@ class OnnxInstanceState(ModelInstanceState):
                 raise InternalError(
                     f"model '{self.model_name}' output '{name}' is {array.dtype} but the configuration says {datatype.config_name}"
                 )
-            for outputs, view in zip(per_request, split_batch(array, requests)):
+            scatter = self.scatter_outputs.get(name)
+            if scatter is not None:
+                views = scatter_with_input_shape(array, requests, scatter[0], scatter[1])
+            else:
+                views = split_batch(array, requests)
+            for outputs, view in zip(per_request, views):
                 outputs.append(Tensor(name, datatype, view))
         return [
             InferenceResponse(self.model_name, self.version, request.id, outputs)
