@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from tritium import __version__
@@ -19,6 +20,7 @@ from tritium.backends.registry import BackendRegistry
 from tritium.core.errors import InvalidArgumentError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.model import Model
+from tritium.core.streaming import StreamItem
 from tritium.core.streaming import StreamItem
 from tritium.logsettings import LogManager
 from tritium.options import ServerOptions
@@ -64,6 +66,7 @@ class Server:
         """
         self._stopping = asyncio.Event()
         self.repository = ModelRepositoryManager(self.options, self.backends)
+        self.repository.inference = LocalInference(self, asyncio.get_running_loop())
         self.repository.inference = LocalInference(self, asyncio.get_running_loop())
         self._live = True
         failed = await self.repository.load_startup_models()
@@ -172,6 +175,20 @@ class Server:
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         model = self.model(request.model_name, request.model_version)
         return await model.infer(request)
+
+
+class LocalInference:
+    """Requests from backends to this server's models (Python-backend BLS), as frontends make them."""
+
+    def __init__(self, server: Server, loop: asyncio.AbstractEventLoop) -> None:
+        self._server = server
+        self.loop = loop
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        return await self._server.infer(request)
+
+    def stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]:
+        return self._server.model(request.model_name, request.model_version).stream(request)
 
 
 class LocalInference:

@@ -17,11 +17,27 @@ worker thread, so it may block (frameworks release the GIL while they compute).
 from __future__ import annotations
 
 import os
+import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
+
 from tritium._proto import model_config_pb2 as mc
+from tritium.core.errors import TritiumError
 from tritium.core.inference import InferenceRequest, InferenceResponse
+from tritium.core.streaming import StreamItem
+
+
+class InferenceHandle(Protocol):
+    """Runs requests on the models of this server (the Python backend's BLS), without any wire format."""
+
+    #: The loop the coroutines below must run on.
+    loop: asyncio.AbstractEventLoop
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse: ...
+
+    def stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +50,8 @@ class ModelContext:
     config: mc.ModelConfig
     #: Backend settings from ``--backend-config <backend>,<key>=<value>``.
     backend_config: Mapping[str, str] = field(default_factory=dict)
+    #: Calls into the server's models; ``None`` where the server offers none (e.g. in unit tests).
+    inference: InferenceHandle | None = None
 
     @property
     def version_dir(self) -> str:
@@ -64,13 +82,18 @@ class InstanceSpec:
 class ModelInstanceState(ABC):
     """One executing copy of a model (Triton's model instance)."""
 
+    #: False when ``execute`` waits on something the event loop must serve (a BLS call back into the
+    #: server): the worker then never runs it inline on the loop.
+    may_run_inline: bool = True
+
     def __init__(self, spec: InstanceSpec) -> None:
         self.spec = spec
 
     @abstractmethod
-    def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResponse]:
+    def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResponse | TritiumError]:
         """Run a batch of requests; one response per request, in order.
 
+        A :class:`~tritium.core.errors.TritiumError` in place of a response fails only that request.
         May raise a :class:`~tritium.core.errors.TritiumError`, which fails every
         request of the batch with that error.
         """

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tritium._proto import model_config_pb2 as mc
-from tritium.backends.base import InstanceSpec, ModelContext, ModelInstanceState, ModelState
+from tritium.backends.base import InferenceHandle, InstanceSpec, ModelContext, ModelInstanceState, ModelState
 from tritium.backends.registry import BackendRegistry
 from tritium.config.autocomplete import fill_backend_fields, version_dirs
 from tritium.config.parse import config_path, load_config_file
@@ -89,6 +89,8 @@ class ModelRepositoryManager:
         self._models: dict[str, ModelEntry] = {}
         self._gpus = available_gpus()
         self._load_slots = asyncio.Semaphore(max(1, options.model_load_thread_count))
+        #: Lets backends call this server's models (Python-backend BLS); set by the server.
+        self.inference: InferenceHandle | None = None
 
     # -- discovery --------------------------------------------------------------------------------
 
@@ -236,7 +238,7 @@ class ModelRepositoryManager:
     def _context(self, name: str, version: int, model_dir: str, config: mc.ModelConfig) -> ModelContext:
         settings = dict(self._options.backend_config.get("*", {}))
         settings.update(self._options.backend_config.get(config.backend, {}))
-        return ModelContext(name, version, model_dir, config, settings)
+        return ModelContext(name, version, model_dir, config, settings, self.inference)
 
     def _build_version(self, name, version, model_dir, config, backend, loop) -> VersionSlot:  # type: ignore[no-untyped-def]
         slot = VersionSlot(version)
@@ -333,8 +335,8 @@ def _refuse_unsupported_features(config: mc.ModelConfig, name: str) -> None:
         raise UnavailableError(f"model '{name}': ensembles are not available in this version of tritium")
     if config.HasField("sequence_batching"):
         raise UnavailableError(f"model '{name}': sequence batching is not available in this version of tritium")
-    if config.model_transaction_policy.decoupled:
-        raise UnavailableError(f"model '{name}': decoupled models are not available in this version of tritium")
+    if config.model_transaction_policy.decoupled and config.backend != "python":
+        raise UnavailableError(f"model '{name}': decoupled models are only available with the python backend")
     if config.model_warmup:
         log.warning("model '%s': model_warmup is not available in this version of tritium; loading without warmup", name)
     if config.response_cache.enable:

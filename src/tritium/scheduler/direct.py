@@ -153,4 +153,7 @@ def _resolve(futures: list[asyncio.Future[InferenceResponse]],
     else:
         for future, response in zip(futures, outcome):
             if not future.done():
-                future.set_result(response)
+                if isinstance(response, TritiumError):  # this request alone failed
+                    future.set_exception(response)
+                else:
+                    future.set_result(response)

@@ -58,7 +58,8 @@ class InstanceWorker:
         self._thread = threading.Thread(target=self._run, name=f"instance-{self.name}", daemon=True)
         self._thread.start()
         #: Moving average of execute() wall time; starts high so first runs use the thread.
-        self._average_s = 1.0 if INLINE_EXECUTE_S > 0 else float("inf")
+        self._adaptive = INLINE_EXECUTE_S > 0 and instance.may_run_inline
+        self._average_s = 1.0 if self._adaptive else float("inf")
 
     @property
     def runs_inline(self) -> bool:
@@ -99,7 +100,7 @@ class InstanceWorker:
         )
         if timing.input_end_ns < start:  # the backend did not stamp this execution
             timing.input_end_ns = timing.infer_end_ns = 0
-        if INLINE_EXECUTE_S > 0:
+        if self._adaptive:
             self._average_s += ((end - start) / 1e9 - self._average_s) * 0.2
         return result[0], result[1], timing
 

@@ -1,0 +1,500 @@
+"""The server side of the Python backend: one stub process per instance, tensors through shared memory.
+
+``execute`` writes the batch's inputs into the instance's input arena, sends one small message and
+blocks (GIL released) on the reply; the stub's outputs are copied out of its output arena.  A second
+socket per instance, read by a thread here, carries what does not follow execute's rhythm: responses
+of decoupled models (into ``request.response_stream``), BLS calls (run on the event loop through
+``ModelContext.inference``) and log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+from google.protobuf import json_format
+
+from tritium._proto import model_config_pb2 as mc
+from tritium.config.parse import config_to_dict
+from tritium.core.errors import (
+    InternalError,
+    ModelConfigError,
+    Status,
+    TritiumError,
+    UnavailableError,
+    UnsupportedError,
+)
+from tritium.core.inference import InferenceRequest, InferenceResponse
+from tritium.core.types import DataType, Tensor
+
+from ..base import Backend, InstanceSpec, ModelContext, ModelInstanceState, ModelState
+from . import protocol
+from .protocol import Arena
+
+log = logging.getLogger(__name__)
+model_log = logging.getLogger("tritium.python_model")
+_LOG_LEVELS = [logging.INFO, logging.WARNING, logging.ERROR, logging.DEBUG]
+
+#: The directory holding the ``tritium`` package, put on the stub's PYTHONPATH (any interpreter finds it).
+_SRC_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+_MIB = 1 << 20
+
+
+class Settings:
+    """``--backend-config=python,<key>=<value>`` values this backend honours."""
+
+    def __init__(self, config: Mapping[str, str]) -> None:
+        def size(key: str, default: int) -> int:
+            value = config.get(key)
+            if value is None:
+                return default
+            try:
+                number = int(value)
+            except ValueError:
+                raise ModelConfigError(f"python backend: '{key}' must be a number of bytes, got '{value}'") from None
+            if number <= 0:
+                raise ModelConfigError(f"python backend: '{key}' must be positive, got '{value}'")
+            return number
+
+        self.shm_default = size("shm-default-byte-size", _MIB)
+        self.shm_growth = size("shm-growth-byte-size", _MIB)
+        self.stub_timeout = float(size("stub-timeout-seconds", 30))
+        self.shm_prefix = config.get("shm-region-prefix-name", "tritium_python_").replace("/", "_")
+
+
+class PythonBackend(Backend):
+    name = "python"
+
+    def __init__(self) -> None:
+        self.settings = Settings({})
+
+    def initialize(self, backend_config: Mapping[str, str]) -> None:
+        self.settings = Settings(backend_config)
+
+    def auto_complete_config(self, ctx: ModelContext) -> None:
+        """Run the model's static ``auto_complete_config`` in a throw-away stub, as Triton does."""
+        path = ctx.model_path
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                if "auto_complete_config" not in f.read():
+                    return  # nothing to run: spare a process start
+        except OSError:
+            return  # model_initialize reports the missing file
+        config = ctx.config
+        python = _interpreter(ctx)
+        control, events, popen = _spawn(python)
+        try:
+            control.send({"mode": "autocomplete", "model_file": path, "version_dir": ctx.version_dir,
+                          "config": json.dumps(config_to_dict(config))})
+            status, payload = _recv_or_exit(control, popen, f"auto-complete of model '{ctx.name}'")
+        finally:
+            control.close()
+            events.close()
+            _reap(popen, 10.0)
+        if status != "ok":
+            raise UnavailableError(f"auto-complete of model '{ctx.name}' failed: {payload}")
+        _merge_auto_complete(config, payload, ctx.name)
+
+    def model_initialize(self, ctx: ModelContext) -> ModelState:
+        if not os.path.exists(ctx.model_path):
+            raise ModelConfigError(f"Failed to preinitialize Python stub: Python model file not found in "
+                                   f"'{ctx.model_path}'")
+        return PythonModelState(ctx, self.settings)
+
+
+def _merge_auto_complete(config: mc.ModelConfig, result: dict, name: str) -> None:
+    """Take what auto-complete may change: batching, inputs, outputs, transaction policy."""
+    try:
+        config.max_batch_size = int(result.get("max_batch_size", config.max_batch_size))
+        for field in ("input", "output"):
+            tensors = result.get(field, [])
+            del getattr(config, field)[:]
+            for tensor in tensors:
+                json_format.ParseDict(tensor, getattr(config, field).add(), ignore_unknown_fields=True)
+        if "dynamic_batching" in result and not config.HasField("dynamic_batching"):
+            config.dynamic_batching.SetInParent()
+            json_format.ParseDict(result["dynamic_batching"], config.dynamic_batching, ignore_unknown_fields=True)
+        if "model_transaction_policy" in result:
+            config.model_transaction_policy.SetInParent()
+            json_format.ParseDict(result["model_transaction_policy"], config.model_transaction_policy,
+                                  ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError) as e:
+        raise ModelConfigError(f"auto-complete of model '{name}' returned an invalid configuration: {e}") from None
+
+
+def _interpreter(ctx: ModelContext) -> str:
+    """The Python that runs the stub: the server's own, or the one of ``EXECUTION_ENV_PATH``."""
+    env = ctx.parameter("EXECUTION_ENV_PATH")
+    if not env:
+        return sys.executable
+    env = env.replace("$$TRITON_MODEL_DIRECTORY", ctx.model_dir)
+    python = os.path.join(env, "bin", "python")
+    if os.path.isdir(env) and os.access(python, os.X_OK):
+        return python
+    raise UnsupportedError(
+        f"model '{ctx.name}': EXECUTION_ENV_PATH '{env}' is not supported: tritium runs a model in another "
+        "environment only from an unpacked directory with bin/python (conda-pack tarballs must be unpacked first)")
+
+
+def _spawn(python: str) -> tuple[Connection, Connection, subprocess.Popen[bytes]]:
+    """Start a stub; returns the server's ends of its control and event sockets."""
+    control_here, control_there = socket.socketpair()
+    events_here, events_there = socket.socketpair()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = _SRC_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    fds = (control_there.fileno(), events_there.fileno())
+    try:
+        popen = subprocess.Popen(
+            [python, "-m", "tritium.backends.python.stub", str(fds[0]), str(fds[1])],
+            pass_fds=fds, stdin=subprocess.DEVNULL, env=env,
+        )
+    finally:
+        control_there.close()
+        events_there.close()
+    return Connection(control_here.detach()), Connection(events_here.detach()), popen
+
+
+def _recv_or_exit(control: Connection, popen: subprocess.Popen[bytes], what: str) -> Any:
+    try:
+        return control.recv()
+    except (EOFError, OSError):
+        code = _reap(popen, 5.0)
+        raise UnavailableError(f"{what}: the stub process exited ({_exit_text(code)})") from None
+
+
+def _reap(popen: subprocess.Popen[bytes], timeout: float) -> int | None:
+    try:
+        return popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        return popen.wait()
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class PythonModelState(ModelState):
+    def __init__(self, ctx: ModelContext, settings: Settings) -> None:
+        super().__init__(ctx)
+        self.settings = settings
+        self.python = _interpreter(ctx)
+        self.config_json = json.dumps(config_to_dict(ctx.config))
+        self.decoupled = ctx.config.model_transaction_policy.decoupled
+
+    def instance_initialize(self, spec: InstanceSpec) -> ModelInstanceState:
+        instance = PythonInstanceState(spec, self)
+        instance.start()
+        return instance
+
+
+class _Stub:
+    """One running stub process and what the server holds for it."""
+
+    def __init__(self, control: Connection, events: Connection, popen: subprocess.Popen[bytes],
+                 in_arena: Arena, out_arena: Arena) -> None:
+        self.control = control
+        self.events = events
+        self.popen = popen
+        self.in_arena = in_arena
+        self.out_arena = out_arena
+        self.send_lock = threading.Lock()
+        self.stopping = False
+
+    def send_event(self, message: tuple) -> None:
+        with self.send_lock:
+            try:
+                self.events.send(message)
+            except OSError:
+                pass  # the stub is gone; its death is reported elsewhere
+
+
+class PythonInstanceState(ModelInstanceState):
+    #: execute waits on the stub, which may call back into the server (BLS) through the event loop.
+    may_run_inline = False
+
+    def __init__(self, spec: InstanceSpec, model: PythonModelState) -> None:
+        super().__init__(spec)
+        self.model = model
+        ctx = model.ctx
+        self.ctx = ctx
+        self.settings = model.settings
+        self._stub: _Stub | None = None
+        self._dead_reason = ""
+        self._keys = itertools.count()
+        #: key -> request, for requests of a decoupled model whose final response has not come yet
+        self._streams: dict[int, InferenceRequest] = {}
+        self._streams_lock = threading.Lock()
+
+    # -- process lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        ctx, spec, settings = self.ctx, self.spec, self.settings
+        in_arena = Arena.create(settings.shm_prefix, settings.shm_default)
+        out_arena = Arena.create(settings.shm_prefix, settings.shm_default)
+        try:
+            control, events, popen = _spawn(self.model.python)
+            control.send({
+                "mode": "model",
+                "model_file": ctx.model_path,
+                "version_dir": ctx.version_dir,
+                "decoupled": self.model.decoupled,
+                "in_arena": (in_arena.path, in_arena.size),
+                "out_arena": (out_arena.path, out_arena.size),
+                "growth": settings.shm_growth,
+                "shm_prefix": settings.shm_prefix,
+                "args": {
+                    "model_config": self.model.config_json,
+                    "model_instance_kind": spec.kind.removeprefix("KIND_"),
+                    "model_instance_name": spec.name,
+                    "model_instance_device_id": str(spec.device_id),
+                    "model_repository": ctx.model_dir,
+                    "model_version": str(ctx.version),
+                    "model_name": ctx.name,
+                },
+            })
+            try:
+                status, payload = _recv_or_exit(control, popen, f"instance '{spec.name}' of model '{ctx.name}'")
+            except TritiumError:
+                control.close()
+                events.close()
+                raise
+        finally:
+            protocol.unlink_quietly(in_arena.path)
+            protocol.unlink_quietly(out_arena.path)
+        if status != "ok":
+            control.close()
+            events.close()
+            _reap(popen, 10.0)
+            raise InternalError(payload)
+        stub = _Stub(control, events, popen, in_arena, out_arena)
+        self._stub = stub
+        self._dead_reason = ""
+        threading.Thread(target=self._read_events, args=(stub,), name=f"python-events-{spec.name}",
+                         daemon=True).start()
+
+    def _died(self, stub: _Stub, during: str) -> UnavailableError:
+        """Record that ``stub`` is gone; its open streams fail; the next execute starts a new one."""
+        code = _reap(stub.popen, 5.0)
+        error = UnavailableError(
+            f"the stub process of model instance '{self.spec.name}' of model '{self.ctx.name}' exited unexpectedly "
+            f"({_exit_text(code)}) {during}; the instance is restarted for the next request")
+        if self._stub is stub:
+            self._stub = None
+            self._dead_reason = error.message
+            log.error("%s", error.message)
+        stub.control.close()
+        self._fail_streams(error)
+        return error
+
+    def _fail_streams(self, error: TritiumError) -> None:
+        with self._streams_lock:
+            streams, self._streams = self._streams, {}
+        for request in streams.values():
+            if request.response_stream is not None:
+                request.response_stream.fail(error)
+
+    def _ensure_stub(self) -> _Stub:
+        stub = self._stub
+        if stub is None:
+            log.info("restarting the stub process of model instance '%s'", self.spec.name)
+            try:
+                self.start()
+            except TritiumError as e:
+                raise UnavailableError(f"model instance '{self.spec.name}' of model '{self.ctx.name}' is "
+                                       f"unavailable: {self._dead_reason or ''} restart failed: {e}") from None
+            stub = self._stub
+            assert stub is not None
+        return stub
+
+    def finalize(self) -> None:
+        stub, self._stub = self._stub, None
+        if stub is None:
+            return
+        stub.stopping = True
+        try:
+            stub.control.send(("finalize",))
+            if stub.control.poll(self.settings.stub_timeout):
+                _, error = stub.control.recv()
+                if error:
+                    log.error("finalize of model instance '%s' failed: %s", self.spec.name, error)
+            else:
+                log.error("model instance '%s' did not finalize within %ss; killing it", self.spec.name,
+                          self.settings.stub_timeout)
+        except (EOFError, OSError):
+            pass
+        stub.control.close()
+        stub.events.close()
+        _reap(stub.popen, self.settings.stub_timeout)
+        self._fail_streams(UnavailableError(f"model '{self.ctx.name}' was unloaded"))
+
+    # -- execute -----------------------------------------------------------------------------------
+
+    def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResponse | TritiumError]:  # type: ignore[override]
+        stub = self._ensure_stub()
+        arrays = []
+        counts = []
+        for request in requests:
+            counts.append(len(request.inputs))
+            arrays.extend((t.name, t.data) for t in request.inputs)
+        settings = self.settings
+        grown: list[Arena] = []
+
+        def create(size: int) -> Arena:
+            arena = Arena.create(settings.shm_prefix, protocol.grown_size(stub.in_arena.size, size, settings.shm_growth))
+            grown.append(arena)
+            return arena
+
+        arena, metas = protocol.write_tensors(stub.in_arena, arrays, create)
+        new_in = None
+        if arena is not stub.in_arena:
+            stub.in_arena = arena
+            new_in = (arena.path, arena.size)
+        batch = []
+        position = 0
+        decoupled = self.model.decoupled
+        for request, count in zip(requests, counts):
+            key = next(self._keys)
+            if decoupled and request.response_stream is not None:
+                with self._streams_lock:
+                    self._streams[key] = request
+            params = request.parameters
+            flags = (1 if params.get("sequence_start") else 0) | (2 if params.get("sequence_end") else 0)
+            batch.append((key, request.id, params.get("sequence_id", 0), flags, params, request.requested_outputs,
+                          metas[position : position + count]))
+            position += count
+        try:
+            stub.control.send(("exec", new_in, batch))
+            reply = stub.control.recv()
+        except (EOFError, OSError):
+            raise self._died(stub, "while executing") from None
+        finally:
+            for new in grown:
+                protocol.unlink_quietly(new.path)
+        _, new_out, results, error = reply
+        if new_out is not None:
+            stub.out_arena = Arena.attach(*new_out, unlink=True)
+        if error is not None:
+            if decoupled:
+                with self._streams_lock:
+                    for item in batch:
+                        self._streams.pop(item[0], None)
+            raise InternalError(f"Failed to process the request(s) for model instance '{self.spec.name}', "
+                                f"message: {error}")
+        if decoupled:
+            return [InferenceResponse(self.ctx.name, self.ctx.version, r.id) for r in requests]
+        return [self._response(stub, request, result) for request, result in zip(requests, results)]
+
+    def _response(self, stub: _Stub, request: InferenceRequest, result: tuple) -> InferenceResponse | TritiumError:
+        if result[0] == "err":
+            return TritiumError(result[2], Status[result[1]])
+        outputs = []
+        for name, kind, shape, offset, nbytes, where in result[1]:
+            arena = stub.in_arena if where else stub.out_arena
+            array = protocol.view(arena.mm, kind, shape, offset, nbytes)
+            if kind != "BYTES":
+                array = array.copy()  # the arena is reused by the next execute
+            outputs.append(Tensor(name, DataType(kind), array))
+        return InferenceResponse(self.ctx.name, self.ctx.version, request.id, outputs)
+
+    # -- events: decoupled responses, BLS, logs ---------------------------------------------------------
+
+    def _read_events(self, stub: _Stub) -> None:
+        while True:
+            try:
+                message = stub.events.recv()
+            except (EOFError, OSError, TypeError):  # TypeError: closed here by finalize
+                if not stub.stopping:
+                    self._died(stub, "")
+                return
+            kind = message[0]
+            try:
+                if kind == "resp":
+                    self._stream_response(*message[1:])
+                elif kind == "bls":
+                    self._start_bls(stub, message[1:])
+                elif kind == "log":
+                    model_log.log(_LOG_LEVELS[message[1] if 0 <= message[1] < 4 else 0], "%s", message[2])
+            except Exception:  # a bad message must not end the reader
+                log.exception("model instance '%s': bad message from the stub", self.spec.name)
+
+    def _stream_response(self, key: int, metas: list, data: list, final: bool, error: Any, has_response: bool) -> None:
+        with self._streams_lock:
+            request = self._streams.pop(key, None) if final else self._streams.get(key)
+        if request is None or request.response_stream is None:
+            return
+        stream = request.response_stream
+        if error is not None:
+            stream.fail(TritiumError(error[1], Status[error[0]]))
+            if not final:
+                with self._streams_lock:
+                    self._streams.pop(key, None)
+            return
+        response = None
+        if has_response:
+            outputs = [Tensor(n, DataType(k), a) for n, k, a in protocol.read_inline(metas, data)]
+            response = InferenceResponse(self.ctx.name, self.ctx.version, request.id, outputs)
+        stream.send(response, final)
+
+    def _start_bls(self, stub: _Stub, message: tuple) -> None:
+        handle = self.ctx.inference
+        ident = message[0]
+        if handle is None:
+            stub.send_event(("bls_resp", ident, [], [], ("UNAVAILABLE", "BLS is not available in this server"),
+                             True, False))
+            return
+        asyncio.run_coroutine_threadsafe(self._bls(handle, stub, *message), handle.loop)
+
+    async def _bls(self, handle: Any, stub: _Stub, ident: int, model: str, version: int, request_id: str,
+                   parameters: dict, requested: list[str] | None, metas: list, data: list, decoupled: bool,
+                   timeout_us: int, correlation_id: Any, flags: int) -> None:
+        def reply(response: InferenceResponse | None, final: bool, error: tuple[str, str] | None = None) -> None:
+            out_metas, out_data = protocol.inline_tensors([(t.name, t.data) for t in response.outputs]) if response else ([], [])
+            stub.send_event(("bls_resp", ident, out_metas, out_data, error, final, response is not None))
+
+        try:
+            inputs = [Tensor(n, DataType(k), a) for n, k, a in protocol.read_inline(metas, data)]
+            params = dict(parameters)
+            if correlation_id:
+                params.setdefault("sequence_id", correlation_id)
+            request = InferenceRequest(model, version, request_id, inputs, requested, params)
+            timeout = timeout_us / 1e6 if timeout_us and timeout_us > 0 else None
+            if decoupled:
+                async with asyncio.timeout(timeout):
+                    async for item in handle.stream(request):
+                        if item.error is not None:
+                            reply(None, True, (item.error.status.value, item.error.message))
+                            return
+                        reply(item.response, item.final)
+                return
+            response = await asyncio.wait_for(handle.infer(request), timeout)
+            reply(response, True)
+        except (asyncio.TimeoutError, TimeoutError):
+            reply(None, True, ("UNAVAILABLE", f"Request timeout expired for the BLS request to model '{model}'"))
+        except TritiumError as e:
+            reply(None, True, (e.status.value, e.message))
+        except Exception as e:
+            log.exception("BLS call to model '%s' failed", model)
+            reply(None, True, ("INTERNAL", f"{type(e).__name__}: {e}"))
+
+
+__all__ = ["PythonBackend"]

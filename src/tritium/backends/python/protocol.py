@@ -1,0 +1,217 @@
+"""What the server and a stub process exchange: small pickled control messages over a socket,
+tensor data in shared-memory arenas.
+
+Each direction of the execute path has its own arena (a file in ``/dev/shm`` mapped by both sides):
+the server writes the inputs of a batch into the *input* arena, the stub writes outputs into the
+*output* arena.  An arena only grows (``shm-growth-byte-size`` steps); the side that writes it
+creates the bigger file and names it in its next message, the reader maps it and unlinks the name,
+so nothing is left in ``/dev/shm`` even when a process is killed later.
+
+Imports only the standard library and numpy: a stub may run under another interpreter
+(``EXECUTION_ENV_PATH``).
+
+A tensor travels as ``(name, wire datatype, shape, offset, nbytes)``; offset ``-1`` means the bytes
+are the next item of the message's ``data`` list instead (decoupled responses and BLS, which are
+not on the execute path); ``where`` 1 marks data that lies in the *input* arena (an output that is a
+view of an input, as in identity models, is not copied by the stub).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import uuid
+from typing import Any
+
+import numpy as np
+
+ALIGN = 64
+_LEN = struct.Struct("<I")
+
+#: wire datatype -> numpy dtype (BYTES is an object array, BF16 needs ml_dtypes)
+NUMPY_TYPES: dict[str, Any] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+try:  # pragma: no branch
+    import ml_dtypes
+
+    NUMPY_TYPES["BF16"] = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - only under a foreign interpreter
+    pass
+WIRE_TYPES: dict[Any, str] = {dtype: name for name, dtype in NUMPY_TYPES.items()}
+
+
+def wire_type(array: np.ndarray) -> str:
+    """The wire datatype of a numpy array (str/bytes arrays are BYTES)."""
+    name = WIRE_TYPES.get(array.dtype)
+    if name is None:
+        if array.dtype.kind in ("S", "U", "O"):
+            return "BYTES"
+        raise TypeError(f"unsupported numpy dtype '{array.dtype}'")
+    return name
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    """Triton's BYTES layout: a 4-byte little-endian length before each element."""
+    parts: list[bytes] = []
+    pack = _LEN.pack
+    for item in array.reshape(-1):
+        if isinstance(item, np.ndarray):
+            item = item.item()
+        if isinstance(item, str):
+            item = item.encode("utf-8")
+        elif not isinstance(item, (bytes, bytearray)):
+            item = str(item).encode("utf-8")
+        parts.append(pack(len(item)))
+        parts.append(bytes(item))
+    return b"".join(parts)
+
+
+def deserialize_bytes(buffer: Any, count: int) -> np.ndarray:
+    view = memoryview(buffer)
+    out = np.empty(count, dtype=object)
+    offset = 0
+    unpack = _LEN.unpack_from
+    for i in range(count):
+        (length,) = unpack(view, offset)
+        offset += 4
+        out[i] = bytes(view[offset : offset + length])
+        offset += length
+    return out
+
+
+class Arena:
+    """A shared-memory file mapped into this process."""
+
+    def __init__(self, path: str, size: int, mm: mmap.mmap) -> None:
+        self.path = path
+        self.size = size
+        self.mm = mm
+        self.address = np.frombuffer(mm, np.uint8, 1).__array_interface__["data"][0] if size else 0
+
+    @classmethod
+    def create(cls, prefix: str, size: int) -> Arena:
+        size = max(ALIGN, size)
+        path = f"/dev/shm/{prefix}{os.getpid()}_{uuid.uuid4().hex[:12]}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        return cls(path, size, mm)
+
+    @classmethod
+    def attach(cls, path: str, size: int, unlink: bool = False) -> Arena:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        if unlink:
+            unlink_quietly(path)
+        return cls(path, size, mm)
+
+    def contains(self, array: np.ndarray) -> int:
+        """Offset of ``array``'s data in this arena, or -1 when it lives elsewhere (or is not contiguous)."""
+        if not self.size or not array.flags.c_contiguous or array.dtype.kind == "O":
+            return -1
+        start = array.__array_interface__["data"][0] - self.address
+        if 0 <= start and start + array.nbytes <= self.size:
+            return start
+        return -1
+
+
+def unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def grown_size(current: int, needed: int, growth: int) -> int:
+    """The next arena size: at least ``needed``, in ``growth`` steps."""
+    growth = max(growth, ALIGN)
+    size = max(current, growth)
+    while size < needed:
+        size += growth
+    return size
+
+
+def aligned(n: int) -> int:
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+def encoded(array: np.ndarray) -> tuple[str, Any]:
+    """Wire type and the raw bytes (BYTES serialized) of an array."""
+    kind = wire_type(array)
+    if kind == "BYTES":
+        return kind, serialize_bytes(array)
+    return kind, np.ascontiguousarray(array)
+
+
+def view(buffer: Any, datatype: str, shape: tuple[int, ...], offset: int, nbytes: int) -> np.ndarray:
+    """A numpy array over ``buffer`` (a view for fixed-size types; BYTES are parsed)."""
+    count = 1
+    for d in shape:
+        count *= d
+    if datatype == "BYTES":
+        return deserialize_bytes(memoryview(buffer)[offset : offset + nbytes], count).reshape(shape)
+    dtype = NUMPY_TYPES[datatype]
+    return np.frombuffer(buffer, dtype, count, offset).reshape(shape)
+
+
+def write_tensors(arena: Arena | None, arrays: list[tuple[str, np.ndarray]], create: Any) -> tuple[Arena, list[tuple]]:
+    """Write ``(name, array)`` pairs into ``arena`` (grown through ``create(size)`` when too small).
+
+    Returns the arena used and one ``(name, datatype, shape, offset, nbytes)`` per tensor.
+    """
+    prepared = []
+    total = 0
+    for name, array in arrays:
+        kind, data = encoded(array)
+        nbytes = len(data) if isinstance(data, bytes) else data.nbytes
+        prepared.append((name, kind, array.shape, data, nbytes, total))
+        total += aligned(nbytes)
+    if arena is None or arena.size < total:
+        arena = create(total)
+    mm = arena.mm
+    metas = []
+    for name, kind, shape, data, nbytes, offset in prepared:
+        if isinstance(data, bytes):
+            mm[offset : offset + nbytes] = data
+        elif nbytes:
+            np.copyto(np.frombuffer(mm, data.dtype, data.size, offset).reshape(data.shape), data)
+        metas.append((name, kind, tuple(shape), offset, nbytes))
+    return arena, metas
+
+
+def inline_tensors(arrays: list[tuple[str, np.ndarray]]) -> tuple[list[tuple], list[Any]]:
+    """Tensors carried in the message itself (decoupled responses, BLS): metadata plus raw buffers."""
+    metas, data = [], []
+    for name, array in arrays:
+        kind, raw = encoded(array)
+        nbytes = len(raw) if isinstance(raw, bytes) else raw.nbytes
+        metas.append((name, kind, tuple(array.shape), -1, nbytes))
+        data.append(raw if isinstance(raw, bytes) else raw.tobytes())
+    return metas, data
+
+
+def read_inline(metas: list[tuple], data: list[Any]) -> list[tuple[str, str, np.ndarray]]:
+    out = []
+    for (name, kind, shape, _, nbytes), raw in zip(metas, data):
+        out.append((name, kind, view(raw, kind, shape, 0, nbytes)))
+    return out

@@ -1,0 +1,288 @@
+"""The process that runs one instance of a Python-backend model (Triton's ``triton_python_backend_stub``).
+
+Started by the server as ``python -m tritium.backends.python.stub <control fd> <event fd>``.  The control
+socket carries the strictly request/reply traffic (init, execute, finalize); the event socket carries
+what may happen at any time: responses of decoupled models, BLS calls and their answers, log lines.
+When the server goes away (even by SIGKILL) both sockets reach EOF and the stub exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import itertools
+import os
+import queue
+import sys
+import threading
+import traceback
+from concurrent.futures import Future
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from . import pb_utils, protocol
+from .protocol import Arena
+
+#: Where ``_frames`` stops: frames of this file are the stub's, not the model's.
+_THIS_FILE = os.path.abspath(__file__)
+
+
+def format_exception(error: BaseException) -> str:
+    """Triton's form: ``Type: message`` then the model's frames, innermost first."""
+    if isinstance(error, pb_utils.TritonModelException):
+        head = str(error)
+    else:
+        head = f"{type(error).__name__}: {error}"
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if os.path.abspath(f.filename) != _THIS_FILE]
+    if not frames:
+        return head
+    return head + "\n\nAt:\n" + "".join(f"  {f.filename}({f.lineno}): {f.name}\n" for f in reversed(frames))
+
+
+def _error_tuple(error: pb_utils.TritonError | None) -> tuple[str, str] | None:
+    if error is None:
+        return None
+    code = error.code()
+    name = pb_utils.CODE_NAMES[code] if 0 <= code < len(pb_utils.CODE_NAMES) else "INTERNAL"
+    return (name, error.message())
+
+
+def _response_arrays(response: Any) -> list[tuple[str, np.ndarray]]:
+    if not isinstance(response, pb_utils.InferenceResponse):
+        raise pb_utils.TritonModelException(
+            f"Expected an InferenceResponse object in the execute function return list, found type "
+            f"'{type(response).__name__}'.")
+    return [(t.name(), t.as_numpy()) for t in response.output_tensors()]
+
+
+class Runtime:
+    """What ``pb_utils`` calls to reach the server; owns the event socket of this stub."""
+
+    def __init__(self, events: Connection, decoupled: bool) -> None:
+        self.decoupled = decoupled
+        self._events = events
+        self._lock = threading.Lock()
+        self._pending: dict[int, Any] = {}
+        self._ids = itertools.count()
+
+    def send(self, message: tuple) -> None:
+        with self._lock:
+            self._events.send(message)
+
+    def send_response(self, key: int, response: pb_utils.InferenceResponse | None, final: bool) -> None:
+        metas: list = []
+        data: list = []
+        error = None
+        if response is not None:
+            error = _error_tuple(response.error())
+            metas, data = protocol.inline_tensors(_response_arrays(response))
+        self.send(("resp", key, metas, data, final, error, response is not None))
+
+    def bls(self, request: pb_utils.InferenceRequest, decoupled: bool) -> Any:
+        ident = next(self._ids)
+        waiter: Any = queue.SimpleQueue() if decoupled else Future()
+        self._pending[ident] = waiter
+        metas, data = protocol.inline_tensors([(t.name(), t.as_numpy()) for t in request.inputs()])
+        self.send(("bls", ident, request.model_name, int(request.model_version), request.request_id(),
+                   request._parameters, request.requested_output_names() or None, metas, data, decoupled,
+                   request.timeout(), request.correlation_id(), request.flags()))
+        return waiter
+
+    def log(self, level: int, message: str) -> None:
+        self.send(("log", level, message))
+
+    def read_events(self) -> None:
+        """Answers to BLS calls; EOF means the server is gone, so this process ends too."""
+        while True:
+            try:
+                message = self._events.recv()
+            except (EOFError, OSError):
+                os._exit(0)
+            _, ident, metas, data, error, final, has_response = message
+            response: pb_utils.InferenceResponse | None = None
+            if error is not None:
+                code = pb_utils.CODE_NAMES.index(error[0]) if error[0] in pb_utils.CODE_NAMES else 1
+                response = pb_utils.InferenceResponse(error=pb_utils.TritonError(error[1], code))
+            elif has_response:
+                tensors = [pb_utils.Tensor(n, a) for n, _, a in protocol.read_inline(metas, data)]
+                response = pb_utils.InferenceResponse(tensors)
+            waiter = self._pending.get(ident)
+            if isinstance(waiter, Future):
+                del self._pending[ident]
+                waiter.set_result(response or pb_utils.InferenceResponse())
+            elif waiter is not None:
+                if response is not None:
+                    waiter.put(response)
+                if final:
+                    del self._pending[ident]
+                    waiter.put(None)
+
+
+def _import_model(model_file: str, version_dir: str) -> Any:
+    if not os.path.exists(model_file):
+        raise FileNotFoundError(f"Python model file not found in '{model_file}'")
+    if version_dir not in sys.path:
+        sys.path.append(version_dir)
+    spec = importlib.util.spec_from_file_location("model", model_file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["model"] = module
+    spec.loader.exec_module(module)
+    cls = getattr(module, "TritonPythonModel", None)
+    if cls is None:
+        raise AttributeError(f"'{model_file}' defines no class named 'TritonPythonModel'")
+    return cls
+
+
+class Stub:
+    def __init__(self, control: Connection, runtime: Runtime, init: dict) -> None:
+        self.control = control
+        self.runtime = runtime
+        self.init = init
+        self.model: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.in_arena = Arena.attach(*init["in_arena"])
+        self.out_arena = Arena.attach(*init["out_arena"])
+        self.growth = int(init["growth"])
+        self.shm_prefix = init["shm_prefix"]
+
+    def _call(self, function: Any, *args: Any) -> Any:
+        result = function(*args)
+        if inspect.isawaitable(result):
+            if self.loop is None:
+                self.loop = asyncio.new_event_loop()
+            result = self.loop.run_until_complete(result)
+        return result
+
+    def start(self) -> None:
+        cls = _import_model(self.init["model_file"], self.init["version_dir"])
+        self.model = cls()
+        if hasattr(self.model, "initialize"):
+            self._call(self.model.initialize, self.init["args"])
+
+    def serve(self) -> None:
+        control = self.control
+        while True:
+            try:
+                message = control.recv()
+            except (EOFError, OSError):
+                return
+            kind = message[0]
+            if kind == "exec":
+                control.send(self.execute(message[1], message[2]))
+            elif kind == "finalize":
+                error = None
+                if hasattr(self.model, "finalize"):
+                    try:
+                        self._call(self.model.finalize)
+                    except Exception as e:
+                        error = format_exception(e)
+                control.send(("finalized", error))
+                return
+
+    def execute(self, in_arena: tuple[str, int] | None, batch: list[tuple]) -> tuple:
+        if in_arena is not None:
+            self.in_arena = Arena.attach(*in_arena)
+        arena = self.in_arena
+        requests = []
+        for key, request_id, correlation_id, flags, parameters, requested, metas in batch:
+            tensors = [pb_utils.Tensor(name, protocol.view(arena.mm, kind, shape, offset, nbytes))
+                       for name, kind, shape, offset, nbytes in metas]
+            request = pb_utils.InferenceRequest(inputs=tensors, requested_output_names=requested,
+                                                request_id=request_id, correlation_id=correlation_id, flags=flags,
+                                                parameters=parameters)
+            request._key = key
+            requests.append(request)
+        try:
+            responses = self._call(self.model.execute, requests)
+        except Exception as e:
+            return ("done", None, None, format_exception(e))
+        if self.runtime.decoupled:
+            if responses is not None:
+                return ("done", None, None, "the execute function of a decoupled model must return None")
+            return ("done", None, [("ok", [])] * len(requests), None)
+        if responses is None or len(responses) != len(requests):
+            got = "None" if responses is None else str(len(responses))
+            return ("done", None, None,
+                    f"Number of InferenceResponse objects do not match number of InferenceRequest objects. "
+                    f"InferenceRequest(s) size is:{len(requests)}, and InferenceResponse(s) size is:{got}\n")
+        try:
+            return self._write_outputs(responses)
+        except Exception as e:
+            return ("done", None, None, format_exception(e))
+
+    def _write_outputs(self, responses: list[Any]) -> tuple:
+        """Outputs go to the output arena, except those that already lie in the input arena (views of inputs)."""
+        results: list[Any] = []
+        pending: list[tuple[list, int, str, np.ndarray]] = []  # (metas, index, name, array) to copy
+        total = 0
+        in_arena = self.in_arena
+        for response in responses:
+            if response.has_error():
+                results.append(("err",) + _error_tuple(response.error()))  # type: ignore[operator]
+                continue
+            metas: list[tuple] = []
+            for name, array in _response_arrays(response):
+                offset = in_arena.contains(array)
+                if offset >= 0:
+                    metas.append((name, protocol.wire_type(array), array.shape, offset, array.nbytes, 1))
+                    continue
+                kind, data = protocol.encoded(array)
+                nbytes = len(data) if isinstance(data, bytes) else data.nbytes
+                metas.append((name, kind, array.shape, total, nbytes, 0))
+                pending.append((data, total, nbytes))
+                total += protocol.aligned(nbytes)
+            results.append(("ok", metas))
+        new_arena = None
+        if total > self.out_arena.size:
+            size = protocol.grown_size(self.out_arena.size, total, self.growth)
+            self.out_arena = Arena.create(self.shm_prefix, size)
+            new_arena = (self.out_arena.path, size)
+        mm = self.out_arena.mm
+        for data, offset, nbytes in pending:
+            if isinstance(data, bytes):
+                mm[offset : offset + nbytes] = data
+            elif nbytes:
+                np.copyto(np.frombuffer(mm, data.dtype, data.size, offset).reshape(data.shape), data)
+        return ("done", new_arena, results, None)
+
+
+def auto_complete(init: dict) -> dict:
+    cls = _import_model(init["model_file"], init["version_dir"])
+    config = pb_utils.ModelConfig(init["config"])
+    hook = getattr(cls, "auto_complete_config", None)
+    if hook is None:
+        return config.as_dict()
+    result = hook(config)
+    return (result if result is not None else config).as_dict()
+
+
+def main() -> None:
+    control = Connection(int(sys.argv[1]))
+    events = Connection(int(sys.argv[2]))
+    sys.modules["triton_python_backend_utils"] = pb_utils
+    init = control.recv()
+    runtime = Runtime(events, bool(init.get("decoupled")))
+    pb_utils._runtime = runtime
+    threading.Thread(target=runtime.read_events, name="events", daemon=True).start()
+    if init["mode"] == "autocomplete":
+        try:
+            control.send(("ok", auto_complete(init)))
+        except Exception as e:
+            control.send(("error", format_exception(e)))
+        return
+    try:
+        stub = Stub(control, runtime, init)
+        stub.start()
+    except Exception as e:
+        control.send(("error", format_exception(e)))
+        return
+    control.send(("ok", None))
+    stub.serve()
+
+
+if __name__ == "__main__":
+    main()

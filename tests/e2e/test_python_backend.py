@@ -1,0 +1,405 @@
+"""The Python backend end to end: Triton's model.py files served unchanged, each instance in its own process."""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from models import write_model
+from server import ROOT, RunningServer
+
+IDENTITY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.args = args
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            outputs = []
+            for tensor in request.inputs():
+                outputs.append(pb_utils.Tensor(tensor.name().replace("INPUT", "OUTPUT"), tensor.as_numpy()))
+            responses.append(pb_utils.InferenceResponse(outputs))
+        return responses
+'''
+
+STRINGS = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            text = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy()
+            out = np.array([b.upper()[::-1] for b in text.reshape(-1)], dtype=np.object_).reshape(text.shape)
+            lengths = np.array([len(b) for b in text.reshape(-1)], dtype=np.int32).reshape(text.shape)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("REVERSED", out),
+                                                         pb_utils.Tensor("LENGTH", lengths)]))
+        return responses
+'''
+
+BLS = '''
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.config = json.loads(args["model_config"])
+        self.args = args
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            target = json.loads(request.parameters()).get("target", "simple")
+            call = pb_utils.InferenceRequest(
+                model_name=target,
+                inputs=[pb_utils.get_input_tensor_by_name(request, "INPUT0"),
+                        pb_utils.get_input_tensor_by_name(request, "INPUT1")],
+                requested_output_names=["OUTPUT0", "OUTPUT1"])
+            result = call.exec()
+            if result.has_error():
+                raise pb_utils.TritonModelException(result.error().message())
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.get_output_tensor_by_name(result, "OUTPUT0"),
+                pb_utils.get_output_tensor_by_name(result, "OUTPUT1"),
+                pb_utils.Tensor("ARGS", np.array([json.dumps(self.args).encode()], dtype=np.object_)),
+            ]))
+        return responses
+'''
+
+ASYNC_BLS = '''
+import asyncio
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0")
+            y = pb_utils.Tensor("INPUT1", x.as_numpy())
+            calls = [pb_utils.InferenceRequest(model_name="simple", inputs=[x, y],
+                                               requested_output_names=["OUTPUT0"]).async_exec() for _ in range(3)]
+            results = await asyncio.gather(*calls)
+            total = sum(pb_utils.get_output_tensor_by_name(r, "OUTPUT0").as_numpy() for r in results)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", total)]))
+        return responses
+'''
+
+REPEAT = '''
+import threading
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            threading.Thread(target=self.respond, args=(request,)).start()
+        return None
+
+    def respond(self, request):
+        sender = request.get_response_sender()
+        count = int(pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()[0])
+        for i in range(count):
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([i], dtype=np.int32))]))
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+'''
+
+FAULTY = '''
+import json
+import os
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = json.loads(args["model_config"])["parameters"]
+        self.marker = params["marker"]["string_value"]
+        with open(self.marker + ".pid", "w") as f:
+            f.write(str(os.getpid()))
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = int(pb_utils.get_input_tensor_by_name(request, "X").as_numpy()[0])
+            if x == 1:
+                raise RuntimeError("boom in execute")
+            if x == 2:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("value 2 is refused")))
+                continue
+            if x == 3:
+                os.kill(os.getpid(), 9)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", np.array([x * 10], dtype=np.int32))]))
+        return responses
+
+    def finalize(self):
+        with open(self.marker + ".finalized", "w") as f:
+            f.write("done")
+'''
+
+INITFAIL = '''
+class TritonPythonModel:
+    def initialize(self, args):
+        raise RuntimeError("boom in initialize")
+
+    def execute(self, requests):
+        return []
+'''
+
+AUTOCOMPLETE = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config):
+        config.add_input({"name": "INPUT0", "data_type": "TYPE_INT64", "dims": [3]})
+        config.add_output({"name": "OUTPUT0", "data_type": "TYPE_INT64", "dims": [3]})
+        config.set_max_batch_size(4)
+        config.set_dynamic_batching()
+        return config
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy() * 2)])
+                for r in requests]
+'''
+
+
+def tensor(name: str, dtype: str, shape: str) -> str:
+    return f'{{ name: "{name}", data_type: {dtype}, dims: [ {shape} ] }}'
+
+
+def python_model(repo: str, name: str, source: str, inputs: list[str], outputs: list[str], extra: str = "",
+                 max_batch_size: int = 0) -> None:
+    config = (f'backend: "python"\nmax_batch_size: {max_batch_size}\ninput [ {", ".join(inputs)} ]\n'
+              f'output [ {", ".join(outputs)} ]\n{extra}')
+    model_dir = write_model(repo, name, config=config)
+    with open(os.path.join(model_dir, "1", "model.py"), "w") as f:
+        f.write(textwrap.dedent(source))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = str(tmp_path_factory.mktemp("pyrepo"))
+    examples = os.path.join(ROOT, "examples", "model_repository")
+    shutil.copytree(os.path.join(examples, "simple"), os.path.join(path, "simple"))
+    shutil.copytree(os.path.join(examples, "add_sub_python"), os.path.join(path, "add_sub_python"))
+    python_model(path, "identity", IDENTITY, [tensor("INPUT0", "TYPE_FP32", "-1")], [tensor("OUTPUT0", "TYPE_FP32", "-1")],
+                 "dynamic_batching { }\ninstance_group [ { kind: KIND_CPU, count: 2 } ]", max_batch_size=8)
+    python_model(path, "strings", STRINGS, [tensor("TEXT", "TYPE_STRING", "-1")],
+                 [tensor("REVERSED", "TYPE_STRING", "-1"), tensor("LENGTH", "TYPE_INT32", "-1")])
+    int16 = [tensor("INPUT0", "TYPE_INT32", "16"), tensor("INPUT1", "TYPE_INT32", "16")]
+    python_model(path, "bls", BLS, int16, [tensor("OUTPUT0", "TYPE_INT32", "16"), tensor("OUTPUT1", "TYPE_INT32", "16"),
+                                           tensor("ARGS", "TYPE_STRING", "1")], max_batch_size=8)
+    python_model(path, "async_bls", ASYNC_BLS, [tensor("INPUT0", "TYPE_INT32", "16")],
+                 [tensor("OUTPUT0", "TYPE_INT32", "16")], max_batch_size=8)
+    python_model(path, "repeat", REPEAT, [tensor("IN", "TYPE_INT32", "1")], [tensor("OUT", "TYPE_INT32", "1")],
+                 "model_transaction_policy { decoupled: true }")
+    marker = os.path.join(path, "faulty_marker")
+    python_model(path, "faulty", FAULTY, [tensor("X", "TYPE_INT32", "1")], [tensor("Y", "TYPE_INT32", "1")],
+                 f'parameters {{ key: "marker" value: {{ string_value: "{marker}" }} }}')
+    python_model(path, "initfail", INITFAIL, [tensor("X", "TYPE_INT32", "1")], [tensor("Y", "TYPE_INT32", "1")])
+    os.makedirs(os.path.join(path, "autocfg", "1"))
+    with open(os.path.join(path, "autocfg", "config.pbtxt"), "w") as f:
+        f.write('backend: "python"\n')
+    with open(os.path.join(path, "autocfg", "1", "model.py"), "w") as f:
+        f.write(AUTOCOMPLETE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(repo: str):  # type: ignore[no-untyped-def]
+    with RunningServer([repo], ["--allow-metrics=false", "--exit-on-error=false"]) as s:
+        client = httpclient.InferenceServerClient(s.url)
+        deadline = time.monotonic() + 60
+        while not client.is_model_ready("faulty") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server: RunningServer) -> httpclient.InferenceServerClient:
+    return httpclient.InferenceServerClient(server.url, concurrency=8)
+
+
+def infer_input(name: str, array: np.ndarray, dtype: str) -> httpclient.InferInput:
+    i = httpclient.InferInput(name, list(array.shape), dtype)
+    i.set_data_from_numpy(array)
+    return i
+
+
+def test_add_sub_example(client: httpclient.InferenceServerClient) -> None:
+    a = np.random.rand(3, 4).astype(np.float32)
+    b = np.random.rand(3, 4).astype(np.float32)
+    result = client.infer("add_sub_python", [infer_input("INPUT0", a, "FP32"), infer_input("INPUT1", b, "FP32")])
+    np.testing.assert_allclose(result.as_numpy("OUTPUT0"), a + b)
+    np.testing.assert_allclose(result.as_numpy("OUTPUT1"), a - b)
+
+
+def test_identity_concurrent_requests_batched(client: httpclient.InferenceServerClient) -> None:
+    arrays = [np.random.rand(1, 1000 + i).astype(np.float32) for i in range(4)] + \
+             [np.random.rand(2, 5).astype(np.float32) for _ in range(12)]
+    pending = [client.async_infer("identity", [infer_input("INPUT0", a, "FP32")]) for a in arrays]
+    for a, p in zip(arrays, pending):
+        np.testing.assert_array_equal(p.get_result().as_numpy("OUTPUT0"), a)
+
+
+def test_large_tensor_grows_shared_memory(client: httpclient.InferenceServerClient) -> None:
+    big = np.random.rand(2, 700_000).astype(np.float32)  # 5.6 MB: beyond the 1 MiB default arena
+    np.testing.assert_array_equal(client.infer("identity", [infer_input("INPUT0", big, "FP32")]).as_numpy("OUTPUT0"), big)
+
+
+def test_bytes_in_and_out(client: httpclient.InferenceServerClient) -> None:
+    text = np.array([b"hello", b"", b"\xff\x00bin", "ünï".encode()], dtype=np.object_)
+    result = client.infer("strings", [infer_input("TEXT", text, "BYTES")])
+    assert list(result.as_numpy("REVERSED")) == [t.upper()[::-1] for t in text]
+    assert list(result.as_numpy("LENGTH")) == [5, 0, 5, len("ünï".encode())]
+
+
+def test_bls_calls_onnx_model(client: httpclient.InferenceServerClient) -> None:
+    a = np.arange(32, dtype=np.int32).reshape(2, 16)
+    b = np.full((2, 16), 3, dtype=np.int32)
+    result = client.infer("bls", [infer_input("INPUT0", a, "INT32"), infer_input("INPUT1", b, "INT32")])
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+    import json
+    args = json.loads(result.as_numpy("ARGS")[0])
+    assert args["model_name"] == "bls" and args["model_version"] == "1"
+    assert args["model_instance_kind"] == "CPU" and args["model_instance_name"].startswith("bls")
+    assert json.loads(args["model_config"])["max_batch_size"] == 8
+
+
+def test_bls_error_comes_back_as_response_error(client: httpclient.InferenceServerClient) -> None:
+    a = np.zeros((1, 16), dtype=np.int32)
+    with pytest.raises(InferenceServerException, match="nosuchmodel"):
+        client.infer("bls", [infer_input("INPUT0", a, "INT32"), infer_input("INPUT1", a, "INT32")],
+                     parameters={"target": "nosuchmodel"})
+
+
+def test_async_execute_with_async_bls(client: httpclient.InferenceServerClient) -> None:
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    result = client.infer("async_bls", [infer_input("INPUT0", a, "INT32")])
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), 3 * (a + a))
+
+
+def test_decoupled_streams_100_responses_in_order(server: RunningServer) -> None:
+    responses: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        i = grpcclient.InferInput("IN", [1], "INT32")
+        i.set_data_from_numpy(np.array([100], dtype=np.int32))
+        client.async_stream_infer("repeat", [i], request_id="r1")
+        got = []
+        while len(got) < 100:
+            result, error = responses.get(timeout=30)
+            assert error is None, error
+            got.append(int(result.as_numpy("OUT")[0]))
+        assert got == list(range(100))
+    finally:
+        client.stop_stream()
+
+
+def test_decoupled_model_refused_over_http(client: httpclient.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException, match="decoupled"):
+        client.infer("repeat", [infer_input("IN", np.array([1], dtype=np.int32), "INT32")])
+
+
+def test_faults_fail_only_their_requests(client: httpclient.InferenceServerClient) -> None:
+    x = lambda v: [infer_input("X", np.array([v], dtype=np.int32), "INT32")]  # noqa: E731
+    with pytest.raises(InferenceServerException, match="boom in execute"):
+        client.infer("faulty", x(1))
+    with pytest.raises(InferenceServerException, match="value 2 is refused"):
+        client.infer("faulty", x(2))
+    assert client.infer("faulty", x(4)).as_numpy("Y")[0] == 40
+
+
+def test_killed_stub_fails_request_and_restarts(client: httpclient.InferenceServerClient, repo: str) -> None:
+    marker = os.path.join(repo, "faulty_marker")
+    x = lambda v: [infer_input("X", np.array([v], dtype=np.int32), "INT32")]  # noqa: E731
+    first_pid = int(open(marker + ".pid").read())
+    with pytest.raises(InferenceServerException, match="exited unexpectedly"):
+        client.infer("faulty", x(3))
+    assert client.infer("faulty", x(5)).as_numpy("Y")[0] == 50  # a new stub serves
+    assert int(open(marker + ".pid").read()) != first_pid
+    assert client.is_server_live()
+
+
+def test_kill_from_outside_while_idle(client: httpclient.InferenceServerClient, repo: str) -> None:
+    marker = os.path.join(repo, "faulty_marker")
+    x = lambda v: [infer_input("X", np.array([v], dtype=np.int32), "INT32")]  # noqa: E731
+    assert client.infer("faulty", x(6)).as_numpy("Y")[0] == 60
+    os.kill(int(open(marker + ".pid").read()), signal.SIGKILL)
+    time.sleep(0.2)
+    assert client.infer("faulty", x(7)).as_numpy("Y")[0] == 70
+
+
+def test_initialize_error_makes_model_unavailable(client: httpclient.InferenceServerClient,
+                                                  server: RunningServer) -> None:
+    assert not client.is_model_ready("initfail")
+    log = server.output()
+    assert "failed to load 'initfail'" in log and "RuntimeError: boom in initialize" in log
+    assert "model.py(4): initialize" in log  # the line that raised
+    assert client.is_server_live()
+
+
+def test_auto_complete_config(client: httpclient.InferenceServerClient) -> None:
+    config = client.get_model_config("autocfg")
+    assert config["max_batch_size"] == 4 and "dynamic_batching" in config
+    assert [(i["name"], i["data_type"], i["dims"]) for i in config["input"]] == [("INPUT0", "TYPE_INT64", [3])]
+    a = np.arange(6, dtype=np.int64).reshape(2, 3)
+    np.testing.assert_array_equal(client.infer("autocfg", [infer_input("INPUT0", a, "INT64")]).as_numpy("OUTPUT0"), a * 2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone for our purposes
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_finalize_on_shutdown_and_no_orphans(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    repo = str(tmp_path)
+    marker = os.path.join(repo, "m")
+    python_model(repo, "faulty", FAULTY, [tensor("X", "TYPE_INT32", "1")], [tensor("Y", "TYPE_INT32", "1")],
+                 f'parameters {{ key: "marker" value: {{ string_value: "{marker}" }} }}\n'
+                 'instance_group [ { kind: KIND_CPU, count: 2 } ]')
+    with RunningServer([repo], ["--allow-metrics=false", "--allow-grpc=false"]) as s:
+        pid = int(open(marker + ".pid").read())
+        assert _alive(pid)
+    assert os.path.exists(marker + ".finalized")
+    assert not _alive(pid)
+    # SIGKILL of the server: the stubs notice their sockets close and exit by themselves.
+    os.unlink(marker + ".finalized")
+    s = RunningServer([repo], ["--allow-metrics=false", "--allow-grpc=false"])
+    try:
+        client = httpclient.InferenceServerClient(s.url)
+        deadline = time.monotonic() + 30
+        while not client.is_model_ready("faulty") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pid = int(open(marker + ".pid").read())
+        s.proc.kill()
+        s.proc.wait()
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid)
+    finally:
+        s.stop()
