@@ -26,12 +26,16 @@ class RunningServer:
                  timeout: float = 60.0) -> None:
         self.http_port = free_port()
         self.grpc_port = free_port()
+        self.metrics_port = free_port()
+        #: ``http://host:port/metrics`` (``--metrics-port``; pass ``--allow-metrics=false`` to turn it off).
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.url = f"127.0.0.1:{self.http_port}"
         #: host:port for tritonclient.grpc (``--grpc-port``; pass ``--allow-grpc=false`` to turn it off).
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         self.log_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"tritium-{self.http_port}.log")
         cmd = [sys.executable, "-m", "tritium", f"--http-port={self.http_port}", "--http-address=127.0.0.1",
-               f"--grpc-port={self.grpc_port}", "--grpc-address=127.0.0.1"]
+               f"--grpc-port={self.grpc_port}", "--grpc-address=127.0.0.1",
+               f"--metrics-port={self.metrics_port}", "--metrics-address=127.0.0.1"]
         cmd += [f"--model-repository={r}" for r in repos]
         cmd += list(args)
         self.log = open(self.log_path, "w+b")

@@ -27,14 +27,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     "--grpc-infer-thread-count": "tritium serves gRPC on its event loop; there is no gRPC thread pool to size",
     "--grpc-infer-allocation-pool-size": "tritium's gRPC frontend keeps no pool of request/response objects",
     "--grpc-max-response-pool-size": "tritium's gRPC frontend keeps no pool of request/response objects",
-    **{
-        f: "the metrics endpoint is not available in this version of tritium (use --allow-metrics=false)"
-        for f in (
-            "--metrics-port", "--metrics-address", "--metrics-interval-ms", "--metrics-config",
-            "--allow-gpu-metrics", "--allow-cpu-metrics",
-        )
-    },
-    "--repository-poll-secs": "model control mode 'poll' is not available in this version of tritium",
     "--model-load-retry-count": "load retries are not available in this version of tritium",
     "--model-namespacing": "model namespacing is not available in this version of tritium",
     "--http-thread-count": "tritium serves HTTP on its event loop; there is no HTTP thread pool to size",
@@ -103,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-repository", "--model-store", dest="model_repositories", action="append", default=[],
                    metavar="PATH", help="model repository folder (repeatable)")
     p.add_argument("--model-control-mode", choices=["none", "explicit", "poll"], default="none")
+    p.add_argument("--repository-poll-secs", type=float, default=15.0, metavar="SECONDS",
+                   help="interval between scans of the repositories in poll mode")
     p.add_argument("--load-model", dest="load_models", action="append", default=[], metavar="NAME",
                    help="model to load at start in explicit mode (repeatable; '*' for all)")
     p.add_argument("--model-config-name", default="", help="use <model>/configs/<name>.pbtxt when present")
@@ -140,8 +134,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-http2-max-ping-strikes", type=int, default=2)
     p.add_argument("--grpc-max-connection-age", type=int, default=None, metavar="MS")
     p.add_argument("--grpc-max-connection-age-grace", type=int, default=None, metavar="MS")
-    p.add_argument("--allow-metrics", type=_bool, default=False, metavar="BOOL",
-                   help="metrics are not available yet; only false is accepted")
+    p.add_argument("--allow-metrics", type=_bool, default=True, metavar="BOOL")
+    p.add_argument("--allow-cpu-metrics", type=_bool, default=True, metavar="BOOL")
+    p.add_argument("--allow-gpu-metrics", type=_bool, default=True, metavar="BOOL")
+    p.add_argument("--metrics-address", default="0.0.0.0")
+    p.add_argument("--metrics-port", type=_port, default=8002)
+    p.add_argument("--metrics-interval-ms", type=int, default=2000)
+    p.add_argument("--metrics-config", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--log-verbose", type=int, default=0, help="verbose logging level (0 = off)")
     p.add_argument("--log-info", type=_bool, default=True, metavar="BOOL")
     p.add_argument("--log-warning", type=_bool, default=True, metavar="BOOL")
@@ -190,10 +189,24 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
     if not args.model_repositories:
         parser.error("at least one --model-repository is required")
     _check_grpc(parser, args)
-    if args.allow_metrics:
-        parser.error("--allow-metrics=true: the metrics endpoint is not available in this version of tritium")
-    if args.model_control_mode == "poll":
-        parser.error("--model-control-mode=poll is not available in this version of tritium")
+    if args.metrics_interval_ms <= 0:
+        parser.error(f"--metrics-interval-ms must be positive, got {args.metrics_interval_ms}")
+    counter_latencies = True
+    for item in args.metrics_config:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--metrics-config expects <key>=<value>, got '{item}'")
+        if key == "counter_latencies":
+            try:
+                counter_latencies = _bool(value)
+            except argparse.ArgumentTypeError as e:
+                parser.error(f"--metrics-config {item}: {e}")
+        elif key in ("summary_latencies", "histogram_latencies", "summary_quantiles"):
+            parser.error(f"--metrics-config {key}: latency summaries and histograms are not available in this version of tritium")
+        else:
+            parser.error(f"--metrics-config: unknown setting '{key}'")
+    if args.repository_poll_secs <= 0:
+        parser.error(f"--repository-poll-secs must be a positive number of seconds, got {args.repository_poll_secs}")
     if args.http_max_input_size <= 0:
         parser.error(f"--http-max-input-size must be a positive number of bytes, got {args.http_max_input_size}")
     if args.model_load_thread_count < 1:
@@ -215,6 +228,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         model_repositories=args.model_repositories,
         model_control_mode=args.model_control_mode,
         load_models=args.load_models,
+        repository_poll_secs=args.repository_poll_secs,
         model_config_name=args.model_config_name,
         strict_model_config=args.strict_model_config or args.disable_auto_complete_config,
         exit_on_error=args.exit_on_error,
@@ -246,7 +260,13 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         grpc_http2_max_ping_strikes=args.grpc_http2_max_ping_strikes,
         grpc_max_connection_age=args.grpc_max_connection_age,
         grpc_max_connection_age_grace=args.grpc_max_connection_age_grace,
-        allow_metrics=False,
+        allow_metrics=args.allow_metrics,
+        allow_cpu_metrics=args.allow_cpu_metrics,
+        allow_gpu_metrics=args.allow_gpu_metrics,
+        metrics_address=args.metrics_address,
+        metrics_port=args.metrics_port,
+        metrics_interval_ms=args.metrics_interval_ms,
+        metrics_counter_latencies=counter_latencies,
         log_verbose=args.log_verbose,
         log_info=args.log_info,
         log_warning=args.log_warning,

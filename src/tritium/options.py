@@ -10,7 +10,9 @@ class ServerOptions:
     """Server settings, named after ``tritonserver``'s flags."""
 
     model_repositories: list[str] = field(default_factory=list)
-    model_control_mode: str = "none"  # none | explicit (poll: see the model management issue)
+    model_control_mode: str = "none"  # none | explicit | poll
+    #: Seconds between scans of the repositories in poll mode.
+    repository_poll_secs: float = 15.0
     load_models: list[str] = field(default_factory=list)
     model_config_name: str = ""
     strict_model_config: bool = False  # True disables backend auto-complete
@@ -49,8 +51,13 @@ class ServerOptions:
     grpc_max_connection_age_grace: int | None = None
 
     allow_metrics: bool = False
+    allow_cpu_metrics: bool = True
+    allow_gpu_metrics: bool = True
     metrics_address: str = "0.0.0.0"
     metrics_port: int = 8002
+    metrics_interval_ms: int = 2000
+    #: ``--metrics-config counter_latencies=<bool>``: the cumulative *_duration_us counters.
+    metrics_counter_latencies: bool = True
 
     log_verbose: int = 0
     log_info: bool = True

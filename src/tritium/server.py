@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from tritium import __version__
 from tritium.backends.registry import BackendRegistry
-from tritium.core.errors import InvalidArgumentError
+from tritium.core.errors import InvalidArgumentError, TritiumError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.model import Model
 from tritium.core.streaming import StreamItem
@@ -25,6 +25,7 @@ from tritium.core.streaming import StreamItem
 from tritium.logsettings import LogManager
 from tritium.options import ServerOptions
 from tritium.repository.manager import ModelRepositoryManager
+from tritium.statistics import model_stats_dict
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 TRITON_VERSION = "2.64.0"
 
 #: Extensions that work in this build, in Triton's order.
-EXTENSIONS = ["model_configuration", "binary_tensor_data", "parameters", "logging"]
+EXTENSIONS = ["model_configuration", "binary_tensor_data", "parameters", "statistics", "logging"]
 
 
 class Frontend(Protocol):
@@ -87,6 +88,10 @@ class Server:
             from tritium.frontends.grpc.server import GrpcFrontend
 
             frontends.append(GrpcFrontend(self, self.options))
+        if self.options.allow_metrics:
+            from tritium.frontends.metrics import MetricsFrontend
+
+            frontends.append(MetricsFrontend(self, self.options))
         return frontends
 
     async def serve_forever(self) -> None:
@@ -168,6 +173,23 @@ class Server:
                 for s in model.outputs.values()
             ],
         }
+
+    def model_statistics(self, name: str = "", version: int = -1) -> dict[str, Any]:
+        """The statistics extension: every loaded version (of ``name``, or of every model)."""
+        assert self.repository is not None
+        if name:
+            if version >= 0:
+                try:
+                    models = [self.repository.get(name, version)]
+                except TritiumError:
+                    models = []
+            else:
+                models = self.repository.ready_models(name)
+            if not models:
+                raise InvalidArgumentError(f"requested model '{name}' is not available")
+        else:
+            models = self.repository.ready_models()
+        return {"model_stats": [model_stats_dict(m) for m in models]}
 
     def model_config(self, name: str, version: int = -1) -> dict[str, Any]:
         return self.model(name, version).config_dict()

@@ -104,9 +104,8 @@ def test_disabled_endpoints_accept_false():
     (["--grpc-infer-allocation-pool-size=8"], "--grpc-infer-allocation-pool-size"),
     (["--trace-config", "x"], "--trace-config"),
     (["--trace-config=level=TIMESTAMPS"], "--trace-config"),
-    (["--metrics-port=8002"], "--metrics-port"),
+    (["--metrics-config=summary_latencies=true"], "summary_latencies"),
     (["--rate-limit", "execution_count"], "--rate-limit"),
-    (["--repository-poll-secs=5"], "--repository-poll-secs"),
     (["--cache-config", "local,size=1024"], "--cache-config"),
     (["--pinned-memory-pool-byte-size=0"], "--pinned-memory-pool-byte-size"),
 ])
@@ -139,8 +138,9 @@ def test_every_unsupported_flag_is_refused(capsys):
     (["--grpc-use-ssl=true"], ["--grpc-server-cert"]),
     (["--grpc-use-ssl=true", "--grpc-server-cert=/no/cert", "--grpc-server-key=/no/key"], ["/no/cert"]),
     (["--grpc-keepalive-time=-5"], ["--grpc-keepalive-time"]),
-    (["--allow-metrics=true"], ["--allow-metrics"]),
-    (["--model-control-mode=poll"], ["poll"]),
+    (["--allow-metrics=maybe"], ["--allow-metrics"]),
+    (["--metrics-interval-ms=0"], ["--metrics-interval-ms"]),
+    (["--model-control-mode=poll", "--repository-poll-secs=0"], ["--repository-poll-secs", "0"]),
     (["--load-model=a"], ["--load-model", "explicit"]),
     (["--backend-config=onnxruntime,novalue"], ["--backend-config", "onnxruntime,novalue"]),
     (["--exit-on-error"], ["--exit-on-error"]),  # a value is required

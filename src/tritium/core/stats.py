@@ -81,6 +81,8 @@ class ModelStats:
     #: Wall-clock milliseconds since the epoch of the last completed inference (0 = never).
     last_inference_ms: int = 0
     batches: dict[int, BatchStats] = field(default_factory=dict)
+    #: Failed requests by Triton's metric reason: REJECTED (queue full, timeout), BACKEND (execution failed).
+    failures: dict[str, int] = field(default_factory=dict)
 
     def record_execution(self, requests: Sequence[InferenceRequest], timing: ExecutionTiming, ok: bool) -> None:
         """One execution of ``requests`` (one batch) finished; ``ok`` is False when it failed."""
@@ -99,6 +101,7 @@ class ModelStats:
         self.queue.add(queue_ns, n)
         if not ok:
             self.fail.add(total_ns, n)
+            self.failures["BACKEND"] = self.failures.get("BACKEND", 0) + n
             return
         self.success.add(total_ns, n)
         self.compute_input.add(c_in * n, n)
@@ -117,3 +120,4 @@ class ModelStats:
     def record_rejected(self, request: InferenceRequest) -> None:
         """A request that never ran: full queue or expired timeout."""
         self.fail.add(now_ns() - (request.queued_ns or now_ns()))
+        self.failures["REJECTED"] = self.failures.get("REJECTED", 0) + 1

@@ -299,6 +299,19 @@ class ModelRepositoryManager:
             return []
         return [str(v) for v, slot in sorted(entry.versions.items()) if slot.state is State.READY]
 
+    def ready_models(self, name: str = "") -> list[Model]:
+        """Every READY model version (of ``name`` only, when given), sorted by name then version."""
+        names = [name] if name else sorted(self._models)
+        found = []
+        for n in names:
+            entry = self._models.get(n)
+            if entry is None:
+                continue
+            for _, slot in sorted(entry.versions.items()):
+                if slot.state is State.READY and slot.model is not None:
+                    found.append(slot.model)
+        return found
+
     def _entry_ready(self, name: str) -> bool:
         entry = self._models.get(name)
         return entry is not None and entry.state is State.READY

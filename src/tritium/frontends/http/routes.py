@@ -35,7 +35,7 @@ JSON = b"application/json"
 OCTET_STREAM = b"application/octet-stream"
 TEXT = b"text/plain"
 
-_MODEL_URL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([0-9]+))?(?:/(infer|ready|config))?$")
+_MODEL_URL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([0-9]+))?(?:/(infer|ready|config|stats))?$")
 
 
 @dataclass(slots=True)
@@ -98,6 +98,10 @@ class HttpApi:
     async def _route(self, request: HttpRequest) -> HttpResponse:
         path = request.path
         method = request.method
+        if path == "/v2/models/stats":
+            if method != "GET":
+                return _not_allowed()
+            return _json(self.server.model_statistics())
         if path.startswith("/v2/models/"):
             match = _MODEL_URL.match(path)
             if match is None:
@@ -116,6 +120,8 @@ class HttpApi:
                 return _not_allowed()
             if action == "config":
                 return _json(self.server.model_config(name, version))
+            if action == "stats":
+                return _json(self.server.model_statistics(name, version))
             return _json(self.server.model_metadata(name, version))
         if path == "/v2/health/live" or path == "/v2/health/ready":
             if method != "GET":

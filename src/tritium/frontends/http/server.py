@@ -209,30 +209,30 @@ class _Refused(Exception):
     """Raised in a parser callback to stop reading a request we will not serve."""
 
 
-class HttpFrontend:
-    """Serves :class:`HttpApi` on ``--http-address``:``--http-port``."""
+class HttpListener:
+    """Serves one API object (anything with ``async handle(HttpRequest) -> HttpResponse``) on a port.
 
-    def __init__(self, server, options: ServerOptions) -> None:  # type: ignore[no-untyped-def]
-        self.api = HttpApi(server, options.http_max_input_size)
-        self.options = options
+    The inference API and the metrics endpoint both use it, so there is one HTTP/1.1 implementation.
+    """
+
+    def __init__(self, api: HttpApi, host: str, port: int, max_body: int, name: str, reuse_port: bool = False) -> None:
+        self.api = api
+        self.host, self.requested_port, self.max_body = host, port, max_body
+        self.name = name
+        self.reuse_port = reuse_port
         self._server: asyncio.base_events.Server | None = None
-        self._connections: set[HttpProtocol] = set()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        api, limit = self.api, self.options.http_max_input_size
+        api, limit = self.api, self.max_body
 
         def factory() -> HttpProtocol:
             return HttpProtocol(api, limit, loop)
 
         self._server = await loop.create_server(
-            factory,
-            host=self.options.http_address,
-            port=self.options.http_port,
-            reuse_port=self.options.reuse_http_port or None,
-            backlog=1024,
+            factory, host=self.host, port=self.requested_port, reuse_port=self.reuse_port or None, backlog=1024
         )
-        log.info("started HTTPService at %s:%d", self.options.http_address, self.options.http_port)
+        log.info("started %s at %s:%d", self.name, self.host, self.port)
 
     @property
     def port(self) -> int:
@@ -244,3 +244,17 @@ class HttpFrontend:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+
+
+class HttpFrontend(HttpListener):
+    """Serves the KServe v2 API (:class:`HttpApi`) on ``--http-address``:``--http-port``."""
+
+    def __init__(self, server, options: ServerOptions) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(
+            HttpApi(server, options.http_max_input_size),
+            options.http_address,
+            options.http_port,
+            options.http_max_input_size,
+            "HTTPService",
+            options.reuse_http_port,
+        )

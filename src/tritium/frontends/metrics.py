@@ -1,0 +1,185 @@
+"""Prometheus metrics on ``--metrics-port`` (``GET /metrics``), with Triton's names, types and labels.
+
+Per-model figures are read at scrape time from the same
+:class:`~tritium.core.stats.ModelStats` the statistics extension renders, so
+the two always agree and the request path pays nothing for metrics.
+``prometheus_client`` writes the exposition format; metric families are built
+with Triton's exact names (no ``_total`` suffix on counters, as Triton).
+CPU utilization and memory are sampled from ``/proc`` every
+``--metrics-interval-ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import Metric
+
+from tritium.options import ServerOptions
+
+from .http.routes import HttpRequest, HttpResponse, error_response
+from .http.server import HttpListener
+
+if TYPE_CHECKING:
+    from tritium.server import Server
+
+log = logging.getLogger(__name__)
+
+#: name -> (type, help), as Triton documents them.
+_MODEL_METRICS: dict[str, tuple[str, str]] = {
+    "nv_inference_request_success": ("counter", "Number of successful inference requests, all batch sizes"),
+    "nv_inference_request_failure": ("counter", "Number of failed inference requests, all batch sizes"),
+    "nv_inference_count": ("counter", "Number of inferences performed (does not include cached requests)"),
+    "nv_inference_exec_count": ("counter", "Number of model executions performed (does not include cached requests)"),
+    "nv_inference_pending_request_count": ("gauge", "Instantaneous number of pending requests awaiting execution per-model."),
+}
+_LATENCY_METRICS: dict[str, tuple[str, str]] = {
+    "nv_inference_request_duration_us": ("success", "Cumulative inference request duration in microseconds (includes cached requests)"),
+    "nv_inference_queue_duration_us": ("queue", "Cumulative inference queuing duration in microseconds (includes cached requests)"),
+    "nv_inference_compute_input_duration_us": ("compute_input", "Cumulative compute input duration in microseconds (does not include cached requests)"),
+    "nv_inference_compute_infer_duration_us": ("compute_infer", "Cumulative compute inference duration in microseconds (does not include cached requests)"),
+    "nv_inference_compute_output_duration_us": ("compute_output", "Cumulative inference compute output duration in microseconds (does not include cached requests)"),
+}
+#: Triton's failure reasons, always exported (zero when none happened).
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+
+
+class CpuSampler:
+    """CPU utilization (0..1 over the last interval) and memory, read from ``/proc``."""
+
+    def __init__(self) -> None:
+        self.utilization = 0.0
+        self.memory_total = 0
+        self.memory_used = 0
+        self._last: tuple[int, int] | None = None
+
+    def sample(self) -> None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+            idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+            total = sum(fields[:8])
+            if self._last is not None and total > self._last[1]:
+                self.utilization = 1.0 - (idle - self._last[0]) / (total - self._last[1])
+            self._last = (idle, total)
+            meminfo = {}
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    key, _, rest = line.partition(":")
+                    meminfo[key] = int(rest.split()[0]) * 1024
+            self.memory_total = meminfo.get("MemTotal", 0)
+            self.memory_used = self.memory_total - meminfo.get("MemAvailable", 0)
+        except (OSError, ValueError, IndexError):  # not Linux: leave the last values
+            pass
+
+
+class TritonCollector:
+    """A prometheus_client collector reading the server's model statistics at scrape time."""
+
+    def __init__(self, server: Server, options: ServerOptions, cpu: CpuSampler | None) -> None:
+        self.server = server
+        self.counter_latencies = options.metrics_counter_latencies
+        self.cpu = cpu
+
+    def collect(self) -> Iterator[Metric]:
+        models = self.server.repository.ready_models() if self.server.repository is not None else []
+        families = {name: Metric(name, help_, kind) for name, (kind, help_) in _MODEL_METRICS.items()}
+        latencies = {name: Metric(name, help_, "counter") for name, (_, help_) in _LATENCY_METRICS.items()}
+        for model in models:
+            stats = model.scheduler.stats
+            labels = {"model": model.name, "version": str(model.version)}
+            labels.update({f"_{k}": v for k, v in model.config.metric_tags.items()})
+            families["nv_inference_request_success"].add_sample("nv_inference_request_success", labels, stats.success.count)
+            failures = getattr(stats, "failures", {})
+            for reason in FAILURE_REASONS:
+                families["nv_inference_request_failure"].add_sample(
+                    "nv_inference_request_failure", {**labels, "reason": reason}, failures.get(reason, 0)
+                )
+            families["nv_inference_count"].add_sample("nv_inference_count", labels, stats.inference_count)
+            families["nv_inference_exec_count"].add_sample("nv_inference_exec_count", labels, stats.execution_count)
+            pending = getattr(model.scheduler, "pending_count", None)
+            families["nv_inference_pending_request_count"].add_sample(
+                "nv_inference_pending_request_count", labels, pending() if pending is not None else 0
+            )
+            if self.counter_latencies:
+                for name, (field, _) in _LATENCY_METRICS.items():
+                    latencies[name].add_sample(name, labels, getattr(stats, field).ns // 1000)
+        yield from families.values()
+        if self.counter_latencies:
+            yield from latencies.values()
+        if self.cpu is not None:
+            for name, help_, value in (
+                ("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]", self.cpu.utilization),
+                ("nv_cpu_memory_total_bytes", "CPU total memory (RAM), in bytes", self.cpu.memory_total),
+                ("nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes", self.cpu.memory_used),
+            ):
+                metric = Metric(name, help_, "gauge")
+                metric.add_sample(name, {}, value)
+                yield metric
+
+
+class MetricsApi:
+    """``GET /metrics`` and nothing else."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        if request.path != "/metrics":
+            return error_response("Not Found", 404)
+        if request.method != "GET":
+            return error_response("Method Not Allowed", 405)
+        return HttpResponse(200, [_triton_names(generate_latest(self.registry))], CONTENT_TYPE_LATEST.encode())
+
+
+_COUNTER_NAMES = [n for n, (kind, _) in _MODEL_METRICS.items() if kind == "counter"] + list(_LATENCY_METRICS)
+
+
+def _triton_names(text: bytes) -> bytes:
+    """prometheus_client names a counter ``<name>_total`` in its HELP and TYPE lines (OpenMetrics style);
+    Triton's counters have no suffix, and dashboards and alert rules use Triton's names."""
+    for name in _COUNTER_NAMES:
+        text = text.replace(b"# HELP %s_total " % name.encode(), b"# HELP %s " % name.encode())
+        text = text.replace(b"# TYPE %s_total " % name.encode(), b"# TYPE %s " % name.encode())
+    return text
+
+
+class MetricsFrontend(HttpListener):
+    """The metrics endpoint and the periodic CPU sampling behind it."""
+
+    def __init__(self, server: Server, options: ServerOptions) -> None:
+        self.cpu = CpuSampler() if options.allow_cpu_metrics else None
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(TritonCollector(server, options, self.cpu))  # type: ignore[arg-type]
+        super().__init__(
+            MetricsApi(registry),  # type: ignore[arg-type]
+            options.metrics_address,
+            options.metrics_port,
+            64 * 1024,
+            "Metrics Service",
+        )
+        self.interval_s = max(options.metrics_interval_ms, 1) / 1000
+        self._sampler: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await super().start()
+        if self.cpu is not None:
+            self.cpu.sample()
+            self._sampler = asyncio.get_running_loop().create_task(self._sample_forever())
+
+    async def _sample_forever(self) -> None:
+        assert self.cpu is not None
+        while True:
+            await asyncio.sleep(self.interval_s)
+            self.cpu.sample()
+
+    async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            self._sampler = None
+        await super().stop()
