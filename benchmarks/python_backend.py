@@ -1,0 +1,119 @@
+"""Python backend: the cost of crossing into a model's stub process, and HTTP throughput of an identity model.
+
+1. In-process (no HTTP): ``PythonInstanceState.execute`` on one request holding a tensor of each size,
+   against Triton's identity ``model.py``: median and p99 of the round trip (write the input into shared
+   memory, one message each way, copy the output out).
+2. HTTP (wrk, binary body, FP32 [1,16]) at 1, 8 and 32 connections against the same ``model.py``;
+   with ``--triton-python PYTHON`` also against real Triton on the same repository (side by side).
+
+    python benchmarks/python_backend.py [--duration 10] [--triton-python /work/triton-ref/.venv-triton/bin/python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "src"))
+
+import http_infer  # noqa: E402
+
+from tritium._proto import model_config_pb2 as mc  # noqa: E402
+from tritium.backends.base import InstanceSpec, ModelContext  # noqa: E402
+from tritium.backends.python.backend import PythonBackend  # noqa: E402
+from tritium.config.parse import load_config_file  # noqa: E402
+from tritium.core.inference import InferenceRequest  # noqa: E402
+from tritium.core.types import Tensor  # noqa: E402
+
+
+def crossing(repo: str, sizes: list[int], iterations: int) -> list[tuple[int, float, float]]:
+    model_dir = os.path.join(repo, "identity_fp32")
+    config = load_config_file(os.path.join(model_dir, "config.pbtxt"), "identity_fp32")
+    config.default_model_filename = "model.py"
+    backend = PythonBackend()
+    backend.initialize({"shm-default-byte-size": str(8 << 20)})
+    state = backend.model_initialize(ModelContext("identity_fp32", 1, model_dir, config))
+    instance = state.instance_initialize(InstanceSpec("identity_fp32_0", "KIND_CPU", 0, mc.ModelInstanceGroup()))
+    rows = []
+    try:
+        for size in sizes:
+            x = np.random.default_rng(0).standard_normal((1, size // 4)).astype(np.float32)
+            request = InferenceRequest("identity_fp32", inputs=[Tensor.from_numpy("INPUT0", x)])
+            times = []
+            for i in range(iterations + 50):
+                start = time.perf_counter_ns()
+                response = instance.execute([request])[0]
+                elapsed = time.perf_counter_ns() - start
+                if i >= 50:
+                    times.append(elapsed / 1000)
+            assert np.array_equal(response.outputs[0].data, x)  # type: ignore[union-attr]
+            times.sort()
+            rows.append((size, statistics.median(times), times[int(len(times) * 0.99)]))
+    finally:
+        instance.finalize()
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", default="1,8,32")
+    ap.add_argument("--iterations", type=int, default=2000)
+    ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument("--triton-python", help="also measure real Triton on the same model.py")
+    args = ap.parse_args()
+    workdir = tempfile.mkdtemp(prefix="tritium-pybench-")
+    repo = os.path.join(workdir, "triton-repo")  # the name http_infer.start_triton uses
+    http_infer.build_triton_repo(repo)
+    # The wrk config of http_infer's "identity" row: FP32 [1,16] into identity_fp32.
+    args.modes, args.threads = "binary", 1
+    procs: list[subprocess.Popen] = []
+    try:
+        print("process crossing, in-process (execute of one request, identity model.py):")
+        print(f"{'tensor':>10} {'median us':>10} {'p99 us':>10}")
+        for size, median, p99 in crossing(repo, [64, 64 << 10, 1 << 20, 4 << 20], args.iterations):
+            print(f"{size:>10} {median:>10.1f} {p99:>10.1f}")
+        if args.skip_http:
+            return 0
+        rows = []
+        port = http_infer.free_port() if hasattr(http_infer, 'free_port') else 28710
+        log = open(os.path.join(workdir, "server.log"), "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}", f"--http-port={port}",
+                                 "--http-address=127.0.0.1", "--allow-grpc=false", "--allow-metrics=false"],
+                                stdout=log, stderr=log)
+        procs.append(proc)
+        http_infer.wait_live(f"127.0.0.1:{port}", proc)
+        rows += http_infer.measure(args, workdir, f"127.0.0.1:{port}", "tritium", ["identity"])
+        proc.terminate()
+        proc.wait(30)
+        if args.triton_python:
+            shutil.rmtree(repo)
+            proc = http_infer.start_triton(workdir, args.triton_python, 28750)
+            procs.append(proc)
+            http_infer.wait_live("127.0.0.1:28750", proc, timeout=120)
+            rows += http_infer.measure(args, workdir, "127.0.0.1:28750", "triton", ["identity"])
+        print(f"\nHTTP, identity model.py, FP32 [1,16], binary body, wrk {args.duration}s:")
+        print(f"{'server':<10} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+        for label, _, _, c, r in rows:
+            print(f"{label:<10} {c:>5} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>6}")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
