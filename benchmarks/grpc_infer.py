@@ -1,0 +1,121 @@
+"""gRPC inference throughput and latency of tritium, measured with h2load, beside HTTP (wrk) on the same server.
+
+h2load (Debian package ``nghttp2-client``) is a C HTTP/2 load generator; a gRPC unary call is an
+HTTP/2 POST to ``/inference.GRPCInferenceService/ModelInfer`` with ``content-type: application/grpc``,
+``te: trailers`` and a body of one length-prefixed message (1 byte compression flag, 4 bytes
+big-endian length, the serialized ``ModelInferRequest`` with ``raw_input_contents``).  This script
+pre-encodes that body once, runs h2load with N clients of one stream each (N = 1, 8, 32 concurrent
+streams), takes p50/p99 from h2load's per-request log, and checks one answer with tritonclient first
+(h2load sees only the HTTP status; the gRPC status is in the trailers).  The HTTP figures come from
+``http_infer.py``'s wrk runner on the same server and model, binary tensor bodies.
+
+    python benchmarks/grpc_infer.py [--duration 10] [--streams 1,8,32] [--models identity,mlp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from http_infer import LUA, MODELS, bodies, build_repo, run_wrk, wait_live  # noqa: E402
+
+
+def grpc_body(path: str, model: str, shape: tuple[int, ...]) -> None:
+    from tritonclient.grpc import service_pb2 as pb
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=list(shape))
+    request.raw_input_contents.append(x.tobytes())
+    message = request.SerializeToString()
+    with open(path, "wb") as f:
+        f.write(struct.pack(">BI", 0, len(message)) + message)
+
+
+def check_grpc(url: str, model: str, shape: tuple[int, ...]) -> None:
+    import tritonclient.grpc as grpcclient
+
+    x = np.ones(shape, np.float32)
+    inp = grpcclient.InferInput("INPUT0", list(shape), "FP32")
+    inp.set_data_from_numpy(x)
+    with grpcclient.InferenceServerClient(url) as client:
+        out = client.infer(model, [inp]).as_numpy("OUTPUT0")
+    if out is None or out.shape[0] != shape[0]:
+        raise SystemExit(f"unexpected gRPC answer from {model}")
+
+
+def run_h2load(url: str, body: str, streams: int, duration: int, log: str) -> dict[str, float]:
+    cmd = ["h2load", f"-c{streams}", "-m1", f"-t{min(streams, 2)}", f"-D{duration}", "--warm-up-time=1",
+           "-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers", f"--log-file={log}",
+           f"http://{url}/inference.GRPCInferenceService/ModelInfer"]
+    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    latencies, errors = [], 0
+    with open(log) as f:
+        for line in f:
+            _, status, micros = line.split()[:3]
+            latencies.append(int(micros) / 1000)
+            errors += status != "200"
+    if not latencies:
+        raise SystemExit(f"h2load completed no request:\n{text}")
+    values = np.array(latencies)
+    return {"rps": len(values) / duration, "p50": float(np.percentile(values, 50)),
+            "p99": float(np.percentile(values, 99)), "errors": errors}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--streams", default="1,8,32")
+    ap.add_argument("--models", default="identity,mlp")
+    args = ap.parse_args()
+    for tool, package in (("h2load", "nghttp2-client"), ("wrk", "wrk")):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (apt-get install {package})")
+    workdir = tempfile.mkdtemp(prefix="tritium-grpc-bench-")
+    http_port, grpc_port = 18700, 18701
+    http_url, grpc_url = f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
+    repo = os.path.join(workdir, "repo")
+    build_repo(repo)
+    log = open(os.path.join(workdir, "server.log"), "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}", f"--http-port={http_port}",
+                             "--http-address=127.0.0.1", f"--grpc-port={grpc_port}", "--grpc-address=127.0.0.1"],
+                            stdout=log, stderr=log)
+    rows = []
+    try:
+        wait_live(http_url, proc)
+        for key in args.models.split(","):
+            model, shape = MODELS[key]
+            check_grpc(grpc_url, model, shape)
+            body = os.path.join(workdir, f"{model}.grpc")
+            grpc_body(body, model, shape)
+            path, ctype, extra = bodies(workdir, model, shape)["binary"]
+            lua = os.path.join(workdir, f"{model}-binary.lua")
+            with open(lua, "w") as f:
+                f.write(LUA.format(body=path, content_type=ctype, extra=extra))
+            run_wrk(http_url, model, lua, 8, 2, 1)  # warm up
+            for n in (int(s) for s in args.streams.split(",")):
+                h2log = os.path.join(workdir, f"h2load-{model}-{n}.log")
+                rows.append(("grpc", key, n, run_h2load(grpc_url, body, n, args.duration, h2log)))
+                rows.append(("http", key, n, run_wrk(http_url, model, lua, n, args.duration, 1)))
+        print(f"{'protocol':<9} {'model':<9} {'streams':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+        for protocol, key, n, r in rows:
+            print(f"{protocol:<9} {key:<9} {n:>7} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>6}")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
