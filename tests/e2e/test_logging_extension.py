@@ -93,3 +93,19 @@ def test_log_info_off_silences_info_lines(server):
         assert _call(server, "GET")[1]["log_info"] is False
     finally:
         _call(server, "POST", {"log_info": True})
+
+
+def test_grpc_log_settings(server):
+    import tritonclient.grpc as grpcclient
+
+    g = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        settings = g.update_log_settings({"log_verbose_level": 3, "log_warning": False}, as_json=True)["settings"]
+        assert settings["log_verbose_level"] == {"uint32_param": 3}
+        assert settings["log_warning"] == {"bool_param": False}
+        assert settings["log_format"] == {"string_param": "default"}
+        assert _call(server, "GET")[1]["log_verbose_level"] == 3  # one setting, seen by both protocols
+        assert g.get_log_settings(as_json=True)["settings"]["log_file"] == {"string_param": str(server.log_file)}
+    finally:
+        g.update_log_settings({"log_verbose_level": 0, "log_warning": True})
+        g.close()

@@ -121,3 +121,22 @@ def test_metrics_endpoint_only_serves_metrics(server):
 def client_extensions(server) -> list[str]:
     with urllib.request.urlopen(f"http://{server.url}/v2") as r:
         return json.loads(r.read())["extensions"]
+
+
+def test_grpc_statistics_agree_with_http(server, client):
+    import tritonclient.grpc as grpcclient
+
+    _infer(client, 2)
+    http_stats = client.get_inference_statistics("identity_fp32")["model_stats"][0]
+    g = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        grpc_stats = g.get_inference_statistics("identity_fp32", as_json=True)["model_stats"][0]
+        with pytest.raises(Exception, match="requested model 'nope' is not available"):
+            g.get_inference_statistics("nope")
+    finally:
+        g.close()
+    # protobuf JSON writes uint64 as strings
+    assert int(grpc_stats["inference_count"]) == http_stats["inference_count"]
+    assert int(grpc_stats["execution_count"]) == http_stats["execution_count"]
+    assert int(grpc_stats["inference_stats"]["success"]["count"]) == http_stats["inference_stats"]["success"]["count"]
+    assert {int(b["batch_size"]) for b in grpc_stats["batch_stats"]} == {b["batch_size"] for b in http_stats["batch_stats"]}

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 from tritium._proto import grpc_service_pb2 as pb
 from tritium._proto import health_pb2
@@ -44,7 +45,6 @@ COMPRESSION_LEVELS = {"none": 0, "low": 1, "medium": 2, "high": 3}
 
 #: RPCs of Triton's service whose extensions tritium does not have yet.
 UNIMPLEMENTED_RPCS: dict[str, tuple[type, str]] = {
-    "ModelStatistics": (pb.ModelStatisticsRequest, "the statistics extension"),
     "RepositoryIndex": (pb.RepositoryIndexRequest, "the model repository extension"),
     "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, "the model repository extension"),
     "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, "the model repository extension"),
@@ -55,7 +55,6 @@ UNIMPLEMENTED_RPCS: dict[str, tuple[type, str]] = {
     "CudaSharedMemoryRegister": (pb.CudaSharedMemoryRegisterRequest, "the CUDA shared-memory extension"),
     "CudaSharedMemoryUnregister": (pb.CudaSharedMemoryUnregisterRequest, "the CUDA shared-memory extension"),
     "TraceSetting": (pb.TraceSettingRequest, "the trace extension"),
-    "LogSettings": (pb.LogSettingsRequest, "the logging extension"),
 }
 
 Context = grpc.aio.ServicerContext
@@ -133,6 +132,26 @@ class GrpcApi:
         model: Model = self.server.model(request.name, _version(request.version))
         response = pb.ModelConfigResponse()
         response.config.CopyFrom(model.config)
+        return response
+
+    async def model_statistics(
+        self, request: pb.ModelStatisticsRequest, context: Context
+    ) -> pb.ModelStatisticsResponse:
+        stats = self.server.model_statistics(request.name, _version(request.version))
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+
+    async def log_settings(self, request: pb.LogSettingsRequest, context: Context) -> pb.LogSettingsResponse:
+        changes = {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in request.settings.items()
+                   if value.WhichOneof("parameter_choice") is not None}
+        response = pb.LogSettingsResponse()
+        for key, value in self.server.log_settings(changes).items():
+            setting = response.settings[key]
+            if isinstance(value, bool):
+                setting.bool_param = value
+            elif isinstance(value, int):
+                setting.uint32_param = value
+            else:
+                setting.string_param = value
         return response
 
     async def health_check(self, request: health_pb2.HealthCheckRequest, context: Context) -> Any:
@@ -220,6 +239,8 @@ class GrpcApi:
             "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest),
             "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest),
             "ModelConfig": (self.model_config, pb.ModelConfigRequest),
+            "ModelStatistics": (self.model_statistics, pb.ModelStatisticsRequest),
+            "LogSettings": (self.log_settings, pb.LogSettingsRequest),
         }
         methods: dict[str, grpc.RpcMethodHandler] = {
             name: unary(_guarded(fn), request_deserializer=cls.FromString, response_serializer=_serialize)
