@@ -1,0 +1,125 @@
+"""Dynamic batching and instance counts: the 256→1024→1024→256 ONNX MLP served by tritium, measured with wrk.
+
+For 1 and 2 instances, with and without ``dynamic_batching``, at 1, 8, 32 and 64 connections (binary
+HTTP bodies, one row per request), prints requests/s, p50 and p99, and the ceiling: rows/s of the same
+model run in-process with onnxruntime at the best batch size, measured in the same run.
+
+    python benchmarks/batching.py [--duration 5] [--connections 1,8,32,64] [--delay-us 500]
+
+With ``--triton-url host:port`` it also drives an already running server serving the same model names
+(e.g. real Triton through ``../shared/tools/real_triton.sh`` with a Python-backend MLP), side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+from http_infer import LUA, bodies, run_wrk, wait_live  # noqa: E402
+from models import mlp_graph, save_model, write_model  # noqa: E402
+
+VARIANTS = {  # name -> (instances, dynamic batching)
+    "mlp_1i": (1, False),
+    "mlp_1i_batched": (1, True),
+    "mlp_2i": (2, False),
+    "mlp_2i_batched": (2, True),
+}
+
+
+def build_repo(root: str, delay_us: int) -> str:
+    graph, _ = mlp_graph((256, 1024, 1024, 256))
+    for name, (count, batched) in VARIANTS.items():
+        batching = f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}" if batched else ""
+        # Without dynamic_batching, max_batch_size 0 keeps Triton's default scheduler (auto-complete
+        # would add dynamic batching to a batching model).
+        mbs = 64 if batched else 0
+        dims = "[ 256 ]" if batched else "[ -1, 256 ]"
+        write_model(root, name, graph, config=f"""
+            backend: "onnxruntime"
+            max_batch_size: {mbs}
+            input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: {dims} }} ]
+            output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: {dims} }} ]
+            {batching}
+            instance_group [ {{ kind: KIND_CPU count: {count} }} ]
+            parameters {{ key: "intra_op_thread_count" value: {{ string_value: "1" }} }}
+        """)
+    return save_model(graph, os.path.join(root, "..", "mlp.onnx"))
+
+
+def ceiling(path: str) -> tuple[int, float]:
+    """(best batch size, rows/s) of the model run directly with onnxruntime, one intra-op thread."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    best = (0, 0.0)
+    for batch in (1, 8, 32, 64):
+        x = np.random.default_rng(0).standard_normal((batch, 256)).astype(np.float32)
+        session.run(None, {"INPUT0": x})
+        n, started = 0, time.perf_counter()
+        while time.perf_counter() - started < 1.0:
+            session.run(None, {"INPUT0": x})
+            n += 1
+        rate = n * batch / (time.perf_counter() - started)
+        best = max(best, (batch, rate), key=lambda b: b[1])
+    return best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--connections", default="1,8,32,64")
+    ap.add_argument("--delay-us", type=int, default=500)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--triton-url", help="also drive this running server (same model names)")
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    workdir = tempfile.mkdtemp(prefix="tritium-batching-")
+    repo = os.path.join(workdir, "repo")
+    onnx_path = build_repo(repo, args.delay_us)
+    port = 18650
+    url = f"127.0.0.1:{port}"
+    log = open(os.path.join(workdir, "server.log"), "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}", f"--http-port={port}",
+                             "--http-address=127.0.0.1"], stdout=log, stderr=log)
+    rows = []
+    try:
+        wait_live(url, proc)
+        servers = [("tritium", url)] + ([("triton", args.triton_url)] if args.triton_url else [])
+        for label, server_url in servers:
+            for name in args.variants.split(","):
+                shape = (1, 256) if VARIANTS[name][1] else (1, 256)
+                body, ctype, extra = bodies(workdir, name, shape)["binary"]
+                lua = os.path.join(workdir, f"{name}.lua")
+                with open(lua, "w") as f:
+                    f.write(LUA.format(body=body, content_type=ctype, extra=extra))
+                run_wrk(server_url, name, lua, 8, 1, 1)  # warm up
+                for c in (int(x) for x in args.connections.split(",")):
+                    rows.append((label, name, c, run_wrk(server_url, name, lua, c, args.duration, 1)))
+        batch, rate = ceiling(onnx_path)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"{'server':<8} {'model':<16} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for label, name, c, r in rows:
+        print(f"{label:<8} {name:<16} {c:>5} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>6}")
+    print(f"ceiling: onnxruntime in-process, 1 thread, batch {batch}: {rate:,.0f} rows/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
