@@ -12,19 +12,18 @@ import asyncio
 import logging
 import signal
 from collections.abc import AsyncIterator
-from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from tritium import __version__
 from tritium.backends.registry import BackendRegistry
-from tritium.core.errors import InvalidArgumentError, TritiumError
+from tritium.core.errors import InvalidArgumentError, TritiumError, UnavailableError, UnsupportedError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.model import Model
-from tritium.core.streaming import StreamItem
 from tritium.core.streaming import StreamItem
 from tritium.logsettings import LogManager
 from tritium.options import ServerOptions
 from tritium.repository.manager import ModelRepositoryManager
+from tritium.repository.poller import RepositoryPoller
 from tritium.statistics import model_stats_dict
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ log = logging.getLogger(__name__)
 TRITON_VERSION = "2.64.0"
 
 #: Extensions that work in this build, in Triton's order.
-EXTENSIONS = ["model_configuration", "binary_tensor_data", "parameters", "statistics", "logging"]
+EXTENSIONS = ["model_repository", "model_repository(unload_dependents)", "model_configuration", "binary_tensor_data", "parameters", "statistics", "logging"]
 
 
 class Frontend(Protocol):
@@ -56,6 +55,7 @@ class Server:
         self.frontends: list[Frontend] = []
         self._live = False
         self._started = False
+        self._poller: RepositoryPoller | None = None
         self._stopping: asyncio.Event | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -68,8 +68,10 @@ class Server:
         self._stopping = asyncio.Event()
         self.repository = ModelRepositoryManager(self.options, self.backends)
         self.repository.inference = LocalInference(self, asyncio.get_running_loop())
-        self.repository.inference = LocalInference(self, asyncio.get_running_loop())
         self._live = True
+        if self.options.model_control_mode == "poll":
+            self._poller = RepositoryPoller(self.repository, self.options.repository_poll_secs)
+            await self._poller.prime()
         failed = await self.repository.load_startup_models()
         if failed and self.options.exit_on_error:
             raise StartupError(f"failed to load all models: {', '.join(failed)}")
@@ -77,6 +79,8 @@ class Server:
             await frontend.start()
             self.frontends.append(frontend)
         self._started = True
+        if self._poller is not None:
+            self._poller.start()
 
     def _make_frontends(self) -> list[Frontend]:
         frontends: list[Frontend] = []
@@ -111,6 +115,8 @@ class Server:
     async def stop(self) -> None:
         """Stop accepting requests, let in-flight ones finish (bounded), unload models."""
         self._started = False
+        if self._poller is not None:
+            await self._poller.stop()
         for frontend in reversed(self.frontends):
             try:
                 await asyncio.wait_for(frontend.stop(), timeout=self.options.exit_timeout_secs)
@@ -118,10 +124,8 @@ class Server:
                 log.exception("frontend failed to stop cleanly")
         self.frontends.clear()
         if self.repository is not None:
-            try:
-                await asyncio.wait_for(self.repository.unload_all(), timeout=self.options.exit_timeout_secs)
-            except asyncio.TimeoutError:
-                log.warning("timed out after %ss waiting for models to unload", self.options.exit_timeout_secs)
+            # Each model drains its in-flight requests (up to --exit-timeout-secs), then is finalized.
+            await self.repository.unload_all()
         self.backends.finalize()
         self._live = False
 
@@ -191,6 +195,50 @@ class Server:
             models = self.repository.ready_models()
         return {"model_stats": [model_stats_dict(m) for m in models]}
 
+    # -- the model repository extension ----------------------------------------------------------
+
+    async def repository_index(self, ready_only: bool = False, repository: str = "") -> list[dict[str, str]]:
+        """Every model of the repositories with its versions, states and reasons (Triton's index)."""
+        _no_repository_name(repository)
+        assert self.repository is not None
+        return self.repository.index(ready_only)
+
+    async def load_model(self, name: str, parameters: dict[str, Any] | None = None, repository: str = "") -> None:
+        """Load or reload ``name`` (explicit mode only).
+
+        ``parameters``: ``config`` (a JSON model config replacing the file) and ``file:<version>/<name>``
+        (file content as bytes; frontends decode their wire form) — Triton's load parameters.
+        """
+        _no_repository_name(repository)
+        self._explicit_only()
+        assert self.repository is not None
+        config = None
+        files: dict[str, bytes] = {}
+        for key, value in (parameters or {}).items():
+            if key == "config":
+                if not isinstance(value, str):
+                    raise InvalidArgumentError("the 'config' parameter must be a string holding the model config as JSON")
+                config = value
+            elif key.startswith("file:"):
+                if not isinstance(value, (bytes, bytearray, memoryview)):
+                    raise InvalidArgumentError(f"the '{key}' parameter must hold the file's content as bytes")
+                files[key[len("file:"):]] = bytes(value)
+        await self.repository.load(name, config=config, files=files or None)
+
+    async def unload_model(self, name: str, parameters: dict[str, Any] | None = None, repository: str = "") -> None:
+        """Unload ``name`` (explicit mode only); returns once it takes no new requests, as Triton does."""
+        _no_repository_name(repository)
+        self._explicit_only()
+        assert self.repository is not None
+        dependents = (parameters or {}).get("unload_dependents", False)
+        if not isinstance(dependents, bool):
+            raise InvalidArgumentError("the 'unload_dependents' parameter must be a boolean")
+        await self.repository.unload(name, dependents)
+
+    def _explicit_only(self) -> None:
+        if self.options.model_control_mode != "explicit":
+            raise UnavailableError("explicit model load / unload is not allowed if polling is enabled")
+
     def model_config(self, name: str, version: int = -1) -> dict[str, Any]:
         return self.model(name, version).config_dict()
 
@@ -213,18 +261,9 @@ class LocalInference:
         return self._server.model(request.model_name, request.model_version).stream(request)
 
 
-class LocalInference:
-    """Requests from backends to this server's models (Python-backend BLS), as frontends make them."""
-
-    def __init__(self, server: Server, loop: asyncio.AbstractEventLoop) -> None:
-        self._server = server
-        self.loop = loop
-
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        return await self._server.infer(request)
-
-    def stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]:
-        return self._server.model(request.model_name, request.model_version).stream(request)
+def _no_repository_name(repository: str) -> None:
+    if repository:
+        raise UnsupportedError("'repository_name' specification is not supported")
 
 
 class StartupError(Exception):

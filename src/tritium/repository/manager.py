@@ -14,8 +14,11 @@ import enum
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+from google.protobuf import json_format
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.backends.base import InferenceHandle, InstanceSpec, ModelContext, ModelInstanceState, ModelState
@@ -39,7 +42,10 @@ from tritium.scheduler.direct import DirectScheduler
 from tritium.scheduler.dynamic import DynamicBatcher
 from tritium.scheduler.workers import InstanceWorker
 
+from .fingerprint import model_fingerprint, version_fingerprint
+from .overrides import OverrideDir
 from .versions import select_versions
+from .warmup import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,10 @@ class VersionSlot:
     #: Kept so the instances can be finalized on unload.
     model_state: ModelState | None = None
     instances: list[ModelInstanceState] = field(default_factory=list)
+    #: What the version was built from (files, config); a reload rebuilds it only when this changes.
+    fingerprint: str = ""
+    #: The temporary model directory of a load with file overrides, removed when its last version goes.
+    override: OverrideDir | None = None
 
 
 @dataclass
@@ -76,6 +86,12 @@ class ModelEntry:
     versions: dict[int, VersionSlot] = field(default_factory=dict)
     #: The highest READY version's model, kept current by :meth:`refresh` (looked up on every request).
     latest: Model | None = None
+    #: The config file could not be read: Triton lists such a model by name only, and it is no model for readiness.
+    poll_failed: bool = False
+    #: Model-level fingerprint (config, files outside version folders) of the versions loaded.
+    fingerprint: str = ""
+    #: Loads and unloads of one model run one at a time; different models load in parallel.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def refresh(self) -> None:
         ready = [v for v, slot in self.versions.items() if slot.state is State.READY and slot.model is not None]
@@ -88,7 +104,10 @@ class ModelRepositoryManager:
         self._backends = backends
         self._models: dict[str, ModelEntry] = {}
         self._gpus = available_gpus()
-        self._load_slots = asyncio.Semaphore(max(1, options.model_load_thread_count))
+        #: ``--model-load-thread-count`` threads build models; a slow one holds only its own thread.
+        self._load_pool = ThreadPoolExecutor(max(1, options.model_load_thread_count), thread_name_prefix="model-load")
+        #: Versions being drained and finalized in the background (an unload answers before they finish).
+        self._retiring: set[asyncio.Task[None]] = set()
         #: Lets backends call this server's models (Python-backend BLS); set by the server.
         self.inference: InferenceHandle | None = None
 
@@ -122,118 +141,254 @@ class ModelRepositoryManager:
         for name, path in found.items():
             if path is not None and name not in self._models:
                 self._models[name] = ModelEntry(name, path)
-        await asyncio.gather(*(self.load(name, found) for name in names), return_exceptions=True)
-        return [name for name in names if not self._entry_ready(name)]
+        results = await asyncio.gather(*(self.load(name, found) for name in names), return_exceptions=True)
+        return [name for name, result in zip(names, results) if isinstance(result, BaseException)]
 
-    async def load(self, name: str, found: dict[str, str | None] | None = None) -> None:
-        """Load (or reload) every version of ``name`` its policy selects; raise on failure."""
+    async def load(self, name: str, found: dict[str, str | None] | None = None, *, config: str | None = None,
+                   files: Mapping[str, bytes] | None = None) -> None:
+        """Load (or reload) the versions of ``name`` its policy selects; raise on failure.
+
+        ``config`` (JSON) replaces the config file; ``files`` (paths like ``1/model.onnx``) make a temporary
+        model folder.  New versions are built in full (warmup included) while the old ones keep serving,
+        then swapped in; replaced and dropped versions are drained and finalized in the background.
+        Versions whose files and config did not change are kept as they are.
+        """
         found = self.scan() if found is None else found
-        if name not in found:
-            raise InvalidArgumentError(f"failed to load '{name}', failed to poll from model repository")
-        path = found[name]
+        if name not in found and not files:
+            raise InternalError(f"failed to load '{name}', failed to poll from model repository")
+        path = found.get(name, "")  # a model made only of file overrides has no folder in the repository
         if path is None:
             entry = self._models.setdefault(name, ModelEntry(name, ""))
             entry.state, entry.reason = State.UNAVAILABLE, f"model '{name}' appears in multiple repositories"
             log.error("failed to load '%s': %s", name, entry.reason)
             raise InvalidArgumentError(entry.reason)
         entry = self._models.setdefault(name, ModelEntry(name, path))
-        entry.model_dir = path
-        entry.state, entry.reason = State.LOADING, ""
-        started = time.monotonic()
-        log.info("loading model '%s' from %s", name, path)
+        async with entry.lock:
+            await self._load_locked(entry, path, config, files)
+
+    async def _load_locked(self, entry: ModelEntry, path: str, config: str | None,
+                           files: Mapping[str, bytes] | None) -> None:
+        name = entry.name
         loop = asyncio.get_running_loop()
-        async with self._load_slots:
-            try:
-                slots = await asyncio.to_thread(self._build, name, path, loop)
-            except TritiumError as e:
+        override: OverrideDir | None = None
+        model_dir = path
+        if files:
+            if config is None:
+                raise InvalidArgumentError(f"failed to load '{name}': file overrides need the 'config' parameter too")
+            override = OverrideDir.create(name, files)
+            model_dir = override.path
+        try:
+            plan = await loop.run_in_executor(self._load_pool, self._plan, name, model_dir, config)
+        except _PollFailure as e:
+            if override is not None:
+                override.remove()
+            entry.poll_failed, entry.reason = True, str(e)
+            if not entry.versions:
+                entry.state = State.UNAVAILABLE
+            log.error("failed to load '%s': %s", name, e)
+            raise InternalError(f"failed to load '{name}', failed to poll from model repository") from None
+        except TritiumError as e:
+            if override is not None:
+                override.remove()
+            if entry.latest is None:
                 entry.state, entry.reason = State.UNAVAILABLE, str(e)
-                log.error("failed to load '%s': %s", name, e)
-                raise
+            log.error("failed to load '%s': %s", name, e)
+            raise
+        entry.poll_failed = False
+        entry.model_dir = path
+        same = override is None and plan.fingerprint == entry.fingerprint
+        build = []
+        for version in plan.wanted:
+            slot = entry.versions.get(version)
+            if same and slot is not None and slot.state is State.READY and slot.fingerprint == plan.versions[version]:
+                continue
+            build.append(version)
+        drop = [slot for v, slot in entry.versions.items() if v not in plan.wanted and slot.state is State.READY]
+        if not build and not drop:
+            log.info("model '%s' is already loaded and unchanged", name)
+            return
+        for version in build:
+            current = entry.versions.get(version)
+            if current is None or current.state is not State.READY:
+                entry.versions[version] = VersionSlot(version, State.LOADING)
+        if entry.latest is None:
+            entry.state, entry.reason = State.LOADING, ""
+        started = time.monotonic()
+        slots: list[VersionSlot] = []
+        if build:
+            log.info("loading model '%s' version%s %s from %s", name, "s" if len(build) > 1 else "",
+                     ", ".join(map(str, build)), model_dir)
+            try:
+                slots = await loop.run_in_executor(self._load_pool, self._build, name, plan, build, loop)
+            except TritiumError as e:
+                slots = [VersionSlot(v, State.UNAVAILABLE, str(e)) for v in build]
             except Exception as e:  # a bug while loading must not take the server down
-                entry.state, entry.reason = State.UNAVAILABLE, f"{type(e).__name__}: {e}"
                 log.exception("failed to load '%s'", name)
-                raise InternalError(entry.reason) from None
+                slots = [VersionSlot(v, State.UNAVAILABLE, f"{type(e).__name__}: {e}") for v in build]
+        failed = [slot for slot in slots if slot.state is not State.READY]
+        retire: list[VersionSlot] = []
         for slot in slots:
+            slot.fingerprint = plan.versions[slot.version]
+            old = entry.versions.get(slot.version)
             if slot.state is State.READY:
                 log.info("successfully loaded '%s' version %d in %.3fs", name, slot.version, time.monotonic() - started)
+                if override is not None:
+                    slot.override = override
+                    override.acquire()
             else:
                 log.error("failed to load '%s' version %d: %s", name, slot.version, slot.reason)
-        failed = [slot for slot in slots if slot.state is not State.READY]
-        old = entry.versions
-        if len(failed) == len(slots) and any(s.state is State.READY for s in old.values()):
-            # A failed reload leaves the versions that were serving in place.
-            entry.state, entry.reason = State.READY, ""
-            raise InvalidArgumentError(failed[0].reason)
-        entry.versions = {slot.version: slot for slot in slots}
+                if old is not None and old.state is State.READY:
+                    continue  # a failed reload leaves the version that was serving in place
+            entry.versions[slot.version] = slot
+            if old is not None and old is not slot and old.state is State.READY:
+                retire.append(old)
+        if not failed or any(entry.versions[v].state is State.READY for v in plan.wanted):
+            retire.extend(drop)  # versions the policy no longer selects go once the wanted ones serve
+        for old in retire:
+            old.state = State.UNLOADING  # no new requests; in-flight ones finish
         entry.refresh()
-        if len(failed) == len(slots):
-            entry.state, entry.reason = State.UNAVAILABLE, failed[0].reason
-        else:
+        entry.fingerprint = "" if failed else plan.fingerprint
+        if entry.latest is not None:
             entry.state, entry.reason = State.READY, ""
-        for slot in old.values():
-            await self._retire(slot)
-        if entry.state is not State.READY:
-            raise InvalidArgumentError(entry.reason)
+        else:
+            entry.state, entry.reason = State.UNAVAILABLE, failed[0].reason if failed else "unloaded"
+        if override is not None and not any(slot.override is override for slot in slots):
+            override.remove()
+        for old in retire:
+            self._spawn_retire(old)
+        if failed:
+            raise InvalidArgumentError(
+                f"load failed for model '{name}': "
+                + "".join(f"version {s.version} is at UNAVAILABLE state: {s.reason};\n" for s in failed)
+            )
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, unload_dependents: bool = False) -> None:
+        """Stop serving every version of ``name``; draining and finalizing go on in the background.
+
+        Unknown or never-loaded models are fine (as in Triton).  ``unload_dependents`` would also unload
+        the ensembles using ``name``; tritium has no ensembles yet, so there is never a dependent.
+        """
         entry = self._models.get(name)
         if entry is None:
-            raise InvalidArgumentError(f"failed to unload '{name}', no version is available")
-        slots = list(entry.versions.values())
-        entry.state = State.UNAVAILABLE
-        entry.reason = "unloaded"
-        for slot in slots:
-            if slot.state is State.READY:
-                slot.state = State.UNLOADING  # no new requests; in-flight ones finish
-        entry.refresh()
-        for slot in slots:
-            await self._retire(slot)
+            return
+        async with entry.lock:
+            retire = [slot for slot in entry.versions.values() if slot.state is State.READY]
+            for slot in retire:
+                slot.state = State.UNLOADING
+            entry.refresh()
+            entry.fingerprint = ""
+            if retire or entry.state is State.READY:
+                entry.state, entry.reason = State.UNAVAILABLE, "unloaded"
+            for slot in retire:
+                self._spawn_retire(slot)
 
-    async def unload_all(self, timeout: float | None = None) -> None:
+    async def unload_all(self) -> None:
+        """Unload every model and wait until each has drained and been finalized (shutdown)."""
         await asyncio.gather(*(self.unload(name) for name in list(self._models)), return_exceptions=True)
+        await self.wait_retired()
+        self._load_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def wait_retired(self) -> None:
+        """Wait until every version being unloaded has been finalized."""
+        while self._retiring:
+            await asyncio.gather(*list(self._retiring), return_exceptions=True)
+
+    def _spawn_retire(self, slot: VersionSlot) -> None:
+        task = asyncio.ensure_future(self._retire(slot))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def _retire(self, slot: VersionSlot) -> None:
-        """Stop taking requests for ``slot``, let in-flight ones finish, then free it."""
+        """Let in-flight requests of ``slot`` finish (up to ``--exit-timeout-secs``), then free it."""
         model = slot.model
-        if slot.state in (State.READY, State.UNLOADING) and model is not None:
+        if model is not None:
             slot.state = State.UNLOADING
-            await model.scheduler.drain()
+            try:
+                await asyncio.wait_for(_drain(model), timeout=self._options.exit_timeout_secs)
+            except asyncio.TimeoutError:
+                log.warning("model '%s' version %d still has requests in flight after %ss; unloading it",
+                            model.name, slot.version, self._options.exit_timeout_secs)
             model.scheduler.close()
         slot.model = None
-        await asyncio.to_thread(_finalize, slot)
-        slot.state, slot.reason = State.UNAVAILABLE, slot.reason or "unloaded"
+        await asyncio.get_running_loop().run_in_executor(None, _finalize, slot)
+        slot.state, slot.reason = State.UNAVAILABLE, "unloaded"
+        if slot.override is not None:
+            slot.override.release()
+            slot.override = None
+        if model is not None:
+            log.info("successfully unloaded '%s' version %d", model.name, slot.version)
 
     # -- building a model (runs on a load thread) ---------------------------------------------------
 
-    def _build(self, name: str, model_dir: str, loop: asyncio.AbstractEventLoop) -> list[VersionSlot]:
-        options = self._options
-        path = config_path(model_dir, options.model_config_name)
-        config = load_config_file(path, name)
-        auto_complete = not options.strict_model_config
-        if config is None:
-            if not auto_complete:
-                raise ModelConfigError(f"failed to load model '{name}': {path} not found and auto-complete is disabled")
-            config = mc.ModelConfig()
-        fill_backend_fields(config, model_dir)
-        _refuse_unsupported_features(config, name)
-        available = version_dirs(model_dir)
-        if not config.name:
-            config.name = name
-        backend = self._backends.get(config.backend) if config.backend else None
-        versions = select_versions(
-            config.version_policy if config.HasField("version_policy") else mc.ModelVersionPolicy(), available
-        )
+    def _plan(self, name: str, model_dir: str, config_json: str | None) -> _Plan:
+        """Read the config (or the override) and pick the versions, without building anything."""
+        config: mc.ModelConfig | None
+        if config_json is not None:
+            try:
+                config = json_format.Parse(config_json, mc.ModelConfig())
+            except json_format.ParseError as e:
+                raise InvalidArgumentError(f"failed to load '{name}': the 'config' parameter is not a valid model"
+                                           f" configuration: {e}") from None
+            source = "config override\0" + config_json
+        else:
+            path = config_path(model_dir, self._options.model_config_name)
+            try:
+                config = load_config_file(path, name)
+            except TritiumError as e:
+                raise _PollFailure(str(e)) from None
+            source = path
+        policy = config.version_policy if config is not None and config.HasField("version_policy") else None
+        versions = select_versions(policy or mc.ModelVersionPolicy(), version_dirs(model_dir))
         if not versions:
             raise InvalidArgumentError(
                 f"at least one version must be available under the version policy of model '{name}'"
             )
+        return _Plan(config, model_dir, model_fingerprint(model_dir, source),
+                     {v: version_fingerprint(model_dir, v) for v in versions})
+
+    def fingerprints(self, found: Mapping[str, str | None]) -> dict[str, str]:
+        """Name -> fingerprint of every model folder found (what the poller compares between polls)."""
+        prints: dict[str, str] = {}
+        for name, model_dir in found.items():
+            if model_dir is None:
+                prints[name] = "duplicate"
+                continue
+            parts = [model_fingerprint(model_dir)]
+            parts += [version_fingerprint(model_dir, v) for v in sorted(version_dirs(model_dir))]
+            prints[name] = ":".join(parts)
+        return prints
+
+    def _build(self, name: str, plan: _Plan, versions: Sequence[int],
+               loop: asyncio.AbstractEventLoop) -> list[VersionSlot]:
+        options = self._options
+        model_dir = plan.model_dir
+        auto_complete = not options.strict_model_config
+        if plan.config is None:
+            if not auto_complete:
+                path = config_path(model_dir, options.model_config_name)
+                raise ModelConfigError(f"failed to load model '{name}': {path} not found and auto-complete is disabled")
+            config = mc.ModelConfig()
+        else:
+            config = mc.ModelConfig()
+            config.CopyFrom(plan.config)
+        fill_backend_fields(config, model_dir)
+        _refuse_unsupported_features(config, name)
+        if not config.name:
+            config.name = name
+        backend = self._backends.get(config.backend) if config.backend else None
         if backend is not None and auto_complete:
             backend.auto_complete_config(self._context(name, versions[-1], model_dir, config))
         cpu_count = backend.default_instance_count("KIND_CPU") if backend else 1
         normalize(config, name, self._gpus, cpu_count)
         validate(config, name, self._gpus)
         assert backend is not None  # validate() refuses configs without a backend
-        return [self._build_version(name, version, model_dir, config, backend, loop) for version in versions]
+        slots = []
+        for version in versions:
+            slot = self._build_version(name, version, model_dir, config, backend, loop)
+            if slot.state is State.READY and config.model_warmup:
+                _warm_up(slot, model_dir)
+            slots.append(slot)
+        return slots
 
     def _context(self, name: str, version: int, model_dir: str, config: mc.ModelConfig) -> ModelContext:
         settings = dict(self._options.backend_config.get("*", {}))
@@ -317,29 +472,100 @@ class ModelRepositoryManager:
         return entry is not None and entry.state is State.READY
 
     def all_ready(self) -> bool:
-        """Every model the control mode asked for is READY (for ``--strict-readiness``)."""
-        return all(e.state is State.READY for e in self._models.values() if e.state is not State.UNKNOWN)
+        """Every model that should be loaded is READY (for ``--strict-readiness``), as Triton counts.
+
+        Versions unloaded on purpose and models whose config cannot be read (no model at all) do not count.
+        """
+        for entry in self._models.values():
+            if not entry.versions:
+                if entry.state is State.LOADING or (
+                    entry.state is State.UNAVAILABLE and not entry.poll_failed and entry.reason != "unloaded"
+                ):
+                    return False
+                continue
+            for slot in entry.versions.values():
+                if slot.state is State.READY or slot.state is State.UNLOADING:
+                    continue
+                if slot.state is State.UNAVAILABLE and slot.reason == "unloaded":
+                    continue
+                return False
+        return True
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        """The repository index: every model found, loaded or not, with versions, states and reasons."""
+        """The repository index as Triton shows it: sorted by name; models never loaded (or whose config
+        cannot be read) by name only; otherwise one row per version, ``reason`` only when not empty."""
         found = self.scan()
         rows: list[dict[str, str]] = []
         for name in sorted(set(found) | set(self._models)):
             entry = self._models.get(name)
-            if entry is None or (not entry.versions and entry.state is State.UNKNOWN):
+            if entry is None or (not entry.versions and (entry.state is State.UNKNOWN or entry.poll_failed)):
                 if not ready_only:
                     rows.append({"name": name})
                 continue
             if not entry.versions:
                 if not ready_only:
-                    rows.append({"name": name, "state": entry.state.value, "reason": entry.reason})
+                    rows.append(_row(name, None, entry.state, entry.reason))
                 continue
             for version in sorted(entry.versions):
                 slot = entry.versions[version]
                 if ready_only and slot.state is not State.READY:
                     continue
-                rows.append({"name": name, "version": str(version), "state": slot.state.value, "reason": slot.reason})
+                rows.append(_row(name, version, slot.state, slot.reason))
         return rows
+
+    @property
+    def control_mode(self) -> str:
+        return self._options.model_control_mode
+
+
+@dataclass
+class _Plan:
+    """What a load will build, decided from the files before anything is built."""
+
+    #: The config read (or given as an override); ``None`` when there is no config file.
+    config: mc.ModelConfig | None
+    model_dir: str
+    fingerprint: str
+    #: Version -> fingerprint of every version the policy selects, ascending.
+    versions: dict[int, str]
+
+    @property
+    def wanted(self) -> list[int]:
+        return list(self.versions)
+
+
+class _PollFailure(InternalError):
+    """The model's config cannot be read: Triton treats the folder as no model at all."""
+
+
+def _row(name: str, version: int | None, state: State, reason: str) -> dict[str, str]:
+    row = {"name": name}
+    if version is not None:
+        row["version"] = str(version)
+    row["state"] = state.value
+    if reason:
+        row["reason"] = reason
+    return row
+
+
+async def _drain(model: Model) -> None:
+    """Wait until ``model`` has no request in flight, including any that looked it up just before the swap."""
+    await model.scheduler.drain()
+    await asyncio.sleep(0.01)
+    await model.scheduler.drain()
+
+
+def _warm_up(slot: VersionSlot, model_dir: str) -> None:
+    """Run the warmup samples; a failure turns ``slot`` UNAVAILABLE with the reason and frees it."""
+    assert slot.model is not None
+    try:
+        warm_up(slot.model, slot.instances, model_dir)
+    except TritiumError as e:
+        log.error("warmup of '%s' version %d failed: %s", slot.model.name, slot.version, e)
+        slot.model.scheduler.close()
+        slot.model = None
+        slot.state, slot.reason = State.UNAVAILABLE, str(e)
+        _finalize(slot)
 
 
 def _refuse_unsupported_features(config: mc.ModelConfig, name: str) -> None:
@@ -350,8 +576,6 @@ def _refuse_unsupported_features(config: mc.ModelConfig, name: str) -> None:
         raise UnavailableError(f"model '{name}': sequence batching is not available in this version of tritium")
     if config.model_transaction_policy.decoupled and config.backend != "python":
         raise UnavailableError(f"model '{name}': decoupled models are only available with the python backend")
-    if config.model_warmup:
-        log.warning("model '%s': model_warmup is not available in this version of tritium; loading without warmup", name)
     if config.response_cache.enable:
         log.warning("model '%s': the response cache is not available in this version of tritium; caching is off", name)
 

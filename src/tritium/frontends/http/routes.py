@@ -7,6 +7,8 @@ Triton's: a model name is ``[^/]+``, a version ``[0-9]+``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import re
 import zlib
@@ -35,6 +37,7 @@ JSON = b"application/json"
 OCTET_STREAM = b"application/octet-stream"
 TEXT = b"text/plain"
 
+_REPOSITORY_URL = re.compile(r"^/v2/repository(?:/([^/]+))?/(?:(index)|models/([^/]+)/(load|unload))$")
 _MODEL_URL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([0-9]+))?(?:/(infer|ready|config|stats))?$")
 
 
@@ -132,6 +135,8 @@ class HttpApi:
             if method != "GET":
                 return _not_allowed()
             return _json(self.server.metadata())
+        if path.startswith("/v2/repository/"):
+            return await self._repository(request)
         if path == "/v2/logging":
             if method == "GET":
                 return _json(self.server.log_settings())
@@ -142,6 +147,41 @@ class HttpApi:
                 return _json(self.server.log_settings(changes))
             return _not_allowed()
         return _NOT_FOUND
+
+    async def _repository(self, request: HttpRequest) -> HttpResponse:
+        """The model repository extension: index, load, unload (POST only; load/unload answer an empty 200)."""
+        match = _REPOSITORY_URL.match(request.path)
+        if match is None:
+            return _NOT_FOUND
+        if request.method != "POST":
+            return _not_allowed()
+        repository, index, name, action = match.groups()
+        body = parse_json(request.body, "repository request") if request.body else {}
+        if not isinstance(body, dict):
+            raise InvalidArgumentError("the repository request must be a JSON object")
+        if index:
+            ready = body.get("ready", False)
+            if not isinstance(ready, bool):
+                raise InvalidArgumentError("'ready' must be a boolean")
+            return _json(await self.server.repository_index(ready, repository or ""))
+        parameters = body.get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise InvalidArgumentError("'parameters' must be a JSON object")
+        if action == "load":
+            decoded: dict[str, Any] = {}
+            for key, value in parameters.items():
+                if key.startswith("file:"):  # HTTP carries file content as base64 text
+                    if not isinstance(value, str):
+                        raise InvalidArgumentError(f"the '{key}' parameter must be a base64 string")
+                    try:
+                        value = base64.b64decode(value, validate=True)
+                    except binascii.Error as e:
+                        raise InvalidArgumentError(f"the '{key}' parameter is not valid base64: {e}") from None
+                decoded[key] = value
+            await self.server.load_model(name, decoded, repository or "")
+        else:
+            await self.server.unload_model(name, parameters, repository or "")
+        return HttpResponse(200, [], JSON)
 
     async def _infer(self, request: HttpRequest, name: str, version: int) -> HttpResponse:
         try:

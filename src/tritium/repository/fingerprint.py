@@ -1,0 +1,60 @@
+"""Fingerprints of a model's files, so reloads and polls rebuild only what changed.
+
+A fingerprint is a hash of every file's path, size and modification time, and
+of the content of small files (configs, labels), so an edit that keeps the size
+and lands within the file system's time resolution is still seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+#: Files up to this size are hashed by content as well.
+CONTENT_LIMIT = 1 << 20
+
+
+def _add_file(digest: hashlib._Hash, path: str, rel: str) -> None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    if st.st_size <= CONTENT_LIMIT:
+        try:
+            with open(path, "rb") as f:
+                digest.update(f.read())
+        except OSError:
+            pass
+
+
+def _add_tree(digest: hashlib._Hash, root: str, prefix: str) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            path = os.path.join(dirpath, filename)
+            _add_file(digest, path, os.path.join(prefix, os.path.relpath(path, root)))
+
+
+def model_fingerprint(model_dir: str, extra: str = "") -> str:
+    """Everything of a model outside its version folders (config, labels, warmup data), plus ``extra``."""
+    digest = hashlib.blake2b(extra.encode(), digest_size=16)
+    try:
+        entries = sorted(os.listdir(model_dir))
+    except OSError:
+        return ""
+    for entry in entries:
+        path = os.path.join(model_dir, entry)
+        if os.path.isdir(path):
+            if not entry.isdigit():
+                _add_tree(digest, path, entry)
+        else:
+            _add_file(digest, path, entry)
+    return digest.hexdigest()
+
+
+def version_fingerprint(model_dir: str, version: int) -> str:
+    """The files of one version folder."""
+    digest = hashlib.blake2b(digest_size=16)
+    _add_tree(digest, os.path.join(model_dir, str(version)), str(version))
+    return digest.hexdigest()
