@@ -251,3 +251,35 @@ def test_none_mode_refuses_load_and_unload_with_tritons_503(tmp_path):
                 503, "application/json", b'{"error":"explicit model load / unload is not allowed if polling is enabled"}')
         assert index(server.url) == [{"name": "ident", "version": "1", "state": "READY"}]
         assert "model_repository" in httpclient.InferenceServerClient(server.url).get_server_metadata()["extensions"]
+
+
+def test_grpc_repository_rpcs(tmp_path):
+    import tritonclient.grpc as grpcclient
+
+    repo = str(tmp_path / "repo")
+    add_ident(repo, "ident")
+    add_ident(repo, "other")
+    save_model(identity_graph(), str(tmp_path / "m.onnx"))
+    with RunningServer([repo], ["--model-control-mode=explicit", "--load-model=ident"]) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        index_rows = client.get_model_repository_index(as_json=True)["models"]
+        assert index_rows == [{"name": "ident", "version": "1", "state": "READY"}, {"name": "other"}]
+        client.load_model("other")
+        assert client.is_model_ready("other")
+        config = json.dumps({"backend": "onnxruntime", "max_batch_size": 8,
+                             "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [16]}],
+                             "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [16]}]})
+        client.load_model("from_files", config=config, files={"file:2/model.onnx": (tmp_path / "m.onnx").read_bytes()})
+        assert infer(httpclient.InferenceServerClient(server.url), "from_files") == "2"
+        client.unload_model("other", unload_dependents=True)
+        assert not client.is_model_ready("other")
+        with pytest.raises(InferenceServerException) as e:
+            client.load_model("nothing_here")
+        assert e.value.status() == "StatusCode.INTERNAL"
+        assert e.value.message() == "failed to load 'nothing_here', failed to poll from model repository"
+    with RunningServer([repo]) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        with pytest.raises(InferenceServerException) as e:
+            client.unload_model("ident")
+        assert e.value.status() == "StatusCode.UNAVAILABLE"
+        assert e.value.message() == "explicit model load / unload is not allowed if polling is enabled"

@@ -45,9 +45,6 @@ COMPRESSION_LEVELS = {"none": 0, "low": 1, "medium": 2, "high": 3}
 
 #: RPCs of Triton's service whose extensions tritium does not have yet.
 UNIMPLEMENTED_RPCS: dict[str, tuple[type, str]] = {
-    "RepositoryIndex": (pb.RepositoryIndexRequest, "the model repository extension"),
-    "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, "the model repository extension"),
-    "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, "the model repository extension"),
     "SystemSharedMemoryStatus": (pb.SystemSharedMemoryStatusRequest, "the system shared-memory extension"),
     "SystemSharedMemoryRegister": (pb.SystemSharedMemoryRegisterRequest, "the system shared-memory extension"),
     "SystemSharedMemoryUnregister": (pb.SystemSharedMemoryUnregisterRequest, "the system shared-memory extension"),
@@ -67,6 +64,12 @@ def _version(text: str) -> int:
     if not text.isdigit():
         raise InvalidArgumentError(f"model version must be a non-negative integer, got '{text}'")
     return int(text)
+
+
+def _repository_parameters(parameters: Any) -> dict[str, Any]:
+    """ModelRepositoryParameter map → plain values (``file:`` content arrives as ``bytes_param``)."""
+    return {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in parameters.items()
+            if value.WhichOneof("parameter_choice") is not None}
 
 
 async def _abort(context: Context, error: Exception) -> None:
@@ -139,6 +142,26 @@ class GrpcApi:
     ) -> pb.ModelStatisticsResponse:
         stats = self.server.model_statistics(request.name, _version(request.version))
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+
+    # -- the model repository extension --------------------------------------------------------------
+
+    async def repository_index(self, request: pb.RepositoryIndexRequest, context: Context) -> pb.RepositoryIndexResponse:
+        rows = await self.server.repository_index(request.ready, request.repository_name)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
+
+    async def repository_model_load(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        await self.server.load_model(request.model_name, _repository_parameters(request.parameters),
+                                     request.repository_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.server.unload_model(request.model_name, _repository_parameters(request.parameters),
+                                       request.repository_name)
+        return pb.RepositoryModelUnloadResponse()
 
     async def log_settings(self, request: pb.LogSettingsRequest, context: Context) -> pb.LogSettingsResponse:
         changes = {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in request.settings.items()
@@ -241,6 +264,9 @@ class GrpcApi:
             "ModelConfig": (self.model_config, pb.ModelConfigRequest),
             "ModelStatistics": (self.model_statistics, pb.ModelStatisticsRequest),
             "LogSettings": (self.log_settings, pb.LogSettingsRequest),
+            "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest),
+            "RepositoryModelLoad": (self.repository_model_load, pb.RepositoryModelLoadRequest),
+            "RepositoryModelUnload": (self.repository_model_unload, pb.RepositoryModelUnloadRequest),
         }
         methods: dict[str, grpc.RpcMethodHandler] = {
             name: unary(_guarded(fn), request_deserializer=cls.FromString, response_serializer=_serialize)
