@@ -93,14 +93,6 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
         max_batch_size: 8 {io}
         dynamic_batching {{ preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 20000000 }}""")
     heavy = heavy_graph()
-    for name, count in (("heavy_1", 1), ("heavy_2", 2)):
-        # max_batch_size 0 and no dynamic_batching: Triton's default scheduler.
-        write_model(repo, name, heavy, config=f"""
-            max_batch_size: 0
-            input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ -1, -1, 256 ] }} ]
-            output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1, -1 ] }} ]
-            parameters {{ key: "intra_op_thread_count" value: {{ string_value: "1" }} }}
-            instance_group [ {{ kind: KIND_CPU count: {count} }} ]""")
     write_model(repo, "priority", heavy, config=f"""
         max_batch_size: 1 {HEAVY_IO}
         instance_group [ {{ kind: KIND_CPU count: 1 }} ]
@@ -130,8 +122,34 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
         batch_output [ { target_name: "OUTPUT0" kind: BATCH_SCATTER_WITH_INPUT_SHAPE source_input: "INPUT0" } ]
         dynamic_batching { preferred_batch_size: [ 3 ] max_queue_delay_microseconds: 20000000 }
         instance_group [ { kind: KIND_CPU count: 1 } ]""")
+    # Instances that each sleep 1 s per request (Python backend: one process per instance).
+    import os
+
+    os.makedirs(os.path.join(repo, "sleep_2", "1"))
+    with open(os.path.join(repo, "sleep_2", "config.pbtxt"), "w") as f:
+        f.write("""
+            backend: "python"
+            max_batch_size: 0
+            input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+            output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+            instance_group [ { kind: KIND_CPU count: 2 } ]""")
+    with open(os.path.join(repo, "sleep_2", "1", "model.py"), "w") as f:
+        f.write(SLEEP_MODEL)
     with RunningServer([repo]) as s:
         yield s
+
+
+SLEEP_MODEL = """
+import time
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(1.0)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())])
+                for r in requests]
+"""
 
 
 def _client(server: RunningServer, concurrency: int = 1) -> httpclient.InferenceServerClient:
@@ -189,26 +207,19 @@ def test_preferred_batch_size_runs_without_waiting_for_the_delay(server: Running
 
 
 def test_two_instances_execute_at_the_same_time(server: RunningServer) -> None:
-    x = np.random.default_rng(1).standard_normal((1, 2500, 256)).astype(np.float32)
-
-    def both(model: str) -> float:
-        c = _client(server, concurrency=2)
+    """Two instances that each sleep 1 s serve two requests in well under 2 s (the issue's own check)."""
+    x = np.ones(3, np.float32)
+    inp = httpclient.InferInput("INPUT0", [3], "FP32")
+    inp.set_data_from_numpy(x, binary_data=True)
+    c = _client(server, concurrency=2)
+    try:
         started = time.monotonic()
-        for p in [c.async_infer(model, _inputs(x)) for _ in range(2)]:
-            p.get_result()
+        for p in [c.async_infer("sleep_2", [inp]) for _ in range(2)]:
+            np.testing.assert_array_equal(p.get_result().as_numpy("OUTPUT0"), x)
+        elapsed = time.monotonic() - started
+    finally:
         c.close()
-        return time.monotonic() - started
-
-    both("heavy_2")  # warm up both instances
-    # One instance runs the two requests one after the other; two instances run them side by side, so on
-    # two cores they take about half as long.  Other processes share this machine: best of five tries.
-    ratios = []
-    for _ in range(5):
-        one, two = both("heavy_1"), both("heavy_2")
-        ratios.append(two / one)
-        if ratios[-1] < 0.85:
-            break
-    assert min(ratios) < 0.85, ratios
+    assert 1.0 <= elapsed < 1.8, elapsed
 
 
 def _heavy_blocker(server: RunningServer, model: str, rows: int = 3000) -> threading.Thread:
