@@ -44,7 +44,7 @@ BAD_MODELS: dict[str, list[str]] = {
     "bad_type_vs_graph": ["INPUT0", "TYPE_INT32", "TYPE_FP32"],
     "bad_no_versions": ["version"],
     "bad_parameter": ["intra_op_thread_count", "many"],
-    "bad_ensemble": ["ensemble"],
+    "bad_ensemble": ["ensemble", "output 'OUT' is not written by any step"],
     "bad_preferred_batch": ["preferred", "16"],
     "bad_reshape": ["INPUT0", "reshape"],
     "bad_config_is_dir": ["config.pbtxt"],
@@ -107,7 +107,7 @@ def _build_repository(repo: str) -> None:
         output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 4 ] } ]
         ensemble_scheduling { step [ { model_name: "good" model_version: -1
                                        input_map { key: "INPUT0" value: "IN" }
-                                       output_map { key: "OUTPUT0" value: "OUT" } } ] }
+                                       output_map { key: "OUTPUT0" value: "LOST" } } ] }
     """)
     os.makedirs(os.path.join(repo, "bad_no_versions", "not_a_version"))
     with open(os.path.join(repo, "bad_no_versions", "config.pbtxt"), "w") as f:

@@ -10,6 +10,7 @@ event loop keeps serving while models load.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import logging
 import os
@@ -23,6 +24,7 @@ from google.protobuf import json_format
 from tritium._proto import model_config_pb2 as mc
 from tritium.backends.base import InferenceHandle, InstanceSpec, ModelContext, ModelInstanceState, ModelState
 from tritium.backends.registry import BackendRegistry
+from tritium.config.ensemble import check_composing_models, composing_models, ensemble_steps, is_ensemble
 from tritium.config.autocomplete import fill_backend_fields, version_dirs
 from tritium.config.parse import config_path, load_config_file
 from tritium.config.validate import normalize, validate
@@ -40,14 +42,19 @@ from tritium.options import ServerOptions
 from tritium.scheduler.base import Scheduler
 from tritium.scheduler.direct import DirectScheduler
 from tritium.scheduler.dynamic import DynamicBatcher
+from tritium.scheduler.ensemble import EnsembleScheduler
 from tritium.scheduler.workers import InstanceWorker
 
+from .ensembles import dependents_of, read_ensemble_config
 from .fingerprint import model_fingerprint, version_fingerprint
 from .overrides import OverrideDir
 from .versions import select_versions
 from .warmup import warm_up
 
 log = logging.getLogger(__name__)
+
+#: Ensembles whose composing models the current task is loading (to refuse ensembles that contain themselves).
+_loading_ensembles: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("loading_ensembles", default=())
 
 
 class State(enum.Enum):
@@ -163,8 +170,44 @@ class ModelRepositoryManager:
             log.error("failed to load '%s': %s", name, entry.reason)
             raise InvalidArgumentError(entry.reason)
         entry = self._models.setdefault(name, ModelEntry(name, path))
+        await self._load_composing(entry, path, config)
         async with entry.lock:
             await self._load_locked(entry, path, config, files)
+
+    async def _load_composing(self, entry: ModelEntry, model_dir: str, config_json: str | None) -> None:
+        """Before an ensemble loads, load the composing models that are not serving yet (explicit mode included).
+
+        A failure makes the ensemble UNAVAILABLE naming the composing model; ensembles of ensembles that
+        include themselves are refused instead of loading forever.
+        """
+        config = read_ensemble_config(model_dir, self._options.model_config_name, config_json)
+        if config is None:
+            return
+        name = entry.name
+        chain = _loading_ensembles.get()
+        token = _loading_ensembles.set(chain + (name,))
+        try:
+            for step_model, _ in composing_models(config):
+                if step_model in chain or step_model == name:
+                    raise ModelConfigError(f"in ensemble '{name}', composing model '{step_model}' leads back to "
+                                           f"ensemble '{name}': ensembles must not contain themselves")
+                child = self._models.get(step_model)
+                if child is None or child.latest is None or child.lock.locked():
+                    try:
+                        await self.load(step_model)
+                    except TritiumError as e:
+                        raise UnavailableError(f"in ensemble '{name}', composing model '{step_model}' failed to "
+                                               f"load: {e}") from None
+        except TritiumError as e:
+            if entry.latest is None:
+                entry.state, entry.reason = State.UNAVAILABLE, str(e)
+                for slot in entry.versions.values():
+                    if slot.state is State.UNAVAILABLE:
+                        slot.reason = str(e)
+            log.error("failed to load '%s': %s", name, e)
+            raise
+        finally:
+            _loading_ensembles.reset(token)
 
     async def _load_locked(self, entry: ModelEntry, path: str, config: str | None,
                            files: Mapping[str, bytes] | None) -> None:
@@ -265,12 +308,24 @@ class ModelRepositoryManager:
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
         """Stop serving every version of ``name``; draining and finalizing go on in the background.
 
-        Unknown or never-loaded models are fine (as in Triton).  ``unload_dependents`` would also unload
-        the ensembles using ``name``; tritium has no ensembles yet, so there is never a dependent.
+        Unknown or never-loaded models are fine (as in Triton).  Serving ensembles that call ``name`` go with
+        it (UNAVAILABLE, naming it).  ``unload_dependents`` on an ensemble also unloads the composing models
+        loaded with it that no other serving ensemble calls (Triton's "unload model and dependents").
         """
         entry = self._models.get(name)
         if entry is None:
             return
+        composing = composing_models(entry.latest.config) if entry.latest and is_ensemble(entry.latest.config) else []
+        await self._unload_one(entry)
+        for ensemble in dependents_of(name, self.ready_models()):
+            await self.unload(ensemble)
+            self._models[ensemble].reason = f"composing model '{name}' was unloaded"
+        if unload_dependents:
+            for child, _ in composing:
+                if not dependents_of(child, self.ready_models()):
+                    await self.unload(child, True)
+
+    async def _unload_one(self, entry: ModelEntry) -> None:
         async with entry.lock:
             retire = [slot for slot in entry.versions.values() if slot.state is State.READY]
             for slot in retire:
@@ -381,6 +436,8 @@ class ModelRepositoryManager:
         cpu_count = backend.default_instance_count("KIND_CPU") if backend else 1
         normalize(config, name, self._gpus, cpu_count)
         validate(config, name, self._gpus)
+        if is_ensemble(config):
+            return [self._build_ensemble(name, version, config) for version in versions]
         assert backend is not None  # validate() refuses configs without a backend
         slots = []
         for version in versions:
@@ -389,6 +446,13 @@ class ModelRepositoryManager:
                 _warm_up(slot, model_dir)
             slots.append(slot)
         return slots
+
+    def _build_ensemble(self, name: str, version: int, config: mc.ModelConfig) -> VersionSlot:
+        """An ensemble version: its graph checked against the loaded composing models, no instances."""
+        steps = ensemble_steps(config, name)
+        check_composing_models(config, name, steps, lambda m, v: self.get(m, v).config)
+        scheduler = EnsembleScheduler(name, steps, [o.name for o in config.output], self.get)
+        return VersionSlot(version, State.READY, model=Model(name, version, config, scheduler))
 
     def _context(self, name: str, version: int, model_dir: str, config: mc.ModelConfig) -> ModelContext:
         settings = dict(self._options.backend_config.get("*", {}))
@@ -570,8 +634,6 @@ def _warm_up(slot: VersionSlot, model_dir: str) -> None:
 
 def _refuse_unsupported_features(config: mc.ModelConfig, name: str) -> None:
     """Fail the load of a model that needs what tritium cannot do yet, rather than serve it wrongly."""
-    if config.platform == "ensemble":
-        raise UnavailableError(f"model '{name}': ensembles are not available in this version of tritium")
     if config.HasField("sequence_batching"):
         raise UnavailableError(f"model '{name}': sequence batching is not available in this version of tritium")
     if config.model_transaction_policy.decoupled and config.backend != "python":
