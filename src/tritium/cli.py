@@ -18,7 +18,9 @@ from collections.abc import Sequence
 
 from tritium import __version__
 from tritium.logsettings import LogManager, LogSettings
+from tritium.core.errors import TritiumError
 from tritium.options import ServerOptions
+from tritium.trace import TraceConfig, TraceManager
 
 #: tritonserver flags tritium knows but cannot honour yet, with the reason shown to the user.
 UNSUPPORTED_FLAGS: dict[str, str] = {
@@ -32,12 +34,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     "--http-thread-count": "tritium serves HTTP on its event loop; there is no HTTP thread pool to size",
     "--http-header-forward-pattern": "header forwarding is not available in this version of tritium",
     "--http-restricted-api": "restricted APIs are not available in this version of tritium",
-    "--trace-config": "tracing is not available in this version of tritium",
-    "--trace-file": "tracing is not available in this version of tritium",
-    "--trace-level": "tracing is not available in this version of tritium",
-    "--trace-rate": "tracing is not available in this version of tritium",
-    "--trace-count": "tracing is not available in this version of tritium",
-    "--trace-log-frequency": "tracing is not available in this version of tritium",
     "--cache-config": "the response cache is not available in this version of tritium",
     "--cache-directory": "the response cache is not available in this version of tritium",
     "--response-cache-byte-size": "the response cache is not available in this version of tritium",
@@ -148,6 +144,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["default", "ISO8601"], default="default")
     p.add_argument("--log-file", default="", metavar="PATH", help="write the log to this file instead of stderr")
     p.add_argument("--backend-config", action="append", default=[], metavar="BACKEND,KEY=VALUE")
+    p.add_argument("--trace-config", action="append", default=[], metavar="[MODE,]SETTING=VALUE",
+                   help="trace setting: level, rate, count, mode; triton,file / triton,log-frequency; "
+                        "opentelemetry,url / resource / bsp_*")
+    # Deprecated spellings of --trace-config, still accepted as tritonserver does.
+    p.add_argument("--trace-file", default=None, help="deprecated: --trace-config triton,file=PATH")
+    p.add_argument("--trace-level", action="append", default=[], help="deprecated: --trace-config level=LEVEL")
+    p.add_argument("--trace-rate", default=None, help="deprecated: --trace-config rate=N")
+    p.add_argument("--trace-count", default=None, help="deprecated: --trace-config count=N")
+    p.add_argument("--trace-log-frequency", default=None, help="deprecated: --trace-config triton,log-frequency=N")
     return p
 
 
@@ -215,6 +220,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         parser.error(f"--exit-timeout-secs must be >= 0, got {args.exit_timeout_secs}")
     if args.load_models and args.model_control_mode != "explicit":
         parser.error("--load-model requires --model-control-mode=explicit")
+    trace_config = _trace_items(args)
+    try:
+        TraceManager(TraceConfig.parse(trace_config))
+    except TritiumError as e:
+        parser.error(f"--trace-config: {e}")
     backend_config: dict[str, dict[str, str]] = {}
     for item in args.backend_config:
         backend, _, setting = item.partition(",")
@@ -274,7 +284,21 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         log_format=args.log_format,
         log_file=args.log_file,
         backend_config=backend_config,
+        trace_config=trace_config,
     )
+
+
+def _trace_items(args: argparse.Namespace) -> list[str]:
+    """The deprecated ``--trace-*`` flags as ``--trace-config`` items, before the explicit ones."""
+    items = [f"triton,file={args.trace_file}"] if args.trace_file is not None else []
+    items += [f"level={level}" for level in args.trace_level]
+    if args.trace_rate is not None:
+        items.append(f"rate={args.trace_rate}")
+    if args.trace_count is not None:
+        items.append(f"count={args.trace_count}")
+    if args.trace_log_frequency is not None:
+        items.append(f"triton,log-frequency={args.trace_log_frequency}")
+    return items + args.trace_config
 
 
 def configure_logging(options: ServerOptions) -> LogManager:

@@ -66,5 +66,9 @@ class ServerOptions:
     log_format: str = "default"  # or "ISO8601"
     log_file: str = ""
 
+    #: ``--trace-config [<mode>,]<setting>=<value>`` items in order (deprecated ``--trace-*`` flags become
+    #: such items); parsed and checked by :class:`tritium.trace.TraceConfig`.
+    trace_config: list[str] = field(default_factory=list)
+
     #: ``--backend-config <backend>,<key>=<value>``; backend ``*`` holds global settings.
     backend_config: dict[str, dict[str, str]] = field(default_factory=dict)

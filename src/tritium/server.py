@@ -25,6 +25,7 @@ from tritium.options import ServerOptions
 from tritium.repository.manager import ModelRepositoryManager
 from tritium.repository.poller import RepositoryPoller
 from tritium.statistics import model_stats_dict
+from tritium.trace import TraceConfig, TraceManager
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 TRITON_VERSION = "2.64.0"
 
 #: Extensions that work in this build, in Triton's order.
-EXTENSIONS = ["model_repository", "model_repository(unload_dependents)", "model_configuration", "binary_tensor_data", "parameters", "statistics", "logging"]
+EXTENSIONS = ["model_repository", "model_repository(unload_dependents)", "model_configuration", "binary_tensor_data", "parameters", "statistics", "trace", "logging"]
 
 
 class Frontend(Protocol):
@@ -50,6 +51,8 @@ class Server:
         self.options = options
         #: Log settings of the logging extension; made on first use when the CLI did not set them up.
         self._logs = logs
+        #: The trace extension; frontends test ``tracer.active`` before sampling a request.
+        self.tracer = TraceManager(TraceConfig.parse(options.trace_config))
         self.backends = BackendRegistry(options.backend_config)
         self.repository: ModelRepositoryManager | None = None
         self.frontends: list[Frontend] = []
@@ -66,6 +69,7 @@ class Server:
         Raises :class:`StartupError` when a model fails and ``--exit-on-error`` is on.
         """
         self._stopping = asyncio.Event()
+        self.tracer.open()
         self.repository = ModelRepositoryManager(self.options, self.backends)
         self.repository.inference = LocalInference(self, asyncio.get_running_loop())
         self._live = True
@@ -127,6 +131,7 @@ class Server:
             # Each model drains its in-flight requests (up to --exit-timeout-secs), then is finalized.
             await self.repository.unload_all()
         self.backends.finalize()
+        self.tracer.close()
         self._live = False
 
     # -- the API frontends call -----------------------------------------------------------------
@@ -149,6 +154,12 @@ class Server:
 
             self._logs = configure_logging(self.options)
         return self._logs.update(changes or {})
+
+    def trace_settings(self, model: str = "", changes: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The trace extension: global (or ``model``'s) settings, after applying ``changes`` when given."""
+        if model and not (self.repository is not None and self.repository.ready_models(model)):
+            raise InvalidArgumentError(f"Request for unknown model : {model}")
+        return self.tracer.settings(model, changes)
 
     def model(self, name: str, version: int = -1) -> Model:
         if not name:

@@ -463,8 +463,7 @@ def test_classification_is_refused(stub):
     _expect(stub.ModelInfer, request, grpc.StatusCode.INVALID_ARGUMENT, "classification")
 
 
-@pytest.mark.parametrize("call", ["get_system_shared_memory_status", "get_cuda_shared_memory_status",
-                                  "get_trace_settings"])
+@pytest.mark.parametrize("call", ["get_system_shared_memory_status", "get_cuda_shared_memory_status"])
 def test_missing_extensions_are_unimplemented(client, call):
     with pytest.raises(InferenceServerException) as info:
         getattr(client, call)()

@@ -102,8 +102,6 @@ def test_disabled_endpoints_accept_false():
 @pytest.mark.parametrize("argv, flag", [
     (["--grpc-infer-thread-count", "4"], "--grpc-infer-thread-count"),
     (["--grpc-infer-allocation-pool-size=8"], "--grpc-infer-allocation-pool-size"),
-    (["--trace-config", "x"], "--trace-config"),
-    (["--trace-config=level=TIMESTAMPS"], "--trace-config"),
     (["--metrics-config=summary_latencies=true"], "summary_latencies"),
     (["--rate-limit", "execution_count"], "--rate-limit"),
     (["--cache-config", "local,size=1024"], "--cache-config"),

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from .types import Tensor
 
 if TYPE_CHECKING:
+    from tritium.trace import Trace
+
     from .streaming import ResponseStream
 
 
@@ -41,6 +43,8 @@ class InferenceRequest:
     timeout_us: int = 0
     #: ``time.monotonic_ns()`` when the scheduler queued the request (for statistics).
     queued_ns: int = 0
+    #: The trace of a sampled request (trace extension); ``None`` for every other request.
+    trace: Trace | None = None
 
 
 @dataclass(slots=True)

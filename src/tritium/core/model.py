@@ -85,8 +85,14 @@ class Model:
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         """One request, one response (models that are not decoupled)."""
         self.validate(request)
-        response = await self.scheduler.infer(request)
-        return self._shape_response(request, response)
+        trace = request.trace
+        if trace is None:
+            return self._shape_response(request, await self.scheduler.infer(request))
+        trace.stamp("REQUEST_START")
+        trace.add_tensors("TENSOR_QUEUE_INPUT", request.inputs)
+        response = self._shape_response(request, await self.scheduler.infer(request))
+        trace.add_tensors("TENSOR_BACKEND_OUTPUT", response.outputs)
+        return response
 
     async def stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]:
         """Every response of one request as the model sends it, ending with a final item.

@@ -108,6 +108,10 @@ class DirectScheduler(Scheduler):
             timing: ExecutionTiming,
         ) -> None:
             self.stats.record_execution(batch, timing, responses is not None)
+            for request in batch:
+                if request.trace is not None:
+                    request.trace.execution(request.queued_ns, timing.start_ns, timing.input_end_ns,
+                                            timing.infer_end_ns, timing.end_ns)
             if responses is None:
                 outcome: list[InferenceResponse] | TritiumError = error or UnavailableError("execution failed")
             else:

@@ -51,7 +51,6 @@ UNIMPLEMENTED_RPCS: dict[str, tuple[type, str]] = {
     "CudaSharedMemoryStatus": (pb.CudaSharedMemoryStatusRequest, "the CUDA shared-memory extension"),
     "CudaSharedMemoryRegister": (pb.CudaSharedMemoryRegisterRequest, "the CUDA shared-memory extension"),
     "CudaSharedMemoryUnregister": (pb.CudaSharedMemoryUnregisterRequest, "the CUDA shared-memory extension"),
-    "TraceSetting": (pb.TraceSettingRequest, "the trace extension"),
 }
 
 Context = grpc.aio.ServicerContext
@@ -177,6 +176,17 @@ class GrpcApi:
                 setting.string_param = value
         return response
 
+    async def trace_setting(self, request: pb.TraceSettingRequest, context: Context) -> pb.TraceSettingResponse:
+        """An empty ``SettingValue`` clears the setting; the level is a list, every other value one string."""
+        changes: dict[str, Any] = {}
+        for key, setting in request.settings.items():
+            values = list(setting.value)
+            changes[key] = None if not values else values if key == "trace_level" else values[0]
+        response = pb.TraceSettingResponse()
+        for key, value in self.server.trace_settings(request.model_name, changes).items():
+            response.settings[key].value.extend(value if isinstance(value, list) else [value])
+        return response
+
     async def health_check(self, request: health_pb2.HealthCheckRequest, context: Context) -> Any:
         status = health_pb2.HealthCheckResponse
         return status(status=status.SERVING if self.server.live() else status.NOT_SERVING)
@@ -194,8 +204,28 @@ class GrpcApi:
         if model.decoupled:
             raise UnsupportedError("ModelInfer RPC doesn't support models with decoupled transaction policy")
         request = to_inference_request(decoded, model.name, model.version)
+        tracer = self.server.tracer
+        if tracer.active:
+            request.trace = trace = tracer.start(model.name, model.version, request.id)
+            if trace is not None:
+                return await self._traced_infer(model, request, trace, context)
         response = await model.infer(request)
         return infer_response_bytes(response)
+
+    @staticmethod
+    async def _traced_infer(model: Model, request: Any, trace: Any, context: Context) -> bytes:
+        """GRPC_WAITREAD_END when the message is here, GRPC_SEND_END when gRPC has sent the answer."""
+        trace.stamp("GRPC_WAITREAD_END")
+        response = await model.infer(request)
+        data = infer_response_bytes(response)
+        trace.stamp("GRPC_SEND_START")
+
+        def sent(_: Any) -> None:
+            trace.stamp("GRPC_SEND_END")
+            trace.finish()
+
+        context.add_done_callback(sent)
+        return data
 
     async def model_stream_infer(self, requests: AsyncIterator[DecodedRequest], context: Context) -> AsyncIterator[bytes]:
         """Many requests in flight on one stream; each response is sent as soon as it is produced.
@@ -264,6 +294,7 @@ class GrpcApi:
             "ModelConfig": (self.model_config, pb.ModelConfigRequest),
             "ModelStatistics": (self.model_statistics, pb.ModelStatisticsRequest),
             "LogSettings": (self.log_settings, pb.LogSettingsRequest),
+            "TraceSetting": (self.trace_setting, pb.TraceSettingRequest),
             "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest),
             "RepositoryModelLoad": (self.repository_model_load, pb.RepositoryModelLoadRequest),
             "RepositoryModelUnload": (self.repository_model_unload, pb.RepositoryModelUnloadRequest),

@@ -38,6 +38,7 @@ OCTET_STREAM = b"application/octet-stream"
 TEXT = b"text/plain"
 
 _REPOSITORY_URL = re.compile(r"^/v2/repository(?:/([^/]+))?/(?:(index)|models/([^/]+)/(load|unload))$")
+_TRACE_URL = re.compile(r"^/v2/models/([^/]+)/trace/setting$")
 _MODEL_URL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([0-9]+))?(?:/(infer|ready|config|stats))?$")
 
 
@@ -56,6 +57,8 @@ class HttpResponse:
     body: list[bytes | memoryview] = field(default_factory=list)
     content_type: bytes | None = None
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: The request's trace (trace extension); the transport stamps HTTP_SEND_* and finishes it.
+    trace: Any = None
 
 
 def error_response(error: TritiumError | str, status: int | None = None, content_type: bytes = JSON) -> HttpResponse:
@@ -105,6 +108,8 @@ class HttpApi:
             if method != "GET":
                 return _not_allowed()
             return _json(self.server.model_statistics())
+        if path.endswith("/trace/setting"):
+            return self._trace_setting(request)
         if path.startswith("/v2/models/"):
             match = _MODEL_URL.match(path)
             if match is None:
@@ -148,6 +153,24 @@ class HttpApi:
             return _not_allowed()
         return _NOT_FOUND
 
+    def _trace_setting(self, request: HttpRequest) -> HttpResponse:
+        """The trace extension: ``/v2/trace/setting`` and ``/v2/models/{m}/trace/setting`` (no version)."""
+        if request.path == "/v2/trace/setting":
+            model = ""
+        else:
+            match = _TRACE_URL.match(request.path)
+            if match is None:
+                return _NOT_FOUND
+            model = match.group(1)
+        if request.method == "GET":
+            return _json(self.server.trace_settings(model))
+        if request.method != "POST":
+            return _not_allowed()
+        changes = parse_json(request.body, "trace setting") if request.body else {}
+        if not isinstance(changes, dict):
+            raise InvalidArgumentError("the trace settings must be a JSON object")
+        return _json(self.server.trace_settings(model, changes))
+
     async def _repository(self, request: HttpRequest) -> HttpResponse:
         """The model repository extension: index, load, unload (POST only; load/unload answer an empty 200)."""
         match = _REPOSITORY_URL.match(request.path)
@@ -190,6 +213,10 @@ class HttpApi:
             return error_response(e, content_type=TEXT)
         if model.decoupled:
             raise InvalidArgumentError("HTTP end point doesn't support models with decoupled transaction policy")
+        tracer = self.server.tracer
+        trace = tracer.start(model.name, model.version, "") if tracer.active else None
+        if trace is not None:
+            trace.stamp("HTTP_RECV_START")
         body = self._decompress(request)
         header_length = request.headers.get("inference-header-content-length")
         if header_length is None:
@@ -207,15 +234,20 @@ class HttpApi:
                 )
             else:
                 infer_request, encoding = decode_infer_request(body, length, name, version)
+        if trace is not None:
+            trace.stamp("HTTP_RECV_END")
+            trace.request_id = infer_request.id
+            infer_request.trace = trace
         response = await model.infer(infer_request)
         pieces, json_length = encode_infer_response(response, encoding)
         if json_length is None:
-            return HttpResponse(200, pieces, JSON)
+            return HttpResponse(200, pieces, JSON, trace=trace)
         return HttpResponse(
             200,
             pieces,
             OCTET_STREAM,
             [(b"Inference-Header-Content-Length", str(json_length).encode())],
+            trace,
         )
 
     @staticmethod

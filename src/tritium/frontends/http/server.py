@@ -187,7 +187,14 @@ class HttpProtocol(asyncio.Protocol):
             if encoding is not None:
                 response.headers.append((b"Content-Encoding", encoding))
         length = sum(len(p) for p in pieces)
-        transport.writelines([_head(response, length, keep_alive), *pieces])
+        trace = response.trace
+        if trace is None:
+            transport.writelines([_head(response, length, keep_alive), *pieces])
+        else:
+            trace.stamp("HTTP_SEND_START")
+            transport.writelines([_head(response, length, keep_alive), *pieces])
+            trace.stamp("HTTP_SEND_END")
+            trace.finish()
         self.busy = False
         if not keep_alive:
             self.closing = True
