@@ -60,6 +60,8 @@ class InstanceWorker:
         #: Moving average of execute() wall time; starts high so first runs use the thread.
         self._adaptive = INLINE_EXECUTE_S > 0 and instance.may_run_inline
         self._average_s = 1.0 if self._adaptive else float("inf")
+        #: A backend that waits for its work on the event loop (``execute_async``) needs no thread hop.
+        self._execute_async = getattr(instance, "execute_async", None)
 
     @property
     def runs_inline(self) -> bool:
@@ -67,6 +69,17 @@ class InstanceWorker:
 
     def submit(self, batch: Sequence[InferenceRequest], done: Done) -> None:
         """Run ``batch``; ``done`` is called on the event loop (possibly before this returns)."""
+        if self._execute_async is not None:
+            start = time.monotonic_ns()
+
+            def finished(responses: list[InferenceResponse] | None, error: TritiumError | None) -> None:
+                if responses is not None and len(responses) != len(batch):
+                    responses, error = None, InternalError(f"instance {self.name} returned {len(responses)} "
+                                                           f"responses for {len(batch)} requests")
+                done(batch, responses, error, ExecutionTiming(start, 0, 0, time.monotonic_ns()))
+
+            if self._execute_async(batch, self._loop, finished):
+                return
         if self._average_s < INLINE_EXECUTE_S:
             responses, error, timing = self._execute(batch)
             done(batch, responses, error, timing)

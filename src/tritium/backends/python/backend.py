@@ -1,7 +1,11 @@
 """The server side of the Python backend: one stub process per instance, tensors through shared memory.
 
-``execute`` writes the batch's inputs into the instance's input arena, sends one small message and
-blocks (GIL released) on the reply; the stub's outputs are copied out of its output arena.  A second
+An execution writes the batch's inputs into a free arena of the instance's pool and sends one small
+message; the stub writes outputs after the inputs in that same arena (an output that is a view of an
+input stays where it is), and the responses' arrays are views of it, not copies: the arena is busy
+until they are gone, and the next execution takes another one.  On the serving path
+(:meth:`PythonInstanceState.execute_async`) the reply is read by the event loop itself (``add_reader``),
+so no thread is woken per request; :meth:`PythonInstanceState.execute` blocks instead.  A second
 socket per instance, read by a thread here, carries what does not follow execute's rhythm: responses
 of decoupled models (into ``request.response_stream``), BLS calls (run on the event loop through
 ``ModelContext.inference``) and log lines.
@@ -19,8 +23,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
-from multiprocessing.connection import Connection
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,7 +45,7 @@ from tritium.core.types import DataType, Tensor
 
 from ..base import Backend, InstanceSpec, ModelContext, ModelInstanceState, ModelState
 from . import protocol
-from .protocol import Arena
+from .protocol import INCOMPLETE, Arena, Channel
 
 log = logging.getLogger(__name__)
 model_log = logging.getLogger("tritium.python_model")
@@ -50,6 +54,7 @@ _LOG_LEVELS = [logging.INFO, logging.WARNING, logging.ERROR, logging.DEBUG]
 #: The directory holding the ``tritium`` package, put on the stub's PYTHONPATH (any interpreter finds it).
 _SRC_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 _MIB = 1 << 20
+_DATATYPES = {datatype.value: datatype for datatype in DataType}
 
 
 class Settings:
@@ -148,7 +153,7 @@ def _interpreter(ctx: ModelContext) -> str:
         "environment only from an unpacked directory with bin/python (conda-pack tarballs must be unpacked first)")
 
 
-def _spawn(python: str) -> tuple[Connection, Connection, subprocess.Popen[bytes]]:
+def _spawn(python: str) -> tuple[Channel, Channel, subprocess.Popen[bytes]]:
     """Start a stub; returns the server's ends of its control and event sockets."""
     control_here, control_there = socket.socketpair()
     events_here, events_there = socket.socketpair()
@@ -163,10 +168,10 @@ def _spawn(python: str) -> tuple[Connection, Connection, subprocess.Popen[bytes]
     finally:
         control_there.close()
         events_there.close()
-    return Connection(control_here.detach()), Connection(events_here.detach()), popen
+    return Channel(control_here), Channel(events_here), popen
 
 
-def _recv_or_exit(control: Connection, popen: subprocess.Popen[bytes], what: str) -> Any:
+def _recv_or_exit(control: Channel, popen: subprocess.Popen[bytes], what: str) -> Any:
     try:
         return control.recv()
     except (EOFError, OSError):
@@ -210,15 +215,18 @@ class PythonModelState(ModelState):
 class _Stub:
     """One running stub process and what the server holds for it."""
 
-    def __init__(self, control: Connection, events: Connection, popen: subprocess.Popen[bytes],
+    def __init__(self, control: Channel, events: Channel, popen: subprocess.Popen[bytes],
                  in_arena: Arena, out_arena: Arena) -> None:
         self.control = control
         self.events = events
         self.popen = popen
-        self.in_arena = in_arena
+        #: Input arenas by number; one is free when no response array views it any more.
+        self.arenas = [in_arena]
         self.out_arena = out_arena
         self.send_lock = threading.Lock()
         self.stopping = False
+        #: An execution's reply is awaited by the event loop: only that reader may close ``control``.
+        self.waiting = False
 
     def send_event(self, message: tuple) -> None:
         with self.send_lock:
@@ -258,7 +266,7 @@ class PythonInstanceState(ModelInstanceState):
                 "model_file": ctx.model_path,
                 "version_dir": ctx.version_dir,
                 "decoupled": self.model.decoupled,
-                "in_arena": (in_arena.path, in_arena.size),
+                "in_arena": (0, in_arena.path, in_arena.size),
                 "out_arena": (out_arena.path, out_arena.size),
                 "growth": settings.shm_growth,
                 "shm_prefix": settings.shm_prefix,
@@ -286,6 +294,7 @@ class PythonInstanceState(ModelInstanceState):
             events.close()
             _reap(popen, 10.0)
             raise InternalError(payload)
+        in_arena.ident = 0
         stub = _Stub(control, events, popen, in_arena, out_arena)
         self._stub = stub
         self._dead_reason = ""
@@ -302,7 +311,8 @@ class PythonInstanceState(ModelInstanceState):
             self._stub = None
             self._dead_reason = error.message
             log.error("%s", error.message)
-        stub.control.close()
+        if not stub.waiting:
+            stub.control.close()
         self._fail_streams(error)
         return error
 
@@ -351,25 +361,110 @@ class PythonInstanceState(ModelInstanceState):
 
     def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResponse | TritiumError]:  # type: ignore[override]
         stub = self._ensure_stub()
+        message, state = self._prepare(stub, requests)
+        try:
+            stub.control.send(message)
+            reply = stub.control.recv()
+        except (EOFError, OSError):
+            self._abandon(state)
+            raise self._died(stub, "while executing") from None
+        return self._finish(stub, requests, state, reply)
+
+    def execute_async(self, requests: Sequence[InferenceRequest], loop: asyncio.AbstractEventLoop,
+                      done: Callable[[list | None, TritiumError | None], None]) -> bool:
+        """Send the batch and return; ``done(responses, error)`` is called on ``loop`` when the reply is read
+        there.  ``False`` (nothing done) when the stub must first be (re)started: the caller runs
+        :meth:`execute` on a thread instead, as a start blocks."""
+        stub = self._stub
+        if stub is None:
+            return False
+        try:
+            message, state = self._prepare(stub, requests)
+        except TritiumError as e:
+            done(None, e)
+            return True
+        try:
+            stub.control.send(message)
+            stub.waiting = True
+            loop.add_reader(stub.control.fileno(), self._on_reply, stub, loop, requests, state, done)
+        except (OSError, ValueError):
+            stub.waiting = False
+            self._abandon(state)
+            done(None, self._died(stub, "while executing"))
+        return True
+
+    def _on_reply(self, stub: _Stub, loop: asyncio.AbstractEventLoop, requests: Sequence[InferenceRequest],
+                  state: tuple, done: Callable[[list | None, TritiumError | None], None]) -> None:
+        try:
+            reply = stub.control.recv_nowait()
+            if reply is INCOMPLETE:
+                return
+        except EOFError:
+            reply = None
+        loop.remove_reader(stub.control.fileno())
+        stub.waiting = False
+        if reply is None:
+            self._abandon(state)
+            error = self._died(stub, "while executing")
+            stub.control.close()
+            done(None, error)
+            return
+        try:
+            responses = self._finish(stub, requests, state, reply)
+        except TritiumError as e:
+            done(None, e)
+            return
+        except Exception as e:  # a bug here must fail the batch, not the loop
+            log.exception("model instance '%s': bad reply from the stub", self.spec.name)
+            done(None, InternalError(f"{type(e).__name__}: {e}"))
+            return
+        done(responses, None)
+
+    def _free_arena(self, stub: _Stub, needed: int) -> Arena | None:
+        """A pool arena no response views any more: the first big enough, else any free one."""
+        fallback = None
+        for arena in stub.arenas:
+            holder = arena.holder
+            if holder is None or holder() is None:
+                if arena.size >= needed:
+                    return arena
+                fallback = fallback or arena
+        return fallback
+
+    def _prepare(self, stub: _Stub, requests: Sequence[InferenceRequest]) -> tuple[tuple, tuple]:
+        """Inputs into a free arena; the message for the stub and what :meth:`_finish` needs."""
         arrays = []
         counts = []
+        needed = 0
         for request in requests:
-            counts.append(len(request.inputs))
-            arrays.extend((t.name, t.data) for t in request.inputs)
+            inputs = request.inputs
+            counts.append(len(inputs))
+            for t in inputs:
+                arrays.append((t.name, t.data))
+                needed += t.data.nbytes + protocol.ALIGN
         settings = self.settings
-        grown: list[Arena] = []
+        free = self._free_arena(stub, needed)
+        created: list[Arena] = []
 
         def create(size: int) -> Arena:
-            arena = Arena.create(settings.shm_prefix, protocol.grown_size(stub.in_arena.size, size, settings.shm_growth))
-            grown.append(arena)
+            # room for outputs as big as the inputs after them; grown in shm-growth-byte-size steps
+            current = free.size if free is not None else settings.shm_default
+            arena = Arena.create(settings.shm_prefix, protocol.grown_size(current, 2 * size, settings.shm_growth))
+            if free is not None:
+                arena.ident = free.ident
+                stub.arenas[free.ident] = arena
+            else:
+                arena.ident = len(stub.arenas)
+                stub.arenas.append(arena)
+            created.append(arena)
             return arena
 
-        arena, metas = protocol.write_tensors(stub.in_arena, arrays, create)
-        new_in = None
-        if arena is not stub.in_arena:
-            stub.in_arena = arena
-            new_in = (arena.path, arena.size)
+        arena, metas = protocol.write_tensors(free, arrays, create)
+        arena.holder = None
+        new = (arena.path, arena.size) if created else None
+        used = metas[-1][3] + metas[-1][4] if metas else 0
         batch = []
+        keys = []
         position = 0
         decoupled = self.model.decoupled
         for request, count in zip(requests, counts):
@@ -377,43 +472,56 @@ class PythonInstanceState(ModelInstanceState):
             if decoupled and request.response_stream is not None:
                 with self._streams_lock:
                     self._streams[key] = request
+                keys.append(key)
             params = request.parameters
             flags = (1 if params.get("sequence_start") else 0) | (2 if params.get("sequence_end") else 0)
             batch.append((key, request.id, params.get("sequence_id", 0), flags, params, request.requested_outputs,
                           metas[position : position + count]))
             position += count
-        try:
-            stub.control.send(("exec", new_in, batch))
-            reply = stub.control.recv()
-        except (EOFError, OSError):
-            raise self._died(stub, "while executing") from None
-        finally:
-            for new in grown:
-                protocol.unlink_quietly(new.path)
+        return ("exec", arena.ident, new, used, batch), (arena, created, keys)
+
+    def _abandon(self, state: tuple) -> None:
+        for arena in state[1]:
+            protocol.unlink_quietly(arena.path)
+
+    def _finish(self, stub: _Stub, requests: Sequence[InferenceRequest], state: tuple,
+                reply: tuple) -> list[InferenceResponse | TritiumError]:
+        arena, created, keys = state
+        for new in created:  # the stub has mapped it by now
+            protocol.unlink_quietly(new.path)
         _, new_out, results, error = reply
         if new_out is not None:
             stub.out_arena = Arena.attach(*new_out, unlink=True)
         if error is not None:
-            if decoupled:
+            if keys:
                 with self._streams_lock:
-                    for item in batch:
-                        self._streams.pop(item[0], None)
+                    for key in keys:
+                        self._streams.pop(key, None)
             raise InternalError(f"Failed to process the request(s) for model instance '{self.spec.name}', "
                                 f"message: {error}")
-        if decoupled:
+        if self.model.decoupled:
             return [InferenceResponse(self.ctx.name, self.ctx.version, r.id) for r in requests]
-        return [self._response(stub, request, result) for request, result in zip(requests, results)]
+        holder: list[np.ndarray] = []
+        response = self._response
+        return [response(stub, arena, holder, request, result) for request, result in zip(requests, results)]
 
-    def _response(self, stub: _Stub, request: InferenceRequest, result: tuple) -> InferenceResponse | TritiumError:
+    def _response(self, stub: _Stub, arena: Arena, holder: list[np.ndarray], request: InferenceRequest,
+                  result: tuple) -> InferenceResponse | TritiumError:
         if result[0] == "err":
             return TritiumError(result[2], Status[result[1]])
         outputs = []
         for name, kind, shape, offset, nbytes, where in result[1]:
-            arena = stub.in_arena if where else stub.out_arena
-            array = protocol.view(arena.mm, kind, shape, offset, nbytes)
-            if kind != "BYTES":
-                array = array.copy()  # the arena is reused by the next execute
-            outputs.append(Tensor(name, DataType(kind), array))
+            if kind == "BYTES":  # parsed into new objects: nothing keeps the arena
+                array = protocol.view(arena.mm if where else stub.out_arena.mm, kind, shape, offset, nbytes)
+            elif where:
+                # A view of the arena: the arena stays busy while ``holder`` (base of every view) lives.
+                if not holder:
+                    holder.append(np.frombuffer(arena.mm, np.uint8))
+                    arena.holder = weakref.ref(holder[0])
+                array = holder[0][offset : offset + nbytes].view(protocol.NUMPY_TYPES[kind]).reshape(shape)
+            else:
+                array = protocol.view(stub.out_arena.mm, kind, shape, offset, nbytes).copy()  # reused next time
+            outputs.append(Tensor(name, _DATATYPES[kind], array))
         return InferenceResponse(self.ctx.name, self.ctx.version, request.id, outputs)
 
     # -- events: decoupled responses, BLS, logs ---------------------------------------------------------

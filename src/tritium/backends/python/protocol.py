@@ -1,5 +1,6 @@
-"""What the server and a stub process exchange: small pickled control messages over a socket,
-tensor data in shared-memory arenas.
+"""What the server and a stub process exchange: small pickled control messages over a socket
+(:class:`Channel`: one length-prefixed write per message, usually one read), tensor data in
+shared-memory arenas.
 
 Each direction of the execute path has its own arena (a file in ``/dev/shm`` mapped by both sides):
 the server writes the inputs of a batch into the *input* arena, the stub writes outputs into the
@@ -20,6 +21,9 @@ from __future__ import annotations
 
 import mmap
 import os
+import pickle
+import select
+import socket
 import struct
 import uuid
 from typing import Any
@@ -93,6 +97,79 @@ def deserialize_bytes(buffer: Any, count: int) -> np.ndarray:
     return out
 
 
+#: What :meth:`Channel.recv_nowait` returns while a message is incomplete.
+INCOMPLETE = object()
+_FRAME = struct.Struct("<I")
+
+
+class Channel:
+    """Pickled messages over a stream socket, framed by a 4-byte length.
+
+    Lighter than ``multiprocessing.connection.Connection`` (no ``ForkingPickler`` per message, one
+    ``send`` and usually one ``recv`` syscall per message): this is the hot path of every execute.
+    :meth:`recv_nowait` lets an event loop read it without blocking.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = bytearray()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, message: Any) -> None:
+        data = pickle.dumps(message, 5)
+        self.sock.sendall(_FRAME.pack(len(data)) + data)
+
+    def recv(self) -> Any:
+        while True:
+            message = self._read(0)
+            if message is not INCOMPLETE:
+                return message
+
+    def recv_nowait(self) -> Any:
+        """The next message, or :data:`INCOMPLETE` when not all of it has arrived yet."""
+        return self._read(socket.MSG_DONTWAIT)
+
+    def _read(self, flags: int) -> Any:
+        buffer = self._buffer
+        if len(buffer) >= 4:  # a message left over from an earlier read
+            message = self._take()
+            if message is not INCOMPLETE:
+                return message
+        try:
+            chunk = self.sock.recv(1 << 16, flags)
+        except BlockingIOError:
+            return INCOMPLETE
+        except OSError as e:
+            raise EOFError(str(e)) from None
+        if not chunk:
+            raise EOFError("the peer closed the channel")
+        if not buffer and len(chunk) >= 4 and _FRAME.unpack_from(chunk)[0] + 4 == len(chunk):
+            return pickle.loads(memoryview(chunk)[4:])  # the common case: exactly one message
+        buffer += chunk
+        return self._take()
+
+    def _take(self) -> Any:
+        buffer = self._buffer
+        if len(buffer) < 4:
+            return INCOMPLETE
+        end = _FRAME.unpack_from(buffer)[0] + 4
+        if len(buffer) < end:
+            return INCOMPLETE
+        message = pickle.loads(bytes(buffer[4:end]))
+        del buffer[:end]
+        return message
+
+    def poll(self, timeout: float) -> bool:
+        if len(self._buffer) >= 4:
+            return True
+        return bool(select.select([self.sock], [], [], timeout)[0])
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class Arena:
     """A shared-memory file mapped into this process."""
 
@@ -100,7 +177,13 @@ class Arena:
         self.path = path
         self.size = size
         self.mm = mm
-        self.address = np.frombuffer(mm, np.uint8, 1).__array_interface__["data"][0] if size else 0
+        #: The whole arena as bytes, for writing tensors into it.
+        self.u8 = np.frombuffer(mm, np.uint8) if size else np.empty(0, np.uint8)
+        #: Server side: its number in the instance's pool.
+        self.ident = -1
+        #: Server side: a weak reference to the array that every response view of this arena derives from.
+        self.holder: Any = None
+        self.address = self.u8.__array_interface__["data"][0] if size else 0
 
     @classmethod
     def create(cls, prefix: str, size: int) -> Arena:
@@ -188,14 +271,14 @@ def write_tensors(arena: Arena | None, arrays: list[tuple[str, np.ndarray]], cre
         total += aligned(nbytes)
     if arena is None or arena.size < total:
         arena = create(total)
-    mm = arena.mm
+    u8 = arena.u8
     metas = []
     for name, kind, shape, data, nbytes, offset in prepared:
         if isinstance(data, bytes):
-            mm[offset : offset + nbytes] = data
+            arena.mm[offset : offset + nbytes] = data
         elif nbytes:
-            np.copyto(np.frombuffer(mm, data.dtype, data.size, offset).reshape(data.shape), data)
-        metas.append((name, kind, tuple(shape), offset, nbytes))
+            u8[offset : offset + nbytes] = data.reshape(-1).view(np.uint8)
+        metas.append((name, kind, shape, offset, nbytes))
     return arena, metas
 
 

@@ -14,17 +14,17 @@ import inspect
 import itertools
 import os
 import queue
+import socket
 import sys
 import threading
 import traceback
 from concurrent.futures import Future
-from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
 from . import pb_utils, protocol
-from .protocol import Arena
+from .protocol import Arena, Channel
 
 #: Where ``_frames`` stops: frames of this file are the stub's, not the model's.
 _THIS_FILE = os.path.abspath(__file__)
@@ -61,7 +61,7 @@ def _response_arrays(response: Any) -> list[tuple[str, np.ndarray]]:
 class Runtime:
     """What ``pb_utils`` calls to reach the server; owns the event socket of this stub."""
 
-    def __init__(self, events: Connection, decoupled: bool) -> None:
+    def __init__(self, events: Channel, decoupled: bool) -> None:
         self.decoupled = decoupled
         self._events = events
         self._lock = threading.Lock()
@@ -138,13 +138,16 @@ def _import_model(model_file: str, version_dir: str) -> Any:
 
 
 class Stub:
-    def __init__(self, control: Connection, runtime: Runtime, init: dict) -> None:
+    def __init__(self, control: Channel, runtime: Runtime, init: dict) -> None:
         self.control = control
         self.runtime = runtime
         self.init = init
         self.model: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.in_arena = Arena.attach(*init["in_arena"])
+        #: The server's input arenas by number; it names a new (or grown) one in the execute that first uses it.
+        self.arenas: dict[int, Arena] = {}
+        self.in_used = 0
+        self.in_arena = self._attach(*init["in_arena"])
         self.out_arena = Arena.attach(*init["out_arena"])
         self.growth = int(init["growth"])
         self.shm_prefix = init["shm_prefix"]
@@ -172,7 +175,7 @@ class Stub:
                 return
             kind = message[0]
             if kind == "exec":
-                control.send(self.execute(message[1], message[2]))
+                control.send(self.execute(*message[1:]))
             elif kind == "finalize":
                 error = None
                 if hasattr(self.model, "finalize"):
@@ -183,10 +186,18 @@ class Stub:
                 control.send(("finalized", error))
                 return
 
-    def execute(self, in_arena: tuple[str, int] | None, batch: list[tuple]) -> tuple:
-        if in_arena is not None:
-            self.in_arena = Arena.attach(*in_arena)
-        arena = self.in_arena
+    def _attach(self, ident: int, path: str, size: int) -> Arena:
+        arena = Arena.attach(path, size)
+        arena.ident = ident
+        self.arenas[ident] = arena
+        return arena
+
+    def execute(self, ident: int, new_arena: tuple[str, int] | None, used: int, batch: list[tuple]) -> tuple:
+        """Run one batch whose inputs lie in arena ``ident`` (its first ``used`` bytes); the rest of that
+        arena is free for this batch's outputs."""
+        arena = self._attach(ident, *new_arena) if new_arena is not None else self.arenas[ident]
+        self.in_arena = arena
+        self.in_used = used
         requests = []
         for key, request_id, correlation_id, flags, parameters, requested, metas in batch:
             tensors = [pb_utils.Tensor(name, protocol.view(arena.mm, kind, shape, offset, nbytes))
@@ -215,9 +226,12 @@ class Stub:
             return ("done", None, None, format_exception(e))
 
     def _write_outputs(self, responses: list[Any]) -> tuple:
-        """Outputs go to the output arena, except those that already lie in the input arena (views of inputs)."""
+        """Outputs that are views of this batch's input arena stay where they are; the others are written
+        into that arena after the inputs (which the server hands out without copying) or, when they do not
+        fit there, into the output arena (which the server copies from)."""
         results: list[Any] = []
-        pending: list[tuple[list, int, str, np.ndarray]] = []  # (metas, index, name, array) to copy
+        pending: list[tuple[Any, int, int]] = []  # (data, offset, nbytes) to copy
+        all_metas: list[list] = []
         total = 0
         in_arena = self.in_arena
         for response in responses:
@@ -232,11 +246,26 @@ class Stub:
                     continue
                 kind, data = protocol.encoded(array)
                 nbytes = len(data) if isinstance(data, bytes) else data.nbytes
-                metas.append((name, kind, array.shape, total, nbytes, 0))
+                metas.append([name, kind, array.shape, total, nbytes, 0])
                 pending.append((data, total, nbytes))
                 total += protocol.aligned(nbytes)
             results.append(("ok", metas))
+            all_metas.append(metas)
         new_arena = None
+        base = protocol.aligned(self.in_used)
+        if pending and base + total <= in_arena.size:  # into the input arena, after the inputs
+            for metas in all_metas:
+                for meta in metas:
+                    if meta[5] == 0:
+                        meta[3] += base
+                        meta[5] = 1
+            mm = in_arena.mm
+            for data, offset, nbytes in pending:
+                if isinstance(data, bytes):
+                    mm[base + offset : base + offset + nbytes] = data
+                elif nbytes:
+                    np.copyto(np.frombuffer(mm, data.dtype, data.size, base + offset).reshape(data.shape), data)
+            return ("done", None, results, None)
         if total > self.out_arena.size:
             size = protocol.grown_size(self.out_arena.size, total, self.growth)
             self.out_arena = Arena.create(self.shm_prefix, size)
@@ -261,8 +290,8 @@ def auto_complete(init: dict) -> dict:
 
 
 def main() -> None:
-    control = Connection(int(sys.argv[1]))
-    events = Connection(int(sys.argv[2]))
+    control = Channel(socket.socket(fileno=int(sys.argv[1])))
+    events = Channel(socket.socket(fileno=int(sys.argv[2])))
     sys.modules["triton_python_backend_utils"] = pb_utils
     init = control.recv()
     runtime = Runtime(events, bool(init.get("decoupled")))
