@@ -124,8 +124,11 @@ class OnnxInstanceState(ModelInstanceState):
         config = ctx.config
         self.model_name = ctx.name
         self.version = ctx.version
-        self.output_names = [o.name for o in config.output]
+        # Implicit sequence state outputs are run like outputs; the sequence batcher keeps them between requests.
+        states = config.sequence_batching.state
+        self.output_names = [o.name for o in config.output] + [s.output_name for s in states]
         self.output_types = {o.name: DataType.from_config(mc.DataType.Name(o.data_type)) for o in config.output}
+        self.output_types.update({s.output_name: DataType.from_config(mc.DataType.Name(s.data_type)) for s in states})
         self.string_inputs = {i.name for i in config.input if i.data_type == mc.TYPE_STRING}
         self.ragged_inputs = frozenset(i.name for i in config.input if i.allow_ragged_batch)
         self.batch_input_specs = [
@@ -167,6 +170,13 @@ class OnnxInstanceState(ModelInstanceState):
                 raise ModelConfigError(
                     f"unable to load model '{ctx.name}', batch input '{b.target_name[0]}' is not an input of the model "
                     f"(inputs {sorted(graph_inputs)})"
+                )
+        for state in states:
+            if state.input_name not in graph_inputs or state.output_name not in graph_outputs:
+                raise ModelConfigError(
+                    f"unable to load model '{ctx.name}', sequence state '{state.input_name}' -> '{state.output_name}' "
+                    f"must be an input and an output of the model (inputs {sorted(graph_inputs)}, outputs "
+                    f"{sorted(graph_outputs)})"
                 )
         for o in config.output:
             if o.name not in graph_outputs:

@@ -43,6 +43,7 @@ from tritium.scheduler.base import Scheduler
 from tritium.scheduler.direct import DirectScheduler
 from tritium.scheduler.dynamic import DynamicBatcher
 from tritium.scheduler.ensemble import EnsembleScheduler
+from tritium.scheduler.sequence import SequenceBatcher, sequence_settings
 from tritium.scheduler.workers import InstanceWorker
 
 from .ensembles import dependents_of, read_ensemble_config
@@ -463,12 +464,15 @@ class ModelRepositoryManager:
         slot = VersionSlot(version)
         ctx = self._context(name, version, model_dir, config)
         try:
+            sequence = sequence_settings(config, model_dir) if config.HasField("sequence_batching") else None
             slot.model_state = backend.model_initialize(ctx)
             for spec in _instance_specs(config):
                 slot.instances.append(slot.model_state.instance_initialize(spec))
             workers = [InstanceWorker(instance, loop) for instance in slot.instances]
             scheduler: Scheduler
-            if config.HasField("dynamic_batching") and config.max_batch_size > 0:
+            if sequence is not None:
+                scheduler = SequenceBatcher(workers, loop, config, sequence)
+            elif config.HasField("dynamic_batching") and config.max_batch_size > 0:
                 ragged = [i.name for i in config.input if i.allow_ragged_batch]
                 scheduler = DynamicBatcher(workers, loop, config.max_batch_size, config.dynamic_batching, ragged)
             else:
@@ -634,8 +638,6 @@ def _warm_up(slot: VersionSlot, model_dir: str) -> None:
 
 def _refuse_unsupported_features(config: mc.ModelConfig, name: str) -> None:
     """Fail the load of a model that needs what tritium cannot do yet, rather than serve it wrongly."""
-    if config.HasField("sequence_batching"):
-        raise UnavailableError(f"model '{name}': sequence batching is not available in this version of tritium")
     if config.model_transaction_policy.decoupled and config.backend != "python":
         raise UnavailableError(f"model '{name}': decoupled models are only available with the python backend")
     if config.response_cache.enable:

@@ -1,0 +1,620 @@
+"""Triton's sequence batcher: stateful models get every request of a sequence on one slot, in order.
+
+A request names its sequence with the ``sequence_id`` parameter (a non-zero
+integer or a non-empty string) and marks its first and last request with
+``sequence_start`` / ``sequence_end``.  A starting sequence takes a free slot
+(``max(1, max_batch_size)`` per instance, or ``max_candidate_sequences`` with the
+``oldest`` strategy) and keeps it until its END request is scheduled or it
+stays idle for ``max_sequence_idle_microseconds``; when every slot is taken it
+waits in a backlog, oldest first, as Triton does.
+
+Each instance runs one batch at a time, with at most one request per sequence,
+so a sequence's requests run in arrival order and each sees the state its
+predecessor left:
+
+- ``direct``: the batch is positional: row *k* is slot *k*, so a model that keeps
+  state per batch row stays right; empty rows below the highest busy one are
+  "null" requests with READY false (their responses are dropped), as in Triton.
+- ``oldest``: the heads of the candidate sequences join, oldest first, like the
+  dynamic batcher (preferred sizes, queue delay, compatible shapes).
+
+The batcher adds the ``control_input`` tensors (START, END, READY with their
+false/true values, CORRID with its data type) and the implicit ``state`` inputs
+to each request, keeps each sequence's state outputs and strips them from the
+response.  Everything here runs on the event loop; only ``execute`` runs on the
+instance workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tritium._proto import model_config_pb2 as mc
+from tritium.core.errors import InternalError, InvalidArgumentError, ModelConfigError, TritiumError, UnavailableError
+from tritium.core.inference import InferenceRequest, InferenceResponse
+from tritium.core.stats import ExecutionTiming, ModelStats
+from tritium.core.types import DataType, Tensor
+
+from .base import Scheduler
+from .dynamic import batch_key
+from .workers import InstanceWorker
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IDLE_US = 1_000_000
+Control = mc.ModelSequenceBatching.Control
+_CORRID_TYPES = {mc.TYPE_UINT64, mc.TYPE_INT64, mc.TYPE_UINT32, mc.TYPE_INT32, mc.TYPE_STRING}
+
+# -- configuration ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BoolControl:
+    """A START / END / READY control input: its name, data type and (false, true) values."""
+
+    name: str
+    datatype: DataType
+    false: Any
+    true: Any
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    input_name: str
+    output_name: str
+    datatype: DataType
+    #: Per-sequence initial value (without the batch dimension).
+    initial: np.ndarray
+
+
+@dataclass
+class SequenceSettings:
+    """``sequence_batching`` checked and with Triton's defaults applied."""
+
+    oldest: bool
+    idle_ns: int
+    slots_per_instance: int
+    delay_ns: int
+    min_slot_utilization: float
+    preferred: frozenset[int]
+    controls: dict[int, BoolControl] = field(default_factory=dict)  # by Control.Kind
+    corrid: tuple[str, DataType] | None = None
+    states: list[StateSpec] = field(default_factory=list)
+
+    @property
+    def injected_inputs(self) -> set[str]:
+        names = {c.name for c in self.controls.values()} | {s.input_name for s in self.states}
+        if self.corrid:
+            names.add(self.corrid[0])
+        return names
+
+
+def normalize_sequence_batching(config: mc.ModelConfig) -> None:
+    """Triton's defaults, so the config the server reports shows them: ``direct``, 1 s idle."""
+    seq = config.sequence_batching
+    if seq.WhichOneof("strategy_choice") is None:
+        seq.direct.SetInParent()
+    if seq.max_sequence_idle_microseconds == 0:
+        seq.max_sequence_idle_microseconds = DEFAULT_IDLE_US
+    if seq.HasField("oldest") and seq.oldest.max_candidate_sequences <= 0:
+        seq.oldest.max_candidate_sequences = max(1, config.max_batch_size)
+
+
+def sequence_settings(config: mc.ModelConfig, model_dir: str) -> SequenceSettings:
+    """Check ``sequence_batching`` (raising :class:`ModelConfigError` naming the field) and precompute it."""
+    normalize_sequence_batching(config)
+    name = config.name
+    seq = config.sequence_batching
+    mbs = config.max_batch_size
+    oldest = seq.HasField("oldest")
+    if seq.iterative_sequence:
+        raise ModelConfigError(f"model '{name}': sequence_batching.iterative_sequence is not supported by tritium")
+    if oldest:
+        slots = seq.oldest.max_candidate_sequences if seq.oldest.max_candidate_sequences > 0 else max(1, mbs)
+        delay_us = seq.oldest.max_queue_delay_microseconds
+        preferred = frozenset(seq.oldest.preferred_batch_size)
+        for size in preferred:
+            if size < 1 or size > max(1, mbs):
+                raise ModelConfigError(
+                    f"model '{name}': sequence_batching.oldest.preferred_batch_size {size} must be between 1 and "
+                    f"max_batch_size {mbs}"
+                )
+        utilization = 0.0
+    else:
+        slots = max(1, mbs)
+        delay_us = seq.direct.max_queue_delay_microseconds
+        preferred = frozenset()
+        utilization = seq.direct.minimum_slot_utilization
+    settings = SequenceSettings(
+        oldest=oldest,
+        idle_ns=(seq.max_sequence_idle_microseconds or DEFAULT_IDLE_US) * 1000,
+        slots_per_instance=slots,
+        delay_ns=delay_us * 1000,
+        min_slot_utilization=utilization,
+        preferred=preferred,
+    )
+    # Like Triton, a control input may also be listed in 'input' (clients must then send it; the batcher's
+    # value replaces theirs); usually it is not, and requests leave it out.
+    seen: set[str] = set()
+    for control_input in seq.control_input:
+        where = f"model '{name}': sequence_batching control_input '{control_input.name}'"
+        if not control_input.name:
+            raise ModelConfigError(f"model '{name}': sequence_batching control_input must have a name")
+        if control_input.name in seen:
+            raise ModelConfigError(f"{where} is given more than once")
+        seen.add(control_input.name)
+        if len(control_input.control) != 1:
+            raise ModelConfigError(f"{where} must have exactly one 'control'")
+        control = control_input.control[0]
+        kind_name = Control.Kind.Name(control.kind)
+        if control.kind == Control.CONTROL_SEQUENCE_CORRID:
+            if settings.corrid is not None:
+                raise ModelConfigError(f"model '{name}': sequence_batching has more than one {kind_name} control")
+            if control.data_type not in _CORRID_TYPES:
+                raise ModelConfigError(
+                    f"{where}: {kind_name} needs data_type TYPE_UINT64, TYPE_INT64, TYPE_UINT32, TYPE_INT32 or "
+                    f"TYPE_STRING, got {mc.DataType.Name(control.data_type)}"
+                )
+            settings.corrid = (control_input.name, DataType.from_config(mc.DataType.Name(control.data_type)))
+            continue
+        if control.kind in settings.controls:
+            raise ModelConfigError(f"model '{name}': sequence_batching has more than one {kind_name} control")
+        given = [(field_name, values) for field_name, values, in (
+            ("int32_false_true", control.int32_false_true),
+            ("fp32_false_true", control.fp32_false_true),
+            ("bool_false_true", control.bool_false_true),
+        ) if len(values)]
+        if len(given) != 1 or len(given[0][1]) != 2:
+            raise ModelConfigError(
+                f"{where}: {kind_name} needs exactly one of int32_false_true, fp32_false_true, bool_false_true "
+                "with two values (false, true)"
+            )
+        field_name, values = given[0]
+        datatype = {"int32_false_true": DataType.INT32, "fp32_false_true": DataType.FP32,
+                    "bool_false_true": DataType.BOOL}[field_name]
+        settings.controls[control.kind] = BoolControl(control_input.name, datatype, values[0], values[1])
+    for state in seq.state:
+        settings.states.append(_state_spec(name, state, model_dir, seen))
+    if config.model_transaction_policy.decoupled and settings.states:
+        raise ModelConfigError(f"model '{name}': implicit sequence state is not supported for decoupled models")
+    return settings
+
+
+def _state_spec(name: str, state: mc.ModelSequenceBatching.State, model_dir: str, taken: set[str]) -> StateSpec:
+    where = f"model '{name}': sequence_batching state '{state.input_name}'"
+    if not state.input_name or not state.output_name:
+        raise ModelConfigError(f"model '{name}': sequence_batching state needs input_name and output_name")
+    if state.input_name in taken:
+        raise ModelConfigError(f"{where}: input_name is already a control input of the model")
+    if state.data_type in (mc.TYPE_INVALID, mc.TYPE_STRING):
+        raise ModelConfigError(f"{where} needs a data_type other than {mc.DataType.Name(state.data_type)}")
+    datatype = DataType.from_config(mc.DataType.Name(state.data_type))
+    if not state.dims:
+        raise ModelConfigError(f"{where} needs dims")
+    if len(state.initial_state) > 1:
+        raise ModelConfigError(f"{where} may have at most one initial_state")
+    if not state.initial_state:
+        # Triton leaves the start state to the model (START tells it); zeros, variable dims as 1.
+        return StateSpec(state.input_name, state.output_name, datatype,
+                         np.zeros([d if d > 0 else 1 for d in state.dims], datatype.numpy_dtype))
+    initial = state.initial_state[0]
+    if initial.data_type != state.data_type:
+        raise ModelConfigError(
+            f"{where}: initial_state data_type {mc.DataType.Name(initial.data_type)} differs from the state's "
+            f"{mc.DataType.Name(state.data_type)}"
+        )
+    dims = list(initial.dims)
+    if any(d < 0 for d in dims) or len(dims) != len(state.dims) or any(
+            s >= 0 and s != d for s, d in zip(state.dims, dims)):
+        raise ModelConfigError(f"{where}: initial_state dims {dims} do not fit the state's dims {list(state.dims)}")
+    choice = initial.WhichOneof("state_data")
+    if choice == "data_file":
+        path = os.path.join(model_dir, "initial_state", initial.data_file)
+        try:
+            raw = np.fromfile(path, dtype=datatype.numpy_dtype)
+        except OSError as e:
+            raise ModelConfigError(f"{where}: cannot read initial_state data_file '{path}': {e.strerror}") from None
+        if raw.size != int(np.prod(dims)):
+            raise ModelConfigError(
+                f"{where}: initial_state data_file '{path}' holds {raw.size} elements, dims {dims} need "
+                f"{int(np.prod(dims))}"
+            )
+        return StateSpec(state.input_name, state.output_name, datatype, raw.reshape(dims))
+    if choice != "zero_data":
+        raise ModelConfigError(f"{where}: initial_state needs zero_data or data_file")
+    return StateSpec(state.input_name, state.output_name, datatype, np.zeros(dims, datatype.numpy_dtype))
+
+
+# -- runtime ----------------------------------------------------------------------------------------
+
+SequenceId = int | str
+
+
+class _Entry:
+    __slots__ = ("request", "future", "start", "end", "requested")
+
+    def __init__(self, request: InferenceRequest, future: asyncio.Future[InferenceResponse], start: bool,
+                 end: bool) -> None:
+        self.request = request
+        self.future = future
+        self.start = start
+        self.end = end
+        #: The outputs the client asked for (the batcher adds the state outputs while it runs).
+        self.requested = request.requested_outputs
+
+
+class _Sequence:
+    __slots__ = ("id", "queue", "slot", "state", "idle_timer", "executing")
+
+    def __init__(self, sequence_id: SequenceId) -> None:
+        self.id = sequence_id
+        self.queue: deque[_Entry] = deque()
+        self.slot: _Slot | None = None
+        #: Implicit state: state input name -> the last state output (without batch dimension).
+        self.state: dict[str, np.ndarray] = {}
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.executing = False
+
+
+class _Slot:
+    __slots__ = ("lane", "index", "sequence")
+
+    def __init__(self, lane: _Lane, index: int) -> None:
+        self.lane = lane
+        self.index = index
+        self.sequence: _Sequence | None = None
+
+
+class _Lane:
+    """One instance and its sequence slots; runs one batch at a time."""
+
+    __slots__ = ("worker", "slots", "busy", "wakeup")
+
+    def __init__(self, worker: InstanceWorker, slots: int) -> None:
+        self.worker = worker
+        self.slots = [_Slot(self, i) for i in range(slots)]
+        self.busy = False
+        self.wakeup: asyncio.TimerHandle | None = None
+
+
+class SequenceBatcher(Scheduler):
+    def __init__(self, workers: Sequence[InstanceWorker], loop: asyncio.AbstractEventLoop, config: mc.ModelConfig,
+                 settings: SequenceSettings, stats: ModelStats | None = None) -> None:
+        self._loop = loop
+        self._workers = list(workers)
+        self._name = config.name
+        self._mbs = config.max_batch_size
+        self._settings = settings
+        self._lanes = [_Lane(w, settings.slots_per_instance) for w in self._workers]
+        self._free: deque[_Slot] = deque(s for slot_index in range(settings.slots_per_instance)
+                                         for s in (lane.slots[slot_index] for lane in self._lanes))
+        #: Sequences that have started and not yet sent END (in a slot or in the backlog).
+        self._live: dict[SequenceId, _Sequence] = {}
+        #: Sequences waiting for a slot, oldest first.
+        self._backlog: deque[_Sequence] = deque()
+        self._in_flight = 0
+        self._drained: asyncio.Event | None = None
+        self._closed = False
+        self.stats = stats if stats is not None else ModelStats()
+        self._state_outputs = {s.output_name: s for s in settings.states}
+        lead = (1,) if self._mbs > 0 else ()
+        self._lead = lead
+        # Control tensors are the same for every request with the same flags: build each once.
+        self._flag_tensors: dict[tuple[bool, bool, bool], list[Tensor]] = {}
+        for start in (False, True):
+            for end in (False, True):
+                for ready in (False, True):
+                    self._flag_tensors[(start, end, ready)] = self._make_flags(start, end, ready)
+
+    def _make_flags(self, start: bool, end: bool, ready: bool) -> list[Tensor]:
+        tensors = []
+        values = {Control.CONTROL_SEQUENCE_START: start, Control.CONTROL_SEQUENCE_END: end,
+                  Control.CONTROL_SEQUENCE_READY: ready}
+        for kind, control in self._settings.controls.items():
+            value = control.true if values[kind] else control.false
+            data = np.full(self._lead + (1,), value, control.datatype.numpy_dtype)
+            data.flags.writeable = False
+            tensors.append(Tensor(control.name, control.datatype, data))
+        return tensors
+
+    # -- accepting requests ---------------------------------------------------------------------------
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        if self._closed:
+            raise UnavailableError("model is being unloaded")
+        params = request.parameters
+        sequence_id = params.get("sequence_id", 0)
+        start = params.get("sequence_start", False)
+        end = params.get("sequence_end", False)
+        if isinstance(sequence_id, bool) or not isinstance(sequence_id, (int, str)) or (
+                isinstance(sequence_id, int) and not 0 <= sequence_id < 2**64):
+            raise InvalidArgumentError(
+                f"request parameter 'sequence_id' must be an unsigned integer or a string, got {sequence_id!r}")
+        for flag_name, flag in (("sequence_start", start), ("sequence_end", end)):
+            if not isinstance(flag, bool):
+                raise InvalidArgumentError(f"request parameter '{flag_name}' must be a boolean, got {flag!r}")
+        if request.batch_size > 1:
+            raise InvalidArgumentError(f"inference request to model '{self._name}' must specify batch-size 1 due to "
+                                       "requirements of sequence batcher")
+        if not sequence_id:
+            raise InvalidArgumentError(
+                f"inference request to model '{self._name}' must specify a non-zero or non-empty correlation ID")
+        corrid = self._settings.corrid
+        if corrid is not None and isinstance(sequence_id, str) != (corrid[1] is DataType.BYTES):
+            raise InvalidArgumentError(
+                f"inference request to model '{self._name}': sequence_id {sequence_id!r} does not fit the "
+                f"CONTROL_SEQUENCE_CORRID data type {corrid[1].config_name}"
+            )
+        sequence = self._live.get(sequence_id)
+        if sequence is None:
+            if not start:
+                raise InvalidArgumentError(
+                    f"inference request for sequence {sequence_id} to model '{self._name}' must specify the START "
+                    "flag on the first request of the sequence"
+                )
+            sequence = _Sequence(sequence_id)
+            self._live[sequence_id] = sequence
+            if self._free:
+                self._assign(sequence, self._free.popleft())
+            else:
+                self._backlog.append(sequence)
+        elif start:
+            log.warning("sequence %s for model '%s' has a conflict. The previous sequence did not end before this "
+                        "sequence start. Previous sequence will be terminated early.", sequence_id, self._name)
+        if end:
+            del self._live[sequence_id]  # a later request with this id must start a new sequence
+        if sequence.idle_timer is not None:
+            sequence.idle_timer.cancel()
+            sequence.idle_timer = None
+        future: asyncio.Future[InferenceResponse] = self._loop.create_future()
+        request.queued_ns = time.monotonic_ns()
+        sequence.queue.append(_Entry(request, future, start, end))
+        self._in_flight += 1
+        if sequence.slot is not None:
+            self._dispatch(sequence.slot.lane)
+        return await future
+
+    # -- slots ----------------------------------------------------------------------------------------
+
+    def _assign(self, sequence: _Sequence, slot: _Slot) -> None:
+        slot.sequence = sequence
+        sequence.slot = slot
+
+    def _release(self, slot: _Slot) -> None:
+        """Free ``slot``: the oldest backlogged sequence takes it, else it joins the free slots."""
+        slot.sequence = None
+        if self._backlog:
+            sequence = self._backlog.popleft()
+            self._assign(sequence, slot)
+            self._loop.call_soon(self._dispatch, slot.lane)
+        else:
+            self._free.append(slot)
+
+    def _watch_idle(self, sequence: _Sequence) -> None:
+        if sequence.queue or sequence.executing or sequence.slot is None:
+            return
+        sequence.idle_timer = self._loop.call_later(self._settings.idle_ns / 1e9, self._reap, sequence)
+
+    def _reap(self, sequence: _Sequence) -> None:
+        """A sequence idle past ``max_sequence_idle_microseconds``: forget it and free its slot."""
+        sequence.idle_timer = None
+        if sequence.queue or sequence.executing or sequence.slot is None:
+            return
+        log.info("sequence %s of model '%s' idle for more than %d us; releasing its slot", sequence.id,
+                 self._name, self._settings.idle_ns // 1000)
+        if self._live.get(sequence.id) is sequence:
+            del self._live[sequence.id]
+        slot = sequence.slot
+        sequence.slot = None
+        sequence.state.clear()
+        self._release(slot)
+
+    # -- forming batches ------------------------------------------------------------------------------
+
+    def _dispatch(self, lane: _Lane) -> None:
+        if lane.busy or self._closed:
+            return
+        if lane.wakeup is not None:
+            lane.wakeup.cancel()
+            lane.wakeup = None
+        ready = [slot for slot in lane.slots if slot.sequence is not None and slot.sequence.queue]
+        if not ready:
+            self._maybe_drained()
+            return
+        settings = self._settings
+        now = time.monotonic_ns()
+        oldest_ns = min(slot.sequence.queue[0].request.queued_ns for slot in ready)  # type: ignore[union-attr]
+        delay_exceeded = not settings.delay_ns or now - oldest_ns >= settings.delay_ns
+        if settings.oldest:
+            chosen = self._oldest_batch(ready, delay_exceeded)
+        else:
+            full = len(ready) >= settings.min_slot_utilization * len(lane.slots)
+            chosen = ready if (full or delay_exceeded) else None
+        if chosen is None:
+            lane.wakeup = self._loop.call_later((oldest_ns + settings.delay_ns - now) / 1e9, self._dispatch, lane)
+            return
+        self._run(lane, chosen)
+
+    def _oldest_batch(self, ready: list[_Slot], delay_exceeded: bool) -> list[_Slot] | None:
+        """Heads of the candidate sequences, oldest first, while they fit one batch (Triton's ``oldest``)."""
+        ready.sort(key=lambda s: s.sequence.queue[0].request.queued_ns)  # type: ignore[union-attr]
+        limit = max(1, self._mbs)
+        chosen: list[_Slot] = []
+        key = None
+        best = 0
+        full = False
+        for slot in ready:
+            request = slot.sequence.queue[0].request  # type: ignore[union-attr]
+            request_key = batch_key(request)
+            if chosen and (len(chosen) >= limit or request_key != key):
+                full = True
+                break
+            key = request_key
+            chosen.append(slot)
+            if len(chosen) in self._settings.preferred:
+                best = len(chosen)
+        preferred = self._settings.preferred
+        if best and not (self._settings.delay_ns and delay_exceeded):
+            return chosen[:best]
+        if full or len(chosen) >= (max(preferred) if preferred else limit) or delay_exceeded:
+            return chosen
+        return None
+
+    def _run(self, lane: _Lane, slots: list[_Slot]) -> None:
+        entries: list[_Entry] = []
+        sequences: list[_Sequence] = []
+        rows: list[InferenceRequest] = []
+        positional = not self._settings.oldest and self._mbs > 0
+        by_index = {slot.index: slot for slot in slots}
+        order = range(max(by_index) + 1) if positional else [s.index for s in slots]
+        template: InferenceRequest | None = None
+        for index in order:
+            slot = by_index.get(index)
+            if slot is None:
+                rows.append(None)  # type: ignore[arg-type]  # a null request, filled in below
+                continue
+            sequence = slot.sequence
+            assert sequence is not None
+            entry = sequence.queue.popleft()
+            self._prepare(entry, sequence)
+            entries.append(entry)
+            sequences.append(sequence)
+            rows.append(entry.request)
+            template = template or entry.request
+            sequence.executing = True
+            if entry.end:
+                sequence.slot = None
+                self._release(slot)  # the next sequence may take the slot; it runs after this batch
+        assert template is not None
+        rows = [row if row is not None else self._null_request(template) for row in rows]
+        lane.busy = True
+        lane.worker.submit(rows, self._make_done(lane, entries, sequences, rows))
+
+    def _prepare(self, entry: _Entry, sequence: _Sequence) -> None:
+        """Add control and state inputs to the request; ask for its state outputs."""
+        request = entry.request
+        if entry.start:
+            sequence.state.clear()
+        settings = self._settings
+        injected = settings.injected_inputs
+        inputs = [t for t in request.inputs if t.name not in injected] if injected else request.inputs
+        inputs.extend(self._flag_tensors[(entry.start, entry.end, True)])
+        if settings.corrid is not None:
+            name, datatype = settings.corrid
+            value: Any = sequence.id.encode() if isinstance(sequence.id, str) else sequence.id
+            data = np.array(value, dtype=datatype.numpy_dtype) if datatype is not DataType.BYTES else np.array(
+                [value], dtype=object)
+            inputs.append(Tensor(name, datatype, data.reshape(self._lead + (1,))))
+        for state in settings.states:
+            value = sequence.state.get(state.input_name)
+            if value is None:
+                value = state.initial
+            inputs.append(Tensor(state.input_name, state.datatype, value.reshape(self._lead + value.shape)))
+        request.inputs = inputs
+        if settings.states and request.requested_outputs is not None:
+            request.requested_outputs = request.requested_outputs + [s.output_name for s in settings.states]
+
+    def _null_request(self, template: InferenceRequest) -> InferenceRequest:
+        """A row for an empty slot: zero inputs shaped like ``template``'s, READY false, no state kept."""
+        settings = self._settings
+        injected = settings.injected_inputs
+        inputs = [Tensor(t.name, t.datatype, np.zeros_like(t.data)) for t in template.inputs
+                  if t.name not in injected]
+        inputs.extend(self._flag_tensors[(False, False, False)])
+        if settings.corrid is not None:
+            name, datatype = settings.corrid
+            data = np.zeros(self._lead + (1,), datatype.numpy_dtype) if datatype is not DataType.BYTES else \
+                np.full(self._lead + (1,), b"", dtype=object)
+            inputs.append(Tensor(name, datatype, data))
+        for state in settings.states:
+            inputs.append(Tensor(state.input_name, state.datatype, state.initial.reshape(self._lead + state.initial.shape)))
+        return InferenceRequest(template.model_name, template.model_version, "", inputs, template.requested_outputs,
+                                {}, batch_size=1)
+
+    def _make_done(self, lane: _Lane, entries: list[_Entry], sequences: list[_Sequence],
+                   rows: list[InferenceRequest]):  # type: ignore[no-untyped-def]
+        real = {id(e.request): i for i, e in enumerate(entries)}
+
+        def done(batch: Sequence[InferenceRequest], responses: list[InferenceResponse] | None,
+                 error: TritiumError | None, timing: ExecutionTiming) -> None:
+            self.stats.record_execution([e.request for e in entries], timing, responses is not None)
+            for row_index, row in enumerate(rows):
+                i = real.get(id(row))
+                if i is None:
+                    continue
+                entry, sequence = entries[i], sequences[i]
+                sequence.executing = False
+                entry.request.requested_outputs = entry.requested
+                outcome: InferenceResponse | TritiumError
+                if responses is None:
+                    outcome = error or UnavailableError("execution failed")
+                else:
+                    outcome = responses[row_index]
+                if isinstance(outcome, InferenceResponse):
+                    outcome = self._keep_state(entry, sequence, outcome)
+                if not entry.future.done():
+                    if isinstance(outcome, TritiumError):
+                        entry.future.set_exception(outcome)
+                    else:
+                        entry.future.set_result(outcome)
+                self._watch_idle(sequence)
+            self._in_flight -= len(entries)
+            lane.busy = False
+            self._dispatch(lane)
+            self._maybe_drained()
+
+        return done
+
+    def _keep_state(self, entry: _Entry, sequence: _Sequence,
+                    response: InferenceResponse) -> InferenceResponse | TritiumError:
+        """Store the state outputs for the sequence's next request and hide them from the client."""
+        states = self._state_outputs
+        if not states:
+            return response
+        outputs = []
+        found = 0
+        for tensor in response.outputs:
+            spec = states.get(tensor.name)
+            if spec is None:
+                outputs.append(tensor)
+                continue
+            found += 1
+            data = tensor.data[0] if self._mbs > 0 else tensor.data
+            sequence.state[spec.input_name] = np.array(data, copy=True)  # the batch buffer is reused
+        if found < len(states):
+            missing = [n for n in states if n not in {t.name for t in response.outputs}]
+            return InternalError(f"model '{self._name}' did not return its state output(s) {missing}")
+        response.outputs = outputs
+        return response
+
+    # -- draining -------------------------------------------------------------------------------------
+
+    def _maybe_drained(self) -> None:
+        if self._in_flight == 0 and self._drained is not None:
+            self._drained.set()
+
+    async def drain(self) -> None:
+        while self._in_flight > 0:
+            self._drained = asyncio.Event()
+            await self._drained.wait()
+
+    def close(self) -> None:
+        self._closed = True
+        for lane in self._lanes:
+            if lane.wakeup is not None:
+                lane.wakeup.cancel()
+        for sequence in {*self._live.values(), *(s.sequence for lane in self._lanes for s in lane.slots
+                                                   if s.sequence is not None)}:
+            if sequence.idle_timer is not None:
+                sequence.idle_timer.cancel()
+        for worker in self._workers:
+            worker.stop()
