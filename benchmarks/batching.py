@@ -6,8 +6,10 @@ model run in-process with onnxruntime at the best batch size, measured in the sa
 
     python benchmarks/batching.py [--duration 5] [--connections 1,8,32,64] [--delay-us 500]
 
-With ``--triton-url host:port`` it also drives an already running server serving the same model names
-(e.g. real Triton through ``../shared/tools/real_triton.sh`` with a Python-backend MLP), side by side.
+With ``--triton-python PYTHON`` (an interpreter whose environment has ``nvidia-pytriton``) it also starts
+real Triton through ``../shared/tools/real_triton.sh`` on the same four variants as Python-backend models
+computing the same MLP with numpy (the only backend that Triton build carries), and measures it in the same
+run.  ``--triton-url host:port`` drives an already running server serving the same model names instead.
 """
 
 from __future__ import annotations
@@ -57,6 +59,67 @@ def build_repo(root: str, delay_us: int) -> str:
     return save_model(graph, os.path.join(root, "..", "mlp.onnx"))
 
 
+TRITON_MLP = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+WEIGHTS = np.load(__file__.replace("model.py", "weights.npz"))
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        xs = [pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy() for r in requests]
+        x = np.concatenate(xs)
+        n = len(WEIGHTS.files) // 2
+        for i in range(n):
+            x = x @ WEIGHTS[f"w{i}"] + WEIGHTS[f"b{i}"]
+            if i < n - 1:
+                x = np.maximum(x, 0)
+        out, start = [], 0
+        for r, xi in zip(requests, xs):
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x[start:start + len(xi)])]))
+            start += len(xi)
+        return out
+"""
+
+
+def build_triton_repo(root: str, delay_us: int) -> None:
+    """The same variants as Python-backend models for real Triton, computing the MLP with numpy."""
+    _, weights = mlp_graph((256, 1024, 1024, 256))
+    arrays = {}
+    for i, (w, b) in enumerate(weights):
+        arrays[f"w{i}"], arrays[f"b{i}"] = w, b
+    for name, (count, batched) in VARIANTS.items():
+        batching = f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}" if batched else ""
+        mbs = 64 if batched else 0
+        dims = "[ 256 ]" if batched else "[ -1, 256 ]"
+        os.makedirs(os.path.join(root, name, "1"))
+        with open(os.path.join(root, name, "config.pbtxt"), "w") as f:
+            f.write(f"""
+                backend: "python"
+                max_batch_size: {mbs}
+                input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: {dims} }} ]
+                output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: {dims} }} ]
+                {batching}
+                instance_group [ {{ kind: KIND_CPU count: {count} }} ]
+            """)
+        with open(os.path.join(root, name, "1", "model.py"), "w") as f:
+            f.write(TRITON_MLP)
+        np.savez(os.path.join(root, name, "1", "weights.npz"), **arrays)
+
+
+def start_triton(workdir: str, python: str, port: int, delay_us: int) -> subprocess.Popen:
+    repo = os.path.join(workdir, "triton-repo")
+    build_triton_repo(repo, delay_us)
+    script = os.path.join(HERE, "..", "..", "shared", "tools", "real_triton.sh")
+    log = open(os.path.join(workdir, "triton.log"), "wb")
+    # One BLAS thread per model process, as tritium's onnxruntime instances get one intra-op thread.
+    env = dict(os.environ, PYTRITON_PYTHON=python, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    return subprocess.Popen(
+        ["bash", script, f"--model-repository={repo}", f"--http-port={port}", f"--grpc-port={port + 1}",
+         f"--metrics-port={port + 2}"], stdout=log, stderr=log, env=env)
+
+
 def ceiling(path: str) -> tuple[int, float]:
     """(best batch size, rows/s) of the model run directly with onnxruntime, one intra-op thread."""
     import onnxruntime as ort
@@ -84,6 +147,7 @@ def main() -> int:
     ap.add_argument("--delay-us", type=int, default=500)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--triton-url", help="also drive this running server (same model names)")
+    ap.add_argument("--triton-python", help="also start real Triton with this interpreter and measure it")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -94,12 +158,20 @@ def main() -> int:
     url = f"127.0.0.1:{port}"
     log = open(os.path.join(workdir, "server.log"), "wb")
     proc = subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}", f"--http-port={port}",
-                             "--http-address=127.0.0.1"], stdout=log, stderr=log)
+                             "--http-address=127.0.0.1", "--allow-grpc=false", "--allow-metrics=false"],
+                            stdout=log, stderr=log)
     rows = []
+    triton = None
     try:
         wait_live(url, proc)
         servers = [("tritium", url)] + ([("triton", args.triton_url)] if args.triton_url else [])
+        if args.triton_python:
+            servers.append(("triton", "127.0.0.1:18660"))
         for label, server_url in servers:
+            if label == "triton" and args.triton_python:
+                proc.terminate()  # measure one server at a time
+                triton = start_triton(workdir, args.triton_python, 18660, args.delay_us)
+                wait_live(server_url, triton, timeout=180)
             for name in args.variants.split(","):
                 shape = (1, 256) if VARIANTS[name][1] else (1, 256)
                 body, ctype, extra = bodies(workdir, name, shape)["binary"]
@@ -111,8 +183,10 @@ def main() -> int:
                     rows.append((label, name, c, run_wrk(server_url, name, lua, c, args.duration, 1)))
         batch, rate = ceiling(onnx_path)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        for p in (proc, triton):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"{'server':<8} {'model':<16} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
     for label, name, c, r in rows:
