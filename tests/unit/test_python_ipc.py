@@ -1,0 +1,107 @@
+"""The Python backend's crossing: message framing, and response arrays that view shared memory.
+
+Responses of a Python model are zero-copy views of the arena the batch used; these tests check that
+a later execution never writes over an arena whose arrays are still held, with a real stub process.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import socket
+import struct
+
+import numpy as np
+import pytest
+
+from tritium._proto import model_config_pb2 as mc
+from tritium.backends.base import InstanceSpec, ModelContext
+from tritium.backends.python.backend import PythonBackend
+from tritium.backends.python.protocol import INCOMPLETE, Channel
+from tritium.config.parse import parse_config_text
+from tritium.core.inference import InferenceRequest
+from tritium.core.types import Tensor
+
+
+def test_channel_reassembles_split_and_joined_messages() -> None:
+    a, b = socket.socketpair()
+    reader = Channel(b)
+    first, second = pickle.dumps(("exec", 1, [1.5] * 100), 5), pickle.dumps(("finalize",), 5)
+    framed = struct.pack("<I", len(first)) + first + struct.pack("<I", len(second)) + second
+    a.sendall(framed[:3])  # not even the length yet
+    assert reader.recv_nowait() is INCOMPLETE
+    a.sendall(framed[3:20])
+    assert reader.recv_nowait() is INCOMPLETE
+    a.sendall(framed[20:])  # the rest of the first and all of the second in one chunk
+    assert reader.recv() == ("exec", 1, [1.5] * 100)
+    assert reader.poll(0)
+    assert reader.recv_nowait() == ("finalize",)
+    assert reader.recv_nowait() is INCOMPLETE
+    Channel(a).send({"x": b"\0" * 200_000})  # larger than one read
+    assert reader.recv() == {"x": b"\0" * 200_000}
+    a.close()
+    with pytest.raises(EOFError):
+        reader.recv()
+    b.close()
+
+
+MODEL = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("SAME", x), pb_utils.Tensor("PLUS", x + 1)]))
+        return out
+"""
+
+
+@pytest.fixture(scope="module")
+def instance(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("pyipc")
+    os.makedirs(root / "m" / "1")
+    (root / "m" / "1" / "model.py").write_text(MODEL)
+    config = parse_config_text("""
+        name: "m" backend: "python" max_batch_size: 0
+        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+        output [ { name: "SAME" data_type: TYPE_FP32 dims: [ -1 ] }, { name: "PLUS" data_type: TYPE_FP32 dims: [ -1 ] } ]
+    """, "m")
+    config.default_model_filename = "model.py"
+    backend = PythonBackend()
+    backend.initialize({"shm-default-byte-size": "4096", "shm-growth-byte-size": "4096"})
+    state = backend.model_initialize(ModelContext("m", 1, str(root / "m"), config))
+    inst = state.instance_initialize(InstanceSpec("m_0", "KIND_CPU", 0, mc.ModelInstanceGroup()))
+    yield inst
+    inst.finalize()
+
+
+def run(instance, x: np.ndarray) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    response = instance.execute([InferenceRequest("m", inputs=[Tensor.from_numpy("INPUT0", x)])])[0]
+    return {t.name: t.data for t in response.outputs}
+
+
+def test_held_outputs_are_never_overwritten(instance) -> None:  # type: ignore[no-untyped-def]
+    held = [run(instance, np.full(16, float(i), np.float32)) for i in range(5)]
+    for i, outputs in enumerate(held):
+        np.testing.assert_array_equal(outputs["SAME"], np.full(16, float(i), np.float32))
+        np.testing.assert_array_equal(outputs["PLUS"], np.full(16, float(i + 1), np.float32))
+    pool = len(instance._stub.arenas)
+    assert pool >= 5  # each held response keeps its own arena
+    del held, outputs
+    gc.collect()
+    for i in range(20):  # released arenas are reused: the pool does not grow
+        np.testing.assert_array_equal(run(instance, np.full(16, float(i), np.float32))["PLUS"], i + 1)
+    assert len(instance._stub.arenas) == pool
+
+
+def test_tensor_larger_than_the_arena(instance) -> None:  # type: ignore[no-untyped-def]
+    x = np.arange(100_000, dtype=np.float32)  # 400 kB into 4 kB arenas
+    outputs = run(instance, x)
+    small = run(instance, np.zeros(4, np.float32))
+    np.testing.assert_array_equal(outputs["SAME"], x)
+    np.testing.assert_array_equal(outputs["PLUS"], x + 1)
+    np.testing.assert_array_equal(small["PLUS"], np.ones(4, np.float32))
