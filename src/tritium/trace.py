@@ -159,7 +159,7 @@ class TraceConfig:
 class Trace:
     """The stamps of one traced request; finished once its response is sent."""
 
-    __slots__ = ("id", "model_name", "model_version", "request_id", "stamps", "tensors", "_policy")
+    __slots__ = ("id", "model_name", "model_version", "request_id", "stamps", "tensors", "timestamps", "_policy")
 
     def __init__(self, trace_id: int, model_name: str, model_version: int, request_id: str, policy: _Policy) -> None:
         self.id = trace_id
@@ -169,6 +169,8 @@ class Trace:
         self.stamps: list[tuple[str, int]] = []
         #: With level TENSORS: (activity, name, datatype, array) of the inputs and outputs.
         self.tensors: list[tuple[str, str, str, np.ndarray]] | None = [] if "TENSORS" in policy.level else None
+        #: Level TIMESTAMPS: the model entry and the stamps are written (with TENSORS alone, only tensors).
+        self.timestamps = "TIMESTAMPS" in policy.level
         self._policy = policy
 
     def stamp(self, name: str, ns: int = 0) -> None:
@@ -195,12 +197,14 @@ class Trace:
 
     def entries(self) -> list[dict[str, Any]]:
         """Triton's trace file objects for this trace."""
-        head: dict[str, Any] = {"id": self.id, "model_name": self.model_name, "model_version": self.model_version}
-        if self.request_id:
-            head["request_id"] = self.request_id
-        out = [head]
-        out.extend({"id": self.id, "timestamps": [{"name": n, "ns": t}]}
-                   for n, t in sorted(self.stamps, key=lambda s: s[1]))
+        out: list[dict[str, Any]] = []
+        if self.timestamps:
+            head: dict[str, Any] = {"id": self.id, "model_name": self.model_name, "model_version": self.model_version}
+            if self.request_id:
+                head["request_id"] = self.request_id
+            out.append(head)
+            out.extend({"id": self.id, "timestamps": [{"name": n, "ns": t}]}
+                       for n, t in sorted(self.stamps, key=lambda s: s[1]))
         for activity, name, dtype, data in self.tensors or ():
             out.append({"id": self.id, "activity": activity, "tensor": {
                 "name": name, "data": _tensor_text(data), "shape": ",".join(str(d) for d in data.shape), "dtype": dtype}})
@@ -208,10 +212,13 @@ class Trace:
 
 
 def _tensor_text(data: np.ndarray) -> str:
+    """Values comma-separated as Triton's C++ stream prints them (floats in ``%g``: ``0``, ``1.5``, ``1e+06``)."""
     flat = data.reshape(-1)
     if flat.dtype == np.object_:
         return ",".join(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat)
-    return ",".join(str(v) for v in flat.tolist())
+    if flat.dtype.kind == "f" or flat.dtype.kind == "V":  # V: bfloat16 stored as ml_dtypes
+        return ",".join("%g" % v for v in flat.astype(np.float64).tolist())
+    return ",".join(str(int(v)) for v in flat.tolist())
 
 
 # -- settings -------------------------------------------------------------------------------------

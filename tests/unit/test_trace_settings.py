@@ -102,3 +102,24 @@ def test_opentelemetry_missing_package_message(tmp_path, monkeypatch):
     manager = TraceManager(TraceConfig.parse(["mode=opentelemetry", "level=TIMESTAMPS"]))
     with pytest.raises(UnsupportedError, match=r"tritium\[trace\]"):
         manager.open()
+
+
+def test_tensors_level_writes_tensors_as_triton(tmp_path):
+    import numpy as np
+
+    from tritium.core.types import DataType, Tensor
+
+    manager = _manager(tmp_path, level="TENSORS", rate=1)
+    manager.settings("", {"log_frequency": "1"})
+    trace = manager.start("m", 1, "r")
+    trace.add_tensors("TENSOR_QUEUE_INPUT", [Tensor("IN", DataType.FP32, np.array([[0, 1.5, 1e6]], np.float32))])
+    trace.add_tensors("TENSOR_BACKEND_OUTPUT", [Tensor("OUT", DataType.INT32, np.array([3, -4], np.int32))])
+    trace.stamp("REQUEST_START")
+    trace.finish()
+    # Level TENSORS alone: no model entry and no timestamps, as Triton writes it.
+    assert json.loads((tmp_path / "t.json.0").read_text()) == [
+        {"id": 1, "activity": "TENSOR_QUEUE_INPUT",
+         "tensor": {"name": "IN", "data": "0,1.5,1e+06", "shape": "1,3", "dtype": "FP32"}},
+        {"id": 1, "activity": "TENSOR_BACKEND_OUTPUT",
+         "tensor": {"name": "OUT", "data": "3,-4", "shape": "2", "dtype": "INT32"}},
+    ]
