@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,6 +212,14 @@ class Trace:
         return out
 
 
+def _write_file(path: str, data: bytes) -> None:
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        log.error("failed to write trace file %s: %s", path, e)
+
+
 def _tensor_text(data: np.ndarray) -> str:
     """Values comma-separated as Triton's C++ stream prints them (floats in ``%g``: ``0``, ``1.5``, ``1e+06``)."""
     flat = data.reshape(-1)
@@ -261,6 +270,7 @@ class TraceFile:
         self._buffer: list[dict[str, Any]] = []
         self._traces = 0
         self._index = 0
+        self._writer: ThreadPoolExecutor | None = None
 
     def add(self, entries: list[dict[str, Any]], log_frequency: int) -> None:
         self._buffer.extend(entries)
@@ -270,18 +280,20 @@ class TraceFile:
             self._index += 1
 
     def _write(self, path: str) -> None:
+        """Serialize here (fast, keeps order), write on a thread so the event loop never waits on the disk."""
         data = orjson.dumps(self._buffer)
         self._buffer = []
         self._traces = 0
-        try:
-            with open(path, "wb") as f:
-                f.write(data)
-        except OSError as e:
-            log.error("failed to write trace file %s: %s", path, e)
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="trace-file")
+        self._writer.submit(_write_file, path, data)
 
     def close(self) -> None:
         if self._traces:
             self._write(self.path)
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
 
 
 class TraceManager:

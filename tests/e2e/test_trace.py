@@ -118,6 +118,21 @@ def test_grpc_request_stages_in_order(server, http):
     _check_order(trace, "GRPC")
 
 
+def test_grpc_stream_request_traced(server, http):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    results = []
+    client.start_stream(callback=lambda result, error: results.append((result, error)))
+    inp = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
+    inp.set_data_from_numpy(np.ones((1, 4), np.float32))
+    client.async_stream_infer("identity_fp32", [inp], request_id="stream-1")
+    client.stop_stream()
+    client.close()
+    assert len(results) == 1 and results[0][1] is None
+    stamps = dict(_traces(server, ["stream-1"])["stream-1"]["stamps"])
+    ordered = [stamps[s] for s in ["GRPC_WAITREAD_END", *STAGES, "GRPC_SEND_START"]]
+    assert ordered == sorted(ordered)
+
+
 def test_rate_samples_one_in_n_and_count_limits(server, http):
     http.update_trace_settings(settings={"trace_rate": "3", "trace_count": "2"})
     for i in range(9):

@@ -86,12 +86,12 @@ def test_trace_file_layout(tmp_path):
         trace.stamp("REQUEST_START", 10 + i)
         trace.execution(11 + i, 12 + i, 13 + i, 14 + i, 15 + i)
         trace.finish()
+    manager.close()  # waits for the writer; the third trace goes to the main file (Triton's shutdown write)
     first = json.loads((tmp_path / "t.json.0").read_text())
     assert first[0] == {"id": 1, "model_name": "m", "model_version": 3, "request_id": "r0"}
     assert first[1] == {"id": 1, "timestamps": [{"name": "REQUEST_START", "ns": 10}]}
     assert {e["id"] for e in first} == {1, 2}
     assert not (tmp_path / "t.json.1").exists()
-    manager.close()  # the third trace, written at shutdown
     assert {e["id"] for e in json.loads((tmp_path / "t.json").read_text())} == {3}
 
 
@@ -116,6 +116,7 @@ def test_tensors_level_writes_tensors_as_triton(tmp_path):
     trace.add_tensors("TENSOR_BACKEND_OUTPUT", [Tensor("OUT", DataType.INT32, np.array([3, -4], np.int32))])
     trace.stamp("REQUEST_START")
     trace.finish()
+    manager.close()
     # Level TENSORS alone: no model entry and no timestamps, as Triton writes it.
     assert json.loads((tmp_path / "t.json.0").read_text()) == [
         {"id": 1, "activity": "TENSOR_QUEUE_INPUT",

@@ -105,6 +105,9 @@ class Model:
         except TritiumError as e:
             yield StreamItem(None, True, e)
             return
+        if request.trace is not None:
+            request.trace.stamp("REQUEST_START")
+            request.trace.add_tensors("TENSOR_QUEUE_INPUT", request.inputs)
         if not self.decoupled:
             try:
                 response = await self.scheduler.infer(request)

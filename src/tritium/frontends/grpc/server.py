@@ -263,6 +263,11 @@ class GrpcApi:
             request = to_inference_request(decoded, model.name, model.version)
             empty_final = bool(request.parameters.get("triton_enable_empty_final_response", False))
             decoupled = model.decoupled
+            tracer = self.server.tracer
+            if tracer.active:
+                request.trace = tracer.start(model.name, model.version, request_id)
+                if request.trace is not None:
+                    request.trace.stamp("GRPC_WAITREAD_END")
             async for item in model.stream(request):
                 if item.error is not None:
                     queue.put_nowait(stream_error_bytes(str(item.error), request_id))
@@ -273,6 +278,9 @@ class GrpcApi:
                 elif item.final and empty_final:
                     empty = _empty_response(model, request_id)
                     queue.put_nowait(stream_response_bytes(empty, True))
+            if request.trace is not None:  # the last response is on its way (the stream sends in order)
+                request.trace.stamp("GRPC_SEND_START")
+                request.trace.finish()
         except TritiumError as e:
             queue.put_nowait(stream_error_bytes(str(e), request_id))
         except asyncio.CancelledError:
