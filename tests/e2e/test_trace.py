@@ -133,6 +133,17 @@ def test_grpc_stream_request_traced(server, http):
     assert ordered == sorted(ordered)
 
 
+def test_failed_request_trace_is_written(server, http):
+    client = httpclient.InferenceServerClient(server.url)
+    inp = httpclient.InferInput("INPUT0", [1, 5], "FP32")  # wrong shape: refused by validation
+    inp.set_data_from_numpy(np.ones((1, 5), np.float32))
+    with pytest.raises(InferenceServerException, match="unexpected shape"):
+        client.infer("identity_fp32", [inp], request_id="bad-1")
+    client.close()
+    trace = _traces(server, ["bad-1"])["bad-1"]
+    assert [n for n, _ in trace["stamps"]] == ["HTTP_RECV_START", "HTTP_RECV_END"]
+
+
 def test_rate_samples_one_in_n_and_count_limits(server, http):
     http.update_trace_settings(settings={"trace_rate": "3", "trace_count": "2"})
     for i in range(9):

@@ -216,7 +216,11 @@ class GrpcApi:
     async def _traced_infer(model: Model, request: Any, trace: Any, context: Context) -> bytes:
         """GRPC_WAITREAD_END when the message is here, GRPC_SEND_END when gRPC has sent the answer."""
         trace.stamp("GRPC_WAITREAD_END")
-        response = await model.infer(request)
+        try:
+            response = await model.infer(request)
+        except TritiumError:
+            trace.finish()  # a failed request's trace is written too, with the stages it reached
+            raise
         data = infer_response_bytes(response)
         trace.stamp("GRPC_SEND_START")
 

@@ -238,7 +238,13 @@ class HttpApi:
             trace.stamp("HTTP_RECV_END")
             trace.request_id = infer_request.id
             infer_request.trace = trace
-        response = await model.infer(infer_request)
+            try:
+                response = await model.infer(infer_request)
+            except TritiumError:
+                trace.finish()  # a failed request's trace is written too, with the stages it reached
+                raise
+        else:
+            response = await model.infer(infer_request)
         pieces, json_length = encode_infer_response(response, encoding)
         if json_length is None:
             return HttpResponse(200, pieces, JSON, trace=trace)
