@@ -25,6 +25,7 @@ import pickle
 import select
 import socket
 import struct
+import time
 import uuid
 from typing import Any
 
@@ -121,7 +122,18 @@ class Channel:
         data = pickle.dumps(message, 5)
         self.sock.sendall(_FRAME.pack(len(data)) + data)
 
-    def recv(self) -> Any:
+    def recv(self, spin_s: float = 0.0) -> Any:
+        """The next message, blocking; with ``spin_s``, poll that long first, which spares this process
+        going to sleep (and the peer's wake-up of it) when the message comes within it."""
+        if spin_s > 0:
+            deadline = time.perf_counter() + spin_s
+            read = self._read
+            while True:
+                message = read(socket.MSG_DONTWAIT)
+                if message is not INCOMPLETE:
+                    return message
+                if time.perf_counter() > deadline:
+                    break
         while True:
             message = self._read(0)
             if message is not INCOMPLETE:
