@@ -197,17 +197,30 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
     if args.metrics_interval_ms <= 0:
         parser.error(f"--metrics-interval-ms must be positive, got {args.metrics_interval_ms}")
     counter_latencies = True
+    summary_latencies = False
+    quantiles: tuple[float, ...] = ServerOptions.metrics_summary_quantiles
     for item in args.metrics_config:
         key, sep, value = item.partition("=")
         if not sep:
             parser.error(f"--metrics-config expects <key>=<value>, got '{item}'")
-        if key == "counter_latencies":
+        if key in ("counter_latencies", "summary_latencies"):
             try:
-                counter_latencies = _bool(value)
+                flag = _bool(value)
             except argparse.ArgumentTypeError as e:
                 parser.error(f"--metrics-config {item}: {e}")
-        elif key in ("summary_latencies", "histogram_latencies", "summary_quantiles"):
-            parser.error(f"--metrics-config {key}: latency summaries and histograms are not available in this version of tritium")
+            if key == "counter_latencies":
+                counter_latencies = flag
+            else:
+                summary_latencies = flag
+        elif key == "summary_quantiles":
+            try:
+                quantiles = tuple(float(pair.split(":")[0]) for pair in value.split(",") if pair)
+            except ValueError:
+                parser.error(f"--metrics-config summary_quantiles expects <quantile>:<error>,..., got '{value}'")
+            if not quantiles or not all(0 < q < 1 for q in quantiles):
+                parser.error(f"--metrics-config summary_quantiles must lie between 0 and 1, got '{value}'")
+        elif key == "histogram_latencies":
+            parser.error(f"--metrics-config {key}: latency histograms are not available in this version of tritium")
         else:
             parser.error(f"--metrics-config: unknown setting '{key}'")
     if args.repository_poll_secs <= 0:
@@ -277,6 +290,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         metrics_port=args.metrics_port,
         metrics_interval_ms=args.metrics_interval_ms,
         metrics_counter_latencies=counter_latencies,
+        metrics_summary_latencies=summary_latencies,
+        metrics_summary_quantiles=quantiles,
         log_verbose=args.log_verbose,
         log_info=args.log_info,
         log_warning=args.log_warning,

@@ -58,6 +58,10 @@ class ServerOptions:
     metrics_interval_ms: int = 2000
     #: ``--metrics-config counter_latencies=<bool>``: the cumulative *_duration_us counters.
     metrics_counter_latencies: bool = True
+    #: ``--metrics-config summary_latencies=<bool>``: the *_summary_us metrics (per-request windows).
+    metrics_summary_latencies: bool = False
+    #: ``--metrics-config summary_quantiles=<q>:<error>,...``: the quantiles reported by the summaries.
+    metrics_summary_quantiles: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99, 0.999)
 
     log_verbose: int = 0
     log_info: bool = True

@@ -140,3 +140,26 @@ def test_grpc_statistics_agree_with_http(server, client):
     assert int(grpc_stats["execution_count"]) == http_stats["execution_count"]
     assert int(grpc_stats["inference_stats"]["success"]["count"]) == http_stats["inference_stats"]["success"]["count"]
     assert {int(b["batch_size"]) for b in grpc_stats["batch_stats"]} == {b["batch_size"] for b in http_stats["batch_stats"]}
+
+
+def test_latency_summaries(tmp_path):
+    repo = str(tmp_path)
+    write_model(repo, "identity_fp32", identity_graph("FP32", ("batch", 4)))
+    args = ["--metrics-config=summary_latencies=true", "--metrics-config=summary_quantiles=0.5:0.05,0.99:0.001"]
+    with RunningServer([repo], args) as s:
+        c = httpclient.InferenceServerClient(s.url)
+        try:
+            for _ in range(5):
+                _infer(c, 1)
+        finally:
+            c.close()
+        text = _metrics(s)
+    labels = {"model": "identity_fp32", "version": "1"}
+    assert "# TYPE nv_inference_request_summary_us summary" in text
+    assert _value(text, "nv_inference_request_summary_us_count", **labels) == 5
+    total = _value(text, "nv_inference_request_summary_us_sum", **labels)
+    median = _value(text, "nv_inference_request_summary_us", quantile="0.5", **labels)
+    p99 = _value(text, "nv_inference_request_summary_us", quantile="0.99", **labels)
+    assert 0 < median <= p99 <= total
+    assert _value(text, "nv_inference_compute_infer_summary_us_count", **labels) == 5
+    assert 'quantile="0.9"' not in text  # only the quantiles asked for

@@ -102,7 +102,7 @@ def test_disabled_endpoints_accept_false():
 @pytest.mark.parametrize("argv, flag", [
     (["--grpc-infer-thread-count", "4"], "--grpc-infer-thread-count"),
     (["--grpc-infer-allocation-pool-size=8"], "--grpc-infer-allocation-pool-size"),
-    (["--metrics-config=summary_latencies=true"], "summary_latencies"),
+    (["--metrics-config=histogram_latencies=true"], "histogram_latencies"),
     (["--rate-limit", "execution_count"], "--rate-limit"),
     (["--cache-config", "local,size=1024"], "--cache-config"),
     (["--pinned-memory-pool-byte-size=0"], "--pinned-memory-pool-byte-size"),

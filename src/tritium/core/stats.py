@@ -14,6 +14,7 @@ whole execution counts as compute infer.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -63,6 +64,46 @@ class BatchStats:
     compute_output: Duration = field(default_factory=Duration)
 
 
+class LatencyWindow:
+    """One latency summary: all-time count and sum, and the observations of the last ``max_age_s`` seconds
+    for quantiles (bounded, oldest dropped first), as Prometheus summaries with a max age report them."""
+
+    __slots__ = ("count", "sum_us", "_items", "max_age_s")
+
+    def __init__(self, max_age_s: float = 60.0, max_items: int = 50_000) -> None:
+        self.count = 0
+        self.sum_us = 0
+        self.max_age_s = max_age_s
+        self._items: deque[tuple[float, int]] = deque(maxlen=max_items)
+
+    def observe(self, now_s: float, value_us: int) -> None:
+        self.count += 1
+        self.sum_us += value_us
+        self._items.append((now_s, value_us))
+
+    def quantiles(self, qs: Sequence[float], now_s: float) -> list[float]:
+        items = self._items
+        while items and items[0][0] < now_s - self.max_age_s:
+            items.popleft()
+        values = sorted(v for _, v in items)
+        if not values:
+            return [float("nan")] * len(qs)
+        return [float(values[min(len(values) - 1, int(q * len(values)))]) for q in qs]
+
+
+class LatencySummaries:
+    """Per-request latency windows behind Triton's ``nv_inference_*_summary_us`` metrics."""
+
+    __slots__ = ("request", "queue", "compute_input", "compute_infer", "compute_output")
+
+    def __init__(self) -> None:
+        self.request = LatencyWindow()
+        self.queue = LatencyWindow()
+        self.compute_input = LatencyWindow()
+        self.compute_infer = LatencyWindow()
+        self.compute_output = LatencyWindow()
+
+
 @dataclass(slots=True)
 class ModelStats:
     """Counters of one model version (Triton's ``ModelStatistics``)."""
@@ -83,6 +124,8 @@ class ModelStats:
     batches: dict[int, BatchStats] = field(default_factory=dict)
     #: Failed requests by Triton's metric reason: REJECTED (queue full, timeout), BACKEND (execution failed).
     failures: dict[str, int] = field(default_factory=dict)
+    #: Per-request latency windows; only kept when ``--metrics-config summary_latencies=true`` asks for them.
+    summaries: LatencySummaries | None = None
 
     def record_execution(self, requests: Sequence[InferenceRequest], timing: ExecutionTiming, ok: bool) -> None:
         """One execution of ``requests`` (one batch) finished; ``ok`` is False when it failed."""
@@ -116,6 +159,16 @@ class ModelStats:
         batch.compute_input.add(c_in)
         batch.compute_infer.add(c_infer)
         batch.compute_output.add(c_out)
+        summaries = self.summaries
+        if summaries is not None:
+            now_s = time.monotonic()
+            for request in requests:
+                queued = request.queued_ns or start
+                summaries.request.observe(now_s, (end - queued) // 1000)
+                summaries.queue.observe(now_s, (start - queued) // 1000)
+                summaries.compute_input.observe(now_s, c_in // 1000)
+                summaries.compute_infer.observe(now_s, c_infer // 1000)
+                summaries.compute_output.observe(now_s, c_out // 1000)
 
     def record_rejected(self, request: InferenceRequest) -> None:
         """A request that never ran: full queue or expired timeout."""

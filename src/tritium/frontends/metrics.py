@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,14 @@ _LATENCY_METRICS: dict[str, tuple[str, str]] = {
     "nv_inference_compute_input_duration_us": ("compute_input", "Cumulative compute input duration in microseconds (does not include cached requests)"),
     "nv_inference_compute_infer_duration_us": ("compute_infer", "Cumulative compute inference duration in microseconds (does not include cached requests)"),
     "nv_inference_compute_output_duration_us": ("compute_output", "Cumulative inference compute output duration in microseconds (does not include cached requests)"),
+}
+#: name -> (LatencySummaries field, help), for ``--metrics-config summary_latencies=true``.
+_SUMMARY_METRICS: dict[str, tuple[str, str]] = {
+    "nv_inference_request_summary_us": ("request", "Summary of inference request duration in microseconds (includes cached requests)"),
+    "nv_inference_queue_summary_us": ("queue", "Summary of inference queuing duration in microseconds (includes cached requests)"),
+    "nv_inference_compute_input_summary_us": ("compute_input", "Summary of compute input duration in microseconds (does not include cached requests)"),
+    "nv_inference_compute_infer_summary_us": ("compute_infer", "Summary of compute inference duration in microseconds (does not include cached requests)"),
+    "nv_inference_compute_output_summary_us": ("compute_output", "Summary of compute output duration in microseconds (does not include cached requests)"),
 }
 #: Triton's failure reasons, always exported (zero when none happened).
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
@@ -84,12 +93,16 @@ class TritonCollector:
     def __init__(self, server: Server, options: ServerOptions, cpu: CpuSampler | None) -> None:
         self.server = server
         self.counter_latencies = options.metrics_counter_latencies
+        self.summary_latencies = options.metrics_summary_latencies
+        self.quantiles = options.metrics_summary_quantiles
         self.cpu = cpu
 
     def collect(self) -> Iterator[Metric]:
         models = self.server.repository.ready_models() if self.server.repository is not None else []
         families = {name: Metric(name, help_, kind) for name, (kind, help_) in _MODEL_METRICS.items()}
         latencies = {name: Metric(name, help_, "counter") for name, (_, help_) in _LATENCY_METRICS.items()}
+        summaries = {name: Metric(name, help_, "summary") for name, (_, help_) in _SUMMARY_METRICS.items()}
+        now_s = time.monotonic()
         for model in models:
             stats = model.scheduler.stats
             labels = {"model": model.name, "version": str(model.version)}
@@ -109,7 +122,17 @@ class TritonCollector:
             if self.counter_latencies:
                 for name, (field, _) in _LATENCY_METRICS.items():
                     latencies[name].add_sample(name, labels, getattr(stats, field).ns // 1000)
+            windows = getattr(stats, "summaries", None)
+            if self.summary_latencies and windows is not None:
+                for name, (field, _) in _SUMMARY_METRICS.items():
+                    window = getattr(windows, field)
+                    summaries[name].add_sample(name + "_count", labels, window.count)
+                    summaries[name].add_sample(name + "_sum", labels, window.sum_us)
+                    for q, value in zip(self.quantiles, window.quantiles(self.quantiles, now_s)):
+                        summaries[name].add_sample(name, {**labels, "quantile": f"{q:g}"}, value)
         yield from families.values()
+        if self.summary_latencies:
+            yield from summaries.values()
         if self.counter_latencies:
             yield from latencies.values()
         if self.cpu is not None:

@@ -38,6 +38,7 @@ from tritium.core.errors import (
     UnavailableError,
 )
 from tritium.core.model import Model
+from tritium.core.stats import LatencySummaries
 from tritium.options import ServerOptions
 from tritium.scheduler.base import Scheduler
 from tritium.scheduler.direct import DirectScheduler
@@ -477,6 +478,8 @@ class ModelRepositoryManager:
                 scheduler = DynamicBatcher(workers, loop, config.max_batch_size, config.dynamic_batching, ragged)
             else:
                 scheduler = DirectScheduler(workers, loop)
+            if self._options.metrics_summary_latencies:
+                scheduler.stats.summaries = LatencySummaries()
             slot.model = Model(name, version, config, scheduler)
             slot.state = State.READY
         except TritiumError as e:
