@@ -2,7 +2,7 @@
 
 1. In-process (no HTTP): ``PythonInstanceState.execute`` on one request holding a tensor of each size,
    against Triton's identity ``model.py``: median and p99 of the round trip (write the input into shared
-   memory, one message each way, copy the output out).
+   memory, one message each way; the output comes back as a view of the arena, not copied).
 2. HTTP (wrk, binary body, FP32 [1,16]) at 1, 8 and 32 connections against the same ``model.py``;
    with ``--triton-python PYTHON`` also against real Triton on the same repository (side by side).
 
