@@ -163,3 +163,12 @@ def test_latency_summaries(tmp_path):
     assert 0 < median <= p99 <= total
     assert _value(text, "nv_inference_compute_infer_summary_us_count", **labels) == 5
     assert 'quantile="0.9"' not in text  # only the quantiles asked for
+
+
+def test_no_gpu_metrics_without_gpus(server):
+    """This machine has no NVIDIA driver: no nv_gpu_* family, as Triton on a CPU-only machine."""
+    from tritium.core.devices import available_gpus
+
+    if available_gpus():
+        pytest.skip("a GPU is present: GPU metrics are expected")
+    assert "nv_gpu_" not in _metrics(server)

@@ -87,11 +87,71 @@ class CpuSampler:
             pass
 
 
+class GpuSampler:
+    """Per-GPU utilization, memory, power and energy through NVML (``nvidia-ml-py``), sampled every interval.
+
+    Without NVML (no NVIDIA driver) there is nothing to report and no GPU metric is exported, as with
+    Triton on a machine without GPUs.
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float | str]] = []
+        self._nvml = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            self._nvml = pynvml
+        except Exception as e:  # library missing, driver missing, no device
+            log.debug("no GPU metrics: %s", e)
+            self._handles = []
+
+    @property
+    def available(self) -> bool:
+        return bool(self._handles)
+
+    def sample(self) -> None:
+        nvml = self._nvml
+        if nvml is None:
+            return
+        rows = []
+        for handle in self._handles:
+            try:
+                uuid = nvml.nvmlDeviceGetUUID(handle)
+                memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+                rows.append({
+                    "gpu_uuid": uuid.decode() if isinstance(uuid, bytes) else uuid,
+                    "nv_gpu_utilization": nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0,
+                    "nv_gpu_memory_total_bytes": float(memory.total),
+                    "nv_gpu_memory_used_bytes": float(memory.used),
+                    "nv_gpu_power_usage": nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
+                    "nv_gpu_power_limit": nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0,
+                    "nv_energy_consumption": nvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0,
+                })
+            except Exception as e:  # one device failing must not stop the rest
+                log.debug("GPU metrics sample failed: %s", e)
+        self.rows = rows
+
+
+#: GPU metric name -> (type, help), as Triton documents them.
+_GPU_METRICS: dict[str, tuple[str, str]] = {
+    "nv_gpu_utilization": ("gauge", "GPU utilization rate [0.0 - 1.0)"),
+    "nv_gpu_memory_total_bytes": ("gauge", "GPU total memory, in bytes"),
+    "nv_gpu_memory_used_bytes": ("gauge", "GPU used memory, in bytes"),
+    "nv_gpu_power_usage": ("gauge", "GPU power usage in watts"),
+    "nv_gpu_power_limit": ("gauge", "GPU power management limit in watts"),
+    "nv_energy_consumption": ("counter", "GPU energy consumption in joules since the Triton Server started"),
+}
+
+
 class TritonCollector:
     """A prometheus_client collector reading the server's model statistics at scrape time."""
 
-    def __init__(self, server: Server, options: ServerOptions, cpu: CpuSampler | None) -> None:
+    def __init__(self, server: Server, options: ServerOptions, cpu: CpuSampler | None,
+                 gpu: GpuSampler | None = None) -> None:
         self.server = server
+        self.gpu = gpu
         self.counter_latencies = options.metrics_counter_latencies
         self.summary_latencies = options.metrics_summary_latencies
         self.quantiles = options.metrics_summary_quantiles
@@ -135,6 +195,12 @@ class TritonCollector:
             yield from summaries.values()
         if self.counter_latencies:
             yield from latencies.values()
+        if self.gpu is not None and self.gpu.rows:
+            for name, (kind, help_) in _GPU_METRICS.items():
+                metric = Metric(name, help_, kind)
+                for row in self.gpu.rows:
+                    metric.add_sample(name, {"gpu_uuid": str(row["gpu_uuid"])}, float(row[name]))
+                yield metric
         if self.cpu is not None:
             for name, help_, value in (
                 ("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]", self.cpu.utilization),
@@ -160,7 +226,9 @@ class MetricsApi:
         return HttpResponse(200, [_triton_names(generate_latest(self.registry))], CONTENT_TYPE_LATEST.encode())
 
 
-_COUNTER_NAMES = [n for n, (kind, _) in _MODEL_METRICS.items() if kind == "counter"] + list(_LATENCY_METRICS)
+_COUNTER_NAMES = [n for n, (kind, _) in _MODEL_METRICS.items() if kind == "counter"] + list(_LATENCY_METRICS) + [
+    "nv_energy_consumption"
+]
 
 
 def _triton_names(text: bytes) -> bytes:
@@ -177,8 +245,10 @@ class MetricsFrontend(HttpListener):
 
     def __init__(self, server: Server, options: ServerOptions) -> None:
         self.cpu = CpuSampler() if options.allow_cpu_metrics else None
+        gpu = GpuSampler() if options.allow_gpu_metrics else None
+        self.gpu = gpu if gpu is not None and gpu.available else None
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(TritonCollector(server, options, self.cpu))  # type: ignore[arg-type]
+        registry.register(TritonCollector(server, options, self.cpu, self.gpu))  # type: ignore[arg-type]
         super().__init__(
             MetricsApi(registry),  # type: ignore[arg-type]
             options.metrics_address,
@@ -191,15 +261,17 @@ class MetricsFrontend(HttpListener):
 
     async def start(self) -> None:
         await super().start()
-        if self.cpu is not None:
-            self.cpu.sample()
-            self._sampler = asyncio.get_running_loop().create_task(self._sample_forever())
+        samplers = [s for s in (self.cpu, self.gpu) if s is not None]
+        if samplers:
+            for sampler in samplers:
+                sampler.sample()
+            self._sampler = asyncio.get_running_loop().create_task(self._sample_forever(samplers))
 
-    async def _sample_forever(self) -> None:
-        assert self.cpu is not None
+    async def _sample_forever(self, samplers: list[CpuSampler | GpuSampler]) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            self.cpu.sample()
+            for sampler in samplers:
+                sampler.sample()
 
     async def stop(self) -> None:
         if self._sampler is not None:
