@@ -1,8 +1,8 @@
 """Scheduling on a real server through tritonclient: dynamic batching, instances, priorities, queue policies.
 
 Models reveal what the scheduler did: ``batchsize`` answers each row with the batch size it was executed
-in; ``heavy`` burns CPU (a chain of matmuls) so requests queue behind it; ``ragged`` echoes the batch
-inputs Triton synthesises for a ragged batch.
+in; the Python ``sleepy`` models hold their one instance for as many seconds as the input says, so requests
+queue behind a known wait; ``ragged`` echoes the batch inputs Triton synthesises for a ragged batch.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from tritonclient.utils import InferenceServerException
 from models import write_model
 from server import RunningServer
 
-HEAVY_LAYERS = 96
 
 
 def batchsize_graph():  # type: ignore[no-untyped-def]
@@ -37,20 +36,6 @@ def batchsize_graph():  # type: ignore[no-untyped-def]
     inits = [numpy_helper.from_array(np.array([1], np.int64), "axes"),
              numpy_helper.from_array(np.zeros(1, np.float32), "zero")]
     return helper.make_graph(nodes, "batchsize", [x], [y], initializer=inits)
-
-
-def heavy_graph():  # type: ignore[no-untyped-def]
-    """[b, r, 256] -> [b, r]: HEAVY_LAYERS matmul+tanh layers, so a request costs time proportional to r."""
-    w = (np.random.default_rng(0).standard_normal((256, 256)) / 16).astype(np.float32)
-    nodes, prev = [], "INPUT0"
-    for i in range(HEAVY_LAYERS):
-        nodes += [helper.make_node("MatMul", [prev, "W"], [f"m{i}"]), helper.make_node("Tanh", [f"m{i}"], [f"t{i}"])]
-        prev = f"t{i}"
-    nodes.append(helper.make_node("ReduceSum", [prev, "axes"], ["OUTPUT0"], keepdims=0))
-    x = helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", "rows", 256])
-    y = helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", "rows"])
-    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array([2], np.int64), "axes")]
-    return helper.make_graph(nodes, "heavy", [x], [y], initializer=inits)
 
 
 def ragged_graph():  # type: ignore[no-untyped-def]
@@ -71,11 +56,6 @@ def ragged_graph():  # type: ignore[no-untyped-def]
     return helper.make_graph(nodes, "ragged", [x, count, acc, shape], outs, initializer=inits)
 
 
-HEAVY_IO = """
-    input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1, 256 ] } ]
-    output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-    parameters { key: "intra_op_thread_count" value: { string_value: "1" } }
-"""
 
 
 @pytest.fixture(scope="module")
@@ -92,22 +72,24 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     write_model(repo, "preferred", batchsize_graph(), config=f"""
         max_batch_size: 8 {io}
         dynamic_batching {{ preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 20000000 }}""")
-    heavy = heavy_graph()
-    write_model(repo, "priority", heavy, config=f"""
-        max_batch_size: 1 {HEAVY_IO}
-        instance_group [ {{ kind: KIND_CPU count: 1 }} ]
-        dynamic_batching {{ priority_levels: 2 default_priority_level: 2 }}""")
-    write_model(repo, "queue_full", heavy, config=f"""
-        max_batch_size: 1 {HEAVY_IO}
-        instance_group [ {{ kind: KIND_CPU count: 1 }} ]
-        dynamic_batching {{ default_queue_policy {{ max_queue_size: 2 }} }}""")
-    write_model(repo, "timeouts", heavy, config=f"""
-        max_batch_size: 1 {HEAVY_IO}
-        instance_group [ {{ kind: KIND_CPU count: 1 }} ]
-        dynamic_batching {{ priority_levels: 2 default_priority_level: 1
+    # Queue behaviour is shown behind a request that holds the model's one instance for a known time:
+    # Python models that sleep for as many seconds as their input says.
+    sleepy = """
+        backend: "python"
+        max_batch_size: 1
+        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] } ]
+        output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] } ]
+        instance_group [ { kind: KIND_CPU count: 1 } ]
+    """
+    _python_model(repo, "priority", SLEEPY_MODEL, sleepy + """
+        dynamic_batching { priority_levels: 2 default_priority_level: 2 }""")
+    _python_model(repo, "queue_full", SLEEPY_MODEL, sleepy + """
+        dynamic_batching { default_queue_policy { max_queue_size: 2 } }""")
+    _python_model(repo, "timeouts", SLEEPY_MODEL, sleepy + """
+        dynamic_batching { priority_levels: 2 default_priority_level: 1
             priority_queue_policy [
-              {{ key: 1 value: {{ timeout_action: REJECT allow_timeout_override: true }} }},
-              {{ key: 2 value: {{ timeout_action: DELAY allow_timeout_override: true }} }} ] }}""")
+              { key: 1 value: { timeout_action: REJECT allow_timeout_override: true } },
+              { key: 2 value: { timeout_action: DELAY allow_timeout_override: true } } ] }""")
     write_model(repo, "ragged", ragged_graph(), config="""
         max_batch_size: 8
         input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true } ]
@@ -137,6 +119,32 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
         f.write(SLEEP_MODEL)
     with RunningServer([repo]) as s:
         yield s
+
+
+SLEEPY_MODEL = """
+import time
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy()
+            time.sleep(float(x.reshape(-1)[0]))
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x)]))
+        return out
+"""
+
+
+def _python_model(repo: str, name: str, code: str, config: str) -> None:
+    import os
+
+    os.makedirs(os.path.join(repo, name, "1"))
+    with open(os.path.join(repo, name, "config.pbtxt"), "w") as f:
+        f.write(config)
+    with open(os.path.join(repo, name, "1", "model.py"), "w") as f:
+        f.write(code)
 
 
 SLEEP_MODEL = """
@@ -222,17 +230,17 @@ def test_two_instances_execute_at_the_same_time(server: RunningServer) -> None:
     assert 1.0 <= elapsed < 1.8, elapsed
 
 
-def _heavy_blocker(server: RunningServer, model: str, rows: int = 3000) -> threading.Thread:
-    """Occupy the model's one instance for a while (on a thread), once it has started executing."""
-    x = np.random.default_rng(2).standard_normal((1, rows, 256)).astype(np.float32)
+def _blocker(server: RunningServer, model: str, seconds: float = 1.5) -> threading.Thread:
+    """Occupy the model's one instance for ``seconds`` (on a thread), once it has started executing."""
+    x = np.full((1, 1), seconds, np.float32)
     t = threading.Thread(target=lambda: _client(server).infer(model, _inputs(x)))
     t.start()
-    time.sleep(0.15)
+    time.sleep(0.3)
     return t
 
 
 def test_priority_reorders_the_queue(server: RunningServer) -> None:
-    small = np.zeros((1, 1, 256), np.float32)
+    small = np.zeros((1, 1), np.float32)
     done: list[str] = []
     lock = threading.Lock()
 
@@ -244,7 +252,7 @@ def test_priority_reorders_the_queue(server: RunningServer) -> None:
             return None
         return run
 
-    blocker = _heavy_blocker(server, "priority")
+    blocker = _blocker(server, "priority")
     low = [call(f"low{i}", 2) for i in range(3)]
     results = _parallel(low[:1] + [lambda: time.sleep(0.05)] + low[1:] + [call("high", 1)])
     blocker.join()
@@ -254,8 +262,8 @@ def test_priority_reorders_the_queue(server: RunningServer) -> None:
 
 
 def test_full_queue_is_refused_with_unavailable(server: RunningServer) -> None:
-    small = np.zeros((1, 1, 256), np.float32)
-    blocker = _heavy_blocker(server, "queue_full")
+    small = np.zeros((1, 1), np.float32)
+    blocker = _blocker(server, "queue_full")
     results = _parallel([lambda: _client(server).infer("queue_full", _inputs(small)) for _ in range(5)])
     blocker.join()
     errors = [r for r in results if isinstance(r, InferenceServerException)]
@@ -265,7 +273,7 @@ def test_full_queue_is_refused_with_unavailable(server: RunningServer) -> None:
 
 
 def test_expired_timeout_rejects_or_delays(server: RunningServer) -> None:
-    small = np.zeros((1, 1, 256), np.float32)
+    small = np.zeros((1, 1), np.float32)
     order: list[str] = []
 
     def call(tag: str, **kw: int) -> Callable[[], object]:
@@ -278,7 +286,7 @@ def test_expired_timeout_rejects_or_delays(server: RunningServer) -> None:
             return time.monotonic() - started
         return run
 
-    blocker = _heavy_blocker(server, "timeouts", rows=4000)
+    blocker = _blocker(server, "timeouts")
     results = _parallel([
         call("rejected", priority=1, timeout=50_000),   # REJECT level: fails after 50 ms
         call("delayed", priority=2, timeout=50_000),    # DELAY level: moves behind "plain"
@@ -294,8 +302,7 @@ def test_expired_timeout_rejects_or_delays(server: RunningServer) -> None:
 
 def test_bad_priority_parameter_is_refused(server: RunningServer) -> None:
     with pytest.raises(InferenceServerException, match="priority"):
-        _client(server).infer("priority", _inputs(np.zeros((1, 1, 256), np.float32)),
-                              parameters={"priority": "high"})
+        _client(server).infer("priority", _inputs(np.zeros((1, 1), np.float32)), parameters={"priority": "high"})
 
 
 def test_ragged_batch_gives_each_request_its_own_results(server: RunningServer) -> None:
