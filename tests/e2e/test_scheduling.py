@@ -230,12 +230,12 @@ def test_two_instances_execute_at_the_same_time(server: RunningServer) -> None:
     assert 1.0 <= elapsed < 1.8, elapsed
 
 
-def _blocker(server: RunningServer, model: str, seconds: float = 1.5) -> threading.Thread:
+def _blocker(server: RunningServer, model: str, seconds: float = 2.0) -> threading.Thread:
     """Occupy the model's one instance for ``seconds`` (on a thread), once it has started executing."""
     x = np.full((1, 1), seconds, np.float32)
     t = threading.Thread(target=lambda: _client(server).infer(model, _inputs(x)))
     t.start()
-    time.sleep(0.3)
+    time.sleep(0.6)  # generous: the request must be executing before the test queues others behind it
     return t
 
 

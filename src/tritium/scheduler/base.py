@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 
 from tritium.core.inference import InferenceRequest, InferenceResponse
@@ -21,3 +22,20 @@ class Scheduler(ABC):
     @abstractmethod
     def close(self) -> None:
         """Stop the workers; the instances are finalized by their owner."""
+
+
+class InFlightScheduler(Scheduler):
+    """A scheduler that counts the requests it holds (queued or executing) in ``_in_flight``,
+    so that unloading can wait for them: subclasses call :meth:`_maybe_drained` when the count drops."""
+
+    _in_flight: int = 0
+    _drained: asyncio.Event | None = None
+
+    def _maybe_drained(self) -> None:
+        if self._in_flight == 0 and self._drained is not None:
+            self._drained.set()
+
+    async def drain(self) -> None:
+        while self._in_flight > 0:
+            self._drained = asyncio.Event()
+            await self._drained.wait()

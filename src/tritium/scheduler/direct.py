@@ -23,14 +23,14 @@ from tritium.core.errors import TritiumError, UnavailableError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.stats import ExecutionTiming, ModelStats
 
-from .base import Scheduler
+from .base import InFlightScheduler
 from .workers import InstanceWorker
 
 Future = asyncio.Future  # of InferenceResponse
 Batch = list[tuple[InferenceRequest, "asyncio.Future[InferenceResponse]"]]
 
 
-class DirectScheduler(Scheduler):
+class DirectScheduler(InFlightScheduler):
     def __init__(self, workers: Sequence[InstanceWorker], loop: asyncio.AbstractEventLoop,
                  stats: ModelStats | None = None) -> None:
         self._loop = loop
@@ -132,15 +132,6 @@ class DirectScheduler(Scheduler):
             self._maybe_drained()
 
         return done
-
-    def _maybe_drained(self) -> None:
-        if self._in_flight == 0 and self._drained is not None:
-            self._drained.set()
-
-    async def drain(self) -> None:
-        while self._in_flight > 0:
-            self._drained = asyncio.Event()
-            await self._drained.wait()
 
     def close(self) -> None:
         self._closed = True

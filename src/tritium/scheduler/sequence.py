@@ -44,7 +44,7 @@ from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.stats import ExecutionTiming, ModelStats
 from tritium.core.types import DataType, Tensor
 
-from .base import Scheduler
+from .base import InFlightScheduler
 from .dynamic import batch_key
 from .workers import InstanceWorker
 
@@ -286,7 +286,7 @@ class _Lane:
         self.wakeup: asyncio.TimerHandle | None = None
 
 
-class SequenceBatcher(Scheduler):
+class SequenceBatcher(InFlightScheduler):
     def __init__(self, workers: Sequence[InstanceWorker], loop: asyncio.AbstractEventLoop, config: mc.ModelConfig,
                  settings: SequenceSettings, stats: ModelStats | None = None) -> None:
         self._loop = loop
@@ -597,15 +597,6 @@ class SequenceBatcher(Scheduler):
         return response
 
     # -- draining -------------------------------------------------------------------------------------
-
-    def _maybe_drained(self) -> None:
-        if self._in_flight == 0 and self._drained is not None:
-            self._drained.set()
-
-    async def drain(self) -> None:
-        while self._in_flight > 0:
-            self._drained = asyncio.Event()
-            await self._drained.wait()
 
     def close(self) -> None:
         self._closed = True
