@@ -33,7 +33,19 @@ log = logging.getLogger(__name__)
 TRITON_VERSION = "2.64.0"
 
 #: Extensions that work in this build, in Triton's order.
-EXTENSIONS = ["model_repository", "model_repository(unload_dependents)", "model_configuration", "binary_tensor_data", "parameters", "statistics", "trace", "logging"]
+EXTENSIONS = [
+    "classification",
+    "sequence",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "schedule_policy",
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "trace",
+    "logging",
+]
 
 
 class Frontend(Protocol):

@@ -457,10 +457,17 @@ def test_malformed_message(server):
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "parse" in info.value.details()
 
 
-def test_classification_is_refused(stub):
+def test_classification(stub):
+    """add_sub's OUTPUT0 = INPUT0 + INPUT1 = 2 * [0..15]: the top 2 are 30 at index 15 and 28 at index 14."""
     request = _req([I0, I1], [GOOD] * 2)
     request.outputs.add(name="OUTPUT0").parameters["classification"].int64_param = 2
-    _expect(stub.ModelInfer, request, grpc.StatusCode.INVALID_ARGUMENT, "classification")
+    response = stub.ModelInfer(request)
+    assert response.outputs[0].datatype == "BYTES" and list(response.outputs[0].shape) == [1, 2]
+    raw = response.raw_output_contents[0]
+    assert raw == b"\x05\x00\x00\x0030:15\x05\x00\x00\x0028:14"
+    bad = _req([I0, I1], [GOOD] * 2)
+    bad.outputs.add(name="OUTPUT0").parameters["classification"].int64_param = 0
+    _expect(stub.ModelInfer, bad, grpc.StatusCode.INVALID_ARGUMENT, "classification", "OUTPUT0")
 
 
 @pytest.mark.parametrize("call", ["get_system_shared_memory_status", "get_cuda_shared_memory_status"])

@@ -51,6 +51,13 @@ def repo(tmp_path_factory):
     write_model(repo, "all_versions", identity_graph("FP32", ("batch", 4)), version=1,
                 config='version_policy: { all: {} }')
     write_model(repo, "all_versions", identity_graph("FP32", ("batch", 4)), version=3)
+    # classification: labels for the first classes only (as files often are)
+    write_model(repo, "classes", identity_graph("FP32", ("batch", 4)), config="""
+        max_batch_size: 2
+        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+        output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] label_filename: "labels.txt" } ]
+    """)
+    (root / "classes" / "labels.txt").write_text("cat\ndog\nbird\n")
     # reshape: the client sends [4], the model sees [2, 2].
     write_model(repo, "reshaped", identity_graph("FP32", ("batch", 2, 2)), config="""
         max_batch_size: 4
@@ -256,3 +263,25 @@ def test_concurrent_requests_are_batched_correctly(client):
     futures = [client.async_infer("identity_fp32", [_input("INPUT0", x, "FP32", True)]) for x in inputs]
     for x, f in zip(inputs, futures):
         np.testing.assert_array_equal(f.get_result().as_numpy("OUTPUT0"), x)
+
+
+def test_classification_extension(client, server):
+    """Triton's answer for the top 2 of an identity over [0..15] is ["15.000000:15","14.000000:14"]."""
+    x = np.array([[0.1, 0.7, 0.2, 0.9], [0.5, 0.1, 0.4, 0.3]], np.float32)
+    out = httpclient.InferRequestedOutput("OUTPUT0", class_count=3)
+    result = client.infer("classes", [_input("INPUT0", x, "FP32", True)], outputs=[out])
+    got = result.as_numpy("OUTPUT0")
+    assert got.shape == (2, 3)
+    assert [[v.decode() if isinstance(v, bytes) else v for v in row] for row in got] == [
+        ["0.900000:3", "0.700000:1:dog", "0.200000:2:bird"],
+        ["0.500000:0:cat", "0.400000:2:bird", "0.300000:3"],
+    ]
+    body = {"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": list(range(16))}],
+            "outputs": [{"name": "OUTPUT0", "parameters": {"classification": 2}}]}
+    status, doc = _post(server, "/v2/models/identity_fp32/infer", json.dumps(body).encode())
+    assert status == 200
+    assert doc["outputs"] == [{"name": "OUTPUT0", "datatype": "BYTES", "shape": [1, 2],
+                               "data": ["15.000000:15", "14.000000:14"]}]
+    body["outputs"][0]["parameters"]["classification"] = "two"
+    status, doc = _post(server, "/v2/models/identity_fp32/infer", json.dumps(body).encode())
+    assert status == 400 and "classification" in doc["error"]

@@ -32,6 +32,8 @@ class InferenceRequest:
     id: str = ""
     inputs: list[Tensor] = field(default_factory=list)
     requested_outputs: list[str] | None = None
+    #: Classification extension: output name -> top-K classes to return instead of the tensor.
+    classification: dict[str, int] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     #: The size of the batch dimension; set by validation (1 for non-batching models).
     batch_size: int = 1

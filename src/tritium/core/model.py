@@ -17,6 +17,7 @@ from tritium.config.parse import config_to_dict
 
 from .errors import InternalError, InvalidArgumentError, TritiumError
 from .inference import InferenceRequest, InferenceResponse
+from .classification import classify
 from .streaming import ResponseStream, StreamItem
 from .types import DataType, Tensor
 
@@ -57,7 +58,14 @@ def _shape_str(shape: Sequence[int]) -> str:
 class Model:
     """One READY version of a model."""
 
-    def __init__(self, name: str, version: int, config: mc.ModelConfig, scheduler: Scheduler) -> None:
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        config: mc.ModelConfig,
+        scheduler: Scheduler,
+        labels: dict[str, list[str]] | None = None,
+    ) -> None:
         self.name = name
         self.version = version
         self.config = config
@@ -68,6 +76,8 @@ class Model:
         self.required_inputs = [s.name for s in self.inputs.values() if not s.optional]
         self.decoupled = config.model_transaction_policy.decoupled
         self._config_dict: dict[str, Any] | None = None
+        #: Class labels per output (``label_filename``), for the classification extension.
+        self.labels = labels or {}
 
     # -- metadata ---------------------------------------------------------------------------------
 
@@ -227,6 +237,11 @@ class Model:
                 lead = tensor.data.shape[:1] if self.max_batch_size > 0 else ()
                 dims = tuple(-1 if d < 0 else d for d in spec.dims)
                 outputs[i] = Tensor(tensor.name, tensor.datatype, tensor.data.reshape(lead + dims))
+        if request.classification:
+            for i, tensor in enumerate(outputs):
+                count = request.classification.get(tensor.name)
+                if count is not None:
+                    outputs[i] = classify(tensor, count, self.max_batch_size > 0, self.labels.get(tensor.name))
         response.outputs = outputs
         response.model_name = self.name
         response.model_version = self.version

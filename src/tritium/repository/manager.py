@@ -480,7 +480,7 @@ class ModelRepositoryManager:
                 scheduler = DirectScheduler(workers, loop)
             if self._options.metrics_summary_latencies:
                 scheduler.stats.summaries = LatencySummaries()
-            slot.model = Model(name, version, config, scheduler)
+            slot.model = Model(name, version, config, scheduler, _read_labels(config, model_dir, name))
             slot.state = State.READY
         except TritiumError as e:
             slot.state, slot.reason = State.UNAVAILABLE, str(e)
@@ -645,6 +645,20 @@ def _refuse_unsupported_features(config: mc.ModelConfig, name: str) -> None:
         raise UnavailableError(f"model '{name}': decoupled models are only available with the python backend")
     if config.response_cache.enable:
         log.warning("model '%s': the response cache is not available in this version of tritium; caching is off", name)
+
+
+def _read_labels(config: mc.ModelConfig, model_dir: str, name: str) -> dict[str, list[str]]:
+    """Each output's ``label_filename`` (one label per line, in the model folder), for classification."""
+    labels = {}
+    for output in config.output:
+        if output.label_filename:
+            path = os.path.join(model_dir, output.label_filename)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    labels[output.name] = [line.rstrip("\r\n") for line in f]
+            except OSError as e:
+                raise ModelConfigError(f"model '{name}': cannot read label file for output '{output.name}': {e}") from None
+    return labels
 
 
 def _instance_specs(config: mc.ModelConfig) -> list[InstanceSpec]:

@@ -180,7 +180,12 @@ def to_inference_request(decoded: DecodedRequest, model_name: str, model_version
         names = []
         for output in message.outputs:
             if "classification" in output.parameters:
-                raise InvalidArgumentError("the classification extension is not supported by this server")
+                count = output.parameters["classification"].int64_param
+                if count < 1:
+                    raise InvalidArgumentError(f"'classification' of output '{output.name}' must be a positive integer")
+                if request.classification is None:
+                    request.classification = {}
+                request.classification[output.name] = count
             names.append(output.name)
         request.requested_outputs = names
     return request

@@ -113,7 +113,12 @@ def decode_infer_request(
                 if "binary_data" in out_params:
                     encoding.binary[name] = _as_bool(out_params["binary_data"], "binary_data")
                 if "classification" in out_params:
-                    raise InvalidArgumentError("the classification extension is not supported by this server")
+                    count = out_params["classification"]
+                    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                        raise _fail(f"'classification' of output '{name}' must be a positive integer")
+                    if request.classification is None:
+                        request.classification = {}
+                    request.classification[name] = count
         request.requested_outputs = names
     return request, encoding
 
