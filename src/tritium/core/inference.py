@@ -32,8 +32,6 @@ class InferenceRequest:
     id: str = ""
     inputs: list[Tensor] = field(default_factory=list)
     requested_outputs: list[str] | None = None
-    #: Classification extension: output name -> top-K classes to return instead of the tensor.
-    classification: dict[str, int] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     #: The size of the batch dimension; set by validation (1 for non-batching models).
     batch_size: int = 1
@@ -47,6 +45,8 @@ class InferenceRequest:
     queued_ns: int = 0
     #: The trace of a sampled request (trace extension); ``None`` for every other request.
     trace: Trace | None = None
+    #: Classification extension: output name -> top-K classes to return instead of the tensor.
+    classification: dict[str, int] | None = None
 
 
 @dataclass(slots=True)
