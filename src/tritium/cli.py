@@ -13,7 +13,6 @@ import gc
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 
 from tritium import __version__

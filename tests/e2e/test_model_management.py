@@ -17,7 +17,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from models import identity_graph, mlp_graph, save_model, write_model
+from models import identity_graph, save_model, write_model
 from server import RunningServer
 
 IDENT_CONFIG = """
