@@ -91,3 +91,57 @@ def write_model(repo: str, name: str, graph=None, config: str | None = None, ver
         with open(os.path.join(model_dir, "config.pbtxt"), "w") as f:
             f.write(config)
     return model_dir
+
+
+ADD_SUB_CONFIG = """
+    name: "add_sub"
+    backend: "onnxruntime"
+    max_batch_size: 8
+    input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
+            { name: "INPUT1" data_type: TYPE_INT32 dims: [ 16 ] } ]
+    output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
+             { name: "OUTPUT1" data_type: TYPE_INT32 dims: [ 16 ] } ]
+"""
+
+
+def write_add_sub(repo: str) -> str:
+    """Triton's classic ``add_sub`` (INT32 [batch, 16]; OUTPUT0 = sum, OUTPUT1 = difference) with its config."""
+    return write_model(repo, "add_sub", add_sub_graph("INT32", ("batch", 16)), config=ADD_SUB_CONFIG)
+
+
+def sleep_then_echo(seconds: float | None = None) -> str:
+    """A Python-backend ``model.py`` that echoes INPUT0 as OUTPUT0 after sleeping: ``seconds`` once per execute,
+    or, when ``None``, as many seconds as each request's first input element says (so tests know exactly
+    how long an instance is held)."""
+    if seconds is None:
+        wait = "time.sleep(float(x.reshape(-1)[0]))"
+        head = ""
+    else:
+        wait = ""
+        head = f"time.sleep({seconds!r})"
+    return f'''
+import time
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        {head or "pass"}
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy()
+            {wait or "pass"}
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x)]))
+        return out
+'''
+
+
+def write_python_model(repo: str, name: str, code: str, config: str, version: int = 1) -> str:
+    """Add a Python-backend model (``<version>/model.py`` and ``config.pbtxt``) to a repository folder."""
+    model_dir = os.path.join(repo, name)
+    os.makedirs(os.path.join(model_dir, str(version)), exist_ok=True)
+    with open(os.path.join(model_dir, "config.pbtxt"), "w") as f:
+        f.write(config)
+    with open(os.path.join(model_dir, str(version), "model.py"), "w") as f:
+        f.write(code)
+    return model_dir

@@ -22,7 +22,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from models import add_sub_graph, identity_graph, write_model
+from models import identity_graph, write_add_sub, write_model
 from server import RunningServer
 
 MAX_INPUT = 1 << 20  # --http-max-input-size for this module's server
@@ -33,15 +33,7 @@ INFER = "/v2/models/add_sub/infer"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     repo = str(tmp_path_factory.mktemp("bad_input_repo"))
-    write_model(repo, "add_sub", add_sub_graph("INT32", ("batch", 16)), config="""
-        name: "add_sub"
-        backend: "onnxruntime"
-        max_batch_size: 8
-        input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
-                { name: "INPUT1" data_type: TYPE_INT32 dims: [ 16 ] } ]
-        output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
-                 { name: "OUTPUT1" data_type: TYPE_INT32 dims: [ 16 ] } ]
-    """)
+    write_add_sub(repo)
     write_model(repo, "strings", identity_graph("BYTES", (-1,)), config="""
         backend: "onnxruntime"
         input [ { name: "INPUT0" data_type: TYPE_STRING dims: [ -1 ] } ]

@@ -20,7 +20,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
-from models import add_sub_graph, identity_graph, write_model
+from models import identity_graph, write_add_sub, write_model
 from server import RunningServer
 
 ALL_TYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
@@ -34,15 +34,7 @@ NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     repo = str(tmp_path_factory.mktemp("grpc_repo"))
-    write_model(repo, "add_sub", add_sub_graph("INT32", ("batch", 16)), config="""
-        name: "add_sub"
-        backend: "onnxruntime"
-        max_batch_size: 8
-        input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
-                { name: "INPUT1" data_type: TYPE_INT32 dims: [ 16 ] } ]
-        output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
-                 { name: "OUTPUT1" data_type: TYPE_INT32 dims: [ 16 ] } ]
-    """)
+    write_add_sub(repo)
     for dt in ALL_TYPES:
         config_type = "TYPE_STRING" if dt == "BYTES" else f"TYPE_{dt}"
         write_model(repo, f"id_{dt.lower()}", identity_graph(dt, (-1,)), config=f"""

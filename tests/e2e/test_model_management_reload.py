@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from models import identity_graph, mlp_graph, write_model
+from models import identity_graph, mlp_graph, sleep_then_echo, write_model, write_python_model
 from server import RunningServer
 from test_model_management import add_ident, ident_config, infer, post, rows, wait_for
 
@@ -143,32 +143,19 @@ def test_parallel_loads_a_slow_model_delays_no_other(tmp_path):
         assert results == {"slow": 200}
 
 
-SLOW_MODEL = """
-import time
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        time.sleep(0.5)
-        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())])
-                for r in requests]
-"""
 
 
 def test_sigterm_finishes_requests_in_flight_then_unloads_and_exits_0(tmp_path):
     # A model whose executions take 0.5 s on 2 instances: 8 requests need about 2 s, so they are surely in
     # flight when the signal comes 0.3 s after they were sent, however busy the machine is.
-    repo = tmp_path / "repo"
-    (repo / "slow" / "1").mkdir(parents=True)
-    (repo / "slow" / "config.pbtxt").write_text("""
+    repo = str(tmp_path / "repo")
+    write_python_model(repo, "slow", sleep_then_echo(0.5), """
         backend: "python"
         max_batch_size: 0
         input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
         output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
         instance_group [ { kind: KIND_CPU count: 2 } ]""")
-    (repo / "slow" / "1" / "model.py").write_text(SLOW_MODEL)
-    server = RunningServer([str(repo)], ["--allow-grpc=false"])
+    server = RunningServer([repo], ["--allow-grpc=false"])
     try:
         x = np.arange(4, dtype=np.float32)
         finished: list[float] = []

@@ -17,7 +17,7 @@ import tritonclient.http as httpclient
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.utils import InferenceServerException
 
-from models import write_model
+from models import sleep_then_echo, write_model, write_python_model
 from server import RunningServer
 
 
@@ -81,11 +81,11 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
         output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] } ]
         instance_group [ { kind: KIND_CPU count: 1 } ]
     """
-    _python_model(repo, "priority", SLEEPY_MODEL, sleepy + """
+    write_python_model(repo, "priority", sleep_then_echo(), sleepy + """
         dynamic_batching { priority_levels: 2 default_priority_level: 2 }""")
-    _python_model(repo, "queue_full", SLEEPY_MODEL, sleepy + """
+    write_python_model(repo, "queue_full", sleep_then_echo(), sleepy + """
         dynamic_batching { default_queue_policy { max_queue_size: 2 } }""")
-    _python_model(repo, "timeouts", SLEEPY_MODEL, sleepy + """
+    write_python_model(repo, "timeouts", sleep_then_echo(), sleepy + """
         dynamic_batching { priority_levels: 2 default_priority_level: 1
             priority_queue_policy [
               { key: 1 value: { timeout_action: REJECT allow_timeout_override: true } },
@@ -104,60 +104,15 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
         batch_output [ { target_name: "OUTPUT0" kind: BATCH_SCATTER_WITH_INPUT_SHAPE source_input: "INPUT0" } ]
         dynamic_batching { preferred_batch_size: [ 3 ] max_queue_delay_microseconds: 20000000 }
         instance_group [ { kind: KIND_CPU count: 1 } ]""")
-    # Instances that each sleep 1 s per request (Python backend: one process per instance).
-    import os
-
-    os.makedirs(os.path.join(repo, "sleep_2", "1"))
-    with open(os.path.join(repo, "sleep_2", "config.pbtxt"), "w") as f:
-        f.write("""
-            backend: "python"
-            max_batch_size: 0
-            input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-            output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-            instance_group [ { kind: KIND_CPU count: 2 } ]""")
-    with open(os.path.join(repo, "sleep_2", "1", "model.py"), "w") as f:
-        f.write(SLEEP_MODEL)
+    # Instances that each sleep 1 s per execution (Python backend: one process per instance).
+    write_python_model(repo, "sleep_2", sleep_then_echo(1.0), """
+        backend: "python"
+        max_batch_size: 0
+        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+        output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+        instance_group [ { kind: KIND_CPU count: 2 } ]""")
     with RunningServer([repo]) as s:
         yield s
-
-
-SLEEPY_MODEL = """
-import time
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        out = []
-        for r in requests:
-            x = pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy()
-            time.sleep(float(x.reshape(-1)[0]))
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x)]))
-        return out
-"""
-
-
-def _python_model(repo: str, name: str, code: str, config: str) -> None:
-    import os
-
-    os.makedirs(os.path.join(repo, name, "1"))
-    with open(os.path.join(repo, name, "config.pbtxt"), "w") as f:
-        f.write(config)
-    with open(os.path.join(repo, name, "1", "model.py"), "w") as f:
-        f.write(code)
-
-
-SLEEP_MODEL = """
-import time
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        time.sleep(1.0)
-        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())])
-                for r in requests]
-"""
 
 
 def _client(server: RunningServer, concurrency: int = 1) -> httpclient.InferenceServerClient:
