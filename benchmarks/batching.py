@@ -8,7 +8,8 @@ model run in-process with onnxruntime at the best batch size, measured in the sa
 
 With ``--triton-python PYTHON`` (an interpreter whose environment has ``nvidia-pytriton``) it also starts
 real Triton through ``../shared/tools/real_triton.sh`` on the same four variants as Python-backend models
-computing the same MLP with numpy (the only backend that Triton build carries), and measures it in the same
+computing the same MLP (the same ONNX file through onnxruntime when Triton's environment has it, else numpy;
+the Python backend is the only backend that Triton build carries), and measures it in the same
 run.  ``--triton-url host:port`` drives an already running server serving the same model names instead.
 """
 
@@ -63,28 +64,43 @@ TRITON_MLP = """
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+try:  # the same ONNX file through onnxruntime when Triton's environment has it, else numpy
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    SESSION = ort.InferenceSession(__file__.replace("model.py", "mlp.onnx"), options, providers=["CPUExecutionProvider"])
+except ImportError:
+    SESSION = None
 WEIGHTS = np.load(__file__.replace("model.py", "weights.npz"))
+
+
+def mlp(x):
+    if SESSION is not None:
+        return SESSION.run(None, {"INPUT0": x})[0]
+    n = len(WEIGHTS.files) // 2
+    for i in range(n):
+        x = x @ WEIGHTS[f"w{i}"] + WEIGHTS[f"b{i}"]
+        if i < n - 1:
+            x = np.maximum(x, 0)
+    return x
 
 
 class TritonPythonModel:
     def execute(self, requests):
         xs = [pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy() for r in requests]
-        x = np.concatenate(xs)
-        n = len(WEIGHTS.files) // 2
-        for i in range(n):
-            x = x @ WEIGHTS[f"w{i}"] + WEIGHTS[f"b{i}"]
-            if i < n - 1:
-                x = np.maximum(x, 0)
+        y = mlp(np.concatenate(xs))
         out, start = [], 0
-        for r, xi in zip(requests, xs):
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x[start:start + len(xi)])]))
+        for xi in xs:
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", y[start:start + len(xi)])]))
             start += len(xi)
         return out
 """
 
 
-def build_triton_repo(root: str, delay_us: int) -> None:
-    """The same variants as Python-backend models for real Triton, computing the MLP with numpy."""
+def build_triton_repo(root: str, delay_us: int, onnx_path: str) -> None:
+    """The same variants as Python-backend models for real Triton: the same ONNX file through onnxruntime
+    when Triton's Python environment has it (else the same weights with numpy)."""
     _, weights = mlp_graph((256, 1024, 1024, 256))
     arrays = {}
     for i, (w, b) in enumerate(weights):
@@ -106,11 +122,12 @@ def build_triton_repo(root: str, delay_us: int) -> None:
         with open(os.path.join(root, name, "1", "model.py"), "w") as f:
             f.write(TRITON_MLP)
         np.savez(os.path.join(root, name, "1", "weights.npz"), **arrays)
+        shutil.copy(onnx_path, os.path.join(root, name, "1", "mlp.onnx"))
 
 
-def start_triton(workdir: str, python: str, port: int, delay_us: int) -> subprocess.Popen:
+def start_triton(workdir: str, python: str, port: int, delay_us: int, onnx_path: str) -> subprocess.Popen:
     repo = os.path.join(workdir, "triton-repo")
-    build_triton_repo(repo, delay_us)
+    build_triton_repo(repo, delay_us, onnx_path)
     script = os.path.join(HERE, "..", "..", "shared", "tools", "real_triton.sh")
     log = open(os.path.join(workdir, "triton.log"), "wb")
     # One BLAS thread per model process, as tritium's onnxruntime instances get one intra-op thread.
@@ -170,7 +187,7 @@ def main() -> int:
         for label, server_url in servers:
             if label == "triton" and args.triton_python:
                 proc.terminate()  # measure one server at a time
-                triton = start_triton(workdir, args.triton_python, 18660, args.delay_us)
+                triton = start_triton(workdir, args.triton_python, 18660, args.delay_us, onnx_path)
                 wait_live(server_url, triton, timeout=180)
             for name in args.variants.split(","):
                 shape = (1, 256) if VARIANTS[name][1] else (1, 256)
