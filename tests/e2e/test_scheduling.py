@@ -195,7 +195,7 @@ def _blocker(server: RunningServer, model: str, seconds: float = 2.0) -> threadi
 
 
 def test_priority_reorders_the_queue(server: RunningServer) -> None:
-    small = np.zeros((1, 1), np.float32)
+    small = np.full((1, 1), 0.2, np.float32)  # 0.2 s each: completions far enough apart to order
     done: list[str] = []
     lock = threading.Lock()
 
@@ -228,7 +228,7 @@ def test_full_queue_is_refused_with_unavailable(server: RunningServer) -> None:
 
 
 def test_expired_timeout_rejects_or_delays(server: RunningServer) -> None:
-    small = np.zeros((1, 1), np.float32)
+    small = np.full((1, 1), 0.2, np.float32)  # 0.2 s each: completions far enough apart to order
     order: list[str] = []
 
     def call(tag: str, **kw: int) -> Callable[[], object]:
