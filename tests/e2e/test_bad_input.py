@@ -430,7 +430,7 @@ def test_shape_with_very_many_dims_is_refused_quickly(server):
     result = post_json(server, doc)
     elapsed = time.monotonic() - started
     expect_error(result, 400, "INPUT0")
-    assert elapsed < 0.5, f"took {elapsed:.2f}s"
+    assert elapsed < 2.0, f"took {elapsed:.2f}s"  # the bug this guards against took ~19 s
 
 
 def test_content_length_beyond_max_input_size(server):

@@ -208,8 +208,8 @@ def test_independent_steps_run_at_the_same_time(server: RunningServer) -> None:
     elapsed = time.monotonic() - start
     np.testing.assert_array_equal(result.as_numpy("A"), x + 1)
     np.testing.assert_array_equal(result.as_numpy("B"), x + 1)
-    # Each step sleeps 0.5 s; one after the other would take 1 s.
-    assert elapsed < 0.9, elapsed
+    # Each step sleeps 0.5 s; one after the other would take at least 1 s.
+    assert elapsed < 0.98, elapsed
 
 
 def test_a_failing_step_fails_the_request_naming_the_step(server: RunningServer) -> None:
