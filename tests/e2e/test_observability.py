@@ -12,7 +12,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from models import identity_graph, write_model
+from models import identity_graph, sleep_then_echo, write_model, write_python_model
 from server import RunningServer
 
 
@@ -27,6 +27,13 @@ def server(tmp_path_factory):
         metric_tags { key: "team" value: "vision" }
     """)
     write_model(repo, "idle", identity_graph("FP32", ("batch", 4)))
+    write_python_model(repo, "sleepy", sleep_then_echo(), """
+        backend: "python"
+        max_batch_size: 1
+        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] } ]
+        output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] } ]
+        instance_group [ { kind: KIND_CPU count: 1 } ]
+        dynamic_batching { }""")
     with RunningServer([repo], ["--metrics-interval-ms=100"]) as s:
         yield s
 
@@ -95,9 +102,35 @@ def test_statistics_and_metrics_follow_known_traffic(server, client):
     assert _value(text, "nv_inference_count", model="idle", version="1") == 0
 
 
+def test_pending_request_count_counts_requests_waiting_for_the_instance(server):
+    import threading
+
+    def call(seconds: float) -> None:
+        c = httpclient.InferenceServerClient(server.url)
+        inp = httpclient.InferInput("INPUT0", [1, 1], "FP32")
+        inp.set_data_from_numpy(np.full((1, 1), seconds, np.float32))
+        c.infer("sleepy", [inp])
+        c.close()
+
+    blocker = threading.Thread(target=call, args=(1.5,))
+    blocker.start()
+    import time
+
+    time.sleep(0.4)  # the blocker is executing
+    waiting = [threading.Thread(target=call, args=(0.0,)) for _ in range(2)]
+    for t in waiting:
+        t.start()
+    time.sleep(0.4)
+    labels = {"model": "sleepy", "version": "1"}
+    assert _value(_metrics(server), "nv_inference_pending_request_count", **labels) == 2
+    for t in (blocker, *waiting):
+        t.join()
+    assert _value(_metrics(server), "nv_inference_pending_request_count", **labels) == 0
+
+
 def test_all_models_and_unknown_model(server, client):
     names = [s["name"] for s in client.get_inference_statistics()["model_stats"]]
-    assert names == ["identity_fp32", "idle"]
+    assert names == ["identity_fp32", "idle", "sleepy"]
     with pytest.raises(InferenceServerException, match="requested model 'nope' is not available"):
         client.get_inference_statistics("nope")
     with urllib.request.urlopen(f"http://{server.url}/v2/models/identity_fp32/versions/1/stats") as r:

@@ -168,21 +168,20 @@ class TritonCollector:
             labels = {"model": model.name, "version": str(model.version)}
             labels.update({f"_{k}": v for k, v in model.config.metric_tags.items()})
             families["nv_inference_request_success"].add_sample("nv_inference_request_success", labels, stats.success.count)
-            failures = getattr(stats, "failures", {})
+            failures = stats.failures
             for reason in FAILURE_REASONS:
                 families["nv_inference_request_failure"].add_sample(
                     "nv_inference_request_failure", {**labels, "reason": reason}, failures.get(reason, 0)
                 )
             families["nv_inference_count"].add_sample("nv_inference_count", labels, stats.inference_count)
             families["nv_inference_exec_count"].add_sample("nv_inference_exec_count", labels, stats.execution_count)
-            pending = getattr(model.scheduler, "pending_count", None)
             families["nv_inference_pending_request_count"].add_sample(
-                "nv_inference_pending_request_count", labels, pending() if pending is not None else 0
+                "nv_inference_pending_request_count", labels, model.scheduler.pending_count()
             )
             if self.counter_latencies:
                 for name, (field, _) in _LATENCY_METRICS.items():
                     latencies[name].add_sample(name, labels, getattr(stats, field).ns // 1000)
-            windows = getattr(stats, "summaries", None)
+            windows = stats.summaries
             if self.summary_latencies and windows is not None:
                 for name, (field, _) in _SUMMARY_METRICS.items():
                     window = getattr(windows, field)

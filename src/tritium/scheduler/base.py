@@ -23,13 +23,22 @@ class Scheduler(ABC):
     def close(self) -> None:
         """Stop the workers; the instances are finalized by their owner."""
 
+    def pending_count(self) -> int:
+        """Requests accepted but not executing yet (``nv_inference_pending_request_count``)."""
+        return 0
+
 
 class InFlightScheduler(Scheduler):
-    """A scheduler that counts the requests it holds (queued or executing) in ``_in_flight``,
-    so that unloading can wait for them: subclasses call :meth:`_maybe_drained` when the count drops."""
+    """A scheduler that counts the requests it holds (queued or executing) in ``_in_flight`` and those
+    executing in ``_executing``, so that unloading can wait for them (subclasses call :meth:`_maybe_drained`
+    when the count drops) and metrics can tell how many wait."""
 
     _in_flight: int = 0
+    _executing: int = 0
     _drained: asyncio.Event | None = None
+
+    def pending_count(self) -> int:
+        return self._in_flight - self._executing
 
     def _maybe_drained(self) -> None:
         if self._in_flight == 0 and self._drained is not None:

@@ -97,6 +97,7 @@ class DirectScheduler(InFlightScheduler):
             if self._ordered is not None:
                 slot = [futures, None]
                 self._ordered.append(slot)
+            self._executing += len(futures)
             worker.submit([r for r, _ in batch], self._make_done(worker, futures, slot))
 
     def _make_done(self, worker: InstanceWorker, futures: list[asyncio.Future[InferenceResponse]],
@@ -126,6 +127,7 @@ class DirectScheduler(InFlightScheduler):
                     head = ordered.popleft()
                     _resolve(head[0], head[1])
             self._in_flight -= len(futures)
+            self._executing -= len(futures)
             self._idle.append(worker)
             if self._queued:
                 self._schedule_dispatch()

@@ -497,6 +497,7 @@ class SequenceBatcher(InFlightScheduler):
         assert template is not None
         rows = [row if row is not None else self._null_request(template) for row in rows]
         lane.busy = True
+        self._executing += len(entries)
         lane.worker.submit(rows, self._make_done(lane, entries, sequences, rows))
 
     def _prepare(self, entry: _Entry, sequence: _Sequence) -> None:
@@ -568,6 +569,7 @@ class SequenceBatcher(InFlightScheduler):
                         entry.future.set_result(outcome)
                 self._watch_idle(sequence)
             self._in_flight -= len(entries)
+            self._executing -= len(entries)
             lane.busy = False
             self._dispatch(lane)
             self._maybe_drained()
