@@ -136,6 +136,18 @@ class TritonPythonModel:
 '''
 
 
+def echo_config(max_batch_size: int, count: int = 1, extra: str = "") -> str:
+    """config.pbtxt of a Python FP32 echo model (INPUT0 → OUTPUT0): dims [1] when batching, else [-1]."""
+    dims = "[ 1 ]" if max_batch_size > 0 else "[ -1 ]"
+    return f"""
+        backend: "python"
+        max_batch_size: {max_batch_size}
+        input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: {dims} }} ]
+        output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: {dims} }} ]
+        instance_group [ {{ kind: KIND_CPU count: {count} }} ]
+        {extra}"""
+
+
 def write_python_model(repo: str, name: str, code: str, config: str, version: int = 1) -> str:
     """Add a Python-backend model (``<version>/model.py`` and ``config.pbtxt``) to a repository folder."""
     model_dir = os.path.join(repo, name)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from models import identity_graph, mlp_graph, sleep_then_echo, write_model, write_python_model
+from models import identity_graph, mlp_graph, echo_config, sleep_then_echo, write_model, write_python_model
 from server import RunningServer
 from test_model_management import add_ident, ident_config, infer, post, rows, wait_for
 
@@ -149,12 +149,7 @@ def test_sigterm_finishes_requests_in_flight_then_unloads_and_exits_0(tmp_path):
     # A model whose executions take 0.5 s on 2 instances: 8 requests need about 2 s, so they are surely in
     # flight when the signal comes 0.3 s after they were sent, however busy the machine is.
     repo = str(tmp_path / "repo")
-    write_python_model(repo, "slow", sleep_then_echo(0.5), """
-        backend: "python"
-        max_batch_size: 0
-        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-        output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-        instance_group [ { kind: KIND_CPU count: 2 } ]""")
+    write_python_model(repo, "slow", sleep_then_echo(0.5), echo_config(0, count=2))
     server = RunningServer([repo], ["--allow-grpc=false"])
     try:
         x = np.arange(4, dtype=np.float32)

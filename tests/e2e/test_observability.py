@@ -12,7 +12,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from models import identity_graph, sleep_then_echo, write_model, write_python_model
+from models import echo_config, identity_graph, sleep_then_echo, write_model, write_python_model
 from server import RunningServer
 
 
@@ -27,13 +27,7 @@ def server(tmp_path_factory):
         metric_tags { key: "team" value: "vision" }
     """)
     write_model(repo, "idle", identity_graph("FP32", ("batch", 4)))
-    write_python_model(repo, "sleepy", sleep_then_echo(), """
-        backend: "python"
-        max_batch_size: 1
-        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] } ]
-        output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] } ]
-        instance_group [ { kind: KIND_CPU count: 1 } ]
-        dynamic_batching { }""")
+    write_python_model(repo, "sleepy", sleep_then_echo(), echo_config(1, extra="dynamic_batching { }"))
     with RunningServer([repo], ["--metrics-interval-ms=100"]) as s:
         yield s
 

@@ -17,7 +17,7 @@ import tritonclient.http as httpclient
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.utils import InferenceServerException
 
-from models import sleep_then_echo, write_model, write_python_model
+from models import echo_config, sleep_then_echo, write_model, write_python_model
 from server import RunningServer
 
 
@@ -74,22 +74,15 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
         dynamic_batching {{ preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 20000000 }}""")
     # Queue behaviour is shown behind a request that holds the model's one instance for a known time:
     # Python models that sleep for as many seconds as their input says.
-    sleepy = """
-        backend: "python"
-        max_batch_size: 1
-        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] } ]
-        output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] } ]
-        instance_group [ { kind: KIND_CPU count: 1 } ]
-    """
-    write_python_model(repo, "priority", sleep_then_echo(), sleepy + """
-        dynamic_batching { priority_levels: 2 default_priority_level: 2 }""")
-    write_python_model(repo, "queue_full", sleep_then_echo(), sleepy + """
-        dynamic_batching { default_queue_policy { max_queue_size: 2 } }""")
-    write_python_model(repo, "timeouts", sleep_then_echo(), sleepy + """
+    write_python_model(repo, "priority", sleep_then_echo(), echo_config(1, extra="""
+        dynamic_batching { priority_levels: 2 default_priority_level: 2 }"""))
+    write_python_model(repo, "queue_full", sleep_then_echo(), echo_config(1, extra="""
+        dynamic_batching { default_queue_policy { max_queue_size: 2 } }"""))
+    write_python_model(repo, "timeouts", sleep_then_echo(), echo_config(1, extra="""
         dynamic_batching { priority_levels: 2 default_priority_level: 1
             priority_queue_policy [
               { key: 1 value: { timeout_action: REJECT allow_timeout_override: true } },
-              { key: 2 value: { timeout_action: DELAY allow_timeout_override: true } } ] }""")
+              { key: 2 value: { timeout_action: DELAY allow_timeout_override: true } } ] }"""))
     write_model(repo, "ragged", ragged_graph(), config="""
         max_batch_size: 8
         input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true } ]
@@ -105,12 +98,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
         dynamic_batching { preferred_batch_size: [ 3 ] max_queue_delay_microseconds: 20000000 }
         instance_group [ { kind: KIND_CPU count: 1 } ]""")
     # Instances that each sleep 1 s per execution (Python backend: one process per instance).
-    write_python_model(repo, "sleep_2", sleep_then_echo(1.0), """
-        backend: "python"
-        max_batch_size: 0
-        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-        output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-        instance_group [ { kind: KIND_CPU count: 2 } ]""")
+    write_python_model(repo, "sleep_2", sleep_then_echo(1.0), echo_config(0, count=2))
     with RunningServer([repo]) as s:
         yield s
 
