@@ -78,9 +78,13 @@ class _Level:
 
 def batch_key(request: InferenceRequest, ragged: Collection[str] = ()) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """Requests with equal keys can be joined on the batch dimension (ragged inputs join at any shape)."""
+    inputs = request.inputs
     if ragged:
-        return tuple(sorted((t.name, () if t.name in ragged else t.data.shape[1:]) for t in request.inputs))
-    return tuple(sorted((t.name, t.data.shape[1:]) for t in request.inputs))
+        return tuple(sorted((t.name, () if t.name in ragged else t.data.shape[1:]) for t in inputs))
+    if len(inputs) == 1:  # the common case, without a sort
+        tensor = inputs[0]
+        return ((tensor.name, tensor.data.shape[1:]),)
+    return tuple(sorted((t.name, t.data.shape[1:]) for t in inputs))
 
 
 class DynamicBatcher(DirectScheduler):

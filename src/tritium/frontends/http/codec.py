@@ -136,17 +136,16 @@ def _decode_input(item: Any, tail: memoryview, offset: int, model_name: str) -> 
     if not isinstance(name, str):
         raise _fail("Unable to parse 'name': each input must have a string 'name'")
     shape = item.get("shape")
-    if isinstance(shape, list) and len(shape) > MAX_RANK:
-        raise _fail(f"Unable to parse 'shape': input '{name}' has {len(shape)} dimensions, more than {MAX_RANK}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    if type(shape) is not list or not _valid_shape(shape):
+        if isinstance(shape, list) and len(shape) > MAX_RANK:
+            raise _fail(f"Unable to parse 'shape': input '{name}' has {len(shape)} dimensions, more than {MAX_RANK}")
         raise _fail(f"Unable to parse 'shape': input '{name}' must have a 'shape' array of non-negative integers")
     datatype_name = item.get("datatype")
     if not isinstance(datatype_name, str):
         raise _fail(f"Unable to parse 'datatype': input '{name}' must have a string 'datatype'")
-    try:
-        datatype = DataType(datatype_name)
-    except ValueError:
-        raise _fail(f"invalid datatype for input {name}") from None
+    datatype = DataType.lookup(datatype_name)
+    if datatype is None:
+        raise _fail(f"invalid datatype for input {name}")
     count = math.prod(shape)
     params = item.get("parameters")
     binary_size = None
@@ -174,6 +173,16 @@ def _decode_input(item: Any, tail: memoryview, offset: int, model_name: str) -> 
         chunk = tail[offset:end]
         return Tensor(name, datatype, _from_binary(chunk, datatype, shape, count, name, model_name)), end
     return Tensor(name, datatype, _from_json(item["data"], datatype, shape, count, name)), offset
+
+
+def _valid_shape(shape: list[Any]) -> bool:
+    """At most ``MAX_RANK`` non-negative integers (JSON gives exact ``int``; ``bool`` is refused)."""
+    if len(shape) > MAX_RANK:
+        return False
+    for d in shape:
+        if type(d) is not int or d < 0:
+            return False
+    return True
 
 
 def decode_raw_request(

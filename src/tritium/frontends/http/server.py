@@ -31,8 +31,15 @@ _REASONS[405] = b"Not Allowed"  # Triton's phrase
 #: Most bytes of request line and headers accepted; the body has its own limit (--http-max-input-size).
 MAX_HEAD_BYTES = 64 * 1024
 
+#: Header names as clients send them -> the lower-case text the API reads (saves a decode per header).
+_HEADER_NAMES: dict[bytes, str] = {}
+_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
+_OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+
 
 def _head(response: HttpResponse, length: int, keep_alive: bool) -> bytes:
+    if response.status == 200 and keep_alive and not response.headers and response.content_type is not None:
+        return _OK_HEAD % (response.content_type, length)  # the common case, in one formatting
     lines = [b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"Unknown"))]
     if response.content_type is not None:
         lines.append(b"Content-Type: " + response.content_type + b"\r\n")
@@ -131,7 +138,12 @@ class HttpProtocol(asyncio.Protocol):
         self.head_size += len(name) + len(value)
         if self.head_size > MAX_HEAD_BYTES:
             self._refuse(f"request line and headers are larger than {MAX_HEAD_BYTES} bytes")
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        key = _HEADER_NAMES.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(_HEADER_NAMES) < 256:  # bounded: clients choose header names
+                _HEADER_NAMES[name] = key
+        self.headers[key] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -148,10 +160,13 @@ class HttpProtocol(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        parsed = httptools.parse_url(self.url)
-        path = parsed.path.decode("utf-8", errors="replace")
+        url = self.url
+        if b"?" in url or b"#" in url or not url.startswith(b"/"):
+            url = httptools.parse_url(url).path
+        path = url.decode("utf-8", errors="replace")
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-        method = self.parser.get_method().decode("ascii")
+        raw_method = self.parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         request = HttpRequest(method, path, self.headers, body)
         self.queue.append((request, self.parser.should_keep_alive()))
         if not self.busy:
