@@ -163,6 +163,8 @@ def main() -> int:
     ap.add_argument("--connections", default="1,8,32,64")
     ap.add_argument("--delay-us", type=int, default=500)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every server this many times, alternating, and report medians (noisy machines)")
     ap.add_argument("--triton-url", help="also drive this running server (same model names)")
     ap.add_argument("--triton-python", help="also start real Triton with this interpreter and measure it")
     args = ap.parse_args()
@@ -177,27 +179,30 @@ def main() -> int:
     proc = subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}", f"--http-port={port}",
                              "--http-address=127.0.0.1", "--allow-grpc=false", "--allow-metrics=false"],
                             stdout=log, stderr=log)
-    rows = []
+    results: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     triton = None
     try:
         wait_live(url, proc)
         servers = [("tritium", url)] + ([("triton", args.triton_url)] if args.triton_url else [])
         if args.triton_python:
+            # Both servers stay up (an idle one costs nothing) so that rounds can alternate between them.
+            triton = start_triton(workdir, args.triton_python, 18660, args.delay_us, onnx_path)
             servers.append(("triton", "127.0.0.1:18660"))
-        for label, server_url in servers:
-            if label == "triton" and args.triton_python:
-                proc.terminate()  # measure one server at a time
-                triton = start_triton(workdir, args.triton_python, 18660, args.delay_us, onnx_path)
-                wait_live(server_url, triton, timeout=180)
-            for name in args.variants.split(","):
-                shape = (1, 256) if VARIANTS[name][1] else (1, 256)
-                body, ctype, extra = bodies(workdir, name, shape)["binary"]
-                lua = os.path.join(workdir, f"{name}.lua")
-                with open(lua, "w") as f:
-                    f.write(LUA.format(body=body, content_type=ctype, extra=extra))
-                run_wrk(server_url, name, lua, 8, 1, 1)  # warm up
+            wait_live("127.0.0.1:18660", triton, timeout=180)
+        scripts = {}
+        for name in args.variants.split(","):
+            body, ctype, extra = bodies(workdir, name, (1, 256))["binary"]
+            scripts[name] = os.path.join(workdir, f"{name}.lua")
+            with open(scripts[name], "w") as f:
+                f.write(LUA.format(body=body, content_type=ctype, extra=extra))
+            for _, server_url in servers:
+                run_wrk(server_url, name, scripts[name], 8, 1, 1)  # warm up
+        for _ in range(args.rounds):
+            for name, lua in scripts.items():
                 for c in (int(x) for x in args.connections.split(",")):
-                    rows.append((label, name, c, run_wrk(server_url, name, lua, c, args.duration, 1)))
+                    for label, server_url in servers:
+                        results.setdefault((label, name, c), []).append(
+                            run_wrk(server_url, name, lua, c, args.duration, 1))
         batch, rate = ceiling(onnx_path)
     finally:
         for p in (proc, triton):
@@ -205,11 +210,30 @@ def main() -> int:
                 p.terminate()
                 p.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"{'server':<8} {'model':<16} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
-    for label, name, c, r in rows:
-        print(f"{label:<8} {name:<16} {c:>5} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>6}")
+    print_table(results, args.rounds)
     print(f"ceiling: onnxruntime in-process, 1 thread, batch {batch}: {rate:,.0f} rows/s")
     return 0
+
+
+def print_table(results: dict[tuple[str, str, int], list[dict[str, float]]], rounds: int) -> None:
+    """One row per server, model and connection count: the median run (by req/s) and, with several
+    rounds, every round's req/s; then the ratios the scheduling issue asks about."""
+    median = {key: sorted(runs, key=lambda r: r["rps"])[len(runs) // 2] for key, runs in results.items()}
+    print(f"{'server':<8} {'model':<16} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+          + ("  rounds (req/s)" if rounds > 1 else ""))
+    for (label, name, c), r in sorted(median.items(), key=lambda kv: (kv[0][0] != "tritium", kv[0][0], kv[0][1], kv[0][2])):
+        line = f"{label:<8} {name:<16} {c:>5} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>6}"
+        if rounds > 1:
+            line += "  " + " ".join(f"{run['rps']:.0f}" for run in results[(label, name, c)])
+        print(line)
+    for (label, name, c), r in sorted(median.items()):
+        plain = median.get((label, name.replace("_batched", ""), c))
+        if name.endswith("_batched") and plain:
+            line = f"{label}: {name} / {name.replace('_batched', '')} at {c} conns = {r['rps'] / plain['rps']:.2f}x"
+            other = median.get(("triton", name, c))
+            if label == "tritium" and other:
+                line += f"; tritium / triton = {r['rps'] / other['rps']:.2f}x"
+            print(line)
 
 
 if __name__ == "__main__":
