@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from tritium import __version__
 from tritium.backends.registry import BackendRegistry
+from tritium.core.custom_metrics import CustomMetrics
 from tritium.core.errors import InvalidArgumentError, TritiumError, UnavailableError, UnsupportedError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.model import Model
@@ -66,6 +67,8 @@ class Server:
         #: The trace extension; frontends test ``tracer.active`` before sampling a request.
         self.tracer = TraceManager(TraceConfig.parse(options.trace_config))
         self.backends = BackendRegistry(options.backend_config)
+        #: Metric families model code defines (Python backend), shown by the metrics frontend.
+        self.custom_metrics = CustomMetrics()
         self.repository: ModelRepositoryManager | None = None
         self.frontends: list[Frontend] = []
         self._live = False
@@ -276,12 +279,22 @@ class LocalInference:
     def __init__(self, server: Server, loop: asyncio.AbstractEventLoop) -> None:
         self._server = server
         self.loop = loop
+        self.metrics = server.custom_metrics
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         return await self._server.infer(request)
 
     def stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]:
         return self._server.model(request.model_name, request.model_version).stream(request)
+
+    async def load_model(self, name: str, parameters: dict[str, Any]) -> None:
+        await self._server.load_model(name, parameters)
+
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        await self._server.unload_model(name, {"unload_dependents": unload_dependents})
+
+    def model_ready(self, name: str, version: int = -1) -> bool:
+        return self._server.model_ready(name, version)
 
 
 def _no_repository_name(repository: str) -> None:

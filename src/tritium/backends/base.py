@@ -21,9 +21,10 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from tritium._proto import model_config_pb2 as mc
+from tritium.core.custom_metrics import CustomMetrics
 from tritium.core.errors import TritiumError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.streaming import StreamItem
@@ -38,6 +39,16 @@ class InferenceHandle(Protocol):
     async def infer(self, request: InferenceRequest) -> InferenceResponse: ...
 
     def stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]: ...
+
+    #: Metric families that model code defines (shown on the metrics endpoint).
+    metrics: CustomMetrics
+
+    async def load_model(self, name: str, parameters: dict[str, Any]) -> None:
+        """Load or reload a model (Triton's load parameters: ``config``, ``file:<path>``); explicit mode only."""
+
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None: ...
+
+    def model_ready(self, name: str, version: int = -1) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ each response as soon as it is sent, not when the request completes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from .errors import TritiumError
@@ -33,14 +33,22 @@ class ResponseStream:
         self._loop = loop
         self._queue: asyncio.Queue[StreamItem] = asyncio.Queue()
         self._finished = False
+        #: Called (on the loop) when the consumer goes away before the final item: the client cancelled.
+        self._on_cancel: list[Callable[[], None]] = []
+        self.cancelled = False
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the loop if the consumer stops before the final item (a cancelled request)."""
+        self._on_cancel.append(callback)
 
     def send(self, response: InferenceResponse | None, final: bool = False) -> None:
         """Deliver a response (or only the final flag, with ``response=None``); callable from any thread."""
         self._put(StreamItem(response, final))
 
-    def fail(self, error: TritiumError) -> None:
-        """End the stream with an error; callable from any thread."""
-        self._put(StreamItem(None, True, error))
+    def fail(self, error: TritiumError, final: bool = True) -> None:
+        """Deliver an error; it ends the stream unless ``final`` is False (a decoupled model may send an
+        error response and go on, as in Triton); callable from any thread."""
+        self._put(StreamItem(None, final, error))
 
     def _put(self, item: StreamItem) -> None:
         try:
@@ -49,9 +57,15 @@ class ResponseStream:
             pass
 
     async def items(self) -> AsyncIterator[StreamItem]:
-        """Every event until the final one (inclusive); an error item is always final."""
-        while not self._finished:
-            item = await self._queue.get()
-            if item.final or item.error is not None:
-                self._finished = True
-            yield item
+        """Every event until the final one (inclusive)."""
+        try:
+            while not self._finished:
+                item = await self._queue.get()
+                if item.final:
+                    self._finished = True
+                yield item
+        finally:
+            if not self._finished and not self.cancelled:
+                self.cancelled = True
+                for callback in self._on_cancel:
+                    callback()

@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
 
+from tritium.core.custom_metrics import CustomMetrics
 from tritium.options import ServerOptions
 
 from .http.routes import HttpRequest, HttpResponse, error_response
@@ -211,18 +212,56 @@ class TritonCollector:
                 yield metric
 
 
+class CustomCollector:
+    """Families that model code defined (``pb_utils.MetricFamily``), from the server's
+    :class:`~tritium.core.custom_metrics.CustomMetrics`, read at scrape time."""
+
+    def __init__(self, metrics: CustomMetrics) -> None:
+        self.metrics = metrics
+        #: Counter names of the last scrape, whose HELP/TYPE lines lose prometheus_client's ``_total``.
+        self.counter_names: list[str] = []
+
+    def collect(self) -> Iterator[Metric]:
+        counters = []
+        for family in self.metrics.snapshot():
+            metric = Metric(family.name, family.description, family.kind)
+            name = family.name
+            if family.kind == "histogram":
+                for labels, (bounds, counts, total, count) in family.samples:  # type: ignore[misc]
+                    metric.add_sample(name + "_count", labels, count)
+                    metric.add_sample(name + "_sum", labels, total)
+                    cumulative = 0
+                    for bound, n in zip(list(bounds) + [float("inf")], counts):
+                        cumulative += n
+                        metric.add_sample(name + "_bucket", {**labels, "le": _le(bound)}, cumulative)
+            else:
+                if family.kind == "counter":
+                    counters.append(name)
+                for labels, value in family.samples:
+                    metric.add_sample(name, labels, value)  # type: ignore[arg-type]
+            yield metric
+        self.counter_names = counters
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else f"{bound:g}"
+
+
 class MetricsApi:
     """``GET /metrics`` and nothing else."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, custom: CustomCollector | None = None) -> None:
         self.registry = registry
+        self.custom = custom
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         if request.path != "/metrics":
             return error_response("Not Found", 404)
         if request.method != "GET":
             return error_response("Method Not Allowed", 405)
-        return HttpResponse(200, [_triton_names(generate_latest(self.registry))], CONTENT_TYPE_LATEST.encode())
+        text = generate_latest(self.registry)
+        extra = self.custom.counter_names if self.custom is not None else ()
+        return HttpResponse(200, [_triton_names(text, extra)], CONTENT_TYPE_LATEST.encode())
 
 
 _COUNTER_NAMES = [n for n, (kind, _) in _MODEL_METRICS.items() if kind == "counter"] + list(_LATENCY_METRICS) + [
@@ -230,10 +269,10 @@ _COUNTER_NAMES = [n for n, (kind, _) in _MODEL_METRICS.items() if kind == "count
 ]
 
 
-def _triton_names(text: bytes) -> bytes:
+def _triton_names(text: bytes, extra: Sequence[str] = ()) -> bytes:
     """prometheus_client names a counter ``<name>_total`` in its HELP and TYPE lines (OpenMetrics style);
     Triton's counters have no suffix, and dashboards and alert rules use Triton's names."""
-    for name in _COUNTER_NAMES:
+    for name in (*_COUNTER_NAMES, *extra):
         text = text.replace(b"# HELP %s_total " % name.encode(), b"# HELP %s " % name.encode())
         text = text.replace(b"# TYPE %s_total " % name.encode(), b"# TYPE %s " % name.encode())
     return text
@@ -248,8 +287,10 @@ class MetricsFrontend(HttpListener):
         self.gpu = gpu if gpu is not None and gpu.available else None
         registry = CollectorRegistry(auto_describe=False)
         registry.register(TritonCollector(server, options, self.cpu, self.gpu))  # type: ignore[arg-type]
+        custom = CustomCollector(server.custom_metrics)
+        registry.register(custom)  # type: ignore[arg-type]
         super().__init__(
-            MetricsApi(registry),  # type: ignore[arg-type]
+            MetricsApi(registry, custom),  # type: ignore[arg-type]
             options.metrics_address,
             options.metrics_port,
             64 * 1024,

@@ -14,6 +14,7 @@ of decoupled models (into ``request.response_stream``), BLS calls (run on the ev
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -32,6 +33,7 @@ from google.protobuf import json_format
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.config.parse import config_to_dict
+from tritium.core.custom_metrics import CustomMetrics
 from tritium.core.errors import (
     InternalError,
     ModelConfigError,
@@ -55,6 +57,7 @@ _LOG_LEVELS = [logging.INFO, logging.WARNING, logging.ERROR, logging.DEBUG]
 _SRC_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 _MIB = 1 << 20
 _DATATYPES = {datatype.value: datatype for datatype in DataType}
+_SEQUENCE_PARAMETERS = frozenset(("sequence_id", "sequence_start", "sequence_end"))
 
 
 class Settings:
@@ -252,6 +255,9 @@ class PythonInstanceState(ModelInstanceState):
         #: key -> request, for requests of a decoupled model whose final response has not come yet
         self._streams: dict[int, InferenceRequest] = {}
         self._streams_lock = threading.Lock()
+        handle = ctx.inference
+        #: Where this instance's model-defined metrics go (shown by the metrics frontend).
+        self._metrics: CustomMetrics = getattr(handle, "metrics", None) or CustomMetrics()
 
     # -- process lifecycle -------------------------------------------------------------------------
 
@@ -261,6 +267,11 @@ class PythonInstanceState(ModelInstanceState):
         out_arena = Arena.create(settings.shm_prefix, settings.shm_default)
         try:
             control, events, popen = _spawn(self.model.python)
+            in_arena.ident = 0
+            stub = _Stub(control, events, popen, in_arena, out_arena)
+            # read events from the start: initialize() may already call the server (metrics, model management)
+            threading.Thread(target=self._read_events, args=(stub,), name=f"python-events-{spec.name}",
+                             daemon=True).start()
             control.send({
                 "mode": "model",
                 "model_file": ctx.model_path,
@@ -283,23 +294,23 @@ class PythonInstanceState(ModelInstanceState):
             try:
                 status, payload = _recv_or_exit(control, popen, f"instance '{spec.name}' of model '{ctx.name}'")
             except TritiumError:
+                stub.stopping = True
                 control.close()
                 events.close()
+                self._metrics.release(stub)
                 raise
         finally:
             protocol.unlink_quietly(in_arena.path)
             protocol.unlink_quietly(out_arena.path)
         if status != "ok":
+            stub.stopping = True
             control.close()
             events.close()
             _reap(popen, 10.0)
+            self._metrics.release(stub)
             raise InternalError(payload)
-        in_arena.ident = 0
-        stub = _Stub(control, events, popen, in_arena, out_arena)
         self._stub = stub
         self._dead_reason = ""
-        threading.Thread(target=self._read_events, args=(stub,), name=f"python-events-{spec.name}",
-                         daemon=True).start()
 
     def _died(self, stub: _Stub, during: str) -> UnavailableError:
         """Record that ``stub`` is gone; its open streams fail; the next execute starts a new one."""
@@ -313,6 +324,7 @@ class PythonInstanceState(ModelInstanceState):
             log.error("%s", error.message)
         if not stub.waiting:
             stub.control.close()
+        self._metrics.release(stub)
         self._fail_streams(error)
         return error
 
@@ -355,6 +367,7 @@ class PythonInstanceState(ModelInstanceState):
         stub.control.close()
         stub.events.close()
         _reap(stub.popen, self.settings.stub_timeout)
+        self._metrics.release(stub)
         self._fail_streams(UnavailableError(f"model '{self.ctx.name}' was unloaded"))
 
     # -- execute -----------------------------------------------------------------------------------
@@ -473,9 +486,16 @@ class PythonInstanceState(ModelInstanceState):
                 with self._streams_lock:
                     self._streams[key] = request
                 keys.append(key)
+                request.response_stream.on_cancel(functools.partial(stub.send_event, ("cancel", key)))
             params = request.parameters
-            flags = (1 if params.get("sequence_start") else 0) | (2 if params.get("sequence_end") else 0)
-            batch.append((key, request.id, params.get("sequence_id", 0), flags, params, request.requested_outputs,
+            flags = 0
+            correlation_id = 0
+            if params and ("sequence_id" in params or "sequence_start" in params or "sequence_end" in params):
+                # Triton gives these to the model as correlation_id() and flags(), not as parameters
+                flags = (1 if params.get("sequence_start") else 0) | (2 if params.get("sequence_end") else 0)
+                correlation_id = params.get("sequence_id", 0)
+                params = {k: v for k, v in params.items() if k not in _SEQUENCE_PARAMETERS}
+            batch.append((key, request.id, correlation_id, flags, params, request.requested_outputs,
                           metas[position : position + count]))
             position += count
         return ("exec", arena.ident, new, used, batch), (arena, created, keys)
@@ -531,7 +551,7 @@ class PythonInstanceState(ModelInstanceState):
             try:
                 message = stub.events.recv()
             except (EOFError, OSError, TypeError):  # TypeError: closed here by finalize
-                if not stub.stopping:
+                if not stub.stopping and self._stub is stub:  # (a failed start reports itself)
                     self._died(stub, "")
                 return
             kind = message[0]
@@ -540,6 +560,12 @@ class PythonInstanceState(ModelInstanceState):
                     self._stream_response(*message[1:])
                 elif kind == "bls":
                     self._start_bls(stub, message[1:])
+                elif kind == "metric_update":
+                    self._metrics.update(*message[1:])
+                elif kind == "call":
+                    self._call(stub, *message[1:])
+                elif kind == "metric_family_del":
+                    self._metrics.delete_family(stub, message[1])
                 elif kind == "log":
                     model_log.log(_LOG_LEVELS[message[1] if 0 <= message[1] < 4 else 0], "%s", message[2])
             except Exception:  # a bad message must not end the reader
@@ -552,16 +578,54 @@ class PythonInstanceState(ModelInstanceState):
             return
         stream = request.response_stream
         if error is not None:
-            stream.fail(TritiumError(error[1], Status[error[0]]))
-            if not final:
-                with self._streams_lock:
-                    self._streams.pop(key, None)
+            # not final: the stream stays open and later responses still go out, as in Triton
+            stream.fail(TritiumError(error[1], Status[error[0]]), final)
             return
         response = None
         if has_response:
             outputs = [Tensor(n, DataType(k), a) for n, k, a in protocol.read_inline(metas, data)]
             response = InferenceResponse(self.ctx.name, self.ctx.version, request.id, outputs)
         stream.send(response, final)
+
+    def _call(self, stub: _Stub, ident: int, op: str, args: tuple) -> None:
+        """A call from model code that waits for its answer: metrics here, model management on the loop."""
+        def answer(error: TritiumError | None, result: Any = None) -> None:
+            stub.send_event(("call_resp", ident, error.message if error is not None else None, result))
+
+        try:
+            if op == "metric_family":
+                self._metrics.create_family(stub, *args)
+                return answer(None)
+            if op == "metric":
+                self._metrics.create_metric(*args)
+                return answer(None)
+            if op == "metric_value":
+                return answer(None, self._metrics.value(*args))
+            handle = self.ctx.inference
+            if handle is None:
+                raise UnavailableError("model management is not available in this server")
+            if op == "is_model_ready":
+                future = asyncio.run_coroutine_threadsafe(_ready(handle, *args), handle.loop)
+            elif op == "load_model":
+                future = asyncio.run_coroutine_threadsafe(handle.load_model(*args), handle.loop)
+            elif op == "unload_model":
+                future = asyncio.run_coroutine_threadsafe(handle.unload_model(*args), handle.loop)
+            else:
+                raise UnsupportedError(f"unknown call '{op}' from the stub")
+        except TritiumError as e:
+            return answer(e)
+
+        def done(future: Any) -> None:
+            error = future.exception()
+            if error is None:
+                answer(None, future.result())
+            elif isinstance(error, TritiumError):
+                answer(error)
+            else:
+                log.error("'%s' from model '%s' failed: %s", op, self.ctx.name, error)
+                answer(InternalError(f"{type(error).__name__}: {error}"))
+
+        future.add_done_callback(done)
 
     def _start_bls(self, stub: _Stub, message: tuple) -> None:
         handle = self.ctx.inference
@@ -590,8 +654,10 @@ class PythonInstanceState(ModelInstanceState):
                 async with asyncio.timeout(timeout):
                     async for item in handle.stream(request):
                         if item.error is not None:
-                            reply(None, True, (item.error.status.value, item.error.message))
-                            return
+                            reply(None, item.final, (item.error.status.value, item.error.message))
+                            if item.final:
+                                return
+                            continue
                         reply(item.response, item.final)
                 return
             response = await asyncio.wait_for(handle.infer(request), timeout)
@@ -603,6 +669,10 @@ class PythonInstanceState(ModelInstanceState):
         except Exception as e:
             log.exception("BLS call to model '%s' failed", model)
             reply(None, True, ("INTERNAL", f"{type(e).__name__}: {e}"))
+
+
+async def _ready(handle: Any, name: str, version: int) -> bool:
+    return bool(handle.model_ready(name, version))
 
 
 __all__ = ["PythonBackend"]

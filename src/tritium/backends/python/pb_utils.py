@@ -8,6 +8,7 @@ server (BLS, response senders, the logger) goes through ``_runtime``, which the 
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import struct
 from collections.abc import Iterator
@@ -199,7 +200,8 @@ class InferenceResponseSender:
         _runtime.send_response(self._key, response, final)
 
     def is_cancelled(self) -> bool:
-        return False
+        """True once the client has gone away (the server tells the stub; no round trip here)."""
+        return self._key in _runtime.cancelled
 
 
 class ResponseIterator:
@@ -281,7 +283,8 @@ class InferenceRequest:
         return json.dumps(self._parameters)
 
     def is_cancelled(self) -> bool:
-        return False
+        """True once the client has gone away (the server tells the stub; no round trip here)."""
+        return self._key in _runtime.cancelled
 
     def set_release_flags(self, flags: int) -> None:
         if flags & TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
@@ -334,6 +337,143 @@ class Logger:
     @staticmethod
     def log_verbose(message: str) -> None:
         _runtime.log(3, str(message))
+
+
+# -- custom metrics --------------------------------------------------------------------------------
+
+
+class MetricKind(enum.IntEnum):
+    COUNTER = 0
+    GAUGE = 1
+    HISTOGRAM = 2
+
+
+_KIND_NAMES = {MetricKind.COUNTER: "counter", MetricKind.GAUGE: "gauge", MetricKind.HISTOGRAM: "histogram"}
+_TRITON_KINDS = {MetricKind.COUNTER: "TRITONSERVER_METRIC_KIND_COUNTER", MetricKind.GAUGE: "TRITONSERVER_METRIC_KIND_GAUGE",
+                 MetricKind.HISTOGRAM: "TRITONSERVER_METRIC_KIND_HISTOGRAM"}
+
+
+def _server_error(what: str, error: BaseException) -> TritonModelException:
+    """Triton's wording for a failed call into the server from model code."""
+    return TritonModelException(f"{what}: Failed to process the request for model '{_runtime.instance_name}', "
+                                f"message: {error}")
+
+
+class MetricFamily:
+    """A metric family on the server's metrics endpoint (``# HELP name description``, ``# TYPE name kind``).
+
+    Deleting the object deletes the family and its metrics (as in Triton); so does unloading the model.
+    """
+
+    COUNTER = MetricKind.COUNTER
+    GAUGE = MetricKind.GAUGE
+    HISTOGRAM = MetricKind.HISTOGRAM
+
+    def __init__(self, name: str, description: str, kind: MetricKind) -> None:
+        if not isinstance(kind, MetricKind):
+            raise TypeError(f"MetricFamily kind must be one of MetricFamily.COUNTER, GAUGE or HISTOGRAM, got {kind!r}")
+        self._name = ""
+        try:
+            _runtime.call("metric_family", str(name), str(description), _KIND_NAMES[kind])
+        except _CallError as e:
+            raise _server_error("Error when creating MetricFamily", e) from None
+        self._name = str(name)
+        self._kind = kind
+
+    def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> Metric:  # noqa: N802
+        return Metric(self, labels, buckets)
+
+    def __del__(self) -> None:
+        if self._name and _runtime is not None:
+            try:
+                _runtime.send(("metric_family_del", self._name))
+            except Exception:  # interpreter shutdown: the server releases the family with the process
+                pass
+
+
+class Metric:
+    """One label set of a family.  Updates are sent without waiting (cheap); ``value()`` asks the server."""
+
+    def __init__(self, family: MetricFamily, labels: dict[str, str] | None = None,
+                 buckets: list[float] | None = None) -> None:
+        if family._kind == MetricKind.HISTOGRAM and buckets is None:
+            raise TritonModelException("Failed to create metric. Missing required buckets.")
+        if family._kind != MetricKind.HISTOGRAM and buckets is not None:
+            raise TritonModelException("Failed to create metric. Unexpected buckets found.")
+        labels = {str(k): str(v) for k, v in (labels or {}).items()}
+        try:
+            _runtime.call("metric", family._name, labels, [float(b) for b in buckets] if buckets is not None else None)
+        except _CallError as e:
+            raise _server_error("Error when creating Metric", e) from None
+        self._family = family
+        self._kind = family._kind
+        self._key = tuple(sorted(labels.items()))
+
+    def _update(self, op: str, verb: str, value: float, allowed: MetricKind) -> None:
+        kind = self._kind
+        if kind != allowed and not (op == "increment" and kind == MetricKind.GAUGE):
+            raise _server_error(f"Failed to {verb} metric value",
+                                Exception(f"{_TRITON_KINDS[kind]} does not support {op.capitalize()}"))
+        if op == "increment" and kind == MetricKind.COUNTER and value < 0:
+            raise _server_error("Failed to increment metric value", Exception(
+                "TRITONSERVER_METRIC_KIND_COUNTER can only be incremented monotonically by non-negative values."))
+        _runtime.send(("metric_update", self._family._name, self._key, op, float(value)))
+
+    def increment(self, value: float) -> None:
+        self._update("increment", "increment", value, MetricKind.COUNTER)
+
+    def set(self, value: float) -> None:
+        self._update("set", "set", value, MetricKind.GAUGE)
+
+    def observe(self, value: float) -> None:
+        self._update("observe", "observe", value, MetricKind.HISTOGRAM)
+
+    def value(self) -> float:
+        if self._kind == MetricKind.HISTOGRAM:
+            raise _server_error("Failed to get metric value",
+                                Exception("TRITONSERVER_METRIC_KIND_HISTOGRAM does not support Value"))
+        try:
+            return float(_runtime.call("metric_value", self._family._name, self._key))
+        except _CallError as e:
+            raise _server_error("Failed to get metric value", e) from None
+
+
+# -- model management --------------------------------------------------------------------------------
+
+
+class _CallError(Exception):
+    """An error the server answered a call with."""
+
+
+def load_model(model_name: str, config: str = "", files: dict[str, bytes] | None = None) -> None:
+    """Load or reload ``model_name`` (the server must run with ``--model-control-mode=explicit``)."""
+    parameters: dict[str, Any] = {}
+    if config:
+        parameters["config"] = config
+    for key, content in (files or {}).items():
+        parameters[key] = bytes(content)
+    try:
+        _runtime.call("load_model", str(model_name), parameters)
+    except _CallError as e:
+        raise _server_error("Failed to load model", e) from None
+
+
+def unload_model(model_name: str, unload_dependents: bool = False) -> None:
+    try:
+        _runtime.call("unload_model", str(model_name), bool(unload_dependents))
+    except _CallError as e:
+        raise _server_error("Failed to unload model", e) from None
+
+
+def is_model_ready(model_name: str, model_version: str = "") -> bool:
+    try:
+        version = int(model_version) if str(model_version) else -1
+    except ValueError:
+        raise TritonModelException(f"model_version must be a version number, got '{model_version}'") from None
+    try:
+        return bool(_runtime.call("is_model_ready", str(model_name), version))
+    except _CallError as e:
+        raise _server_error("Failed to check model readiness", e) from None
 
 
 # -- helpers ---------------------------------------------------------------------------------------

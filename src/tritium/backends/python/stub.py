@@ -73,6 +73,10 @@ class Runtime:
         self._lock = threading.Lock()
         self._pending: dict[int, Any] = {}
         self._ids = itertools.count()
+        #: Keys of requests whose client went away (``is_cancelled``); the server says so by an event.
+        self.cancelled: set[int] = set()
+        #: For Triton's wording of errors from the server.
+        self.instance_name = ""
 
     def send(self, message: tuple) -> None:
         with self._lock:
@@ -86,6 +90,19 @@ class Runtime:
             error = _error_tuple(response.error())
             metas, data = protocol.inline_tensors(_response_arrays(response))
         self.send(("resp", key, metas, data, final, error, response is not None))
+        if final:
+            self.cancelled.discard(key)
+
+    def call(self, op: str, *args: Any) -> Any:
+        """Ask the server (metrics, model management) and wait for its answer; raises ``_CallError``."""
+        ident = next(self._ids)
+        waiter: Future = Future()
+        self._pending[ident] = waiter
+        self.send(("call", ident, op, args))
+        error, result = waiter.result()
+        if error is not None:
+            raise pb_utils._CallError(error)
+        return result
 
     def bls(self, request: pb_utils.InferenceRequest, decoupled: bool) -> Any:
         ident = next(self._ids)
@@ -107,6 +124,15 @@ class Runtime:
                 message = self._events.recv()
             except (EOFError, OSError):
                 os._exit(0)
+            kind = message[0]
+            if kind == "cancel":
+                self.cancelled.add(message[1])
+                continue
+            if kind == "call_resp":
+                waiter = self._pending.pop(message[1], None)
+                if waiter is not None:
+                    waiter.set_result((message[2], message[3]))
+                continue
             _, ident, metas, data, error, final, has_response = message
             response: pb_utils.InferenceResponse | None = None
             if error is not None:
@@ -321,6 +347,7 @@ def main() -> None:
     sys.modules["triton_python_backend_utils"] = pb_utils
     init = control.recv()
     runtime = Runtime(events, bool(init.get("decoupled")))
+    runtime.instance_name = init.get("args", {}).get("model_instance_name", "")
     pb_utils._runtime = runtime
     threading.Thread(target=runtime.read_events, name="events", daemon=True).start()
     if init["mode"] == "autocomplete":
