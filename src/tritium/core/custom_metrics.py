@@ -158,4 +158,4 @@ class CustomMetrics:
             return out
 
 
-__all__ = ["CustomMetrics", "FamilySnapshot", "COUNTER", "GAUGE", "HISTOGRAM", "label_key"]
+__all__ = ["COUNTER", "GAUGE", "HISTOGRAM", "CustomMetrics", "FamilySnapshot", "label_key"]

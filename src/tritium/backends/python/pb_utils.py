@@ -380,14 +380,14 @@ class MetricFamily:
         self._name = str(name)
         self._kind = kind
 
-    def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> Metric:  # noqa: N802
+    def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> Metric:
         return Metric(self, labels, buckets)
 
     def __del__(self) -> None:
         if self._name and _runtime is not None:
             try:
                 _runtime.send(("metric_family_del", self._name))
-            except Exception:  # interpreter shutdown: the server releases the family with the process
+            except Exception:  # noqa: BLE001, S110 - interpreter shutdown: the server releases the family with the process
                 pass
 
 
