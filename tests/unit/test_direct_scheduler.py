@@ -102,8 +102,6 @@ async def test_close_refuses_new_requests() -> None:
             await scheduler.infer(req("after"))
 
 
-@pytest.mark.xfail(strict=True, reason="close() leaves requests that are still queued unanswered forever: "
-                   "the request that completes after close() hands the next one to the stopped worker thread")
 @on_loop
 async def test_close_answers_requests_still_queued_with_unavailable() -> None:
     instance = Recorder()
@@ -116,6 +114,8 @@ async def test_close_answers_requests_still_queued_with_unavailable() -> None:
         await busy
         with pytest.raises(UnavailableError):
             await asyncio.wait_for(queued, 0.5)
+        assert instance.batches == [["busy"]]
+        await settled(scheduler)
 
 
 # -- InstanceWorker: thread, inline, execute_async ------------------------------------------------------
