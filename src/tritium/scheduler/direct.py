@@ -35,6 +35,7 @@ class DirectScheduler(InFlightScheduler):
                  stats: ModelStats | None = None) -> None:
         self._loop = loop
         self._dispatch_scheduled = False
+        self._dispatching = False
         self._workers = list(workers)
         self._idle: deque[InstanceWorker] = deque(self._workers)
         self._pending: deque[tuple[InferenceRequest, asyncio.Future[InferenceResponse]]] = deque()
@@ -86,6 +87,17 @@ class DirectScheduler(InFlightScheduler):
 
     def _dispatch(self) -> None:
         self._dispatch_scheduled = False
+        if self._closed:
+            return
+        # An instance that runs inline answers within submit(); its completion must not dispatch again
+        # from inside this call (unbounded recursion over a long queue): it schedules a dispatch instead.
+        self._dispatching = True
+        try:
+            self._dispatch_idle()
+        finally:
+            self._dispatching = False
+
+    def _dispatch_idle(self) -> None:
         idle = self._idle
         while idle:
             batch = self._take()
@@ -117,6 +129,17 @@ class DirectScheduler(InFlightScheduler):
                 outcome: list[InferenceResponse] | TritiumError = error or UnavailableError("execution failed")
             else:
                 outcome = responses
+            self._in_flight -= len(futures)
+            self._executing -= len(futures)
+            self._idle.append(worker)
+            if self._queued:
+                # The next batch goes to the instance before this one's responses are written: resolving
+                # the futures wakes one task per request, and a dispatch scheduled behind them would leave
+                # the instance idle while the loop encodes and writes every response of this batch.
+                if self._dispatching:
+                    self._schedule_dispatch()
+                else:
+                    self._dispatch()
             if slot is None:
                 _resolve(futures, outcome)
             else:
@@ -126,19 +149,28 @@ class DirectScheduler(InFlightScheduler):
                 while ordered and ordered[0][1] is not None:
                     head = ordered.popleft()
                     _resolve(head[0], head[1])
-            self._in_flight -= len(futures)
-            self._executing -= len(futures)
-            self._idle.append(worker)
-            if self._queued:
-                self._schedule_dispatch()
             self._maybe_drained()
 
         return done
 
     def close(self) -> None:
+        """Stop the workers.  Requests still queued (draining timed out) are answered UNAVAILABLE rather than
+        left waiting for workers that will not run them; executing batches finish and are answered."""
         self._closed = True
+        error = UnavailableError("model is being unloaded")
+        for _, future in self._take_all():
+            self._in_flight -= 1
+            if not future.done():
+                future.set_exception(error)
+        self._maybe_drained()
         for worker in self._workers:
             worker.stop()
+
+    def _take_all(self) -> Batch:
+        """Every queued request, taken out of the queue (for :meth:`close`)."""
+        taken = list(self._pending)
+        self._pending.clear()
+        return taken
 
 
 def _resolve(futures: list[asyncio.Future[InferenceResponse]],

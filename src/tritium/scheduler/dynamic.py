@@ -223,4 +223,16 @@ class DynamicBatcher(DirectScheduler):
     def close(self) -> None:
         if self._wakeup is not None:
             self._wakeup.cancel()
+            self._wakeup = None
         super().close()
+
+    def _take_all(self) -> Batch:
+        taken = []
+        for level in self._levels:
+            for queue, state in ((level.queue, QUEUED), (level.delayed, DELAYED)):
+                for entry in queue:
+                    if entry.state == state:
+                        self._remove(entry)
+                        taken.append((entry.request, entry.future))
+                queue.clear()
+        return taken
