@@ -248,6 +248,26 @@ async def test_max_queue_size_refuses_requests_beyond_it_with_unavailable() -> N
 
 
 @on_loop
+async def test_cancelled_requests_do_not_fill_the_queue() -> None:
+    instance = Recorder()
+    async with dynamic(instance, max_batch_size=1, config="default_queue_policy { max_queue_size: 2 }") as b:
+        busy = await occupy(b, instance)
+        gone = submit(b, req("gone1"), req("gone2"))
+        await asyncio.sleep(0)
+        for task in gone:  # the clients went away while their requests waited
+            task.cancel()
+        await asyncio.sleep(0)
+        kept = submit(b, req("q1"), req("q2"))  # room: the cancelled ones no longer count
+        await asyncio.sleep(0)
+        with pytest.raises(UnavailableError, match="^Exceeds maximum queue size$"):
+            await b.infer(req("q3"))
+        instance.gate.set()
+        await asyncio.gather(busy, *kept)
+        assert [ids for ids in instance.batches] == [["busy"], ["q1"], ["q2"]]
+        await settled(b)
+
+
+@on_loop
 async def test_max_queue_size_is_per_priority_level() -> None:
     instance = Recorder()
     config = """priority_levels: 2 default_priority_level: 2

@@ -120,7 +120,7 @@ class DynamicBatcher(DirectScheduler):
         priority = request.priority
         levels = self._levels
         level = levels[priority - 1] if 0 < priority <= len(levels) else levels[self._default_level]
-        if level.max_size and level.size >= level.max_size:
+        if level.max_size and level.size >= level.max_size and self._purge_cancelled(level) >= level.max_size:
             self.stats.record_rejected(request)
             raise UnavailableError("Exceeds maximum queue size")
         entry = _Entry(request, future, level)
@@ -130,6 +130,16 @@ class DynamicBatcher(DirectScheduler):
         timeout_us = level.timeout_us(request) if (level.default_timeout_us or request.timeout_us) else 0
         if timeout_us:
             entry.timer = self._loop.call_later(timeout_us / 1e6, self._expire, entry)
+
+    def _purge_cancelled(self, level: _Level) -> int:
+        """Drop the requests of ``level`` whose clients went away (they must not fill the queue); its size after."""
+        for queue in (level.queue, level.delayed):
+            for entry in queue:
+                if entry.state != GONE and entry.future.cancelled():
+                    self._remove(entry)
+                    self._in_flight -= 1
+        self._maybe_drained()
+        return level.size
 
     def _expire(self, entry: _Entry) -> None:
         if entry.state != QUEUED:
