@@ -157,16 +157,13 @@ class TritonPythonModel:
         return None
 '''
 
-#: Waits up to 20 s for the client to go away; counts what it saw in a gauge (seconds waited).
+#: Waits up to 20 s for the client to go away; says in a gauge how long it waited, labelled by request id.
 CANCELLABLE = '''
 import time
 import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def initialize(self, args):
-        family = pb_utils.MetricFamily(name="cancel_seen", description="Cancellations seen", kind=pb_utils.MetricFamily.GAUGE)
-        self.family = family
-        self.waited = family.Metric(labels={"how": "request"})
-        self.sender_too = family.Metric(labels={"how": "sender"})
+        self.family = pb_utils.MetricFamily(name="cancel_seen", description="Cancellations seen", kind=pb_utils.MetricFamily.GAUGE)
 
     def execute(self, requests):
         for r in requests:
@@ -174,10 +171,30 @@ class TritonPythonModel:
             start = time.monotonic()
             while time.monotonic() - start < 20 and not r.is_cancelled():
                 time.sleep(0.01)
-            self.waited.set(time.monotonic() - start)
-            self.sender_too.set(1.0 if sender.is_cancelled() else 0.0)
+            self.family.Metric(labels={"id": r.request_id(), "how": "request"}).set(time.monotonic() - start)
+            self.family.Metric(labels={"id": r.request_id(), "how": "sender"}).set(float(sender.is_cancelled()))
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
+'''
+
+#: Calls ``cancellable`` through decoupled BLS and cancels the call after 0.3 s.
+BLS_CANCEL = '''
+import json, time, numpy as np
+import triton_python_backend_utils as pb_utils
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            call = pb_utils.InferenceRequest(model_name="cancellable", inputs=[r.inputs()[0]],
+                                             requested_output_names=["OUTPUT0"], request_id="bls")
+            responses = call.exec(decoupled=True)
+            time.sleep(0.3)
+            start = time.monotonic()
+            responses.cancel()
+            count = sum(1 for _ in responses)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array(
+                [json.dumps([count, time.monotonic() - start])], dtype=np.object_))]))
+        return out
 '''
 
 
@@ -190,7 +207,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     write_python_model(repo, "parameters", PARAMETERS, TEXT_CONFIG.replace("{extra}", ""))
     write_python_model(repo, "decoupled_error", DECOUPLED_ERROR, ECHO_CONFIG.replace("{extra}", DECOUPLED))
     write_python_model(repo, "cancellable", CANCELLABLE, ECHO_CONFIG.replace("{extra}", DECOUPLED))
-    models = ["metrics", "management", "parameters", "decoupled_error", "cancellable"]
+    write_python_model(repo, "bls_cancel", BLS_CANCEL, TEXT_CONFIG.replace("{extra}", ""))
+    models = ["metrics", "management", "parameters", "decoupled_error", "cancellable", "bls_cancel"]
     with RunningServer([repo], ["--model-control-mode=explicit", *[f"--load-model={m}" for m in models]]) as s:
         yield s
 
@@ -310,24 +328,37 @@ def test_decoupled_error_response_keeps_the_stream_open(server: RunningServer) -
         client.stop_stream()
 
 
+def waited_until_cancelled(server: RunningServer, request_id: str) -> tuple[float, list[str]]:
+    """How long ``cancellable`` waited for request ``request_id`` to be cancelled (its gauge)."""
+    deadline = time.monotonic() + 15
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        lines = scrape(server, f'id="{request_id}"')
+        waited = [float(line.split()[-1]) for line in lines if 'how="request"' in line]
+        if waited:
+            return waited[0], lines
+        time.sleep(0.1)
+    raise AssertionError(f"the model never finished request '{request_id}'")
+
+
 def test_cancelled_stream_request_is_seen_by_the_model(server: RunningServer) -> None:
     client = grpcclient.InferenceServerClient(server.grpc_url)
     stream_results(client)
     tensor = grpcclient.InferInput("INPUT0", [1], "FP32")
     tensor.set_data_from_numpy(np.array([1], np.float32))
-    client.async_stream_infer("cancellable", [tensor])
+    client.async_stream_infer("cancellable", [tensor], request_id="stream")
     time.sleep(0.5)  # the model is executing
     client.stop_stream(cancel_requests=True)
-    deadline = time.monotonic() + 15
-    lines: list[str] = []
-    while time.monotonic() < deadline:
-        lines = scrape(server, "cancel_seen{")
-        waited = [float(line.split()[-1]) for line in lines if 'how="request"' in line]
-        if waited and waited[0] > 0:
-            break
-        time.sleep(0.1)
-    assert 0.3 < waited[0] < 10, lines  # it stopped early, well before its 20 s
-    assert 'cancel_seen{how="sender"} 1.0' in lines
+    waited, lines = waited_until_cancelled(server, "stream")
+    assert 0.3 < waited < 10, lines  # it stopped early, well before its 20 s
+    assert 'cancel_seen{how="sender",id="stream"} 1.0' in lines
+
+
+def test_cancelled_bls_call_is_seen_by_the_called_model(server: RunningServer) -> None:
+    count, seconds = call(server, "bls_cancel")
+    waited, _ = waited_until_cancelled(server, "bls")
+    assert 0.2 < waited < 10
+    assert count == 0 and seconds < 10  # the iteration ended once cancelled
 
 
 def test_models_metrics_go_when_it_unloads(server: RunningServer) -> None:

@@ -230,6 +230,8 @@ class _Stub:
         self.stopping = False
         #: An execution's reply is awaited by the event loop: only that reader may close ``control``.
         self.waiting = False
+        #: BLS calls in progress by id, so model code can cancel them (``ResponseIterator.cancel``).
+        self.bls_calls: dict[int, Any] = {}
 
     def send_event(self, message: tuple) -> None:
         with self.send_lock:
@@ -560,6 +562,10 @@ class PythonInstanceState(ModelInstanceState):
                     self._stream_response(*message[1:])
                 elif kind == "bls":
                     self._start_bls(stub, message[1:])
+                elif kind == "bls_cancel":
+                    call = stub.bls_calls.get(message[1])
+                    if call is not None:
+                        call.cancel()
                 elif kind == "metric_update":
                     self._metrics.update(*message[1:])
                 elif kind == "call":
@@ -634,7 +640,11 @@ class PythonInstanceState(ModelInstanceState):
             stub.send_event(("bls_resp", ident, [], [], ("UNAVAILABLE", "BLS is not available in this server"),
                              True, False))
             return
-        asyncio.run_coroutine_threadsafe(self._bls(handle, stub, *message), handle.loop)
+        call = asyncio.run_coroutine_threadsafe(self._bls(handle, stub, *message), handle.loop)
+        stub.bls_calls[ident] = call
+        call.add_done_callback(lambda _: stub.bls_calls.pop(ident, None))
+        if call.done():  # finished before it was recorded
+            stub.bls_calls.pop(ident, None)
 
     async def _bls(self, handle: Any, stub: _Stub, ident: int, model: str, version: int, request_id: str,
                    parameters: dict, requested: list[str] | None, metas: list, data: list, decoupled: bool,
@@ -664,6 +674,9 @@ class PythonInstanceState(ModelInstanceState):
             reply(response, True)
         except (asyncio.TimeoutError, TimeoutError):
             reply(None, True, ("UNAVAILABLE", f"Request timeout expired for the BLS request to model '{model}'"))
+        except asyncio.CancelledError:  # the caller cancelled it: its iteration ends here
+            reply(None, True)
+            raise
         except TritiumError as e:
             reply(None, True, (e.status.value, e.message))
         except Exception as e:

@@ -207,7 +207,8 @@ class InferenceResponseSender:
 class ResponseIterator:
     """The responses of a decoupled BLS call, as they arrive."""
 
-    def __init__(self, responses: Any) -> None:
+    def __init__(self, ident: int, responses: Any) -> None:
+        self._ident = ident
         self._responses = responses
 
     def __iter__(self) -> Iterator[InferenceResponse]:
@@ -229,7 +230,8 @@ class ResponseIterator:
         return response
 
     def cancel(self) -> None:
-        pass
+        """Cancel the call: the called model sees ``is_cancelled()``; iteration ends soon after."""
+        _runtime.send(("bls_cancel", self._ident))
 
 
 class InferenceRequest:
@@ -302,13 +304,13 @@ class InferenceRequest:
         """Run this request on another model of the server; an ``InferenceResponse`` (errors inside it),
         or for ``decoupled=True`` an iterator of them."""
         if decoupled:
-            return ResponseIterator(_runtime.bls(self, True))
-        return _runtime.bls(self, False).result()
+            return ResponseIterator(*_runtime.bls(self, True))
+        return _runtime.bls(self, False)[1].result()
 
     async def async_exec(self, decoupled: bool = False) -> Any:
         if decoupled:
-            return ResponseIterator(_runtime.bls(self, True))
-        return await asyncio.wrap_future(_runtime.bls(self, False))
+            return ResponseIterator(*_runtime.bls(self, True))
+        return await asyncio.wrap_future(_runtime.bls(self, False)[1])
 
 
 class Logger:

@@ -112,7 +112,7 @@ class Runtime:
         self.send(("bls", ident, request.model_name, int(request.model_version), request.request_id(),
                    request._parameters, request.requested_output_names() or None, metas, data, decoupled,
                    request.timeout(), request.correlation_id(), request.flags()))
-        return waiter
+        return ident, waiter
 
     def log(self, level: int, message: str) -> None:
         self.send(("log", level, message))
