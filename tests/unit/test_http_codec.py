@@ -224,9 +224,10 @@ def test_request_fields_are_kept():
 
 
 def test_binary_data_output_and_per_output_override():
-    _, encoding = decode_json({"inputs": [], "parameters": {"binary_data_output": True},
+    request, encoding = decode_json({"inputs": [], "parameters": {"binary_data_output": True},
                                "outputs": [{"name": "A"}, {"name": "B", "parameters": {"binary_data": False}}]})
     assert encoding.is_binary("A") and not encoding.is_binary("B") and encoding.is_binary("C")
+    assert "binary_data_output" not in request.parameters  # the frontend's, never passed to the model
     _, encoding = decode_json({"inputs": [], "outputs": [{"name": "A", "parameters": {"binary_data": True}},
                                                          {"name": "B"}]})
     assert encoding.is_binary("A") and not encoding.is_binary("B")

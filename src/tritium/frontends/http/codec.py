@@ -79,10 +79,10 @@ def decode_infer_request(
         for key, value in params.items():
             if not isinstance(value, (str, int, float, bool)):
                 raise _fail(f"parameter '{key}' has invalid type. It should be either 'int', 'bool', or 'string'.")
-        request.parameters = params
-        binary_output = params.get("binary_data_output")
+        binary_output = params.pop("binary_data_output", None)  # the frontend's, not the model's (as Triton)
         if binary_output is not None:
             encoding.binary_default = _as_bool(binary_output, "binary_data_output")
+        request.parameters = params
     inputs = doc.get("inputs")
     if not isinstance(inputs, list):
         if inputs is None:
