@@ -70,6 +70,7 @@ def main() -> int:
     ap.add_argument("--connections", default="1,8,32")
     ap.add_argument("--iterations", type=int, default=2000)
     ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument("--rounds", type=int, default=1, help="alternate the servers this many times and report medians")
     ap.add_argument("--triton-python", help="also measure real Triton on the same model.py")
     args = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="tritium-pybench-")
@@ -85,7 +86,6 @@ def main() -> int:
             print(f"{size:>10} {median:>10.1f} {p99:>10.1f}")
         if args.skip_http:
             return 0
-        rows = []
         port = http_infer.free_port() if hasattr(http_infer, 'free_port') else 28710
         log = open(os.path.join(workdir, "server.log"), "wb")
         proc = subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}", f"--http-port={port}",
@@ -93,19 +93,37 @@ def main() -> int:
                                 stdout=log, stderr=log)
         procs.append(proc)
         http_infer.wait_live(f"127.0.0.1:{port}", proc)
-        rows += http_infer.measure(args, workdir, f"127.0.0.1:{port}", "tritium", ["identity"])
-        proc.terminate()
-        proc.wait(30)
+        servers = [("tritium", f"127.0.0.1:{port}")]
         if args.triton_python:
-            shutil.rmtree(repo)
-            proc = http_infer.start_triton(workdir, args.triton_python, 28750)
+            # Both stay up (idle they cost nothing) so that rounds can alternate between them; Triton's
+            # repository is a copy of the same model.py.
+            triton_workdir = os.path.join(workdir, "triton")
+            os.makedirs(triton_workdir)
+            proc = http_infer.start_triton(triton_workdir, args.triton_python, 28750)
             procs.append(proc)
             http_infer.wait_live("127.0.0.1:28750", proc, timeout=120)
-            rows += http_infer.measure(args, workdir, "127.0.0.1:28750", "triton", ["identity"])
-        print(f"\nHTTP, identity model.py, FP32 [1,16], binary body, wrk {args.duration}s:")
-        print(f"{'server':<10} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
-        for label, _, _, c, r in rows:
-            print(f"{label:<10} {c:>5} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>6}")
+            servers.append(("triton", "127.0.0.1:28750"))
+        results: dict[tuple[str, int], list[dict[str, float]]] = {}
+        for _ in range(args.rounds):
+            for c in (int(x) for x in args.connections.split(",")):
+                for label, url in servers:
+                    args_one = argparse.Namespace(**{**vars(args), "connections": str(c)})
+                    for row in http_infer.measure(args_one, workdir, url, label, ["identity"]):
+                        results.setdefault((label, c), []).append(row[4])
+        print(f"\nHTTP, identity model.py, FP32 [1,16], binary body, wrk {args.duration}s"
+              + (f", median of {args.rounds} alternating rounds:" if args.rounds > 1 else ":"))
+        print(f"{'server':<10} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+              + ("  rounds (req/s)" if args.rounds > 1 else ""))
+        median = {key: sorted(runs, key=lambda r: r["rps"])[len(runs) // 2] for key, runs in results.items()}
+        for (label, c), r in sorted(median.items(), key=lambda kv: (kv[0][0] != "tritium", kv[0][1])):
+            line = f"{label:<10} {c:>5} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>6}"
+            if args.rounds > 1:
+                line += "  " + " ".join(f"{run['rps']:.0f}" for run in results[(label, c)])
+            print(line)
+        for (label, c), r in sorted(median.items()):
+            other = median.get(("triton", c))
+            if label == "tritium" and other:
+                print(f"tritium / triton at {c} conns = {r['rps'] / other['rps']:.2f}x")
     finally:
         for proc in procs:
             if proc.poll() is None:
