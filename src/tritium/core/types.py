@@ -55,7 +55,7 @@ class DataType(enum.Enum):
 
     @classmethod
     def from_wire(cls, name: str) -> DataType:
-        datatype = _FROM_WIRE.get(name)
+        datatype = cls.lookup(name)
         if datatype is None:
             raise InvalidArgumentError(f"invalid datatype '{name}'")
         return datatype

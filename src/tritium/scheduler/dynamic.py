@@ -133,11 +133,8 @@ class DynamicBatcher(DirectScheduler):
 
     def _purge_cancelled(self, level: _Level) -> int:
         """Drop the requests of ``level`` whose clients went away (they must not fill the queue); its size after."""
-        for queue in (level.queue, level.delayed):
-            for entry in queue:
-                if entry.state != GONE and entry.future.cancelled():
-                    self._remove(entry)
-                    self._in_flight -= 1
+        for _ in self._walk_level(level):  # walking drops them
+            pass
         self._maybe_drained()
         return level.size
 
@@ -168,17 +165,20 @@ class DynamicBatcher(DirectScheduler):
     def _walk(self) -> Iterator[_Entry]:
         """Live entries in scheduling order; drops dead heads and cancelled requests on the way."""
         for level in self._levels:
-            for queue, state in ((level.queue, QUEUED), (level.delayed, DELAYED)):
-                while queue and queue[0].state != state:
-                    queue.popleft()
-                for entry in queue:
-                    if entry.state != state:
-                        continue
-                    if entry.future.cancelled():  # the client went away while it waited
-                        self._remove(entry)
-                        self._in_flight -= 1
-                        continue
-                    yield entry
+            yield from self._walk_level(level)
+
+    def _walk_level(self, level: _Level) -> Iterator[_Entry]:
+        for queue, state in ((level.queue, QUEUED), (level.delayed, DELAYED)):
+            while queue and queue[0].state != state:
+                queue.popleft()
+            for entry in queue:
+                if entry.state != state:
+                    continue
+                if entry.future.cancelled():  # the client went away while it waited
+                    self._remove(entry)
+                    self._in_flight -= 1
+                    continue
+                yield entry
 
     def _take(self) -> Batch | None:
         if self._wakeup is not None:
@@ -237,12 +237,7 @@ class DynamicBatcher(DirectScheduler):
         super().close()
 
     def _take_all(self) -> Batch:
-        taken = []
-        for level in self._levels:
-            for queue, state in ((level.queue, QUEUED), (level.delayed, DELAYED)):
-                for entry in queue:
-                    if entry.state == state:
-                        self._remove(entry)
-                        taken.append((entry.request, entry.future))
-                queue.clear()
-        return taken
+        entries = list(self._walk())
+        for entry in entries:
+            self._remove(entry)
+        return [(e.request, e.future) for e in entries]

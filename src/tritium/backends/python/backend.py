@@ -56,7 +56,6 @@ _LOG_LEVELS = [logging.INFO, logging.WARNING, logging.ERROR, logging.DEBUG]
 #: The directory holding the ``tritium`` package, put on the stub's PYTHONPATH (any interpreter finds it).
 _SRC_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 _MIB = 1 << 20
-_DATATYPES = {datatype.value: datatype for datatype in DataType}
 _SEQUENCE_PARAMETERS = frozenset(("sequence_id", "sequence_start", "sequence_end"))
 
 
@@ -492,7 +491,7 @@ class PythonInstanceState(ModelInstanceState):
             params = request.parameters
             flags = 0
             correlation_id = 0
-            if params and ("sequence_id" in params or "sequence_start" in params or "sequence_end" in params):
+            if params and not _SEQUENCE_PARAMETERS.isdisjoint(params):
                 # Triton gives these to the model as correlation_id() and flags(), not as parameters
                 flags = (1 if params.get("sequence_start") else 0) | (2 if params.get("sequence_end") else 0)
                 correlation_id = params.get("sequence_id", 0)
@@ -543,7 +542,7 @@ class PythonInstanceState(ModelInstanceState):
                 array = holder[0][offset : offset + nbytes].view(protocol.NUMPY_TYPES[kind]).reshape(shape)
             else:
                 array = protocol.view(stub.out_arena.mm, kind, shape, offset, nbytes).copy()  # reused next time
-            outputs.append(Tensor(name, _DATATYPES[kind], array))
+            outputs.append(Tensor(name, DataType.from_wire(kind), array))
         return InferenceResponse(self.ctx.name, self.ctx.version, request.id, outputs)
 
     # -- events: decoupled responses, BLS, logs ---------------------------------------------------------
@@ -589,7 +588,7 @@ class PythonInstanceState(ModelInstanceState):
             return
         response = None
         if has_response:
-            outputs = [Tensor(n, DataType(k), a) for n, k, a in protocol.read_inline(metas, data)]
+            outputs = [Tensor(n, DataType.from_wire(k), a) for n, k, a in protocol.read_inline(metas, data)]
             response = InferenceResponse(self.ctx.name, self.ctx.version, request.id, outputs)
         stream.send(response, final)
 
@@ -654,7 +653,7 @@ class PythonInstanceState(ModelInstanceState):
             stub.send_event(("bls_resp", ident, out_metas, out_data, error, final, response is not None))
 
         try:
-            inputs = [Tensor(n, DataType(k), a) for n, k, a in protocol.read_inline(metas, data)]
+            inputs = [Tensor(n, DataType.from_wire(k), a) for n, k, a in protocol.read_inline(metas, data)]
             params = dict(parameters)
             if correlation_id:
                 params.setdefault("sequence_id", correlation_id)

@@ -411,10 +411,10 @@ class Metric:
         self._kind = family._kind
         self._key = tuple(sorted(labels.items()))
 
-    def _update(self, op: str, verb: str, value: float, allowed: MetricKind) -> None:
+    def _update(self, op: str, value: float, allowed: MetricKind) -> None:
         kind = self._kind
         if kind != allowed and not (op == "increment" and kind == MetricKind.GAUGE):
-            raise _server_error(f"Failed to {verb} metric value",
+            raise _server_error(f"Failed to {op} metric value",
                                 Exception(f"{_TRITON_KINDS[kind]} does not support {op.capitalize()}"))
         if op == "increment" and kind == MetricKind.COUNTER and value < 0:
             raise _server_error("Failed to increment metric value", Exception(
@@ -422,13 +422,13 @@ class Metric:
         _runtime.send(("metric_update", self._family._name, self._key, op, float(value)))
 
     def increment(self, value: float) -> None:
-        self._update("increment", "increment", value, MetricKind.COUNTER)
+        self._update("increment", value, MetricKind.COUNTER)
 
     def set(self, value: float) -> None:
-        self._update("set", "set", value, MetricKind.GAUGE)
+        self._update("set", value, MetricKind.GAUGE)
 
     def observe(self, value: float) -> None:
-        self._update("observe", "observe", value, MetricKind.HISTOGRAM)
+        self._update("observe", value, MetricKind.HISTOGRAM)
 
     def value(self) -> float:
         if self._kind == MetricKind.HISTOGRAM:

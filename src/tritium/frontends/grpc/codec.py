@@ -204,10 +204,9 @@ def _decode_input(
         raise InvalidArgumentError(
             f"Unable to parse 'shape': input '{name}' must have a shape of non-negative integers, got {shape}"
         )
-    try:
-        datatype = DataType(item.datatype)
-    except ValueError:
-        raise InvalidArgumentError(f"invalid datatype for input {name}") from None
+    datatype = DataType.lookup(item.datatype)
+    if datatype is None:
+        raise InvalidArgumentError(f"invalid datatype for input {name}")
     if item.parameters and "shared_memory_region" in item.parameters:
         raise UnsupportedError("shared memory inputs are not supported by this server")
     count = math.prod(shape)
