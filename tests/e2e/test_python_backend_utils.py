@@ -31,17 +31,20 @@ ECHO_CONFIG = """
 """
 DECOUPLED = "model_transaction_policy { decoupled: true }"
 
-#: Answers a JSON dict per request; ``op`` (a request parameter) says what to do.
-METRICS = '''
-import gc, json, numpy as np
-import triton_python_backend_utils as pb_utils
-
+#: Model code shared by the models below: the outcome of a call as text, exceptions included.
+ATTEMPT = '''
 def attempt(f):
     try:
         return repr(f())
     except Exception as e:
         return "EXC " + type(e).__name__ + ": " + str(e)
+'''
 
+#: Answers a JSON dict per request; ``op`` (a request parameter) says what to do.
+METRICS = '''
+import gc, json, numpy as np
+import triton_python_backend_utils as pb_utils
+''' + ATTEMPT + '''
 class TritonPythonModel:
     def initialize(self, args):
         self.c = pb_utils.MetricFamily(name="custom_requests", description="Requests seen", kind=pb_utils.MetricFamily.COUNTER)
@@ -88,13 +91,7 @@ class TritonPythonModel:
 MANAGEMENT = '''
 import json, numpy as np
 import triton_python_backend_utils as pb_utils
-
-def attempt(f):
-    try:
-        return repr(f())
-    except Exception as e:
-        return "EXC " + type(e).__name__ + ": " + str(e)
-
+''' + ATTEMPT + '''
 CONFIG = json.dumps({"backend": "python", "max_batch_size": 0,
                      "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [-1]}],
                      "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [-1]}]})
