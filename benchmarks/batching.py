@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-from http_infer import LUA, bodies, run_wrk, wait_live  # noqa: E402
+from http_infer import LUA, bodies, median_runs, run_wrk, wait_live, wrk_columns, wrk_header  # noqa: E402
 from models import mlp_graph, save_model, write_model  # noqa: E402
 
 VARIANTS = {  # name -> (instances, dynamic batching)
@@ -218,14 +218,10 @@ def main() -> int:
 def print_table(results: dict[tuple[str, str, int], list[dict[str, float]]], rounds: int) -> None:
     """One row per server, model and connection count: the median run (by req/s) and, with several
     rounds, every round's req/s; then the ratios the scheduling issue asks about."""
-    median = {key: sorted(runs, key=lambda r: r["rps"])[len(runs) // 2] for key, runs in results.items()}
-    print(f"{'server':<8} {'model':<16} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
-          + ("  rounds (req/s)" if rounds > 1 else ""))
+    median = median_runs(results)
+    print(f"{'server':<8} {'model':<16} {'conns':>5} {wrk_header(rounds)}")
     for (label, name, c), r in sorted(median.items(), key=lambda kv: (kv[0][0] != "tritium", kv[0][0], kv[0][1], kv[0][2])):
-        line = f"{label:<8} {name:<16} {c:>5} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>6}"
-        if rounds > 1:
-            line += "  " + " ".join(f"{run['rps']:.0f}" for run in results[(label, name, c)])
-        print(line)
+        print(f"{label:<8} {name:<16} {c:>5} {wrk_columns(r, results[(label, name, c)], rounds)}")
     for (label, name, c), r in sorted(median.items()):
         plain = median.get((label, name.replace("_batched", ""), c))
         if name.endswith("_batched") and plain:

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from typing import Any
 
 import numpy as np
 
@@ -166,6 +167,23 @@ def run_wrk(url: str, model: str, lua: str, connections: int, duration: int, thr
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     return {"rps": rps, "p50": p50, "p99": p99, "errors": int(errors.group(1)) if errors else 0}
+
+
+def median_runs(results: dict[Any, list[dict[str, float]]]) -> dict[Any, dict[str, float]]:
+    """The median run (by req/s) of each key's repeated wrk runs (``--rounds`` in the side-by-side benchmarks)."""
+    return {key: sorted(runs, key=lambda r: r["rps"])[len(runs) // 2] for key, runs in results.items()}
+
+
+def wrk_columns(median: dict[str, float], runs: list[dict[str, float]], rounds: int) -> str:
+    """req/s, p50, p99 and errors of the median run; with several rounds, every round's req/s after them."""
+    line = f"{median['rps']:>9.0f} {median['p50']:>8.3f} {median['p99']:>8.3f} {median['errors']:>6}"
+    if rounds > 1:
+        line += "  " + " ".join(f"{run['rps']:.0f}" for run in runs)
+    return line
+
+
+def wrk_header(rounds: int) -> str:
+    return f"{'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}" + ("  rounds (req/s)" if rounds > 1 else "")
 
 
 def measure(args: argparse.Namespace, workdir: str, url: str, label: str, models: list[str]) -> list:

@@ -112,14 +112,10 @@ def main() -> int:
                         results.setdefault((label, c), []).append(row[4])
         print(f"\nHTTP, identity model.py, FP32 [1,16], binary body, wrk {args.duration}s"
               + (f", median of {args.rounds} alternating rounds:" if args.rounds > 1 else ":"))
-        print(f"{'server':<10} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
-              + ("  rounds (req/s)" if args.rounds > 1 else ""))
-        median = {key: sorted(runs, key=lambda r: r["rps"])[len(runs) // 2] for key, runs in results.items()}
+        print(f"{'server':<10} {'conns':>5} {http_infer.wrk_header(args.rounds)}")
+        median = http_infer.median_runs(results)
         for (label, c), r in sorted(median.items(), key=lambda kv: (kv[0][0] != "tritium", kv[0][1])):
-            line = f"{label:<10} {c:>5} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>6}"
-            if args.rounds > 1:
-                line += "  " + " ".join(f"{run['rps']:.0f}" for run in results[(label, c)])
-            print(line)
+            print(f"{label:<10} {c:>5} {http_infer.wrk_columns(r, results[(label, c)], args.rounds)}")
         for (label, c), r in sorted(median.items()):
             other = median.get(("triton", c))
             if label == "tritium" and other:
