@@ -60,6 +60,13 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
 #: freed by reference counting, so the collector mostly finds nothing and only costs latency.
 GC_THRESHOLD = 20_000
 
+#: How long a thread may hold the GIL while another waits for it (CPython's default is 5 ms).  An
+#: instance worker that wakes for its next batch, or whose onnxruntime/torch call just returned, needs
+#: the GIL back from the event loop, which under load keeps it through bursts of about a millisecond:
+#: the instance sat idle for that long between batches.  At 100 µs it waits at most that; measured on
+#: the batched MLP at 32 connections, 9.3k -> 10.5k requests/s.  ``TRITIUM_SWITCH_INTERVAL_US`` overrides.
+SWITCH_INTERVAL_S = float(os.environ.get("TRITIUM_SWITCH_INTERVAL_US", "100")) / 1e6
+
 
 def _bool(text: str) -> bool:
     value = text.strip().lower()
@@ -349,6 +356,7 @@ async def _run(options: ServerOptions, logs: LogManager | None = None) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     await server.serve_forever()
     return 0
 
