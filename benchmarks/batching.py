@@ -1,10 +1,11 @@
 """Dynamic batching and instance counts: the 256→1024→1024→256 ONNX MLP served by tritium, measured with wrk.
 
 For 1 and 2 instances, with and without ``dynamic_batching``, at 1, 8, 32 and 64 connections (binary
-HTTP bodies, one row per request), prints requests/s, p50 and p99, and the ceiling: rows/s of the same
-model run in-process with onnxruntime at the best batch size, measured in the same run.
+HTTP bodies, or JSON ones with ``--mode json``; one row per request), prints requests/s, p50 and p99,
+and the ceiling: rows/s of the same model run in-process with onnxruntime at the best batch size,
+measured in the same run.
 
-    python benchmarks/batching.py [--duration 5] [--connections 1,8,32,64] [--delay-us 500]
+    python benchmarks/batching.py [--duration 5] [--connections 1,8,32,64] [--delay-us 500] [--mode json]
 
 With ``--triton-python PYTHON`` (an interpreter whose environment has ``nvidia-pytriton``) it also starts
 real Triton through ``../shared/tools/real_triton.sh`` on the same four variants as Python-backend models
@@ -162,6 +163,8 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--connections", default="1,8,32,64")
     ap.add_argument("--delay-us", type=int, default=500)
+    ap.add_argument("--mode", choices=("binary", "json"), default="binary",
+                    help="request and response bodies: binary tensor data, or tensors as JSON arrays")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--rounds", type=int, default=1,
                     help="measure every server this many times, alternating, and report medians (noisy machines)")
@@ -191,7 +194,7 @@ def main() -> int:
             wait_live("127.0.0.1:18660", triton, timeout=180)
         scripts = {}
         for name in args.variants.split(","):
-            body, ctype, extra = bodies(workdir, name, (1, 256))["binary"]
+            body, ctype, extra = bodies(workdir, name, (1, 256))[args.mode]
             scripts[name] = os.path.join(workdir, f"{name}.lua")
             with open(scripts[name], "w") as f:
                 f.write(LUA.format(body=body, content_type=ctype, extra=extra))
