@@ -4,8 +4,10 @@ An execution writes the batch's inputs into a free arena of the instance's pool 
 message; the stub writes outputs after the inputs in that same arena (an output that is a view of an
 input stays where it is), and the responses' arrays are views of it, not copies: the arena is busy
 until they are gone, and the next execution takes another one.  On the serving path
-(:meth:`PythonInstanceState.execute_async`) the reply is read by the event loop itself (``add_reader``),
-so no thread is woken per request; :meth:`PythonInstanceState.execute` blocks instead.  A second
+(:meth:`PythonInstanceState.execute_async`) the reply is read by the event loop itself: the control
+socket's reader is registered once and stays (registering one per execution cost more than a quarter of
+the loop's time per request at 8 connections), so no thread is woken per request and no reader is made
+per request; :meth:`PythonInstanceState.execute` blocks instead.  A second
 socket per instance, read by a thread here, carries what does not follow execute's rhythm: responses
 of decoupled models (into ``request.response_stream``), BLS calls (run on the event loop through
 ``ModelContext.inference``) and log lines.
@@ -227,8 +229,12 @@ class _Stub:
         self.out_arena = out_arena
         self.send_lock = threading.Lock()
         self.stopping = False
-        #: An execution's reply is awaited by the event loop: only that reader may close ``control``.
-        self.waiting = False
+        #: The event loop whose reader watches ``control`` (registered by the first execute_async); while
+        #: it is set, only that reader may close ``control`` (an fd closed under a registered reader
+        #: could be reused by the next stub's socket).
+        self.watched_by: asyncio.AbstractEventLoop | None = None
+        #: What the reader completes with the next reply: (requests, state, done) of the execution in flight.
+        self.pending: tuple | None = None
         #: BLS calls in progress by id, so model code can cancel them (``ResponseIterator.cancel``).
         self.bls_calls: dict[int, Any] = {}
 
@@ -323,7 +329,7 @@ class PythonInstanceState(ModelInstanceState):
             self._stub = None
             self._dead_reason = error.message
             log.error("%s", error.message)
-        if not stub.waiting:
+        if stub.watched_by is None:
             stub.control.close()
         self._metrics.release(stub)
         self._fail_streams(error)
@@ -349,11 +355,39 @@ class PythonInstanceState(ModelInstanceState):
             assert stub is not None
         return stub
 
+    def _unwatch(self, stub: _Stub) -> None:
+        """Take the event loop's reader off ``control`` before this thread reads it (finalize, execute)."""
+        loop = stub.watched_by
+        if loop is None:
+            return
+        stub.watched_by = None
+        fd = stub.control.fileno()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.remove_reader(fd)
+            return
+        removed = threading.Event()
+
+        def remove() -> None:
+            loop.remove_reader(fd)
+            removed.set()
+
+        try:
+            loop.call_soon_threadsafe(remove)
+        except RuntimeError:  # the loop is closed: nothing watches any more
+            return
+        if loop.is_running():
+            removed.wait(5.0)
+
     def finalize(self) -> None:
         stub, self._stub = self._stub, None
         if stub is None:
             return
         stub.stopping = True
+        self._unwatch(stub)
         try:
             stub.control.send(("finalize",))
             if stub.control.poll(self.settings.stub_timeout):
@@ -375,6 +409,7 @@ class PythonInstanceState(ModelInstanceState):
 
     def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResponse | TritiumError]:  # type: ignore[override]
         stub = self._ensure_stub()
+        self._unwatch(stub)
         message, state = self._prepare(stub, requests)
         try:
             stub.control.send(message)
@@ -399,30 +434,37 @@ class PythonInstanceState(ModelInstanceState):
             return True
         try:
             stub.control.send(message)
-            stub.waiting = True
-            loop.add_reader(stub.control.fileno(), self._on_reply, stub, loop, requests, state, done)
+            stub.pending = (requests, state, done)
+            if stub.watched_by is None:
+                loop.add_reader(stub.control.fileno(), self._on_reply, stub, loop)
+                stub.watched_by = loop
         except (OSError, ValueError):
-            stub.waiting = False
+            stub.pending = None
             self._abandon(state)
             done(None, self._died(stub, "while executing"))
         return True
 
-    def _on_reply(self, stub: _Stub, loop: asyncio.AbstractEventLoop, requests: Sequence[InferenceRequest],
-                  state: tuple, done: Callable[[list | None, TritiumError | None], None]) -> None:
+    def _on_reply(self, stub: _Stub, loop: asyncio.AbstractEventLoop) -> None:
+        """The control socket's reader: completes the execution in flight with the stub's reply."""
         try:
             reply = stub.control.recv_nowait()
             if reply is INCOMPLETE:
                 return
         except EOFError:
             reply = None
-        loop.remove_reader(stub.control.fileno())
-        stub.waiting = False
-        if reply is None:
-            self._abandon(state)
-            error = self._died(stub, "while executing")
+        pending, stub.pending = stub.pending, None
+        if reply is None:  # the stub is gone: only this reader may close the socket it watches
+            loop.remove_reader(stub.control.fileno())
+            stub.watched_by = None
             stub.control.close()
-            done(None, error)
+            if pending is not None:
+                self._abandon(pending[1])
+                pending[2](None, self._died(stub, "while executing"))
             return
+        if pending is None:
+            log.error("model instance '%s': a reply from the stub with no execution waiting", self.spec.name)
+            return
+        requests, state, done = pending
         try:
             responses = self._finish(stub, requests, state, reply)
         except TritiumError as e:
