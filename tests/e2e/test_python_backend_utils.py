@@ -165,6 +165,7 @@ class TritonPythonModel:
     def execute(self, requests):
         for r in requests:
             sender = r.get_response_sender()
+            self.family.Metric(labels={"id": r.request_id(), "how": "started"}).set(1.0)
             start = time.monotonic()
             while time.monotonic() - start < 20 and not r.is_cancelled():
                 time.sleep(0.01)
@@ -344,7 +345,10 @@ def test_cancelled_stream_request_is_seen_by_the_model(server: RunningServer) ->
     tensor = grpcclient.InferInput("INPUT0", [1], "FP32")
     tensor.set_data_from_numpy(np.array([1], np.float32))
     client.async_stream_infer("cancellable", [tensor], request_id="stream")
-    time.sleep(0.5)  # the model is executing
+    deadline = time.monotonic() + 15
+    while not scrape(server, 'how="started",id="stream"') and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the model is executing, and has waited this long
     client.stop_stream(cancel_requests=True)
     waited, lines = waited_until_cancelled(server, "stream")
     assert 0.3 < waited < 10, lines  # it stopped early, well before its 20 s
