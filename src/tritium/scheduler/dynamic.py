@@ -37,6 +37,7 @@ from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.stats import ModelStats
 
 from .direct import Batch, DirectScheduler
+from .timer import Cancellable, precise_timer
 from .workers import InstanceWorker
 
 QUEUED, DELAYED, GONE = 0, 1, 2
@@ -50,7 +51,7 @@ class _Entry:
         self.future = future
         self.level = level
         self.state = QUEUED
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Cancellable | None = None
 
 
 class _Level:
@@ -106,7 +107,10 @@ class DynamicBatcher(DirectScheduler):
         ] or [_Level(settings.default_queue_policy)]
         self._default_level = settings.default_priority_level - 1 if levels else 0
         self._count = 0  # live queued entries over all levels
-        self._wakeup: asyncio.TimerHandle | None = None
+        #: Microsecond timers: queue delays are hundreds of µs, below the event loop's own granularity.
+        self._timer = precise_timer(loop)
+        self._wakeup: Cancellable | None = None
+        self._wakeup_ns = 0  # when ``_wakeup`` is due
         if settings.preserve_ordering:
             self._ordered = deque()
 
@@ -129,7 +133,7 @@ class DynamicBatcher(DirectScheduler):
         self._count += 1
         timeout_us = level.timeout_us(request) if (level.default_timeout_us or request.timeout_us) else 0
         if timeout_us:
-            entry.timer = self._loop.call_later(timeout_us / 1e6, self._expire, entry)
+            entry.timer = self._timer.call_at_ns(request.queued_ns + timeout_us * 1000, self._expire, entry)
 
     def _purge_cancelled(self, level: _Level) -> int:
         """Drop the requests of ``level`` whose clients went away (they must not fill the queue); its size after."""
@@ -180,11 +184,18 @@ class DynamicBatcher(DirectScheduler):
                     continue
                 yield entry
 
-    def _take(self) -> Batch | None:
+    def _cancel_wakeup(self) -> None:
         if self._wakeup is not None:
             self._wakeup.cancel()
             self._wakeup = None
+
+    def _on_wakeup(self) -> None:
+        self._wakeup = None
+        self._schedule_dispatch()
+
+    def _take(self) -> Batch | None:
         if not self._count:
+            self._cancel_wakeup()
             self._maybe_drained()
             return None
         max_batch_size = self._max_batch_size
@@ -211,6 +222,7 @@ class DynamicBatcher(DirectScheduler):
             if size in preferred:
                 best = len(chosen)
         if not chosen:
+            self._cancel_wakeup()
             self._maybe_drained()
             return None
         delay_ns = self._delay_ns
@@ -223,17 +235,21 @@ class DynamicBatcher(DirectScheduler):
         if best and not (delay_ns and delay_exceeded):
             chosen = chosen[:best]
         elif not (full or size >= max_preferred or delay_exceeded):
-            # Wait for more requests, at most until the oldest has waited max_queue_delay.
-            self._wakeup = self._loop.call_later((oldest + delay_ns - now) / 1e9, self._schedule_dispatch)
+            # Wait for more requests, at most until the oldest has waited max_queue_delay (a request that
+            # arrives meanwhile finds the wakeup already set for that moment).
+            due = oldest + delay_ns
+            if self._wakeup is None or self._wakeup_ns != due:
+                self._cancel_wakeup()
+                self._wakeup = self._timer.call_at_ns(due, self._on_wakeup)
+                self._wakeup_ns = due
             return None
+        self._cancel_wakeup()
         for entry in chosen:
             self._remove(entry)
         return [(e.request, e.future) for e in chosen]
 
     def close(self) -> None:
-        if self._wakeup is not None:
-            self._wakeup.cancel()
-            self._wakeup = None
+        self._cancel_wakeup()
         super().close()
 
     def _take_all(self) -> Batch:

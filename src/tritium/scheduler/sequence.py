@@ -46,6 +46,7 @@ from tritium.core.types import DataType, Tensor
 
 from .base import InFlightScheduler
 from .dynamic import batch_key
+from .timer import Cancellable, precise_timer
 from .workers import InstanceWorker
 
 log = logging.getLogger(__name__)
@@ -277,19 +278,21 @@ class _Slot:
 class _Lane:
     """One instance and its sequence slots; runs one batch at a time."""
 
-    __slots__ = ("worker", "slots", "busy", "wakeup")
+    __slots__ = ("worker", "slots", "busy", "wakeup", "wakeup_ns")
 
     def __init__(self, worker: InstanceWorker, slots: int) -> None:
         self.worker = worker
         self.slots = [_Slot(self, i) for i in range(slots)]
         self.busy = False
-        self.wakeup: asyncio.TimerHandle | None = None
+        self.wakeup: Cancellable | None = None
+        self.wakeup_ns = 0  # when ``wakeup`` is due
 
 
 class SequenceBatcher(InFlightScheduler):
     def __init__(self, workers: Sequence[InstanceWorker], loop: asyncio.AbstractEventLoop, config: mc.ModelConfig,
                  settings: SequenceSettings, stats: ModelStats | None = None) -> None:
         self._loop = loop
+        self._timer = precise_timer(loop)
         self._workers = list(workers)
         self._name = config.name
         self._mbs = config.max_batch_size
@@ -420,14 +423,21 @@ class SequenceBatcher(InFlightScheduler):
 
     # -- forming batches ------------------------------------------------------------------------------
 
-    def _dispatch(self, lane: _Lane) -> None:
-        if lane.busy or self._closed:
-            return
+    def _on_wakeup(self, lane: _Lane) -> None:
+        lane.wakeup = None
+        self._dispatch(lane)
+
+    def _cancel_wakeup(self, lane: _Lane) -> None:
         if lane.wakeup is not None:
             lane.wakeup.cancel()
             lane.wakeup = None
+
+    def _dispatch(self, lane: _Lane) -> None:
+        if lane.busy or self._closed:
+            return
         ready = [slot for slot in lane.slots if slot.sequence is not None and slot.sequence.queue]
         if not ready:
+            self._cancel_wakeup(lane)
             self._maybe_drained()
             return
         settings = self._settings
@@ -440,8 +450,14 @@ class SequenceBatcher(InFlightScheduler):
             full = len(ready) >= settings.min_slot_utilization * len(lane.slots)
             chosen = ready if (full or delay_exceeded) else None
         if chosen is None:
-            lane.wakeup = self._loop.call_later((oldest_ns + settings.delay_ns - now) / 1e9, self._dispatch, lane)
+            # Wait, at most until the oldest has waited the queue delay (microseconds: see timer.py).
+            due = oldest_ns + settings.delay_ns
+            if lane.wakeup is None or lane.wakeup_ns != due:
+                self._cancel_wakeup(lane)
+                lane.wakeup = self._timer.call_at_ns(due, self._on_wakeup, lane)
+                lane.wakeup_ns = due
             return
+        self._cancel_wakeup(lane)
         self._run(lane, chosen)
 
     def _oldest_batch(self, ready: list[_Slot], delay_exceeded: bool) -> list[_Slot] | None:
@@ -603,8 +619,7 @@ class SequenceBatcher(InFlightScheduler):
     def close(self) -> None:
         self._closed = True
         for lane in self._lanes:
-            if lane.wakeup is not None:
-                lane.wakeup.cancel()
+            self._cancel_wakeup(lane)
         for sequence in {*self._live.values(), *(s.sequence for lane in self._lanes for s in lane.slots
                                                    if s.sequence is not None)}:
             if sequence.idle_timer is not None:
