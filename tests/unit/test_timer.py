@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import time
 
 import pytest
@@ -34,6 +35,21 @@ def test_one_timerfd_per_loop(loop_runner) -> None:  # type: ignore[no-untyped-d
         loop = asyncio.get_running_loop()
         assert isinstance(precise_timer(loop), TimerFd)
         assert precise_timer(loop) is precise_timer(loop)
+
+    run_on(loop_runner, test)
+
+
+@linux_only
+@LOOPS
+def test_made_on_another_thread_it_runs_on_the_loop(loop_runner) -> None:  # type: ignore[no-untyped-def]
+    """Schedulers are built where models load (a thread pool); the reader is registered on the loop."""
+    async def test() -> None:
+        loop = asyncio.get_running_loop()
+        timer = await loop.run_in_executor(None, precise_timer, loop)
+        assert isinstance(timer, TimerFd) and timer is precise_timer(loop)
+        done = loop.create_future()
+        timer.call_at_ns(time.monotonic_ns() + 200_000, done.set_result, threading.get_ident())
+        assert await done == threading.get_ident()  # called on the loop's thread
 
     run_on(loop_runner, test)
 

@@ -20,6 +20,7 @@ import itertools
 import logging
 import os
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -49,7 +50,7 @@ class LoopTimer:
 
 
 class _Entry:
-    __slots__ = ("deadline_ns", "seq", "callback", "args", "cancelled", "timer")
+    __slots__ = ("args", "callback", "cancelled", "deadline_ns", "seq", "timer")
 
     def __init__(self, deadline_ns: int, seq: int, callback: Callable[..., None], args: tuple,
                  timer: TimerFd) -> None:
@@ -82,7 +83,11 @@ _TFD_TIMER_ABSTIME = 1
 
 
 class TimerFd:
-    """A heap of deadlines behind one ``timerfd`` armed to the earliest; runs on the loop's thread only."""
+    """A heap of deadlines behind one ``timerfd`` armed to the earliest.
+
+    Made wherever a scheduler is built (model loads run on a thread pool); used on the loop's thread
+    only, where the first :meth:`call_at_ns` registers the reader.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -96,10 +101,13 @@ class TimerFd:
         self._seq = itertools.count()
         self._cancelled = 0
         self._armed_ns = 0  # the deadline the fd is set to; 0: none
-        loop.add_reader(fd, self._fire)
+        self._loop: asyncio.AbstractEventLoop | None = loop  # until the reader is registered
         weakref.finalize(loop, os.close, fd)
 
     def call_at_ns(self, deadline_ns: int, callback: Callable[..., None], *args: Any) -> Cancellable:
+        if self._loop is not None:
+            self._loop.add_reader(self._fd, self._fire)
+            self._loop = None
         entry = _Entry(max(deadline_ns, 1), next(self._seq), callback, args, self)
         heapq.heappush(self._heap, entry)
         if not self._armed_ns or entry.deadline_ns < self._armed_ns:
@@ -143,17 +151,19 @@ class TimerFd:
 
 
 _timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Timer] = weakref.WeakKeyDictionary()
+_timers_lock = threading.Lock()  # models load on several threads
 
 
 def precise_timer(loop: asyncio.AbstractEventLoop) -> Timer:
     """The loop's microsecond timer (one per loop), or its ``call_later`` where there is no timerfd."""
-    timer = _timers.get(loop)
-    if timer is None:
-        timer = LoopTimer(loop)
-        if sys.platform.startswith("linux"):
-            try:
-                timer = TimerFd(loop)
-            except (OSError, AttributeError, NotImplementedError) as e:
-                log.warning("no timerfd (%s): queue delays use the event loop's millisecond timers", e)
-        _timers[loop] = timer
-    return timer
+    with _timers_lock:
+        timer = _timers.get(loop)
+        if timer is None:
+            timer = LoopTimer(loop)
+            if sys.platform.startswith("linux"):
+                try:
+                    timer = TimerFd(loop)
+                except (OSError, AttributeError, NotImplementedError) as e:
+                    log.warning("no timerfd (%s): queue delays use the event loop's millisecond timers", e)
+            _timers[loop] = timer
+        return timer
