@@ -37,7 +37,7 @@ from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.stats import ModelStats
 
 from .direct import Batch, DirectScheduler
-from .timer import Cancellable, precise_timer
+from .timer import Cancellable, Wakeup, precise_timer
 from .workers import InstanceWorker
 
 QUEUED, DELAYED, GONE = 0, 1, 2
@@ -109,8 +109,7 @@ class DynamicBatcher(DirectScheduler):
         self._count = 0  # live queued entries over all levels
         #: Microsecond timers: queue delays are hundreds of µs, below the event loop's own granularity.
         self._timer = precise_timer(loop)
-        self._wakeup: Cancellable | None = None
-        self._wakeup_ns = 0  # when ``_wakeup`` is due
+        self._wakeup = Wakeup(self._timer, self._schedule_dispatch)
         if settings.preserve_ordering:
             self._ordered = deque()
 
@@ -184,18 +183,9 @@ class DynamicBatcher(DirectScheduler):
                     continue
                 yield entry
 
-    def _cancel_wakeup(self) -> None:
-        if self._wakeup is not None:
-            self._wakeup.cancel()
-            self._wakeup = None
-
-    def _on_wakeup(self) -> None:
-        self._wakeup = None
-        self._schedule_dispatch()
-
     def _take(self) -> Batch | None:
         if not self._count:
-            self._cancel_wakeup()
+            self._wakeup.cancel()
             self._maybe_drained()
             return None
         max_batch_size = self._max_batch_size
@@ -222,7 +212,7 @@ class DynamicBatcher(DirectScheduler):
             if size in preferred:
                 best = len(chosen)
         if not chosen:
-            self._cancel_wakeup()
+            self._wakeup.cancel()
             self._maybe_drained()
             return None
         delay_ns = self._delay_ns
@@ -235,21 +225,16 @@ class DynamicBatcher(DirectScheduler):
         if best and not (delay_ns and delay_exceeded):
             chosen = chosen[:best]
         elif not (full or size >= max_preferred or delay_exceeded):
-            # Wait for more requests, at most until the oldest has waited max_queue_delay (a request that
-            # arrives meanwhile finds the wakeup already set for that moment).
-            due = oldest + delay_ns
-            if self._wakeup is None or self._wakeup_ns != due:
-                self._cancel_wakeup()
-                self._wakeup = self._timer.call_at_ns(due, self._on_wakeup)
-                self._wakeup_ns = due
+            # Wait for more requests, at most until the oldest has waited max_queue_delay.
+            self._wakeup.at(oldest + delay_ns)
             return None
-        self._cancel_wakeup()
+        self._wakeup.cancel()
         for entry in chosen:
             self._remove(entry)
         return [(e.request, e.future) for e in chosen]
 
     def close(self) -> None:
-        self._cancel_wakeup()
+        self._wakeup.cancel()
         super().close()
 
     def _take_all(self) -> Batch:

@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,7 @@ from tritium.core.types import DataType, Tensor
 
 from .base import InFlightScheduler
 from .dynamic import batch_key
-from .timer import Cancellable, precise_timer
+from .timer import Timer, Wakeup, precise_timer
 from .workers import InstanceWorker
 
 log = logging.getLogger(__name__)
@@ -278,26 +278,26 @@ class _Slot:
 class _Lane:
     """One instance and its sequence slots; runs one batch at a time."""
 
-    __slots__ = ("worker", "slots", "busy", "wakeup", "wakeup_ns")
+    __slots__ = ("worker", "slots", "busy", "wakeup")
 
-    def __init__(self, worker: InstanceWorker, slots: int) -> None:
+    def __init__(self, worker: InstanceWorker, slots: int, timer: Timer,
+                 dispatch: Callable[[_Lane], None]) -> None:
         self.worker = worker
         self.slots = [_Slot(self, i) for i in range(slots)]
         self.busy = False
-        self.wakeup: Cancellable | None = None
-        self.wakeup_ns = 0  # when ``wakeup`` is due
+        self.wakeup = Wakeup(timer, dispatch, self)  # the batcher's dispatch of this lane, after a queue delay
 
 
 class SequenceBatcher(InFlightScheduler):
     def __init__(self, workers: Sequence[InstanceWorker], loop: asyncio.AbstractEventLoop, config: mc.ModelConfig,
                  settings: SequenceSettings, stats: ModelStats | None = None) -> None:
         self._loop = loop
-        self._timer = precise_timer(loop)
         self._workers = list(workers)
         self._name = config.name
         self._mbs = config.max_batch_size
         self._settings = settings
-        self._lanes = [_Lane(w, settings.slots_per_instance) for w in self._workers]
+        timer = precise_timer(loop)
+        self._lanes = [_Lane(w, settings.slots_per_instance, timer, self._dispatch) for w in self._workers]
         self._free: deque[_Slot] = deque(s for slot_index in range(settings.slots_per_instance)
                                          for s in (lane.slots[slot_index] for lane in self._lanes))
         #: Sequences that have started and not yet sent END (in a slot or in the backlog).
@@ -423,26 +423,17 @@ class SequenceBatcher(InFlightScheduler):
 
     # -- forming batches ------------------------------------------------------------------------------
 
-    def _on_wakeup(self, lane: _Lane) -> None:
-        lane.wakeup = None
-        self._dispatch(lane)
-
-    def _cancel_wakeup(self, lane: _Lane) -> None:
-        if lane.wakeup is not None:
-            lane.wakeup.cancel()
-            lane.wakeup = None
-
     def _dispatch(self, lane: _Lane) -> None:
         if lane.busy or self._closed:
             return
         ready = [slot for slot in lane.slots if slot.sequence is not None and slot.sequence.queue]
         if not ready:
-            self._cancel_wakeup(lane)
+            lane.wakeup.cancel()
             self._maybe_drained()
             return
         settings = self._settings
         now = time.monotonic_ns()
-        oldest_ns = min(slot.sequence.queue[0].request.queued_ns for slot in ready)  # type: ignore[union-attr]
+        oldest_ns = min(slot.sequence.queue[0].request.queued_ns for slot in ready)
         delay_exceeded = not settings.delay_ns or now - oldest_ns >= settings.delay_ns
         if settings.oldest:
             chosen = self._oldest_batch(ready, delay_exceeded)
@@ -451,25 +442,21 @@ class SequenceBatcher(InFlightScheduler):
             chosen = ready if (full or delay_exceeded) else None
         if chosen is None:
             # Wait, at most until the oldest has waited the queue delay (microseconds: see timer.py).
-            due = oldest_ns + settings.delay_ns
-            if lane.wakeup is None or lane.wakeup_ns != due:
-                self._cancel_wakeup(lane)
-                lane.wakeup = self._timer.call_at_ns(due, self._on_wakeup, lane)
-                lane.wakeup_ns = due
+            lane.wakeup.at(oldest_ns + settings.delay_ns)
             return
-        self._cancel_wakeup(lane)
+        lane.wakeup.cancel()
         self._run(lane, chosen)
 
     def _oldest_batch(self, ready: list[_Slot], delay_exceeded: bool) -> list[_Slot] | None:
         """Heads of the candidate sequences, oldest first, while they fit one batch (Triton's ``oldest``)."""
-        ready.sort(key=lambda s: s.sequence.queue[0].request.queued_ns)  # type: ignore[union-attr]
+        ready.sort(key=lambda s: s.sequence.queue[0].request.queued_ns)
         limit = max(1, self._mbs)
         chosen: list[_Slot] = []
         key = None
         best = 0
         full = False
         for slot in ready:
-            request = slot.sequence.queue[0].request  # type: ignore[union-attr]
+            request = slot.sequence.queue[0].request
             request_key = batch_key(request)
             if chosen and (len(chosen) >= limit or request_key != key):
                 full = True
@@ -619,7 +606,7 @@ class SequenceBatcher(InFlightScheduler):
     def close(self) -> None:
         self._closed = True
         for lane in self._lanes:
-            self._cancel_wakeup(lane)
+            lane.wakeup.cancel()
         for sequence in {*self._live.values(), *(s.sequence for lane in self._lanes for s in lane.slots
                                                    if s.sequence is not None)}:
             if sequence.idle_timer is not None:

@@ -150,6 +150,36 @@ class TimerFd:
                 log.exception("timer callback failed")
 
 
+class Wakeup:
+    """A scheduler's one pending wakeup: asked again for the same moment it stays (requests arriving during
+    a queue delay do not re-arm it), asked for another it moves; cleared when it runs."""
+
+    __slots__ = ("_args", "_callback", "_due_ns", "_handle", "_timer")
+
+    def __init__(self, timer: Timer, callback: Callable[..., None], *args: Any) -> None:
+        self._timer = timer
+        self._callback = callback
+        self._args = args
+        self._handle: Cancellable | None = None
+        self._due_ns = 0
+
+    def at(self, due_ns: int) -> None:
+        if self._handle is not None and self._due_ns == due_ns:
+            return
+        self.cancel()
+        self._handle = self._timer.call_at_ns(due_ns, self._fire)
+        self._due_ns = due_ns
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._callback(*self._args)
+
+
 _timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Timer] = weakref.WeakKeyDictionary()
 _timers_lock = threading.Lock()  # models load on several threads
 
