@@ -157,6 +157,8 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(url: str, model: str, lua: str, connections: int, duration: int, threads: int) -> dict[str, float]:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: the HTTP benchmarks drive load with it (apt-get install wrk)")
     cmd = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", lua,
            f"http://{url}/v2/models/{model}/infer"]
     text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout

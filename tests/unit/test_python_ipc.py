@@ -11,15 +11,18 @@ import os
 import pickle
 import socket
 import struct
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.backends.base import InstanceSpec, ModelContext
-from tritium.backends.python.backend import PythonBackend
+from tritium.backends.python.backend import PythonBackend, Settings
 from tritium.backends.python.protocol import INCOMPLETE, Channel
 from tritium.config.parse import parse_config_text
+from tritium.core.errors import ModelConfigError
 from tritium.core.inference import InferenceRequest
 from tritium.core.types import Tensor
 
@@ -44,6 +47,28 @@ def test_channel_reassembles_split_and_joined_messages() -> None:
     with pytest.raises(EOFError):
         reader.recv()
     b.close()
+
+
+def test_recv_polls_then_sleeps_until_the_message_comes() -> None:
+    a, b = socket.socketpair()
+    reader, writer = Channel(b), Channel(a)
+    for delay in (0.005, 0.1):  # within the polling time, and long after it
+        timer = threading.Timer(delay, writer.send, (("exec", delay),))
+        start = time.perf_counter()
+        timer.start()
+        assert reader.recv(spin_s=0.02) == ("exec", delay)
+        assert time.perf_counter() - start >= delay
+        timer.join()
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5"])
+def test_stub_spin_setting_is_checked(value: str) -> None:
+    with pytest.raises(ModelConfigError, match=f"'stub-spin-microseconds' .*'{value}'"):
+        Settings({"stub-spin-microseconds": value})
+    assert Settings({"stub-spin-microseconds": "0"}).stub_spin_us == 0
+    assert Settings({}).stub_spin_us > 0
 
 
 MODEL = """
@@ -72,7 +97,9 @@ def instance(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
     """, "m")
     config.default_model_filename = "model.py"
     backend = PythonBackend()
-    backend.initialize({"shm-default-byte-size": "4096", "shm-growth-byte-size": "4096"})
+    # a stub that never polls: the other tests (and the server's default) cover the polling one
+    backend.initialize({"shm-default-byte-size": "4096", "shm-growth-byte-size": "4096",
+                        "stub-spin-microseconds": "0"})
     state = backend.model_initialize(ModelContext("m", 1, str(root / "m"), config))
     inst = state.instance_initialize(InstanceSpec("m_0", "KIND_CPU", 0, mc.ModelInstanceGroup()))
     yield inst

@@ -124,16 +124,21 @@ class Channel:
 
     def recv(self, spin_s: float = 0.0) -> Any:
         """The next message, blocking; with ``spin_s``, poll that long first, which spares this process
-        going to sleep (and the peer's wake-up of it) when the message comes within it."""
+        going to sleep (and the peer's wake-up of it) when the message comes within it.  Each poll yields
+        the CPU, so the polling hands the CPU to anything else runnable there (the server, the clients)
+        while it keeps it from going idle."""
         if spin_s > 0:
             deadline = time.perf_counter() + spin_s
             read = self._read
+            clock = time.perf_counter
+            yield_cpu = os.sched_yield
             while True:
                 message = read(socket.MSG_DONTWAIT)
                 if message is not INCOMPLETE:
                     return message
-                if time.perf_counter() > deadline:
+                if clock() > deadline:
                     break
+                yield_cpu()
         while True:
             message = self._read(0)
             if message is not INCOMPLETE:

@@ -27,11 +27,6 @@ import numpy as np
 from . import pb_utils, protocol
 from .protocol import Arena, Channel
 
-#: The longest the stub polls for the next execute before it sleeps.  Waking a sleeping process costs
-#: tens of µs; the stub polls only while the next message has lately come sooner than this (a moving
-#: average of the gaps), so an idle or slowly fed instance sleeps at once and leaves the CPU to others.
-SPIN_S = float(os.environ.get("TRITIUM_PYTHON_STUB_SPIN_US", "150")) / 1e6
-
 #: Where ``_frames`` stops: frames of this file are the stub's, not the model's.
 _THIS_FILE = os.path.abspath(__file__)
 
@@ -184,6 +179,8 @@ class Stub:
         self.out_arena = Arena.attach(*init["out_arena"])
         self.growth = int(init["growth"])
         self.shm_prefix = init["shm_prefix"]
+        #: The longest it polls for the next execute before it sleeps (the backend's ``stub-spin-microseconds``).
+        self.spin_s = float(init.get("spin_s", 0.0))
 
     def _call(self, function: Any, *args: Any) -> Any:
         result = function(*args)
@@ -202,11 +199,12 @@ class Stub:
     def serve(self) -> None:
         control = self.control
         clock = time.perf_counter
+        spin_s = self.spin_s
         gap = 1.0  # moving average of the time from a reply to the next message, s
         while True:
             replied = clock()
             try:
-                message = control.recv(SPIN_S if gap < SPIN_S else 0.0)
+                message = control.recv(spin_s if gap < spin_s else 0.0)
             except (EOFError, OSError):
                 return
             gap += (clock() - replied - gap) * 0.25
