@@ -63,17 +63,53 @@ async def test_two_instances_execute_at_the_same_time() -> None:
 
 
 @on_loop
+async def test_the_next_request_waits_in_the_busy_instance_and_starts_without_the_event_loop() -> None:
+    instance = Recorder()
+    async with direct(instance) as scheduler:
+        busy = await occupy(scheduler, instance)
+        (after,) = submit(scheduler, req("next"))
+        await asyncio.sleep(0.01)
+        assert scheduler.pending_count() == 1  # handed to the instance's queue, not started
+        instance.gate.set()
+        deadline = time.monotonic() + 2
+        while instance.batches != [["busy"], ["next"]] and time.monotonic() < deadline:
+            time.sleep(0.001)  # the event loop is blocked: only the instance's thread can start "next"
+        assert instance.batches == [["busy"], ["next"]]
+        assert [r.id for r in await asyncio.gather(busy, after)] == ["busy", "next"]
+        await settled(scheduler)
+
+
+@on_loop
+async def test_a_request_waiting_behind_a_busy_instance_goes_to_the_instance_that_frees_first() -> None:
+    slow, fast = Recorder("rec_0", held=True), Recorder("rec_1", held=True)
+    async with direct(slow, fast) as scheduler:
+        tasks = submit(scheduler, req("a"), req("b"), req("c"), req("d"))
+        await until(lambda: slow.batches == [["a"]] and fast.batches == [["b"]])
+        assert scheduler.pending_count() == 2  # c and d wait behind a and b, one each
+        fast.gate.set()  # b ends: fast runs what waited behind it and takes back what waited behind slow
+        await until(lambda: fast.batches == [["b"], ["c"], ["d"]] or fast.batches == [["b"], ["d"], ["c"]])
+        assert slow.batches == [["a"]]
+        slow.gate.set()
+        assert [r.id for r in await asyncio.gather(*tasks)] == ["a", "b", "c", "d"]
+        assert slow.batches == [["a"]]
+        await settled(scheduler)
+
+
+@on_loop
 async def test_a_request_whose_client_went_away_is_skipped() -> None:
     instance = Recorder()
     async with direct(instance) as scheduler:
         busy = await occupy(scheduler, instance)
-        gone, kept = submit(scheduler, req("gone"), req("kept"))
+        # "next" waits in the busy instance's own queue (handed over already, it runs); the others wait
+        # in the scheduler's
+        after, gone, kept = submit(scheduler, req("next"), req("gone"), req("kept"))
         await asyncio.sleep(0.01)
         gone.cancel()
         instance.gate.set()
         assert (await kept).id == "kept"
         await busy
-        assert instance.batches == [["busy"], ["kept"]]
+        await after
+        assert instance.batches == [["busy"], ["next"], ["kept"]]
         await settled(scheduler)
 
 

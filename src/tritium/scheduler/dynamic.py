@@ -89,6 +89,10 @@ def batch_key(request: InferenceRequest, ragged: Collection[str] = ()) -> tuple[
 
 
 class DynamicBatcher(DirectScheduler):
+    #: A batch taken while every instance is busy would be taken smaller than one taken when an instance
+    #: frees up.
+    queue_behind = False
+
     def __init__(self, workers: Sequence[InstanceWorker], loop: asyncio.AbstractEventLoop, max_batch_size: int,
                  settings: mc.ModelDynamicBatching | None = None, ragged_inputs: Collection[str] = (),
                  stats: ModelStats | None = None) -> None:

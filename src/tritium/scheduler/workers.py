@@ -62,6 +62,23 @@ class InstanceWorker:
         self._average_s = 1.0 if self._adaptive else float("inf")
         #: A backend that waits for its work on the event loop (``execute_async``) needs no thread hop.
         self._execute_async = getattr(instance, "execute_async", None)
+        #: Requests handed to the thread (written on the loop) and taken up by it (written by the thread):
+        #: their difference is what waits in the thread's queue.
+        self._handed = 0
+        self._taken = 0
+
+    @property
+    def queues_on_thread(self) -> bool:
+        """Whether a batch may wait in this worker's own queue (:meth:`queue_ticket`) while it executes
+        another, so that its thread starts it the moment the one before ends, without waiting for the
+        event loop.  Never inline (it would run at the same time as the one before) nor for a backend
+        that executes on the loop."""
+        return self._execute_async is None
+
+    @property
+    def waiting(self) -> int:
+        """Requests in this worker's queue that its thread has not started yet."""
+        return self._handed - self._taken
 
     @property
     def runs_inline(self) -> bool:
@@ -84,7 +101,25 @@ class InstanceWorker:
             responses, error, timing = self._execute(batch)
             done(batch, responses, error, timing)
         else:
+            self._handed += len(batch)
             self._queue.put((batch, done))
+
+    def queue_ticket(self, batch: Sequence[InferenceRequest], done: Done) -> list:  # type: ignore[type-arg]
+        """Queue ``batch`` for the thread as a ticket that :meth:`reclaim` can take back until the thread
+        takes it up (whoever pops the ticket's one item first runs it; ``list.pop`` is atomic)."""
+        ticket = [(batch, done)]
+        self._handed += len(batch)
+        self._queue.put(ticket)
+        return ticket
+
+    def reclaim(self, ticket: list) -> tuple | None:  # type: ignore[type-arg]
+        """Take a queued ticket's batch back (to run elsewhere); ``None`` when the thread has started it."""
+        try:
+            batch, done = ticket.pop()
+        except IndexError:
+            return None
+        self._handed -= len(batch)
+        return batch, done
 
     def stop(self) -> None:
         self._queue.put(_STOP)
@@ -123,7 +158,13 @@ class InstanceWorker:
             item = self._queue.get()
             if item is _STOP:
                 return
+            if type(item) is list:  # a ticket: taken back, or ours to run
+                try:
+                    item = item.pop()
+                except IndexError:
+                    continue
             batch, done = item  # type: ignore[misc]
+            self._taken += len(batch)
             responses, error, timing = self._execute(batch)
             try:
                 call_back(done, batch, responses, error, timing)
