@@ -128,14 +128,14 @@ class DirectScheduler(InFlightScheduler):
             self._executing -= len(futures)
             worker = idle.popleft()
             load[worker] = 1
-            self._submit(worker, taken[0], futures)
+            self._submit(worker, taken[0], futures, False)
         while idle:
             batch = self._take()
             if not batch:
                 return
             worker = idle.popleft()
             load[worker] = 1
-            self._submit(worker, [r for r, _ in batch], [f for _, f in batch])
+            self._submit(worker, [r for r, _ in batch], [f for _, f in batch], False)
         if self.queue_behind and self._ordered is None:
             for worker in self._workers:
                 if load[worker] == 1 and worker.queues_on_thread:
@@ -143,19 +143,21 @@ class DirectScheduler(InFlightScheduler):
                     if not batch:
                         return
                     load[worker] = 2
-                    futures = [f for _, f in batch]
-                    self._executing += len(futures)
-                    ticket = worker.queue_ticket([r for r, _ in batch], self._make_done(worker, futures, None))
-                    behind[worker] = (ticket, futures)
+                    self._submit(worker, [r for r, _ in batch], [f for _, f in batch], True)
 
     def _submit(self, worker: InstanceWorker, requests: list[InferenceRequest],
-                futures: list[asyncio.Future[InferenceResponse]]) -> None:
+                futures: list[asyncio.Future[InferenceResponse]], behind: bool) -> None:
+        """Run ``requests`` on ``worker``; ``behind``: in its queue, behind the batch it executes."""
         slot = None
         if self._ordered is not None:
             slot = [futures, None]
             self._ordered.append(slot)
         self._executing += len(futures)
-        worker.submit(requests, self._make_done(worker, futures, slot))
+        done = self._make_done(worker, futures, slot)
+        if behind:
+            self._behind[worker] = (worker.queue_ticket(requests, done), futures)
+        else:
+            worker.submit(requests, done)
 
     def pending_count(self) -> int:
         # requests waiting in a worker's own queue have not started executing

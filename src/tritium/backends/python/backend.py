@@ -73,29 +73,23 @@ class Settings:
     """``--backend-config=python,<key>=<value>`` values this backend honours."""
 
     def __init__(self, config: Mapping[str, str]) -> None:
-        def size(key: str, default: int) -> int:
+        def whole(key: str, default: int, unit: str, minimum: int = 1) -> int:
             value = config.get(key)
             if value is None:
                 return default
             try:
                 number = int(value)
             except ValueError:
-                raise ModelConfigError(f"python backend: '{key}' must be a number of bytes, got '{value}'") from None
-            if number <= 0:
-                raise ModelConfigError(f"python backend: '{key}' must be positive, got '{value}'")
+                raise ModelConfigError(f"python backend: '{key}' must be a number of {unit}, got '{value}'") from None
+            if number < minimum:
+                bound = "positive" if minimum == 1 else f"{minimum} or more"
+                raise ModelConfigError(f"python backend: '{key}' must be {bound}, got '{value}'")
             return number
 
-        spin = config.get("stub-spin-microseconds", str(DEFAULT_STUB_SPIN_US))
-        try:
-            self.stub_spin_us = int(spin)
-        except ValueError:
-            raise ModelConfigError(f"python backend: 'stub-spin-microseconds' must be a whole number of "
-                                   f"microseconds, got '{spin}'") from None
-        if self.stub_spin_us < 0:
-            raise ModelConfigError(f"python backend: 'stub-spin-microseconds' must be 0 or more, got '{spin}'")
-        self.shm_default = size("shm-default-byte-size", _MIB)
-        self.shm_growth = size("shm-growth-byte-size", _MIB)
-        self.stub_timeout = float(size("stub-timeout-seconds", 30))
+        self.stub_spin_us = whole("stub-spin-microseconds", DEFAULT_STUB_SPIN_US, "microseconds", minimum=0)
+        self.shm_default = whole("shm-default-byte-size", _MIB, "bytes")
+        self.shm_growth = whole("shm-growth-byte-size", _MIB, "bytes")
+        self.stub_timeout = float(whole("stub-timeout-seconds", 30, "seconds"))
         self.shm_prefix = config.get("shm-region-prefix-name", "tritium_python_").replace("/", "_")
 
 

@@ -180,7 +180,7 @@ class Stub:
         self.growth = int(init["growth"])
         self.shm_prefix = init["shm_prefix"]
         #: The longest it polls for the next execute before it sleeps (the backend's ``stub-spin-microseconds``).
-        self.spin_s = float(init.get("spin_s", 0.0))
+        self.spin_s = float(init["spin_s"])
 
     def _call(self, function: Any, *args: Any) -> Any:
         result = function(*args)
