@@ -171,6 +171,8 @@ class TritonPythonModel:
                 time.sleep(0.01)
             self.family.Metric(labels={"id": r.request_id(), "how": "request"}).set(time.monotonic() - start)
             self.family.Metric(labels={"id": r.request_id(), "how": "sender"}).set(float(sender.is_cancelled()))
+            # a gauge reads 0 from its creation until its set arrives: this one says the two above are set
+            self.family.Metric(labels={"id": r.request_id(), "how": "done"}).set(1.0)
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
 '''
@@ -332,9 +334,8 @@ def waited_until_cancelled(server: RunningServer, request_id: str) -> tuple[floa
     lines: list[str] = []
     while time.monotonic() < deadline:
         lines = scrape(server, f'id="{request_id}"')
-        waited = [float(line.split()[-1]) for line in lines if 'how="request"' in line]
-        if waited:
-            return waited[0], lines
+        if f'cancel_seen{{how="done",id="{request_id}"}} 1.0' in lines:
+            return [float(line.split()[-1]) for line in lines if 'how="request"' in line][0], lines
         time.sleep(0.1)
     raise AssertionError(f"the model never finished request '{request_id}'")
 
