@@ -35,23 +35,18 @@ class DataType(enum.Enum):
     BYTES = "BYTES"
     BF16 = "BF16"
 
-    @property
-    def wire_name(self) -> str:
-        return self.value
+    # Plain attributes of each member, set below: they are read for every tensor of every request, and
+    # a property (or a dictionary keyed by the member, whose hash Enum computes in Python) costs more.
+    #: The KServe v2 wire name (``FP32``).
+    wire_name: str
+    #: Name in ``model_config.proto``'s ``DataType`` enum (``TYPE_FP32``; BYTES is ``TYPE_STRING``).
+    config_name: str
+    numpy_dtype: np.dtype[Any]
+    #: Bytes per element; 0 for BYTES, whose elements vary in size.
+    itemsize: int
 
-    @property
-    def config_name(self) -> str:
-        """Name in ``model_config.proto``'s ``DataType`` enum."""
-        return "TYPE_STRING" if self is DataType.BYTES else "TYPE_" + self.value
-
-    @property
-    def numpy_dtype(self) -> np.dtype[Any]:
-        return _NUMPY[self]
-
-    @property
-    def itemsize(self) -> int:
-        """Bytes per element; 0 for BYTES, whose elements vary in size."""
-        return _ITEMSIZE[self]
+    # Members are singletons compared by identity: hash them the same way, in C.
+    __hash__ = object.__hash__
 
     @classmethod
     def from_wire(cls, name: str) -> DataType:
@@ -96,9 +91,13 @@ _NUMPY: dict[DataType, np.dtype[Any]] = {
     DataType.BYTES: np.dtype(object),
     DataType.BF16: np.dtype(ml_dtypes.bfloat16),
 }
+for _type, _dtype in _NUMPY.items():
+    object.__setattr__(_type, "wire_name", _type.value)
+    object.__setattr__(_type, "config_name", "TYPE_STRING" if _type.value == "BYTES" else "TYPE_" + _type.value)
+    object.__setattr__(_type, "numpy_dtype", _dtype)
+    object.__setattr__(_type, "itemsize", 0 if _type.value == "BYTES" else _dtype.itemsize)
 _FROM_NUMPY = {dtype: datatype for datatype, dtype in _NUMPY.items()}
 _FROM_WIRE = {datatype.value: datatype for datatype in DataType}
-_ITEMSIZE = {datatype: 0 if datatype is DataType.BYTES else dtype.itemsize for datatype, dtype in _NUMPY.items()}
 _FROM_CONFIG = {datatype.config_name: datatype for datatype in DataType}
 
 

@@ -52,6 +52,8 @@ from . import protocol
 from .protocol import INCOMPLETE, Arena, Channel
 
 log = logging.getLogger(__name__)
+
+_WIRE_TYPES = {datatype.wire_name: datatype for datatype in DataType}
 model_log = logging.getLogger("tritium.python_model")
 _LOG_LEVELS = [logging.INFO, logging.WARNING, logging.ERROR, logging.DEBUG]
 
@@ -592,10 +594,13 @@ class PythonInstanceState(ModelInstanceState):
                 if not holder:
                     holder.append(np.frombuffer(arena.mm, np.uint8))
                     arena.holder = weakref.ref(holder[0])
-                array = holder[0][offset : offset + nbytes].view(protocol.NUMPY_TYPES[kind]).reshape(shape)
+                datatype = _WIRE_TYPES[kind]
+                array = np.ndarray(shape, datatype.numpy_dtype, holder[0], offset)
+                outputs.append(Tensor(name, datatype, array))
+                continue
             else:
                 array = protocol.view(stub.out_arena.mm, kind, shape, offset, nbytes).copy()  # reused next time
-            outputs.append(Tensor(name, DataType.from_wire(kind), array))
+            outputs.append(Tensor(name, _WIRE_TYPES[kind], array))
         return InferenceResponse(self.ctx.name, self.ctx.version, request.id, outputs)
 
     # -- events: decoupled responses, BLS, logs ---------------------------------------------------------
