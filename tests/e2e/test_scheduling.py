@@ -7,8 +7,11 @@ queue behind a known wait; ``ragged`` echoes the batch inputs Triton synthesises
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 
 import numpy as np
@@ -97,6 +100,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
         batch_output [ { target_name: "OUTPUT0" kind: BATCH_SCATTER_WITH_INPUT_SHAPE source_input: "INPUT0" } ]
         dynamic_batching { preferred_batch_size: [ 3 ] max_queue_delay_microseconds: 20000000 }
         instance_group [ { kind: KIND_CPU count: 1 } ]""")
+    write_python_model(repo, "client_gone", sleep_then_echo(), echo_config(1, extra="dynamic_batching { }"))
     # Instances that each sleep 1 s per execution (Python backend: one process per instance).
     write_python_model(repo, "sleep_2", sleep_then_echo(1.0), echo_config(0, count=2))
     with RunningServer([repo]) as s:
@@ -262,3 +266,21 @@ def test_ragged_batch_gives_each_request_its_own_results(server: RunningServer) 
     accs.sort()
     assert [a for a, _ in accs] == list(np.cumsum([n for _, n in accs])), accs  # one batch of three
     client.close()
+
+
+def test_a_request_whose_client_goes_away_while_queued_is_dropped_and_counted_canceled(server: RunningServer) -> None:
+    blocker = _blocker(server, "client_gone")
+    body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [5.0]}]}).encode()
+    with socket.create_connection(("127.0.0.1", server.http_port)) as sock:  # queues behind the blocker
+        sock.sendall(b"POST /v2/models/client_gone/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        time.sleep(0.3)
+    blocker.join()
+    stats = _client(server).get_inference_statistics("client_gone")["model_stats"][0]
+    assert stats["inference_stats"]["fail"]["count"] == 1  # it never ran (it would have slept 5 s)
+    assert stats["inference_stats"]["success"]["count"] == 1  # the blocker
+    with urllib.request.urlopen(server.metrics_url) as r:
+        lines = [line for line in r.read().decode().splitlines()
+                 if line.startswith("nv_inference_request_failure{") and 'model="client_gone"' in line]
+    counts = {line.split('reason="')[1].split('"')[0]: float(line.split()[-1]) for line in lines}
+    assert counts == {"REJECTED": 0, "CANCELED": 1, "BACKEND": 0, "OTHER": 0}, lines

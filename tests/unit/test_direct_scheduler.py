@@ -110,6 +110,7 @@ async def test_a_request_whose_client_went_away_is_skipped() -> None:
         await busy
         await after
         assert instance.batches == [["busy"], ["next"], ["kept"]]
+        assert scheduler.stats.failures == {"CANCELED": 1} and scheduler.stats.fail.count == 1
         await settled(scheduler)
 
 

@@ -431,6 +431,7 @@ async def test_a_request_whose_client_went_away_is_skipped_and_counts_return_to_
         assert (await kept).id == "kept"
         await busy
         assert instance.batches == [["busy"], ["kept"]]
+        assert batcher.stats.failures == {"CANCELED": 1} and batcher.stats.fail.count == 1
         await settled(batcher)
 
 

@@ -122,7 +122,8 @@ class ModelStats:
     #: Wall-clock milliseconds since the epoch of the last completed inference (0 = never).
     last_inference_ms: int = 0
     batches: dict[int, BatchStats] = field(default_factory=dict)
-    #: Failed requests by Triton's metric reason: REJECTED (queue full, timeout), BACKEND (execution failed).
+    #: Failed requests by Triton's metric reason: REJECTED (queue full, timeout), CANCELED (the client went
+    #: away while the request was queued), BACKEND (execution failed).
     failures: dict[str, int] = field(default_factory=dict)
     #: Per-request latency windows; only kept when ``--metrics-config summary_latencies=true`` asks for them.
     summaries: LatencySummaries | None = None
@@ -170,7 +171,8 @@ class ModelStats:
                 summaries.compute_infer.observe(now_s, c_infer // 1000)
                 summaries.compute_output.observe(now_s, c_out // 1000)
 
-    def record_rejected(self, request: InferenceRequest) -> None:
-        """A request that never ran: full queue or expired timeout."""
+    def record_rejected(self, request: InferenceRequest, reason: str = "REJECTED") -> None:
+        """A request that never ran: full queue or expired timeout (``REJECTED``), or its client went away
+        while it waited (``CANCELED``)."""
         self.fail.add(now_ns() - (request.queued_ns or now_ns()))
-        self.failures["REJECTED"] = self.failures.get("REJECTED", 0) + 1
+        self.failures[reason] = self.failures.get(reason, 0) + 1

@@ -92,6 +92,7 @@ class DirectScheduler(InFlightScheduler):
             if not entry[1].cancelled():
                 return [entry]
             self._in_flight -= 1  # the client went away while it waited
+            self.stats.record_rejected(entry[0], "CANCELED")
         self._maybe_drained()
         return None
 

@@ -184,6 +184,7 @@ class DynamicBatcher(DirectScheduler):
                 if entry.future.cancelled():  # the client went away while it waited
                     self._remove(entry)
                     self._in_flight -= 1
+                    self.stats.record_rejected(entry.request, "CANCELED")
                     continue
                 yield entry
 
