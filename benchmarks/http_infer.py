@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -101,10 +102,13 @@ def build_triton_repo(root: str) -> None:
         f.write(TRITON_IDENTITY)
 
 
-def start_triton(workdir: str, python: str, port: int) -> subprocess.Popen:
+def start_triton(workdir: str, python: str, port: int, extra: Callable[[str], None] | None = None) -> subprocess.Popen:
+    """Real Triton on identity_fp32 (and whatever ``extra(repo)`` adds to its repository)."""
     script = os.path.join(HERE, "..", "..", "shared", "tools", "real_triton.sh")
     repo = os.path.join(workdir, "triton-repo")
     build_triton_repo(repo)
+    if extra is not None:
+        extra(repo)
     log = open(os.path.join(workdir, "triton.log"), "wb")
     return subprocess.Popen(
         ["bash", script, f"--model-repository={repo}", f"--http-port={port}", f"--grpc-port={port + 1}",

@@ -5,6 +5,8 @@
    memory, one message each way; the output comes back as a view of the arena, not copied).
 2. HTTP (wrk, binary body, FP32 [1,16]) at 1, 8 and 32 connections against the same ``model.py``;
    with ``--triton-python PYTHON`` also against real Triton on the same repository (side by side).
+3. BLS: a ``model.py`` that calls an identity ``model.py`` by ``InferenceRequest.exec()`` with a tensor of
+   each size, timed inside the calling model (median and p90 of 40 calls), on both servers.
 
     python benchmarks/python_backend.py [--duration 10] [--triton-python /work/triton-ref/.venv-triton/bin/python]
 """
@@ -64,6 +66,63 @@ def crossing(repo: str, sizes: list[int], iterations: int) -> list[tuple[int, fl
     return rows
 
 
+#: Times BLS calls to ``identity_any`` from inside a model: input N (floats per call), output [median, p90] µs.
+BLS_TIMER = """
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = np.random.rand(int(r.inputs()[0].as_numpy()[0])).astype(np.float32)
+            times = []
+            for _ in range(40):
+                start = time.perf_counter()
+                result = pb_utils.InferenceRequest(model_name="identity_any", inputs=[pb_utils.Tensor("INPUT0", x)],
+                                                   requested_output_names=["OUTPUT0"]).exec()
+                y = pb_utils.get_output_tensor_by_name(result, "OUTPUT0").as_numpy()
+                times.append(time.perf_counter() - start)
+                assert y.shape == x.shape
+            times.sort()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("US", np.array(
+                [times[20] * 1e6, times[36] * 1e6], np.float32))]))
+        return out
+"""
+
+
+def add_bls_models(repo: str) -> None:
+    """identity_any (the identity model.py on any length) and bls_timer, which calls it."""
+    for name, code, io in (
+        ("identity_any", http_infer.TRITON_IDENTITY, """
+            input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+            output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]"""),
+        ("bls_timer", BLS_TIMER, """
+            input [ { name: "N" data_type: TYPE_FP32 dims: [ 1 ] } ]
+            output [ { name: "US" data_type: TYPE_FP32 dims: [ 2 ] } ]"""),
+    ):
+        os.makedirs(os.path.join(repo, name, "1"))
+        with open(os.path.join(repo, name, "config.pbtxt"), "w") as f:
+            f.write(f'backend: "python"\nmax_batch_size: 0\n{io}\ninstance_group [ {{ kind: KIND_CPU count: 1 }} ]\n')
+        with open(os.path.join(repo, name, "1", "model.py"), "w") as f:
+            f.write(code)
+
+
+def bls_rows(url: str, sizes: list[int]) -> list[tuple[int, float, float]]:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url, network_timeout=300)
+    rows = []
+    for size in sizes:
+        tensor = httpclient.InferInput("N", [1], "FP32")
+        tensor.set_data_from_numpy(np.array([size // 4], np.float32))
+        median, p90 = client.infer("bls_timer", [tensor]).as_numpy("US").tolist()
+        rows.append((size, median, p90))
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
@@ -76,6 +135,7 @@ def main() -> int:
     workdir = tempfile.mkdtemp(prefix="tritium-pybench-")
     repo = os.path.join(workdir, "triton-repo")  # the name http_infer.start_triton uses
     http_infer.build_triton_repo(repo)
+    add_bls_models(repo)
     # The wrk config of http_infer's "identity" row: FP32 [1,16] into identity_fp32.
     args.modes, args.threads = "binary", 1
     procs: list[subprocess.Popen] = []
@@ -99,7 +159,7 @@ def main() -> int:
             # repository is a copy of the same model.py.
             triton_workdir = os.path.join(workdir, "triton")
             os.makedirs(triton_workdir)
-            proc = http_infer.start_triton(triton_workdir, args.triton_python, 28750)
+            proc = http_infer.start_triton(triton_workdir, args.triton_python, 28750, add_bls_models)
             procs.append(proc)
             http_infer.wait_live("127.0.0.1:28750", proc, timeout=120)
             servers.append(("triton", "127.0.0.1:28750"))
@@ -120,6 +180,11 @@ def main() -> int:
             other = median.get(("triton", c))
             if label == "tritium" and other:
                 print(f"tritium / triton at {c} conns = {r['rps'] / other['rps']:.2f}x")
+        print("\nBLS exec() from a model.py to the identity model.py, timed in the calling model (40 calls):")
+        print(f"{'server':<10} {'tensor':>10} {'median us':>10} {'p90 us':>10}")
+        for label, url in servers:
+            for size, median_us, p90_us in bls_rows(url, [64, 1 << 20, 4 << 20]):
+                print(f"{label:<10} {size:>10} {median_us:>10.1f} {p90_us:>10.1f}")
     finally:
         for proc in procs:
             if proc.poll() is None:

@@ -193,6 +193,21 @@ def python_model(repo: str, name: str, source: str, inputs: list[str], outputs: 
         f.write(textwrap.dedent(source))
 
 
+#: Passes its input through another Python model by BLS (tensors cross both ways out of band).
+BLS_IDENTITY = '''
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            result = pb_utils.InferenceRequest(model_name="identity", inputs=request.inputs(),
+                                               requested_output_names=["OUTPUT0"]).exec()
+            out.append(pb_utils.InferenceResponse([pb_utils.get_output_tensor_by_name(result, "OUTPUT0")]))
+        return out
+'''
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = str(tmp_path_factory.mktemp("pyrepo"))
@@ -206,6 +221,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> str:
     int16 = [tensor("INPUT0", "TYPE_INT32", "16"), tensor("INPUT1", "TYPE_INT32", "16")]
     python_model(path, "bls", BLS, int16, [tensor("OUTPUT0", "TYPE_INT32", "16"), tensor("OUTPUT1", "TYPE_INT32", "16"),
                                            tensor("ARGS", "TYPE_STRING", "1")], max_batch_size=8)
+    python_model(path, "bls_identity", BLS_IDENTITY, [tensor("INPUT0", "TYPE_FP32", "-1")],
+                 [tensor("OUTPUT0", "TYPE_FP32", "-1")], max_batch_size=8)
     python_model(path, "async_bls", ASYNC_BLS, [tensor("INPUT0", "TYPE_INT32", "16")],
                  [tensor("OUTPUT0", "TYPE_INT32", "16")], max_batch_size=8)
     python_model(path, "repeat", REPEAT, [tensor("IN", "TYPE_INT32", "1")], [tensor("OUT", "TYPE_INT32", "1")],
@@ -289,6 +306,12 @@ def test_bls_error_comes_back_as_response_error(client: httpclient.InferenceServ
     with pytest.raises(InferenceServerException, match="nosuchmodel"):
         client.infer("bls", [infer_input("INPUT0", a, "INT32"), infer_input("INPUT1", a, "INT32")],
                      parameters={"target": "nosuchmodel"})
+
+
+def test_bls_carries_megabytes_both_ways(client: httpclient.InferenceServerClient) -> None:
+    x = np.random.default_rng(1).standard_normal((1, 700_000)).astype(np.float32)  # 2.8 MB each way
+    result = client.infer("bls_identity", [infer_input("INPUT0", x, "FP32")])
+    assert np.array_equal(result.as_numpy("OUTPUT0"), x)
 
 
 def test_async_execute_with_async_bls(client: httpclient.InferenceServerClient) -> None:

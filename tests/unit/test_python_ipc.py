@@ -20,6 +20,7 @@ import pytest
 from tritium._proto import model_config_pb2 as mc
 from tritium.backends.base import InstanceSpec, ModelContext
 from tritium.backends.python.backend import PythonBackend, Settings
+from tritium.backends.python import protocol
 from tritium.backends.python.protocol import INCOMPLETE, Channel
 from tritium.config.parse import parse_config_text
 from tritium.core.errors import ModelConfigError
@@ -31,7 +32,7 @@ def test_channel_reassembles_split_and_joined_messages() -> None:
     a, b = socket.socketpair()
     reader = Channel(b)
     first, second = pickle.dumps(("exec", 1, [1.5] * 100), 5), pickle.dumps(("finalize",), 5)
-    framed = struct.pack("<I", len(first)) + first + struct.pack("<I", len(second)) + second
+    framed = struct.pack("<II", len(first), 0) + first + struct.pack("<II", len(second), 0) + second
     a.sendall(framed[:3])  # not even the length yet
     assert reader.recv_nowait() is INCOMPLETE
     a.sendall(framed[3:20])
@@ -46,6 +47,34 @@ def test_channel_reassembles_split_and_joined_messages() -> None:
     a.close()
     with pytest.raises(EOFError):
         reader.recv()
+    b.close()
+
+
+def test_tensors_travel_out_of_band_and_big_messages_arrive_in_pieces() -> None:
+    a, b = socket.socketpair()
+    a.setblocking(True)
+    writer, reader = Channel(a), Channel(b)
+    big = np.arange(3 << 18, dtype=np.float32)  # 3 MiB: many reads, more than the socket holds
+    small = np.array([[1, 2], [3, 4]], np.int16)
+    metas, data = protocol.inline_tensors([("BIG", big), ("SMALL", small),
+                                           ("TEXT", np.array([b"a", b"bc"], dtype=object))])
+    assert all(isinstance(d, pickle.PickleBuffer) for d in data)  # not copied into the pickle
+    sender = threading.Thread(target=lambda: [writer.send(m) for m in (("resp", 7, metas, data), ("log", 1, "x"))])
+    sender.start()
+    got = INCOMPLETE
+    while got is INCOMPLETE:  # as the event loop reads it: whatever has arrived, never blocking
+        got = reader.recv_nowait()
+        if got is INCOMPLETE:
+            reader.poll(1)
+    assert got[:2] == ("resp", 7)
+    arrays = {name: array for name, _, array in protocol.read_inline(got[2], got[3])}
+    assert np.array_equal(arrays["BIG"], big) and np.array_equal(arrays["SMALL"], small)
+    assert arrays["SMALL"].dtype == np.int16 and arrays["TEXT"].tolist() == [b"a", b"bc"]
+    arrays["BIG"][0] = -1.0  # the received memory is the message's own, writable like a model's tensors
+    assert reader.recv() == ("log", 1, "x")  # the message after it is intact
+    sender.join()
+    assert reader.recv_nowait() is INCOMPLETE
+    a.close()
     b.close()
 
 

@@ -54,6 +54,7 @@ from .protocol import INCOMPLETE, Arena, Channel
 log = logging.getLogger(__name__)
 
 _WIRE_TYPES = {datatype.wire_name: datatype for datatype in DataType}
+_EVENT_BUFFER_BYTES = 4 << 20
 model_log = logging.getLogger("tritium.python_model")
 _LOG_LEVELS = [logging.INFO, logging.WARNING, logging.ERROR, logging.DEBUG]
 
@@ -173,6 +174,11 @@ def _spawn(python: str) -> tuple[Channel, Channel, subprocess.Popen[bytes]]:
     """Start a stub; returns the server's ends of its control and event sockets."""
     control_here, control_there = socket.socketpair()
     events_here, events_there = socket.socketpair()
+    for sock in (events_here, events_there):
+        # Tensors of decoupled responses and BLS calls cross here: room for a few MiB in flight spares the
+        # sender waiting on the reader every 200 KiB (the kernel caps it at net.core.wmem_max).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _EVENT_BUFFER_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _EVENT_BUFFER_BYTES)
     env = dict(os.environ)
     env["PYTHONPATH"] = _SRC_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     fds = (control_there.fileno(), events_there.fileno())

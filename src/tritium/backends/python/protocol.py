@@ -100,27 +100,55 @@ def deserialize_bytes(buffer: Any, count: int) -> np.ndarray:
 
 #: What :meth:`Channel.recv_nowait` returns while a message is incomplete.
 INCOMPLETE = object()
-_FRAME = struct.Struct("<I")
+#: A message's header: the bytes after it, and how many out-of-band buffers those end with.
+_HEAD = struct.Struct("<II")
+_SIZE = struct.Struct("<Q")
+#: A message longer than this is received straight into its own memory (see :meth:`Channel._take`).
+_BIG = 1 << 16
 
 
 class Channel:
-    """Pickled messages over a stream socket, framed by a 4-byte length.
+    """Pickled messages over a stream socket, framed by a length.
 
     Lighter than ``multiprocessing.connection.Connection`` (no ``ForkingPickler`` per message, one
     ``send`` and usually one ``recv`` syscall per message): this is the hot path of every execute.
     :meth:`recv_nowait` lets an event loop read it without blocking.
+
+    Tensor data in a message (decoupled responses, BLS calls; the execute path uses shared memory)
+    travels out of band: pickled as :class:`pickle.PickleBuffer`, it is not copied into the pickle but
+    sent from the array's own memory (one ``sendmsg``), and received into the memory that the arrays
+    of the decoded message view (a 1 MiB tensor was copied seven times in 64 KiB pieces, 1.5 ms).
+    A message is ``[bytes after the header, buffer count][buffer sizes][pickle][buffers]``.
     """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._buffer = bytearray()
+        #: A big message being received: its memory, how much of it has arrived, its buffer count.
+        self._pending: bytearray | None = None
+        self._filled = 0
+        self._count = 0
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def send(self, message: Any) -> None:
-        data = pickle.dumps(message, 5)
-        self.sock.sendall(_FRAME.pack(len(data)) + data)
+        buffers: list[pickle.PickleBuffer] = []
+        data = pickle.dumps(message, 5, buffer_callback=buffers.append)
+        if not buffers:
+            self.sock.sendall(_HEAD.pack(len(data), 0) + data)
+            return
+        raws = [buffer.raw() for buffer in buffers]
+        sizes = b"".join(_SIZE.pack(raw.nbytes) for raw in raws)
+        total = len(sizes) + len(data) + sum(raw.nbytes for raw in raws)
+        parts = [memoryview(_HEAD.pack(total, len(raws)) + sizes + data), *raws]
+        while parts:  # sendmsg may send less than all of it
+            sent = self.sock.sendmsg(parts)
+            while parts and sent >= parts[0].nbytes:
+                sent -= parts[0].nbytes
+                parts.pop(0)
+            if sent:
+                parts[0] = parts[0][sent:]
 
     def recv(self, spin_s: float = 0.0) -> Any:
         """The next message, blocking; with ``spin_s``, poll that long first, which spares this process
@@ -149,42 +177,92 @@ class Channel:
         return self._read(socket.MSG_DONTWAIT)
 
     def _read(self, flags: int) -> Any:
+        if self._pending is not None:
+            return self._fill(flags)
         buffer = self._buffer
-        if len(buffer) >= 4:  # a message left over from an earlier read
+        if len(buffer) >= _HEAD.size:  # a message left over from an earlier read
             message = self._take()
             if message is not INCOMPLETE:
                 return message
+            if self._pending is not None:
+                return self._fill(flags)
         try:
-            chunk = self.sock.recv(1 << 16, flags)
+            chunk = self.sock.recv(_BIG, flags)
         except BlockingIOError:
             return INCOMPLETE
         except OSError as e:
             raise EOFError(str(e)) from None
         if not chunk:
             raise EOFError("the peer closed the channel")
-        if not buffer and len(chunk) >= 4 and _FRAME.unpack_from(chunk)[0] + 4 == len(chunk):
-            return pickle.loads(memoryview(chunk)[4:])  # the common case: exactly one message
+        if not buffer and len(chunk) >= _HEAD.size:
+            total, count = _HEAD.unpack_from(chunk)
+            if not count and total + _HEAD.size == len(chunk):
+                return pickle.loads(memoryview(chunk)[_HEAD.size :])  # the common case: exactly one message
         buffer += chunk
-        return self._take()
-
-    def _take(self) -> Any:
-        buffer = self._buffer
-        if len(buffer) < 4:
-            return INCOMPLETE
-        end = _FRAME.unpack_from(buffer)[0] + 4
-        if len(buffer) < end:
-            return INCOMPLETE
-        message = pickle.loads(bytes(buffer[4:end]))
-        del buffer[:end]
+        message = self._take()
+        if message is INCOMPLETE and self._pending is not None:
+            return self._fill(flags)
         return message
 
+    def _take(self) -> Any:
+        """The first message in the buffer, or INCOMPLETE; a big incomplete one moves to its own memory,
+        where the rest of it is received (:meth:`_fill`)."""
+        buffer = self._buffer
+        if len(buffer) < _HEAD.size:
+            return INCOMPLETE
+        total, count = _HEAD.unpack_from(buffer)
+        end = _HEAD.size + total
+        if len(buffer) < end:
+            if total > _BIG:
+                body = bytearray(total)
+                have = len(buffer) - _HEAD.size
+                body[:have] = memoryview(buffer)[_HEAD.size :]
+                buffer.clear()
+                self._pending, self._filled, self._count = body, have, count
+            return INCOMPLETE
+        body = buffer[_HEAD.size : end]  # a copy: the arrays of the message may view it
+        del buffer[:end]
+        return _decode(body, count)
+
+    def _fill(self, flags: int) -> Any:
+        body = self._pending
+        assert body is not None
+        try:
+            received = self.sock.recv_into(memoryview(body)[self._filled :], 0, flags)
+        except BlockingIOError:
+            return INCOMPLETE
+        except OSError as e:
+            raise EOFError(str(e)) from None
+        if not received:
+            raise EOFError("the peer closed the channel")
+        self._filled += received
+        if self._filled < len(body):
+            return INCOMPLETE
+        self._pending = None
+        return _decode(body, self._count)
+
     def poll(self, timeout: float) -> bool:
-        if len(self._buffer) >= 4:
+        if self._pending is None and len(self._buffer) >= _HEAD.size:
             return True
         return bool(select.select([self.sock], [], [], timeout)[0])
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _decode(body: bytearray, count: int) -> Any:
+    """A message from its bytes after the header; its out-of-band buffers become views of ``body``."""
+    if not count:
+        return pickle.loads(body)
+    view = memoryview(body)
+    sizes = [_SIZE.unpack_from(view, _SIZE.size * i)[0] for i in range(count)]
+    start = _SIZE.size * count
+    offset = len(body) - sum(sizes)
+    buffers = []
+    for size in sizes:
+        buffers.append(view[offset : offset + size])
+        offset += size
+    return pickle.loads(view[start : len(body) - sum(sizes)], buffers=buffers)
 
 
 class Arena:
@@ -306,7 +384,7 @@ def inline_tensors(arrays: list[tuple[str, np.ndarray]]) -> tuple[list[tuple], l
         kind, raw = encoded(array)
         nbytes = len(raw) if isinstance(raw, bytes) else raw.nbytes
         metas.append((name, kind, tuple(array.shape), -1, nbytes))
-        data.append(raw if isinstance(raw, bytes) else raw.tobytes())
+        data.append(pickle.PickleBuffer(raw))  # out of band: sent from the array's memory (Channel)
     return metas, data
 
 
