@@ -115,6 +115,23 @@ async def test_a_request_whose_client_went_away_is_skipped() -> None:
 
 
 @on_loop
+async def test_a_request_waiting_in_the_busy_instance_whose_client_went_away_is_not_executed() -> None:
+    instance = Recorder()
+    async with direct(instance) as scheduler:
+        busy = await occupy(scheduler, instance)
+        gone, kept = submit(scheduler, req("gone"), req("kept"))  # "gone" waits in the instance's queue
+        await asyncio.sleep(0.01)
+        assert instance.worker.waiting == 1
+        gone.cancel()
+        instance.gate.set()
+        assert (await kept).id == "kept"
+        await busy
+        assert instance.batches == [["busy"], ["kept"]]
+        assert scheduler.stats.failures == {"CANCELED": 1} and scheduler.stats.execution_count == 2
+        await settled(scheduler)
+
+
+@on_loop
 async def test_an_instance_error_fails_its_request_and_the_next_one_runs() -> None:
     instance = Recorder()
     async with direct(instance) as scheduler:

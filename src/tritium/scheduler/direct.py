@@ -15,7 +15,8 @@ instead of idling while its completion crosses to the event loop and the next
 dispatch crosses back (two thread wake-ups; on a VM whose idle CPUs halt, the
 MLP unbatched at 32 connections ran 260 µs and then idled 430 µs per request).
 The dynamic batcher does not do this: a batch taken early is a batch taken
-smaller.
+smaller.  A request waiting there whose client has gone is not executed: the
+thread checks before it starts it, and it counts as CANCELED, as in the queue.
 
 Subclasses change only the queue: :meth:`_enqueue`, :meth:`_take` and
 :attr:`_queued`; completion, statistics, draining and ordering live here.
@@ -24,6 +25,7 @@ Subclasses change only the queue: :meth:`_enqueue`, :meth:`_take` and
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -33,7 +35,7 @@ from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.stats import ExecutionTiming, ModelStats
 
 from .base import InFlightScheduler
-from .workers import InstanceWorker
+from .workers import AbandonedError, InstanceWorker
 
 Future = asyncio.Future  # of InferenceResponse
 Batch = list[tuple[InferenceRequest, "asyncio.Future[InferenceResponse]"]]
@@ -156,7 +158,9 @@ class DirectScheduler(InFlightScheduler):
         self._executing += len(futures)
         done = self._make_done(worker, futures, slot)
         if behind:
-            self._behind[worker] = (worker.queue_ticket(requests, done), futures)
+            # Reading a future's state from the instance's thread is safe: it is one field, under the GIL.
+            abandoned = futures[0].cancelled if len(futures) == 1 else functools.partial(_all_cancelled, futures)
+            self._behind[worker] = (worker.queue_ticket(requests, done, abandoned), futures)
         else:
             worker.submit(requests, done)
 
@@ -172,11 +176,15 @@ class DirectScheduler(InFlightScheduler):
             error: TritiumError | None,
             timing: ExecutionTiming,
         ) -> None:
-            self.stats.record_execution(batch, timing, responses is not None)
-            for request in batch:
-                if request.trace is not None:
-                    request.trace.execution(request.queued_ns, timing.start_ns, timing.input_end_ns,
-                                            timing.infer_end_ns, timing.end_ns)
+            if type(error) is AbandonedError:  # waited in the instance's queue, its clients gone: not run
+                for request in batch:
+                    self.stats.record_rejected(request, "CANCELED")
+            else:
+                self.stats.record_execution(batch, timing, responses is not None)
+                for request in batch:
+                    if request.trace is not None:
+                        request.trace.execution(request.queued_ns, timing.start_ns, timing.input_end_ns,
+                                                timing.infer_end_ns, timing.end_ns)
             if responses is None:
                 outcome: list[InferenceResponse] | TritiumError = error or UnavailableError("execution failed")
             else:
@@ -235,6 +243,10 @@ class DirectScheduler(InFlightScheduler):
         taken = list(self._pending)
         self._pending.clear()
         return taken
+
+
+def _all_cancelled(futures: list[asyncio.Future[InferenceResponse]]) -> bool:
+    return all(future.cancelled() for future in futures)
 
 
 def _resolve(futures: list[asyncio.Future[InferenceResponse]],

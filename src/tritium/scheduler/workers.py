@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from tritium.backends.base import ModelInstanceState
-from tritium.core.errors import InternalError, TritiumError
+from tritium.core.errors import CancelledError, InternalError, TritiumError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.stats import ExecutionTiming
 
@@ -45,6 +45,10 @@ Done = Callable[
 INLINE_EXECUTE_S = float(os.environ.get("TRITIUM_INLINE_EXECUTE_US", "150")) / 1e6
 
 _STOP = object()
+
+
+class AbandonedError(CancelledError):
+    """What a batch that was not executed gets: it waited in the worker's queue and nobody waits for it."""
 
 
 class InstanceWorker:
@@ -104,10 +108,13 @@ class InstanceWorker:
             self._handed += len(batch)
             self._queue.put((batch, done))
 
-    def queue_ticket(self, batch: Sequence[InferenceRequest], done: Done) -> list:  # type: ignore[type-arg]
+    def queue_ticket(self, batch: Sequence[InferenceRequest], done: Done,
+                     abandoned: Callable[[], bool] | None = None) -> list:  # type: ignore[type-arg]
         """Queue ``batch`` for the thread as a ticket that :meth:`reclaim` can take back until the thread
-        takes it up (whoever pops the ticket's one item first runs it; ``list.pop`` is atomic)."""
-        ticket = [(batch, done)]
+        takes it up (whoever pops the ticket's one item first runs it; ``list.pop`` is atomic).  When the
+        thread takes it and ``abandoned()`` says nobody waits for it any more, the batch is not executed:
+        ``done`` gets an :class:`AbandonedError` instead."""
+        ticket = [(batch, done, abandoned)]
         self._handed += len(batch)
         self._queue.put(ticket)
         return ticket
@@ -115,7 +122,7 @@ class InstanceWorker:
     def reclaim(self, ticket: list) -> tuple | None:  # type: ignore[type-arg]
         """Take a queued ticket's batch back (to run elsewhere); ``None`` when the thread has started it."""
         try:
-            batch, done = ticket.pop()
+            batch, done, _ = ticket.pop()
         except IndexError:
             return None
         self._handed -= len(batch)
@@ -160,10 +167,20 @@ class InstanceWorker:
                 return
             if type(item) is list:  # a ticket: taken back, or ours to run
                 try:
-                    item = item.pop()
+                    batch, done, abandoned = item.pop()
                 except IndexError:
                     continue
-            batch, done = item  # type: ignore[misc]
+                if abandoned is not None and abandoned():
+                    self._taken += len(batch)
+                    now = time.monotonic_ns()
+                    try:
+                        call_back(done, batch, None, AbandonedError("the client went away"),
+                                  ExecutionTiming(now, 0, 0, now))
+                    except RuntimeError:
+                        return
+                    continue
+            else:
+                batch, done = item  # type: ignore[misc]
             self._taken += len(batch)
             responses, error, timing = self._execute(batch)
             try:
