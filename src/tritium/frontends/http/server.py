@@ -35,11 +35,17 @@ MAX_HEAD_BYTES = 64 * 1024
 _HEADER_NAMES: dict[bytes, str] = {}
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 _OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+_OK_HEAD_1 = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\n%s: %s\r\nContent-Length: %d\r\n\r\n"
 
 
 def _head(response: HttpResponse, length: int, keep_alive: bool) -> bytes:
-    if response.status == 200 and keep_alive and not response.headers and response.content_type is not None:
-        return _OK_HEAD % (response.content_type, length)  # the common case, in one formatting
+    if response.status == 200 and keep_alive and response.content_type is not None:
+        # the common cases, in one formatting: JSON answers, and binary ones (Inference-Header-Content-Length)
+        headers = response.headers
+        if not headers:
+            return _OK_HEAD % (response.content_type, length)
+        if len(headers) == 1:
+            return _OK_HEAD_1 % (response.content_type, headers[0][0], headers[0][1], length)
     lines = [b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"Unknown"))]
     if response.content_type is not None:
         lines.append(b"Content-Type: " + response.content_type + b"\r\n")
@@ -201,7 +207,7 @@ class HttpProtocol(asyncio.Protocol):
             pieces, encoding = compress_body(pieces, accept)
             if encoding is not None:
                 response.headers.append((b"Content-Encoding", encoding))
-        length = sum(len(p) for p in pieces)
+        length = sum(map(len, pieces))
         trace = response.trace
         if trace is None:
             transport.writelines([_head(response, length, keep_alive), *pieces])
