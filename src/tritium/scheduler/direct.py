@@ -159,7 +159,7 @@ class DirectScheduler(InFlightScheduler):
         done = self._make_done(worker, futures, slot)
         if behind:
             # Reading a future's state from the instance's thread is safe: it is one field, under the GIL.
-            abandoned = futures[0].cancelled if len(futures) == 1 else functools.partial(_all_cancelled, futures)
+            abandoned = functools.partial(_all_cancelled, futures)
             self._behind[worker] = (worker.queue_ticket(requests, done, abandoned), futures)
         else:
             worker.submit(requests, done)

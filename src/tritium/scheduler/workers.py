@@ -170,19 +170,15 @@ class InstanceWorker:
                     batch, done, abandoned = item.pop()
                 except IndexError:
                     continue
-                if abandoned is not None and abandoned():
-                    self._taken += len(batch)
-                    now = time.monotonic_ns()
-                    try:
-                        call_back(done, batch, None, AbandonedError("the client went away"),
-                                  ExecutionTiming(now, 0, 0, now))
-                    except RuntimeError:
-                        return
-                    continue
             else:
                 batch, done = item  # type: ignore[misc]
+                abandoned = None
             self._taken += len(batch)
-            responses, error, timing = self._execute(batch)
+            if abandoned is not None and abandoned():
+                now = time.monotonic_ns()
+                responses, error, timing = None, AbandonedError("the client went away"), ExecutionTiming(now, 0, 0, now)
+            else:
+                responses, error, timing = self._execute(batch)
             try:
                 call_back(done, batch, responses, error, timing)
             except RuntimeError:  # loop closed during shutdown

@@ -52,9 +52,6 @@ from . import protocol
 from .protocol import INCOMPLETE, Arena, Channel
 
 log = logging.getLogger(__name__)
-
-_WIRE_TYPES = {datatype.wire_name: datatype for datatype in DataType}
-_EVENT_BUFFER_BYTES = 4 << 20
 model_log = logging.getLogger("tritium.python_model")
 _LOG_LEVELS = [logging.INFO, logging.WARNING, logging.ERROR, logging.DEBUG]
 
@@ -62,6 +59,8 @@ _LOG_LEVELS = [logging.INFO, logging.WARNING, logging.ERROR, logging.DEBUG]
 _SRC_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 _MIB = 1 << 20
 _SEQUENCE_PARAMETERS = frozenset(("sequence_id", "sequence_start", "sequence_end"))
+#: Socket buffers of the event channel, which carries the tensors of decoupled responses and BLS calls.
+_EVENT_BUFFER_BYTES = 4 << 20
 
 
 #: How long a stub polls for its next execute before it sleeps (``stub-spin-microseconds``).  Waking a
@@ -600,13 +599,10 @@ class PythonInstanceState(ModelInstanceState):
                 if not holder:
                     holder.append(np.frombuffer(arena.mm, np.uint8))
                     arena.holder = weakref.ref(holder[0])
-                datatype = _WIRE_TYPES[kind]
-                array = np.ndarray(shape, datatype.numpy_dtype, holder[0], offset)
-                outputs.append(Tensor(name, datatype, array))
-                continue
+                array = np.ndarray(shape, protocol.NUMPY_TYPES[kind], holder[0], offset)
             else:
                 array = protocol.view(stub.out_arena.mm, kind, shape, offset, nbytes).copy()  # reused next time
-            outputs.append(Tensor(name, _WIRE_TYPES[kind], array))
+            outputs.append(Tensor(name, DataType.from_wire(kind), array))
         return InferenceResponse(self.ctx.name, self.ctx.version, request.id, outputs)
 
     # -- events: decoupled responses, BLS, logs ---------------------------------------------------------
