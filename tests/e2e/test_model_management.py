@@ -235,7 +235,7 @@ def test_failing_warmup_fails_the_load_with_its_reason(explicit):
     status, _, body = post(explicit.url, "/v2/repository/models/warm_bad/load")
     error = json.loads(body)["error"]
     assert status == 400
-    assert error.startswith("load failed for model 'warm_bad': version 1 is at UNAVAILABLE state: "
+    assert error.startswith("load failed for model 'warm_bad': version 1 is at UNAVAILABLE state: Invalid argument: "
                             "failed to run warmup sample 'file': warmup data of input 'INPUT0'")
     [row] = rows(explicit.url, "warm_bad")
     assert row["state"] == "UNAVAILABLE" and "failed to run warmup sample 'file'" in row["reason"]

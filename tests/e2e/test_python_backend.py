@@ -339,8 +339,9 @@ def test_decoupled_streams_100_responses_in_order(server: RunningServer) -> None
 
 
 def test_decoupled_model_refused_over_http(client: httpclient.InferenceServerClient) -> None:
-    with pytest.raises(InferenceServerException, match="decoupled"):
+    with pytest.raises(InferenceServerException, match="decoupled") as refused:
         client.infer("repeat", [infer_input("IN", np.array([1], dtype=np.int32), "INT32")])
+    assert refused.value.status() == "501"  # as Triton (UNSUPPORTED)
 
 
 def test_faults_fail_only_their_requests(client: httpclient.InferenceServerClient) -> None:

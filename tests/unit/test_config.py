@@ -300,6 +300,23 @@ def test_normalize_defaults():
     assert (group.name, group.kind, group.count, list(group.gpus)) == ("m", mc.ModelInstanceGroup.KIND_CPU, 2, [])
 
 
+def test_normalize_fills_preferred_batch_size_as_triton():
+    """Real Triton 2.51 shows ``preferred_batch_size: [max_batch_size]`` for ``dynamic_batching`` without
+    preferred sizes (auto-complete on or off); explicit sizes stay, and max_batch_size 0 gets none."""
+    filled = cfg('max_batch_size: 4 dynamic_batching { max_queue_delay_microseconds: 100 }')
+    normalize(filled, "m", gpus=())
+    assert list(filled.dynamic_batching.preferred_batch_size) == [4]
+    kept = cfg('max_batch_size: 8 dynamic_batching { preferred_batch_size: [ 2 ] }')
+    normalize(kept, "m", gpus=())
+    assert list(kept.dynamic_batching.preferred_batch_size) == [2]
+    unbatched = cfg('max_batch_size: 0 dynamic_batching { }')
+    normalize(unbatched, "m", gpus=())
+    assert list(unbatched.dynamic_batching.preferred_batch_size) == []
+    none = cfg('max_batch_size: 4')
+    normalize(none, "m", gpus=())
+    assert not none.HasField("dynamic_batching")
+
+
 def test_normalize_keeps_explicit_policy_and_name():
     config = cfg('name: "m" version_policy: { all: {} }')
     normalize(config, "m", gpus=())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tritium._proto import model_config_pb2 as mc
-from tritium.core.errors import InvalidArgumentError
+from tritium.core.errors import InvalidArgumentError, Status, TritiumError, status_text
 from tritium.core.model import Model
 from tritium.repository.fingerprint import model_fingerprint, version_fingerprint
 from tritium.repository.overrides import OverrideDir
@@ -67,3 +67,11 @@ def test_warmup_samples_batch_zero_random_and_file_data(tmp_path):
     sample.inputs["X"].input_data_file = "missing.bin"
     with pytest.raises(InvalidArgumentError, match="missing.bin"):
         sample_request(_model(8), sample, str(tmp_path))
+
+
+def test_status_text_spells_codes_as_triton():
+    """A failed version's reason reads as Triton writes an error: ``<code>: <message>``."""
+    assert status_text(InvalidArgumentError("bad sample")) == "Invalid argument: bad sample"
+    assert status_text(TritiumError("gone", Status.UNAVAILABLE)) == "Unavailable: gone"
+    assert status_text(TritiumError("x", Status.INTERNAL)) == "Internal: x"
+    assert status_text(ValueError("oops")) == "Internal: ValueError: oops"  # not ours: a bug, Internal

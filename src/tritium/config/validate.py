@@ -19,7 +19,7 @@ KIND_MODEL = mc.ModelInstanceGroup.KIND_MODEL
 
 
 def normalize(config: mc.ModelConfig, model_name: str, gpus: Sequence[int], default_cpu_count: int = 1) -> None:
-    """Fill defaults in place: name, version policy, instance groups (KIND_AUTO resolved)."""
+    """Fill defaults in place: name, version policy, preferred batch size, instance groups (KIND_AUTO resolved)."""
     if not config.name:
         config.name = model_name
     if not config.HasField("version_policy"):
@@ -30,6 +30,10 @@ def normalize(config: mc.ModelConfig, model_name: str, gpus: Sequence[int], defa
         config.optimization.output_pinned_memory.enable = True
     if config.platform == "ensemble":
         return
+    batching = config.dynamic_batching
+    if config.HasField("dynamic_batching") and config.max_batch_size > 0 and not batching.preferred_batch_size:
+        # Triton's too (with or without auto-complete); the batcher behaves the same either way.
+        batching.preferred_batch_size.append(config.max_batch_size)
     if not config.instance_group:
         config.instance_group.add().name = model_name  # Triton: an implicit group is named after the model
     for index, group in enumerate(config.instance_group):

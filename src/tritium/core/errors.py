@@ -48,6 +48,26 @@ class TritiumError(Exception):
         return self.message
 
 
+#: How Triton spells each code in front of a message (``Status::AsString``), e.g. a failed load's reason.
+STATUS_TEXT = {
+    Status.UNKNOWN: "Unknown",
+    Status.INTERNAL: "Internal",
+    Status.NOT_FOUND: "Not found",
+    Status.INVALID_ARG: "Invalid argument",
+    Status.UNAVAILABLE: "Unavailable",
+    Status.UNSUPPORTED: "Unsupported",
+    Status.ALREADY_EXISTS: "Already exists",
+    Status.CANCELLED: "Cancelled",
+}
+
+
+def status_text(error: BaseException) -> str:
+    """``<code>: <message>`` as Triton writes an error; an exception that is not ours is Internal."""
+    if isinstance(error, TritiumError):
+        return f"{STATUS_TEXT[error.status]}: {error.message}"
+    return f"Internal: {type(error).__name__}: {error}"
+
+
 class InvalidArgumentError(TritiumError):
     status = Status.INVALID_ARG
 

@@ -36,6 +36,7 @@ from tritium.core.errors import (
     NotFoundError,
     TritiumError,
     UnavailableError,
+    status_text,
 )
 from tritium.core.model import Model
 from tritium.core.stats import LatencySummaries
@@ -482,12 +483,12 @@ class ModelRepositoryManager:
                 scheduler.stats.summaries = LatencySummaries()
             slot.model = Model(name, version, config, scheduler, _read_labels(config, model_dir, name))
             slot.state = State.READY
-        except TritiumError as e:
-            slot.state, slot.reason = State.UNAVAILABLE, str(e)
+        except TritiumError as e:  # a version's reason reads as Triton's: "Internal: ..."
+            slot.state, slot.reason = State.UNAVAILABLE, status_text(e)
             _finalize(slot)
         except Exception as e:
             log.exception("failed to load '%s' version %d", name, version)
-            slot.state, slot.reason = State.UNAVAILABLE, f"{type(e).__name__}: {e}"
+            slot.state, slot.reason = State.UNAVAILABLE, status_text(e)
             _finalize(slot)
         return slot
 
@@ -635,7 +636,7 @@ def _warm_up(slot: VersionSlot, model_dir: str) -> None:
         log.error("warmup of '%s' version %d failed: %s", slot.model.name, slot.version, e)
         slot.model.scheduler.close()
         slot.model = None
-        slot.state, slot.reason = State.UNAVAILABLE, str(e)
+        slot.state, slot.reason = State.UNAVAILABLE, status_text(e)
         _finalize(slot)
 
 

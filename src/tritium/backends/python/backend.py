@@ -279,6 +279,8 @@ class PythonInstanceState(ModelInstanceState):
         #: key -> request, for requests of a decoupled model whose final response has not come yet
         self._streams: dict[int, InferenceRequest] = {}
         self._streams_lock = threading.Lock()
+        #: What the model sees as requested when a request names no outputs (Triton: all of them).
+        self._all_outputs = [o.name for o in ctx.config.output]
         handle = ctx.inference
         #: Where this instance's model-defined metrics go (shown by the metrics frontend).
         self._metrics: CustomMetrics = getattr(handle, "metrics", None) or CustomMetrics()
@@ -556,8 +558,8 @@ class PythonInstanceState(ModelInstanceState):
                 flags = (1 if params.get("sequence_start") else 0) | (2 if params.get("sequence_end") else 0)
                 correlation_id = params.get("sequence_id", 0)
                 params = {k: v for k, v in params.items() if k not in _SEQUENCE_PARAMETERS}
-            batch.append((key, request.id, correlation_id, flags, params, request.requested_outputs,
-                          metas[position : position + count]))
+            requested = request.requested_outputs or self._all_outputs
+            batch.append((key, request.id, correlation_id, flags, params, requested, metas[position : position + count]))
             position += count
         return ("exec", arena.ident, new, used, batch), (arena, created, keys)
 
@@ -578,7 +580,7 @@ class PythonInstanceState(ModelInstanceState):
                 with self._streams_lock:
                     for key in keys:
                         self._streams.pop(key, None)
-            raise InternalError(f"Failed to process the request(s) for model instance '{self.spec.name}', "
+            raise InternalError(f"Failed to process the request(s) for model '{self.spec.name}', "
                                 f"message: {error}")
         if self.model.decoupled:
             return [InferenceResponse(self.ctx.name, self.ctx.version, r.id) for r in requests]

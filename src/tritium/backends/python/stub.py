@@ -160,7 +160,9 @@ def _import_model(model_file: str, version_dir: str) -> Any:
     spec.loader.exec_module(module)
     cls = getattr(module, "TritonPythonModel", None)
     if cls is None:
-        raise AttributeError(f"'{model_file}' defines no class named 'TritonPythonModel'")
+        # Triton's words: it imports the file as module <version>.<file name>
+        module_name = f"{os.path.basename(version_dir.rstrip('/'))}.{os.path.splitext(os.path.basename(model_file))[0]}"
+        raise AttributeError(f"module '{module_name}' has no attribute 'TritonPythonModel'")
     return cls
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from tritium.core.errors import InvalidArgumentError, Status, TritiumError
+from tritium.core.errors import InvalidArgumentError, Status, TritiumError, UnsupportedError
 from tritium.core.model import Model
 from tritium.server import Server
 
@@ -212,7 +212,7 @@ class HttpApi:
         except TritiumError as e:
             return error_response(e, content_type=TEXT)
         if model.decoupled:
-            raise InvalidArgumentError("HTTP end point doesn't support models with decoupled transaction policy")
+            raise UnsupportedError("HTTP end point doesn't support models with decoupled transaction policy")
         tracer = self.server.tracer
         trace = tracer.start(model.name, model.version, "") if tracer.active else None
         if trace is not None:

@@ -1,0 +1,542 @@
+"""Differential tests: the same tritonclient calls against tritium and against real Triton, on one
+repository of Python-backend models, expecting the same answers (outputs, status codes, error texts,
+metadata, repository index).
+
+Real Triton comes from ``../shared/tools/real_triton.sh`` (the ``tritonserver`` of the
+``nvidia-pytriton`` wheel, Python backend only) run by the interpreter named in
+``TRITIUM_TRITON_PYTHON`` (default ``/work/triton-ref/.venv-triton/bin/python``).  Where neither the
+script nor that interpreter exists (CI), the module is skipped:
+
+    TRITIUM_TRITON_PYTHON=/path/to/venv/bin/python ./scripts/test.sh tests/e2e/test_against_real_triton.py
+
+Each case is a function of a :class:`Servers` handle that returns plain data; the test runs it on
+both servers and compares.  Where tritium deliberately differs from Triton the case says so and
+compares what must still agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from models import write_python_model
+from server import ROOT, RunningServer, free_port
+from tritonclient.utils import InferenceServerException
+
+SCRIPT = os.path.join(ROOT, "..", "shared", "tools", "real_triton.sh")
+TRITON_PYTHON = os.environ.get("TRITIUM_TRITON_PYTHON", "/work/triton-ref/.venv-triton/bin/python")
+
+pytestmark = pytest.mark.skipif(
+    not (os.path.exists(SCRIPT) and os.path.exists(TRITON_PYTHON)),
+    reason="real Triton is not available here (../shared/tools/real_triton.sh and TRITIUM_TRITON_PYTHON)",
+)
+
+ADD_SUB = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            a = pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy()
+            b = pb_utils.get_input_tensor_by_name(r, "INPUT1").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", a + b), pb_utils.Tensor("OUTPUT1", a - b)]))
+        return out
+'''
+ADD_SUB_CONFIG = """
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] },
+            { name: "INPUT1" data_type: TYPE_FP32 dims: [ 4 ] } ]
+    output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] },
+             { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 4 ] } ]
+"""
+
+IDENTITY = '''
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", r.inputs()[0].as_numpy())]) for r in requests]
+'''
+BATCHED_CONFIG = """
+    backend: "python"
+    max_batch_size: 4
+    input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ -1 ] } ]
+    output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ -1 ] } ]
+    dynamic_batching { }
+"""
+
+STRINGS = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = r.inputs()[0].as_numpy()
+            y = np.array([v.upper() + b"!" for v in x.reshape(-1)], dtype=np.object_).reshape(x.shape)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", y)]))
+        return out
+'''
+STRINGS_CONFIG = """
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "IN" data_type: TYPE_STRING dims: [ -1 ] } ]
+    output [ { name: "OUT" data_type: TYPE_STRING dims: [ -1 ] } ]
+"""
+
+#: Input 0: an error response; 1: execute raises; anything else: echoed.
+FAILS = '''
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = r.inputs()[0].as_numpy()
+            if x[0] == 1:
+                raise ValueError("execute gave up on input 1")
+            if x[0] == 0:
+                out.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("input 0 is not welcome")))
+            else:
+                out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x)]))
+        return out
+'''
+ECHO_INT_CONFIG = """
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ -1 ] } ]
+    output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ -1 ] } ]
+    {extra}
+"""
+
+#: Decoupled: for input n, n responses counting 0..n-1, then the final flag alone.
+REPEAT = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for r in requests:
+            sender = r.get_response_sender()
+            n = int(r.inputs()[0].as_numpy()[0])
+            for i in range(n):
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", np.array([i], np.int32))]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+'''
+
+#: Answers the request's parameters, id and requested outputs, as JSON in a string tensor.
+PARAMS = '''
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            seen = {"parameters": json.loads(r.parameters()), "id": r.request_id(),
+                    "requested": sorted(r.requested_output_names())}
+            out.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUT", np.array([json.dumps(seen, sort_keys=True).encode()], dtype=np.object_)),
+                pb_utils.Tensor("OTHER", np.array([1], np.int32))]))
+        return out
+'''
+PARAMS_CONFIG = """
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+    output [ { name: "OUT" data_type: TYPE_STRING dims: [ 1 ] },
+             { name: "OTHER" data_type: TYPE_INT32 dims: [ 1 ] } ]
+"""
+
+INIT_FAILS = '''
+class TritonPythonModel:
+    def initialize(self, args):
+        raise RuntimeError("no weights today")
+
+    def execute(self, requests):
+        return []
+'''
+
+#: Reports ``args`` of initialize (the keys Triton passes and their values, paths made relative).
+ARGS = '''
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.seen = {
+            "keys": sorted(args),
+            "kind": args["model_instance_kind"],
+            "instance": args["model_instance_name"],
+            "device": args["model_instance_device_id"],
+            "version": args["model_version"],
+            "name": args["model_name"],
+            "repository_tail": args["model_repository"].rstrip("/").split("/")[-1],
+            "config_name": config["name"],
+            "config_inputs": [(i["name"], i["data_type"], i["dims"]) for i in config["input"]],
+            "config_max_batch_size": config["max_batch_size"],
+        }
+
+    def execute(self, requests):
+        data = np.array([json.dumps(self.seen, sort_keys=True).encode()], dtype=np.object_)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", data)]) for _ in requests]
+'''
+ARGS_CONFIG = """
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+    output [ { name: "OUT" data_type: TYPE_STRING dims: [ 1 ] } ]
+"""
+
+
+def build_repo(repo: str) -> None:
+    """Good models, and models whose load fails in the model's own code (reasons compared)."""
+    write_python_model(repo, "add_sub", ADD_SUB, ADD_SUB_CONFIG)
+    write_python_model(repo, "batched", IDENTITY, BATCHED_CONFIG)
+    write_python_model(repo, "strings", STRINGS, STRINGS_CONFIG)
+    write_python_model(repo, "fails", FAILS, ECHO_INT_CONFIG.replace("{extra}", ""))
+    write_python_model(repo, "repeat", REPEAT,
+                       ECHO_INT_CONFIG.replace("{extra}", "model_transaction_policy { decoupled: true }"))
+    write_python_model(repo, "params", PARAMS, PARAMS_CONFIG)
+    write_python_model(repo, "init_fails", INIT_FAILS, ECHO_INT_CONFIG.replace("{extra}", ""))
+    write_python_model(repo, "args", ARGS, ARGS_CONFIG)
+    plain = ECHO_INT_CONFIG.replace("{extra}", "")
+    write_python_model(repo, "bad_syntax", "class TritonPythonModel(:\n    pass\n", plain)
+    write_python_model(repo, "no_class", "x = 1\n", plain)
+    write_python_model(repo, "import_fails", "import no_such_module_here\n" + IDENTITY, plain)
+
+
+class RealTriton:
+    """Real ``tritonserver`` on free ports (same attributes as :class:`RunningServer`)."""
+
+    def __init__(self, repo: str, workdir: str) -> None:
+        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.url = f"127.0.0.1:{self.http_port}"
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
+        self.log_path = os.path.join(workdir, "triton.log")
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            ["bash", SCRIPT, f"--model-repository={repo}", f"--http-port={self.http_port}",
+             f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}", "--exit-on-error=false"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTRITON_PYTHON=TRITON_PYTHON),
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"real Triton exited with {self.proc.returncode}: {self.output()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://{self.url}/v2/health/live", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("real Triton did not come up in 180 s")
+
+    def output(self) -> str:
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+class Servers:
+    """What a case may use: one server's clients and raw HTTP."""
+
+    def __init__(self, url: str, grpc_url: str) -> None:
+        self.url = url
+        self.grpc_url = grpc_url
+        self.http = httpclient.InferenceServerClient(url)
+        self.grpc = grpcclient.InferenceServerClient(grpc_url)
+
+    def raw(self, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        """Status and body (JSON when it parses) of a plain HTTP call."""
+        request = urllib.request.Request(f"http://{self.url}{path}", data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as r:
+                status, data = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, data = e.code, e.read()
+        try:
+            return status, json.loads(data) if data else None
+        except ValueError:
+            return status, data.decode("utf-8", errors="replace")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    workdir = tempfile.mkdtemp(prefix="tritium-vs-triton-")
+    repo = os.path.join(workdir, "repo")
+    build_repo(repo)
+    try:
+        triton = RealTriton(repo, workdir)
+    except RuntimeError as e:  # the reference, not tritium, is broken here: nothing to compare with
+        shutil.rmtree(workdir, ignore_errors=True)
+        pytest.skip(f"real Triton did not start: {str(e)[-500:]}")
+    try:
+        with RunningServer([repo], ["--exit-on-error=false"]) as tritium:
+            yield Servers(tritium.url, tritium.grpc_url), Servers(triton.url, triton.grpc_url)
+    finally:
+        triton.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def outcome(call: Callable[[], Any]) -> Any:
+    """The result of a client call, or its error as (status, message) for comparing."""
+    try:
+        return ("ok", call())
+    except InferenceServerException as e:
+        return ("error", e.status(), e.message())
+
+
+def http_inputs(*tensors: tuple[str, np.ndarray, str], binary: bool = True) -> list[httpclient.InferInput]:
+    inputs = []
+    for name, array, datatype in tensors:
+        t = httpclient.InferInput(name, list(array.shape), datatype)
+        t.set_data_from_numpy(array, binary_data=binary)
+        inputs.append(t)
+    return inputs
+
+
+def grpc_inputs(*tensors: tuple[str, np.ndarray, str]) -> list[grpcclient.InferInput]:
+    inputs = []
+    for name, array, datatype in tensors:
+        t = grpcclient.InferInput(name, list(array.shape), datatype)
+        t.set_data_from_numpy(array)
+        inputs.append(t)
+    return inputs
+
+
+A = np.array([1.5, 2, 3, 4], np.float32)
+B = np.array([0.5, 1, 1, 1], np.float32)
+
+
+def as_lists(result: Any, names: list[str]) -> dict[str, Any]:
+    return {n: result.as_numpy(n).tolist() for n in names}
+
+
+# -- cases: each returns plain data, compared between the servers --------------------------------------
+
+def case_add_sub_http_binary(s: Servers) -> Any:
+    return outcome(lambda: as_lists(s.http.infer("add_sub", http_inputs(("INPUT0", A, "FP32"), ("INPUT1", B, "FP32"))),
+                                    ["OUTPUT0", "OUTPUT1"]))
+
+
+def case_add_sub_http_json(s: Servers) -> Any:
+    return s.raw("POST", "/v2/models/add_sub/infer", json.dumps({
+        "id": "7", "inputs": [{"name": "INPUT0", "shape": [4], "datatype": "FP32", "data": A.tolist()},
+                              {"name": "INPUT1", "shape": [4], "datatype": "FP32", "data": B.tolist()}],
+        "outputs": [{"name": "OUTPUT1"}]}).encode())
+
+
+def case_add_sub_grpc(s: Servers) -> Any:
+    return outcome(lambda: as_lists(s.grpc.infer("add_sub", grpc_inputs(("INPUT0", A, "FP32"), ("INPUT1", B, "FP32"))),
+                                    ["OUTPUT0", "OUTPUT1"]))
+
+
+def case_wrong_input_name(s: Servers) -> Any:
+    return (outcome(lambda: s.http.infer("add_sub", http_inputs(("INPUT0", A, "FP32"), ("NOPE", B, "FP32")))),
+            outcome(lambda: s.grpc.infer("add_sub", grpc_inputs(("INPUT0", A, "FP32"), ("NOPE", B, "FP32")))))
+
+
+def case_missing_input(s: Servers) -> Any:
+    return (outcome(lambda: s.http.infer("add_sub", http_inputs(("INPUT0", A, "FP32")))),
+            outcome(lambda: s.grpc.infer("add_sub", grpc_inputs(("INPUT0", A, "FP32")))))
+
+
+def case_wrong_dtype(s: Servers) -> Any:
+    ints = A.astype(np.int32)
+    return (outcome(lambda: s.http.infer("add_sub", http_inputs(("INPUT0", ints, "INT32"), ("INPUT1", B, "FP32")))),
+            outcome(lambda: s.grpc.infer("add_sub", grpc_inputs(("INPUT0", ints, "INT32"), ("INPUT1", B, "FP32")))))
+
+
+def case_wrong_shape(s: Servers) -> Any:
+    five = np.ones(5, np.float32)  # one input wrong: which of two Triton names first is its map's order
+    return (outcome(lambda: s.http.infer("add_sub", http_inputs(("INPUT0", A, "FP32"), ("INPUT1", five, "FP32")))),
+            outcome(lambda: s.grpc.infer("add_sub", grpc_inputs(("INPUT0", five, "FP32"), ("INPUT1", B, "FP32")))))
+
+
+def case_unknown_model_and_version(s: Servers) -> Any:
+    return (outcome(lambda: s.http.infer("nope", http_inputs(("INPUT0", A, "FP32")))),
+            outcome(lambda: s.grpc.infer("nope", grpc_inputs(("INPUT0", A, "FP32")))),
+            outcome(lambda: s.http.infer("add_sub", http_inputs(("INPUT0", A, "FP32")), model_version="9")),
+            outcome(lambda: s.grpc.infer("add_sub", grpc_inputs(("INPUT0", A, "FP32")), model_version="9")))
+
+
+def case_batch_too_big(s: Servers) -> Any:
+    x = np.arange(10, dtype=np.int32).reshape(5, 2)
+    return (outcome(lambda: s.http.infer("batched", http_inputs(("INPUT0", x, "INT32")))),
+            outcome(lambda: s.grpc.infer("batched", grpc_inputs(("INPUT0", x, "INT32")))))
+
+
+def case_batched_ok(s: Servers) -> Any:
+    x = np.arange(6, dtype=np.int32).reshape(3, 2)
+    return outcome(lambda: s.http.infer("batched", http_inputs(("INPUT0", x, "INT32"))).as_numpy("OUTPUT0").tolist())
+
+
+def case_strings(s: Servers) -> Any:
+    x = np.array([b"abc", b"", "\u00e9t\u00e9".encode()], dtype=np.object_)
+    return (outcome(lambda: s.http.infer("strings", http_inputs(("IN", x, "BYTES"))).as_numpy("OUT").tolist()),
+            outcome(lambda: s.http.infer("strings", http_inputs(("IN", x, "BYTES"), binary=False)).as_numpy("OUT").tolist()),
+            outcome(lambda: s.grpc.infer("strings", grpc_inputs(("IN", x, "BYTES"))).as_numpy("OUT").tolist()))
+
+
+def case_model_errors(s: Servers) -> Any:
+    def call(client: Any, make: Any, value: int) -> Any:
+        return outcome(lambda: client.infer("fails", make(("INPUT0", np.array([value], np.int32), "INT32")))
+                       .as_numpy("OUTPUT0").tolist())
+    return [(call(s.http, http_inputs, v), call(s.grpc, grpc_inputs, v)) for v in (0, 5)]
+
+
+def case_execute_raises(s: Servers) -> Any:
+    """Triton's message ends with the model's traceback (file paths differ): compare its head."""
+    def call(client: Any, make: Any) -> Any:
+        result = outcome(lambda: client.infer("fails", make(("INPUT0", np.array([1], np.int32), "INT32"))))
+        return result[:2] + (result[2].split("\n")[0],)
+    return call(s.http, http_inputs), call(s.grpc, grpc_inputs)
+
+
+def case_decoupled_over_http_and_unary_grpc(s: Servers) -> Any:
+    x = np.array([3], np.int32)
+    return (outcome(lambda: s.http.infer("repeat", http_inputs(("INPUT0", x, "INT32")))),
+            outcome(lambda: s.grpc.infer("repeat", grpc_inputs(("INPUT0", x, "INT32")))))
+
+
+def case_decoupled_stream(s: Servers) -> Any:
+    results: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(s.grpc_url)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        seen = []
+        for n in (4, 0, 2):
+            client.async_stream_infer("repeat", grpc_inputs(("INPUT0", np.array([n], np.int32), "INT32")),
+                                      request_id=f"r{n}", enable_empty_final_response=True)
+            while True:
+                result, error = results.get(timeout=30)
+                assert error is None, error
+                response = result.get_response()
+                final = response.parameters["triton_final_response"].bool_param
+                data = result.as_numpy("OUTPUT0").tolist() if response.outputs else None
+                seen.append((response.id, data, final))
+                if final:
+                    break
+        return seen
+    finally:
+        client.stop_stream()
+
+
+def case_parameters_and_outputs(s: Servers) -> Any:
+    x = np.array([1], np.int32)
+    outs = [httpclient.InferRequestedOutput("OUT", binary_data=True)]
+    with_params = s.http.infer("params", http_inputs(("INPUT0", x, "INT32")), request_id="abc", outputs=outs,
+                               parameters={"flag": True, "n": 3, "s": "x"})
+    grpc_params = s.grpc.infer("params", grpc_inputs(("INPUT0", x, "INT32")), request_id="g1",
+                               parameters={"flag": False, "n": -2, "s": "y"})
+    return (json.loads(with_params.as_numpy("OUT")[0]), with_params.get_response().get("id"),
+            sorted(o["name"] for o in with_params.get_response()["outputs"]),
+            json.loads(grpc_params.as_numpy("OUT")[0]), grpc_params.get_response().id)
+
+
+def case_reserved_parameter(s: Servers) -> Any:
+    x = np.array([1], np.int32)
+    return (outcome(lambda: s.http.infer("params", http_inputs(("INPUT0", x, "INT32")), parameters={"priority": 1})),
+            outcome(lambda: s.grpc.infer("params", grpc_inputs(("INPUT0", x, "INT32")), parameters={"sequence_id": 1})))
+
+
+def case_initialize_args(s: Servers) -> Any:
+    result = s.http.infer("args", http_inputs(("INPUT0", np.array([1], np.int32), "INT32")))
+    return json.loads(result.as_numpy("OUT")[0])
+
+
+def case_model_metadata(s: Servers) -> Any:
+    http = s.http.get_model_metadata("add_sub")
+    grpc = s.grpc.get_model_metadata("strings", as_json=True)
+    return http, grpc
+
+
+def case_model_config_core(s: Servers) -> Any:
+    """The parts of the config a client reads; Triton fills many more defaults, compared elsewhere."""
+    config = s.http.get_model_config("batched")
+    keys = ("name", "backend", "max_batch_size", "input", "output", "dynamic_batching", "model_transaction_policy")
+    return {k: config.get(k) for k in keys}
+
+
+def case_model_readiness(s: Servers) -> Any:
+    return [(name, s.http.is_model_ready(name), s.grpc.is_model_ready(name))
+            for name in ("add_sub", "init_fails", "nope")]
+
+
+def case_repository_index(s: Servers) -> Any:
+    """Reasons compared by their first line (the traceback after it names frames of each server's importer)."""
+    index = s.http.get_model_repository_index()
+    return sorted((m["name"], m.get("version"), m.get("state"), m.get("reason", "").split("\n")[0]) for m in index)
+
+
+def case_failed_model_calls(s: Servers) -> Any:
+    x = np.array([1], np.int32)
+    return (outcome(lambda: s.http.infer("init_fails", http_inputs(("INPUT0", x, "INT32")))),
+            outcome(lambda: s.grpc.infer("no_class", grpc_inputs(("INPUT0", x, "INT32")))),
+            outcome(lambda: s.http.get_model_metadata("bad_syntax")),
+            s.raw("POST", "/v2/repository/models/init_fails/load"))
+
+
+def case_unload_unknown_and_load_unknown(s: Servers) -> Any:
+    return (s.raw("POST", "/v2/repository/models/nope/load"),
+            s.raw("POST", "/v2/repository/models/nope/unload"))
+
+
+def case_http_malformed(s: Servers) -> Any:
+    """Deliberate difference: a body that is not valid JSON, or not the shape the protocol asks, is the
+    client's fault and tritium answers 400; Triton answers 500 (its JSON library reports an internal error)
+    with its JSON parser's own wording.  What must agree is the message's head."""
+    def head(status_body: tuple[int, Any]) -> tuple[bool, str]:
+        status, body = status_body
+        return status in (400, 500), body["error"].split(":")[0]
+    return (head(s.raw("POST", "/v2/models/add_sub/infer", b"{not json")),
+            head(s.raw("POST", "/v2/models/add_sub/infer", b'{"inputs": 3}')),
+            s.raw("GET", "/v2/models/add_sub/infer"),
+            s.raw("GET", "/v2/nothing/here"))
+
+
+def case_health(s: Servers) -> Any:
+    return (s.http.is_server_live(), s.http.is_server_ready(), s.grpc.is_server_live(), s.grpc.is_server_ready(),
+            s.raw("GET", "/v2/health/live"), s.raw("GET", "/v2/health/ready"))
+
+
+CASES = [value for name, value in sorted(globals().items()) if name.startswith("case_")]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__[len("case_"):] for c in CASES])
+def test_same_answer_as_triton(pair: tuple[Servers, Servers], case: Callable[[Servers], Any]) -> None:
+    tritium, triton = pair
+    expected = case(triton)
+    assert case(tritium) == expected
