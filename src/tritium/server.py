@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from tritium import __version__
 from tritium.backends.registry import BackendRegistry
 from tritium.core.custom_metrics import CustomMetrics
-from tritium.core.errors import InvalidArgumentError, TritiumError, UnavailableError, UnsupportedError
+from tritium.core.errors import InternalError, InvalidArgumentError, TritiumError, UnavailableError, UnsupportedError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.model import Model
 from tritium.core.streaming import StreamItem
@@ -282,10 +282,30 @@ class LocalInference:
         self.metrics = server.custom_metrics
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        return await self._server.infer(request)
+        return await self._accept(request, False).infer(request, validated=True)
 
     def stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]:
-        return self._server.model(request.model_name, request.model_version).stream(request)
+        return self._accept(request, True).stream(request, validated=True)
+
+    def _accept(self, request: InferenceRequest, decoupled: bool) -> Model:
+        """The model that takes ``request``, or why not, in the words (and the INTERNAL code) Triton's
+        Python backend gives a BLS call; errors of the execution itself reach the caller unchanged."""
+        name = request.model_name
+        head = f"Model {name} - Error when running inference: "
+        try:
+            model = self._server.model(name, request.model_version)
+        except TritiumError:
+            raise InternalError(f"{head}Failed for execute the inference request. Model '{name}' is not ready.") from None
+        if model.decoupled and not decoupled:
+            raise InternalError(
+                f"{head}Model {name} is using the decoupled. The current BLS request call doesn't support models "
+                "using the decoupled transaction policy. Please use 'decoupled=True' argument to the 'exec' or "
+                "'async_exec' calls for decoupled models.'")
+        try:
+            model.validate(request)
+        except TritiumError as e:
+            raise InternalError(head + e.message) from None
+        return model
 
     async def load_model(self, name: str, parameters: dict[str, Any]) -> None:
         await self._server.load_model(name, parameters)

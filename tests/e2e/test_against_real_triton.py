@@ -167,6 +167,76 @@ PARAMS_CONFIG = """
              { name: "OTHER" data_type: TYPE_INT32 dims: [ 1 ] } ]
 """
 
+#: BLS: calls add_sub (or what the request's "target" parameter names) and answers outcome and outputs.
+BLS = '''
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            params = json.loads(r.parameters())
+            target = params.get("target", "add_sub")
+            x = r.inputs()[0].as_numpy()
+            if "int" in params:
+                x = np.array([params["int"]], np.int32)
+            names = params.get("inputs", "INPUT0,INPUT1").split(",")
+            call = pb_utils.InferenceRequest(model_name=target, requested_output_names=["OUTPUT0"],
+                                             inputs=[pb_utils.Tensor(n, x) for n in names if n])
+            decoupled = bool(params.get("decoupled", False))
+            responses = list(call.exec(decoupled=True)) if decoupled else [call.exec()]
+            seen = []
+            for response in responses:
+                if response.has_error():
+                    seen.append({"error": response.error().message(), "code": int(response.error().code())})
+                else:
+                    seen.append({"outputs": [(t.name(), t.as_numpy().tolist()) for t in response.output_tensors()]})
+            out.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUT", np.array([json.dumps(seen, sort_keys=True).encode()], dtype=np.object_))]))
+        return out
+'''
+BLS_CONFIG = """
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+    output [ { name: "OUT" data_type: TYPE_STRING dims: [ 1 ] } ]
+"""
+
+#: Fails each request with the error code its input names (an index into pb_utils.TritonError's codes).
+CODES = '''
+import triton_python_backend_utils as pb_utils
+
+CODES = ["UNKNOWN", "INTERNAL", "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED", "ALREADY_EXISTS", "CANCELLED"]
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            name = CODES[int(r.inputs()[0].as_numpy()[0])]
+            code = getattr(pb_utils.TritonError, name)
+            out.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("code " + name, code)))
+        return out
+'''
+
+#: Answers the sequence id (correlation_id) and flags the model sees.
+SEQUENCE = '''
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            seen = {"correlation_id": r.correlation_id(), "flags": r.flags(),
+                    "parameters": json.loads(r.parameters())}
+            out.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUT", np.array([json.dumps(seen, sort_keys=True).encode()], dtype=np.object_))]))
+        return out
+'''
+
 INIT_FAILS = '''
 class TritonPythonModel:
     def initialize(self, args):
@@ -222,6 +292,9 @@ def build_repo(repo: str) -> None:
     write_python_model(repo, "init_fails", INIT_FAILS, ECHO_INT_CONFIG.replace("{extra}", ""))
     write_python_model(repo, "args", ARGS, ARGS_CONFIG)
     plain = ECHO_INT_CONFIG.replace("{extra}", "")
+    write_python_model(repo, "bls", BLS, BLS_CONFIG)
+    write_python_model(repo, "codes", CODES, plain)
+    write_python_model(repo, "sequence", SEQUENCE, ARGS_CONFIG)
     write_python_model(repo, "bad_syntax", "class TritonPythonModel(:\n    pass\n", plain)
     write_python_model(repo, "no_class", "x = 1\n", plain)
     write_python_model(repo, "import_fails", "import no_such_module_here\n" + IDENTITY, plain)
@@ -530,6 +603,92 @@ def case_http_malformed(s: Servers) -> Any:
 def case_health(s: Servers) -> Any:
     return (s.http.is_server_live(), s.http.is_server_ready(), s.grpc.is_server_live(), s.grpc.is_server_ready(),
             s.raw("GET", "/v2/health/live"), s.raw("GET", "/v2/health/ready"))
+
+
+def case_bls(s: Servers) -> Any:
+    def call(parameters: dict[str, Any]) -> Any:
+        result = s.http.infer("bls", http_inputs(("INPUT0", A, "FP32")), parameters=parameters)
+        return json.loads(result.as_numpy("OUT")[0])
+    return (call({}), call({"target": "nope"}), call({"inputs": "INPUT0"}), call({"inputs": "INPUT0,WRONG"}),
+            call({"target": "repeat"}), call({"target": "fails", "int": 0, "inputs": "INPUT0"}),
+            call({"target": "fails", "int": 1, "inputs": "INPUT0"}),
+            call({"target": "repeat", "int": 2, "inputs": "INPUT0", "decoupled": True}),
+            call({"target": "fails", "int": 0, "inputs": "INPUT0", "decoupled": True}),
+            call({"target": "fails", "int": 1, "inputs": "INPUT0", "decoupled": True}),
+            call({"target": "nope", "decoupled": True}))
+
+
+def case_model_error_codes(s: Servers) -> Any:
+    def call(client: Any, make: Any, index: int) -> Any:
+        return outcome(lambda: client.infer("codes", make(("INPUT0", np.array([index], np.int32), "INT32"))))
+    return [(call(s.http, http_inputs, i), call(s.grpc, grpc_inputs, i)) for i in range(8)]
+
+
+def case_sequence_id_and_flags(s: Servers) -> Any:
+    x = np.array([1], np.int32)
+    def seen(client: Any, make: Any, **kwargs: Any) -> Any:
+        return json.loads(client.infer("sequence", make(("INPUT0", x, "INT32")), **kwargs).as_numpy("OUT")[0])
+    return (seen(s.http, http_inputs, sequence_id=42, sequence_start=True),
+            seen(s.http, http_inputs, sequence_id=42, sequence_end=True),
+            seen(s.grpc, grpc_inputs, sequence_id=7, sequence_start=True, sequence_end=True),
+            seen(s.grpc, grpc_inputs))
+
+
+def case_request_id_in_errors(s: Servers) -> Any:
+    five = np.ones(5, np.float32)
+    return (outcome(lambda: s.http.infer("add_sub", http_inputs(("INPUT0", five, "FP32"), ("INPUT1", B, "FP32")),
+                                         request_id="my-id")),
+            outcome(lambda: s.grpc.infer("add_sub", grpc_inputs(("INPUT0", A, "FP32")), request_id="g-id")))
+
+
+def case_classification(s: Servers) -> Any:
+    outputs = [httpclient.InferRequestedOutput("OUTPUT0", class_count=2)]
+    result = s.http.infer("add_sub", http_inputs(("INPUT0", A, "FP32"), ("INPUT1", B, "FP32")), outputs=outputs)
+    grpc_out = [grpcclient.InferRequestedOutput("OUTPUT1", class_count=3)]
+    grpc_result = s.grpc.infer("add_sub", grpc_inputs(("INPUT0", A, "FP32"), ("INPUT1", B, "FP32")), outputs=grpc_out)
+    return result.as_numpy("OUTPUT0").tolist(), grpc_result.as_numpy("OUTPUT1").tolist()
+
+
+def case_json_output_types(s: Servers) -> Any:
+    """Outputs asked as JSON (binary_data false): strings and floats as JSON values."""
+    strings = s.raw("POST", "/v2/models/strings/infer", json.dumps({
+        "inputs": [{"name": "IN", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]}]}).encode())
+    floats = s.raw("POST", "/v2/models/add_sub/infer", json.dumps({
+        "inputs": [{"name": "INPUT0", "shape": [4], "datatype": "FP32", "data": [0.1, 0.2, 1e-8, 3]},
+                   {"name": "INPUT1", "shape": [4], "datatype": "FP32", "data": [0, 0, 0, 0]}],
+        "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": False}}]}).encode())
+    return strings, floats
+
+
+def case_statistics_after_calls(s: Servers) -> Any:
+    """Counts after a known number of calls (durations differ, so only whether they are set)."""
+    x = np.arange(4, dtype=np.int32).reshape(2, 2)
+    before = s.http.get_inference_statistics("batched")["model_stats"][0]
+    for _ in range(3):
+        s.http.infer("batched", http_inputs(("INPUT0", x, "INT32")))
+    after = s.http.get_inference_statistics("batched")["model_stats"][0]
+    def shape(stats: dict) -> Any:
+        if isinstance(stats, dict):
+            return {k: ("ns" if k == "ns" else shape(v)) for k, v in stats.items() if k != "last_inference"}
+        if isinstance(stats, list):
+            return [shape(v) for v in stats]
+        return stats
+    counts = {k: after["inference_stats"][k]["count"] - before["inference_stats"][k]["count"]
+              for k in after["inference_stats"]}
+    return (shape(after).keys(), counts, after["inference_count"] - before["inference_count"],
+            after["execution_count"] - before["execution_count"],
+            sorted(b["batch_size"] for b in after["batch_stats"]))
+
+
+def case_model_config_full(s: Servers) -> Any:
+    return s.http.get_model_config("add_sub"), s.grpc.get_model_config("batched", as_json=True)["config"]
+
+
+def case_server_metadata(s: Servers) -> Any:
+    """Deliberate difference: tritium has no shared-memory extensions yet, so it does not list them."""
+    metadata = s.http.get_server_metadata()
+    unsupported = {"system_shared_memory", "cuda_shared_memory"}
+    return sorted(metadata), sorted(set(metadata["extensions"]) - unsupported)
 
 
 CASES = [value for name, value in sorted(globals().items()) if name.startswith("case_")]

@@ -303,7 +303,9 @@ def test_bls_calls_onnx_model(client: httpclient.InferenceServerClient) -> None:
 
 def test_bls_error_comes_back_as_response_error(client: httpclient.InferenceServerClient) -> None:
     a = np.zeros((1, 16), dtype=np.int32)
-    with pytest.raises(InferenceServerException, match="nosuchmodel"):
+    # Triton's words and code (INTERNAL) for a BLS call the server does not take
+    with pytest.raises(InferenceServerException, match="Model nosuchmodel - Error when running inference: Failed for "
+                                                       "execute the inference request. Model 'nosuchmodel' is not ready"):
         client.infer("bls", [infer_input("INPUT0", a, "INT32"), infer_input("INPUT1", a, "INT32")],
                      parameters={"target": "nosuchmodel"})
 

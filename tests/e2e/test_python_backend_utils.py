@@ -360,7 +360,9 @@ def test_cancelled_bls_call_is_seen_by_the_called_model(server: RunningServer) -
     count, seconds = call(server, "bls_cancel")
     waited, _ = waited_until_cancelled(server, "bls")
     assert 0.2 < waited < 10
-    assert count == 0 and seconds < 10  # the iteration ended once cancelled
+    # the iteration ended once cancelled, with only the final flag, which a decoupled BLS iterator yields as an
+    # empty response (as Triton 2.51 does; its iterator has no cancel() yet)
+    assert count == 1 and seconds < 10
 
 
 def test_models_metrics_go_when_it_unloads(server: RunningServer) -> None:

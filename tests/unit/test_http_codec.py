@@ -259,6 +259,14 @@ def test_encode_all_json():
     assert doc["outputs"][1]["data"] == ["x", "ü"]
 
 
+def test_encode_fp32_json_as_triton_writes_it():
+    """Triton widens an FP32 output to a double before writing it: 0.1 reads 0.10000000149011612."""
+    response = _response(Tensor("F", DataType.FP32, np.array([0.1, 3, 1e-8], np.float32)))
+    doc, _ = _split(*encode_infer_response(response, OutputEncoding()))
+    assert doc["outputs"][0]["data"] == [0.10000000149011612, 3.0, 9.99999993922529e-09]
+    assert np.array_equal(np.array(doc["outputs"][0]["data"], np.float32), response.outputs[0].data)
+
+
 def test_encode_binary_with_per_output_choice_and_header_length():
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     b = np.array([[1, 2], [3, 4]], dtype=np.int64)

@@ -92,9 +92,11 @@ class Model:
 
     # -- inference --------------------------------------------------------------------------------
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        """One request, one response (models that are not decoupled)."""
-        self.validate(request)
+    async def infer(self, request: InferenceRequest, validated: bool = False) -> InferenceResponse:
+        """One request, one response (models that are not decoupled); ``validated``: the caller has run
+        :meth:`validate` (which applies ``reshape``, so it runs once)."""
+        if not validated:
+            self.validate(request)
         trace = request.trace
         if trace is None:
             return self._shape_response(request, await self.scheduler.infer(request))
@@ -104,14 +106,15 @@ class Model:
         trace.add_tensors("TENSOR_BACKEND_OUTPUT", response.outputs)
         return response
 
-    async def stream(self, request: InferenceRequest) -> AsyncIterator[StreamItem]:
+    async def stream(self, request: InferenceRequest, validated: bool = False) -> AsyncIterator[StreamItem]:
         """Every response of one request as the model sends it, ending with a final item.
 
         For a model that is not decoupled this is its one response, marked final.  Errors come as a
         final item with ``error`` set, so a streaming frontend can report them per request.
         """
         try:
-            self.validate(request)
+            if not validated:
+                self.validate(request)
         except TritiumError as e:
             yield StreamItem(None, True, e)
             return

@@ -141,6 +141,8 @@ class Runtime:
                 del self._pending[ident]
                 waiter.set_result(response or pb_utils.InferenceResponse())
             elif waiter is not None:
+                if response is None and final:
+                    response = pb_utils.InferenceResponse()  # Triton yields the final flag as an empty response
                 if response is not None:
                     waiter.put(response)
                 if final:

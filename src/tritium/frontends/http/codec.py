@@ -358,6 +358,10 @@ def _to_json_data(tensor: Tensor) -> Any:
             item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
             for item in array.reshape(-1)
         ]
+    if datatype is DataType.FP32:
+        # As Triton writes them: the float widened to a double (0.1 is 0.10000000149011612), the same float
+        # back in every client
+        return array.astype(np.float64).reshape(-1)
     flat = np.ascontiguousarray(array).reshape(-1)
     if flat.dtype.byteorder == ">":
         flat = flat.astype(flat.dtype.newbyteorder("<"))
