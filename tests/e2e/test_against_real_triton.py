@@ -237,6 +237,29 @@ class TritonPythonModel:
         return out
 '''
 
+#: Two add_sub steps: (a+b, a-b), then their sum and difference (2a, 2b).
+ENSEMBLE_CONFIG = """
+    platform: "ensemble"
+    max_batch_size: 0
+    input [ { name: "A" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "B" data_type: TYPE_FP32 dims: [ 4 ] } ]
+    output [ { name: "TWICE_A" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "TWICE_B" data_type: TYPE_FP32 dims: [ 4 ] } ]
+    ensemble_scheduling { step [
+      { model_name: "add_sub" model_version: -1
+        input_map { key: "INPUT0" value: "A" } input_map { key: "INPUT1" value: "B" }
+        output_map { key: "OUTPUT0" value: "sum" } output_map { key: "OUTPUT1" value: "diff" } },
+      { model_name: "add_sub" model_version: -1
+        input_map { key: "INPUT0" value: "sum" } input_map { key: "INPUT1" value: "diff" }
+        output_map { key: "OUTPUT0" value: "TWICE_A" } output_map { key: "OUTPUT1" value: "TWICE_B" } } ] }
+"""
+
+SEQUENCE_CONFIG = """
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+    output [ { name: "OUT" data_type: TYPE_STRING dims: [ 1 ] } ]
+    sequence_batching { max_sequence_idle_microseconds: 5000000 }
+"""
+
 INIT_FAILS = '''
 class TritonPythonModel:
     def initialize(self, args):
@@ -295,6 +318,10 @@ def build_repo(repo: str) -> None:
     write_python_model(repo, "bls", BLS, BLS_CONFIG)
     write_python_model(repo, "codes", CODES, plain)
     write_python_model(repo, "sequence", SEQUENCE, ARGS_CONFIG)
+    write_python_model(repo, "stateful", SEQUENCE, SEQUENCE_CONFIG)
+    os.makedirs(os.path.join(repo, "twice", "1"))
+    with open(os.path.join(repo, "twice", "config.pbtxt"), "w") as f:
+        f.write(ENSEMBLE_CONFIG)
     write_python_model(repo, "bad_syntax", "class TritonPythonModel(:\n    pass\n", plain)
     write_python_model(repo, "no_class", "x = 1\n", plain)
     write_python_model(repo, "import_fails", "import no_such_module_here\n" + IDENTITY, plain)
@@ -344,8 +371,9 @@ class RealTriton:
 class Servers:
     """What a case may use: one server's clients and raw HTTP."""
 
-    def __init__(self, url: str, grpc_url: str) -> None:
+    def __init__(self, url: str, grpc_url: str, metrics_url: str = "") -> None:
         self.url = url
+        self.metrics_url = metrics_url
         self.grpc_url = grpc_url
         self.http = httpclient.InferenceServerClient(url)
         self.grpc = grpcclient.InferenceServerClient(grpc_url)
@@ -377,7 +405,8 @@ def pair():
         pytest.skip(f"real Triton did not start: {str(e)[-500:]}")
     try:
         with RunningServer([repo], ["--exit-on-error=false"]) as tritium:
-            yield Servers(tritium.url, tritium.grpc_url), Servers(triton.url, triton.grpc_url)
+            yield (Servers(tritium.url, tritium.grpc_url, tritium.metrics_url),
+                   Servers(triton.url, triton.grpc_url, f"http://127.0.0.1:{triton.metrics_port}/metrics"))
     finally:
         triton.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -689,6 +718,59 @@ def case_server_metadata(s: Servers) -> Any:
     metadata = s.http.get_server_metadata()
     unsupported = {"system_shared_memory", "cuda_shared_memory"}
     return sorted(metadata), sorted(set(metadata["extensions"]) - unsupported)
+
+
+def case_ensemble(s: Servers) -> Any:
+    def run(client: Any, make: Any, *tensors: Any) -> Any:
+        return outcome(lambda: as_lists(client.infer("twice", make(*tensors)), ["TWICE_A", "TWICE_B"]))
+    return (run(s.http, http_inputs, ("A", A, "FP32"), ("B", B, "FP32")),
+            run(s.grpc, grpc_inputs, ("A", A, "FP32"), ("B", B, "FP32")),
+            run(s.http, http_inputs, ("A", A, "FP32")),
+            run(s.grpc, grpc_inputs, ("A", A, "FP32"), ("C", B, "FP32")),
+            s.http.get_model_metadata("twice"), ensemble_config(s))
+
+
+def ensemble_config(s: Servers) -> dict[str, Any]:
+    """Deliberate difference: tritium's model_config.proto has Triton's newer ``max_inflight_requests``
+    (after 2.51), which its JSON shows."""
+    config = s.http.get_model_config("twice")
+    config["ensemble_scheduling"].pop("max_inflight_requests", None)
+    return config
+
+
+def case_sequence_batcher(s: Servers) -> Any:
+    x = np.array([1], np.int32)
+    def run(client: Any, make: Any, **kwargs: Any) -> Any:
+        return outcome(lambda: json.loads(client.infer("stateful", make(("INPUT0", x, "INT32")), **kwargs)
+                                          .as_numpy("OUT")[0]))
+    return (run(s.http, http_inputs), run(s.grpc, grpc_inputs),
+            run(s.http, http_inputs, sequence_id=5, sequence_start=True),
+            run(s.grpc, grpc_inputs, sequence_id=5),
+            run(s.http, http_inputs, sequence_id=5, sequence_end=True),
+            run(s.http, http_inputs, sequence_id=6),
+            run(s.grpc, grpc_inputs, sequence_id="text-id", sequence_start=True, sequence_end=True))
+
+
+def case_metric_families(s: Servers) -> Any:
+    """The inference metric families and their labels for one model (values depend on earlier cases)."""
+    s.http.infer("add_sub", http_inputs(("INPUT0", A, "FP32"), ("INPUT1", B, "FP32")))
+    metrics_url = s.metrics_url
+    with urllib.request.urlopen(metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    families = sorted({line.split()[2] for line in text.splitlines()
+                       if line.startswith("# TYPE nv_inference") or line.startswith("# TYPE nv_model")})
+    labels = sorted({line.split("{")[1].split("}")[0] for line in text.splitlines()
+                     if line.startswith("nv_inference_request_success{") and 'model="add_sub"' in line})
+    return families, labels
+
+
+def case_log_and_trace_settings(s: Servers) -> Any:
+    return s.raw("GET", "/v2/logging"), s.raw("GET", "/v2/trace/setting"), s.raw("GET", "/v2/models/add_sub/trace/setting")
+
+
+def case_repository_index_ready_only(s: Servers) -> Any:
+    return sorted(m["name"] for m in s.http.get_model_repository_index() if m.get("state") == "READY"), \
+        s.raw("POST", "/v2/repository/index", json.dumps({"ready": True}).encode())[1] is not None
 
 
 CASES = [value for name, value in sorted(globals().items()) if name.startswith("case_")]

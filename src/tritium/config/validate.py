@@ -24,12 +24,14 @@ def normalize(config: mc.ModelConfig, model_name: str, gpus: Sequence[int], defa
         config.name = model_name
     if not config.HasField("version_policy"):
         config.version_policy.latest.num_versions = 1
+    if config.platform == "ensemble":
+        # Triton's config of an ensemble shows its transaction policy and no optimization block.
+        config.model_transaction_policy.SetInParent()
+        return
     if not config.HasField("optimization"):
         # Triton's defaults, so the config JSON reads as Triton's does.
         config.optimization.input_pinned_memory.enable = True
         config.optimization.output_pinned_memory.enable = True
-    if config.platform == "ensemble":
-        return
     batching = config.dynamic_batching
     if config.HasField("dynamic_batching") and config.max_batch_size > 0 and not batching.preferred_batch_size:
         # Triton's too (with or without auto-complete); the batcher behaves the same either way.
