@@ -325,6 +325,8 @@ def build_repo(repo: str) -> None:
     write_python_model(repo, "bad_syntax", "class TritonPythonModel(:\n    pass\n", plain)
     write_python_model(repo, "no_class", "x = 1\n", plain)
     write_python_model(repo, "import_fails", "import no_such_module_here\n" + IDENTITY, plain)
+    write_python_model(repo, "bad_config", IDENTITY,
+                       BATCHED_CONFIG.replace("dynamic_batching { }", "dynamic_batching { preferred_batch_size: [ 9 ] }"))
 
 
 class RealTriton:
@@ -599,7 +601,7 @@ def case_model_readiness(s: Servers) -> Any:
 
 def case_repository_index(s: Servers) -> Any:
     """Reasons compared by their first line (the traceback after it names frames of each server's importer)."""
-    index = s.http.get_model_repository_index()
+    index = [m for m in s.http.get_model_repository_index() if m["name"] != "bad_config"]  # see below
     return sorted((m["name"], m.get("version"), m.get("state"), m.get("reason", "").split("\n")[0]) for m in index)
 
 
@@ -781,3 +783,14 @@ def test_same_answer_as_triton(pair: tuple[Servers, Servers], case: Callable[[Se
     tritium, triton = pair
     expected = case(triton)
     assert case(tritium) == expected
+
+
+def test_a_config_triton_refuses_is_listed_with_its_reason(pair: tuple[Servers, Servers]) -> None:
+    """Deliberate difference: Triton lists a model whose config fails validation by name only; tritium
+    lists it UNAVAILABLE with the reason, which the log alone says in Triton."""
+    tritium, triton = pair
+    [theirs] = [m for m in triton.http.get_model_repository_index() if m["name"] == "bad_config"]
+    [ours] = [m for m in tritium.http.get_model_repository_index() if m["name"] == "bad_config"]
+    assert theirs == {"name": "bad_config"}
+    assert ours["state"] == "UNAVAILABLE" and "preferred size" in ours["reason"] and "9" in ours["reason"]
+    assert not tritium.http.is_model_ready("bad_config") and not triton.http.is_model_ready("bad_config")
