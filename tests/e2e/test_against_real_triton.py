@@ -332,7 +332,7 @@ def build_repo(repo: str) -> None:
 class RealTriton:
     """Real ``tritonserver`` on free ports (same attributes as :class:`RunningServer`)."""
 
-    def __init__(self, repo: str, workdir: str) -> None:
+    def __init__(self, repo: str, workdir: str, args: tuple[str, ...] = ()) -> None:
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.url = f"127.0.0.1:{self.http_port}"
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
@@ -340,7 +340,7 @@ class RealTriton:
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             ["bash", SCRIPT, f"--model-repository={repo}", f"--http-port={self.http_port}",
-             f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}", "--exit-on-error=false"],
+             f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}", "--exit-on-error=false", *args],
             stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTRITON_PYTHON=TRITON_PYTHON),
         )
         deadline = time.monotonic() + 180
@@ -395,23 +395,33 @@ class Servers:
             return status, data.decode("utf-8", errors="replace")
 
 
-@pytest.fixture(scope="module")
-def pair():
+def start_pair(args: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+    """Both servers on one fresh copy of the repository, with the same extra flags."""
     workdir = tempfile.mkdtemp(prefix="tritium-vs-triton-")
     repo = os.path.join(workdir, "repo")
     build_repo(repo)
     try:
-        triton = RealTriton(repo, workdir)
+        triton = RealTriton(repo, workdir, args)
     except RuntimeError as e:  # the reference, not tritium, is broken here: nothing to compare with
         shutil.rmtree(workdir, ignore_errors=True)
         pytest.skip(f"real Triton did not start: {str(e)[-500:]}")
     try:
-        with RunningServer([repo], ["--exit-on-error=false"]) as tritium:
+        with RunningServer([repo], ["--exit-on-error=false", *args]) as tritium:
             yield (Servers(tritium.url, tritium.grpc_url, tritium.metrics_url),
                    Servers(triton.url, triton.grpc_url, f"http://127.0.0.1:{triton.metrics_port}/metrics"))
     finally:
         triton.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pair():  # type: ignore[no-untyped-def]
+    yield from start_pair()
+
+
+@pytest.fixture(scope="module")
+def explicit_pair():  # type: ignore[no-untyped-def]
+    yield from start_pair(("--model-control-mode=explicit", "--load-model=add_sub", "--load-model=batched"))
 
 
 def outcome(call: Callable[[], Any]) -> Any:
@@ -794,3 +804,49 @@ def test_a_config_triton_refuses_is_listed_with_its_reason(pair: tuple[Servers, 
     assert theirs == {"name": "bad_config"}
     assert ours["state"] == "UNAVAILABLE" and "preferred size" in ours["reason"] and "9" in ours["reason"]
     assert not tritium.http.is_model_ready("bad_config") and not triton.http.is_model_ready("bad_config")
+
+
+def index_rows(s: Servers) -> list[tuple[Any, ...]]:
+    return sorted((m["name"], m.get("version"), m.get("state"), m.get("reason", "").split("\n")[0])
+                  for m in s.http.get_model_repository_index())
+
+
+def model_control_story(s: Servers) -> list[Any]:
+    """One sequence of load/unload calls in explicit mode, and what each shows."""
+    x = np.array([1], np.int32)
+    seen: list[Any] = [index_rows(s)]
+    seen.append(outcome(lambda: s.http.load_model("nope")))
+    seen.append(outcome(lambda: s.grpc.load_model("init_fails")))
+    seen.append(s.raw("POST", "/v2/repository/models/bad_syntax/load"))
+    seen.append(outcome(lambda: s.http.load_model("strings")))
+    seen.append((s.http.is_model_ready("strings"), s.grpc.is_model_ready("strings")))
+    seen.append(outcome(lambda: s.http.unload_model("add_sub")))
+    seen.append(outcome(lambda: s.http.infer("add_sub", http_inputs(("INPUT0", A, "FP32"), ("INPUT1", B, "FP32")))))
+    seen.append(outcome(lambda: s.grpc.unload_model("nope")))
+    seen.append(outcome(lambda: s.http.get_model_metadata("add_sub")))
+    override = json.dumps({"backend": "python", "max_batch_size": 0,
+                           "input": [{"name": "INPUT0", "data_type": "TYPE_INT32", "dims": [-1]}],
+                           "output": [{"name": "OUTPUT0", "data_type": "TYPE_INT32", "dims": [-1]}]})
+    seen.append(outcome(lambda: s.http.load_model("fails", config=override)))
+    seen.append(outcome(lambda: s.http.infer("fails", http_inputs(("INPUT0", np.array([4, 5], np.int32), "INT32")))
+                        .as_numpy("OUTPUT0").tolist()))
+    # Deliberate difference: Triton refuses a bad config override with INTERNAL "failed to load 'fails', failed
+    # to poll from model repository"; tritium with INVALID_ARG and what is wrong.  Both must refuse it.
+    for call in (lambda: s.http.load_model("fails", config="{not json"),
+                 lambda: s.grpc.load_model("params", config=json.dumps({"max_batch_size": -3}))):
+        result = outcome(call)
+        seen.append((result[0], "failed to load" in result[2] or "load failed" in result[2]))
+    seen.append(outcome(lambda: s.http.infer("batched", http_inputs(("INPUT0", x.reshape(1, 1), "INT32")))
+                        .as_numpy("OUTPUT0").tolist()))
+    # 'params' after its refused override: Triton lists it by name only, tritium UNAVAILABLE with the reason
+    # (the deliberate difference of test_a_config_triton_refuses_is_listed_with_its_reason)
+    seen.append([row for row in index_rows(s) if row[0] != "params"])
+    return seen
+
+
+def test_model_control_as_triton(explicit_pair: tuple[Servers, Servers]) -> None:
+    tritium, triton = explicit_pair
+    theirs = model_control_story(triton)
+    ours = model_control_story(tritium)
+    for step, (mine, expected) in enumerate(zip(ours, theirs)):
+        assert mine == expected, f"step {step}"

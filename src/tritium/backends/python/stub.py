@@ -38,7 +38,8 @@ def format_exception(error: BaseException) -> str:
     else:
         head = f"{type(error).__name__}: {error}"
     frames = [f for f in traceback.extract_tb(error.__traceback__) if os.path.abspath(f.filename) != _THIS_FILE]
-    if not frames:
+    if all(f.filename.startswith("<frozen importlib") for f in frames):
+        # only the importer's own frames (a SyntaxError in model.py): Python's import leaves them out too
         return head
     return head + "\n\nAt:\n" + "".join(f"  {f.filename}({f.lineno}): {f.name}\n" for f in reversed(frames))
 
