@@ -628,13 +628,16 @@ def case_unload_unknown_and_load_unknown(s: Servers) -> Any:
             s.raw("POST", "/v2/repository/models/nope/unload"))
 
 
+def json_fault(status_body: tuple[int, Any]) -> tuple[bool, str]:
+    """Deliberate difference: a body that is not valid JSON, or whose values are not of the types the protocol
+    asks, is the client's fault and tritium answers 400 saying what is wrong; Triton answers 500 (its JSON
+    library reports an internal error) in that library's words.  What must agree is the message's head."""
+    status, body = status_body
+    return status in (400, 500), body["error"].split(":")[0]
+
+
 def case_http_malformed(s: Servers) -> Any:
-    """Deliberate difference: a body that is not valid JSON, or not the shape the protocol asks, is the
-    client's fault and tritium answers 400; Triton answers 500 (its JSON library reports an internal error)
-    with its JSON parser's own wording.  What must agree is the message's head."""
-    def head(status_body: tuple[int, Any]) -> tuple[bool, str]:
-        status, body = status_body
-        return status in (400, 500), body["error"].split(":")[0]
+    head = json_fault
     return (head(s.raw("POST", "/v2/models/add_sub/infer", b"{not json")),
             head(s.raw("POST", "/v2/models/add_sub/infer", b'{"inputs": 3}')),
             s.raw("GET", "/v2/models/add_sub/infer"),
@@ -783,6 +786,71 @@ def case_log_and_trace_settings(s: Servers) -> Any:
 def case_repository_index_ready_only(s: Servers) -> Any:
     return sorted(m["name"] for m in s.http.get_model_repository_index() if m.get("state") == "READY"), \
         s.raw("POST", "/v2/repository/index", json.dumps({"ready": True}).encode())[1] is not None
+
+
+def case_stream_errors_and_plain_models(s: Servers) -> Any:
+    """ModelStreamInfer: a request the server refuses comes back on the stream as an error; a model that is
+    not decoupled answers once, marked final."""
+    results: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(s.grpc_url)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    seen = []
+    try:
+        calls = [("add_sub", grpc_inputs(("INPUT0", A, "FP32"), ("INPUT1", B, "FP32"))),
+                 ("add_sub", grpc_inputs(("INPUT0", A, "FP32"))),
+                 ("nope", grpc_inputs(("INPUT0", A, "FP32"))),
+                 ("fails", grpc_inputs(("INPUT0", np.array([0], np.int32), "INT32"))),
+                 ("repeat", grpc_inputs(("INPUT0", np.array([1.5], np.float32), "FP32")))]
+        for model, inputs in calls:
+            client.async_stream_infer(model, inputs, request_id=model, enable_empty_final_response=True)
+            result, error = results.get(timeout=30)
+            if error is not None:
+                seen.append(("error", error.status(), error.message()))
+            else:
+                response = result.get_response()
+                seen.append((response.id, [o.name for o in response.outputs],
+                             response.parameters["triton_final_response"].bool_param))
+        return seen
+    finally:
+        client.stop_stream()
+
+
+def case_compressed_requests_and_responses(s: Servers) -> Any:
+    inputs = http_inputs(("INPUT0", A, "FP32"), ("INPUT1", B, "FP32"))
+    out = []
+    for algorithm in ("gzip", "deflate"):
+        result = s.http.infer("add_sub", inputs, request_compression_algorithm=algorithm,
+                              response_compression_algorithm=algorithm)
+        out.append(as_lists(result, ["OUTPUT0", "OUTPUT1"]))
+    out.append(s.raw("POST", "/v2/models/add_sub/infer", b"xx", headers={"Content-Encoding": "br"}))
+    return out
+
+
+def case_http_body_variants(s: Servers) -> Any:
+    """Request bodies a client may build by hand."""
+    def post(model: str, body: bytes, headers: dict[str, str] | None = None) -> Any:
+        status, doc = s.raw("POST", f"/v2/models/{model}/infer", body, headers)
+        return status, doc
+    doc = {"inputs": [{"name": "INPUT0", "shape": [4], "datatype": "FP32", "data": A.tolist()},
+                      {"name": "INPUT1", "shape": [4], "datatype": "FP32", "data": B.tolist()}]}
+    binary_out = dict(doc, parameters={"binary_data_output": True})
+    status, raw = s.raw("POST", "/v2/models/add_sub/infer", json.dumps(binary_out).encode())
+    ints = np.arange(3, dtype=np.int32)
+    return (
+        (status, type(raw).__name__),
+        post("batched", ints.reshape(1, 3).tobytes(), {"Inference-Header-Content-Length": "0"}),
+        json_fault(post("strings", json.dumps({"inputs": [{"name": "IN", "shape": [2], "datatype": "BYTES",
+                                                            "data": ["x", 3]}]}).encode())),
+        json_fault(post("add_sub", json.dumps({"inputs": [{"name": "INPUT0", "shape": [4], "datatype": "FP32",
+                                                            "data": [1, 2, 3]}]}).encode())),
+        post("add_sub", json.dumps({"inputs": [{"name": "INPUT0", "shape": [4], "datatype": "FP16",
+                                                 "data": [1, 2, 3, 4]}]}).encode()),
+        post("add_sub", json.dumps({"inputs": [{"name": "INPUT0", "shape": [4], "datatype": "FP32",
+                                                 "parameters": {"binary_data_size": 16}}]}).encode()),
+        post("add_sub", json.dumps({"inputs": [{"name": "INPUT0", "shape": [4], "datatype": "FP33",
+                                                 "data": [1, 2, 3, 4]}]}).encode()),
+        post("add_sub", json.dumps(dict(doc, outputs=[{"name": "NOPE"}])).encode()),
+    )
 
 
 CASES = [value for name, value in sorted(globals().items()) if name.startswith("case_")]
