@@ -853,6 +853,54 @@ def case_http_body_variants(s: Servers) -> Any:
     )
 
 
+def post_text(s: Servers, path: str, doc: Any) -> tuple[int, str | None, str]:
+    """Status, content type and body text of a POST (generate answers, Server-Sent Events included)."""
+    body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    request = urllib.request.Request(f"http://{s.url}{path}", data=body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, r.headers.get("Content-Type"), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type"), e.read().decode()
+
+
+def case_generate(s: Servers) -> Any:
+    ones = [1, 1, 1, 1]
+    calls = [
+        ("add_sub", {"INPUT0": [1, 2, 3, 4], "INPUT1": ones}),
+        ("add_sub", {"INPUT0": [1, 2, 3, 4], "INPUT1": ones, "id": "x1", "parameters": {"a": 1}}),
+        ("add_sub", {"INPUT0": [1, 2, 3, 4]}),
+        ("add_sub", {"INPUT0": [1, 2, 3, 4], "INPUT1": ones, "EXTRA": 3}),
+        ("add_sub", {"INPUT0": [[1, 2], [3, 4]], "INPUT1": ones}),
+        ("add_sub", {"INPUT0": 5, "INPUT1": ones}),
+        ("strings", {"IN": "abc"}),
+        ("strings", {"IN": ["abc", "de"]}),
+        ("params", {"INPUT0": 3, "parameters": {"x": "y", "n": 2}, "extra_param": 7}),
+        ("repeat", {"INPUT0": 3}),
+        ("repeat", {"INPUT0": 1}),
+        ("fails", {"INPUT0": 0}),
+        ("fails", {"INPUT0": 1}),
+        ("batched", {"INPUT0": [1, 2]}),
+        ("nope", {"INPUT0": [1, 2]}),
+    ]
+    answers = []
+    for model, doc in calls:
+        status, content_type, text = post_text(s, f"/v2/models/{model}/generate", doc)
+        answers.append((status, content_type, text.split("\n\nAt:")[0]))
+    status, _, text = post_text(s, "/v2/models/add_sub/generate", b"{bad")  # the deliberate difference of json_fault
+    answers.append(json_fault((status, json.loads(text))))
+    status, _, text = post_text(s, "/v2/models/add_sub/generate", b"[1]")  # Triton: "attempt to get members ..."
+    answers.append(json_fault((status, json.loads(text)))[0])
+    return answers
+
+
+def case_generate_stream(s: Servers) -> Any:
+    calls = [("repeat", {"INPUT0": 3}), ("repeat", {"INPUT0": 0}),
+             ("add_sub", {"INPUT0": [1, 2, 3, 4], "INPUT1": [1, 1, 1, 1]}),
+             ("fails", {"INPUT0": 0}), ("fails", {"INPUT0": 7}), ("add_sub", {"INPUT0": [1, 2, 3, 4]})]
+    return [post_text(s, f"/v2/models/{model}/generate_stream", doc) for model, doc in calls]
+
+
 CASES = [value for name, value in sorted(globals().items()) if name.startswith("case_")]
 
 

@@ -12,16 +12,20 @@ import binascii
 import logging
 import re
 import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from tritium.core.errors import InvalidArgumentError, Status, TritiumError, UnsupportedError
+from tritium.core.inference import InferenceRequest
 from tritium.core.model import Model
+from tritium.core.streaming import StreamItem
 from tritium.server import Server
 
 from .codec import decode_infer_request, decode_raw_request, encode_infer_response, parse_json
+from .generate import NOT_ONE_RESPONSE, decode_generate_request, encode_generate_response, error_event, event
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +40,12 @@ HTTP_STATUS = {
 JSON = b"application/json"
 OCTET_STREAM = b"application/octet-stream"
 TEXT = b"text/plain"
+EVENT_STREAM = b"text/event-stream; charset=utf-8"
 
 _REPOSITORY_URL = re.compile(r"^/v2/repository(?:/([^/]+))?/(?:(index)|models/([^/]+)/(load|unload))$")
 _TRACE_URL = re.compile(r"^/v2/models/([^/]+)/trace/setting$")
-_MODEL_URL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([0-9]+))?(?:/(infer|ready|config|stats))?$")
+_MODEL_URL = re.compile(
+    r"^/v2/models/([^/]+)(?:/versions/([0-9]+))?(?:/(infer|ready|config|stats|generate|generate_stream))?$")
 
 
 @dataclass(slots=True)
@@ -59,6 +65,8 @@ class HttpResponse:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     #: The request's trace (trace extension); the transport stamps HTTP_SEND_* and finishes it.
     trace: Any = None
+    #: More of the body, sent as it comes (chunked) after ``body``: Server-Sent Events of ``generate_stream``.
+    stream: AsyncIterator[bytes] | None = None
 
 
 def error_response(error: TritiumError | str, status: int | None = None, content_type: bytes = JSON) -> HttpResponse:
@@ -120,6 +128,10 @@ class HttpApi:
                 if method != "POST":
                     return _not_allowed(TEXT)
                 return await self._infer(request, name, version)
+            if action is not None and action.startswith("generate"):
+                if method != "POST":
+                    return _not_allowed()
+                return await self._generate(request, name, version, action == "generate_stream")
             if action == "ready":
                 if method != "GET":
                     return _not_allowed(TEXT)
@@ -256,6 +268,48 @@ class HttpApi:
             trace,
         )
 
+    async def _generate(self, request: HttpRequest, name: str, version: int, stream: bool) -> HttpResponse:
+        """The generate extension: errors of the request or the model are 400 (as Triton), an unknown model 404."""
+        model = self.server.model(name, version)
+        try:
+            infer_request = decode_generate_request(self._decompress(request), model)
+            model.validate(infer_request)  # a refused request is a JSON error, also for generate_stream
+        except TritiumError as e:
+            return error_response(e, 400)
+        if stream:
+            return await self._generate_stream(model, infer_request)
+        if not model.decoupled:
+            try:
+                response = await model.infer(infer_request, validated=True)
+            except TritiumError as e:
+                return error_response(e, 400)
+            return HttpResponse(200, [encode_generate_response(response)], JSON)
+        responses = []
+        async for item in model.stream(infer_request, validated=True):
+            if item.error is not None:
+                return error_response(item.error, 400)
+            if item.response is not None:
+                responses.append(item.response)
+        if len(responses) != 1:
+            return _json({"error": NOT_ONE_RESPONSE})  # with 200, as Triton
+        return HttpResponse(200, [encode_generate_response(responses[0])], JSON)
+
+    async def _generate_stream(self, model: Model, infer_request: InferenceRequest) -> HttpResponse:
+        """Each response as an event as the model sends it.  An error before the first one is the answer's
+        status (400); a later one is an event, and the stream ends there."""
+        items = model.stream(infer_request, validated=True)
+        async for item in items:
+            if item.error is not None:
+                await items.aclose()
+                return HttpResponse(400, [error_event(item.error.message)], EVENT_STREAM)
+            if item.response is not None:
+                first = event(encode_generate_response(item.response))
+                if item.final:
+                    await items.aclose()
+                    return HttpResponse(200, [first], EVENT_STREAM)
+                return HttpResponse(200, [first], EVENT_STREAM, stream=_events(items))
+        return HttpResponse(200, [], EVENT_STREAM)
+
     @staticmethod
     def _raw_request(model: Model, body: bytes, name: str, version: int):  # type: ignore[no-untyped-def]
         if len(model.inputs) != 1:
@@ -288,6 +342,19 @@ class HttpApi:
                 f"request body is larger than the maximum input size of {self.max_input_size} bytes once decompressed"
             )
         return data
+
+
+async def _events(items: AsyncIterator[StreamItem]) -> AsyncIterator[bytes]:
+    """The rest of a ``generate_stream``: one event per response, an error event ends it."""
+    try:
+        async for item in items:
+            if item.error is not None:
+                yield error_event(item.error.message)
+                return
+            if item.response is not None:
+                yield event(encode_generate_response(item.response))
+    finally:
+        await items.aclose()  # the client went away: the model's request is cancelled
 
 
 class _UnsupportedEncoding(Exception):

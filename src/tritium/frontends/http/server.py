@@ -15,6 +15,7 @@ import asyncio
 import logging
 import socket
 from collections import deque
+from collections.abc import AsyncIterator
 from http import HTTPStatus
 
 import httptools
@@ -201,6 +202,9 @@ class HttpProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
+        if response.stream is not None:
+            self._start_stream(response, keep_alive)
+            return
         pieces = response.body
         accept = request.headers.get("accept-encoding")
         if accept and pieces and response.status == 200 and request.path.endswith("/infer"):
@@ -223,6 +227,48 @@ class HttpProtocol(asyncio.Protocol):
         elif self.queue:
             self._next()
 
+    def _start_stream(self, response: HttpResponse, keep_alive: bool) -> None:
+        """A body that comes as it is made (``generate_stream``): chunked, the connection's next request
+        waits until it ends; a client that goes away cancels it (``connection_lost`` cancels the task)."""
+        assert self.transport is not None and response.stream is not None
+        head = [b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"Unknown"))]
+        if response.content_type is not None:
+            head.append(b"Content-Type: " + response.content_type + b"\r\n")
+        head.extend(name + b": " + value + b"\r\n" for name, value in response.headers)
+        head.append(b"Transfer-Encoding: chunked\r\n")
+        if not keep_alive:
+            head.append(b"Connection: close\r\n")
+        head.append(b"\r\n")
+        self.transport.writelines([b"".join(head), *map(_chunk, response.body)])
+        task = self.loop.create_task(self._pump(response.stream, keep_alive))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _pump(self, stream: AsyncIterator[bytes], keep_alive: bool) -> None:
+        try:
+            async for piece in stream:
+                if self.transport is None:
+                    return
+                self.transport.write(_chunk(piece))
+        except asyncio.CancelledError:
+            return
+        except Exception:  # a bug must cost this response, never the server: the client sees it cut short
+            log.exception("streaming a response failed")
+            if self.transport is not None:
+                self.closing = True
+                self.transport.close()
+            return
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(b"0\r\n\r\n")
+        self.busy = False
+        if not keep_alive:
+            self.closing = True
+            transport.close()
+        elif self.queue:
+            self._next()
+
     def _fail(self, status: int, message: str) -> None:
         """Answer a request we could not parse and close the connection."""
         self.closing = True
@@ -231,6 +277,11 @@ class HttpProtocol(asyncio.Protocol):
             body = response.body[0]
             self.transport.write(_head(response, len(body), False) + bytes(body))
             self.transport.close()
+
+
+def _chunk(piece: bytes | memoryview) -> bytes:
+    """One chunk of a chunked body (an empty piece would end the body, so it is skipped)."""
+    return b"%x\r\n%s\r\n" % (len(piece), bytes(piece)) if len(piece) else b""
 
 
 class _Refused(Exception):
