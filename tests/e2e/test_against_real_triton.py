@@ -864,6 +864,37 @@ def post_text(s: Servers, path: str, doc: Any) -> tuple[int, str | None, str]:
         return e.code, e.headers.get("Content-Type"), e.read().decode()
 
 
+def metric_lines(s: Servers, family: str, model: str) -> dict[str, float]:
+    with urllib.request.urlopen(s.metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith(family + "{") and f'model="{model}"' in line}
+
+
+def case_failure_accounting(s: Servers) -> Any:
+    """What an error response, an exception in execute and a refused request count, in statistics and metrics."""
+    def stats() -> dict[str, Any]:
+        return s.http.get_inference_statistics("fails")["model_stats"][0]
+    before, metrics_before = stats(), metric_lines(s, "nv_inference_request_failure", "fails")
+    success_before = metric_lines(s, "nv_inference_request_success", "fails")
+    for value in (0, 1, 5):
+        outcome(lambda: s.http.infer("fails", http_inputs(("INPUT0", np.array([value], np.int32), "INT32"))))
+    outcome(lambda: s.http.infer("fails", http_inputs(("INPUT0", np.array([1.0], np.float32), "FP32"))))
+    after = stats()
+    time.sleep(1.5)  # Triton refreshes some metrics on an interval
+    failures = metric_lines(s, "nv_inference_request_failure", "fails")
+    successes = metric_lines(s, "nv_inference_request_success", "fails")
+    def delta(new: dict[str, float], old: dict[str, float]) -> dict[str, float]:
+        return {k: v - old.get(k, 0.0) for k, v in new.items()}
+    counts = {k: after["inference_stats"][k]["count"] - before["inference_stats"][k]["count"]
+              for k in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")}
+    batches = {b["batch_size"]: b["compute_infer"]["count"] for b in after["batch_stats"]}
+    batches_before = {b["batch_size"]: b["compute_infer"]["count"] for b in before["batch_stats"]}
+    return (counts, after["inference_count"] - before["inference_count"],
+            after["execution_count"] - before["execution_count"], delta(batches, batches_before),
+            delta(failures, metrics_before), delta(successes, success_before))
+
+
 def case_generate(s: Servers) -> Any:
     ones = [1, 1, 1, 1]
     calls = [

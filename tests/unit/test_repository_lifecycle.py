@@ -75,3 +75,4 @@ def test_status_text_spells_codes_as_triton():
     assert status_text(TritiumError("gone", Status.UNAVAILABLE)) == "Unavailable: gone"
     assert status_text(TritiumError("x", Status.INTERNAL)) == "Internal: x"
     assert status_text(ValueError("oops")) == "Internal: ValueError: oops"  # not ours: a bug, Internal
+

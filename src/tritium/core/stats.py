@@ -142,16 +142,8 @@ class ModelStats:
             queued = request.queued_ns or start
             queue_ns += start - queued
             total_ns += end - queued
-        self.queue.add(queue_ns, n)
-        if not ok:
-            self.fail.add(total_ns, n)
-            self.failures["BACKEND"] = self.failures.get("BACKEND", 0) + n
-            return
-        self.success.add(total_ns, n)
-        self.compute_input.add(c_in * n, n)
-        self.compute_infer.add(c_infer * n, n)
-        self.compute_output.add(c_out * n, n)
-        self.inference_count += size
+        # The execution and its batch count either way; a failed request counts only its fail duration
+        # (Triton 2.51 does the same: test_against_real_triton's failure_accounting).
         self.execution_count += 1
         self.last_inference_ms = time.time_ns() // 1_000_000
         batch = self.batches.get(size)
@@ -160,6 +152,16 @@ class ModelStats:
         batch.compute_input.add(c_in)
         batch.compute_infer.add(c_infer)
         batch.compute_output.add(c_out)
+        if not ok:
+            self.fail.add(total_ns, n)
+            self.failures["BACKEND"] = self.failures.get("BACKEND", 0) + n
+            return
+        self.queue.add(queue_ns, n)
+        self.success.add(total_ns, n)
+        self.compute_input.add(c_in * n, n)
+        self.compute_infer.add(c_infer * n, n)
+        self.compute_output.add(c_out * n, n)
+        self.inference_count += size
         summaries = self.summaries
         if summaries is not None:
             now_s = time.monotonic()
