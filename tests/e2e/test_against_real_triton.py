@@ -260,6 +260,42 @@ SEQUENCE_CONFIG = """
     sequence_batching { max_sequence_idle_microseconds: 5000000 }
 """
 
+#: Answers which inputs came (optional ones may not) and their shapes as the model sees them.
+SHAPES = '''
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            seen = {t.name(): list(t.as_numpy().shape) for t in r.inputs()}
+            out.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUT", np.array([json.dumps(seen, sort_keys=True).encode()], dtype=np.object_))]))
+        return out
+'''
+SHAPES_CONFIG = """
+    backend: "python"
+    max_batch_size: 2
+    input [ { name: "MAIN" data_type: TYPE_FP32 dims: [ 4 ] reshape: { shape: [ 2, 2 ] } },
+            { name: "EXTRA" data_type: TYPE_INT32 dims: [ 1 ] optional: true } ]
+    output [ { name: "OUT" data_type: TYPE_STRING dims: [ 1 ] } ]
+"""
+VERSIONED_CONFIG = """
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ -1 ] } ]
+    output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ -1 ] } ]
+    version_policy: { specific: { versions: [ 1, 3 ] } }
+"""
+LABELS_CONFIG = """
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+    output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] label_filename: "labels.txt" } ]
+"""
+
 INIT_FAILS = '''
 class TritonPythonModel:
     def initialize(self, args):
@@ -319,6 +355,14 @@ def build_repo(repo: str) -> None:
     write_python_model(repo, "codes", CODES, plain)
     write_python_model(repo, "sequence", SEQUENCE, ARGS_CONFIG)
     write_python_model(repo, "stateful", SEQUENCE, SEQUENCE_CONFIG)
+    write_python_model(repo, "shapes", SHAPES, SHAPES_CONFIG)
+    for version in (1, 2, 3):
+        write_python_model(repo, "versioned", IDENTITY.replace("r.inputs()[0].as_numpy()",
+                                                               f"r.inputs()[0].as_numpy() * {version}"),
+                           VERSIONED_CONFIG, version=version)
+    write_python_model(repo, "labelled", IDENTITY, LABELS_CONFIG)
+    with open(os.path.join(repo, "labelled", "labels.txt"), "w") as f:
+        f.write("cat\ndog\nbird\nfish\n")
     os.makedirs(os.path.join(repo, "twice", "1"))
     with open(os.path.join(repo, "twice", "config.pbtxt"), "w") as f:
         f.write(ENSEMBLE_CONFIG)
@@ -893,6 +937,49 @@ def case_failure_accounting(s: Servers) -> Any:
     return (counts, after["inference_count"] - before["inference_count"],
             after["execution_count"] - before["execution_count"], delta(batches, batches_before),
             delta(failures, metrics_before), delta(successes, success_before))
+
+
+def case_optional_inputs_and_reshape(s: Servers) -> Any:
+    main = np.arange(8, dtype=np.float32).reshape(2, 4)
+    def seen(client: Any, make: Any, *tensors: Any) -> Any:
+        return outcome(lambda: [json.loads(v) for v in client.infer("shapes", make(*tensors)).as_numpy("OUT")
+                                .reshape(-1)])
+    return (seen(s.http, http_inputs, ("MAIN", main, "FP32")),
+            seen(s.grpc, grpc_inputs, ("MAIN", main, "FP32"), ("EXTRA", np.array([[1], [2]], np.int32), "INT32")),
+            s.http.get_model_metadata("shapes"))
+
+
+def test_a_required_input_cannot_be_replaced_by_an_optional_one(pair: tuple[Servers, Servers]) -> None:
+    """Deliberate difference: Triton 2.51 checks only how many inputs came, so an optional input in place of a
+    required one reaches the model without it; tritium refuses the request and names the missing input."""
+    tritium, triton = pair
+    extra_only = ("EXTRA", np.array([[1]], np.int32), "INT32")
+    theirs = triton.http.infer("shapes", http_inputs(extra_only)).as_numpy("OUT")
+    assert json.loads(theirs.reshape(-1)[0]) == {"EXTRA": [1, 1]}
+    with pytest.raises(InferenceServerException, match=r"missing required inputs for model 'shapes'. Got input\(s\) "
+                                                       r"\['EXTRA'\], but missing required input\(s\) \['MAIN'\]"):
+        tritium.http.infer("shapes", http_inputs(extra_only))
+
+
+def case_versions(s: Servers) -> Any:
+    x = np.array([1, 2], np.int32)
+    def run(version: str) -> Any:
+        return outcome(lambda: s.http.infer("versioned", http_inputs(("INPUT0", x, "INT32")), model_version=version)
+                       .as_numpy("OUTPUT0").tolist())
+    return ([run(v) for v in ("", "1", "2", "3", "4")], s.http.get_model_metadata("versioned"),
+            [(v, s.http.is_model_ready("versioned", v)) for v in ("1", "2", "3")],
+            outcome(lambda: s.grpc.get_model_metadata("versioned", "2", as_json=True)),
+            sorted((m["name"], m.get("version"), m.get("state")) for m in s.http.get_model_repository_index()
+                   if m["name"] == "versioned"))
+
+
+def case_classification_labels(s: Servers) -> Any:
+    x = np.array([0.5, 3, -1, 2], np.float32)
+    outputs = [httpclient.InferRequestedOutput("OUTPUT0", class_count=3)]
+    http = s.http.infer("labelled", http_inputs(("INPUT0", x, "FP32")), outputs=outputs).as_numpy("OUTPUT0").tolist()
+    grpc_outputs = [grpcclient.InferRequestedOutput("OUTPUT0", class_count=9)]
+    return http, outcome(lambda: s.grpc.infer("labelled", grpc_inputs(("INPUT0", x, "FP32")), outputs=grpc_outputs)
+                         .as_numpy("OUTPUT0").tolist())
 
 
 def case_generate(s: Servers) -> Any:

@@ -209,10 +209,14 @@ class Model:
             if missing:
                 got = ",".join(f"'{n}'" for n in sorted(seen))
                 want = ",".join(f"'{n}'" for n in missing)
+                required = len(self.required_inputs)
+                if len(request.inputs) < required:
+                    head = f"expected {required} inputs but got {len(request.inputs)} inputs for model '{name}'. "
+                else:  # optional inputs in place of required ones (Triton counts only, and runs the model)
+                    head = f"missing required inputs for model '{name}'. "
                 raise _request_error(
                     request,
-                    f"expected {len(self.required_inputs)} inputs but got {len(request.inputs)} inputs for model "
-                    f"'{name}'. Got input(s) [{got}], but missing required input(s) [{want}]. Please provide "
+                    f"{head}Got input(s) [{got}], but missing required input(s) [{want}]. Please provide "
                     "all required input(s).",
                 )
         if request.requested_outputs is not None:
