@@ -982,6 +982,23 @@ def case_classification_labels(s: Servers) -> Any:
                          .as_numpy("OUTPUT0").tolist())
 
 
+def case_grpc_admin(s: Servers) -> Any:
+    """The gRPC side of metadata, index, statistics and settings (JSON forms, values that do not drift)."""
+    metadata = s.grpc.get_server_metadata(as_json=True)
+    index = s.grpc.get_model_repository_index(as_json=True)
+    stats = s.grpc.get_inference_statistics("strings", as_json=True)["model_stats"][0]
+    def keys(doc: Any) -> Any:
+        if isinstance(doc, dict):
+            return {k: keys(v) for k, v in doc.items() if k != "last_inference"}
+        return type(doc).__name__
+    return (sorted(metadata), sorted(set(metadata["extensions"]) - {"system_shared_memory", "cuda_shared_memory"}),
+            sorted((m["name"], m.get("version"), m.get("state")) for m in index["models"]
+                   if m["name"] != "bad_config"),  # test_a_config_triton_refuses_is_listed_with_its_reason
+            keys(stats), s.grpc.get_log_settings(as_json=True), s.grpc.get_trace_settings(as_json=True),
+            outcome(lambda: s.grpc.get_model_metadata("nope")), outcome(lambda: s.grpc.get_model_config("nope")),
+            outcome(lambda: s.grpc.get_inference_statistics("nope")))
+
+
 def case_generate(s: Servers) -> Any:
     ones = [1, 1, 1, 1]
     calls = [
