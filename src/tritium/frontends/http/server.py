@@ -47,12 +47,17 @@ def _head(response: HttpResponse, length: int, keep_alive: bool) -> bytes:
             return _OK_HEAD % (response.content_type, length)
         if len(headers) == 1:
             return _OK_HEAD_1 % (response.content_type, headers[0][0], headers[0][1], length)
+    return _any_head(response, b"Content-Length: %d\r\n" % length, keep_alive)
+
+
+def _any_head(response: HttpResponse, framing: bytes, keep_alive: bool) -> bytes:
+    """Status line and headers of any response; ``framing`` says where its body ends (length or chunked)."""
     lines = [b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"Unknown"))]
     if response.content_type is not None:
         lines.append(b"Content-Type: " + response.content_type + b"\r\n")
     for name, value in response.headers:
         lines.append(name + b": " + value + b"\r\n")
-    lines.append(b"Content-Length: %d\r\n" % length)
+    lines.append(framing)
     if not keep_alive:
         lines.append(b"Connection: close\r\n")
     lines.append(b"\r\n")
@@ -220,6 +225,10 @@ class HttpProtocol(asyncio.Protocol):
             transport.writelines([_head(response, length, keep_alive), *pieces])
             trace.stamp("HTTP_SEND_END")
             trace.finish()
+        self._answered(transport, keep_alive)
+
+    def _answered(self, transport: asyncio.Transport, keep_alive: bool) -> None:
+        """A response is out: close, or answer the next request that waited on this connection."""
         self.busy = False
         if not keep_alive:
             self.closing = True
@@ -231,15 +240,8 @@ class HttpProtocol(asyncio.Protocol):
         """A body that comes as it is made (``generate_stream``): chunked, the connection's next request
         waits until it ends; a client that goes away cancels it (``connection_lost`` cancels the task)."""
         assert self.transport is not None and response.stream is not None
-        head = [b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"Unknown"))]
-        if response.content_type is not None:
-            head.append(b"Content-Type: " + response.content_type + b"\r\n")
-        head.extend(name + b": " + value + b"\r\n" for name, value in response.headers)
-        head.append(b"Transfer-Encoding: chunked\r\n")
-        if not keep_alive:
-            head.append(b"Connection: close\r\n")
-        head.append(b"\r\n")
-        self.transport.writelines([b"".join(head), *map(_chunk, response.body)])
+        head = _any_head(response, b"Transfer-Encoding: chunked\r\n", keep_alive)
+        self.transport.writelines([head, *map(_chunk, response.body)])
         task = self.loop.create_task(self._pump(response.stream, keep_alive))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -262,12 +264,7 @@ class HttpProtocol(asyncio.Protocol):
         if transport is None:
             return
         transport.write(b"0\r\n\r\n")
-        self.busy = False
-        if not keep_alive:
-            self.closing = True
-            transport.close()
-        elif self.queue:
-            self._next()
+        self._answered(transport, keep_alive)
 
     def _fail(self, status: int, message: str) -> None:
         """Answer a request we could not parse and close the connection."""
