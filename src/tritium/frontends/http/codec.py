@@ -76,9 +76,7 @@ def decode_infer_request(
     if params is not None:
         if not isinstance(params, dict):
             raise _fail("'parameters' of an inference request must be an object")
-        for key, value in params.items():
-            if not isinstance(value, (str, int, float, bool)):
-                raise _fail(f"parameter '{key}' has invalid type. It should be either 'int', 'bool', or 'string'.")
+        check_parameters(params)
         binary_output = params.pop("binary_data_output", None)  # the frontend's, not the model's (as Triton)
         if binary_output is not None:
             encoding.binary_default = _as_bool(binary_output, "binary_data_output")
@@ -121,6 +119,13 @@ def decode_infer_request(
                     request.classification[name] = count
         request.requested_outputs = names
     return request, encoding
+
+
+def check_parameters(params: dict[str, Any]) -> None:
+    """Request parameters are scalars (Triton's words when one is not)."""
+    for key, value in params.items():
+        if not isinstance(value, (str, int, float, bool)):
+            raise _fail(f"parameter '{key}' has invalid type. It should be either 'int', 'bool', or 'string'.")
 
 
 def _as_bool(value: Any, key: str) -> bool:

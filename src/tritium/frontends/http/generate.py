@@ -21,6 +21,8 @@ from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.model import Model
 from tritium.core.types import DataType, Tensor
 
+from .codec import check_parameters, parse_json
+
 #: Triton's answer when ``/generate`` meets a model that did not give exactly one response.
 NOT_ONE_RESPONSE = ("generate expects model to produce exactly 1 response, use generate stream for model that "
                     "generates various number of responses")
@@ -29,10 +31,7 @@ _SCALARS = (str, int, float, bool)
 
 
 def decode_generate_request(body: bytes, model: Model) -> InferenceRequest:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise InvalidArgumentError(f"failed to parse the request JSON buffer: {e}") from None
+    doc = parse_json(body)
     if not isinstance(doc, dict):
         raise InvalidArgumentError("the generate request must be a JSON object")
     request = InferenceRequest(model.name, model.version)
@@ -53,9 +52,7 @@ def decode_generate_request(body: bytes, model: Model) -> InferenceRequest:
             parameters.update(value)
         else:
             parameters[key] = value
-    for key, value in parameters.items():
-        if not isinstance(value, _SCALARS):
-            raise InvalidArgumentError(f"parameter '{key}' has invalid type. It should be either 'int', 'bool', or 'string'.")
+    check_parameters(parameters)
     request.inputs = inputs
     request.parameters = parameters
     return request
