@@ -19,30 +19,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class RunningServer:
-    """A tritium process; ``url`` is host:port for tritonclient.http."""
+class ServerProcess:
+    """A server process on free ports, its output in a log file; ``url`` is host:port for tritonclient.http,
+    ``grpc_url`` for tritonclient.grpc, ``metrics_url`` the metrics page."""
 
-    def __init__(self, repos: Sequence[str], args: Sequence[str] = (), wait_ready: bool = True,
-                 timeout: float = 60.0) -> None:
-        self.http_port = free_port()
-        self.grpc_port = free_port()
-        self.metrics_port = free_port()
-        #: ``http://host:port/metrics`` (``--metrics-port``; pass ``--allow-metrics=false`` to turn it off).
-        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        self.url = f"127.0.0.1:{self.http_port}"
-        #: host:port for tritonclient.grpc (``--grpc-port``; pass ``--allow-grpc=false`` to turn it off).
-        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
-        self.log_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"tritium-{self.http_port}.log")
-        cmd = [sys.executable, "-m", "tritium", f"--http-port={self.http_port}", "--http-address=127.0.0.1",
-               f"--grpc-port={self.grpc_port}", "--grpc-address=127.0.0.1",
-               f"--metrics-port={self.metrics_port}", "--metrics-address=127.0.0.1"]
-        cmd += [f"--model-repository={r}" for r in repos]
-        cmd += list(args)
-        self.log = open(self.log_path, "w+b")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        if wait_ready:
-            self.wait_live(timeout)
+    def __init__(self, command: Sequence[str], log_path: str, env: dict[str, str], http_port: int, grpc_port: int,
+                 metrics_port: int) -> None:
+        self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
+        self.url = f"127.0.0.1:{http_port}"
+        self.grpc_url = f"127.0.0.1:{grpc_port}"
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.log_path = log_path
+        self.log = open(log_path, "w+b")
+        self.proc = subprocess.Popen(list(command), stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def wait_live(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -76,8 +65,28 @@ class RunningServer:
         self.log.close()
         return self.proc.returncode
 
-    def __enter__(self) -> RunningServer:
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class RunningServer(ServerProcess):
+    """A tritium process, started as users run it (``python -m tritium`` with ``tritonserver``'s flags)."""
+
+    def __init__(self, repos: Sequence[str], args: Sequence[str] = (), wait_ready: bool = True,
+                 timeout: float = 60.0) -> None:
+        http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+        cmd = [sys.executable, "-m", "tritium", f"--http-port={http_port}", "--http-address=127.0.0.1",
+               f"--grpc-port={grpc_port}", "--grpc-address=127.0.0.1",
+               f"--metrics-port={metrics_port}", "--metrics-address=127.0.0.1"]
+        cmd += [f"--model-repository={r}" for r in repos]
+        cmd += list(args)
+        log_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"tritium-{http_port}.log")
+        super().__init__(cmd, log_path, dict(os.environ, PYTHONUNBUFFERED="1"), http_port, grpc_port, metrics_port)
+        if wait_ready:
+            self.wait_live(timeout)
+
+    def __enter__(self) -> RunningServer:
+        return self

@@ -20,7 +20,6 @@ import json
 import os
 import queue
 import shutil
-import subprocess
 import tempfile
 import time
 import urllib.error
@@ -33,7 +32,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from models import write_python_model
-from server import ROOT, RunningServer, free_port
+from server import ROOT, RunningServer, ServerProcess, free_port
 from tritonclient.utils import InferenceServerException
 
 SCRIPT = os.path.join(ROOT, "..", "shared", "tools", "real_triton.sh")
@@ -373,45 +372,20 @@ def build_repo(repo: str) -> None:
                        BATCHED_CONFIG.replace("dynamic_batching { }", "dynamic_batching { preferred_batch_size: [ 9 ] }"))
 
 
-class RealTriton:
-    """Real ``tritonserver`` on free ports (same attributes as :class:`RunningServer`)."""
+class RealTriton(ServerProcess):
+    """Real ``tritonserver`` on free ports, started by ``real_triton.sh`` with ``tritonserver``'s flags."""
 
     def __init__(self, repo: str, workdir: str, args: tuple[str, ...] = ()) -> None:
-        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
-        self.url = f"127.0.0.1:{self.http_port}"
-        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
-        self.log_path = os.path.join(workdir, "triton.log")
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            ["bash", SCRIPT, f"--model-repository={repo}", f"--http-port={self.http_port}",
-             f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}", "--exit-on-error=false", *args],
-            stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTRITON_PYTHON=TRITON_PYTHON),
-        )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"real Triton exited with {self.proc.returncode}: {self.output()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://{self.url}/v2/health/live", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("real Triton did not come up in 180 s")
-
-    def output(self) -> str:
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+        command = ["bash", SCRIPT, f"--model-repository={repo}", f"--http-port={http_port}",
+                   f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}", "--exit-on-error=false", *args]
+        super().__init__(command, os.path.join(workdir, "triton.log"), dict(os.environ, PYTRITON_PYTHON=TRITON_PYTHON),
+                         http_port, grpc_port, metrics_port)
+        try:
+            self.wait_live(180)
+        except RuntimeError:
+            self.stop()
+            raise
 
 
 class Servers:
@@ -452,7 +426,7 @@ def start_pair(args: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
     try:
         with RunningServer([repo], ["--exit-on-error=false", *args]) as tritium:
             yield (Servers(tritium.url, tritium.grpc_url, tritium.metrics_url),
-                   Servers(triton.url, triton.grpc_url, f"http://127.0.0.1:{triton.metrics_port}/metrics"))
+                   Servers(triton.url, triton.grpc_url, triton.metrics_url))
     finally:
         triton.stop()
         shutil.rmtree(workdir, ignore_errors=True)
