@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import statistics
@@ -34,11 +35,42 @@ from tritium._proto import model_config_pb2 as mc  # noqa: E402
 from tritium.backends.base import InstanceSpec, ModelContext  # noqa: E402
 from tritium.backends.python.backend import PythonBackend  # noqa: E402
 from tritium.config.parse import load_config_file  # noqa: E402
+from tritium.core import shared_memory  # noqa: E402
 from tritium.core.inference import InferenceRequest  # noqa: E402
 from tritium.core.types import Tensor  # noqa: E402
 
 
-def crossing(repo: str, sizes: list[int], iterations: int) -> list[tuple[int, float, float]]:
+def _loop_factory():  # type: ignore[no-untyped-def]
+    try:
+        import uvloop  # the server's loop where it is installed
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+async def _on_loop(instance, request, iterations):  # type: ignore[no-untyped-def]
+    """Executes as the server runs them: sent from the event loop, the reply read by the loop's reader."""
+    loop = asyncio.get_running_loop()
+    times = []
+    response = None
+    for i in range(iterations + 50):
+        future = loop.create_future()
+        start = time.perf_counter_ns()
+        instance.execute_async([request], loop, lambda responses, error: future.set_result((responses, error)))
+        responses, error = await future
+        elapsed = time.perf_counter_ns() - start
+        assert error is None, error
+        response = responses[0]
+        if i >= 50:
+            times.append(elapsed / 1000)
+    return response, times
+
+
+def crossing(repo: str, sizes: list[int], iterations: int, shared: bool = False,
+             on_loop: bool = False) -> list[tuple[int, float, float]]:
+    """``shared``: the input lies in shared memory, as the tensors of HTTP bodies of 64 KiB or more do
+    (``core.shared_memory``); else in private memory, copied into the instance's arena.  ``on_loop``: through
+    ``execute_async`` on an event loop (uvloop), as the server executes; else ``execute`` on this thread."""
     model_dir = os.path.join(repo, "identity_fp32")
     config = load_config_file(os.path.join(model_dir, "config.pbtxt"), "identity_fp32")
     config.default_model_filename = "model.py"
@@ -46,18 +78,29 @@ def crossing(repo: str, sizes: list[int], iterations: int) -> list[tuple[int, fl
     backend.initialize({"shm-default-byte-size": str(8 << 20)})
     state = backend.model_initialize(ModelContext("identity_fp32", 1, model_dir, config))
     instance = state.instance_initialize(InstanceSpec("identity_fp32_0", "KIND_CPU", 0, mc.ModelInstanceGroup()))
+    if on_loop:
+        instance.execute([InferenceRequest("identity_fp32", inputs=[Tensor.from_numpy(
+            "INPUT0", np.zeros((1, 4), np.float32))])])  # starts the stub (execute_async does not)
     rows = []
     try:
         for size in sizes:
             x = np.random.default_rng(0).standard_normal((1, size // 4)).astype(np.float32)
+            body = shared_memory.take(x.nbytes) if shared else None
+            if body is not None:
+                np.frombuffer(body, np.float32)[:] = x.reshape(-1)
+                x = np.frombuffer(body, np.float32).reshape(x.shape)
             request = InferenceRequest("identity_fp32", inputs=[Tensor.from_numpy("INPUT0", x)])
             times = []
-            for i in range(iterations + 50):
-                start = time.perf_counter_ns()
-                response = instance.execute([request])[0]
-                elapsed = time.perf_counter_ns() - start
-                if i >= 50:
-                    times.append(elapsed / 1000)
+            if on_loop:
+                with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                    response, times = runner.run(_on_loop(instance, request, iterations))
+            else:
+                for i in range(iterations + 50):
+                    start = time.perf_counter_ns()
+                    response = instance.execute([request])[0]
+                    elapsed = time.perf_counter_ns() - start
+                    if i >= 50:
+                        times.append(elapsed / 1000)
             assert np.array_equal(response.outputs[0].data, x)  # type: ignore[union-attr]
             times.sort()
             rows.append((size, statistics.median(times), times[int(len(times) * 0.99)]))
@@ -141,9 +184,15 @@ def main() -> int:
     procs: list[subprocess.Popen] = []
     try:
         print("process crossing, in-process (execute of one request, identity model.py):")
-        print(f"{'tensor':>10} {'median us':>10} {'p99 us':>10}")
-        for size, median, p99 in crossing(repo, [64, 64 << 10, 1 << 20, 4 << 20], args.iterations):
-            print(f"{size:>10} {median:>10.1f} {p99:>10.1f}")
+        print(f"{'tensor':>10} {'input in':>12} {'called':>12} {'median us':>10} {'p99 us':>10}")
+        sizes = [64, 64 << 10, 1 << 20, 4 << 20]
+        for on_loop in (False, True):
+            for shared in (False, True):
+                where = "shared body" if shared else "private"
+                called = "event loop" if on_loop else "thread"
+                for size, median, p99 in crossing(repo, sizes if not shared else sizes[1:], args.iterations, shared,
+                                                  on_loop):
+                    print(f"{size:>10} {where:>12} {called:>12} {median:>10.1f} {p99:>10.1f}")
         if args.skip_http:
             return 0
         port = http_infer.free_port() if hasattr(http_infer, 'free_port') else 28710

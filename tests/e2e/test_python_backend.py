@@ -207,6 +207,25 @@ class TritonPythonModel:
         return out
 '''
 
+#: Outputs its input as is, a view of part of it, and a new array; and whether the server's request bodies
+#: are mapped into this process (``memfd:tritium-body``), which they are once a big HTTP body was read in place.
+IN_PLACE = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            with open("/proc/self/maps") as f:
+                mapped = "memfd:tritium-body" in f.read()
+            out.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("SAME", x), pb_utils.Tensor("TAIL", x.reshape(-1)[1:]),
+                pb_utils.Tensor("DOUBLE", x * 2), pb_utils.Tensor("MAPPED", np.array([mapped]))]))
+        return out
+'''
+
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> str:
@@ -223,6 +242,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> str:
                                            tensor("ARGS", "TYPE_STRING", "1")], max_batch_size=8)
     python_model(path, "bls_identity", BLS_IDENTITY, [tensor("INPUT0", "TYPE_FP32", "-1")],
                  [tensor("OUTPUT0", "TYPE_FP32", "-1")], max_batch_size=8)
+    python_model(path, "in_place", IN_PLACE, [tensor("INPUT0", "TYPE_FP32", "-1")],
+                 [tensor("SAME", "TYPE_FP32", "-1"), tensor("TAIL", "TYPE_FP32", "-1"),
+                  tensor("DOUBLE", "TYPE_FP32", "-1"), tensor("MAPPED", "TYPE_BOOL", "1")])
     python_model(path, "async_bls", ASYNC_BLS, [tensor("INPUT0", "TYPE_INT32", "16")],
                  [tensor("OUTPUT0", "TYPE_INT32", "16")], max_batch_size=8)
     python_model(path, "repeat", REPEAT, [tensor("IN", "TYPE_INT32", "1")], [tensor("OUT", "TYPE_INT32", "1")],
@@ -279,6 +301,40 @@ def test_identity_concurrent_requests_batched(client: httpclient.InferenceServer
 def test_large_tensor_grows_shared_memory(client: httpclient.InferenceServerClient) -> None:
     big = np.random.rand(2, 700_000).astype(np.float32)  # 5.6 MB: beyond the 1 MiB default arena
     np.testing.assert_array_equal(client.infer("identity", [infer_input("INPUT0", big, "FP32")]).as_numpy("OUTPUT0"), big)
+
+
+def test_large_tensor_over_grpc_grows_shared_memory(server: RunningServer) -> None:
+    # gRPC bodies are not received into shared memory: the tensor is copied into the instance's arena
+    big = np.random.rand(2, 700_000).astype(np.float32)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    i = grpcclient.InferInput("INPUT0", list(big.shape), "FP32")
+    i.set_data_from_numpy(big)
+    np.testing.assert_array_equal(client.infer("identity", [i]).as_numpy("OUTPUT0"), big)
+
+
+def test_big_http_bodies_are_read_in_place(client: httpclient.InferenceServerClient) -> None:
+    """A body of 64 KiB or more is received into shared memory, which the model process maps and reads
+    (no copy); outputs that are views of it come back from there, new arrays through the arena."""
+    small = np.arange(8, dtype=np.float32)
+    result = client.infer("in_place", [infer_input("INPUT0", small, "FP32")])
+    np.testing.assert_array_equal(result.as_numpy("TAIL"), small[1:])
+    assert result.as_numpy("MAPPED").tolist() == [False]  # a small body is copied into the arena
+    big = np.random.default_rng(2).standard_normal(100_000).astype(np.float32)
+    result = client.infer("in_place", [infer_input("INPUT0", big, "FP32")])
+    assert result.as_numpy("MAPPED").tolist() == [True]
+    np.testing.assert_array_equal(result.as_numpy("SAME"), big)
+    np.testing.assert_array_equal(result.as_numpy("TAIL"), big[1:])
+    np.testing.assert_array_equal(result.as_numpy("DOUBLE"), big * 2)
+
+
+def test_big_http_bodies_in_place_under_concurrency(client: httpclient.InferenceServerClient) -> None:
+    # many bodies in flight at once, batched together, each in its own block; blocks are reused after
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        arrays = [rng.standard_normal((1, 20_000 + 4_000 * i)).astype(np.float32) for i in range(12)]
+        pending = [client.async_infer("identity", [infer_input("INPUT0", a, "FP32")]) for a in arrays]
+        for a, p in zip(arrays, pending):
+            np.testing.assert_array_equal(p.get_result().as_numpy("OUTPUT0"), a)
 
 
 def test_bytes_in_and_out(client: httpclient.InferenceServerClient) -> None:

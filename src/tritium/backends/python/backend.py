@@ -35,6 +35,7 @@ from google.protobuf import json_format
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.config.parse import config_to_dict
+from tritium.core import shared_memory
 from tritium.core.custom_metrics import CustomMetrics
 from tritium.core.errors import (
     InternalError,
@@ -59,6 +60,9 @@ _LOG_LEVELS = [logging.INFO, logging.WARNING, logging.ERROR, logging.DEBUG]
 _SRC_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 _MIB = 1 << 20
 _SEQUENCE_PARAMETERS = frozenset(("sequence_id", "sequence_start", "sequence_end"))
+#: Inputs this big that lie in a shared-memory block are read there by the stub; smaller ones are
+#: copied into the arena with the rest (a copy is cheaper than the look-up).
+_IN_PLACE_BYTES = 4096
 #: Socket buffers of the event channel, which carries the tensors of decoupled responses and BLS calls.
 _EVENT_BUFFER_BYTES = 4 << 20
 
@@ -115,7 +119,8 @@ class PythonBackend(Backend):
             return  # model_initialize reports the missing file
         config = ctx.config
         python = _interpreter(ctx)
-        control, events, popen = _spawn(python)
+        control, events, handoff, popen = _spawn(python)
+        handoff.close()
         try:
             control.send({"mode": "autocomplete", "model_file": path, "version_dir": ctx.version_dir,
                           "config": json.dumps(config_to_dict(config))})
@@ -169,10 +174,12 @@ def _interpreter(ctx: ModelContext) -> str:
         "environment only from an unpacked directory with bin/python (conda-pack tarballs must be unpacked first)")
 
 
-def _spawn(python: str) -> tuple[Channel, Channel, subprocess.Popen[bytes]]:
-    """Start a stub; returns the server's ends of its control and event sockets."""
+def _spawn(python: str) -> tuple[Channel, Channel, socket.socket, subprocess.Popen[bytes]]:
+    """Start a stub; returns the server's ends of its control, event and hand-off sockets (the last passes
+    the file descriptors of shared-memory blocks, ``core.shared_memory``, that inputs lie in)."""
     control_here, control_there = socket.socketpair()
     events_here, events_there = socket.socketpair()
+    handoff_here, handoff_there = socket.socketpair()
     for sock in (events_here, events_there):
         # Tensors of decoupled responses and BLS calls cross here: room for a few MiB in flight spares the
         # sender waiting on the reader every 200 KiB (the kernel caps it at net.core.wmem_max).
@@ -180,16 +187,17 @@ def _spawn(python: str) -> tuple[Channel, Channel, subprocess.Popen[bytes]]:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _EVENT_BUFFER_BYTES)
     env = dict(os.environ)
     env["PYTHONPATH"] = _SRC_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    fds = (control_there.fileno(), events_there.fileno())
+    fds = (control_there.fileno(), events_there.fileno(), handoff_there.fileno())
     try:
         popen = subprocess.Popen(
-            [python, "-m", "tritium.backends.python.stub", str(fds[0]), str(fds[1])],
+            [python, "-m", "tritium.backends.python.stub", *map(str, fds)],
             pass_fds=fds, stdin=subprocess.DEVNULL, env=env,
         )
     finally:
         control_there.close()
         events_there.close()
-    return Channel(control_here), Channel(events_here), popen
+        handoff_there.close()
+    return Channel(control_here), Channel(events_here), handoff_here, popen
 
 
 def _recv_or_exit(control: Channel, popen: subprocess.Popen[bytes], what: str) -> Any:
@@ -236,10 +244,13 @@ class PythonModelState(ModelState):
 class _Stub:
     """One running stub process and what the server holds for it."""
 
-    def __init__(self, control: Channel, events: Channel, popen: subprocess.Popen[bytes],
+    def __init__(self, control: Channel, events: Channel, handoff: socket.socket, popen: subprocess.Popen[bytes],
                  in_arena: Arena, out_arena: Arena) -> None:
         self.control = control
         self.events = events
+        self.handoff = handoff
+        #: Shared-memory blocks (``core.shared_memory``) whose file descriptors this stub has been handed.
+        self.blocks: set[int] = set()
         self.popen = popen
         #: Input arenas by number; one is free when no response array views it any more.
         self.arenas = [in_arena]
@@ -254,6 +265,11 @@ class _Stub:
         self.pending: tuple | None = None
         #: BLS calls in progress by id, so model code can cancel them (``ResponseIterator.cancel``).
         self.bls_calls: dict[int, Any] = {}
+
+    def close_sockets(self) -> None:
+        self.control.close()
+        self.events.close()
+        self.handoff.close()
 
     def send_event(self, message: tuple) -> None:
         with self.send_lock:
@@ -292,9 +308,9 @@ class PythonInstanceState(ModelInstanceState):
         in_arena = Arena.create(settings.shm_prefix, settings.shm_default)
         out_arena = Arena.create(settings.shm_prefix, settings.shm_default)
         try:
-            control, events, popen = _spawn(self.model.python)
+            control, events, handoff, popen = _spawn(self.model.python)
             in_arena.ident = 0
-            stub = _Stub(control, events, popen, in_arena, out_arena)
+            stub = _Stub(control, events, handoff, popen, in_arena, out_arena)
             # read events from the start: initialize() may already call the server (metrics, model management)
             threading.Thread(target=self._read_events, args=(stub,), name=f"python-events-{spec.name}",
                              daemon=True).start()
@@ -322,8 +338,7 @@ class PythonInstanceState(ModelInstanceState):
                 status, payload = _recv_or_exit(control, popen, f"instance '{spec.name}' of model '{ctx.name}'")
             except TritiumError:
                 stub.stopping = True
-                control.close()
-                events.close()
+                stub.close_sockets()
                 self._metrics.release(stub)
                 raise
         finally:
@@ -331,8 +346,7 @@ class PythonInstanceState(ModelInstanceState):
             protocol.unlink_quietly(out_arena.path)
         if status != "ok":
             stub.stopping = True
-            control.close()
-            events.close()
+            stub.close_sockets()
             _reap(popen, 10.0)
             self._metrics.release(stub)
             raise InternalError(payload)
@@ -349,6 +363,7 @@ class PythonInstanceState(ModelInstanceState):
             self._stub = None
             self._dead_reason = error.message
             log.error("%s", error.message)
+        stub.handoff.close()
         if stub.watched_by is None:
             stub.control.close()
         self._metrics.release(stub)
@@ -419,8 +434,7 @@ class PythonInstanceState(ModelInstanceState):
                           self.settings.stub_timeout)
         except (EOFError, OSError):
             pass
-        stub.control.close()
-        stub.events.close()
+        stub.close_sockets()
         _reap(stub.popen, self.settings.stub_timeout)
         self._metrics.release(stub)
         self._fail_streams(UnavailableError(f"model '{self.ctx.name}' was unloaded"))
@@ -432,7 +446,7 @@ class PythonInstanceState(ModelInstanceState):
         self._unwatch(stub)
         message, state = self._prepare(stub, requests)
         try:
-            stub.control.send(message)
+            self._send(stub, message, state)
             reply = stub.control.recv()
         except (EOFError, OSError):
             self._abandon(state)
@@ -453,7 +467,7 @@ class PythonInstanceState(ModelInstanceState):
             done(None, e)
             return True
         try:
-            stub.control.send(message)
+            self._send(stub, message, state)
             stub.pending = (requests, state, done)
             if stub.watched_by is None:
                 loop.add_reader(stub.control.fileno(), self._on_reply, stub, loop)
@@ -508,16 +522,31 @@ class PythonInstanceState(ModelInstanceState):
         return fallback
 
     def _prepare(self, stub: _Stub, requests: Sequence[InferenceRequest]) -> tuple[tuple, tuple]:
-        """Inputs into a free arena; the message for the stub and what :meth:`_finish` needs."""
+        """Inputs into a free arena, except those that already lie in shared memory (big HTTP bodies are
+        received there: ``core.shared_memory``); the message for the stub and what :meth:`_finish` needs."""
         arrays = []
         counts = []
         needed = 0
+        #: per input, its meta when it stays in a shared block, else None (written into the arena)
+        placed: list[tuple | None] = []
+        handed: list[shared_memory.Block] = []
+        pooled = shared_memory.any_blocks()
         for request in requests:
             inputs = request.inputs
             counts.append(len(inputs))
             for t in inputs:
-                arrays.append((t.name, t.data))
-                needed += t.data.nbytes + protocol.ALIGN
+                data = t.data
+                if pooled and data.nbytes >= _IN_PLACE_BYTES:
+                    found = shared_memory.locate(data)
+                    if found is not None:
+                        block, offset = found
+                        if block.ident not in stub.blocks and block not in handed:
+                            handed.append(block)
+                        placed.append((t.name, protocol.wire_type(data), data.shape, offset, data.nbytes, block.ident))
+                        continue
+                placed.append(None)
+                arrays.append((t.name, data))
+                needed += data.nbytes + protocol.ALIGN
         settings = self.settings
         free = self._free_arena(stub, needed)
         created: list[Arena] = []
@@ -539,6 +568,10 @@ class PythonInstanceState(ModelInstanceState):
         arena.holder = None
         new = (arena.path, arena.size) if created else None
         used = metas[-1][3] + metas[-1][4] if metas else 0
+        if len(metas) != len(placed):  # some inputs stay where they are
+            written = iter(metas)
+            metas = [meta if meta is not None else next(written) for meta in placed]
+        blocks = [(block.ident, block.size) for block in handed] if handed else None
         batch = []
         keys = []
         position = 0
@@ -561,7 +594,16 @@ class PythonInstanceState(ModelInstanceState):
             requested = request.requested_outputs or self._all_outputs
             batch.append((key, request.id, correlation_id, flags, params, requested, metas[position : position + count]))
             position += count
-        return ("exec", arena.ident, new, used, batch), (arena, created, keys)
+        return ("exec", arena.ident, new, used, blocks, batch), (arena, created, keys, handed)
+
+    @staticmethod
+    def _send(stub: _Stub, message: tuple, state: tuple) -> None:
+        """The execute message, after the file descriptors of the blocks it names for the first time."""
+        handed = state[3]
+        if handed:
+            socket.send_fds(stub.handoff, [b"b"], [block.fd for block in handed])
+            stub.blocks.update(block.ident for block in handed)
+        stub.control.send(message)
 
     def _abandon(self, state: tuple) -> None:
         for arena in state[1]:
@@ -569,7 +611,7 @@ class PythonInstanceState(ModelInstanceState):
 
     def _finish(self, stub: _Stub, requests: Sequence[InferenceRequest], state: tuple,
                 reply: tuple) -> list[InferenceResponse | TritiumError]:
-        arena, created, keys = state
+        arena, created, keys, _ = state
         for new in created:  # the stub has mapped it by now
             protocol.unlink_quietly(new.path)
         _, new_out, results, error = reply
@@ -594,7 +636,10 @@ class PythonInstanceState(ModelInstanceState):
             return TritiumError(result[2], Status[result[1]])
         outputs = []
         for name, kind, shape, offset, nbytes, where in result[1]:
-            if kind == "BYTES":  # parsed into new objects: nothing keeps the arena
+            if where >= protocol.BLOCK:  # a view of an input where the server received it
+                base = self._block_array(where - protocol.BLOCK)
+                array = np.ndarray(shape, protocol.NUMPY_TYPES[kind], base, offset)
+            elif kind == "BYTES":  # parsed into new objects: nothing keeps the arena
                 array = protocol.view(arena.mm if where else stub.out_arena.mm, kind, shape, offset, nbytes)
             elif where:
                 # A view of the arena: the arena stays busy while ``holder`` (base of every view) lives.
@@ -606,6 +651,14 @@ class PythonInstanceState(ModelInstanceState):
                 array = protocol.view(stub.out_arena.mm, kind, shape, offset, nbytes).copy()  # reused next time
             outputs.append(Tensor(name, DataType.from_wire(kind), array))
         return InferenceResponse(self.ctx.name, self.ctx.version, request.id, outputs)
+
+    @staticmethod
+    def _block_array(ident: int) -> np.ndarray:
+        block = shared_memory.block(ident)
+        base = block.array() if block is not None else None
+        if base is None:  # the request's input that lies there keeps it in use: this is a bug
+            raise InternalError(f"an output names shared-memory block {ident}, which is not in use")
+        return base
 
     # -- events: decoupled responses, BLS, logs ---------------------------------------------------------
 

@@ -12,6 +12,7 @@ import asyncio
 import importlib.util
 import inspect
 import itertools
+import mmap
 import os
 import queue
 import socket
@@ -170,8 +171,12 @@ def _import_model(model_file: str, version_dir: str) -> Any:
 
 
 class Stub:
-    def __init__(self, control: Channel, runtime: Runtime, init: dict) -> None:
+    def __init__(self, control: Channel, handoff: socket.socket, runtime: Runtime, init: dict) -> None:
         self.control = control
+        #: Where the server hands over the file descriptors of its shared-memory blocks.
+        self.handoff = handoff
+        #: The server's shared-memory blocks (request bodies) by number, mapped here.
+        self.blocks: dict[int, Arena] = {}
         self.runtime = runtime
         self.init = init
         self.model: Any = None
@@ -179,6 +184,7 @@ class Stub:
         #: The server's input arenas by number; it names a new (or grown) one in the execute that first uses it.
         self.arenas: dict[int, Arena] = {}
         self.in_used = 0
+        #: id(input array) -> (array, datatype, offset, nbytes, where): outputs that are inputs need no search
         self.inputs: dict[int, tuple] = {}
         self.in_arena = self._attach(*init["in_arena"])
         self.out_arena = Arena.attach(*init["out_arena"])
@@ -232,23 +238,37 @@ class Stub:
         self.arenas[ident] = arena
         return arena
 
-    def execute(self, ident: int, new_arena: tuple[str, int] | None, used: int, batch: list[tuple]) -> tuple:
-        """Run one batch whose inputs lie in arena ``ident`` (its first ``used`` bytes); the rest of that
-        arena is free for this batch's outputs."""
+    def _map_blocks(self, blocks: list[tuple[int, int]]) -> None:
+        _, fds, _, _ = socket.recv_fds(self.handoff, 16, len(blocks))
+        for (ident, size), fd in zip(blocks, fds):
+            try:
+                self.blocks[ident] = Arena("", size, mmap.mmap(fd, size))
+            finally:
+                os.close(fd)
+
+    def execute(self, ident: int, new_arena: tuple[str, int] | None, used: int, blocks: list[tuple[int, int]] | None,
+                batch: list[tuple]) -> tuple:
+        """Run one batch whose inputs lie in arena ``ident`` (its first ``used`` bytes) or in the server's
+        shared blocks; the rest of that arena is free for this batch's outputs."""
         arena = self._attach(ident, *new_arena) if new_arena is not None else self.arenas[ident]
+        if blocks:
+            self._map_blocks(blocks)
         self.in_arena = arena
         self.in_used = used
         requests = []
-        #: id(input array) -> (array, datatype, offset, nbytes): outputs that are inputs need no search
         self.inputs = inputs = {}
         mm = arena.mm
         view = protocol.view
         Tensor = pb_utils.Tensor
         for key, request_id, correlation_id, flags, parameters, requested, metas in batch:
             tensors = []
-            for name, kind, shape, offset, nbytes in metas:
-                array = view(mm, kind, shape, offset, nbytes)
-                inputs[id(array)] = (array, kind, offset, nbytes)
+            for name, kind, shape, offset, nbytes, block in metas:
+                if block < 0:
+                    array = view(mm, kind, shape, offset, nbytes)
+                    inputs[id(array)] = (array, kind, offset, nbytes, protocol.IN_ARENA)
+                else:
+                    array = view(self.blocks[block].mm, kind, shape, offset, nbytes)
+                    inputs[id(array)] = (array, kind, offset, nbytes, protocol.BLOCK + block)
                 tensors.append(Tensor(name, array))
             request = pb_utils.InferenceRequest(inputs=tensors, requested_output_names=requested,
                                                 request_id=request_id, correlation_id=correlation_id, flags=flags,
@@ -275,6 +295,17 @@ class Stub:
         finally:
             self.inputs = {}
 
+    def _locate(self, array: np.ndarray) -> tuple[int, int]:
+        """Where an output that views an input's memory lies: (where, offset), offset -1 when elsewhere."""
+        offset = self.in_arena.contains(array)
+        if offset >= 0:
+            return protocol.IN_ARENA, offset
+        for ident, block in self.blocks.items():
+            offset = block.contains(array)
+            if offset >= 0:
+                return protocol.BLOCK + ident, offset
+        return 0, -1
+
     def _write_outputs(self, responses: list[Any]) -> tuple:
         """Outputs that are views of this batch's input arena stay where they are; the others are written
         into that arena after the inputs (which the server hands out without copying) or, when they do not
@@ -293,11 +324,11 @@ class Stub:
             for name, array in _response_arrays(response):
                 same = inputs.get(id(array))
                 if same is not None and same[0] is array and same[1] != "BYTES":
-                    metas.append((name, same[1], array.shape, same[2], same[3], 1))
+                    metas.append((name, same[1], array.shape, same[2], same[3], same[4]))
                     continue
-                offset = in_arena.contains(array)
+                where, offset = self._locate(array)
                 if offset >= 0:
-                    metas.append((name, protocol.wire_type(array), array.shape, offset, array.nbytes, 1))
+                    metas.append((name, protocol.wire_type(array), array.shape, offset, array.nbytes, where))
                     continue
                 kind, data = protocol.encoded(array)
                 nbytes = len(data) if isinstance(data, bytes) else data.nbytes
@@ -347,6 +378,7 @@ def auto_complete(init: dict) -> dict:
 def main() -> None:
     control = Channel(socket.socket(fileno=int(sys.argv[1])))
     events = Channel(socket.socket(fileno=int(sys.argv[2])))
+    handoff = socket.socket(fileno=int(sys.argv[3]))
     sys.modules["triton_python_backend_utils"] = pb_utils
     init = control.recv()
     runtime = Runtime(events, bool(init.get("decoupled")))
@@ -360,7 +392,7 @@ def main() -> None:
             control.send(("error", format_exception(e)))
         return
     try:
-        stub = Stub(control, runtime, init)
+        stub = Stub(control, handoff, runtime, init)
         stub.start()
     except Exception as e:
         control.send(("error", format_exception(e)))

@@ -19,7 +19,9 @@ from collections.abc import AsyncIterator
 from http import HTTPStatus
 
 import httptools
+import numpy as np
 
+from tritium.core import shared_memory
 from tritium.options import ServerOptions
 
 from .routes import HttpApi, HttpRequest, HttpResponse, compress_body, error_response
@@ -69,7 +71,7 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = (
         "api", "max_body", "loop", "transport", "parser", "url", "headers", "body", "body_size",
-        "queue", "busy", "closing", "tasks", "head_size", "refusal", "in_head",
+        "queue", "busy", "closing", "tasks", "head_size", "refusal", "in_head", "shared",
     )
 
     def __init__(self, api: HttpApi, max_body: int, loop: asyncio.AbstractEventLoop) -> None:
@@ -91,6 +93,8 @@ class HttpProtocol(asyncio.Protocol):
         self.in_head = False
         #: Why a callback refused the request (httptools wraps exceptions raised in callbacks).
         self.refusal: str | None = None
+        #: A big body's memory, when it is received into shared memory (``core.shared_memory``).
+        self.shared: np.ndarray | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -135,6 +139,7 @@ class HttpProtocol(asyncio.Protocol):
         self.body_size = 0
         self.head_size = 0
         self.in_head = True
+        self.shared = None
 
     def _refuse(self, message: str) -> None:
         self.refusal = message
@@ -160,15 +165,24 @@ class HttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         declared = self.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            self._refuse(
-                f"request body of {declared} bytes is larger than the maximum input size of {self.max_body} bytes"
-            )
+        if declared is not None and declared.isdigit():
+            length = int(declared)
+            if length > self.max_body:
+                self._refuse(
+                    f"request body of {declared} bytes is larger than the maximum input size of {self.max_body} bytes"
+                )
+            if length >= shared_memory.MIN_BYTES:
+                # received straight into shared memory: a model in another process reads the tensors there
+                self.shared = shared_memory.take(length)
 
     def on_body(self, body: bytes) -> None:
+        start = self.body_size
         self.body_size += len(body)
         if self.body_size > self.max_body:
             self._refuse(f"request body is larger than the maximum input size of {self.max_body} bytes")
+        if self.shared is not None:  # the parser stops at Content-Length: it fits
+            self.shared[start : self.body_size] = np.frombuffer(body, np.uint8)
+            return
         self.body.append(body)
 
     def on_message_complete(self) -> None:
@@ -176,7 +190,11 @@ class HttpProtocol(asyncio.Protocol):
         if b"?" in url or b"#" in url or not url.startswith(b"/"):
             url = httptools.parse_url(url).path
         path = url.decode("utf-8", errors="replace")
-        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        if self.shared is not None:
+            body: bytes | memoryview = memoryview(self.shared)
+            self.shared = None
+        else:
+            body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         raw_method = self.parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         request = HttpRequest(method, path, self.headers, body)

@@ -1,0 +1,136 @@
+"""Memory that model processes can map: big request bodies are received into it, so that a Python-backend
+stub reads their tensors where they lie instead of a copy of them.
+
+A :class:`Block` is an anonymous memory file (``memfd_create``): nothing is ever left in ``/dev/shm``, even
+after a SIGKILL, and a process that should see a block is handed its file descriptor (``SCM_RIGHTS``).
+Blocks are pooled and reused: a block is busy while the array :func:`take` returned for it, or anything
+derived from it (a ``memoryview``, a numpy view, a tensor of a request or response), is alive.
+
+Frontends call :func:`take` for request bodies of at least :data:`MIN_BYTES`; backends that run models in
+other processes call :func:`locate` to learn whether an array lies in a block.  Neither knows the other.
+"""
+
+from __future__ import annotations
+
+import bisect
+import mmap
+import os
+import threading
+import weakref
+import numpy as np
+
+#: Smaller bodies are cheaper to copy than to look up: they are not pooled.
+MIN_BYTES = 64 << 10
+#: Pooled blocks, all together, stay under this; beyond it bodies are ordinary memory.
+MAX_TOTAL_BYTES = 512 << 20
+
+_AVAILABLE = hasattr(os, "memfd_create")
+
+
+class Block:
+    """One anonymous shared-memory file, mapped here."""
+
+    __slots__ = ("ident", "fd", "size", "mm", "address", "holder", "__weakref__")
+
+    def __init__(self, ident: int, size: int) -> None:
+        self.ident = ident
+        self.fd = os.memfd_create(f"tritium-body-{ident}", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self.fd, size)
+            self.mm = mmap.mmap(self.fd, size)
+        except OSError:
+            os.close(self.fd)
+            raise
+        self.size = size
+        self.address = np.frombuffer(self.mm, np.uint8, 1).__array_interface__["data"][0]
+        #: A weak reference to the array that every view of this block's current use derives from.
+        self.holder: weakref.ref[np.ndarray] | None = None
+
+    def busy(self) -> bool:
+        return self.holder is not None and self.holder() is not None
+
+    def array(self) -> np.ndarray | None:
+        """The array of the block's current use (the base to derive more views from), if it is in use."""
+        return self.holder() if self.holder is not None else None
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.blocks: list[Block] = []
+        #: Blocks by start address, for :meth:`locate`.
+        self.starts: list[int] = []
+        self.by_address: list[Block] = []
+        self.by_ident: dict[int, Block] = {}
+        self.total = 0
+
+    def take(self, nbytes: int) -> np.ndarray | None:
+        size = max(MIN_BYTES, 1 << (nbytes - 1).bit_length())  # size classes: powers of two
+        with self.lock:
+            for block in self.blocks:
+                if block.size == size and not block.busy():
+                    return self._use(block, nbytes)
+            if self.total + size > MAX_TOTAL_BYTES:
+                return None
+            try:
+                block = Block(len(self.blocks), size)
+            except OSError:
+                return None
+            self.blocks.append(block)
+            self.by_ident[block.ident] = block
+            index = bisect.bisect(self.starts, block.address)
+            self.starts.insert(index, block.address)
+            self.by_address.insert(index, block)
+            self.total += size
+            return self._use(block, nbytes)
+
+    @staticmethod
+    def _use(block: Block, nbytes: int) -> np.ndarray:
+        array = np.frombuffer(block.mm, np.uint8, nbytes)
+        block.holder = weakref.ref(array)
+        return array
+
+    def locate(self, array: np.ndarray) -> tuple[Block, int] | None:
+        starts = self.starts
+        if not starts or not array.flags.c_contiguous or array.dtype.kind == "O":
+            return None
+        address = array.__array_interface__["data"][0]
+        index = bisect.bisect(starts, address) - 1
+        if index < 0:
+            return None
+        block = self.by_address[index]
+        offset = address - block.address
+        if 0 <= offset and offset + array.nbytes <= block.size and block.busy():
+            return block, offset
+        return None
+
+
+_pool = _Pool()
+
+
+def take(nbytes: int) -> np.ndarray | None:
+    """A ``uint8`` array of ``nbytes`` in shared memory, or None (too small to be worth it, the pool is full,
+    or this system has no ``memfd_create``).  The block is reused once this array and every view of it are gone."""
+    if nbytes < MIN_BYTES or not _AVAILABLE:
+        return None
+    return _pool.take(nbytes)
+
+
+def locate(array: np.ndarray) -> tuple[Block, int] | None:
+    """The block ``array``'s data lies in and its offset there, or None (ordinary memory, or not contiguous)."""
+    return _pool.locate(array)
+
+
+def block(ident: int) -> Block | None:
+    return _pool.by_ident.get(ident)
+
+
+def pooled_bytes() -> int:
+    """How much memory the pool holds (for tests and statistics)."""
+    return _pool.total
+
+
+def any_blocks() -> bool:
+    """Whether any body was ever pooled: :func:`locate` is skipped until then."""
+    return bool(_pool.starts)
+
