@@ -82,6 +82,7 @@ def crossing(repo: str, sizes: list[int], iterations: int, shared: bool = False,
         instance.execute([InferenceRequest("identity_fp32", inputs=[Tensor.from_numpy(
             "INPUT0", np.zeros((1, 4), np.float32))])])  # starts the stub (execute_async does not)
     rows = []
+    runner = asyncio.Runner(loop_factory=_loop_factory())  # one loop: the instance's reader stays on it
     try:
         for size in sizes:
             x = np.random.default_rng(0).standard_normal((1, size // 4)).astype(np.float32)
@@ -92,8 +93,7 @@ def crossing(repo: str, sizes: list[int], iterations: int, shared: bool = False,
             request = InferenceRequest("identity_fp32", inputs=[Tensor.from_numpy("INPUT0", x)])
             times = []
             if on_loop:
-                with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                    response, times = runner.run(_on_loop(instance, request, iterations))
+                response, times = runner.run(_on_loop(instance, request, iterations))
             else:
                 for i in range(iterations + 50):
                     start = time.perf_counter_ns()
@@ -106,6 +106,7 @@ def crossing(repo: str, sizes: list[int], iterations: int, shared: bool = False,
             rows.append((size, statistics.median(times), times[int(len(times) * 0.99)]))
     finally:
         instance.finalize()
+        runner.close()
     return rows
 
 

@@ -23,6 +23,7 @@ from tritium.backends.python.backend import PythonBackend, Settings
 from tritium.backends.python import protocol
 from tritium.backends.python.protocol import INCOMPLETE, Channel
 from tritium.config.parse import parse_config_text
+from tritium.core import shared_memory
 from tritium.core.errors import ModelConfigError
 from tritium.core.inference import InferenceRequest
 from tritium.core.types import Tensor
@@ -161,3 +162,44 @@ def test_tensor_larger_than_the_arena(instance) -> None:  # type: ignore[no-unty
     np.testing.assert_array_equal(outputs["SAME"], x)
     np.testing.assert_array_equal(outputs["PLUS"], x + 1)
     np.testing.assert_array_equal(small["PLUS"], np.ones(4, np.float32))
+
+
+@pytest.mark.parametrize("value", ["x", "-5"])
+def test_reply_spin_setting_is_checked(value: str) -> None:
+    with pytest.raises(ModelConfigError, match=f"'reply-spin-microseconds' .*'{value}'"):
+        Settings({"reply-spin-microseconds": value})
+    assert Settings({"reply-spin-microseconds": "0"}).reply_spin_s == 0
+    assert Settings({}).reply_spin_s > 0
+
+
+def test_executes_on_the_event_loop_with_inputs_in_shared_memory(instance) -> None:  # type: ignore[no-untyped-def]
+    """As the server runs them: execute_async, the reply read (or polled for) on the loop.  An input that lies
+    in a shared body block is read there by the stub, and an output that is that input comes back as a view
+    of the same block, with no copy either way."""
+    import asyncio
+
+    async def execute(x: np.ndarray) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        request = InferenceRequest("m", inputs=[Tensor.from_numpy("INPUT0", x)])
+        assert instance.execute_async([request], loop, lambda r, e: future.set_result((r, e)))
+        responses, error = await future
+        assert error is None
+        return {t.name: t.data for t in responses[0].outputs}
+
+    async def main() -> None:
+        for n in (4, 100_000, 16):
+            body = shared_memory.take(4 * n + 64)
+            x = np.frombuffer(memoryview(body)[64:], np.float32) if body is not None else np.empty(n, np.float32)
+            x[:] = np.arange(n, dtype=np.float32)
+            for _ in range(20):
+                outputs = await execute(x)
+                np.testing.assert_array_equal(outputs["SAME"], x)
+                np.testing.assert_array_equal(outputs["PLUS"], x + 1)
+            if body is not None:
+                block, offset = shared_memory.locate(outputs["SAME"])  # type: ignore[misc]
+                assert (block, offset) == shared_memory.locate(x)
+                assert block.ident in instance._stub.blocks  # its descriptor was handed over once
+
+    asyncio.run(main())
+    instance._unwatch(instance._stub)
