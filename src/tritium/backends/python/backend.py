@@ -209,7 +209,9 @@ def _spawn(python: str) -> tuple[Channel, Channel, socket.socket, subprocess.Pop
         control_there.close()
         events_there.close()
         handoff_there.close()
-    return Channel(control_here), Channel(events_here), handoff_here, popen
+    # big messages from the stub (BLS tensors) are received into shared memory: a Python model they go to
+    # reads them there
+    return Channel(control_here), Channel(events_here, shared_memory.take), handoff_here, popen
 
 
 def _recv_or_exit(control: Channel, popen: subprocess.Popen[bytes], what: str) -> Any:

@@ -31,6 +31,7 @@ import socket
 import struct
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -127,11 +128,14 @@ class Channel:
     A message is ``[bytes after the header, buffer count][buffer sizes][pickle][buffers]``.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, allocate: Callable[[int], Any] | None = None) -> None:
         self.sock = sock
+        #: Memory for a big message (a writable buffer of the size asked, or None for a ``bytearray``): the
+        #: server receives BLS tensors into shared memory, where the model they are for reads them in place.
+        self._allocate = allocate
         self._buffer = bytearray()
         #: A big message being received: its memory, how much of it has arrived, its buffer count.
-        self._pending: bytearray | None = None
+        self._pending: Any = None
         self._filled = 0
         self._count = 0
 
@@ -220,7 +224,9 @@ class Channel:
         end = _HEAD.size + total
         if len(buffer) < end:
             if total > _BIG:
-                body = bytearray(total)
+                body = self._allocate(total) if self._allocate is not None else None
+                if body is None:
+                    body = bytearray(total)
                 have = len(buffer) - _HEAD.size
                 body[:have] = memoryview(buffer)[_HEAD.size :]
                 buffer.clear()
@@ -256,7 +262,7 @@ class Channel:
         self.sock.close()
 
 
-def _decode(body: bytearray, count: int) -> Any:
+def _decode(body: Any, count: int) -> Any:
     """A message from its bytes after the header; its out-of-band buffers become views of ``body``."""
     if not count:
         return pickle.loads(body)
