@@ -186,6 +186,8 @@ class Stub:
         self.in_used = 0
         #: id(input array) -> (array, datatype, offset, nbytes, where): outputs that are inputs need no search
         self.inputs: dict[int, tuple] = {}
+        #: The blocks this batch's inputs lie in.
+        self.used_blocks: set[int] = set()
         self.in_arena = self._attach(*init["in_arena"])
         self.out_arena = Arena.attach(*init["out_arena"])
         self.growth = int(init["growth"])
@@ -257,6 +259,7 @@ class Stub:
         self.in_used = used
         requests = []
         self.inputs = inputs = {}
+        self.used_blocks = used_blocks = set()
         mm = arena.mm
         view = protocol.view
         Tensor = pb_utils.Tensor
@@ -269,6 +272,7 @@ class Stub:
                 else:
                     array = view(self.blocks[block].mm, kind, shape, offset, nbytes)
                     inputs[id(array)] = (array, kind, offset, nbytes, protocol.BLOCK + block)
+                    used_blocks.add(block)
                 tensors.append(Tensor(name, array))
             request = pb_utils.InferenceRequest(inputs=tensors, requested_output_names=requested,
                                                 request_id=request_id, correlation_id=correlation_id, flags=flags,
@@ -300,8 +304,8 @@ class Stub:
         offset = self.in_arena.contains(array)
         if offset >= 0:
             return protocol.IN_ARENA, offset
-        for ident, block in self.blocks.items():
-            offset = block.contains(array)
+        for ident in self.used_blocks:  # only this batch's: the others may be reused by now
+            offset = self.blocks[ident].contains(array)
             if offset >= 0:
                 return protocol.BLOCK + ident, offset
         return 0, -1
