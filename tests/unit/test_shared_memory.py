@@ -54,3 +54,22 @@ def test_pool_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     held = [shared_memory.take(1 << 20)]
     assert held[0] is not None
     assert shared_memory.take(1 << 20) is None  # the pool is full: the caller uses ordinary memory
+
+
+def test_free_blocks_give_their_memory_back_beyond_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shared_memory, "KEEP_FREE_BYTES", shared_memory.free_resident_bytes() + (256 << 10))
+    bodies = [shared_memory.take(200 << 10) for _ in range(4)]  # four 256 KiB blocks
+    blocks = [shared_memory.locate(b)[0] for b in bodies]  # type: ignore[arg-type, index]
+    for body in bodies:
+        body[:] = 1  # the pages now hold memory
+    del body
+    bodies.clear()  # all four fall free: one stays resident, three give their pages back
+    gc.collect()
+    assert [b.resident for b in blocks].count(False) == 3
+    assert shared_memory.free_resident_bytes() <= shared_memory.KEEP_FREE_BYTES
+    given_back = next(b for b in blocks if not b.resident)
+    assert not np.frombuffer(given_back.mm, np.uint8).any()  # its pages are gone: they read as zeros
+    again = shared_memory.take(200 << 10)  # and it is still usable
+    assert again is not None
+    again[:] = 3
+    assert again.sum() == 3 * (200 << 10)

@@ -13,6 +13,7 @@ other processes call :func:`locate` to learn whether an array lies in a block.  
 from __future__ import annotations
 
 import bisect
+import functools
 import mmap
 import os
 import threading
@@ -23,6 +24,9 @@ import numpy as np
 MIN_BYTES = 64 << 10
 #: Pooled blocks, all together, stay under this; beyond it bodies are ordinary memory.
 MAX_TOTAL_BYTES = 512 << 20
+#: Free blocks keep their memory up to this much in all: a block that falls free beyond it gives its pages
+#: back (to every process that maps it), so a burst of big requests does not hold memory for good.
+KEEP_FREE_BYTES = 64 << 20
 
 _AVAILABLE = hasattr(os, "memfd_create")
 
@@ -30,7 +34,7 @@ _AVAILABLE = hasattr(os, "memfd_create")
 class Block:
     """One anonymous shared-memory file, mapped here."""
 
-    __slots__ = ("ident", "fd", "size", "mm", "address", "holder", "__weakref__")
+    __slots__ = ("ident", "fd", "size", "mm", "address", "holder", "resident", "__weakref__")
 
     def __init__(self, ident: int, size: int) -> None:
         self.ident = ident
@@ -45,6 +49,8 @@ class Block:
         self.address = np.frombuffer(self.mm, np.uint8, 1).__array_interface__["data"][0]
         #: A weak reference to the array that every view of this block's current use derives from.
         self.holder: weakref.ref[np.ndarray] | None = None
+        #: Whether its pages may hold memory (they do once written, until given back).
+        self.resident = False
 
     def busy(self) -> bool:
         return self.holder is not None and self.holder() is not None
@@ -56,27 +62,32 @@ class Block:
 
 class _Pool:
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.blocks: list[Block] = []
+        # re-entrant: a release (a weakref callback) may run wherever the last view of a body dies
+        self.lock = threading.RLock()
+        #: Blocks by size (powers of two).
+        self.classes: dict[int, list[Block]] = {}
         #: Blocks by start address, for :meth:`locate`.
         self.starts: list[int] = []
         self.by_address: list[Block] = []
         self.by_ident: dict[int, Block] = {}
         self.total = 0
+        #: Bytes of free blocks whose pages still hold memory.
+        self.free_resident = 0
 
     def take(self, nbytes: int) -> np.ndarray | None:
         size = max(MIN_BYTES, 1 << (nbytes - 1).bit_length())  # size classes: powers of two
         with self.lock:
-            for block in self.blocks:
-                if block.size == size and not block.busy():
+            blocks = self.classes.setdefault(size, [])
+            for block in blocks:
+                if not block.busy():
                     return self._use(block, nbytes)
             if self.total + size > MAX_TOTAL_BYTES:
                 return None
             try:
-                block = Block(len(self.blocks), size)
+                block = Block(len(self.by_ident), size)
             except OSError:
                 return None
-            self.blocks.append(block)
+            blocks.append(block)
             self.by_ident[block.ident] = block
             index = bisect.bisect(self.starts, block.address)
             self.starts.insert(index, block.address)
@@ -84,11 +95,25 @@ class _Pool:
             self.total += size
             return self._use(block, nbytes)
 
-    @staticmethod
-    def _use(block: Block, nbytes: int) -> np.ndarray:
+    def _use(self, block: Block, nbytes: int) -> np.ndarray:
         array = np.frombuffer(block.mm, np.uint8, nbytes)
-        block.holder = weakref.ref(array)
+        block.holder = weakref.ref(array, functools.partial(self._released, block))
+        if block.resident:
+            self.free_resident -= block.size
+        block.resident = True
         return array
+
+    def _released(self, block: Block, _: object) -> None:
+        """The last view of a block's body is gone: it is free; its pages go back if free ones hold enough."""
+        try:
+            with self.lock:
+                self.free_resident += block.size
+                if self.free_resident > KEEP_FREE_BYTES and not block.busy():
+                    block.mm.madvise(mmap.MADV_REMOVE)
+                    block.resident = False
+                    self.free_resident -= block.size
+        except Exception:  # pragma: no cover - at interpreter exit; never raise out of a weakref callback
+            pass
 
     def locate(self, array: np.ndarray) -> tuple[Block, int] | None:
         starts = self.starts
@@ -126,8 +151,13 @@ def block(ident: int) -> Block | None:
 
 
 def pooled_bytes() -> int:
-    """How much memory the pool holds (for tests and statistics)."""
+    """How big the pool's blocks are in all (for tests and statistics)."""
     return _pool.total
+
+
+def free_resident_bytes() -> int:
+    """How much memory free blocks hold (at most :data:`KEEP_FREE_BYTES` after a release)."""
+    return _pool.free_resident
 
 
 def any_blocks() -> bool:
