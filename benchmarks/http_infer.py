@@ -49,6 +49,8 @@ wrk.headers["Content-Type"] = "{content_type}"
 MODELS = {
     "identity": ("identity_fp32", (1, 16)),
     "mlp": ("mlp", (1, 256)),
+    # python_backend.py's: a 1 MiB tensor through the identity model.py (its repository adds identity_any)
+    "identity_1mib": ("identity_any", (262144,)),
 }
 
 

@@ -1,10 +1,13 @@
 """Python backend: the cost of crossing into a model's stub process, and HTTP throughput of an identity model.
 
-1. In-process (no HTTP): ``PythonInstanceState.execute`` on one request holding a tensor of each size,
-   against Triton's identity ``model.py``: median and p99 of the round trip (write the input into shared
-   memory, one message each way; the output comes back as a view of the arena, not copied).
-2. HTTP (wrk, binary body, FP32 [1,16]) at 1, 8 and 32 connections against the same ``model.py``;
-   with ``--triton-python PYTHON`` also against real Triton on the same repository (side by side).
+1. In-process (no HTTP): one request holding a tensor of each size, through Triton's identity ``model.py``:
+   median and p99 of the round trip.  Its input either lies in private memory (copied into the instance's
+   shared-memory arena) or in a shared body block, as tensors of HTTP bodies of 64 KiB or more do; the
+   output comes back as a view, not copied.  Called either on a thread (``execute``, blocking) or as the
+   server calls it, from the event loop (``execute_async``, the reply read or polled for by the loop).
+2. HTTP (wrk, binary body, FP32 [1,16]) at 1, 8 and 32 connections, and a 1 MiB tensor at 1 and 4, against
+   the same ``model.py``; with ``--triton-python PYTHON`` also against real Triton on the same repository
+   (side by side).
 3. BLS: a ``model.py`` that calls an identity ``model.py`` by ``InferenceRequest.exec()`` with a tensor of
    each size, timed inside the calling model (median and p90 of 40 calls), on both servers.
 
@@ -171,6 +174,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", default="1,8,32")
+    ap.add_argument("--big-connections", default="1,4", help="connections for the 1 MiB tensor")
     ap.add_argument("--iterations", type=int, default=2000)
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--rounds", type=int, default=1, help="alternate the servers this many times and report medians")
@@ -213,23 +217,25 @@ def main() -> int:
             procs.append(proc)
             http_infer.wait_live("127.0.0.1:28750", proc, timeout=120)
             servers.append(("triton", "127.0.0.1:28750"))
-        results: dict[tuple[str, int], list[dict[str, float]]] = {}
-        for _ in range(args.rounds):
-            for c in (int(x) for x in args.connections.split(",")):
-                for label, url in servers:
-                    args_one = argparse.Namespace(**{**vars(args), "connections": str(c)})
-                    for row in http_infer.measure(args_one, workdir, url, label, ["identity"]):
-                        results.setdefault((label, c), []).append(row[4])
-        print(f"\nHTTP, identity model.py, FP32 [1,16], binary body, wrk {args.duration}s"
-              + (f", median of {args.rounds} alternating rounds:" if args.rounds > 1 else ":"))
-        print(f"{'server':<10} {'conns':>5} {http_infer.wrk_header(args.rounds)}")
-        median = http_infer.median_runs(results)
-        for (label, c), r in sorted(median.items(), key=lambda kv: (kv[0][0] != "tritium", kv[0][1])):
-            print(f"{label:<10} {c:>5} {http_infer.wrk_columns(r, results[(label, c)], args.rounds)}")
-        for (label, c), r in sorted(median.items()):
-            other = median.get(("triton", c))
-            if label == "tritium" and other:
-                print(f"tritium / triton at {c} conns = {r['rps'] / other['rps']:.2f}x")
+        for model, what, connections in (("identity", "FP32 [1,16]", args.connections),
+                                         ("identity_1mib", "FP32 [262144] (1 MiB)", args.big_connections)):
+            results: dict[tuple[str, int], list[dict[str, float]]] = {}
+            for _ in range(args.rounds):
+                for c in (int(x) for x in connections.split(",")):
+                    for label, url in servers:
+                        args_one = argparse.Namespace(**{**vars(args), "connections": str(c)})
+                        for row in http_infer.measure(args_one, workdir, url, label, [model]):
+                            results.setdefault((label, c), []).append(row[4])
+            print(f"\nHTTP, identity model.py, {what}, binary body, wrk {args.duration}s"
+                  + (f", median of {args.rounds} alternating rounds:" if args.rounds > 1 else ":"))
+            print(f"{'server':<10} {'conns':>5} {http_infer.wrk_header(args.rounds)}")
+            median = http_infer.median_runs(results)
+            for (label, c), r in sorted(median.items(), key=lambda kv: (kv[0][0] != "tritium", kv[0][1])):
+                print(f"{label:<10} {c:>5} {http_infer.wrk_columns(r, results[(label, c)], args.rounds)}")
+            for (label, c), r in sorted(median.items()):
+                other = median.get(("triton", c))
+                if label == "tritium" and other:
+                    print(f"tritium / triton at {c} conns = {r['rps'] / other['rps']:.2f}x")
         print("\nBLS exec() from a model.py to the identity model.py, timed in the calling model (40 calls):")
         print(f"{'server':<10} {'tensor':>10} {'median us':>10} {'p90 us':>10}")
         for label, url in servers:
