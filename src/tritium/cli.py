@@ -42,7 +42,7 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     "--sagemaker-port": "the SageMaker endpoint is not available in tritium",
     "--allow-vertex-ai": "the Vertex AI endpoint is not available in tritium",
     "--vertex-ai-port": "the Vertex AI endpoint is not available in tritium",
-    "--allow-client-shm": "the shared-memory extensions are not available in this version of tritium",
+    "--allow-client-shm": "tritium always serves the system shared-memory extension; CUDA shared memory is not available",
     "--pinned-memory-pool-byte-size": "tritium has no pinned memory pool",
     "--cuda-memory-pool-byte-size": "tritium has no CUDA memory pool",
     "--cuda-virtual-address-size": "tritium has no CUDA memory pool",

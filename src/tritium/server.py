@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from tritium import __version__
 from tritium.backends.registry import BackendRegistry
 from tritium.core.custom_metrics import CustomMetrics
+from tritium.core.shm_regions import SystemSharedMemory
 from tritium.core.errors import InternalError, InvalidArgumentError, TritiumError, UnavailableError, UnsupportedError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.model import Model
@@ -41,6 +42,7 @@ EXTENSIONS = [
     "model_repository(unload_dependents)",
     "schedule_policy",
     "model_configuration",
+    "system_shared_memory",
     "binary_tensor_data",
     "parameters",
     "statistics",
@@ -69,6 +71,8 @@ class Server:
         self.backends = BackendRegistry(options.backend_config)
         #: Metric families model code defines (Python backend), shown by the metrics frontend.
         self.custom_metrics = CustomMetrics()
+        #: Regions clients registered (the system shared-memory extension).
+        self.system_shm = SystemSharedMemory()
         self.repository: ModelRepositoryManager | None = None
         self.frontends: list[Frontend] = []
         self._live = False

@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shm
 from models import write_python_model
 from server import ROOT, RunningServer, ServerProcess, free_port
 from tritonclient.utils import InferenceServerException
@@ -747,10 +748,52 @@ def case_model_config_full(s: Servers) -> Any:
 
 
 def case_server_metadata(s: Servers) -> Any:
-    """Deliberate difference: tritium has no shared-memory extensions yet, so it does not list them."""
+    """Deliberate difference: tritium has no CUDA shared memory, so it does not list that extension."""
     metadata = s.http.get_server_metadata()
-    unsupported = {"system_shared_memory", "cuda_shared_memory"}
-    return sorted(metadata), sorted(set(metadata["extensions"]) - unsupported)
+    return sorted(metadata), sorted(set(metadata["extensions"]) - {"cuda_shared_memory"})
+
+
+def case_system_shared_memory_http(s: Servers) -> Any:
+    """Register, status, inference with inputs and an output in shared memory, the errors, unregister."""
+    key_in, key_out = f"/tritium_diff_{os.getpid()}_in", f"/tritium_diff_{os.getpid()}_out"
+    h_in = shm.create_shared_memory_region("in", key_in, 32)
+    h_out = shm.create_shared_memory_region("out", key_out, 16)
+    try:
+        shm.set_shared_memory_region(h_in, [A, B])
+        shm.set_shared_memory_region(h_out, [np.zeros(4, np.float32)])
+        c = s.http
+        steps: list[Any] = [outcome(lambda: c.register_system_shared_memory("in", key_in, 32)),
+                            outcome(lambda: c.register_system_shared_memory("out", key_out, 16)),
+                            outcome(lambda: c.register_system_shared_memory("in", key_in, 32)),
+                            outcome(lambda: c.register_system_shared_memory("x", "/tritium_diff_none", 8)),
+                            outcome(lambda: c.register_system_shared_memory("x", key_in, 64)),
+                            outcome(lambda: c.get_system_shared_memory_status()),
+                            outcome(lambda: c.get_system_shared_memory_status("nosuch"))]
+
+        def infer(size: int = 16, offset: int = 0, region: str = "in", out_size: int = 16) -> Any:
+            i0 = httpclient.InferInput("INPUT0", [4], "FP32")
+            i0.set_shared_memory(region, size, offset=offset)
+            i1 = httpclient.InferInput("INPUT1", [4], "FP32")
+            i1.set_shared_memory("in", 16, offset=16)
+            o0 = httpclient.InferRequestedOutput("OUTPUT0")
+            o0.set_shared_memory("out", out_size)
+            result = c.infer("add_sub", [i0, i1], outputs=[o0, httpclient.InferRequestedOutput("OUTPUT1")])
+            return (result.get_response()["outputs"], result.as_numpy("OUTPUT1").tolist(),
+                    shm.get_contents_as_numpy(h_out, np.float32, [4]).tolist())
+
+        steps += [outcome(infer), outcome(lambda: infer(region="nosuch")), outcome(lambda: infer(offset=24)),
+                  outcome(lambda: infer(size=8)), outcome(lambda: infer(out_size=8)),
+                  outcome(lambda: c.unregister_system_shared_memory("nosuch")),
+                  outcome(lambda: c.unregister_system_shared_memory("in")),
+                  outcome(lambda: c.get_system_shared_memory_status()),
+                  outcome(lambda: c.unregister_system_shared_memory()),
+                  outcome(lambda: c.get_system_shared_memory_status()),
+                  outcome(lambda: c.get_cuda_shared_memory_status())]
+        return steps
+    finally:
+        s.http.unregister_system_shared_memory()
+        shm.destroy_shared_memory_region(h_in)
+        shm.destroy_shared_memory_region(h_out)
 
 
 def case_ensemble(s: Servers) -> Any:

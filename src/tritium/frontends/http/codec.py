@@ -18,6 +18,7 @@ import orjson
 from tritium.core.bytes_codec import deserialize_bytes_tensor, serialize_bytes_tensor
 from tritium.core.errors import InvalidArgumentError, UnsupportedError
 from tritium.core.inference import InferenceRequest, InferenceResponse
+from tritium.core.shm_regions import OutputPlace, SystemSharedMemory
 from tritium.core.types import DataType, Tensor
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -28,10 +29,13 @@ MAX_RANK = 64
 
 @dataclass(slots=True)
 class OutputEncoding:
-    """How the client wants outputs back: binary or JSON, per output name."""
+    """How the client wants outputs back: binary or JSON, per output name, or written into a
+    shared-memory region it registered (``shm``; then the response carries no data for it)."""
 
     binary_default: bool = False
     binary: dict[str, bool] = field(default_factory=dict)
+    shm: dict[str, OutputPlace] = field(default_factory=dict)
+    regions: SystemSharedMemory | None = None
 
     def is_binary(self, name: str) -> bool:
         return self.binary.get(name, self.binary_default)
@@ -49,12 +53,14 @@ def parse_json(data: bytes | memoryview, what: str = "request") -> Any:
 
 
 def decode_infer_request(
-    body: bytes,
+    body: bytes | memoryview,
     header_length: int | None,
     model_name: str,
     model_version: int,
+    regions: SystemSharedMemory | None = None,
 ) -> tuple[InferenceRequest, OutputEncoding]:
-    """Decode an ``/infer`` body (JSON, or JSON header + binary tail) into a request."""
+    """Decode an ``/infer`` body (JSON, or JSON header + binary tail) into a request; ``regions``: the
+    shared-memory regions that tensors may name."""
     if header_length is None:
         header, tail = body, memoryview(b"")
     else:
@@ -89,7 +95,7 @@ def decode_infer_request(
     offset = 0
     tensors = []
     for item in inputs:
-        tensor, offset = _decode_input(item, tail, offset, model_name)
+        tensor, offset = _decode_input(item, tail, offset, model_name, regions, request.id)
         tensors.append(tensor)
     if offset != len(tail):
         raise _fail(f"unexpected additional input data for model '{model_name}'")
@@ -110,6 +116,9 @@ def decode_infer_request(
                     raise _fail(f"'parameters' of output '{name}' must be an object")
                 if "binary_data" in out_params:
                     encoding.binary[name] = _as_bool(out_params["binary_data"], "binary_data")
+                if "shared_memory_region" in out_params:
+                    encoding.shm[name] = _output_place(name, out_params, regions)
+                    encoding.regions = regions
                 if "classification" in out_params:
                     count = out_params["classification"]
                     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
@@ -134,7 +143,29 @@ def _as_bool(value: Any, key: str) -> bool:
     raise _fail(f"parameter '{key}' must be a boolean, got {value!r}")
 
 
-def _decode_input(item: Any, tail: memoryview, offset: int, model_name: str) -> tuple[Tensor, int]:
+def _output_place(name: str, params: dict[str, Any], regions: SystemSharedMemory | None) -> OutputPlace:
+    region, region_offset, byte_size = _shm_parameters(name, params, "output")
+    if regions is None:
+        raise UnsupportedError("shared memory outputs are not supported here")
+    regions.view(region, region_offset, byte_size)  # an unknown region or a bad range fails before inference
+    return OutputPlace(region, region_offset, byte_size)
+
+
+def _shm_parameters(name: str, params: dict[str, Any], what: str) -> tuple[str, int, int]:
+    region = params["shared_memory_region"]
+    if not isinstance(region, str):
+        raise _fail(f"'shared_memory_region' of {what} '{name}' must be a string")
+    numbers = []
+    for key in ("shared_memory_offset", "shared_memory_byte_size"):
+        value = params.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise _fail(f"'{key}' of {what} '{name}' must be a non-negative integer")
+        numbers.append(value)
+    return region, numbers[0], numbers[1]
+
+
+def _decode_input(item: Any, tail: memoryview, offset: int, model_name: str,
+                  regions: SystemSharedMemory | None = None, request_id: str = "") -> tuple[Tensor, int]:
     if not isinstance(item, dict):
         raise _fail("Unable to parse 'inputs': each input must be a JSON object")
     name = item.get("name")
@@ -154,19 +185,31 @@ def _decode_input(item: Any, tail: memoryview, offset: int, model_name: str) -> 
     count = math.prod(shape)
     params = item.get("parameters")
     binary_size = None
+    in_shm = False
     if params:
         if not isinstance(params, dict):
             raise _fail(f"'parameters' of input '{name}' must be an object")
-        if "shared_memory_region" in params:
-            raise UnsupportedError("shared memory inputs are not supported by this server")
         binary_size = params.get("binary_data_size")
+        in_shm = "shared_memory_region" in params
     has_data = "data" in item
-    if has_data == (binary_size is not None):
-        given = "But set 'data' 'binary_data_size'" if has_data else "But no field is set"
+    if has_data + (binary_size is not None) + in_shm != 1:
+        given = [field for field, present in (("data", has_data), ("binary_data_size", binary_size is not None),
+                                               ("shared_memory_region", in_shm)) if present]
         raise _fail(
             "Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', "
-            f"'shared_memory_region' in 'parameters'. {given}"
+            "'shared_memory_region' in 'parameters'. "
+            + ("But set " + " ".join(f"'{f}'" for f in given) if given else "But no field is set")
         )
+    if in_shm:
+        region, region_offset, byte_size = _shm_parameters(name, params, "input")
+        if regions is None:
+            raise UnsupportedError("shared memory inputs are not supported here")
+        chunk = memoryview(regions.view(region, region_offset, byte_size))
+        try:
+            array = _from_binary(chunk, datatype, shape, count, name, model_name)
+        except InvalidArgumentError as e:  # Triton's core checks these sizes: its request-id prefix
+            raise InvalidArgumentError(f"[request id: {request_id or '<id_unknown>'}] {e.message}") from None
+        return Tensor(name, datatype, array), offset
     if binary_size is not None:
         if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
             raise _fail(f"'binary_data_size' of input '{name}' must be a non-negative integer")
@@ -322,10 +365,14 @@ def encode_infer_response(response: InferenceResponse, encoding: OutputEncoding)
     """The response body as pieces to write, and the JSON header length when any output is binary."""
     outputs = []
     blobs: list[bytes | memoryview] = []
+    shm = encoding.shm
     for tensor in response.outputs:
         array = tensor.data
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype.wire_name, "shape": list(array.shape)}
-        if encoding.is_binary(tensor.name):
+        if shm and tensor.name in shm:  # written into the client's region: no data in the response
+            assert encoding.regions is not None
+            encoding.regions.write_output(tensor.name, _to_binary(array, tensor.datatype), shm[tensor.name])
+        elif encoding.is_binary(tensor.name):
             blob = _to_binary(array, tensor.datatype)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from tritium.core.errors import InvalidArgumentError, Status, TritiumError, UnsupportedError
+from tritium.core.errors import InvalidArgumentError, NotFoundError, Status, TritiumError, UnsupportedError
 from tritium.core.inference import InferenceRequest
 from tritium.core.model import Model
 from tritium.core.streaming import StreamItem
@@ -44,6 +44,7 @@ EVENT_STREAM = b"text/event-stream; charset=utf-8"
 
 _REPOSITORY_URL = re.compile(r"^/v2/repository(?:/([^/]+))?/(?:(index)|models/([^/]+)/(load|unload))$")
 _TRACE_URL = re.compile(r"^/v2/models/([^/]+)/trace/setting$")
+_SHM_URL = re.compile(r"^/v2/(system|cuda)sharedmemory(?:/region/([^/]+))?/(status|register|unregister)$")
 _MODEL_URL = re.compile(
     r"^/v2/models/([^/]+)(?:/versions/([0-9]+))?(?:/(infer|ready|config|stats|generate|generate_stream))?$")
 
@@ -154,6 +155,8 @@ class HttpApi:
             return _json(self.server.metadata())
         if path.startswith("/v2/repository/"):
             return await self._repository(request)
+        if "sharedmemory/" in path:
+            return self._shared_memory(request)
         if path == "/v2/logging":
             if method == "GET":
                 return _json(self.server.log_settings())
@@ -182,6 +185,45 @@ class HttpApi:
         if not isinstance(changes, dict):
             raise InvalidArgumentError("the trace settings must be a JSON object")
         return _json(self.server.trace_settings(model, changes))
+
+    def _shared_memory(self, request: HttpRequest) -> HttpResponse:
+        """The system shared-memory extension; the CUDA one only answers that it has no regions."""
+        match = _SHM_URL.match(request.path)
+        if match is None:
+            return _NOT_FOUND
+        kind, name, action = match.groups()
+        if request.method != ("GET" if action == "status" else "POST"):
+            return _not_allowed()
+        if name is None and action == "register":
+            return _NOT_FOUND
+        regions = self.server.system_shm
+        if kind == "cuda":
+            if action == "status" and name:
+                raise NotFoundError(f"Unable to find cuda shared memory region: '{name}'")
+            if action == "register":
+                raise UnsupportedError("CUDA shared memory is not supported by this server")
+            return _json([]) if action == "status" else HttpResponse(200, [], JSON)
+        if action == "status":
+            return _json([{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}
+                          for r in regions.status(name or "")])
+        if action == "unregister":
+            regions.unregister(name or "")
+            return HttpResponse(200, [], JSON)
+        body = parse_json(request.body, "shared memory register request") if request.body else {}
+        if not isinstance(body, dict):
+            raise InvalidArgumentError("the shared memory register request must be a JSON object")
+        for key in ("key", "byte_size"):
+            if key not in body:
+                raise InvalidArgumentError(f"Shared memory register request has no '{key}' field")
+        key, offset, byte_size = body["key"], body.get("offset", 0), body["byte_size"]
+        if not isinstance(key, str):
+            raise InvalidArgumentError("'key' of a shared memory register request must be a string")
+        for field_name, value in (("offset", offset), ("byte_size", byte_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidArgumentError(
+                    f"'{field_name}' of a shared memory register request must be a non-negative integer")
+        regions.register(name, key, offset, byte_size)
+        return HttpResponse(200, [], JSON)
 
     async def _repository(self, request: HttpRequest) -> HttpResponse:
         """The model repository extension: index, load, unload (POST only; load/unload answer an empty 200)."""
@@ -232,7 +274,7 @@ class HttpApi:
         body = self._decompress(request)
         header_length = request.headers.get("inference-header-content-length")
         if header_length is None:
-            infer_request, encoding = decode_infer_request(body, None, name, version)
+            infer_request, encoding = decode_infer_request(body, None, name, version, self.server.system_shm)
         else:
             try:
                 length = int(header_length)
@@ -245,7 +287,7 @@ class HttpApi:
                     f"inference header size should be in range (0, {len(body)}), got: {length}", 400, TEXT
                 )
             else:
-                infer_request, encoding = decode_infer_request(body, length, name, version)
+                infer_request, encoding = decode_infer_request(body, length, name, version, self.server.system_shm)
         if trace is not None:
             trace.stamp("HTTP_RECV_END")
             trace.request_id = infer_request.id

@@ -1,0 +1,113 @@
+"""Triton's system shared-memory extension: POSIX shared-memory regions that clients register by name, so
+that request inputs are read from them and outputs written into them instead of travelling in the body.
+
+A client creates ``/dev/shm/<key>`` (``shm_open``), registers ``(name, key, offset, byte_size)``, and then
+names the region, an offset in it and a byte size in a tensor's parameters (``shared_memory_region``,
+``shared_memory_offset``, ``shared_memory_byte_size``).  Inputs become numpy views of the mapping (no copy);
+outputs are copied in once the model answers.  Errors use Triton's words and codes (the frontends map them).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import AlreadyExistsError, InternalError, InvalidArgumentError, NotFoundError
+
+
+@dataclass(eq=False)
+class Region:
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+    #: The region's bytes, ``[offset, offset + byte_size)`` of the file, mapped here.
+    data: np.ndarray = field(repr=False)
+
+
+def _shm_path(key: str) -> str:
+    """Where ``shm_open(key)`` puts the file on Linux."""
+    return os.path.join("/dev/shm", key.lstrip("/"))
+
+
+class SystemSharedMemory:
+    """The registered regions of one server."""
+
+    def __init__(self) -> None:
+        self._regions: dict[str, Region] = {}
+        self._lock = threading.Lock()
+
+    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        with self._lock:
+            if name in self._regions:
+                raise AlreadyExistsError(f"shared memory region '{name}' already in manager")
+        if "/" in key.lstrip("/") or key.strip("/") in ("", ".", ".."):
+            raise InternalError(f"Unable to open shared memory region: '{key}'")
+        try:
+            fd = os.open(_shm_path(key), os.O_RDWR)
+        except OSError:
+            raise InternalError(f"Unable to open shared memory region: '{key}'") from None
+        try:
+            end = offset + byte_size
+            if offset < 0 or byte_size < 0 or os.fstat(fd).st_size < end:
+                raise InternalError(f"Invalid shared memory region: '{key}'")
+            mm = mmap.mmap(fd, end) if end else None
+        except (OSError, ValueError):
+            raise InternalError(f"Invalid shared memory region: '{key}'") from None
+        finally:
+            os.close(fd)
+        data = np.frombuffer(mm, np.uint8, byte_size, offset) if mm is not None else np.empty(0, np.uint8)
+        with self._lock:
+            if name in self._regions:
+                raise AlreadyExistsError(f"shared memory region '{name}' already in manager")
+            self._regions[name] = Region(name, key, offset, byte_size, data)
+
+    def unregister(self, name: str = "") -> None:
+        """One region, or all of them when ``name`` is empty; an unknown name is not an error (as Triton).
+        Requests in flight keep the mapping alive through their views of it."""
+        with self._lock:
+            if name:
+                self._regions.pop(name, None)
+            else:
+                self._regions.clear()
+
+    def status(self, name: str = "") -> list[Region]:
+        with self._lock:
+            if not name:
+                return list(self._regions.values())
+            region = self._regions.get(name)
+        if region is None:
+            raise NotFoundError(f"Unable to find system shared memory region: '{name}'")
+        return [region]
+
+    def view(self, name: str, offset: int, byte_size: int) -> np.ndarray:
+        """``byte_size`` bytes at ``offset`` of region ``name``, as a ``uint8`` view (no copy)."""
+        region = self._regions.get(name)
+        if region is None:
+            raise NotFoundError(f"Unable to find shared memory region: '{name}'")
+        if offset < 0 or byte_size <= 0 or offset + byte_size > region.byte_size:
+            raise InvalidArgumentError(f"Invalid offset + byte size for shared memory region: '{name}'")
+        return region.data[offset : offset + byte_size]
+
+    def write_output(self, output: str, data: bytes | memoryview | np.ndarray, place: OutputPlace) -> None:
+        """An output's bytes into the place its request named for it."""
+        target = self.view(place.region, place.offset, place.byte_size)
+        raw = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+        if raw.nbytes > place.byte_size:
+            raise InternalError(
+                f"shared memory size specified with the request for output '{output}' ({place.byte_size} bytes) "
+                f"should be at least {raw.nbytes} bytes to hold the results")
+        target[: raw.nbytes] = raw
+
+
+@dataclass(frozen=True, slots=True)
+class OutputPlace:
+    """Where a requested output goes: a region, an offset in it, and the room there."""
+
+    region: str
+    offset: int
+    byte_size: int
