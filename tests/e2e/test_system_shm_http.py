@@ -15,7 +15,24 @@ import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
+from models import write_model
 from server import ROOT, RunningServer
+
+#: Its input as is, and whether a client's region (these tests' keys) is mapped into the model's process.
+SEES_REGION = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            with open("/proc/self/maps") as f:
+                mapped = "tritium_test_" in f.read()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x), pb_utils.Tensor("MAPPED", np.array([mapped]))]))
+        return out
+"""
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +41,14 @@ def server(tmp_path_factory):  # type: ignore[no-untyped-def]
     examples = os.path.join(ROOT, "examples", "model_repository")
     for name in ("simple", "add_sub_python"):
         shutil.copytree(os.path.join(examples, name), os.path.join(repo, name))
+    model_dir = write_model(repo, "sees_region", config="""
+        backend: "python"
+        max_batch_size: 0
+        input [ { name: "X" data_type: TYPE_FP32 dims: [ -1 ] } ]
+        output [ { name: "Y" data_type: TYPE_FP32 dims: [ -1 ] }, { name: "MAPPED" data_type: TYPE_BOOL dims: [ 1 ] } ]
+    """)
+    with open(os.path.join(model_dir, "1", "model.py"), "w") as f:
+        f.write(SEES_REGION)
     with RunningServer([repo], ["--allow-metrics=false"]) as s:
         yield s
 
@@ -171,6 +196,26 @@ def test_inference_errors_name_the_problem(client, server, regions) -> None:  # 
     client.unregister_system_shared_memory()
     with pytest.raises(InferenceServerException, match="Unable to find shared memory region: 'e'"):
         infer()
+
+
+def test_python_model_reads_a_region_in_place(client, regions) -> None:  # type: ignore[no-untyped-def]
+    """A Python model's process maps the client's region itself and reads the input there; an output that is
+    that input is written into the output region from the same memory."""
+    key, handle = regions("py", 3 * 16384)
+    x = np.random.default_rng(4).standard_normal(4096).astype(np.float32)
+    shm.set_shared_memory_region(handle, [x])
+    client.register_system_shared_memory("py", key, 3 * 16384)
+    i = httpclient.InferInput("X", [4096], "FP32")
+    i.set_shared_memory("py", 16384)
+    y = httpclient.InferRequestedOutput("Y")
+    y.set_shared_memory("py", 16384, offset=16384)
+    result = client.infer("sees_region", [i], outputs=[y, httpclient.InferRequestedOutput("MAPPED")])
+    assert result.as_numpy("MAPPED").tolist() == [True]
+    np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [4096], offset=16384), x)
+    client.unregister_system_shared_memory("py")
+    result = client.infer("sees_region", [httpclient.InferInput("X", [2], "FP32").set_data_from_numpy(
+        np.ones(2, np.float32))])  # after unregistering, small ordinary inputs as before
+    np.testing.assert_array_equal(result.as_numpy("Y"), np.ones(2, np.float32))
 
 
 def test_cuda_shared_memory_has_no_regions(client, server) -> None:  # type: ignore[no-untyped-def]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import mmap
 import os
 import threading
@@ -32,19 +33,23 @@ _AVAILABLE = hasattr(os, "memfd_create")
 
 
 class Block:
-    """One anonymous shared-memory file, mapped here."""
+    """One shared-memory file, mapped here: an anonymous one of the pool, or a region a client registered
+    (:func:`adopt`)."""
 
     __slots__ = ("ident", "fd", "size", "mm", "address", "holder", "resident", "__weakref__")
 
-    def __init__(self, ident: int, size: int) -> None:
+    def __init__(self, ident: int, size: int, fd: int = -1, mm: mmap.mmap | None = None) -> None:
         self.ident = ident
-        self.fd = os.memfd_create(f"tritium-body-{ident}", os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(self.fd, size)
-            self.mm = mmap.mmap(self.fd, size)
-        except OSError:
-            os.close(self.fd)
-            raise
+        if mm is None:
+            fd = os.memfd_create(f"tritium-body-{ident}", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, size)
+                mm = mmap.mmap(fd, size)
+            except OSError:
+                os.close(fd)
+                raise
+        self.fd = fd
+        self.mm = mm
         self.size = size
         self.address = np.frombuffer(self.mm, np.uint8, 1).__array_interface__["data"][0]
         #: A weak reference to the array that every view of this block's current use derives from.
@@ -71,6 +76,7 @@ class _Pool:
         self.by_address: list[Block] = []
         self.by_ident: dict[int, Block] = {}
         self.total = 0
+        self.idents = itertools.count()
         #: Bytes of free blocks whose pages still hold memory.
         self.free_resident = 0
 
@@ -84,16 +90,40 @@ class _Pool:
             if self.total + size > MAX_TOTAL_BYTES:
                 return None
             try:
-                block = Block(len(self.by_ident), size)
+                block = Block(next(self.idents), size)
             except OSError:
                 return None
             blocks.append(block)
-            self.by_ident[block.ident] = block
-            index = bisect.bisect(self.starts, block.address)
-            self.starts.insert(index, block.address)
-            self.by_address.insert(index, block)
+            self._index(block)
             self.total += size
             return self._use(block, nbytes)
+
+    def _index(self, block: Block) -> None:
+        self.by_ident[block.ident] = block
+        index = bisect.bisect(self.starts, block.address)
+        self.starts.insert(index, block.address)
+        self.by_address.insert(index, block)
+
+    def adopt(self, fd: int, mm: mmap.mmap) -> np.ndarray:
+        base = np.frombuffer(mm, np.uint8)
+        with self.lock:
+            block = Block(next(self.idents), len(mm), fd, mm)
+            block.holder = weakref.ref(base, functools.partial(self._forget, block))
+            block.resident = True
+            self._index(block)
+        return base
+
+    def _forget(self, block: Block, _: object) -> None:
+        """An adopted mapping's last view is gone: no longer locatable; its descriptor is closed."""
+        try:
+            with self.lock:
+                index = self.by_address.index(block)
+                del self.by_address[index]
+                del self.starts[index]
+                self.by_ident.pop(block.ident, None)
+            os.close(block.fd)
+        except Exception:  # pragma: no cover - at interpreter exit; never raise out of a weakref callback
+            pass
 
     def _use(self, block: Block, nbytes: int) -> np.ndarray:
         array = np.frombuffer(block.mm, np.uint8, nbytes)
@@ -120,10 +150,11 @@ class _Pool:
         if not starts or not array.flags.c_contiguous or array.dtype.kind == "O":
             return None
         address = array.__array_interface__["data"][0]
-        index = bisect.bisect(starts, address) - 1
-        if index < 0:
-            return None
-        block = self.by_address[index]
+        with self.lock:  # adopted mappings leave the index when they are gone
+            index = bisect.bisect(starts, address) - 1
+            if index < 0:
+                return None
+            block = self.by_address[index]
         offset = address - block.address
         if 0 <= offset and offset + array.nbytes <= block.size and block.busy():
             return block, offset
@@ -139,6 +170,13 @@ def take(nbytes: int) -> np.ndarray | None:
     if nbytes < MIN_BYTES or not _AVAILABLE:
         return None
     return _pool.take(nbytes)
+
+
+def adopt(fd: int, mm: mmap.mmap) -> np.ndarray:
+    """Make a mapping made elsewhere in the server (a region a client registered) locatable, so that a model
+    process is handed ``fd`` and reads tensors there too.  Returns the array that views of the mapping must
+    derive from; when it and they are gone, the mapping is forgotten and ``fd`` closed (this owns it now)."""
+    return _pool.adopt(fd, mm)
 
 
 def locate(array: np.ndarray) -> tuple[Block, int] | None:
@@ -161,6 +199,6 @@ def free_resident_bytes() -> int:
 
 
 def any_blocks() -> bool:
-    """Whether any body was ever pooled: :func:`locate` is skipped until then."""
+    """Whether any shared memory is known (pooled bodies, adopted regions): :func:`locate` is skipped until then."""
     return bool(_pool.starts)
 

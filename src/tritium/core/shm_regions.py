@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import shared_memory
 from .errors import AlreadyExistsError, InternalError, InvalidArgumentError, NotFoundError
 
 
@@ -53,14 +54,15 @@ class SystemSharedMemory:
             raise InternalError(f"Unable to open shared memory region: '{key}'") from None
         try:
             end = offset + byte_size
-            if offset < 0 or byte_size < 0 or os.fstat(fd).st_size < end:
+            if offset < 0 or byte_size <= 0 or os.fstat(fd).st_size < end:
                 raise InternalError(f"Invalid shared memory region: '{key}'")
-            mm = mmap.mmap(fd, end) if end else None
+            mm = mmap.mmap(fd, end)
         except (OSError, ValueError):
-            raise InternalError(f"Invalid shared memory region: '{key}'") from None
-        finally:
             os.close(fd)
-        data = np.frombuffer(mm, np.uint8, byte_size, offset) if mm is not None else np.empty(0, np.uint8)
+            raise InternalError(f"Invalid shared memory region: '{key}'") from None
+        # locatable by backends that run models in other processes (they are handed ``fd``), which read
+        # inputs there too; the mapping and ``fd`` go once the region is unregistered and no view is left
+        data = shared_memory.adopt(fd, mm)[offset:end]
         with self._lock:
             if name in self._regions:
                 raise AlreadyExistsError(f"shared memory region '{name}' already in manager")
