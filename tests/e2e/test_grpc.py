@@ -462,10 +462,10 @@ def test_classification(stub):
     _expect(stub.ModelInfer, bad, grpc.StatusCode.INVALID_ARGUMENT, "classification", "OUTPUT0")
 
 
-@pytest.mark.parametrize("call", ["get_system_shared_memory_status", "get_cuda_shared_memory_status"])
-def test_missing_extensions_are_unimplemented(client, call):
+def test_cuda_shared_memory_registration_is_unimplemented(client):
+    # (the system shared-memory extension: tests/e2e/test_system_shm_grpc.py)
     with pytest.raises(InferenceServerException) as info:
-        getattr(client, call)()
+        client.register_cuda_shared_memory("c", b"\0" * 64, 0, 64)
     assert info.value.status() == "StatusCode.UNIMPLEMENTED"
     assert "not available" in info.value.message()
 

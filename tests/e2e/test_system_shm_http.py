@@ -86,11 +86,11 @@ def _post(server: RunningServer, path: str, body: object) -> tuple[int, dict]:
 
 
 def test_register_status_unregister(client, server, regions) -> None:  # type: ignore[no-untyped-def]
-    key, _ = regions("a", 128)
+    key, _ = regions("a", 8192)
     assert client.get_system_shared_memory_status() == []
-    client.register_system_shared_memory("a", key, 64, offset=32)
-    assert client.get_system_shared_memory_status() == [{"name": "a", "key": key, "offset": 32, "byte_size": 64}]
-    assert client.get_system_shared_memory_status("a") == [{"name": "a", "key": key, "offset": 32, "byte_size": 64}]
+    client.register_system_shared_memory("a", key, 64, offset=4096)
+    assert client.get_system_shared_memory_status() == [{"name": "a", "key": key, "offset": 4096, "byte_size": 64}]
+    assert client.get_system_shared_memory_status("a") == [{"name": "a", "key": key, "offset": 4096, "byte_size": 64}]
     with pytest.raises(InferenceServerException, match="shared memory region 'a' already in manager") as e:
         client.register_system_shared_memory("a", key, 64)
     assert e.value.status() == "400"
@@ -109,8 +109,15 @@ def test_register_errors(client, server, regions) -> None:  # type: ignore[no-un
     assert e.value.status() == "500"
     with pytest.raises(InferenceServerException, match=f"Invalid shared memory region: '{key}'"):
         client.register_system_shared_memory("x", key, 1 << 20)  # beyond the end of the file
+    for offset, size in ((60, 8), (0, 0)):  # not page-aligned; empty
+        with pytest.raises(InferenceServerException) as e:
+            client.register_system_shared_memory("x", key, size, offset=offset)
+        assert (e.value.status(), e.value.message()) == (
+            "400", "failed to register shared memory region 'x': unable to process address spaceInvalid argument")
+    client.register_system_shared_memory("y", key, 64)
     with pytest.raises(InferenceServerException, match=f"Invalid shared memory region: '{key}'"):
-        client.register_system_shared_memory("x", key, 8, offset=60)
+        client.register_system_shared_memory("x", key, 64)  # a key is registered once
+    client.unregister_system_shared_memory("y")
     assert _post(server, "/v2/systemsharedmemory/region/x/register", {"key": key}) == (
         400, {"error": "Shared memory register request has no 'byte_size' field"})
     assert _post(server, "/v2/systemsharedmemory/region/x/register", {"key": 5, "byte_size": 8})[0] == 400

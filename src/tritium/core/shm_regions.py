@@ -46,6 +46,12 @@ class SystemSharedMemory:
         with self._lock:
             if name in self._regions:
                 raise AlreadyExistsError(f"shared memory region '{name}' already in manager")
+            if any(r.key == key for r in self._regions.values()):  # Triton maps a key once
+                raise InternalError(f"Invalid shared memory region: '{key}'")
+        if offset % mmap.ALLOCATIONGRANULARITY or byte_size <= 0:
+            # Triton maps from the offset, which must be page-aligned, and at least a byte (its words, mmap's errno)
+            raise InvalidArgumentError(
+                f"failed to register shared memory region '{name}': unable to process address spaceInvalid argument")
         if "/" in key.lstrip("/") or key.strip("/") in ("", ".", ".."):
             raise InternalError(f"Unable to open shared memory region: '{key}'")
         try:

@@ -11,6 +11,11 @@ a new ``bytes`` object):
   the output arrays' memory, so each output is copied once, into the message gRPC sends.
 
 Typed ``InferTensorContents`` are decoded too (the slow path); answers are always raw, as Triton's.
+
+Tensors may also live in the client's system shared-memory regions (``shared_memory_region``,
+``shared_memory_byte_size``, ``shared_memory_offset`` parameters): such an input is a view of the
+region and takes no ``raw_input_contents`` entry (the entries go, in order, to the other inputs);
+such an output is written into its region and answered with an empty ``raw_output_contents`` entry.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from tritium._proto import grpc_service_pb2 as pb
 from tritium.core.bytes_codec import deserialize_bytes_tensor, serialize_bytes_tensor
 from tritium.core.errors import InvalidArgumentError, UnsupportedError
 from tritium.core.inference import InferenceRequest, InferenceResponse
+from tritium.core.shm_regions import OutputPlace, SystemSharedMemory
 from tritium.core.types import DataType, Tensor
 
 #: Most dimensions a tensor may have (numpy's own limit is 64), as the HTTP frontend.
@@ -52,6 +58,14 @@ CONTENTS_FIELD: dict[DataType, str] = {
 _ALL_CONTENTS = sorted(set(CONTENTS_FIELD.values()))
 
 
+@dataclass(frozen=True, slots=True)
+class ShmOutputs:
+    """Requested outputs that go into the client's shared-memory regions instead of the response."""
+
+    regions: SystemSharedMemory
+    places: dict[str, OutputPlace]
+
+
 @dataclass(slots=True)
 class DecodedRequest:
     """A parsed ``ModelInferRequest`` whose raw contents are views of the received bytes.
@@ -63,6 +77,8 @@ class DecodedRequest:
     message: pb.ModelInferRequest
     raw: list[memoryview]
     error: str | None = None
+    #: Set by :func:`to_inference_request` when some requested output goes into shared memory.
+    shm_outputs: ShmOutputs | None = None
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -162,8 +178,14 @@ def set_parameter(param: pb.InferParameter, value: Any) -> None:
 # -- requests ---------------------------------------------------------------------------------------
 
 
-def to_inference_request(decoded: DecodedRequest, model_name: str, model_version: int) -> InferenceRequest:
-    """Build the core request; tensor checks name the input and model, in the HTTP frontend's words."""
+def to_inference_request(
+    decoded: DecodedRequest, model_name: str, model_version: int, regions: SystemSharedMemory | None = None
+) -> InferenceRequest:
+    """Build the core request; tensor checks name the input and model, in the HTTP frontend's words.
+
+    ``regions``: the shared-memory regions tensors may name (none: such a request is refused).  Outputs
+    bound for a region are recorded in ``decoded.shm_outputs`` for the response encoder.
+    """
     message = decoded.message
     request = InferenceRequest(model_name, model_version, message.id)
     if message.parameters:
@@ -173,27 +195,57 @@ def to_inference_request(decoded: DecodedRequest, model_name: str, model_version
     if raw and len(raw) > len(inputs):
         raise InvalidArgumentError(f"unexpected additional input data for model '{model_name}'")
     tensors = []
-    for i, item in enumerate(inputs):
-        tensors.append(_decode_input(item, raw[i] if i < len(raw) else None, bool(raw), model_name))
+    uses_raw = bool(raw)
+    next_raw = 0  # as Triton: raw contents go, in order, to the inputs that are not in shared memory
+    for item in inputs:
+        place = _shm_place(item.parameters, item.name) if item.parameters else None
+        if place is not None:
+            tensors.append(_decode_input(item, None, uses_raw, model_name, place, regions))
+            continue
+        tensors.append(_decode_input(item, raw[next_raw] if next_raw < len(raw) else None, uses_raw, model_name))
+        next_raw += 1
     request.inputs = tensors
     if message.outputs:
-        names = []
-        for output in message.outputs:
-            if "classification" in output.parameters:
-                count = output.parameters["classification"].int64_param
+        places = _requested_outputs(message, request, regions)
+        if places:
+            assert regions is not None  # _output_place refuses shared memory without regions
+            decoded.shm_outputs = ShmOutputs(regions, places)
+    return request
+
+
+def _requested_outputs(
+    message: pb.ModelInferRequest, request: InferenceRequest, regions: SystemSharedMemory | None
+) -> dict[str, OutputPlace]:
+    """Set the request's outputs (and classifications); answer where outputs bound for shared memory go."""
+    names = []
+    places: dict[str, OutputPlace] = {}
+    for output in message.outputs:
+        params = output.parameters
+        if params:
+            place = _shm_place(params, output.name)
+            if place is not None:
+                places[output.name] = _output_place(place, "classification" in params, regions)
+            if "classification" in params:
+                count = params["classification"].int64_param
                 if count < 1:
                     raise InvalidArgumentError(f"'classification' of output '{output.name}' must be a positive integer")
                 if request.classification is None:
                     request.classification = {}
                 request.classification[output.name] = count
-            names.append(output.name)
-        request.requested_outputs = names
-    return request
+        names.append(output.name)
+    request.requested_outputs = names
+    return places
 
 
 def _decode_input(
-    item: pb.ModelInferRequest.InferInputTensor, raw: memoryview | None, uses_raw: bool, model_name: str
+    item: pb.ModelInferRequest.InferInputTensor,
+    raw: memoryview | None,
+    uses_raw: bool,
+    model_name: str,
+    place: OutputPlace | None = None,
+    regions: SystemSharedMemory | None = None,
 ) -> Tensor:
+    """One input, from its raw contents, its typed contents, or (``place``) a shared-memory region."""
     name = item.name
     shape = list(item.shape)
     if len(shape) > MAX_RANK:
@@ -207,10 +259,18 @@ def _decode_input(
     datatype = DataType.lookup(item.datatype)
     if datatype is None:
         raise InvalidArgumentError(f"invalid datatype for input {name}")
-    if item.parameters and "shared_memory_region" in item.parameters:
-        raise UnsupportedError("shared memory inputs are not supported by this server")
     count = math.prod(shape)
     has_contents = item.HasField("contents")
+    if place is not None:
+        if has_contents:
+            raise InvalidArgumentError(
+                f"unexpected 'content' provided when using shared memory for input tensor '{name}' for model "
+                f"'{model_name}'"
+            )
+        if regions is None:
+            raise UnsupportedError("shared memory inputs are not supported here")
+        data = memoryview(_region_view(regions, place))
+        return Tensor(name, datatype, _from_raw(data, datatype, shape, count, name, model_name))
     if uses_raw:
         if has_contents:
             raise InvalidArgumentError(
@@ -286,11 +346,79 @@ _WIDE = {
 }
 
 
+# -- shared memory ----------------------------------------------------------------------------------
+
+
+def _shm_place(params: Any, tensor: str) -> OutputPlace | None:
+    """Where a tensor's shared-memory parameters put it (inputs too), or ``None`` when they name no region.
+
+    Triton's checks in its order and words: the region is a ``string_param``, the offset (default 0) and
+    the byte size ``int64_param``s, and neither number comes without a region nor a region without a size.
+    """
+    region: str | None = None
+    if "shared_memory_region" in params:
+        param = params["shared_memory_region"]
+        if param.WhichOneof("parameter_choice") != "string_param":
+            raise _bad_shm_type("shared_memory_region", tensor, "string_param")
+        region = param.string_param
+    offset = byte_size = 0
+    if "shared_memory_offset" in params:
+        offset = _shm_int(params["shared_memory_offset"], "shared_memory_offset", tensor, region)
+    if "shared_memory_byte_size" in params:
+        byte_size = _shm_int(params["shared_memory_byte_size"], "shared_memory_byte_size", tensor, region)
+    elif region is not None:
+        raise InvalidArgumentError(
+            f"'shared_memory_byte_size' must be specified along with 'shared_memory_region' parameter for tensor "
+            f"'{tensor}'"
+        )
+    return None if region is None else OutputPlace(region, offset, byte_size)
+
+
+def _shm_int(param: pb.InferParameter, key: str, tensor: str, region: str | None) -> int:
+    if region is None:
+        raise InvalidArgumentError(
+            f"'{key}' can not be specified without 'shared_memory_region' parameter for tensor '{tensor}'"
+        )
+    if param.WhichOneof("parameter_choice") != "int64_param":
+        raise _bad_shm_type(key, tensor, "int64_param")
+    return param.int64_param
+
+
+def _bad_shm_type(key: str, tensor: str, expected: str) -> InvalidArgumentError:
+    return InvalidArgumentError(f"invalid value type for '{key}' parameter for tensor '{tensor}', expected {expected}.")
+
+
+def _region_view(regions: SystemSharedMemory, place: OutputPlace) -> np.ndarray:
+    """The bytes ``place`` names; a negative offset of a known region gets Triton's own message."""
+    try:
+        return regions.view(place.region, place.offset, place.byte_size)
+    except InvalidArgumentError:
+        if place.offset < 0:
+            raise InvalidArgumentError(f"Invalid offset for shared memory region: '{place.region}'") from None
+        raise
+
+
+def _output_place(place: OutputPlace, classification: bool, regions: SystemSharedMemory | None) -> OutputPlace:
+    """Check a requested output's region before inference, so a bad one costs no model run (as Triton)."""
+    if classification:
+        raise InvalidArgumentError("output can't set both 'shared_memory_region' and 'classification'")
+    if regions is None:
+        raise UnsupportedError("shared memory outputs are not supported here")
+    _region_view(regions, place)
+    return place
+
+
 # -- responses --------------------------------------------------------------------------------------
 
 
-def encode_response(response: InferenceResponse, extra: dict[str, Any] | None = None) -> list[bytes | memoryview]:
-    """A serialized ``ModelInferResponse`` as pieces to join: header fields, then each raw output."""
+def encode_response(
+    response: InferenceResponse, extra: dict[str, Any] | None = None, shm: ShmOutputs | None = None
+) -> list[bytes | memoryview]:
+    """A serialized ``ModelInferResponse`` as pieces to join: header fields, then each raw output.
+
+    An output in ``shm`` is written into its region and gets an empty ``raw_output_contents`` entry,
+    as Triton answers (the entries stay one per output).
+    """
     message = pb.ModelInferResponse(
         model_name=response.model_name, model_version=str(response.model_version), id=response.id
     )
@@ -305,6 +433,9 @@ def encode_response(response: InferenceResponse, extra: dict[str, Any] | None = 
         array = tensor.data
         outputs.add(name=tensor.name, datatype=tensor.datatype.wire_name, shape=array.shape)
         blob = _to_raw(array, tensor.datatype)
+        if shm is not None and (place := shm.places.get(tensor.name)) is not None:
+            shm.regions.write_output(tensor.name, blob, place)
+            blob = b""
         pieces.append(_RAW_OUTPUT_TAG + _varint_bytes(len(blob)))
         pieces.append(blob)
     pieces[0] = message.SerializeToString()
@@ -320,14 +451,14 @@ def _to_raw(array: np.ndarray, datatype: DataType) -> bytes | memoryview:
     return memoryview(array).cast("B") if array.size else b""
 
 
-def infer_response_bytes(response: InferenceResponse) -> bytes:
-    """The ``ModelInfer`` answer, serialized (outputs copied once, into this buffer)."""
-    return b"".join(encode_response(response))
+def infer_response_bytes(response: InferenceResponse, shm: ShmOutputs | None = None) -> bytes:
+    """The ``ModelInfer`` answer, serialized (outputs copied once, into this buffer or their region)."""
+    return b"".join(encode_response(response, None, shm))
 
 
-def stream_response_bytes(response: InferenceResponse, final: bool) -> bytes:
+def stream_response_bytes(response: InferenceResponse, final: bool, shm: ShmOutputs | None = None) -> bytes:
     """A ``ModelStreamInferResponse`` carrying ``response``, with Triton's ``triton_final_response`` flag."""
-    pieces = encode_response(response, {"triton_final_response": final})
+    pieces = encode_response(response, {"triton_final_response": final}, shm)
     size = sum(len(p) for p in pieces)
     return b"".join([_STREAM_RESPONSE_TAG, _varint_bytes(size), *pieces])
 

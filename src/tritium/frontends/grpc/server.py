@@ -20,13 +20,14 @@ from google.protobuf import json_format
 
 from tritium._proto import grpc_service_pb2 as pb
 from tritium._proto import health_pb2
-from tritium.core.errors import InternalError, InvalidArgumentError, TritiumError, UnsupportedError
+from tritium.core.errors import InternalError, InvalidArgumentError, NotFoundError, TritiumError, UnsupportedError
 from tritium.core.inference import InferenceResponse
 from tritium.core.model import Model
 from tritium.options import ServerOptions
 
 from .codec import (
     DecodedRequest,
+    ShmOutputs,
     decode_request_bytes,
     infer_response_bytes,
     stream_error_bytes,
@@ -43,12 +44,9 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 #: ``--grpc-infer-response-compression-level`` → gRPC's compression levels (``grpc_compression_level``).
 COMPRESSION_LEVELS = {"none": 0, "low": 1, "medium": 2, "high": 3}
 
-#: RPCs of Triton's service whose extensions tritium does not have yet.
+#: RPCs of Triton's service whose extensions tritium does not have yet (CudaSharedMemoryStatus answers
+#: that there are no regions, as Triton does without any).
 UNIMPLEMENTED_RPCS: dict[str, tuple[type, str]] = {
-    "SystemSharedMemoryStatus": (pb.SystemSharedMemoryStatusRequest, "the system shared-memory extension"),
-    "SystemSharedMemoryRegister": (pb.SystemSharedMemoryRegisterRequest, "the system shared-memory extension"),
-    "SystemSharedMemoryUnregister": (pb.SystemSharedMemoryUnregisterRequest, "the system shared-memory extension"),
-    "CudaSharedMemoryStatus": (pb.CudaSharedMemoryStatusRequest, "the CUDA shared-memory extension"),
     "CudaSharedMemoryRegister": (pb.CudaSharedMemoryRegisterRequest, "the CUDA shared-memory extension"),
     "CudaSharedMemoryUnregister": (pb.CudaSharedMemoryUnregisterRequest, "the CUDA shared-memory extension"),
 }
@@ -187,6 +185,40 @@ class GrpcApi:
             response.settings[key].value.extend(value if isinstance(value, list) else [value])
         return response
 
+    # -- the shared-memory extensions --------------------------------------------------------------
+
+    async def system_shared_memory_status(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Context
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        """Every region (empty name), or the one named (NOT_FOUND when unknown)."""
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self.server.system_shm.status(request.name):
+            status = response.regions[region.name]
+            status.name, status.key = region.name, region.key
+            status.offset, status.byte_size = region.offset, region.byte_size
+        return response
+
+    async def system_shared_memory_register(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Context
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self.server.system_shm.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def system_shared_memory_unregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Context
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        """One region, or all of them (empty name); an unknown name is not an error, as in Triton."""
+        self.server.system_shm.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def cuda_shared_memory_status(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: Context
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        """tritium has no CUDA regions: Triton's answer when none is registered."""
+        if request.name:
+            raise NotFoundError(f"Unable to find cuda shared memory region: '{request.name}'")
+        return pb.CudaSharedMemoryStatusResponse()
+
     async def health_check(self, request: health_pb2.HealthCheckRequest, context: Context) -> Any:
         status = health_pb2.HealthCheckResponse
         return status(status=status.SERVING if self.server.live() else status.NOT_SERVING)
@@ -203,17 +235,19 @@ class GrpcApi:
         model = self._model(decoded)
         if model.decoupled:
             raise UnsupportedError("ModelInfer RPC doesn't support models with decoupled transaction policy")
-        request = to_inference_request(decoded, model.name, model.version)
+        request = to_inference_request(decoded, model.name, model.version, self.server.system_shm)
         tracer = self.server.tracer
         if tracer.active:
             request.trace = trace = tracer.start(model.name, model.version, request.id)
             if trace is not None:
-                return await self._traced_infer(model, request, trace, context)
+                return await self._traced_infer(model, request, trace, context, decoded.shm_outputs)
         response = await model.infer(request)
-        return infer_response_bytes(response)
+        return infer_response_bytes(response, decoded.shm_outputs)
 
     @staticmethod
-    async def _traced_infer(model: Model, request: Any, trace: Any, context: Context) -> bytes:
+    async def _traced_infer(
+        model: Model, request: Any, trace: Any, context: Context, shm: ShmOutputs | None
+    ) -> bytes:
         """GRPC_WAITREAD_END when the message is here, GRPC_SEND_END when gRPC has sent the answer."""
         trace.stamp("GRPC_WAITREAD_END")
         try:
@@ -221,7 +255,7 @@ class GrpcApi:
         except TritiumError:
             trace.finish()  # a failed request's trace is written too, with the stages it reached
             raise
-        data = infer_response_bytes(response)
+        data = infer_response_bytes(response, shm)
         trace.stamp("GRPC_SEND_START")
 
         def sent(_: Any) -> None:
@@ -264,7 +298,8 @@ class GrpcApi:
         request_id = decoded.message.id
         try:
             model = self._model(decoded)
-            request = to_inference_request(decoded, model.name, model.version)
+            request = to_inference_request(decoded, model.name, model.version, self.server.system_shm)
+            shm = decoded.shm_outputs
             empty_final = bool(request.parameters.get("triton_enable_empty_final_response", False))
             decoupled = model.decoupled
             tracer = self.server.tracer
@@ -278,7 +313,7 @@ class GrpcApi:
                 elif item.response is not None:
                     # Triton flags every streamed response; a decoupled model's last one says final only
                     # when the model sent its data and the final flag together.
-                    queue.put_nowait(stream_response_bytes(item.response, item.final or not decoupled))
+                    queue.put_nowait(stream_response_bytes(item.response, item.final or not decoupled, shm))
                 elif item.final and empty_final:
                     empty = _empty_response(model, request_id)
                     queue.put_nowait(stream_response_bytes(empty, True))
@@ -310,6 +345,11 @@ class GrpcApi:
             "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest),
             "RepositoryModelLoad": (self.repository_model_load, pb.RepositoryModelLoadRequest),
             "RepositoryModelUnload": (self.repository_model_unload, pb.RepositoryModelUnloadRequest),
+            "SystemSharedMemoryStatus": (self.system_shared_memory_status, pb.SystemSharedMemoryStatusRequest),
+            "SystemSharedMemoryRegister": (self.system_shared_memory_register, pb.SystemSharedMemoryRegisterRequest),
+            "SystemSharedMemoryUnregister": (
+                self.system_shared_memory_unregister, pb.SystemSharedMemoryUnregisterRequest),
+            "CudaSharedMemoryStatus": (self.cuda_shared_memory_status, pb.CudaSharedMemoryStatusRequest),
         }
         methods: dict[str, grpc.RpcMethodHandler] = {
             name: unary(_guarded(fn), request_deserializer=cls.FromString, response_serializer=_serialize)
