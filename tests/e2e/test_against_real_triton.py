@@ -796,6 +796,49 @@ def case_system_shared_memory_http(s: Servers) -> Any:
         shm.destroy_shared_memory_region(h_out)
 
 
+def case_system_shared_memory_grpc(s: Servers) -> Any:
+    """The same over gRPC, with a raw input beside one in shared memory, and all outputs in regions."""
+    key_in, key_out = f"/tritium_diff_{os.getpid()}_gin", f"/tritium_diff_{os.getpid()}_gout"
+    h_in = shm.create_shared_memory_region("gin", key_in, 32)
+    h_out = shm.create_shared_memory_region("gout", key_out, 32)
+    try:
+        shm.set_shared_memory_region(h_in, [A, B])
+        c = s.grpc
+        steps: list[Any] = [outcome(lambda: c.register_system_shared_memory("gin", key_in, 32)),
+                            outcome(lambda: c.register_system_shared_memory("gout", key_out, 32)),
+                            outcome(lambda: c.register_system_shared_memory("gin", key_in, 32)),
+                            outcome(lambda: c.register_system_shared_memory("again", key_in, 32)),
+                            outcome(lambda: c.register_system_shared_memory("x", "/tritium_diff_none", 8)),
+                            outcome(lambda: c.get_system_shared_memory_status(as_json=True)),
+                            outcome(lambda: c.get_system_shared_memory_status("nosuch", as_json=True))]
+
+        def infer(size: int = 16, region: str = "gin", raw_second: bool = False, out_size: int = 16) -> Any:
+            i0 = grpcclient.InferInput("INPUT0", [4], "FP32")
+            i0.set_shared_memory(region, size)
+            i1 = grpcclient.InferInput("INPUT1", [4], "FP32")
+            if raw_second:
+                i1.set_data_from_numpy(B)
+            else:
+                i1.set_shared_memory("gin", 16, offset=16)
+            outputs = [grpcclient.InferRequestedOutput("OUTPUT0"), grpcclient.InferRequestedOutput("OUTPUT1")]
+            outputs[0].set_shared_memory("gout", out_size)
+            outputs[1].set_shared_memory("gout", 16, offset=16)
+            result = c.infer("add_sub", [i0, i1], outputs=outputs).get_response(as_json=True)
+            return result["outputs"], result.get("raw_output_contents"), shm.get_contents_as_numpy(
+                h_out, np.float32, [8]).tolist()
+
+        steps += [outcome(infer), outcome(lambda: infer(raw_second=True)), outcome(lambda: infer(region="nosuch")),
+                  outcome(lambda: infer(size=8)), outcome(lambda: infer(out_size=8)),
+                  outcome(lambda: c.unregister_system_shared_memory()),
+                  outcome(lambda: c.get_system_shared_memory_status(as_json=True)),
+                  outcome(lambda: c.get_cuda_shared_memory_status(as_json=True))]
+        return steps
+    finally:
+        s.grpc.unregister_system_shared_memory()
+        shm.destroy_shared_memory_region(h_in)
+        shm.destroy_shared_memory_region(h_out)
+
+
 def case_ensemble(s: Servers) -> Any:
     def run(client: Any, make: Any, *tensors: Any) -> Any:
         return outcome(lambda: as_lists(client.infer("twice", make(*tensors)), ["TWICE_A", "TWICE_B"]))

@@ -329,9 +329,9 @@ BAD_INPUTS = {
     "zero size": ({SHM: "in", SIZE: 0}, "INVALID_ARGUMENT",
                   "Invalid offset + byte size for shared memory region: 'in'"),
     "size too small": ({SHM: "in", SIZE: 16}, "INVALID_ARGUMENT",
-                       "input byte size mismatch for input 'INPUT0' for model 'add_sub_python'. Expected 32, got 16"),
+                       "[request id: <id_unknown>] input byte size mismatch for input 'INPUT0' for model 'add_sub_python'. Expected 32, got 16"),
     "size too large": ({SHM: "in", SIZE: 48}, "INVALID_ARGUMENT",
-                       "input byte size mismatch for input 'INPUT0' for model 'add_sub_python'. Expected 32, got 48"),
+                       "[request id: <id_unknown>] input byte size mismatch for input 'INPUT0' for model 'add_sub_python'. Expected 32, got 48"),
     "no byte size": ({SHM: "in"}, "INVALID_ARGUMENT",
                      ("'shared_memory_byte_size' must be specified along with 'shared_memory_region' parameter for "
                       "tensor 'INPUT0'")),

@@ -200,7 +200,7 @@ def to_inference_request(
     for item in inputs:
         place = _shm_place(item.parameters, item.name) if item.parameters else None
         if place is not None:
-            tensors.append(_decode_input(item, None, uses_raw, model_name, place, regions))
+            tensors.append(_decode_input(item, None, uses_raw, model_name, place, regions, message.id))
             continue
         tensors.append(_decode_input(item, raw[next_raw] if next_raw < len(raw) else None, uses_raw, model_name))
         next_raw += 1
@@ -244,6 +244,7 @@ def _decode_input(
     model_name: str,
     place: OutputPlace | None = None,
     regions: SystemSharedMemory | None = None,
+    request_id: str = "",
 ) -> Tensor:
     """One input, from its raw contents, its typed contents, or (``place``) a shared-memory region."""
     name = item.name
@@ -270,7 +271,10 @@ def _decode_input(
         if regions is None:
             raise UnsupportedError("shared memory inputs are not supported here")
         data = memoryview(_region_view(regions, place))
-        return Tensor(name, datatype, _from_raw(data, datatype, shape, count, name, model_name))
+        try:
+            return Tensor(name, datatype, _from_raw(data, datatype, shape, count, name, model_name))
+        except InvalidArgumentError as e:  # Triton's core checks these sizes: its request-id prefix
+            raise InvalidArgumentError(f"[request id: {request_id or '<id_unknown>'}] {e.message}") from None
     if uses_raw:
         if has_contents:
             raise InvalidArgumentError(
