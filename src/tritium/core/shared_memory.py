@@ -19,6 +19,7 @@ import mmap
 import os
 import threading
 import weakref
+
 import numpy as np
 
 #: Smaller bodies are cheaper to copy than to look up: they are not pooled.
