@@ -27,11 +27,14 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from models import write_python_model
 from server import ROOT, RunningServer, ServerProcess, free_port
 from tritonclient.utils import InferenceServerException
@@ -837,6 +840,32 @@ def case_system_shared_memory_grpc(s: Servers) -> Any:
         s.grpc.unregister_system_shared_memory()
         shm.destroy_shared_memory_region(h_in)
         shm.destroy_shared_memory_region(h_out)
+
+
+def case_output_order_duplicates_and_extra_raw(s: Servers) -> Any:
+    """Outputs come once each, in the model's order, whatever order (and repeats) the request asked for; gRPC
+    raw contents beyond the inputs' are ignored."""
+    def http_run() -> Any:
+        outputs = [httpclient.InferRequestedOutput(n) for n in ("OUTPUT1", "OUTPUT0", "OUTPUT1")]
+        return s.http.infer("add_sub", http_inputs(("INPUT0", A, "FP32"), ("INPUT1", B, "FP32")),
+                            outputs=outputs).get_response()["outputs"]
+
+    def grpc_run() -> Any:
+        request = pb.ModelInferRequest(model_name="add_sub")
+        for name in ("INPUT0", "INPUT1"):
+            tensor = request.inputs.add(name=name, datatype="FP32")
+            tensor.shape.extend([4])
+        request.raw_input_contents.extend([A.tobytes(), B.tobytes(), B.tobytes()])
+        for name in ("OUTPUT1", "OUTPUT0", "OUTPUT1"):
+            request.outputs.add(name=name)
+        channel = grpc.insecure_channel(s.grpc_url)
+        try:
+            response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+        finally:
+            channel.close()
+        return [o.name for o in response.outputs], [bytes(r) for r in response.raw_output_contents]
+
+    return outcome(http_run), grpc_run()
 
 
 def case_ensemble(s: Servers) -> Any:

@@ -262,9 +262,9 @@ def test_output_reshape_and_requested_order():
     request = req(("A", f32(2, 4)), outputs=["Z", "Y"])
     request.id = "rid"
     response = asyncio.run(m.infer(request))
-    assert [t.name for t in response.outputs] == ["Z", "Y"]
-    assert response.outputs[1].data.shape == (2, 4)
-    np.testing.assert_array_equal(response.outputs[1].data, np.arange(8, dtype=np.float32).reshape(2, 4))
+    assert [t.name for t in response.outputs] == ["Y", "Z"]  # the model's order, not the order asked (Triton)
+    assert response.outputs[0].data.shape == (2, 4)
+    np.testing.assert_array_equal(response.outputs[0].data, np.arange(8, dtype=np.float32).reshape(2, 4))
     assert (response.model_name, response.model_version, response.id) == ("m", 1, "rid")
     only_y = asyncio.run(m.infer(req(("A", f32(2, 4)), outputs=["Y"])))
     assert [t.name for t in only_y.outputs] == ["Y"]

@@ -233,11 +233,12 @@ class Model:
                 request.timeout_us = _uint_parameter(params.pop("timeout"), "timeout")
 
     def _shape_response(self, request: InferenceRequest, response: InferenceResponse) -> InferenceResponse:
-        """Keep the outputs the client asked for, in its order, and undo output ``reshape``."""
+        """Keep the outputs the client asked for, each once, in the order the model gave them (as Triton
+        answers: not in the order asked), and undo output ``reshape``."""
         outputs = response.outputs
-        if request.requested_outputs is not None:
-            by_name = {t.name: t for t in outputs}
-            outputs = [by_name[n] for n in request.requested_outputs if n in by_name]
+        wanted = request.requested_outputs
+        if wanted is not None:
+            outputs = [t for t in outputs if t.name in wanted]
         for i, tensor in enumerate(outputs):
             spec = self.outputs.get(tensor.name)
             if spec is not None and spec.reshape is not None:

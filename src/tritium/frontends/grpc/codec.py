@@ -192,9 +192,7 @@ def to_inference_request(
         request.parameters = {k: parameter_value(k, v) for k, v in message.parameters.items()}
     raw = decoded.raw
     inputs = message.inputs
-    if raw and len(raw) > len(inputs):
-        raise InvalidArgumentError(f"unexpected additional input data for model '{model_name}'")
-    tensors = []
+    tensors = []  # raw contents beyond the inputs' are ignored, as Triton 2.51 does
     uses_raw = bool(raw)
     next_raw = 0  # as Triton: raw contents go, in order, to the inputs that are not in shared memory
     for item in inputs:
