@@ -10,6 +10,8 @@
    (side by side).
 3. BLS: a ``model.py`` that calls an identity ``model.py`` by ``InferenceRequest.exec()`` with a tensor of
    each size, timed inside the calling model (median and p90 of 40 calls), on both servers.
+4. A 1 MiB tensor through the identity ``model.py`` from ``tritonclient.http``: in the request body, and
+   through the system shared-memory extension (input and output in registered regions), on both servers.
 
     python benchmarks/python_backend.py [--duration 10] [--triton-python /work/triton-ref/.venv-triton/bin/python]
 """
@@ -170,6 +172,51 @@ def bls_rows(url: str, sizes: list[int]) -> list[tuple[int, float, float]]:
     return rows[1:]
 
 
+def shm_rows(url: str, calls: int = 300) -> list[tuple[str, float, float]]:
+    """A 1 MiB tensor through the identity model.py with tritonclient.http: in the body (binary) and through the
+    system shared-memory extension (input and output in registered regions).  Median and p90 µs per call."""
+    import tritonclient.http as httpclient
+    import tritonclient.utils.shared_memory as shm
+
+    client = httpclient.InferenceServerClient(url, network_timeout=300)
+    x = np.random.default_rng(0).random(262144, dtype=np.float32)
+    keys = (f"/tritium_bench_{os.getpid()}_in", f"/tritium_bench_{os.getpid()}_out")
+    handles = [shm.create_shared_memory_region(key[1:], key, x.nbytes) for key in keys]
+    shm.set_shared_memory_region(handles[0], [x])
+
+    def body() -> np.ndarray:
+        tensor = httpclient.InferInput("INPUT0", [x.size], "FP32")
+        tensor.set_data_from_numpy(x)
+        return client.infer("identity_any", [tensor]).as_numpy("OUTPUT0")
+
+    def shared() -> np.ndarray:
+        tensor = httpclient.InferInput("INPUT0", [x.size], "FP32")
+        tensor.set_shared_memory("bench_in", x.nbytes)
+        output = httpclient.InferRequestedOutput("OUTPUT0")
+        output.set_shared_memory("bench_out", x.nbytes)
+        client.infer("identity_any", [tensor], outputs=[output])
+        return shm.get_contents_as_numpy(handles[1], np.float32, [x.size])
+
+    rows = []
+    try:
+        client.register_system_shared_memory("bench_in", keys[0], x.nbytes)
+        client.register_system_shared_memory("bench_out", keys[1], x.nbytes)
+        for label, call in (("binary body", body), ("system shm", shared)):
+            assert np.array_equal(call(), x)
+            times = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                call()
+                times.append((time.perf_counter() - start) * 1e6)
+            times.sort()
+            rows.append((label, times[calls // 2], times[calls * 9 // 10]))
+    finally:
+        client.unregister_system_shared_memory()
+        for handle in handles:
+            shm.destroy_shared_memory_region(handle)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
@@ -241,6 +288,12 @@ def main() -> int:
         for label, url in servers:
             for size, median_us, p90_us in bls_rows(url, [64, 1 << 20, 4 << 20]):
                 print(f"{label:<10} {size:>10} {median_us:>10.1f} {p90_us:>10.1f}")
+        print("\n1 MiB through the identity model.py from tritonclient.http, one call at a time (300 calls):")
+        print(f"{'server':<10} {'tensor in':>12} {'median us':>10} {'p90 us':>10}")
+        for _ in range(max(1, args.rounds)):
+            for label, url in servers:
+                for how, median_us, p90_us in shm_rows(url):
+                    print(f"{label:<10} {how:>12} {median_us:>10.1f} {p90_us:>10.1f}")
     finally:
         for proc in procs:
             if proc.poll() is None:
