@@ -73,3 +73,11 @@ def test_free_blocks_give_their_memory_back_beyond_a_bound(monkeypatch: pytest.M
     assert again is not None
     again[:] = 3
     assert again.sum() == 3 * (200 << 10)
+
+
+def test_pool_holds_a_bounded_number_of_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # each block holds a file descriptor: a burst of bodies must not use up the process's descriptors
+    monkeypatch.setattr(shared_memory, "MAX_BLOCKS", shared_memory._pool.count + 2)
+    held = [shared_memory.take(3 << 20) for _ in range(2)]  # a size class no other test uses
+    assert all(h is not None for h in held)
+    assert shared_memory.take(3 << 20) is None

@@ -26,6 +26,9 @@ import numpy as np
 MIN_BYTES = 64 << 10
 #: Pooled blocks, all together, stay under this; beyond it bodies are ordinary memory.
 MAX_TOTAL_BYTES = 512 << 20
+#: At most this many pooled blocks: each holds a file descriptor (to hand to model processes), and a burst of
+#: concurrent bodies must not use up the process's descriptors, which connections need too.
+MAX_BLOCKS = 256
 #: Free blocks keep their memory up to this much in all: a block that falls free beyond it gives its pages
 #: back (to every process that maps it), so a burst of big requests does not hold memory for good.
 KEEP_FREE_BYTES = 64 << 20
@@ -78,6 +81,7 @@ class _Pool:
         self.by_ident: dict[int, Block] = {}
         self.total = 0
         self.idents = itertools.count()
+        self.count = 0  # pooled blocks (adopted ones are not counted)
         #: Bytes of free blocks whose pages still hold memory.
         self.free_resident = 0
 
@@ -88,7 +92,7 @@ class _Pool:
             for block in blocks:
                 if not block.busy():
                     return self._use(block, nbytes)
-            if self.total + size > MAX_TOTAL_BYTES:
+            if self.total + size > MAX_TOTAL_BYTES or self.count >= MAX_BLOCKS:
                 return None
             try:
                 block = Block(next(self.idents), size)
@@ -97,6 +101,7 @@ class _Pool:
             blocks.append(block)
             self._index(block)
             self.total += size
+            self.count += 1
             return self._use(block, nbytes)
 
     def _index(self, block: Block) -> None:
