@@ -222,6 +222,8 @@ def test_python_model_reads_a_region_in_place(client, regions) -> None:  # type:
     result = client.infer("sees_region", [httpclient.InferInput("X", [2], "FP32").set_data_from_numpy(
         np.ones(2, np.float32))])  # after unregistering, small ordinary inputs as before
     np.testing.assert_array_equal(result.as_numpy("Y"), np.ones(2, np.float32))
+    # and the model's process let go of its mapping of the region (told with that next execute)
+    assert result.as_numpy("MAPPED").tolist() == [False]
 
 
 def test_cuda_shared_memory_has_no_regions(client, server) -> None:  # type: ignore[no-untyped-def]

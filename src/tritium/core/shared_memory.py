@@ -82,6 +82,8 @@ class _Pool:
         self.total = 0
         self.idents = itertools.count()
         self.count = 0  # pooled blocks (adopted ones are not counted)
+        #: How many adopted mappings were forgotten: model processes that were handed them let go too.
+        self.forgotten = 0
         #: Bytes of free blocks whose pages still hold memory.
         self.free_resident = 0
 
@@ -127,6 +129,7 @@ class _Pool:
                 del self.by_address[index]
                 del self.starts[index]
                 self.by_ident.pop(block.ident, None)
+                self.forgotten += 1
             os.close(block.fd)
         except Exception:  # pragma: no cover - at interpreter exit; never raise out of a weakref callback
             pass
@@ -188,6 +191,11 @@ def adopt(fd: int, mm: mmap.mmap) -> np.ndarray:
 def locate(array: np.ndarray) -> tuple[Block, int] | None:
     """The block ``array``'s data lies in and its offset there, or None (ordinary memory, or not contiguous)."""
     return _pool.locate(array)
+
+
+def forgotten() -> int:
+    """A count that changes when adopted mappings are forgotten (their blocks no longer exist)."""
+    return _pool.forgotten
 
 
 def block(ident: int) -> Block | None:
