@@ -42,7 +42,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     "--sagemaker-port": "the SageMaker endpoint is not available in tritium",
     "--allow-vertex-ai": "the Vertex AI endpoint is not available in tritium",
     "--vertex-ai-port": "the Vertex AI endpoint is not available in tritium",
-    "--allow-client-shm": "tritium always serves the system shared-memory extension; CUDA shared memory is not available",
     "--pinned-memory-pool-byte-size": "tritium has no pinned memory pool",
     "--cuda-memory-pool-byte-size": "tritium has no CUDA memory pool",
     "--cuda-virtual-address-size": "tritium has no CUDA memory pool",
@@ -116,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse-http-port", type=_bool, default=False, metavar="BOOL")
     p.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024)
     p.add_argument("--allow-grpc", type=_bool, default=True, metavar="BOOL")
+    p.add_argument("--allow-client-shm", type=_bool, default=False, metavar="BOOL",
+                   help="let clients register system shared-memory regions (off by default, as in current Triton)")
     p.add_argument("--grpc-address", default="0.0.0.0")
     p.add_argument("--grpc-port", type=_port, default=8001)
     p.add_argument("--reuse-grpc-port", type=_bool, default=False, metavar="BOOL")
@@ -271,6 +272,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         reuse_http_port=args.reuse_http_port,
         http_max_input_size=args.http_max_input_size,
         allow_grpc=args.allow_grpc,
+        allow_client_shm=args.allow_client_shm,
         grpc_address=args.grpc_address,
         grpc_port=args.grpc_port,
         reuse_grpc_port=args.reuse_grpc_port,

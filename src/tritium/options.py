@@ -29,6 +29,10 @@ class ServerOptions:
     reuse_http_port: bool = False
 
     allow_grpc: bool = True
+    #: Clients may register system shared-memory regions (``--allow-client-shm``; off by default, as Triton
+    #: since 26.04: a region is any file in /dev/shm the server can open, which a client then reads and writes
+    #: through inference).
+    allow_client_shm: bool = False
     grpc_address: str = "0.0.0.0"
     grpc_port: int = 8001
     reuse_grpc_port: bool = False

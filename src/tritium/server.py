@@ -72,7 +72,7 @@ class Server:
         #: Metric families model code defines (Python backend), shown by the metrics frontend.
         self.custom_metrics = CustomMetrics()
         #: Regions clients registered (the system shared-memory extension).
-        self.system_shm = SystemSharedMemory()
+        self.system_shm = SystemSharedMemory(options.allow_client_shm)
         self.repository: ModelRepositoryManager | None = None
         self.frontends: list[Frontend] = []
         self._live = False

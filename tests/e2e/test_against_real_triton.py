@@ -428,7 +428,8 @@ def start_pair(args: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
         shutil.rmtree(workdir, ignore_errors=True)
         pytest.skip(f"real Triton did not start: {str(e)[-500:]}")
     try:
-        with RunningServer([repo], ["--exit-on-error=false", *args]) as tritium:
+        # (Triton 2.51 lets clients register shared memory without the flag, which it does not know)
+        with RunningServer([repo], ["--exit-on-error=false", "--allow-client-shm=true", *args]) as tritium:
             yield (Servers(tritium.url, tritium.grpc_url, tritium.metrics_url),
                    Servers(triton.url, triton.grpc_url, triton.metrics_url))
     finally:

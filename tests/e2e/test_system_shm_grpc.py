@@ -39,7 +39,7 @@ def server(tmp_path_factory):  # type: ignore[no-untyped-def]
         input [ { name: "INPUT0" data_type: TYPE_STRING dims: [ -1 ] } ]
         output [ { name: "OUTPUT0" data_type: TYPE_STRING dims: [ -1 ] } ]
     """)
-    with RunningServer([repo], ["--allow-metrics=false"]) as s:
+    with RunningServer([repo], ["--allow-metrics=false", "--allow-client-shm=true"]) as s:
         yield s
 
 

@@ -48,7 +48,7 @@ def server(tmp_path_factory):  # type: ignore[no-untyped-def]
     """)
     with open(os.path.join(model_dir, "1", "model.py"), "w") as f:
         f.write(SEES_REGION)
-    with RunningServer([repo], ["--allow-metrics=false"]) as s:
+    with RunningServer([repo], ["--allow-metrics=false", "--allow-client-shm=true"]) as s:
         yield s
 
 
@@ -224,6 +224,19 @@ def test_python_model_reads_a_region_in_place(client, regions) -> None:  # type:
     np.testing.assert_array_equal(result.as_numpy("Y"), np.ones(2, np.float32))
     # and the model's process let go of its mapping of the region (told with that next execute)
     assert result.as_numpy("MAPPED").tolist() == [False]
+
+
+def test_client_shared_memory_is_off_by_default(regions, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """As Triton since 26.04: a region is any file in /dev/shm the server can open, so registering one takes
+    ``--allow-client-shm=true``."""
+    key, _ = regions("off", 64)
+    with RunningServer([str(tmp_path)], ["--allow-metrics=false", "--allow-grpc=false"]) as s:
+        c = httpclient.InferenceServerClient(s.url)
+        with pytest.raises(InferenceServerException) as e:
+            c.register_system_shared_memory("off", key, 64)
+        assert e.value.status() == "503"
+        assert "--allow-client-shm=true" in e.value.message()
+        assert c.get_system_shared_memory_status() == []
 
 
 def test_cuda_shared_memory_has_no_regions(client, server) -> None:  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import shared_memory
-from .errors import AlreadyExistsError, InternalError, InvalidArgumentError, NotFoundError
+from .errors import AlreadyExistsError, InternalError, InvalidArgumentError, NotFoundError, UnavailableError
 
 
 @dataclass(eq=False)
@@ -36,13 +36,19 @@ def _shm_path(key: str) -> str:
 
 
 class SystemSharedMemory:
-    """The registered regions of one server."""
+    """The registered regions of one server; ``allowed`` False (``--allow-client-shm=false``) refuses
+    registrations, so no region is ever used."""
 
-    def __init__(self) -> None:
+    def __init__(self, allowed: bool = True) -> None:
+        self.allowed = allowed
         self._regions: dict[str, Region] = {}
         self._lock = threading.Lock()
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        if not self.allowed:
+            raise UnavailableError(
+                f"failed to register shared memory region '{name}': client shared memory is disabled; start the "
+                "server with --allow-client-shm=true")
         with self._lock:
             if name in self._regions:
                 raise AlreadyExistsError(f"shared memory region '{name}' already in manager")
