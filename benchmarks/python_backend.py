@@ -250,7 +250,8 @@ def main() -> int:
         port = http_infer.free_port() if hasattr(http_infer, 'free_port') else 28710
         log = open(os.path.join(workdir, "server.log"), "wb")
         proc = subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}", f"--http-port={port}",
-                                 "--http-address=127.0.0.1", "--allow-grpc=false", "--allow-metrics=false"],
+                                 "--http-address=127.0.0.1", "--allow-grpc=false", "--allow-metrics=false",
+                                 "--allow-client-shm=true"],
                                 stdout=log, stderr=log)
         procs.append(proc)
         http_infer.wait_live(f"127.0.0.1:{port}", proc)
