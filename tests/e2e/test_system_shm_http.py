@@ -226,6 +226,20 @@ def test_python_model_reads_a_region_in_place(client, regions) -> None:  # type:
     assert result.as_numpy("MAPPED").tolist() == [False]
 
 
+def test_a_region_shrunk_after_registering_is_refused_not_a_crash(client, regions) -> None:  # type: ignore[no-untyped-def]
+    key, _ = regions("shrink", 8192)
+    client.register_system_shared_memory("shrink", key, 8192)
+    os.truncate(os.path.join("/dev/shm", key.lstrip("/")), 16)  # the client's mistake
+    i0 = httpclient.InferInput("INPUT0", [2, 4], "FP32")
+    i0.set_shared_memory("shrink", 32, offset=4096)
+    i1 = httpclient.InferInput("INPUT1", [2, 4], "FP32")
+    i1.set_data_from_numpy(np.ones((2, 4), np.float32))
+    with pytest.raises(InferenceServerException, match="smaller than it was registered") as e:
+        client.infer("add_sub_python", [i0, i1])
+    assert e.value.status() == "400"
+    assert client.is_server_live()
+
+
 def test_client_shared_memory_is_off_by_default(regions, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """As Triton since 26.04: a region is any file in /dev/shm the server can open, so registering one takes
     ``--allow-client-shm=true``."""

@@ -28,6 +28,8 @@ class Region:
     byte_size: int
     #: The region's bytes, ``[offset, offset + byte_size)`` of the file, mapped here.
     data: np.ndarray = field(repr=False)
+    #: The file, open while the region is registered (the mapping's owner closes it after).
+    fd: int = -1
 
 
 def _shm_path(key: str) -> str:
@@ -78,7 +80,7 @@ class SystemSharedMemory:
         with self._lock:
             if name in self._regions:
                 raise AlreadyExistsError(f"shared memory region '{name}' already in manager")
-            self._regions[name] = Region(name, key, offset, byte_size, data)
+            self._regions[name] = Region(name, key, offset, byte_size, data, fd)
 
     def unregister(self, name: str = "") -> None:
         """One region, or all of them when ``name`` is empty; an unknown name is not an error (as Triton).
@@ -105,6 +107,16 @@ class SystemSharedMemory:
             raise NotFoundError(f"Unable to find shared memory region: '{name}'")
         if offset < 0 or byte_size <= 0 or offset + byte_size > region.byte_size:
             raise InvalidArgumentError(f"Invalid offset + byte size for shared memory region: '{name}'")
+        try:
+            size = os.fstat(region.fd).st_size
+        except OSError:
+            size = -1
+        if size < region.offset + offset + byte_size:
+            # the client shrank the file after registering it: touching the mapping past its end would
+            # kill the server (SIGBUS); this catches it unless the file shrinks between here and the read
+            raise InvalidArgumentError(
+                f"shared memory region '{name}' is smaller than it was registered: its file '{region.key}' "
+                f"holds {max(size, 0)} bytes")
         return region.data[offset : offset + byte_size]
 
     def write_output(self, output: str, data: bytes | memoryview | np.ndarray, place: OutputPlace) -> None:
