@@ -59,22 +59,6 @@ def stub(server: RunningServer):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture()
-def regions():  # type: ignore[no-untyped-def]
-    """Makes POSIX shared-memory regions with keys of this process; destroys them after the test."""
-    made = []
-
-    def make(tag: str, size: int):  # type: ignore[no-untyped-def]
-        key = f"/tritium_grpc_test_{os.getpid()}_{tag}"
-        handle = shm.create_shared_memory_region(tag, key, size)
-        made.append(handle)
-        return key, handle
-
-    yield make
-    for handle in made:
-        shm.destroy_shared_memory_region(handle)
-
-
-@pytest.fixture()
 def add_sub_regions(client, regions):  # type: ignore[no-untyped-def]
     """Region "in" (64 bytes: A then B) and region "out" (64 bytes, zeroed), both registered."""
     key_in, handle_in = regions("in", 64)

@@ -59,22 +59,6 @@ def client(server: RunningServer):  # type: ignore[no-untyped-def]
     c.unregister_system_shared_memory()
 
 
-@pytest.fixture()
-def regions():  # type: ignore[no-untyped-def]
-    """Makes POSIX shared-memory regions with keys of this process; destroys them after the test."""
-    made = []
-
-    def make(tag: str, size: int):  # type: ignore[no-untyped-def]
-        key = f"/tritium_test_{os.getpid()}_{tag}"
-        handle = shm.create_shared_memory_region(tag, key, size)
-        made.append(handle)
-        return key, handle
-
-    yield make
-    for handle in made:
-        shm.destroy_shared_memory_region(handle)
-
-
 def _post(server: RunningServer, path: str, body: object) -> tuple[int, dict]:
     request = urllib.request.Request(f"http://{server.url}{path}", data=json.dumps(body).encode(), method="POST")
     try:

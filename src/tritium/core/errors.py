@@ -96,5 +96,10 @@ class InternalError(TritiumError):
     status = Status.INTERNAL
 
 
+def request_error(request_id: str, message: str) -> InvalidArgumentError:
+    """An error about one request, prefixed with its id as Triton's core writes those it raises."""
+    return InvalidArgumentError(f"[request id: {request_id or '<id_unknown>'}] {message}")
+
+
 class ModelConfigError(InvalidArgumentError):
     """A model's configuration is unusable; the message names model, file and field."""

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 from tritium._proto import model_config_pb2 as mc
 from tritium.config.parse import config_to_dict
 
-from .errors import InternalError, InvalidArgumentError, TritiumError
-from .inference import InferenceRequest, InferenceResponse
 from .classification import classify
+from .errors import InternalError, InvalidArgumentError, TritiumError, request_error
+from .inference import InferenceRequest, InferenceResponse
 from .streaming import ResponseStream, StreamItem
 from .types import DataType, Tensor
 
@@ -165,38 +165,38 @@ class Model:
             if spec is None:
                 raise InvalidArgumentError(f"unexpected inference input '{tensor.name}' for model '{name}'")
             if tensor.name in seen:
-                raise _request_error(request, f"input '{tensor.name}' already exists in request")
+                raise request_error(request.id, f"input '{tensor.name}' already exists in request")
             seen.add(tensor.name)
             if tensor.datatype is not spec.datatype:
-                raise _request_error(
-                    request,
+                raise request_error(
+                    request.id,
                     f"inference input '{tensor.name}' data-type is '{tensor.datatype.wire_name}', "
                     f"but model '{name}' expects '{spec.datatype.wire_name}'",
                 )
             shape = tensor.data.shape
             if mbs > 0:
                 if not shape:
-                    raise _request_error(
-                        request,
+                    raise request_error(
+                        request.id,
                         f"unexpected shape for input '{tensor.name}' for model '{name}'. Expected "
                         f"{_shape_str(spec.metadata_shape(mbs))}, got []. {_BATCH_NOTE}",
                     )
                 if batch_size < 0:
                     batch_size = shape[0]
                     if batch_size > mbs:
-                        raise _request_error(request, f"inference request batch-size must be <= {mbs} for '{name}'")
+                        raise request_error(request.id, f"inference request batch-size must be <= {mbs} for '{name}'")
                     if batch_size < 1:
-                        raise _request_error(request, f"inference request batch-size must be >= 1 for '{name}'")
+                        raise request_error(request.id, f"inference request batch-size must be >= 1 for '{name}'")
                 elif shape[0] != batch_size:
-                    raise _request_error(
-                        request, f"input '{tensor.name}' batch size does not match other inputs for '{name}'"
+                    raise request_error(
+                        request.id, f"input '{tensor.name}' batch size does not match other inputs for '{name}'"
                     )
                 item_shape = shape[1:]
             else:
                 item_shape = shape
             if not _dims_match(item_shape, spec.dims):
-                raise _request_error(
-                    request,
+                raise request_error(
+                    request.id,
                     f"unexpected shape for input '{tensor.name}' for model '{name}'. Expected "
                     f"{_shape_str(spec.metadata_shape(mbs))}, got {_shape_str(shape)}. "
                     + (_BATCH_NOTE if mbs > 0 else ""),
@@ -214,8 +214,8 @@ class Model:
                     head = f"expected {required} inputs but got {len(request.inputs)} inputs for model '{name}'. "
                 else:  # optional inputs in place of required ones (Triton counts only, and runs the model)
                     head = f"missing required inputs for model '{name}'. "
-                raise _request_error(
-                    request,
+                raise request_error(
+                    request.id,
                     f"{head}Got input(s) [{got}], but missing required input(s) [{want}]. Please provide "
                     "all required input(s).",
                 )
@@ -263,10 +263,6 @@ _BATCH_NOTE = (
     "setting max_batch_size to zero. See the model configuration docs for more info on max_batch_size."
 )
 
-
-def _request_error(request: InferenceRequest, message: str) -> InvalidArgumentError:
-    """An error about one request, prefixed with its id as Triton's core does."""
-    return InvalidArgumentError(f"[request id: {request.id or '<id_unknown>'}] {message}")
 
 
 def _uint_parameter(value: Any, name: str) -> int:

@@ -105,7 +105,9 @@ class SystemSharedMemory:
         region = self._regions.get(name)
         if region is None:
             raise NotFoundError(f"Unable to find shared memory region: '{name}'")
-        if offset < 0 or byte_size <= 0 or offset + byte_size > region.byte_size:
+        if offset < 0:
+            raise InvalidArgumentError(f"Invalid offset for shared memory region: '{name}'")
+        if byte_size <= 0 or offset + byte_size > region.byte_size:
             raise InvalidArgumentError(f"Invalid offset + byte size for shared memory region: '{name}'")
         try:
             size = os.fstat(region.fd).st_size

@@ -615,9 +615,10 @@ class PythonInstanceState(ModelInstanceState):
             metas = [meta if meta is not None else next(written) for meta in placed]
         blocks = [(block.ident, block.size) for block in handed] if handed else None
         gone = None
-        if stub.blocks and stub.blocks_seen != shared_memory.forgotten():
+        forgotten = shared_memory.forgotten()
+        if stub.blocks and stub.blocks_seen != forgotten:
             # regions clients unregistered: the stub lets go of its mappings of them too
-            stub.blocks_seen = shared_memory.forgotten()
+            stub.blocks_seen = forgotten
             gone = [i for i in stub.blocks if shared_memory.block(i) is None] or None
             if gone:
                 stub.blocks.difference_update(gone)

@@ -270,12 +270,12 @@ class Stub:
             tensors = []
             for name, kind, shape, offset, nbytes, block in metas:
                 if block < 0:
-                    array = view(mm, kind, shape, offset, nbytes)
-                    inputs[id(array)] = (array, kind, offset, nbytes, protocol.IN_ARENA)
+                    buffer, where = mm, protocol.IN_ARENA
                 else:
-                    array = view(self.blocks[block].mm, kind, shape, offset, nbytes)
-                    inputs[id(array)] = (array, kind, offset, nbytes, protocol.BLOCK + block)
+                    buffer, where = self.blocks[block].mm, protocol.BLOCK + block
                     used_blocks.add(block)
+                array = view(buffer, kind, shape, offset, nbytes)
+                inputs[id(array)] = (array, kind, offset, nbytes, where)
                 tensors.append(Tensor(name, array))
             request = pb_utils.InferenceRequest(inputs=tensors, requested_output_names=requested,
                                                 request_id=request_id, correlation_id=correlation_id, flags=flags,
@@ -311,7 +311,7 @@ class Stub:
             offset = self.blocks[ident].contains(array)
             if offset >= 0:
                 return protocol.BLOCK + ident, offset
-        return 0, -1
+        return protocol.OUT_ARENA, -1
 
     def _write_outputs(self, responses: list[Any]) -> tuple:
         """Outputs that are views of this batch's input arena stay where they are; the others are written

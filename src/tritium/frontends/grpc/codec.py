@@ -29,7 +29,7 @@ from google.protobuf.message import DecodeError
 
 from tritium._proto import grpc_service_pb2 as pb
 from tritium.core.bytes_codec import deserialize_bytes_tensor, serialize_bytes_tensor
-from tritium.core.errors import InvalidArgumentError, UnsupportedError
+from tritium.core.errors import InvalidArgumentError, UnsupportedError, request_error
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.shm_regions import OutputPlace, SystemSharedMemory
 from tritium.core.types import DataType, Tensor
@@ -268,11 +268,11 @@ def _decode_input(
             )
         if regions is None:
             raise UnsupportedError("shared memory inputs are not supported here")
-        data = memoryview(_region_view(regions, place))
+        data = memoryview(regions.view(place.region, place.offset, place.byte_size))
         try:
             return Tensor(name, datatype, _from_raw(data, datatype, shape, count, name, model_name))
         except InvalidArgumentError as e:  # Triton's core checks these sizes: its request-id prefix
-            raise InvalidArgumentError(f"[request id: {request_id or '<id_unknown>'}] {e.message}") from None
+            raise request_error(request_id, e.message) from None
     if uses_raw:
         if has_contents:
             raise InvalidArgumentError(
@@ -390,23 +390,13 @@ def _bad_shm_type(key: str, tensor: str, expected: str) -> InvalidArgumentError:
     return InvalidArgumentError(f"invalid value type for '{key}' parameter for tensor '{tensor}', expected {expected}.")
 
 
-def _region_view(regions: SystemSharedMemory, place: OutputPlace) -> np.ndarray:
-    """The bytes ``place`` names; a negative offset of a known region gets Triton's own message."""
-    try:
-        return regions.view(place.region, place.offset, place.byte_size)
-    except InvalidArgumentError:
-        if place.offset < 0:
-            raise InvalidArgumentError(f"Invalid offset for shared memory region: '{place.region}'") from None
-        raise
-
-
 def _output_place(place: OutputPlace, classification: bool, regions: SystemSharedMemory | None) -> OutputPlace:
     """Check a requested output's region before inference, so a bad one costs no model run (as Triton)."""
     if classification:
         raise InvalidArgumentError("output can't set both 'shared_memory_region' and 'classification'")
     if regions is None:
         raise UnsupportedError("shared memory outputs are not supported here")
-    _region_view(regions, place)
+    regions.view(place.region, place.offset, place.byte_size)
     return place
 
 

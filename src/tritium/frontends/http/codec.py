@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from tritium.core.bytes_codec import deserialize_bytes_tensor, serialize_bytes_tensor
-from tritium.core.errors import InvalidArgumentError, UnsupportedError
+from tritium.core.errors import InvalidArgumentError, UnsupportedError, request_error
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.shm_regions import OutputPlace, SystemSharedMemory
 from tritium.core.types import DataType, Tensor
@@ -208,7 +208,7 @@ def _decode_input(item: Any, tail: memoryview, offset: int, model_name: str,
         try:
             array = _from_binary(chunk, datatype, shape, count, name, model_name)
         except InvalidArgumentError as e:  # Triton's core checks these sizes: its request-id prefix
-            raise InvalidArgumentError(f"[request id: {request_id or '<id_unknown>'}] {e.message}") from None
+            raise request_error(request_id, e.message) from None
         return Tensor(name, datatype, array), offset
     if binary_size is not None:
         if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
