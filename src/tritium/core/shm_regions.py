@@ -132,6 +132,14 @@ class SystemSharedMemory:
         target[: raw.nbytes] = raw
 
 
+def cuda_status(name: str = "") -> list[Region]:
+    """The CUDA shared-memory extension is not implemented: it has no regions, as Triton answers when none
+    is registered (a named one is not found)."""
+    if name:
+        raise NotFoundError(f"Unable to find cuda shared memory region: '{name}'")
+    return []
+
+
 @dataclass(frozen=True, slots=True)
 class OutputPlace:
     """Where a requested output goes: a region, an offset in it, and the room there."""

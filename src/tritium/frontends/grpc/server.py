@@ -20,9 +20,10 @@ from google.protobuf import json_format
 
 from tritium._proto import grpc_service_pb2 as pb
 from tritium._proto import health_pb2
-from tritium.core.errors import InternalError, InvalidArgumentError, NotFoundError, TritiumError, UnsupportedError
+from tritium.core.errors import InternalError, InvalidArgumentError, TritiumError, UnsupportedError
 from tritium.core.inference import InferenceResponse
 from tritium.core.model import Model
+from tritium.core.shm_regions import cuda_status
 from tritium.options import ServerOptions
 
 from .codec import (
@@ -214,9 +215,7 @@ class GrpcApi:
     async def cuda_shared_memory_status(
         self, request: pb.CudaSharedMemoryStatusRequest, context: Context
     ) -> pb.CudaSharedMemoryStatusResponse:
-        """tritium has no CUDA regions: Triton's answer when none is registered."""
-        if request.name:
-            raise NotFoundError(f"Unable to find cuda shared memory region: '{request.name}'")
+        cuda_status(request.name)  # none, or NOT_FOUND for a named one
         return pb.CudaSharedMemoryStatusResponse()
 
     async def health_check(self, request: health_pb2.HealthCheckRequest, context: Context) -> Any:

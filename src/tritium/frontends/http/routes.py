@@ -18,9 +18,10 @@ from typing import Any
 
 import orjson
 
-from tritium.core.errors import InvalidArgumentError, NotFoundError, Status, TritiumError, UnsupportedError
+from tritium.core.errors import InvalidArgumentError, Status, TritiumError, UnsupportedError
 from tritium.core.inference import InferenceRequest
 from tritium.core.model import Model
+from tritium.core.shm_regions import cuda_status
 from tritium.core.streaming import StreamItem
 from tritium.server import Server
 
@@ -198,11 +199,9 @@ class HttpApi:
             return _NOT_FOUND
         regions = self.server.system_shm
         if kind == "cuda":
-            if action == "status" and name:
-                raise NotFoundError(f"Unable to find cuda shared memory region: '{name}'")
             if action == "register":
                 raise UnsupportedError("CUDA shared memory is not supported by this server")
-            return _json([]) if action == "status" else HttpResponse(200, [], JSON)
+            return _json(cuda_status(name or "")) if action == "status" else HttpResponse(200, [], JSON)
         if action == "status":
             return _json([{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}
                           for r in regions.status(name or "")])
