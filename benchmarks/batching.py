@@ -30,7 +30,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-from http_infer import LUA, bodies, median_runs, run_wrk, wait_live, wrk_columns, wrk_header  # noqa: E402
+from http_infer import (LUA, alternating, bodies, median_runs, paired_ratio, run_wrk, wait_live, wrk_columns,
+                        wrk_header)  # noqa: E402
 from models import mlp_graph, save_model, write_model  # noqa: E402
 
 VARIANTS = {  # name -> (instances, dynamic batching)
@@ -200,10 +201,10 @@ def main() -> int:
                 f.write(LUA.format(body=body, content_type=ctype, extra=extra))
             for _, server_url in servers:
                 run_wrk(server_url, name, scripts[name], 8, 1, 1)  # warm up
-        for _ in range(args.rounds):
+        for round_index in range(args.rounds):
             for name, lua in scripts.items():
                 for c in (int(x) for x in args.connections.split(",")):
-                    for label, server_url in servers:
+                    for label, server_url in alternating(servers, round_index):
                         results.setdefault((label, name, c), []).append(
                             run_wrk(server_url, name, lua, c, args.duration, 1))
         batch, rate = ceiling(onnx_path)
@@ -225,13 +226,14 @@ def print_table(results: dict[tuple[str, str, int], list[dict[str, float]]], rou
     print(f"{'server':<8} {'model':<16} {'conns':>5} {wrk_header(rounds)}")
     for (label, name, c), r in sorted(median.items(), key=lambda kv: (kv[0][0] != "tritium", kv[0][0], kv[0][1], kv[0][2])):
         print(f"{label:<8} {name:<16} {c:>5} {wrk_columns(r, results[(label, name, c)], rounds)}")
-    for (label, name, c), r in sorted(median.items()):
-        plain = median.get((label, name.replace("_batched", ""), c))
+    print("ratios: the median of each round's ratio, runs made back to back (range over rounds)")
+    for (label, name, c), runs in sorted(results.items()):
+        plain = results.get((label, name.replace("_batched", ""), c))
         if name.endswith("_batched") and plain:
-            line = f"{label}: {name} / {name.replace('_batched', '')} at {c} conns = {r['rps'] / plain['rps']:.2f}x"
-            other = median.get(("triton", name, c))
+            line = f"{label}: {name} / {name.replace('_batched', '')} at {c} conns = {paired_ratio(runs, plain)}"
+            other = results.get(("triton", name, c))
             if label == "tritium" and other:
-                line += f"; tritium / triton = {r['rps'] / other['rps']:.2f}x"
+                line += f"; tritium / triton = {paired_ratio(runs, other)}"
             print(line)
 
 

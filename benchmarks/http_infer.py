@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -180,6 +181,22 @@ def run_wrk(url: str, model: str, lua: str, connections: int, duration: int, thr
 def median_runs(results: dict[Any, list[dict[str, float]]]) -> dict[Any, dict[str, float]]:
     """The median run (by req/s) of each key's repeated wrk runs (``--rounds`` in the side-by-side benchmarks)."""
     return {key: sorted(runs, key=lambda r: r["rps"])[len(runs) // 2] for key, runs in results.items()}
+
+
+def paired_ratio(ours: list[dict[str, float]], theirs: list[dict[str, float]]) -> str:
+    """The median of round-by-round req/s ratios, each of two runs made back to back, with their range.
+
+    This machine's speed drifts by tens of percent within minutes; a ratio of two runs made seconds apart
+    is much steadier than the ratio of two medians taken over the whole benchmark."""
+    ratios = sorted(a["rps"] / b["rps"] for a, b in zip(ours, theirs, strict=True))
+    middle = statistics.median(ratios)
+    spread = f" (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})" if len(ratios) > 1 else ""
+    return f"{middle:.2f}x{spread}"
+
+
+def alternating(servers: list[Any], round_index: int) -> list[Any]:
+    """The servers in turn order for one round: reversed every other round, so neither always goes first."""
+    return servers if round_index % 2 == 0 else servers[::-1]
 
 
 def wrk_columns(median: dict[str, float], runs: list[dict[str, float]], rounds: int) -> str:

@@ -268,9 +268,9 @@ def main() -> int:
         for model, what, connections in (("identity", "FP32 [1,16]", args.connections),
                                          ("identity_1mib", "FP32 [262144] (1 MiB)", args.big_connections)):
             results: dict[tuple[str, int], list[dict[str, float]]] = {}
-            for _ in range(args.rounds):
+            for round_index in range(args.rounds):
                 for c in (int(x) for x in connections.split(",")):
-                    for label, url in servers:
+                    for label, url in http_infer.alternating(servers, round_index):
                         args_one = argparse.Namespace(**{**vars(args), "connections": str(c)})
                         for row in http_infer.measure(args_one, workdir, url, label, [model]):
                             results.setdefault((label, c), []).append(row[4])
@@ -280,10 +280,11 @@ def main() -> int:
             median = http_infer.median_runs(results)
             for (label, c), r in sorted(median.items(), key=lambda kv: (kv[0][0] != "tritium", kv[0][1])):
                 print(f"{label:<10} {c:>5} {http_infer.wrk_columns(r, results[(label, c)], args.rounds)}")
-            for (label, c), r in sorted(median.items()):
-                other = median.get(("triton", c))
+            for (label, c), runs in sorted(results.items()):
+                other = results.get(("triton", c))
                 if label == "tritium" and other:
-                    print(f"tritium / triton at {c} conns = {r['rps'] / other['rps']:.2f}x")
+                    print(f"tritium / triton at {c} conns = {http_infer.paired_ratio(runs, other)}"
+                          " (median of each round's ratio, runs made back to back)")
         print("\nBLS exec() from a model.py to the identity model.py, timed in the calling model (40 calls):")
         print(f"{'server':<10} {'tensor':>10} {'median us':>10} {'p90 us':>10}")
         for label, url in servers:
