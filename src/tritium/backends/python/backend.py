@@ -24,7 +24,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -51,6 +50,7 @@ from tritium.core.types import DataType, Tensor
 
 from ..base import Backend, InstanceSpec, ModelContext, ModelInstanceState, ModelState
 from . import protocol
+from .environments import Environments, activated
 from .protocol import INCOMPLETE, Arena, Channel
 
 log = logging.getLogger(__name__)
@@ -116,9 +116,17 @@ class PythonBackend(Backend):
 
     def __init__(self) -> None:
         self.settings = Settings({})
+        self.environments = Environments()
 
     def initialize(self, backend_config: Mapping[str, str]) -> None:
         self.settings = Settings(backend_config)
+
+    def finalize(self) -> None:
+        self.environments.close()
+
+    def interpreter(self, ctx: ModelContext) -> str:
+        """The Python that runs the model's processes: the server's own, or the one of ``EXECUTION_ENV_PATH``."""
+        return self.environments.interpreter(ctx.name, ctx.model_dir, ctx.parameter("EXECUTION_ENV_PATH"))
 
     def auto_complete_config(self, ctx: ModelContext) -> None:
         """Run the model's static ``auto_complete_config`` in a throw-away stub, as Triton does."""
@@ -130,8 +138,7 @@ class PythonBackend(Backend):
         except OSError:
             return  # model_initialize reports the missing file
         config = ctx.config
-        python = _interpreter(ctx)
-        control, events, handoff, popen = _spawn(python)
+        control, events, handoff, popen = _spawn(self.interpreter(ctx))
         handoff.close()
         try:
             control.send({"mode": "autocomplete", "model_file": path, "version_dir": ctx.version_dir,
@@ -149,7 +156,7 @@ class PythonBackend(Backend):
         if not os.path.exists(ctx.model_path):
             raise ModelConfigError(f"Failed to preinitialize Python stub: Python model file not found in "
                                    f"'{ctx.model_path}'")
-        return PythonModelState(ctx, self.settings)
+        return PythonModelState(ctx, self.settings, self.interpreter(ctx))
 
 
 def _merge_auto_complete(config: mc.ModelConfig, result: dict, name: str) -> None:
@@ -172,20 +179,6 @@ def _merge_auto_complete(config: mc.ModelConfig, result: dict, name: str) -> Non
         raise ModelConfigError(f"auto-complete of model '{name}' returned an invalid configuration: {e}") from None
 
 
-def _interpreter(ctx: ModelContext) -> str:
-    """The Python that runs the stub: the server's own, or the one of ``EXECUTION_ENV_PATH``."""
-    env = ctx.parameter("EXECUTION_ENV_PATH")
-    if not env:
-        return sys.executable
-    env = env.replace("$$TRITON_MODEL_DIRECTORY", ctx.model_dir)
-    python = os.path.join(env, "bin", "python")
-    if os.path.isdir(env) and os.access(python, os.X_OK):
-        return python
-    raise UnsupportedError(
-        f"model '{ctx.name}': EXECUTION_ENV_PATH '{env}' is not supported: tritium runs a model in another "
-        "environment only from an unpacked directory with bin/python (conda-pack tarballs must be unpacked first)")
-
-
 def _spawn(python: str) -> tuple[Channel, Channel, socket.socket, subprocess.Popen[bytes]]:
     """Start a stub; returns the server's ends of its control, event and hand-off sockets (the last passes
     the file descriptors of shared-memory blocks, ``core.shared_memory``, that inputs lie in)."""
@@ -197,7 +190,7 @@ def _spawn(python: str) -> tuple[Channel, Channel, socket.socket, subprocess.Pop
         # sender waiting on the reader every 200 KiB (the kernel caps it at net.core.wmem_max).
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _EVENT_BUFFER_BYTES)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _EVENT_BUFFER_BYTES)
-    env = dict(os.environ)
+    env = activated(dict(os.environ), python)
     env["PYTHONPATH"] = _SRC_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     fds = (control_there.fileno(), events_there.fileno(), handoff_there.fileno())
     try:
@@ -242,10 +235,10 @@ def _exit_text(code: int | None) -> str:
 
 
 class PythonModelState(ModelState):
-    def __init__(self, ctx: ModelContext, settings: Settings) -> None:
+    def __init__(self, ctx: ModelContext, settings: Settings, python: str) -> None:
         super().__init__(ctx)
         self.settings = settings
-        self.python = _interpreter(ctx)
+        self.python = python
         self.config_json = json.dumps(config_to_dict(ctx.config))
         self.decoupled = ctx.config.model_transaction_policy.decoupled
 

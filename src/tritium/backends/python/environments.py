@@ -1,0 +1,111 @@
+"""``EXECUTION_ENV_PATH``: the Python environment a model's process runs in.
+
+Triton's Python backend takes a conda-pack archive (``.tar.gz``) or an unpacked environment directory, with
+``$$TRITON_MODEL_DIRECTORY`` standing for the model's directory.  An archive is unpacked once per server
+into a cache directory named after the archive's path, size and modification time (a changed archive is
+unpacked again on its next load), shared by every model and instance that names it, and removed at
+shutdown.  The model's process is the environment's ``bin/python`` with the environment's ``bin`` first on
+``PATH``, as its ``activate`` script would set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import threading
+
+from tritium.core.errors import ModelConfigError
+
+log = logging.getLogger(__name__)
+
+MODEL_DIRECTORY = "$$TRITON_MODEL_DIRECTORY"
+#: Written last into an unpacked environment: a directory without it is an interrupted unpacking.
+_DONE = ".tritium-unpacked"
+
+
+class Environments:
+    """Unpacked archives of one server, by archive identity."""
+
+    def __init__(self, root: str | None = None) -> None:
+        self._root = root
+        self._lock = threading.Lock()
+        self._unpacked: dict[str, str] = {}
+
+    def interpreter(self, model: str, model_dir: str, value: str | None) -> str:
+        """The Python that runs ``model``'s processes for this ``EXECUTION_ENV_PATH`` value (none: the server's own)."""
+        if not value:
+            return sys.executable
+        path = value.replace(MODEL_DIRECTORY, model_dir)
+        if value.startswith(MODEL_DIRECTORY):
+            inside = os.path.realpath(model_dir)
+            if os.path.commonpath([inside, os.path.realpath(path)]) != inside:
+                raise ModelConfigError(f"model '{model}': EXECUTION_ENV_PATH '{value}' leaves the model directory")
+        if os.path.isdir(path):
+            return _python_of(model, path, value)
+        if not os.path.isfile(path):
+            raise ModelConfigError(f"model '{model}': EXECUTION_ENV_PATH '{path}' does not exist")
+        if not tarfile.is_tarfile(path):
+            raise ModelConfigError(f"model '{model}': EXECUTION_ENV_PATH '{path}' is neither a directory nor a "
+                                   "tar archive (conda-pack's .tar.gz)")
+        return _python_of(model, self._unpack(model, path), value)
+
+    def _unpack(self, model: str, archive: str) -> str:
+        info = os.stat(archive)
+        key = hashlib.sha256(f"{os.path.realpath(archive)}\0{info.st_size}\0{info.st_mtime_ns}".encode()).hexdigest()[:16]
+        with self._lock:  # models loading at once share one unpacking
+            target = self._unpacked.get(key)
+            if target is not None and os.path.exists(os.path.join(target, _DONE)):
+                return target
+            if self._root is None:
+                self._root = tempfile.mkdtemp(prefix="tritium-python-envs-")
+            target = os.path.join(self._root, key)
+            shutil.rmtree(target, ignore_errors=True)
+            log.info("unpacking EXECUTION_ENV_PATH '%s' of model '%s' into %s", archive, model, target)
+            if not hasattr(tarfile, "data_filter"):
+                raise ModelConfigError(f"model '{model}': unpacking EXECUTION_ENV_PATH '{archive}' safely needs "
+                                       "Python 3.10.12 or later (tarfile's data filter); unpack it and name the "
+                                       "directory instead")
+            try:
+                with tarfile.open(archive) as tar:
+                    # "data": no member may land outside the target, be a device, or keep setuid bits
+                    tar.extractall(target, filter="data")
+            except (tarfile.TarError, OSError, EOFError) as e:
+                shutil.rmtree(target, ignore_errors=True)
+                raise ModelConfigError(f"model '{model}': failed to unpack EXECUTION_ENV_PATH '{archive}': {e}") from None
+            with open(os.path.join(target, _DONE), "w"):
+                pass
+            self._unpacked[key] = target
+            return target
+
+    def close(self) -> None:
+        """Remove every environment unpacked here (at shutdown: no model process runs any more)."""
+        with self._lock:
+            if self._root is not None:
+                shutil.rmtree(self._root, ignore_errors=True)
+            self._root = None
+            self._unpacked.clear()
+
+
+def _python_of(model: str, env: str, value: str) -> str:
+    python = os.path.join(env, "bin", "python")
+    if os.access(python, os.X_OK):
+        return python
+    raise ModelConfigError(f"model '{model}': EXECUTION_ENV_PATH '{value}' holds no executable bin/python")
+
+
+def activated(env: dict[str, str], python: str) -> dict[str, str]:
+    """``env`` as an environment's ``activate`` leaves it for ``python`` of that environment: its ``bin``
+    first on ``PATH`` (the server's own interpreter changes nothing)."""
+    if python == sys.executable:
+        return env
+    root = os.path.dirname(os.path.dirname(python))
+    env = dict(env)
+    env["PATH"] = os.path.join(root, "bin") + (os.pathsep + env["PATH"] if env.get("PATH") else "")
+    env["CONDA_PREFIX"] = root
+    env.pop("PYTHONHOME", None)
+    return env
