@@ -15,6 +15,7 @@ from tritium.core.bytes_codec import deserialize_bytes_tensor, serialize_bytes_t
 from tritium.core.errors import InvalidArgumentError
 from tritium.core.inference import InferenceResponse
 from tritium.core.types import DataType, Tensor
+from tritium.frontends.http import codec
 from tritium.frontends.http.codec import OutputEncoding, decode_infer_request, encode_infer_response
 
 
@@ -51,6 +52,66 @@ def test_binary_inputs_are_zero_copy_views_of_the_body():
     assert got_a.dtype == np.float32 and got_b.dtype == np.int64
     assert [t.datatype for t in request.inputs] == [DataType.FP32, DataType.INT64]
     assert (request.model_name, request.model_version) == ("m", 3)
+
+
+def test_a_repeated_binary_header_is_decoded_from_its_plan_with_the_new_body_s_data():
+    codec._PLANS.clear()
+    inputs = [{"name": "A", "shape": [2, 2], "datatype": "FP32", "parameters": {"binary_data_size": 16}},
+              {"name": "S", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": 18}}]
+    outputs = [{"name": "Y", "parameters": {"binary_data": True}}, {"name": "Z"}]
+    strings = bytes(serialize_bytes_tensor(np.array([b"hello", b"world"], dtype=np.object_)))
+    first, length = binary_body(inputs, np.zeros(4, np.float32).tobytes(), strings, outputs=outputs)
+    decoded_first, encoding_first = decode_infer_request(first, length, "m", 1)
+    assert len(codec._PLANS) == 1
+    data = np.arange(4, dtype=np.float32)
+    second, _ = binary_body(inputs, data.tobytes(), strings, outputs=outputs)
+    request, encoding = decode_infer_request(second, length, "m", 2)
+    assert len(codec._PLANS) == 1  # the same plan served it
+    np.testing.assert_array_equal(request.inputs[0].data, data.reshape(2, 2))
+    assert np.shares_memory(request.inputs[0].data, np.frombuffer(second, np.uint8))
+    assert request.inputs[1].data.tolist() == [b"hello", b"world"]
+    assert [t.datatype for t in request.inputs] == [DataType.FP32, DataType.BYTES]
+    assert (request.model_version, request.requested_outputs) == (2, ["Y", "Z"])
+    assert encoding.is_binary("Y") and not encoding.is_binary("Z")
+    # each request gets its own objects: changing one changes nothing in the next
+    request.requested_outputs.append("W")
+    encoding.binary["Z"] = True
+    again, again_encoding = decode_infer_request(second, length, "m", 2)
+    assert again.requested_outputs == ["Y", "Z"] and not again_encoding.is_binary("Z")
+    assert decoded_first.requested_outputs == ["Y", "Z"] and not encoding_first.is_binary("Z")
+
+
+def test_a_repeated_header_with_the_wrong_amount_of_data_gets_the_full_decode_s_error():
+    codec._PLANS.clear()
+    inputs = [{"name": "A", "shape": [4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]
+    body, length = binary_body(inputs, bytes(16))
+    decode_infer_request(body, length, "m", -1)
+    with pytest.raises(InvalidArgumentError, match="unexpected additional input data"):
+        decode_infer_request(body + b"x", length, "m", -1)
+    with pytest.raises(InvalidArgumentError, match="expecting 16 additional bytes"):
+        decode_infer_request(body[:-1], length, "m", -1)
+
+
+@pytest.mark.parametrize("extra", [
+    {"parameters": {"priority": 1}},
+    {"id": "r1"},
+], ids=["parameters", "id"])
+def test_headers_that_say_more_than_tensors_are_decoded_every_time(extra):
+    codec._PLANS.clear()
+    inputs = [{"name": "A", "shape": [4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]
+    header = json.dumps({"inputs": inputs, **extra}).encode()
+    request, _ = decode_infer_request(header + bytes(16), len(header), "m", -1)
+    assert request.id == extra.get("id", "") and request.parameters == extra.get("parameters", {})
+    assert not codec._PLANS
+
+
+def test_plans_are_bounded():
+    codec._PLANS.clear()
+    for i in range(codec.MAX_PLANS + 5):
+        inputs = [{"name": f"A{i}", "shape": [1], "datatype": "UINT8", "parameters": {"binary_data_size": 1}}]
+        body, length = binary_body(inputs, b"x")
+        decode_infer_request(body, length, "m", -1)
+        assert len(codec._PLANS) <= codec.MAX_PLANS
 
 
 def test_binary_input_at_odd_offset_is_still_correct():

@@ -52,6 +52,28 @@ def parse_json(data: bytes | memoryview, what: str = "request") -> Any:
         raise _fail(f"failed to parse the {what} JSON buffer: {e}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a binary request's JSON header says, kept so that the next request with the same header is not
+    parsed and checked again: a client sends the same header with every request of the same shapes."""
+
+    #: name, datatype, shape, element count, byte size of each input, in order.
+    inputs: tuple[tuple[str, DataType, tuple[int, ...], int, int], ...]
+    outputs: tuple[str, ...] | None
+    binary_default: bool
+    binary: tuple[tuple[str, bool], ...]
+    #: Bytes of binary data after the header.
+    total: int
+
+
+#: Plans by header bytes; bounded (cleared when full: headers that vary per request must not grow it).
+_PLANS: dict[bytes, _Plan] = {}
+MAX_PLANS = 256
+_PLAN_REQUEST_KEYS = frozenset(("inputs", "outputs"))
+_PLAN_INPUT_KEYS = frozenset(("name", "shape", "datatype", "parameters"))
+_PLAN_OUTPUT_KEYS = frozenset(("name", "parameters"))
+
+
 def decode_infer_request(
     body: bytes | memoryview,
     header_length: int | None,
@@ -61,6 +83,7 @@ def decode_infer_request(
 ) -> tuple[InferenceRequest, OutputEncoding]:
     """Decode an ``/infer`` body (JSON, or JSON header + binary tail) into a request; ``regions``: the
     shared-memory regions that tensors may name."""
+    key = None
     if header_length is None:
         header, tail = body, memoryview(b"")
     else:
@@ -68,7 +91,60 @@ def decode_infer_request(
             raise _fail(f"inference header size should be in range (0, {len(body)}), got: {header_length}")
         view = memoryview(body)
         header, tail = view[:header_length], view[header_length:]
-    doc = parse_json(header)
+        key = bytes(header)
+        plan = _PLANS.get(key)
+        if plan is not None and plan.total == len(tail):  # otherwise the full decode says what is wrong
+            return _from_plan(plan, tail, model_name, model_version)
+    request, encoding, doc = _decode_document(parse_json(header), tail, model_name, model_version, regions)
+    if key is not None:
+        plan = _plan_of(doc, request, encoding, len(tail))
+        if plan is not None:
+            if len(_PLANS) >= MAX_PLANS:
+                _PLANS.clear()
+            _PLANS[key] = plan
+    return request, encoding
+
+
+def _from_plan(plan: _Plan, tail: memoryview, model_name: str, model_version: int
+               ) -> tuple[InferenceRequest, OutputEncoding]:
+    request = InferenceRequest(model_name, model_version)
+    tensors = []
+    offset = 0
+    for name, datatype, shape, count, size in plan.inputs:
+        end = offset + size
+        tensors.append(Tensor(name, datatype, _from_binary(tail[offset:end], datatype, shape, count, name, model_name)))
+        offset = end
+    request.inputs = tensors
+    if plan.outputs is not None:
+        request.requested_outputs = list(plan.outputs)
+    return request, OutputEncoding(plan.binary_default, dict(plan.binary))
+
+
+def _plan_of(doc: dict[str, Any], request: InferenceRequest, encoding: OutputEncoding, total: int) -> _Plan | None:
+    """The plan of a decoded binary request, or None when its header says more than tensors in the body and
+    outputs wanted (an id, parameters, shared memory, classification): those are decoded every time."""
+    if not doc.keys() <= _PLAN_REQUEST_KEYS or encoding.shm or request.classification:
+        return None
+    inputs = []
+    for item, tensor in zip(doc["inputs"], request.inputs):
+        params = item.get("parameters")
+        if not item.keys() <= _PLAN_INPUT_KEYS or not params or params.keys() != {"binary_data_size"}:
+            return None
+        inputs.append((tensor.name, tensor.datatype, tuple(item["shape"]), math.prod(item["shape"]),
+                       params["binary_data_size"]))
+    outputs = doc.get("outputs")
+    if outputs is not None:
+        for item in outputs:
+            params = item.get("parameters")
+            if not item.keys() <= _PLAN_OUTPUT_KEYS or (params and not params.keys() <= {"binary_data"}):
+                return None
+    return _Plan(tuple(inputs), None if request.requested_outputs is None else tuple(request.requested_outputs),
+                 encoding.binary_default, tuple(encoding.binary.items()), total)
+
+
+def _decode_document(doc: Any, tail: memoryview, model_name: str, model_version: int,
+                     regions: SystemSharedMemory | None) -> tuple[InferenceRequest, OutputEncoding, Any]:
+    """The full decode of a parsed request document (and the document, for :func:`_plan_of`)."""
     if not isinstance(doc, dict):
         raise _fail("Unable to parse 'inputs': the request JSON must be an object")
     request = InferenceRequest(model_name, model_version)
@@ -127,7 +203,7 @@ def decode_infer_request(
                         request.classification = {}
                     request.classification[name] = count
         request.requested_outputs = names
-    return request, encoding
+    return request, encoding, doc
 
 
 def check_parameters(params: dict[str, Any]) -> None:
