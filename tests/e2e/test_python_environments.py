@@ -75,7 +75,17 @@ def _reason(client: httpclient.InferenceServerClient, model: str) -> str:
     return index[model].get("reason", "")
 
 
-def test_a_model_runs_in_its_packed_environment_which_is_removed_at_shutdown(packed_env: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_model_runs_in_its_packed_environment_which_is_removed_at_shutdown(packed_env: str, tmp_path,  # type: ignore[no-untyped-def]
+                                                                           monkeypatch) -> None:
+    # what a killed server left unpacked is removed; a cache of a live process is not
+    temp = tmp_path / "tmp"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    orphan = temp / f"tritium-python-envs-{gone.pid}-abc"
+    live = temp / f"tritium-python-envs-{os.getpid()}-abc"
+    for folder in (orphan, live):
+        (folder / "key").mkdir(parents=True)
+    monkeypatch.setenv("TMPDIR", str(temp))
     repo = str(tmp_path / "repo")
     packed = write_python_model(repo, "packed", WHERE, config("$$TRITON_MODEL_DIRECTORY/env.tar.gz"))
     _pack(packed_env, os.path.join(packed, "env.tar.gz"))
@@ -90,6 +100,8 @@ def test_a_model_runs_in_its_packed_environment_which_is_removed_at_shutdown(pac
         assert value == "from the packed environment"
         assert prefix != sys.prefix and prefix != packed_env and os.path.isdir(prefix)
         assert executable == os.path.join(prefix, "bin", "python") and first_path == os.path.join(prefix, "bin")
+        assert prefix.startswith(str(temp) + os.sep)
+        assert not orphan.exists() and live.exists()
         assert _facts(client, "shared")[2] == prefix
         value, executable, prefix_unpacked, _ = _facts(client, "unpacked")
         assert value == "from the packed environment" and prefix_unpacked == packed_env

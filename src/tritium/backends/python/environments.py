@@ -4,7 +4,7 @@ Triton's Python backend takes a conda-pack archive (``.tar.gz``) or an unpacked 
 ``$$TRITON_MODEL_DIRECTORY`` standing for the model's directory.  An archive is unpacked once per server
 into a cache directory named after the archive's path, size and modification time (a changed archive is
 unpacked again on its next load), shared by every model and instance that names it, and removed at
-shutdown.  The model's process is the environment's ``bin/python`` with the environment's ``bin`` first on
+shutdown (or, when a server was killed, by the next one that unpacks an archive).  The model's process is the environment's ``bin/python`` with the environment's ``bin`` first on
 ``PATH``, as its ``activate`` script would set.
 """
 
@@ -24,6 +24,8 @@ from tritium.core.errors import ModelConfigError
 log = logging.getLogger(__name__)
 
 MODEL_DIRECTORY = "$$TRITON_MODEL_DIRECTORY"
+#: Caches are named ``<prefix><server pid>-<random>`` in the temporary directory.
+_ROOT_PREFIX = "tritium-python-envs-"
 #: Written last into an unpacked environment: a directory without it is an interrupted unpacking.
 _DONE = ".tritium-unpacked"
 
@@ -62,7 +64,8 @@ class Environments:
             if target is not None and os.path.exists(os.path.join(target, _DONE)):
                 return target
             if self._root is None:
-                self._root = tempfile.mkdtemp(prefix="tritium-python-envs-")
+                _remove_orphans()
+                self._root = tempfile.mkdtemp(prefix=f"{_ROOT_PREFIX}{os.getpid()}-")
             target = os.path.join(self._root, key)
             shutil.rmtree(target, ignore_errors=True)
             log.info("unpacking EXECUTION_ENV_PATH '%s' of model '%s' into %s", archive, model, target)
@@ -89,6 +92,24 @@ class Environments:
                 shutil.rmtree(self._root, ignore_errors=True)
             self._root = None
             self._unpacked.clear()
+
+
+def _remove_orphans() -> None:
+    """Remove what servers that were killed (no shutdown, no clean-up) left unpacked: a cache whose server
+    process is gone.  A live process with that id keeps it (it may be another server)."""
+    parent = tempfile.gettempdir()
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(_ROOT_PREFIX):
+            continue
+        pid = name[len(_ROOT_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or os.path.exists(f"/proc/{pid}") or not os.path.isdir("/proc/self"):
+            continue
+        log.info("removing %s, left unpacked by server process %s, which is gone", name, pid)
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
 def _python_of(model: str, env: str, value: str) -> str:
