@@ -49,40 +49,6 @@ async def test_requests_queued_while_the_instance_is_busy_run_together_next() ->
 
 
 @on_loop
-async def test_the_next_batch_starts_when_the_instance_frees_up_without_waiting_for_the_event_loop() -> None:
-    instance = Recorder()
-    async with dynamic(instance) as batcher:
-        busy = await occupy(batcher, instance)
-        later = submit(batcher, req("x"))
-        await asyncio.sleep(0.01)
-        later += submit(batcher, req("y"))  # joins the batch already waiting behind the busy one
-        await asyncio.sleep(0.01)
-        instance.gate.set()
-        time.sleep(0.3)  # the event loop is blocked: only the instance's own thread can start [x, y]
-        assert instance.batches == [["busy"], ["x", "y"]]
-        await asyncio.gather(busy, *later)
-        await settled(batcher)
-
-
-@on_loop
-async def test_a_batch_waiting_behind_a_busy_instance_goes_whole_to_the_instance_that_frees_first() -> None:
-    slow, fast = Recorder("rec_0"), Recorder("rec_1")
-    async with dynamic(slow, fast) as batcher:
-        held = [await occupy(batcher, slow, "s"), await occupy(batcher, fast, "f")]
-        later = submit(batcher, req("x"))
-        await asyncio.sleep(0.01)
-        later += submit(batcher, req("y"))
-        await asyncio.sleep(0.01)
-        assert batcher.pending_count() == 2
-        fast.gate.set()
-        assert [r.id for r in await asyncio.gather(*later)] == ["x", "y"]
-        assert fast.batches == [["f"], ["x", "y"]] and slow.batches == [["s"]]
-        slow.gate.set()
-        await asyncio.gather(*held)
-        await settled(batcher)
-
-
-@on_loop
 async def test_a_batch_never_exceeds_max_batch_size() -> None:
     instance = Recorder()
     async with dynamic(instance, max_batch_size=2) as batcher:

@@ -14,12 +14,9 @@ is executing (one deep): the thread starts it the moment the earlier one ends,
 instead of idling while its completion crosses to the event loop and the next
 dispatch crosses back (two thread wake-ups; on a VM whose idle CPUs halt, the
 MLP unbatched at 32 connections ran 260 µs and then idled 430 µs per request).
-The dynamic batcher does this too where it may (see there), and keeps adding
-what arrives to the batch that waits until the thread takes it up
-(:meth:`_grow`), so that it is not taken smaller than at the moment the
-instance frees up.  A request waiting there whose client has gone is not
-executed: the thread leaves it out when it takes the batch up, and it counts as
-CANCELED, as in the queue.
+The dynamic batcher does not do this: a batch taken early is a batch taken
+smaller.  A request waiting there whose client has gone is not executed: the
+thread checks before it starts it, and it counts as CANCELED, as in the queue.
 
 Subclasses change only the queue: :meth:`_enqueue`, :meth:`_take` and
 :attr:`_queued`; completion, statistics, draining and ordering live here.
@@ -28,6 +25,7 @@ Subclasses change only the queue: :meth:`_enqueue`, :meth:`_take` and
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -37,7 +35,7 @@ from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.stats import ExecutionTiming, ModelStats
 
 from .base import InFlightScheduler
-from .workers import AbandonedError, InstanceWorker, Ticket
+from .workers import AbandonedError, InstanceWorker
 
 Future = asyncio.Future  # of InferenceResponse
 Batch = list[tuple[InferenceRequest, "asyncio.Future[InferenceResponse]"]]
@@ -56,10 +54,9 @@ class DirectScheduler(InFlightScheduler):
         self._idle: deque[InstanceWorker] = deque(self._workers)
         #: Batches submitted to each worker and not done yet: 0 (idle), 1, or 2 (one waits behind).
         self._load: dict[InstanceWorker, int] = dict.fromkeys(self._workers, 0)
-        #: Worker -> the ticket of the batch waiting behind its executing one (its waiters are the requests'
-        #: futures), oldest first: an instance that frees up first takes it back (requests go to the first
-        #: free instance).
-        self._behind: dict[InstanceWorker, Ticket] = {}
+        #: Worker -> (ticket, futures) of the batch waiting behind its executing one, oldest first: an
+        #: instance that frees up first takes it back (requests go to the first free instance).
+        self._behind: dict[InstanceWorker, tuple[list, list[asyncio.Future[InferenceResponse]]]] = {}  # type: ignore[type-arg]
         self._pending: deque[tuple[InferenceRequest, asyncio.Future[InferenceResponse]]] = deque()
         #: Requests accepted and not yet answered (queued or executing).
         self._in_flight = 0
@@ -126,15 +123,15 @@ class DirectScheduler(InFlightScheduler):
         behind = self._behind
         while idle and behind:  # the oldest waiting-behind batch goes to the instance that freed up
             owner = next(iter(behind))
-            ticket = behind.pop(owner)
+            ticket, futures = behind.pop(owner)
             taken = owner.reclaim(ticket)
             if taken is None:
                 continue  # its thread has started it
             load[owner] -= 1
-            self._executing -= len(ticket.waiters)
+            self._executing -= len(futures)
             worker = idle.popleft()
             load[worker] = 1
-            self._submit(worker, taken[0], ticket.waiters, False)
+            self._submit(worker, taken[0], futures, False)
         while idle:
             batch = self._take()
             if not batch:
@@ -143,10 +140,6 @@ class DirectScheduler(InFlightScheduler):
             load[worker] = 1
             self._submit(worker, [r for r, _ in batch], [f for _, f in batch], False)
         if self.queue_behind and self._ordered is None:
-            for owner, ticket in behind.items():  # oldest first
-                if not self._queued:
-                    break
-                self._grow(owner, ticket)
             for worker in self._workers:
                 if load[worker] == 1 and worker.queues_on_thread:
                     batch = self._take()
@@ -154,10 +147,6 @@ class DirectScheduler(InFlightScheduler):
                         return
                     load[worker] = 2
                     self._submit(worker, [r for r, _ in batch], [f for _, f in batch], True)
-
-    def _grow(self, worker: InstanceWorker, ticket: Ticket) -> None:
-        """Move queued requests into a batch that waits behind ``worker``'s executing one, while its thread
-        has not taken it up.  The default scheduler runs each request alone: nothing to add."""
 
     def _submit(self, worker: InstanceWorker, requests: list[InferenceRequest],
                 futures: list[asyncio.Future[InferenceResponse]], behind: bool) -> None:
@@ -167,34 +156,26 @@ class DirectScheduler(InFlightScheduler):
             slot = [futures, None]
             self._ordered.append(slot)
         self._executing += len(futures)
+        done = self._make_done(worker, futures, slot)
         if behind:
-            dropped: list[tuple[InferenceRequest, asyncio.Future[InferenceResponse]]] = []
-            done = self._make_done(worker, futures, slot, dropped)
-            self._behind[worker] = worker.queue_ticket(requests, futures, done, _gone, dropped)
+            # Reading a future's state from the instance's thread is safe: it is one field, under the GIL.
+            abandoned = functools.partial(_all_cancelled, futures)
+            self._behind[worker] = (worker.queue_ticket(requests, done, abandoned), futures)
         else:
-            worker.submit(requests, self._make_done(worker, futures, slot))
+            worker.submit(requests, done)
 
     def pending_count(self) -> int:
         # requests waiting in a worker's own queue have not started executing
         return self._in_flight - self._executing + sum(worker.waiting for worker in self._workers)
 
     def _make_done(self, worker: InstanceWorker, futures: list[asyncio.Future[InferenceResponse]],
-                   slot: list | None,  # type: ignore[type-arg]
-                   dropped: list[tuple[InferenceRequest, asyncio.Future[InferenceResponse]]] | None = None,
-                   ):  # type: ignore[no-untyped-def]
-        """The batch's completion, on the loop; ``dropped``: requests that left a ticket when its thread
-        took it up (their clients went away), answered as the queue answers them."""
+                   slot: list | None):  # type: ignore[no-untyped-def,type-arg]
         def done(
             batch: Sequence[InferenceRequest],
             responses: list[InferenceResponse] | None,
             error: TritiumError | None,
             timing: ExecutionTiming,
         ) -> None:
-            if dropped:
-                for request, _ in dropped:
-                    self.stats.record_rejected(request, "CANCELED")
-                self._in_flight -= len(dropped)
-                self._executing -= len(dropped)
             if type(error) is AbandonedError:  # waited in the instance's queue, its clients gone: not run
                 for request in batch:
                     self.stats.record_rejected(request, "CANCELED")
@@ -245,9 +226,8 @@ class DirectScheduler(InFlightScheduler):
             self._in_flight -= 1
             if not future.done():
                 future.set_exception(error)
-        for owner, ticket in self._behind.items():
+        for owner, (ticket, futures) in self._behind.items():
             if owner.reclaim(ticket) is not None:  # not started: answered like the queue
-                futures = ticket.waiters
                 self._in_flight -= len(futures)
                 self._executing -= len(futures)
                 for future in futures:
@@ -265,9 +245,8 @@ class DirectScheduler(InFlightScheduler):
         return taken
 
 
-def _gone(future: asyncio.Future[InferenceResponse]) -> bool:  # type: ignore[type-arg]
-    """Nobody waits for this request's answer: its client went away."""
-    return future.cancelled()
+def _all_cancelled(futures: list[asyncio.Future[InferenceResponse]]) -> bool:
+    return all(future.cancelled() for future in futures)
 
 
 def _resolve(futures: list[asyncio.Future[InferenceResponse]],

@@ -38,7 +38,7 @@ from tritium.core.stats import ModelStats
 
 from .direct import Batch, DirectScheduler
 from .timer import Cancellable, Wakeup, precise_timer
-from .workers import InstanceWorker, Ticket
+from .workers import InstanceWorker
 
 QUEUED, DELAYED, GONE = 0, 1, 2
 
@@ -89,7 +89,8 @@ def batch_key(request: InferenceRequest, ragged: Collection[str] = ()) -> tuple[
 
 
 class DynamicBatcher(DirectScheduler):
-    #: Set per batcher (``__init__``): whether a batch may wait behind a busy instance, growing there.
+    #: A batch taken while every instance is busy would be taken smaller than one taken when an instance
+    #: frees up.
     queue_behind = False
 
     def __init__(self, workers: Sequence[InstanceWorker], loop: asyncio.AbstractEventLoop, max_batch_size: int,
@@ -115,17 +116,6 @@ class DynamicBatcher(DirectScheduler):
         self._wakeup = Wakeup(self._timer, self._schedule_dispatch)
         if settings.preserve_ordering:
             self._ordered = deque()
-        # While every instance is busy, the next batch waits in a busy instance's own queue and grows there
-        # with what arrives until its thread takes it up: as big as a batch taken when the instance frees
-        # up, without the instance idling while its completion and the next dispatch cross between threads.
-        # Only where taking a batch early changes nothing else: one priority level (a later request of a
-        # higher one must not find its place taken), no preferred sizes (the batch is cut to one of them
-        # when it is taken), no timeouts or queue bound (a request in such a batch has left the queue).
-        level = self._levels[0]
-        self.queue_behind = (
-            len(self._levels) == 1 and not self._preferred and not level.max_size
-            and not level.default_timeout_us and not level.allow_override
-        )
 
     # -- queue ----------------------------------------------------------------------------------------
 
@@ -247,23 +237,6 @@ class DynamicBatcher(DirectScheduler):
         for entry in chosen:
             self._remove(entry)
         return [(e.request, e.future) for e in chosen]
-
-    def _grow(self, worker: InstanceWorker, ticket: Ticket) -> None:
-        """Queued requests join the batch waiting behind ``worker`` in arrival order while they fit: up to
-        ``max_batch_size``, with shapes it can be joined with (the first that does not fit stops it)."""
-        limit = self._max_batch_size
-        if ticket.rows >= limit:
-            return
-        ragged = self._ragged
-        key = batch_key(ticket.requests[0], ragged)
-        for entry in self._walk():
-            request = entry.request
-            if ticket.rows + request.batch_size > limit or batch_key(request, ragged) != key:
-                return
-            if not worker.grow(ticket, request, entry.future):
-                return  # its thread has taken it up
-            self._remove(entry)
-            self._executing += 1
 
     def close(self) -> None:
         self._wakeup.cancel()

@@ -51,74 +51,6 @@ class AbandonedError(CancelledError):
     """What a batch that was not executed gets: it waited in the worker's queue and nobody waits for it."""
 
 
-class Ticket:
-    """A batch waiting in a worker's queue behind the one its thread executes.
-
-    Until the thread takes it up, the event loop may still add requests to it (the dynamic batcher grows
-    it with what arrives meanwhile, so that it is as big as a batch taken when the instance frees up) or
-    take it back for an instance that freed up first.  Whoever claims it first runs it; after the claim its
-    lists no longer change on the loop's side, so the thread reads them without a lock.
-
-    ``waiters`` are what the scheduler answers each request through, in step with ``requests``; ``gone(w)``
-    says that nobody waits for a waiter's answer any more (its client went away).  When the thread takes the
-    ticket up, such requests leave the batch into ``dropped`` (both lists shrink in place); when every one
-    is gone, nothing leaves and the whole batch is :attr:`abandoned` instead: it is not executed.
-    """
-
-    __slots__ = ("requests", "waiters", "done", "gone", "dropped", "abandoned", "rows", "_lock", "_claimed")
-
-    def __init__(self, requests: list[InferenceRequest], waiters: list, done: Done,  # type: ignore[type-arg]
-                 gone: Callable[[object], bool] | None = None,
-                 dropped: list | None = None) -> None:  # type: ignore[type-arg]
-        self.requests = requests
-        self.waiters = waiters
-        self.done = done
-        self.gone = gone
-        #: (request, waiter) pairs that left the batch when the thread took it up.
-        self.dropped = dropped if dropped is not None else []
-        self.abandoned = False
-        #: Rows in the batch (sum of the requests' batch sizes).
-        self.rows = sum(request.batch_size for request in requests)
-        self._lock = threading.Lock()
-        self._claimed = False
-
-    def claim(self) -> bool:
-        """Take the ticket as it is (the loop, to run it elsewhere); False when someone else has."""
-        with self._lock:
-            if self._claimed:
-                return False
-            self._claimed = True
-            return True
-
-    def take_up(self) -> bool:
-        """The thread's claim: requests nobody waits for leave the batch (reading a future's state from
-        another thread is safe: one field, under the GIL)."""
-        if not self.claim():
-            return False
-        gone = self.gone
-        if gone is not None:
-            requests, waiters = self.requests, self.waiters
-            left = [gone(waiter) for waiter in waiters]
-            if all(left):
-                self.abandoned = True
-            elif any(left):
-                pairs = list(zip(requests, waiters))
-                self.dropped.extend(pair for pair, out in zip(pairs, left) if out)
-                requests[:] = [request for (request, _), out in zip(pairs, left) if not out]
-                waiters[:] = [waiter for (_, waiter), out in zip(pairs, left) if not out]
-        return True
-
-    def add(self, request: InferenceRequest, waiter: object) -> bool:
-        """Add a request (the loop); False when the ticket has been claimed."""
-        with self._lock:
-            if self._claimed:
-                return False
-            self.requests.append(request)
-            self.waiters.append(waiter)
-            self.rows += request.batch_size
-            return True
-
-
 class InstanceWorker:
     """Runs batches on one instance, one at a time."""
 
@@ -176,31 +108,25 @@ class InstanceWorker:
             self._handed += len(batch)
             self._queue.put((batch, done))
 
-    def queue_ticket(self, batch: list[InferenceRequest], waiters: list, done: Done,  # type: ignore[type-arg]
-                     gone: Callable[[object], bool] | None = None,
-                     dropped: list | None = None) -> Ticket:  # type: ignore[type-arg]
-        """Queue ``batch`` for the thread as a :class:`Ticket` (see there for ``waiters``, ``gone`` and
-        ``dropped``), which the loop may grow (:meth:`grow`) or take back (:meth:`reclaim`) until the thread
-        takes it up.  A ticket whose every request is gone is not executed: ``done`` gets an
-        :class:`AbandonedError` for the whole batch."""
-        ticket = Ticket(batch, waiters, done, gone, dropped)
+    def queue_ticket(self, batch: Sequence[InferenceRequest], done: Done,
+                     abandoned: Callable[[], bool] | None = None) -> list:  # type: ignore[type-arg]
+        """Queue ``batch`` for the thread as a ticket that :meth:`reclaim` can take back until the thread
+        takes it up (whoever pops the ticket's one item first runs it; ``list.pop`` is atomic).  When the
+        thread takes it and ``abandoned()`` says nobody waits for it any more, the batch is not executed:
+        ``done`` gets an :class:`AbandonedError` instead."""
+        ticket = [(batch, done, abandoned)]
         self._handed += len(batch)
         self._queue.put(ticket)
         return ticket
 
-    def grow(self, ticket: Ticket, request: InferenceRequest, waiter: object) -> bool:
-        """Add ``request`` to a queued ticket; False when the thread has taken the ticket up already."""
-        if not ticket.add(request, waiter):
-            return False
-        self._handed += 1
-        return True
-
-    def reclaim(self, ticket: Ticket) -> tuple[list[InferenceRequest], Done] | None:
+    def reclaim(self, ticket: list) -> tuple | None:  # type: ignore[type-arg]
         """Take a queued ticket's batch back (to run elsewhere); ``None`` when the thread has started it."""
-        if not ticket.claim():
+        try:
+            batch, done, _ = ticket.pop()
+        except IndexError:
             return None
-        self._handed -= len(ticket.requests)
-        return ticket.requests, ticket.done
+        self._handed -= len(batch)
+        return batch, done
 
     def stop(self) -> None:
         self._queue.put(_STOP)
@@ -239,16 +165,16 @@ class InstanceWorker:
             item = self._queue.get()
             if item is _STOP:
                 return
-            if type(item) is Ticket:  # taken back, or ours to run
-                if not item.take_up():
+            if type(item) is list:  # a ticket: taken back, or ours to run
+                try:
+                    batch, done, abandoned = item.pop()
+                except IndexError:
                     continue
-                batch, done, abandoned = item.requests, item.done, item.abandoned
-                self._taken += len(item.dropped)
             else:
                 batch, done = item  # type: ignore[misc]
-                abandoned = False
+                abandoned = None
             self._taken += len(batch)
-            if abandoned:
+            if abandoned is not None and abandoned():
                 now = time.monotonic_ns()
                 responses, error, timing = None, AbandonedError("the client went away"), ExecutionTiming(now, 0, 0, now)
             else:
