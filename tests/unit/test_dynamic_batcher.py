@@ -8,6 +8,7 @@ requests are plain validated InferenceRequests.  Timings only use generous bound
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 
@@ -567,3 +568,45 @@ async def test_close_answers_a_request_waiting_for_the_queue_delay() -> None:
         await asyncio.sleep(0.15)  # past the delay: nothing may run after close
         assert instance.batches == []
         await settled(batcher)
+
+
+class _Slow(Recorder):
+    """A Recorder whose executions take a little while (random), so batches wait behind one another."""
+
+    def __init__(self, name: str, seed: int) -> None:
+        super().__init__(name)
+        self.random = random.Random(seed)
+
+    def execute(self, requests):  # type: ignore[no-untyped-def]
+        time.sleep(self.random.uniform(0.001, 0.004))
+        return super().execute(requests)
+
+
+@on_loop
+async def test_under_load_with_clients_leaving_every_request_is_answered_once_and_counts_return_to_zero() -> None:
+    """Many requests arriving over time at two busy instances, some clients leaving at random moments (while
+    queued or while executing): each request that stays gets its own answer, nothing runs twice, and the
+    counts settle."""
+    rng = random.Random(7)
+    instances = (_Slow("rec_0", 1), _Slow("rec_1", 2))
+    async with dynamic(*instances, max_batch_size=6) as batcher:
+        tasks = []
+        for i in range(400):
+            tasks += submit(batcher, req(f"r{i}", rows=rng.choice((1, 1, 2))))
+            if rng.random() < 0.25:
+                victim = rng.choice(tasks[-20:])
+                asyncio.get_running_loop().call_later(rng.uniform(0, 0.004), victim.cancel)
+            if rng.random() < 0.3:
+                await asyncio.sleep(rng.uniform(0, 0.001))
+        await asyncio.wait(tasks)
+        answered = [t.result().id for t in tasks if not t.cancelled()]
+        assert answered == [f"r{i}" for i, t in enumerate(tasks) if not t.cancelled()]
+        executed = [rid for instance in instances for batch in instance.batches for rid in batch]
+        assert len(executed) == len(set(executed))  # nothing ran twice
+        assert set(answered) <= set(executed)
+        assert all(rows <= 6 for instance in instances for rows in instance.rows)
+        await settled(batcher)
+        stats = batcher.stats
+        assert stats.success.count == len(answered) + sum(
+            1 for i, t in enumerate(tasks) if t.cancelled() and f"r{i}" in set(executed))
+        assert stats.success.count + stats.failures.get("CANCELED", 0) == len(tasks)
