@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper, save
 
+#: The example repository the README serves.
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "model_repository")
 IR_VERSION = 9  # what current onnxruntime releases read
 OPSET = 17
 
@@ -157,3 +160,9 @@ def write_python_model(repo: str, name: str, code: str, config: str, version: in
     with open(os.path.join(model_dir, str(version), "model.py"), "w") as f:
         f.write(code)
     return model_dir
+
+
+def copy_examples(repo: str, *names: str) -> None:
+    """Copy models of the example repository into a test repository."""
+    for name in names:
+        shutil.copytree(os.path.join(EXAMPLES, name), os.path.join(repo, name))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import signal
 import textwrap
 import time
@@ -15,8 +14,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from models import write_model
-from server import ROOT, RunningServer
+from models import copy_examples, write_model
+from server import RunningServer
 
 IDENTITY = '''
 import numpy as np
@@ -230,9 +229,7 @@ class TritonPythonModel:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = str(tmp_path_factory.mktemp("pyrepo"))
-    examples = os.path.join(ROOT, "examples", "model_repository")
-    shutil.copytree(os.path.join(examples, "simple"), os.path.join(path, "simple"))
-    shutil.copytree(os.path.join(examples, "add_sub_python"), os.path.join(path, "add_sub_python"))
+    copy_examples(path, "simple", "add_sub_python")
     python_model(path, "identity", IDENTITY, [tensor("INPUT0", "TYPE_FP32", "-1")], [tensor("OUTPUT0", "TYPE_FP32", "-1")],
                  "dynamic_batching { }\ninstance_group [ { kind: KIND_CPU, count: 2 } ]", max_batch_size=8)
     python_model(path, "strings", STRINGS, [tensor("TEXT", "TYPE_STRING", "-1")],

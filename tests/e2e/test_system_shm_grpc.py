@@ -9,17 +9,15 @@ inputs not in shared memory) were checked against a real tritonserver (2.51).
 
 from __future__ import annotations
 
-import os
 import queue
-import shutil
 
 import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.utils.shared_memory as shm
-from models import identity_graph, write_model
-from server import ROOT, RunningServer
+from models import copy_examples, identity_graph, write_model
+from server import RunningServer
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
@@ -31,9 +29,7 @@ B = np.full((2, 4), 10, np.float32)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):  # type: ignore[no-untyped-def]
     repo = str(tmp_path_factory.mktemp("shm_grpc_repo"))
-    examples = os.path.join(ROOT, "examples", "model_repository")
-    for name in ("simple", "add_sub_python"):
-        shutil.copytree(os.path.join(examples, name), os.path.join(repo, name))
+    copy_examples(repo, "simple", "add_sub_python")
     write_model(repo, "id_bytes", identity_graph("BYTES", (-1,)), config="""
         backend: "onnxruntime"
         input [ { name: "INPUT0" data_type: TYPE_STRING dims: [ -1 ] } ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import urllib.error
 import urllib.request
 
@@ -13,8 +12,8 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
-from models import write_model
-from server import ROOT, RunningServer
+from models import copy_examples, write_model
+from server import RunningServer
 from tritonclient.utils import InferenceServerException
 
 #: Its input as is, and whether a client's region (these tests' keys) is mapped into the model's process.
@@ -37,9 +36,7 @@ class TritonPythonModel:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):  # type: ignore[no-untyped-def]
     repo = str(tmp_path_factory.mktemp("shm_repo"))
-    examples = os.path.join(ROOT, "examples", "model_repository")
-    for name in ("simple", "add_sub_python"):
-        shutil.copytree(os.path.join(examples, name), os.path.join(repo, name))
+    copy_examples(repo, "simple", "add_sub_python")
     model_dir = write_model(repo, "sees_region", config="""
         backend: "python"
         max_batch_size: 0

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import shared_memory
-from .errors import AlreadyExistsError, InternalError, InvalidArgumentError, NotFoundError, UnavailableError
+from .errors import (
+    AlreadyExistsError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+    UnsupportedError,
+)
 
 
 @dataclass(eq=False)
@@ -130,6 +137,15 @@ class SystemSharedMemory:
                 f"shared memory size specified with the request for output '{output}' ({place.byte_size} bytes) "
                 f"should be at least {raw.nbytes} bytes to hold the results")
         target[: raw.nbytes] = raw
+
+
+def tensor_view(regions: SystemSharedMemory | None, place: OutputPlace, what: str) -> np.ndarray:
+    """The bytes a tensor's shared-memory parameters name (``what``: "inputs" or "outputs"), checked as both
+    frontends check them: an unknown region or a bad range fails here, before inference.  ``regions`` None:
+    the caller serves no shared memory."""
+    if regions is None:
+        raise UnsupportedError(f"shared memory {what} are not supported here")
+    return regions.view(place.region, place.offset, place.byte_size)
 
 
 def cuda_status(name: str = "") -> list[Region]:

@@ -29,9 +29,9 @@ from google.protobuf.message import DecodeError
 
 from tritium._proto import grpc_service_pb2 as pb
 from tritium.core.bytes_codec import deserialize_bytes_tensor, serialize_bytes_tensor
-from tritium.core.errors import InvalidArgumentError, UnsupportedError, request_error
+from tritium.core.errors import InvalidArgumentError, request_error
 from tritium.core.inference import InferenceRequest, InferenceResponse
-from tritium.core.shm_regions import OutputPlace, SystemSharedMemory
+from tritium.core.shm_regions import OutputPlace, SystemSharedMemory, tensor_view
 from tritium.core.types import DataType, Tensor
 
 #: Most dimensions a tensor may have (numpy's own limit is 64), as the HTTP frontend.
@@ -266,9 +266,7 @@ def _decode_input(
                 f"unexpected 'content' provided when using shared memory for input tensor '{name}' for model "
                 f"'{model_name}'"
             )
-        if regions is None:
-            raise UnsupportedError("shared memory inputs are not supported here")
-        data = memoryview(regions.view(place.region, place.offset, place.byte_size))
+        data = memoryview(tensor_view(regions, place, "inputs"))
         try:
             return Tensor(name, datatype, _from_raw(data, datatype, shape, count, name, model_name))
         except InvalidArgumentError as e:  # Triton's core checks these sizes: its request-id prefix
@@ -394,9 +392,7 @@ def _output_place(place: OutputPlace, classification: bool, regions: SystemShare
     """Check a requested output's region before inference, so a bad one costs no model run (as Triton)."""
     if classification:
         raise InvalidArgumentError("output can't set both 'shared_memory_region' and 'classification'")
-    if regions is None:
-        raise UnsupportedError("shared memory outputs are not supported here")
-    regions.view(place.region, place.offset, place.byte_size)
+    tensor_view(regions, place, "outputs")
     return place
 
 

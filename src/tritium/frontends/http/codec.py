@@ -16,9 +16,9 @@ import numpy as np
 import orjson
 
 from tritium.core.bytes_codec import deserialize_bytes_tensor, serialize_bytes_tensor
-from tritium.core.errors import InvalidArgumentError, UnsupportedError, request_error
+from tritium.core.errors import InvalidArgumentError, request_error
 from tritium.core.inference import InferenceRequest, InferenceResponse
-from tritium.core.shm_regions import OutputPlace, SystemSharedMemory
+from tritium.core.shm_regions import OutputPlace, SystemSharedMemory, tensor_view
 from tritium.core.types import DataType, Tensor
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -123,7 +123,7 @@ def _from_plan(plan: _Plan, tail: memoryview, model_name: str, model_version: in
 def _plan_of(doc: dict[str, Any], request: InferenceRequest, encoding: OutputEncoding, total: int) -> _Plan | None:
     """The plan of a decoded binary request, or None when its header says more than tensors in the body and
     outputs wanted (an id, parameters, shared memory, classification): those are decoded every time."""
-    if not doc.keys() <= _PLAN_REQUEST_KEYS or encoding.shm or request.classification:
+    if not doc.keys() <= _PLAN_REQUEST_KEYS:
         return None
     inputs = []
     for item, tensor in zip(doc["inputs"], request.inputs):
@@ -220,24 +220,27 @@ def _as_bool(value: Any, key: str) -> bool:
 
 
 def _output_place(name: str, params: dict[str, Any], regions: SystemSharedMemory | None) -> OutputPlace:
-    region, region_offset, byte_size = _shm_parameters(name, params, "output")
-    if regions is None:
-        raise UnsupportedError("shared memory outputs are not supported here")
-    regions.view(region, region_offset, byte_size)  # an unknown region or a bad range fails before inference
-    return OutputPlace(region, region_offset, byte_size)
+    place = _shm_place(name, params, "output")
+    tensor_view(regions, place, "outputs")  # an unknown region or a bad range fails before inference
+    return place
 
 
-def _shm_parameters(name: str, params: dict[str, Any], what: str) -> tuple[str, int, int]:
+def _shm_place(name: str, params: dict[str, Any], what: str) -> OutputPlace:
     region = params["shared_memory_region"]
     if not isinstance(region, str):
         raise _fail(f"'shared_memory_region' of {what} '{name}' must be a string")
     numbers = []
     for key in ("shared_memory_offset", "shared_memory_byte_size"):
         value = params.get(key, 0)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        if not is_whole_number(value):
             raise _fail(f"'{key}' of {what} '{name}' must be a non-negative integer")
         numbers.append(value)
-    return region, numbers[0], numbers[1]
+    return OutputPlace(region, numbers[0], numbers[1])
+
+
+def is_whole_number(value: Any) -> bool:
+    """A JSON non-negative integer (``true`` and ``false`` are not numbers here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _decode_input(item: Any, tail: memoryview, offset: int, model_name: str,
@@ -277,17 +280,14 @@ def _decode_input(item: Any, tail: memoryview, offset: int, model_name: str,
             + ("But set " + " ".join(f"'{f}'" for f in given) if given else "But no field is set")
         )
     if in_shm:
-        region, region_offset, byte_size = _shm_parameters(name, params, "input")
-        if regions is None:
-            raise UnsupportedError("shared memory inputs are not supported here")
-        chunk = memoryview(regions.view(region, region_offset, byte_size))
+        chunk = memoryview(tensor_view(regions, _shm_place(name, params, "input"), "inputs"))
         try:
             array = _from_binary(chunk, datatype, shape, count, name, model_name)
         except InvalidArgumentError as e:  # Triton's core checks these sizes: its request-id prefix
             raise request_error(request_id, e.message) from None
         return Tensor(name, datatype, array), offset
     if binary_size is not None:
-        if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
+        if not is_whole_number(binary_size):
             raise _fail(f"'binary_data_size' of input '{name}' must be a non-negative integer")
         end = offset + binary_size
         if end > len(tail):

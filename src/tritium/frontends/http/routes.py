@@ -25,7 +25,7 @@ from tritium.core.shm_regions import cuda_status
 from tritium.core.streaming import StreamItem
 from tritium.server import Server
 
-from .codec import decode_infer_request, decode_raw_request, encode_infer_response, parse_json
+from .codec import decode_infer_request, decode_raw_request, encode_infer_response, is_whole_number, parse_json
 from .generate import NOT_ONE_RESPONSE, decode_generate_request, encode_generate_response, error_event, event
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ class HttpApi:
         if not isinstance(key, str):
             raise InvalidArgumentError("'key' of a shared memory register request must be a string")
         for field_name, value in (("offset", offset), ("byte_size", byte_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            if not is_whole_number(value):
                 raise InvalidArgumentError(
                     f"'{field_name}' of a shared memory register request must be a non-negative integer")
         regions.register(name, key, offset, byte_size)
