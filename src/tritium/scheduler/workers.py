@@ -6,8 +6,11 @@ truly run at the same time).  The result comes back to the event loop with one
 ``call_soon_threadsafe``: a single thread hop each way, no executor machinery.
 
 Handing a batch to another thread costs two GIL hand-offs, measured at about
-50 µs per request on this project's 2-core reference machine: more than an
-identity model's whole ``execute``.  So a worker measures its instance: while
+50 µs per request on this project's 2-core reference machine while the loop is
+otherwise idle: more than an identity model's whole ``execute``.  While the loop
+is busy it is far more: a woken thread waits for the switch interval and a forced
+GIL drop, 290 µs median there (29 µs with the loop asleep;
+``benchmarks/handoffs.py``).  So a worker measures its instance: while
 recent executions of it take less than ``INLINE_EXECUTE_S`` (a moving
 average), it runs the batch right on the event loop, where a call that short
 costs the loop less than the hop would; a slower execution moves the instance
