@@ -206,6 +206,33 @@ class TritonPythonModel:
         return out
 '''
 
+#: Many big BLS calls at once (more than one shared-memory arena region holds, so some go inline), each with
+#: its own tensor, and big strings: how many came back equal to what was sent.
+BLS_MANY = '''
+import asyncio
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            sent = [(x + i).reshape(1, -1) for i in range(6)]  # identity batches: [1, n]
+            calls = [pb_utils.InferenceRequest(model_name="identity", inputs=[pb_utils.Tensor("INPUT0", a)],
+                                               requested_output_names=["OUTPUT0"]).async_exec() for a in sent]
+            results = await asyncio.gather(*calls)
+            same = sum(np.array_equal(pb_utils.get_output_tensor_by_name(r, "OUTPUT0").as_numpy(), a)
+                       for r, a in zip(results, sent))
+            text = np.array([b"word%05d-" % i * 4 for i in range(2000)], dtype=np.object_)  # 80 KB of strings
+            result = pb_utils.InferenceRequest(model_name="strings", inputs=[pb_utils.Tensor("TEXT", text)],
+                                               requested_output_names=["REVERSED"]).exec()
+            reversed_ = pb_utils.get_output_tensor_by_name(result, "REVERSED").as_numpy()
+            same += list(reversed_) == [t.upper()[::-1] for t in text]
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("SAME", np.array([same], np.int32))]))
+        return responses
+'''
+
 #: Outputs its input as is, a view of part of it, and a new array; and whether the server's request bodies
 #: are mapped into this process (``memfd:tritium-body``), which they are once a big HTTP body was read in place.
 IN_PLACE = '''
@@ -239,6 +266,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> str:
                                            tensor("ARGS", "TYPE_STRING", "1")], max_batch_size=8)
     python_model(path, "bls_identity", BLS_IDENTITY, [tensor("INPUT0", "TYPE_FP32", "-1")],
                  [tensor("OUTPUT0", "TYPE_FP32", "-1")], max_batch_size=8)
+    python_model(path, "bls_many", BLS_MANY, [tensor("INPUT0", "TYPE_FP32", "-1")], [tensor("SAME", "TYPE_INT32", "1")])
     python_model(path, "in_place", IN_PLACE, [tensor("INPUT0", "TYPE_FP32", "-1")],
                  [tensor("SAME", "TYPE_FP32", "-1"), tensor("TAIL", "TYPE_FP32", "-1"),
                   tensor("DOUBLE", "TYPE_FP32", "-1"), tensor("MAPPED", "TYPE_BOOL", "1")])
@@ -367,6 +395,15 @@ def test_bls_carries_megabytes_both_ways(client: httpclient.InferenceServerClien
     x = np.random.default_rng(1).standard_normal((1, 700_000)).astype(np.float32)  # 2.8 MB each way
     result = client.infer("bls_identity", [infer_input("INPUT0", x, "FP32")])
     assert np.array_equal(result.as_numpy("OUTPUT0"), x)
+
+
+def test_bls_big_tensors_many_at_once(client: httpclient.InferenceServerClient) -> None:
+    # 6 calls of 1.2 MB each way at once: some travel in the stub's and the server's shared-memory arenas,
+    # the rest inline once those are full; the arenas are reused from the start once every region is free.
+    x = np.random.default_rng(2).standard_normal(300_000).astype(np.float32)
+    for round_ in range(3):
+        result = client.infer("bls_many", [infer_input("INPUT0", x + round_, "FP32")])
+        assert result.as_numpy("SAME").tolist() == [7]
 
 
 def test_async_execute_with_async_bls(client: httpclient.InferenceServerClient) -> None:

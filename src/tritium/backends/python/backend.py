@@ -252,7 +252,7 @@ class _Stub:
     """One running stub process and what the server holds for it."""
 
     def __init__(self, control: Channel, events: Channel, handoff: socket.socket, popen: subprocess.Popen[bytes],
-                 in_arena: Arena, out_arena: Arena) -> None:
+                 in_arena: Arena, out_arena: Arena, replies: protocol.BlsArena) -> None:
         self.control = control
         self.events = events
         self.handoff = handoff
@@ -277,11 +277,16 @@ class _Stub:
         self.pending: tuple | None = None
         #: BLS calls in progress by id, so model code can cancel them (``ResponseIterator.cancel``).
         self.bls_calls: dict[int, Any] = {}
+        #: Where the big tensors of BLS responses go to this stub.
+        self.replies = replies
+        #: The stub's arena of big BLS input tensors, mapped when a call first names it (read in place).
+        self.calls_arena: Arena | None = None
 
     def close_sockets(self) -> None:
         self.control.close()
         self.events.close()
         self.handoff.close()
+        self.replies.close()
 
     def send_event(self, message: tuple) -> None:
         with self.send_lock:
@@ -322,7 +327,8 @@ class PythonInstanceState(ModelInstanceState):
         try:
             control, events, handoff, popen = _spawn(self.model.python)
             in_arena.ident = 0
-            stub = _Stub(control, events, handoff, popen, in_arena, out_arena)
+            stub = _Stub(control, events, handoff, popen, in_arena, out_arena,
+                         protocol.BlsArena(settings.shm_prefix, settings.shm_default, settings.shm_growth))
             # read events from the start: initialize() may already call the server (metrics, model management)
             threading.Thread(target=self._read_events, args=(stub,), name=f"python-events-{spec.name}",
                              daemon=True).start()
@@ -334,6 +340,7 @@ class PythonInstanceState(ModelInstanceState):
                 "in_arena": (0, in_arena.path, in_arena.size),
                 "out_arena": (out_arena.path, out_arena.size),
                 "growth": settings.shm_growth,
+                "shm_default": settings.shm_default,
                 "shm_prefix": settings.shm_prefix,
                 "spin_s": settings.stub_spin_us / 1e6,
                 "args": {
@@ -376,6 +383,7 @@ class PythonInstanceState(ModelInstanceState):
             self._dead_reason = error.message
             log.error("%s", error.message)
         stub.handoff.close()
+        stub.replies.close()
         if stub.watched_by is None:
             stub.control.close()
         self._metrics.release(stub)
@@ -719,6 +727,8 @@ class PythonInstanceState(ModelInstanceState):
                     self._stream_response(*message[1:])
                 elif kind == "bls":
                     self._start_bls(stub, message[1:])
+                elif kind == "bls_free":
+                    stub.replies.free()
                 elif kind == "bls_cancel":
                     call = stub.bls_calls.get(message[1])
                     if call is not None:
@@ -793,25 +803,50 @@ class PythonInstanceState(ModelInstanceState):
     def _start_bls(self, stub: _Stub, message: tuple) -> None:
         handle = self.ctx.inference
         ident = message[0]
+        arena = message[-1]
+        error = None
+        if arena is not None:  # the stub's arena of call inputs, new or grown: mapped before the call is read
+            try:
+                stub.calls_arena = Arena.attach(*arena, unlink=True)
+            except OSError as e:
+                protocol.unlink_quietly(arena[0])
+                error = ("INTERNAL", f"the BLS request's inputs could not be read: {e}")
         if handle is None:
-            stub.send_event(("bls_resp", ident, [], [], ("UNAVAILABLE", "BLS is not available in this server"),
-                             True, False))
+            error = ("UNAVAILABLE", "BLS is not available in this server")
+        if error is not None:
+            stub.send_event(("bls_resp", ident, [], [], error, True, False, None))
             return
-        call = asyncio.run_coroutine_threadsafe(self._bls(handle, stub, *message), handle.loop)
+        call = asyncio.run_coroutine_threadsafe(self._bls(handle, stub, stub.calls_arena, *message[:-1]), handle.loop)
         stub.bls_calls[ident] = call
         call.add_done_callback(lambda _: stub.bls_calls.pop(ident, None))
         if call.done():  # finished before it was recorded
             stub.bls_calls.pop(ident, None)
 
-    async def _bls(self, handle: Any, stub: _Stub, ident: int, model: str, version: int, request_id: str,
-                   parameters: dict, requested: list[str] | None, metas: list, data: list, decoupled: bool,
-                   timeout_us: int, correlation_id: Any, flags: int) -> None:
+    async def _bls(self, handle: Any, stub: _Stub, calls_arena: Arena | None, ident: int, model: str, version: int,
+                   request_id: str, parameters: dict, requested: list[str] | None, metas: list, data: list,
+                   decoupled: bool, timeout_us: int, correlation_id: Any, flags: int) -> None:
         def reply(response: InferenceResponse | None, final: bool, error: tuple[str, str] | None = None) -> None:
-            out_metas, out_data = protocol.inline_tensors([(t.name, t.data) for t in response.outputs]) if response else ([], [])
-            stub.send_event(("bls_resp", ident, out_metas, out_data, error, final, response is not None))
+            metas: list[tuple] = []
+            data: list[Any] = []
+            arena = None
+            if response is not None:
+                arrays = [(t.name, t.data) for t in response.outputs]
+                placed = None
+                if sum(array.nbytes for _, array in arrays) >= protocol.SHARED_BLS_BYTES:
+                    placed = stub.replies.place(arrays)
+                if placed is not None:
+                    metas, arena = placed
+                    data = [None] * len(metas)
+                else:
+                    metas, data = protocol.inline_tensors(arrays)
+            stub.send_event(("bls_resp", ident, metas, data, error, final, response is not None, arena))
 
         try:
-            inputs = [Tensor(n, DataType.from_wire(k), a) for n, k, a in protocol.read_inline(metas, data)]
+            # Inputs in the stub's arena are read in place: the stub keeps their region until the final response.
+            # (A callee still running after a timeout or cancellation may then read them overwritten; its result
+            # goes nowhere, and the mapping stays valid while any view of it lives.)
+            inputs = [Tensor(n, DataType.from_wire(k), a)
+                      for n, k, a in protocol.read_tensors(metas, data, calls_arena, False)]
             params = dict(parameters)
             if correlation_id:
                 params.setdefault("sequence_id", correlation_id)

@@ -18,7 +18,8 @@ once, over the *hand-off* socket, before the first execute that uses it.  An out
 ``(name, datatype, shape, offset, nbytes, where)``: ``where`` is :data:`OUT_ARENA`, :data:`IN_ARENA`, or
 :data:`BLOCK` plus a block's number (an output that is a view of an input, as in identity models, is
 not copied by the stub).  In decoupled responses and BLS calls, which are not on the execute path, a
-tensor's offset is ``-1``: its bytes are the next item of the message's ``data`` list.
+tensor's offset is ``-1``: its bytes are the next item of the message's ``data`` list; except that the
+tensors of a BLS call or response of 64 KiB or more lie in the writer's :class:`BlsArena`, at that offset.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pickle
 import select
 import socket
 import struct
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -323,6 +325,102 @@ class Arena:
         if 0 <= start and start + array.nbytes <= self.size:
             return start
         return -1
+
+
+#: BLS calls and responses whose tensors come to this many bytes carry them in a :class:`BlsArena`.
+SHARED_BLS_BYTES = 1 << 16
+
+
+class BlsArena:
+    """The writing side's shared memory for the big tensors of BLS calls: the stub writes a call's inputs into
+    its own, the server a response's outputs into one per stub.  Through the event socket they cost two copies
+    in chunked syscalls, on a reader thread that needs the GIL for every chunk (~450 µs per MiB on the
+    reference machine, against ~40 µs for the one copy into here).
+
+    Each call or response takes one region, bump-allocated, until the reader is done with it: the stub frees a
+    response's region (``("bls_free",)``) once it has copied the tensors out, and its own call's region when the
+    final response to the call comes.  Allocation starts again from the beginning whenever no region is taken;
+    what does not fit beside regions still taken goes inline instead (:meth:`place` returns ``None``).  The
+    reader maps the arena when a message first names it (``(path, size)``) and unlinks the name.
+    """
+
+    def __init__(self, prefix: str, minimum: int, growth: int) -> None:
+        self._prefix = prefix
+        self._minimum = minimum
+        self._growth = growth
+        self._lock = threading.Lock()
+        self._arena: Arena | None = None
+        self._top = 0
+        self._taken = 0
+        #: Every file made, unlinked by :meth:`close` in case the reader never mapped (and unlinked) one.
+        self._paths: list[str] = []
+
+    def place(self, arrays: list[tuple[str, np.ndarray]]) -> tuple[list[tuple], tuple[str, int] | None] | None:
+        """Write ``(name, array)`` pairs into one region: their metas (offsets into the arena) and the arena's
+        ``(path, size)`` when the reader must map a new one first; ``None`` when there is no room now.  Who
+        sends the messages must place and send under one lock: a message naming a new arena goes first."""
+        prepared = []
+        total = 0
+        for name, array in arrays:
+            kind, data = encoded(array)
+            nbytes = len(data) if isinstance(data, bytes) else data.nbytes
+            prepared.append((name, kind, tuple(array.shape), data, nbytes, total))
+            total += aligned(nbytes)
+        new = None
+        with self._lock:
+            arena = self._arena
+            if arena is not None and self._top + total <= arena.size:
+                base = self._top
+            elif self._taken == 0:  # nothing taken: start again from the beginning, in a bigger arena if need be
+                if arena is None or arena.size < total:
+                    current = arena.size if arena is not None else self._minimum
+                    arena = self._arena = Arena.create(self._prefix, grown_size(current, total, self._growth))
+                    self._paths.append(arena.path)
+                    new = (arena.path, arena.size)
+                base = 0
+            else:
+                return None
+            self._top = base + total
+            self._taken += 1
+        metas = []
+        for name, kind, shape, data, nbytes, offset in prepared:  # the region is ours: written outside the lock
+            at = base + offset
+            if isinstance(data, bytes):
+                arena.mm[at : at + nbytes] = data
+            elif nbytes:
+                arena.u8[at : at + nbytes] = data.reshape(-1).view(np.uint8)
+            metas.append((name, kind, shape, at, nbytes))
+        return metas, new
+
+    def free(self) -> None:
+        """The reader is done with one region."""
+        with self._lock:
+            if self._taken:
+                self._taken -= 1
+                if not self._taken:
+                    self._top = 0
+
+    def close(self) -> None:
+        for path in self._paths:
+            unlink_quietly(path)
+        self._paths.clear()
+
+
+def read_tensors(metas: list[tuple], data: list[Any], arena: Arena | None,
+                 copy: bool) -> list[tuple[str, str, np.ndarray]]:
+    """The tensors of a BLS message: inline ones view ``data``; those at an offset into ``arena`` (written by
+    a :class:`BlsArena`) view it, or with ``copy`` are copied out of it, so that its region can be freed at
+    once."""
+    out = []
+    for (name, kind, shape, offset, nbytes), raw in zip(metas, data):
+        if offset < 0:
+            out.append((name, kind, view(raw, kind, shape, 0, nbytes)))
+            continue
+        if arena is None:
+            raise ValueError(f"tensor '{name}' names a shared-memory arena that was never sent")
+        array = view(arena.mm, kind, shape, offset, nbytes)
+        out.append((name, kind, array.copy() if copy and kind != "BYTES" else array))  # BYTES: parsed, new objects
+    return out
 
 
 def unlink_quietly(path: str) -> None:

@@ -74,6 +74,12 @@ class Runtime:
         self.cancelled: set[int] = set()
         #: For Triton's wording of errors from the server.
         self.instance_name = ""
+        #: The server's arena of big BLS response tensors (its ``protocol.BlsArena``), once it has named one.
+        self._replies: protocol.Arena | None = None
+        #: Where this process writes the big input tensors of its BLS calls (set up by :class:`Stub`), and the
+        #: calls that hold a region of it until their final response.
+        self.calls_arena: protocol.BlsArena | None = None
+        self._holding: set[int] = set()
 
     def send(self, message: tuple) -> None:
         with self._lock:
@@ -105,10 +111,20 @@ class Runtime:
         ident = next(self._ids)
         waiter: Any = queue.SimpleQueue() if decoupled else Future()
         self._pending[ident] = waiter
-        metas, data = protocol.inline_tensors([(t.name(), t.as_numpy()) for t in request.inputs()])
-        self.send(("bls", ident, request.model_name, int(request.model_version), request.request_id(),
-                   request._parameters, request.requested_output_names() or None, metas, data, decoupled,
-                   request.timeout(), request.correlation_id(), request.flags()))
+        arrays = [(t.name(), t.as_numpy()) for t in request.inputs()]
+        with self._lock:  # placed and sent in one step: a message that names a new arena goes out first
+            placed = None
+            if self.calls_arena is not None and sum(array.nbytes for _, array in arrays) >= protocol.SHARED_BLS_BYTES:
+                placed = self.calls_arena.place(arrays)
+            if placed is not None:
+                metas, arena = placed
+                data: list[Any] = [None] * len(metas)
+                self._holding.add(ident)
+            else:
+                (metas, data), arena = protocol.inline_tensors(arrays), None
+            self._events.send(("bls", ident, request.model_name, int(request.model_version), request.request_id(),
+                               request._parameters, request.requested_output_names() or None, metas, data,
+                               decoupled, request.timeout(), request.correlation_id(), request.flags(), arena))
         return ident, waiter
 
     def log(self, level: int, message: str) -> None:
@@ -130,14 +146,26 @@ class Runtime:
                 if waiter is not None:
                     waiter.set_result((message[2], message[3]))
                 continue
-            _, ident, metas, data, error, final, has_response = message
+            _, ident, metas, data, error, final, has_response, arena = message
+            if has_response and error is None:
+                try:
+                    if arena is not None:  # the server's reply arena, new or grown: map it (the name goes at once)
+                        self._replies = protocol.Arena.attach(*arena, unlink=True)
+                    tensors = [pb_utils.Tensor(n, a)
+                               for n, _, a in protocol.read_tensors(metas, data, self._replies, True)]
+                except (OSError, ValueError) as e:
+                    has_response, error = False, ("INTERNAL", f"the BLS response could not be read: {e}")
+                if data and data[0] is None:  # copied out of the reply arena (or lost): its region is free again
+                    self.send(("bls_free",))
             response: pb_utils.InferenceResponse | None = None
             if error is not None:
                 code = pb_utils.CODE_NAMES.index(error[0]) if error[0] in pb_utils.CODE_NAMES else 1
                 response = pb_utils.InferenceResponse(error=pb_utils.TritonError(error[1], code))
             elif has_response:
-                tensors = [pb_utils.Tensor(n, a) for n, _, a in protocol.read_inline(metas, data)]
                 response = pb_utils.InferenceResponse(tensors)
+            if final and ident in self._holding:  # the server is done with the call's inputs
+                self._holding.discard(ident)
+                self.calls_arena.free()  # type: ignore[union-attr]
             waiter = self._pending.get(ident)
             if isinstance(waiter, Future):
                 del self._pending[ident]
@@ -192,6 +220,7 @@ class Stub:
         self.out_arena = Arena.attach(*init["out_arena"])
         self.growth = int(init["growth"])
         self.shm_prefix = init["shm_prefix"]
+        runtime.calls_arena = protocol.BlsArena(self.shm_prefix, int(init.get("shm_default", self.growth)), self.growth)
         #: The longest it polls for the next execute before it sleeps (the backend's ``stub-spin-microseconds``).
         self.spin_s = float(init["spin_s"])
 
