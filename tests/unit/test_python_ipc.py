@@ -111,6 +111,8 @@ def test_bls_arena_places_regions_until_full_then_reuses_it_once_all_are_free() 
         arena.close()
     with pytest.raises(ValueError, match="never sent"):
         protocol.read_tensors([("X", "FP32", (1,), 0, 4)], [None], None, copy=True)
+    nowhere = protocol.BlsArena("no-such-dir/tritium_test_", 1 << 16, 1 << 16)  # no arena can be made: inline
+    assert nowhere.place([("A", np.zeros(100, np.float32))]) is None
 
 
 def test_recv_polls_then_sleeps_until_the_message_comes() -> None:

@@ -357,8 +357,9 @@ class BlsArena:
 
     def place(self, arrays: list[tuple[str, np.ndarray]]) -> tuple[list[tuple], tuple[str, int] | None] | None:
         """Write ``(name, array)`` pairs into one region: their metas (offsets into the arena) and the arena's
-        ``(path, size)`` when the reader must map a new one first; ``None`` when there is no room now.  Who
-        sends the messages must place and send under one lock: a message naming a new arena goes first."""
+        ``(path, size)`` when the reader must map a new one first; ``None`` when there is no room now (or no
+        new arena could be made).  Who sends the messages must place and send under one lock: a message naming
+        a new arena goes first."""
         prepared = []
         total = 0
         for name, array in arrays:
@@ -374,7 +375,11 @@ class BlsArena:
             elif self._taken == 0:  # nothing taken: start again from the beginning, in a bigger arena if need be
                 if arena is None or arena.size < total:
                     current = arena.size if arena is not None else self._minimum
-                    arena = self._arena = Arena.create(self._prefix, grown_size(current, total, self._growth))
+                    try:
+                        arena = Arena.create(self._prefix, grown_size(current, total, self._growth))
+                    except OSError:  # e.g. /dev/shm is full: the tensors go inline
+                        return None
+                    self._arena = arena
                     self._paths.append(arena.path)
                     new = (arena.path, arena.size)
                 base = 0
