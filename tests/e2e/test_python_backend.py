@@ -401,9 +401,14 @@ def test_bls_big_tensors_many_at_once(client: httpclient.InferenceServerClient) 
     # 6 calls of 1.2 MB each way at once: some travel in the stub's and the server's shared-memory arenas,
     # the rest inline once those are full; the arenas are reused from the start once every region is free.
     x = np.random.default_rng(2).standard_normal(300_000).astype(np.float32)
+    started = time.time() - 1
     for round_ in range(3):
         result = client.infer("bls_many", [infer_input("INPUT0", x + round_, "FP32")])
         assert result.as_numpy("SAME").tolist() == [7]
+    # each arena's name was unlinked once the other side mapped it: nothing is left behind in /dev/shm
+    left = [name for name in os.listdir("/dev/shm") if name.startswith("tritium_python_")
+            and os.stat(os.path.join("/dev/shm", name)).st_mtime >= started]
+    assert left == []
 
 
 def test_async_execute_with_async_bls(client: httpclient.InferenceServerClient) -> None:
