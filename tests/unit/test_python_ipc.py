@@ -79,38 +79,45 @@ def test_tensors_travel_out_of_band_and_big_messages_arrive_in_pieces() -> None:
     b.close()
 
 
-def test_bls_arena_places_regions_until_full_then_reuses_it_once_all_are_free() -> None:
+def test_bls_arena_places_regions_first_fit_and_frees_them_when_no_view_is_left() -> None:
     arena = protocol.BlsArena("tritium_test_", 1 << 16, 1 << 16)
+    released: list[int] = []
     try:
         a = np.arange(5_000, dtype=np.float32)  # 20 KB
         text = np.array([b"abc", b"", "\u00fc".encode()], dtype=np.object_)
         metas, new = arena.place([("A", a), ("T", text)])
-        assert new is not None and new[1] == 1 << 16 and os.path.exists(new[0])
+        assert new is not None and new[1] == 1 << 16 and os.path.exists(new[0]) and metas[0][3] == 0
         reader = protocol.Arena.attach(*new, unlink=True)  # as the other side maps it
         assert not os.path.exists(new[0])
-        got = protocol.read_tensors(metas, [None, None], reader, copy=True)
+        got = protocol.read_tensors(metas, [None, None], reader, released.append)
         assert np.array_equal(got[0][2], a) and list(got[1][2]) == list(text)
         second, again = arena.place([("B", a + 1)])  # beside the first region, in the same arena
         assert again is None and second[0][3] >= metas[1][3] + metas[1][4]
         assert arena.place([("C", np.zeros(7_500, np.float32))]) is None  # 30 KB more do not fit: inline
-        copied = protocol.read_tensors(second, [None], reader, copy=True)[0][2]
-        viewed = protocol.read_tensors(second, [None], reader, copy=False)[0][2]
-        arena.free()
-        arena.free()  # both regions read: the next one starts at the beginning again, over them
-        third, again = arena.place([("D", a * 3)])
+        tail = got[0][2][10:20]  # a view of a view keeps the region
+        del got
+        gc.collect()
+        assert released == []
+        del tail
+        gc.collect()
+        assert released == [0]  # no view of the first region is left: its start, to free it by
+        arena.free(released)
+        third, again = arena.place([("D", a * 3)])  # first fit: where the first region was, before the second
         assert again is None and third[0][3] == 0
-        assert np.array_equal(copied, a + 1)  # a copy stays; a view sees the arena's new contents
-        assert np.array_equal(protocol.read_tensors(third, [None], reader, copy=False)[0][2], a * 3)
-        assert viewed.base is not None
-        arena.free()
-        big = np.zeros(50_000, np.float32)  # 200 KB: a bigger arena, named for the reader to map
+        assert np.array_equal(protocol.read_tensors(third, [None], reader)[0][2], a * 3)
+        assert np.array_equal(protocol.read_tensors(second, [None], reader)[0][2], a + 1)  # untouched
+        arena.free([0, second[0][3], 12345])  # an unknown start is ignored
+        big = np.zeros(50_000, np.float32)  # 200 KB, none taken: a bigger arena, named for the reader to map
         bigger, grown = arena.place([("E", big)])
-        assert grown is not None and grown[1] >= big.nbytes and bigger[0][3] == 0
+        assert grown is not None and grown[1] >= 2 * big.nbytes and bigger[0][3] == 0
         protocol.unlink_quietly(grown[0])
+        empty, _ = arena.place([("F", np.zeros(0, np.float32))])  # an empty tensor still has a region
+        assert empty[0][3] != bigger[0][3]
     finally:
         arena.close()
     with pytest.raises(ValueError, match="never sent"):
-        protocol.read_tensors([("X", "FP32", (1,), 0, 4)], [None], None, copy=True)
+        protocol.read_tensors([("X", "FP32", (1,), 0, 4)], [None], None, released.append)
+    assert released == [0]  # nothing was read: nothing to release
     nowhere = protocol.BlsArena("no-such-dir/tritium_test_", 1 << 16, 1 << 16)  # no arena can be made: inline
     assert nowhere.place([("A", np.zeros(100, np.float32))]) is None
 

@@ -728,7 +728,7 @@ class PythonInstanceState(ModelInstanceState):
                 elif kind == "bls":
                     self._start_bls(stub, message[1:])
                 elif kind == "bls_free":
-                    stub.replies.free()
+                    stub.replies.free(message[1])
                 elif kind == "bls_cancel":
                     call = stub.bls_calls.get(message[1])
                     if call is not None:
@@ -846,7 +846,7 @@ class PythonInstanceState(ModelInstanceState):
             # (A callee still running after a timeout or cancellation may then read them overwritten; its result
             # goes nowhere, and the mapping stays valid while any view of it lives.)
             inputs = [Tensor(n, DataType.from_wire(k), a)
-                      for n, k, a in protocol.read_tensors(metas, data, calls_arena, False)]
+                      for n, k, a in protocol.read_tensors(metas, data, calls_arena)]
             params = dict(parameters)
             if correlation_id:
                 params.setdefault("sequence_id", correlation_id)

@@ -33,6 +33,7 @@ import struct
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -335,13 +336,14 @@ class BlsArena:
     """The writing side's shared memory for the big tensors of BLS calls: the stub writes a call's inputs into
     its own, the server a response's outputs into one per stub.  Through the event socket they cost two copies
     in chunked syscalls, on a reader thread that needs the GIL for every chunk (~450 µs per MiB on the
-    reference machine, against ~40 µs for the one copy into here).
+    reference machine, against ~40 µs for the one copy into here; the reader views them in place).
 
-    Each call or response takes one region, bump-allocated, until the reader is done with it: the stub frees a
-    response's region (``("bls_free",)``) once it has copied the tensors out, and its own call's region when the
-    final response to the call comes.  Allocation starts again from the beginning whenever no region is taken;
-    what does not fit beside regions still taken goes inline instead (:meth:`place` returns ``None``).  The
-    reader maps the arena when a message first names it (``(path, size)``) and unlinks the name.
+    Each call or response takes one region (first fit) until the reader is done with it: the stub frees a
+    response's region (``("bls_free", [starts])``) once no view of its tensors is left (it reads them in
+    place), and its own call's region when the final response to the call comes.  What does not fit beside the
+    regions still taken goes inline instead (:meth:`place` returns ``None``); with none taken, a bigger arena
+    replaces a small one.  The reader maps an arena when a message first names it (``(path, size)``) and
+    unlinks the name.
     """
 
     def __init__(self, prefix: str, minimum: int, growth: int) -> None:
@@ -350,16 +352,16 @@ class BlsArena:
         self._growth = growth
         self._lock = threading.Lock()
         self._arena: Arena | None = None
-        self._top = 0
-        self._taken = 0
+        #: The regions taken, start -> end.
+        self._taken: dict[int, int] = {}
         #: Every file made, unlinked by :meth:`close` in case the reader never mapped (and unlinked) one.
         self._paths: list[str] = []
 
     def place(self, arrays: list[tuple[str, np.ndarray]]) -> tuple[list[tuple], tuple[str, int] | None] | None:
-        """Write ``(name, array)`` pairs into one region: their metas (offsets into the arena) and the arena's
-        ``(path, size)`` when the reader must map a new one first; ``None`` when there is no room now (or no
-        new arena could be made).  Who sends the messages must place and send under one lock: a message naming
-        a new arena goes first."""
+        """Write ``(name, array)`` pairs into one region: their metas (offsets into the arena; the region starts
+        at the smallest, which is what frees it) and the arena's ``(path, size)`` when the reader must map a new
+        one first; ``None`` when there is no room now (or no new arena could be made).  Who sends the messages
+        must place and send under one lock: a message naming a new arena goes first."""
         prepared = []
         total = 0
         for name, array in arrays:
@@ -367,26 +369,26 @@ class BlsArena:
             nbytes = len(data) if isinstance(data, bytes) else data.nbytes
             prepared.append((name, kind, tuple(array.shape), data, nbytes, total))
             total += aligned(nbytes)
+        total = max(total, ALIGN)  # every region has a start of its own
         new = None
         with self._lock:
             arena = self._arena
-            if arena is not None and self._top + total <= arena.size:
-                base = self._top
-            elif self._taken == 0:  # nothing taken: start again from the beginning, in a bigger arena if need be
-                if arena is None or arena.size < total:
-                    current = arena.size if arena is not None else self._minimum
-                    try:
-                        arena = Arena.create(self._prefix, grown_size(current, total, self._growth))
-                    except OSError:  # e.g. /dev/shm is full: the tensors go inline
-                        return None
-                    self._arena = arena
-                    self._paths.append(arena.path)
-                    new = (arena.path, arena.size)
+            base = self._gap(total, arena.size) if arena is not None else None
+            if base is None:
+                if self._taken:  # no gap beside the regions still taken: the tensors go inline
+                    return None
+                # Nothing taken: a new, bigger arena, with room for two such regions (a model commonly still
+                # holds the last response when the next comes).
+                current = arena.size if arena is not None else self._minimum
+                try:
+                    arena = Arena.create(self._prefix, grown_size(current, 2 * total, self._growth))
+                except OSError:  # e.g. /dev/shm is full: the tensors go inline
+                    return None
+                self._arena = arena
+                self._paths.append(arena.path)
+                new = (arena.path, arena.size)
                 base = 0
-            else:
-                return None
-            self._top = base + total
-            self._taken += 1
+            self._taken[base] = base + total
         metas = []
         for name, kind, shape, data, nbytes, offset in prepared:  # the region is ours: written outside the lock
             at = base + offset
@@ -397,13 +399,20 @@ class BlsArena:
             metas.append((name, kind, shape, at, nbytes))
         return metas, new
 
-    def free(self) -> None:
-        """The reader is done with one region."""
+    def _gap(self, total: int, size: int) -> int | None:
+        """The first free stretch of ``total`` bytes (first fit; a handful of regions are taken at most)."""
+        position = 0
+        for start in sorted(self._taken):
+            if start - position >= total:
+                return position
+            position = max(position, self._taken[start])
+        return position if size - position >= total else None
+
+    def free(self, starts: list[int]) -> None:
+        """The reader is done with the regions that start at ``starts``."""
         with self._lock:
-            if self._taken:
-                self._taken -= 1
-                if not self._taken:
-                    self._top = 0
+            for start in starts:
+                self._taken.pop(start, None)
 
     def close(self) -> None:
         for path in self._paths:
@@ -412,19 +421,28 @@ class BlsArena:
 
 
 def read_tensors(metas: list[tuple], data: list[Any], arena: Arena | None,
-                 copy: bool) -> list[tuple[str, str, np.ndarray]]:
+                 release: Callable[[int], None] | None = None) -> list[tuple[str, str, np.ndarray]]:
     """The tensors of a BLS message: inline ones view ``data``; those at an offset into ``arena`` (written by
-    a :class:`BlsArena`) view it, or with ``copy`` are copied out of it, so that its region can be freed at
-    once."""
+    a :class:`BlsArena`) view it where they lie.  With ``release``, ``release(start)`` is called once no view of
+    those is left, ``start`` being their region's (it may then be reused): all of them derive from one array
+    over that region, whose finalizer it is; BYTES are parsed into new objects and keep nothing."""
+    placed = [meta for meta in metas if meta[3] >= 0]
+    if placed and arena is None:
+        raise ValueError(f"tensor '{placed[0][0]}' names a shared-memory arena that was never sent")
+    region = None
+    start = 0
+    if placed:
+        start = min(meta[3] for meta in placed)
+        end = max(meta[3] + meta[4] for meta in placed)
+        region = np.frombuffer(arena.mm, np.uint8, end - start, start)  # type: ignore[union-attr]
     out = []
     for (name, kind, shape, offset, nbytes), raw in zip(metas, data):
         if offset < 0:
             out.append((name, kind, view(raw, kind, shape, 0, nbytes)))
-            continue
-        if arena is None:
-            raise ValueError(f"tensor '{name}' names a shared-memory arena that was never sent")
-        array = view(arena.mm, kind, shape, offset, nbytes)
-        out.append((name, kind, array.copy() if copy and kind != "BYTES" else array))  # BYTES: parsed, new objects
+        else:
+            out.append((name, kind, view(region, kind, shape, offset - start, nbytes)))
+    if region is not None and release is not None:  # only once all were read: a failure above releases nothing
+        weakref.finalize(region, release, start)
     return out
 
 

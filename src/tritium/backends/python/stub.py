@@ -9,6 +9,7 @@ When the server goes away (even by SIGKILL) both sockets reach EOF and the stub 
 from __future__ import annotations
 
 import asyncio
+import collections
 import importlib.util
 import inspect
 import itertools
@@ -74,16 +75,35 @@ class Runtime:
         self.cancelled: set[int] = set()
         #: For Triton's wording of errors from the server.
         self.instance_name = ""
-        #: The server's arena of big BLS response tensors (its ``protocol.BlsArena``), once it has named one.
+        #: The server's arena of big BLS response tensors (its ``protocol.BlsArena``), once it has named one;
+        #: responses view their tensors there, and each whose views are all gone adds to ``_freed``.
         self._replies: protocol.Arena | None = None
+        self._freed: collections.deque[int] = collections.deque()
         #: Where this process writes the big input tensors of its BLS calls (set up by :class:`Stub`), and the
-        #: calls that hold a region of it until their final response.
+        #: calls that hold a region of it until their final response (call -> the region's start).
         self.calls_arena: protocol.BlsArena | None = None
-        self._holding: set[int] = set()
+        self._holding: dict[int, int] = {}
 
     def send(self, message: tuple) -> None:
         with self._lock:
+            self._flush_frees()
             self._events.send(message)
+
+    def _released(self, start: int) -> None:
+        """The last view of a BLS response's tensors in the server's reply arena is gone.  This runs as a
+        finalizer, on whatever thread dropped it, possibly inside a garbage collection in the middle of a send:
+        it only notes the region; the next message this process sends is preceded by the news
+        (:meth:`_flush_frees`)."""
+        self._freed.append(start)
+
+    def _flush_frees(self) -> None:
+        """Under ``_lock``: tell the server which reply regions it may reuse."""
+        freed = self._freed
+        starts = []
+        while freed:
+            starts.append(freed.popleft())
+        if starts:
+            self._events.send(("bls_free", starts))
 
     def send_response(self, key: int, response: pb_utils.InferenceResponse | None, final: bool) -> None:
         metas: list = []
@@ -113,13 +133,14 @@ class Runtime:
         self._pending[ident] = waiter
         arrays = [(t.name(), t.as_numpy()) for t in request.inputs()]
         with self._lock:  # placed and sent in one step: a message that names a new arena goes out first
+            self._flush_frees()
             placed = None
             if self.calls_arena is not None and sum(array.nbytes for _, array in arrays) >= protocol.SHARED_BLS_BYTES:
                 placed = self.calls_arena.place(arrays)
             if placed is not None:
                 metas, arena = placed
                 data: list[Any] = [None] * len(metas)
-                self._holding.add(ident)
+                self._holding[ident] = min(meta[3] for meta in metas)
             else:
                 (metas, data), arena = protocol.inline_tensors(arrays), None
             self._events.send(("bls", ident, request.model_name, int(request.model_version), request.request_id(),
@@ -151,12 +172,14 @@ class Runtime:
                 try:
                     if arena is not None:  # the server's reply arena, new or grown: map it (the name goes at once)
                         self._replies = protocol.Arena.attach(*arena, unlink=True)
+                    # Views of the reply arena: its region stays the model's until they are all gone.
                     tensors = [pb_utils.Tensor(n, a)
-                               for n, _, a in protocol.read_tensors(metas, data, self._replies, True)]
+                               for n, _, a in protocol.read_tensors(metas, data, self._replies, self._released)]
                 except (OSError, ValueError) as e:
                     has_response, error = False, ("INTERNAL", f"the BLS response could not be read: {e}")
-                if data and data[0] is None:  # copied out of the reply arena (or lost): its region is free again
-                    self.send(("bls_free",))
+                    placed = [meta[3] for meta in metas if meta[3] >= 0]
+                    if placed:  # its region is lost to the model: free again
+                        self.send(("bls_free", [min(placed)]))
             response: pb_utils.InferenceResponse | None = None
             if error is not None:
                 code = pb_utils.CODE_NAMES.index(error[0]) if error[0] in pb_utils.CODE_NAMES else 1
@@ -164,8 +187,7 @@ class Runtime:
             elif has_response:
                 response = pb_utils.InferenceResponse(tensors)
             if final and ident in self._holding:  # the server is done with the call's inputs
-                self._holding.discard(ident)
-                self.calls_arena.free()  # type: ignore[union-attr]
+                self.calls_arena.free([self._holding.pop(ident)])  # type: ignore[union-attr]
             waiter = self._pending.get(ident)
             if isinstance(waiter, Future):
                 del self._pending[ident]
