@@ -119,6 +119,34 @@ class TritonPythonModel:
         sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 '''
 
+#: Streams COUNT responses of SIZE floats each (value i in response i), from two threads at once for the
+#: arena's sake; its last response is sent with the final flag.
+BIG_STREAM = '''
+import threading
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            threading.Thread(target=self.respond, args=(request,)).start()
+        return None
+
+    def respond(self, request):
+        sender = request.get_response_sender()
+        count, size = (int(v) for v in pb_utils.get_input_tensor_by_name(request, "IN").as_numpy())
+        def send(values):
+            for i in values:
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.full(size, i, np.float32))]))
+        threads = [threading.Thread(target=send, args=(range(k, count - 1, 2),)) for k in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.full(size, count - 1, np.float32))]),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+'''
+
 FAULTY = '''
 import json
 import os
@@ -272,6 +300,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> str:
                   tensor("DOUBLE", "TYPE_FP32", "-1"), tensor("MAPPED", "TYPE_BOOL", "1")])
     python_model(path, "async_bls", ASYNC_BLS, [tensor("INPUT0", "TYPE_INT32", "16")],
                  [tensor("OUTPUT0", "TYPE_INT32", "16")], max_batch_size=8)
+    python_model(path, "big_stream", BIG_STREAM, [tensor("IN", "TYPE_INT32", "2")], [tensor("OUT", "TYPE_FP32", "-1")],
+                 "model_transaction_policy { decoupled: true }")
     python_model(path, "repeat", REPEAT, [tensor("IN", "TYPE_INT32", "1")], [tensor("OUT", "TYPE_INT32", "1")],
                  "model_transaction_policy { decoupled: true }")
     marker = os.path.join(path, "faulty_marker")
@@ -433,6 +463,32 @@ def test_decoupled_streams_100_responses_in_order(server: RunningServer) -> None
         assert got == list(range(100))
     finally:
         client.stop_stream()
+
+
+def test_decoupled_streams_big_tensors(server: RunningServer) -> None:
+    # 1 MB responses sent from two threads at once: every one arrives whole, in one piece, and nothing is left
+    # in /dev/shm.
+    started = time.time() - 1
+    responses: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        i = grpcclient.InferInput("IN", [2], "INT32")
+        i.set_data_from_numpy(np.array([24, 250_000], dtype=np.int32))
+        client.async_stream_infer("big_stream", [i])
+        got = []
+        while len(got) < 24:
+            result, error = responses.get(timeout=60)
+            assert error is None, error
+            out = result.as_numpy("OUT")
+            assert out.shape == (250_000,) and (out == out[0]).all()
+            got.append(int(out[0]))
+        assert sorted(got) == list(range(24)) and got[-1] == 23
+    finally:
+        client.stop_stream()
+    left = [name for name in os.listdir("/dev/shm") if name.startswith("tritium_python_")
+            and os.stat(os.path.join("/dev/shm", name)).st_mtime >= started]
+    assert left == []
 
 
 def test_decoupled_model_refused_over_http(client: httpclient.InferenceServerClient) -> None:

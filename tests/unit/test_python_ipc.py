@@ -68,7 +68,7 @@ def test_tensors_travel_out_of_band_and_big_messages_arrive_in_pieces() -> None:
         if got is INCOMPLETE:
             reader.poll(1)
     assert got[:2] == ("resp", 7)
-    arrays = {name: array for name, _, array in protocol.read_inline(got[2], got[3])}
+    arrays = {name: array for name, _, array in protocol.read_tensors(got[2], got[3], None)}
     assert np.array_equal(arrays["BIG"], big) and np.array_equal(arrays["SMALL"], small)
     assert arrays["SMALL"].dtype == np.int16 and arrays["TEXT"].tolist() == [b"a", b"bc"]
     arrays["BIG"][0] = -1.0  # the received memory is the message's own, writable like a model's tensors
