@@ -285,11 +285,24 @@ def main() -> int:
                 if label == "tritium" and other:
                     print(f"tritium / triton at {c} conns = {http_infer.paired_ratio(runs, other)}"
                           " (median of each round's ratio, runs made back to back)")
-        print("\nBLS exec() from a model.py to the identity model.py, timed in the calling model (40 calls):")
+        bls: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        for round_index in range(max(1, args.rounds)):
+            for label, url in http_infer.alternating(servers, round_index):
+                for size, median_us, p90_us in bls_rows(url, [64, 1 << 20, 4 << 20]):
+                    bls.setdefault((label, size), []).append((median_us, p90_us))
+        print("\nBLS exec() from a model.py to the identity model.py, timed in the calling model (40 calls)"
+              + (f", median of {args.rounds} alternating rounds:" if args.rounds > 1 else ":"))
         print(f"{'server':<10} {'tensor':>10} {'median us':>10} {'p90 us':>10}")
-        for label, url in servers:
-            for size, median_us, p90_us in bls_rows(url, [64, 1 << 20, 4 << 20]):
-                print(f"{label:<10} {size:>10} {median_us:>10.1f} {p90_us:>10.1f}")
+        for (label, size), runs in sorted(bls.items(), key=lambda kv: (kv[0][0] != "tritium", kv[0][1])):
+            median_us, p90_us = sorted(runs)[len(runs) // 2]
+            print(f"{label:<10} {size:>10} {median_us:>10.1f} {p90_us:>10.1f}")
+        for (label, size), runs in sorted(bls.items()):
+            other = bls.get(("triton", size))
+            if label == "tritium" and other:
+                ratios = sorted(ours[0] / theirs[0] for ours, theirs in zip(runs, other))
+                spread = f" (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})" if len(ratios) > 1 else ""
+                print(f"BLS time tritium / triton at {size} B = {statistics.median(ratios):.2f}x{spread}"
+                      " (lower is faster; median of each round's ratio)")
         print("\n1 MiB through the identity model.py from tritonclient.http, one call at a time (300 calls):")
         print(f"{'server':<10} {'tensor in':>12} {'median us':>10} {'p90 us':>10}")
         for _ in range(max(1, args.rounds)):
