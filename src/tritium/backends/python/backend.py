@@ -826,19 +826,8 @@ class PythonInstanceState(ModelInstanceState):
                    request_id: str, parameters: dict, requested: list[str] | None, metas: list, data: list,
                    decoupled: bool, timeout_us: int, correlation_id: Any, flags: int) -> None:
         def reply(response: InferenceResponse | None, final: bool, error: tuple[str, str] | None = None) -> None:
-            metas: list[tuple] = []
-            data: list[Any] = []
-            arena = None
-            if response is not None:
-                arrays = [(t.name, t.data) for t in response.outputs]
-                placed = None
-                if sum(array.nbytes for _, array in arrays) >= protocol.SHARED_BLS_BYTES:
-                    placed = stub.replies.place(arrays)
-                if placed is not None:
-                    metas, arena = placed
-                    data = [None] * len(metas)
-                else:
-                    metas, data = protocol.inline_tensors(arrays)
+            metas, data, arena = stub.replies.carry([(t.name, t.data) for t in response.outputs]) if response \
+                else ([], [], None)
             stub.send_event(("bls_resp", ident, metas, data, error, final, response is not None, arena))
 
         try:

@@ -399,6 +399,17 @@ class BlsArena:
             metas.append((name, kind, shape, at, nbytes))
         return metas, new
 
+    def carry(self, arrays: list[tuple[str, np.ndarray]]) -> tuple[list[tuple], list[Any], tuple[str, int] | None]:
+        """A message's ``(metas, data, arena)`` for ``(name, array)`` pairs: in a region of this arena when they
+        come to :data:`SHARED_BLS_BYTES` or more and there is room (their ``data`` items are ``None``; ``arena``
+        names a new arena to map first, else ``None``), otherwise inline."""
+        if sum(array.nbytes for _, array in arrays) >= SHARED_BLS_BYTES:
+            placed = self.place(arrays)
+            if placed is not None:
+                return placed[0], [None] * len(placed[0]), placed[1]
+        metas, data = inline_tensors(arrays)
+        return metas, data, None
+
     def _gap(self, total: int, size: int) -> int | None:
         """The first free stretch of ``total`` bytes (first fit; a handful of regions are taken at most)."""
         position = 0
@@ -420,27 +431,32 @@ class BlsArena:
         self._paths.clear()
 
 
+def region_start(metas: list[tuple]) -> int | None:
+    """Where the region of a message's tensors in a :class:`BlsArena` starts (what frees it); ``None`` when
+    they all travel inline."""
+    return min((meta[3] for meta in metas if meta[3] >= 0), default=None)
+
+
 def read_tensors(metas: list[tuple], data: list[Any], arena: Arena | None,
                  release: Callable[[int], None] | None = None) -> list[tuple[str, str, np.ndarray]]:
     """The tensors of a BLS message: inline ones view ``data``; those at an offset into ``arena`` (written by
     a :class:`BlsArena`) view it where they lie.  With ``release``, ``release(start)`` is called once no view of
     those is left, ``start`` being their region's (it may then be reused): all of them derive from one array
     over that region, whose finalizer it is; BYTES are parsed into new objects and keep nothing."""
-    placed = [meta for meta in metas if meta[3] >= 0]
-    if placed and arena is None:
-        raise ValueError(f"tensor '{placed[0][0]}' names a shared-memory arena that was never sent")
+    start = region_start(metas)
     region = None
-    start = 0
-    if placed:
-        start = min(meta[3] for meta in placed)
-        end = max(meta[3] + meta[4] for meta in placed)
-        region = np.frombuffer(arena.mm, np.uint8, end - start, start)  # type: ignore[union-attr]
+    if start is not None:
+        if arena is None:
+            name = next(meta[0] for meta in metas if meta[3] >= 0)
+            raise ValueError(f"tensor '{name}' names a shared-memory arena that was never sent")
+        end = max(meta[3] + meta[4] for meta in metas if meta[3] >= 0)
+        region = np.frombuffer(arena.mm, np.uint8, end - start, start)
     out = []
     for (name, kind, shape, offset, nbytes), raw in zip(metas, data):
         if offset < 0:
             out.append((name, kind, view(raw, kind, shape, 0, nbytes)))
         else:
-            out.append((name, kind, view(region, kind, shape, offset - start, nbytes)))
+            out.append((name, kind, view(region, kind, shape, offset - start, nbytes)))  # type: ignore[operator]
     if region is not None and release is not None:  # only once all were read: a failure above releases nothing
         weakref.finalize(region, release, start)
     return out

@@ -134,13 +134,11 @@ class Runtime:
         arrays = [(t.name(), t.as_numpy()) for t in request.inputs()]
         with self._lock:  # placed and sent in one step: a message that names a new arena goes out first
             self._flush_frees()
-            placed = None
-            if self.calls_arena is not None and sum(array.nbytes for _, array in arrays) >= protocol.SHARED_BLS_BYTES:
-                placed = self.calls_arena.place(arrays)
-            if placed is not None:
-                metas, arena = placed
-                data: list[Any] = [None] * len(metas)
-                self._holding[ident] = min(meta[3] for meta in metas)
+            if self.calls_arena is not None:
+                metas, data, arena = self.calls_arena.carry(arrays)
+                start = protocol.region_start(metas)
+                if start is not None:
+                    self._holding[ident] = start
             else:
                 (metas, data), arena = protocol.inline_tensors(arrays), None
             self._events.send(("bls", ident, request.model_name, int(request.model_version), request.request_id(),
@@ -177,9 +175,9 @@ class Runtime:
                                for n, _, a in protocol.read_tensors(metas, data, self._replies, self._released)]
                 except (OSError, ValueError) as e:
                     has_response, error = False, ("INTERNAL", f"the BLS response could not be read: {e}")
-                    placed = [meta[3] for meta in metas if meta[3] >= 0]
-                    if placed:  # its region is lost to the model: free again
-                        self.send(("bls_free", [min(placed)]))
+                    start = protocol.region_start(metas)
+                    if start is not None:  # its region is lost to the model: free again
+                        self.send(("bls_free", [start]))
             response: pb_utils.InferenceResponse | None = None
             if error is not None:
                 code = pb_utils.CODE_NAMES.index(error[0]) if error[0] in pb_utils.CODE_NAMES else 1
@@ -242,7 +240,7 @@ class Stub:
         self.out_arena = Arena.attach(*init["out_arena"])
         self.growth = int(init["growth"])
         self.shm_prefix = init["shm_prefix"]
-        runtime.calls_arena = protocol.BlsArena(self.shm_prefix, int(init.get("shm_default", self.growth)), self.growth)
+        runtime.calls_arena = protocol.BlsArena(self.shm_prefix, int(init["shm_default"]), self.growth)
         #: The longest it polls for the next execute before it sleeps (the backend's ``stub-spin-microseconds``).
         self.spin_s = float(init["spin_s"])
 
