@@ -2,7 +2,8 @@
 
 For 1 and 2 instances, with and without ``dynamic_batching``, at 1, 8, 32 and 64 connections (binary
 HTTP bodies, or JSON ones with ``--mode json``; one row per request), prints requests/s, p50 and p99,
-and the ceiling: rows/s of the same model run in-process with onnxruntime at the best batch size,
+the CPU time the server's processes spent per request (``cpu us``; for Triton, its server and stubs), and
+the ceiling: rows/s of the same model run in-process with onnxruntime at the best batch size,
 measured in the same run.
 
     python benchmarks/batching.py [--duration 5] [--connections 1,8,32,64] [--delay-us 500] [--mode json]
@@ -188,10 +189,12 @@ def main() -> int:
     try:
         wait_live(url, proc)
         servers = [("tritium", url)] + ([("triton", args.triton_url)] if args.triton_url else [])
+        pids = {"tritium": proc.pid}  # CPU per request counts each server's processes (not --triton-url's)
         if args.triton_python:
             # Both servers stay up (an idle one costs nothing) so that rounds can alternate between them.
             triton = start_triton(workdir, args.triton_python, 18660, args.delay_us, onnx_path)
             servers.append(("triton", "127.0.0.1:18660"))
+            pids["triton"] = triton.pid
             wait_live("127.0.0.1:18660", triton, timeout=180)
         scripts = {}
         for name in args.variants.split(","):
@@ -206,7 +209,7 @@ def main() -> int:
                 for c in (int(x) for x in args.connections.split(",")):
                     for label, server_url in alternating(servers, round_index):
                         results.setdefault((label, name, c), []).append(
-                            run_wrk(server_url, name, lua, c, args.duration, 1))
+                            run_wrk(server_url, name, lua, c, args.duration, 1, pids.get(label)))
         batch, rate = ceiling(onnx_path)
     finally:
         for p in (proc, triton):
@@ -234,6 +237,8 @@ def print_table(results: dict[tuple[str, str, int], list[dict[str, float]]], rou
             other = results.get(("triton", name, c))
             if label == "tritium" and other:
                 line += f"; tritium / triton = {paired_ratio(runs, other)}"
+                if "cpu_us" in runs[0] and "cpu_us" in other[0]:
+                    line += f", CPU per request {paired_ratio(runs, other, 'cpu_us')}"
             print(line)
 
 

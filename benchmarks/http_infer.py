@@ -2,7 +2,10 @@
 
 Starts tritium on a repository it builds (an identity model, FP32 [1,16], and a
 256→1024→1024→256 ReLU MLP), drives ``/v2/models/{m}/infer`` with wrk at 1, 8 and
-32 connections with JSON and with binary bodies, and prints one table.
+32 connections with JSON and with binary bodies, and prints one table: req/s, p50, p99, and the CPU time
+the server's processes spent per request (``cpu us``: all threads of the server and of its model
+processes, from /proc; steadier than req/s on a noisy machine, and what bounds req/s when the cores are
+busy; blank for a server given by ``--url``).
 
     python benchmarks/http_infer.py [--duration 10] [--connections 1,8,32] [--models identity,mlp]
 
@@ -163,19 +166,53 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def run_wrk(url: str, model: str, lua: str, connections: int, duration: int, threads: int) -> dict[str, float]:
+def tree_cpu_s(root: int) -> float:
+    """User + system CPU seconds used so far by process ``root`` and all its descendants (every thread of
+    each): a server's front end and its model processes (tritium's stubs, Triton's)."""
+    parents: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        pid = int(entry)
+        parents.setdefault(int(fields[1]), []).append(pid)  # fields[1]: ppid (stat field 4)
+        times[pid] = int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14, 15)
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += times.get(pid, 0)
+        todo.extend(parents.get(pid, ()))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(url: str, model: str, lua: str, connections: int, duration: int, threads: int,
+            pid: int | None = None) -> dict[str, float]:
+    """One wrk run: req/s, p50 and p99 ms, non-2xx responses; with the server's ``pid``, also ``cpu_us``: the
+    CPU time its processes spent per request (steadier than req/s on a noisy machine, and what bounds
+    req/s when the cores are busy)."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: the HTTP benchmarks drive load with it (apt-get install wrk)")
     cmd = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", lua,
            f"http://{url}/v2/models/{model}/infer"]
+    cpu_before = tree_cpu_s(pid) if pid is not None else 0.0
     text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    cpu = tree_cpu_s(pid) - cpu_before if pid is not None else 0.0
     if "Requests/sec" not in text or "50%" not in text:
         raise SystemExit(f"unexpected wrk output:\n{text}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    return {"rps": rps, "p50": p50, "p99": p99, "errors": int(errors.group(1)) if errors else 0}
+    result = {"rps": rps, "p50": p50, "p99": p99, "errors": int(errors.group(1)) if errors else 0}
+    if pid is not None:
+        requests = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
+        result["cpu_us"] = cpu * 1e6 / requests if requests else float("nan")
+    return result
 
 
 def median_runs(results: dict[Any, list[dict[str, float]]]) -> dict[Any, dict[str, float]]:
@@ -183,12 +220,13 @@ def median_runs(results: dict[Any, list[dict[str, float]]]) -> dict[Any, dict[st
     return {key: sorted(runs, key=lambda r: r["rps"])[len(runs) // 2] for key, runs in results.items()}
 
 
-def paired_ratio(ours: list[dict[str, float]], theirs: list[dict[str, float]]) -> str:
-    """The median of round-by-round req/s ratios, each of two runs made back to back, with their range.
+def paired_ratio(ours: list[dict[str, float]], theirs: list[dict[str, float]], key: str = "rps") -> str:
+    """The median of round-by-round ratios of ``key`` (req/s, or ``cpu_us``), each of two runs made back to
+    back, with their range.
 
     This machine's speed drifts by tens of percent within minutes; a ratio of two runs made seconds apart
     is much steadier than the ratio of two medians taken over the whole benchmark."""
-    ratios = sorted(a["rps"] / b["rps"] for a, b in zip(ours, theirs, strict=True))
+    ratios = sorted(a[key] / b[key] for a, b in zip(ours, theirs, strict=True))
     middle = statistics.median(ratios)
     spread = f" (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})" if len(ratios) > 1 else ""
     return f"{middle:.2f}x{spread}"
@@ -200,18 +238,23 @@ def alternating(servers: list[Any], round_index: int) -> list[Any]:
 
 
 def wrk_columns(median: dict[str, float], runs: list[dict[str, float]], rounds: int) -> str:
-    """req/s, p50, p99 and errors of the median run; with several rounds, every round's req/s after them."""
-    line = f"{median['rps']:>9.0f} {median['p50']:>8.3f} {median['p99']:>8.3f} {median['errors']:>6}"
+    """req/s, p50, p99, errors and server CPU µs per request (median over the rounds; blank when not
+    measured) of the median run; with several rounds, every round's req/s after them."""
+    cpu = sorted(run["cpu_us"] for run in runs if "cpu_us" in run)
+    cpu_text = f"{cpu[len(cpu) // 2]:.0f}" if cpu else "-"
+    line = f"{median['rps']:>9.0f} {median['p50']:>8.3f} {median['p99']:>8.3f} {median['errors']:>6} {cpu_text:>8}"
     if rounds > 1:
         line += "  " + " ".join(f"{run['rps']:.0f}" for run in runs)
     return line
 
 
 def wrk_header(rounds: int) -> str:
-    return f"{'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}" + ("  rounds (req/s)" if rounds > 1 else "")
+    return (f"{'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'cpu us':>8}"
+            + ("  rounds (req/s)" if rounds > 1 else ""))
 
 
-def measure(args: argparse.Namespace, workdir: str, url: str, label: str, models: list[str]) -> list:
+def measure(args: argparse.Namespace, workdir: str, url: str, label: str, models: list[str],
+            pid: int | None = None) -> list:
     rows = []
     for key in models:
         model, shape = MODELS[key]
@@ -223,7 +266,7 @@ def measure(args: argparse.Namespace, workdir: str, url: str, label: str, models
                 f.write(LUA.format(body=body, content_type=ctype, extra=extra))
             run_wrk(url, model, lua, 8, 2, args.threads)  # warm up
             for c in (int(x) for x in args.connections.split(",")):
-                rows.append((label, key, mode, c, run_wrk(url, model, lua, c, args.duration, args.threads)))
+                rows.append((label, key, mode, c, run_wrk(url, model, lua, c, args.duration, args.threads, pid)))
     return rows
 
 
@@ -254,7 +297,7 @@ def main() -> int:
                                      f"--http-port={port}", "--http-address=127.0.0.1", "--allow-grpc=false"],
                                     stdout=log, stderr=log)
         wait_live(url, proc)
-        rows = measure(args, workdir, url, args.label, args.models.split(","))
+        rows = measure(args, workdir, url, args.label, args.models.split(","), proc.pid if proc else None)
         if args.triton_python:
             if proc is not None:
                 proc.terminate()
@@ -262,10 +305,10 @@ def main() -> int:
             proc = start_triton(workdir, args.triton_python, 18650)
             triton_url = "127.0.0.1:18650"
             wait_live(triton_url, proc, timeout=120)
-            rows += measure(args, workdir, triton_url, "triton", ["identity"])
-        print(f"{'server':<10} {'model':<9} {'body':<7} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+            rows += measure(args, workdir, triton_url, "triton", ["identity"], proc.pid)
+        print(f"{'server':<10} {'model':<9} {'body':<7} {'conns':>5} {wrk_header(1)}")
         for label, key, mode, c, r in rows:
-            print(f"{label:<10} {key:<9} {mode:<7} {c:>5} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>6}")
+            print(f"{label:<10} {key:<9} {mode:<7} {c:>5} {wrk_columns(r, [r], 1)}")
     finally:
         if proc is not None:
             proc.terminate()

@@ -7,7 +7,8 @@
    server calls it, from the event loop (``execute_async``, the reply read or polled for by the loop).
 2. HTTP (wrk, binary body, FP32 [1,16]) at 1, 8 and 32 connections, and a 1 MiB tensor at 1 and 4, against
    the same ``model.py``; with ``--triton-python PYTHON`` also against real Triton on the same repository
-   (side by side).
+   (side by side).  ``cpu us``: CPU time per request of the server and its model processes (tritium's
+   stubs poll for work while executes come often, yielding the CPU on every poll: that polling counts).
 3. BLS: a ``model.py`` that calls an identity ``model.py`` by ``InferenceRequest.exec()`` with a tensor of
    each size, timed inside the calling model (median and p90 of 40 calls), on both servers.
 4. A 1 MiB tensor through the identity ``model.py`` from ``tritonclient.http``: in the request body, and
@@ -256,6 +257,7 @@ def main() -> int:
         procs.append(proc)
         http_infer.wait_live(f"127.0.0.1:{port}", proc)
         servers = [("tritium", f"127.0.0.1:{port}")]
+        pids = {"tritium": proc.pid}  # CPU per request counts each server's processes
         if args.triton_python:
             # Both stay up (idle they cost nothing) so that rounds can alternate between them; Triton's
             # repository is a copy of the same model.py.
@@ -265,6 +267,7 @@ def main() -> int:
             procs.append(proc)
             http_infer.wait_live("127.0.0.1:28750", proc, timeout=120)
             servers.append(("triton", "127.0.0.1:28750"))
+            pids["triton"] = proc.pid
         for model, what, connections in (("identity", "FP32 [1,16]", args.connections),
                                          ("identity_1mib", "FP32 [262144] (1 MiB)", args.big_connections)):
             results: dict[tuple[str, int], list[dict[str, float]]] = {}
@@ -272,7 +275,7 @@ def main() -> int:
                 for c in (int(x) for x in connections.split(",")):
                     for label, url in http_infer.alternating(servers, round_index):
                         args_one = argparse.Namespace(**{**vars(args), "connections": str(c)})
-                        for row in http_infer.measure(args_one, workdir, url, label, [model]):
+                        for row in http_infer.measure(args_one, workdir, url, label, [model], pids[label]):
                             results.setdefault((label, c), []).append(row[4])
             print(f"\nHTTP, identity model.py, {what}, binary body, wrk {args.duration}s"
                   + (f", median of {args.rounds} alternating rounds:" if args.rounds > 1 else ":"))
@@ -284,7 +287,8 @@ def main() -> int:
                 other = results.get(("triton", c))
                 if label == "tritium" and other:
                     print(f"tritium / triton at {c} conns = {http_infer.paired_ratio(runs, other)}"
-                          " (median of each round's ratio, runs made back to back)")
+                          " (median of each round's ratio, runs made back to back); CPU per request "
+                          f"{http_infer.paired_ratio(runs, other, 'cpu_us')}")
         bls: dict[tuple[str, int], list[tuple[float, float]]] = {}
         for round_index in range(max(1, args.rounds)):
             for label, url in http_infer.alternating(servers, round_index):
