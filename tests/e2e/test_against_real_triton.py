@@ -334,6 +334,23 @@ class TritonPythonModel:
         data = np.array([json.dumps(self.seen, sort_keys=True).encode()], dtype=np.object_)
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", data)]) for _ in requests]
 '''
+#: Holds its instance for a while, so that requests sent meanwhile wait in the queue: queue policies.
+SLOW = '''
+import time
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(0.6)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", r.inputs()[0].as_numpy())]) for r in requests]
+'''
+SLOW_CONFIG = """
+    backend: "python"
+    max_batch_size: 1
+    input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+    output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+    dynamic_batching { {policy} }
+"""
 ARGS_CONFIG = """
     backend: "python"
     max_batch_size: 0
@@ -364,6 +381,15 @@ def build_repo(repo: str) -> None:
                                                                f"r.inputs()[0].as_numpy() * {version}"),
                            VERSIONED_CONFIG, version=version)
     write_python_model(repo, "labelled", IDENTITY, LABELS_CONFIG)
+    for name, policy in (
+            ("queue_of_one", "default_queue_policy { max_queue_size: 1 }"),
+            ("expiring", "default_queue_policy { timeout_action: REJECT default_timeout_microseconds: 10000000 "
+                         "allow_timeout_override: true }"),
+            # no default timeout, which a request's own cannot lower: it never expires
+            ("unexpiring", "default_queue_policy { timeout_action: REJECT allow_timeout_override: true }"),
+            ("prioritized", "priority_levels: 2 default_priority_level: 2 "
+                            "priority_queue_policy { key: 1 value { max_queue_size: 1 } }")):
+        write_python_model(repo, name, SLOW, SLOW_CONFIG.replace("{policy}", policy))
     with open(os.path.join(repo, "labelled", "labels.txt"), "w") as f:
         f.write("cat\ndog\nbird\nfish\n")
     os.makedirs(os.path.join(repo, "twice", "1"))
@@ -1122,6 +1148,42 @@ def case_generate_stream(s: Servers) -> Any:
              ("add_sub", {"INPUT0": [1, 2, 3, 4], "INPUT1": [1, 1, 1, 1]}),
              ("fails", {"INPUT0": 0}), ("fails", {"INPUT0": 7}), ("add_sub", {"INPUT0": [1, 2, 3, 4]})]
     return [post_text(s, f"/v2/models/{model}/generate_stream", doc) for model, doc in calls]
+
+
+def queued_calls(s: Servers, model: str, calls: list[dict[str, Any]]) -> list[Any]:
+    """Send ``calls`` (``infer`` keyword arguments, plus ``after``: seconds to wait before sending) to a
+    model whose executes take 0.6 s, one at a time over gRPC without waiting for answers; the outcome of
+    each call in the order in which they came back."""
+    done: queue.Queue[Any] = queue.Queue()
+    for i, call in enumerate(calls):
+        call = dict(call)
+        time.sleep(call.pop("after", 0.1))
+
+        def callback(result: Any, error: Any, i: int = i) -> None:
+            done.put((i, "ok", result.as_numpy("OUTPUT0").tolist()) if error is None
+                     else (i, "error", error.status(), error.message()))
+
+        s.grpc.async_infer(model, grpc_inputs(("INPUT0", np.array([[i]], np.int32), "INT32")), callback, **call)
+    return [done.get(timeout=30) for _ in calls]
+
+
+def case_queue_full(s: Servers) -> Any:
+    # the first executes, the second waits, the queue (one) is full for the others: refused at once
+    return queued_calls(s, "queue_of_one", [{}, {"after": 0.2}, {"request_id": "third"}, {}])
+
+
+def case_queue_timeout_override(s: Servers) -> Any:
+    # The second lowers the 10 s timeout to 100 ms, which expires while the first executes; the third
+    # cannot raise it to 20 s, and waits within the 10 s.  Sorted: tritium answers an expired request
+    # when its timeout expires, Triton only once an instance frees up and its batcher looks again.
+    lowered = sorted(queued_calls(s, "expiring", [{}, {"after": 0.2, "timeout": 100000}, {"timeout": 20000000}]))
+    # Without a default timeout, the request's own is not applied.
+    return lowered, queued_calls(s, "unexpiring", [{}, {"after": 0.2, "timeout": 100000}])
+
+
+def case_priorities(s: Servers) -> Any:
+    # level 1 goes before the default level 2, and its queue holds one request
+    return queued_calls(s, "prioritized", [{}, {"after": 0.2}, {"priority": 1}, {"priority": 1, "request_id": "x"}])
 
 
 CASES = [value for name, value in sorted(globals().items()) if name.startswith("case_")]

@@ -84,8 +84,10 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     write_python_model(repo, "timeouts", sleep_then_echo(), echo_config(1, extra="""
         dynamic_batching { priority_levels: 2 default_priority_level: 1
             priority_queue_policy [
-              { key: 1 value: { timeout_action: REJECT allow_timeout_override: true } },
-              { key: 2 value: { timeout_action: DELAY allow_timeout_override: true } } ] }"""))
+              { key: 1 value: { timeout_action: REJECT default_timeout_microseconds: 30000000
+                                allow_timeout_override: true } },
+              { key: 2 value: { timeout_action: DELAY default_timeout_microseconds: 30000000
+                                allow_timeout_override: true } } ] }"""))
     write_model(repo, "ragged", ragged_graph(), config="""
         max_batch_size: 8
         input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true } ]

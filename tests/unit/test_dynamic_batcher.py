@@ -237,7 +237,7 @@ async def test_max_queue_size_refuses_requests_beyond_it_with_unavailable() -> N
         busy = await occupy(b, instance)  # executing: no longer in the queue
         queued = submit(b, req("q1"), req("q2"))
         await asyncio.sleep(0)
-        with pytest.raises(UnavailableError, match="^Exceeds maximum queue size$") as refused:
+        with pytest.raises(UnavailableError, match=r"^\[request id: q3\] Exceeds maximum queue size$") as refused:
             await b.infer(req("q3"))
         assert refused.value.status == Status.UNAVAILABLE
         assert b.stats.failures.get("REJECTED") == 1
@@ -260,7 +260,7 @@ async def test_cancelled_requests_do_not_fill_the_queue() -> None:
         await asyncio.sleep(0)
         kept = submit(b, req("q1"), req("q2"))  # room: the cancelled ones no longer count
         await asyncio.sleep(0)
-        with pytest.raises(UnavailableError, match="^Exceeds maximum queue size$"):
+        with pytest.raises(UnavailableError, match=r"^\[request id: q3\] Exceeds maximum queue size$"):
             await b.infer(req("q3"))
         instance.gate.set()
         await asyncio.gather(busy, *kept)
@@ -357,6 +357,22 @@ async def test_without_allow_timeout_override_the_request_timeout_is_ignored() -
         assert time.monotonic() - start >= 0.28  # the policy's 0.3 s, not the request's 20 ms
         instance.gate.set()
         await busy
+        await settled(batcher)
+
+
+@on_loop
+async def test_without_a_default_timeout_the_request_timeout_is_ignored() -> None:
+    # As real Triton: a request may only lower the policy's timeout, and 0 (none) is not lowered.
+    instance = Recorder()
+    config = "default_queue_policy { timeout_action: REJECT allow_timeout_override: true }"
+    async with dynamic(instance, max_batch_size=1, config=config) as batcher:
+        busy = await occupy(batcher, instance)
+        waiting = submit(batcher, req("brief", timeout_us=20_000))
+        await asyncio.sleep(0.1)  # five times its timeout: still queued
+        assert not waiting[0].done()
+        instance.gate.set()
+        await asyncio.gather(busy, *waiting)
+        assert instance.batches == [["busy"], ["brief"]]
         await settled(batcher)
 
 

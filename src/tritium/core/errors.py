@@ -96,9 +96,9 @@ class InternalError(TritiumError):
     status = Status.INTERNAL
 
 
-def request_error(request_id: str, message: str) -> InvalidArgumentError:
+def request_error(request_id: str, message: str, kind: type[TritiumError] = InvalidArgumentError) -> TritiumError:
     """An error about one request, prefixed with its id as Triton's core writes those it raises."""
-    return InvalidArgumentError(f"[request id: {request_id or '<id_unknown>'}] {message}")
+    return kind(f"[request id: {request_id or '<id_unknown>'}] {message}")
 
 
 class ModelConfigError(InvalidArgumentError):

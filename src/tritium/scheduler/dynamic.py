@@ -15,8 +15,8 @@ Triton's ``DynamicBatchScheduler::GetDynamicBatch`` decides:
   (at once when that is 0); a timer wakes the batcher then.
 
 Queue policies (``default_queue_policy``, ``priority_queue_policy``): a level
-with ``max_queue_size`` refuses requests beyond it with UNAVAILABLE "Exceeds
-maximum queue size"; a request whose timeout (the policy's default, or the
+with ``max_queue_size`` refuses requests beyond it with UNAVAILABLE "[request id:
+...] Exceeds maximum queue size" (the id prefix as Triton's); a request whose timeout (the policy's default, or the
 request's ``timeout`` parameter when ``allow_timeout_override`` lets it lower
 it) expires while queued is rejected with UNAVAILABLE "Request timeout expired"
 (``REJECT``), or moves behind the other requests of its level (``DELAY``).  A
@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Collection, Iterator, Sequence
 
 from tritium._proto import model_config_pb2 as mc
-from tritium.core.errors import UnavailableError
+from tritium.core.errors import UnavailableError, request_error
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.stats import ModelStats
 
@@ -69,10 +69,11 @@ class _Level:
         self.max_size = policy.max_queue_size
 
     def timeout_us(self, request: InferenceRequest) -> int:
-        """Triton's rule: the request may only lower the default (or set one where there is none)."""
+        """Triton's rule: the request may only lower the policy's default timeout.  Where the policy has
+        none (0), a request's timeout is ignored: real Triton does not start one for it either."""
         timeout = self.default_timeout_us
         requested = request.timeout_us
-        if self.allow_override and requested and (timeout == 0 or requested < timeout):
+        if self.allow_override and 0 < requested < timeout:
             return requested
         return timeout
 
@@ -129,7 +130,7 @@ class DynamicBatcher(DirectScheduler):
         level = levels[priority - 1] if 0 < priority <= len(levels) else levels[self._default_level]
         if level.max_size and level.size >= level.max_size and self._purge_cancelled(level) >= level.max_size:
             self.stats.record_rejected(request)
-            raise UnavailableError("Exceeds maximum queue size")
+            raise request_error(request.id, "Exceeds maximum queue size", UnavailableError)
         entry = _Entry(request, future, level)
         level.queue.append(entry)
         level.size += 1
