@@ -156,10 +156,12 @@ class TritonPythonModel:
         out = []
         for r in requests:
             seen = {"parameters": json.loads(r.parameters()), "id": r.request_id(),
-                    "requested": sorted(r.requested_output_names())}
+                    "requested": sorted(r.requested_output_names()),
+                    "requested_type": type(r.requested_output_names()).__name__}
             out.append(pb_utils.InferenceResponse([
                 pb_utils.Tensor("OUT", np.array([json.dumps(seen, sort_keys=True).encode()], dtype=np.object_)),
-                pb_utils.Tensor("OTHER", np.array([1], np.int32))]))
+                pb_utils.Tensor("OTHER", np.array([1], np.int32)),
+                pb_utils.Tensor("UNDECLARED", np.array([2], np.int32))]))  # not in the config
         return out
 '''
 PARAMS_CONFIG = """
@@ -351,6 +353,40 @@ SLOW_CONFIG = """
     output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
     dynamic_batching { {policy} }
 """
+#: BLS calls with a timeout to ``expiring`` (0.6 s executes, whose queue policy lets a request lower its
+#: timeout): one while it is idle, then one while it executes another call.
+BLS_TIMEOUT = '''
+import asyncio
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+def call(value, **kw):
+    return pb_utils.InferenceRequest(model_name="expiring", inputs=[pb_utils.Tensor("INPUT0", np.array([[value]], np.int32))],
+                                     requested_output_names=["OUTPUT0"], **kw)
+
+def seen(response):
+    if response.has_error():
+        return {"error": response.error().message()}
+    return {"out": pb_utils.get_output_tensor_by_name(response, "OUTPUT0").as_numpy().tolist()}
+
+async def busy():
+    first = call(2).async_exec()
+    await asyncio.sleep(0.2)
+    queued = seen(await call(3, timeout=1000).async_exec())  # waits behind the first: expires
+    return [seen(await first), queued]
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            idle = seen(call(1, timeout=1000).exec())  # not queued: no timeout applies
+            results = [idle, *asyncio.run(busy())]
+            out.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUT", np.array([json.dumps(results, sort_keys=True).encode()], dtype=np.object_))]))
+        return out
+'''
+
 ARGS_CONFIG = """
     backend: "python"
     max_batch_size: 0
@@ -370,6 +406,7 @@ def build_repo(repo: str) -> None:
     write_python_model(repo, "params", PARAMS, PARAMS_CONFIG)
     write_python_model(repo, "init_fails", INIT_FAILS, ECHO_INT_CONFIG.replace("{extra}", ""))
     write_python_model(repo, "args", ARGS, ARGS_CONFIG)
+    write_python_model(repo, "bls_timeout", BLS_TIMEOUT, ARGS_CONFIG)
     plain = ECHO_INT_CONFIG.replace("{extra}", "")
     write_python_model(repo, "bls", BLS, BLS_CONFIG)
     write_python_model(repo, "codes", CODES, plain)
@@ -626,7 +663,9 @@ def case_parameters_and_outputs(s: Servers) -> Any:
                                parameters={"flag": False, "n": -2, "s": "y"})
     return (json.loads(with_params.as_numpy("OUT")[0]), with_params.get_response().get("id"),
             sorted(o["name"] for o in with_params.get_response()["outputs"]),
-            json.loads(grpc_params.as_numpy("OUT")[0]), grpc_params.get_response().id)
+            json.loads(grpc_params.as_numpy("OUT")[0]), grpc_params.get_response().id,
+            # none asked for: every output of the configuration, not one the model adds
+            sorted(o.name for o in grpc_params.get_response().outputs))
 
 
 def case_reserved_parameter(s: Servers) -> Any:
@@ -1165,6 +1204,13 @@ def queued_calls(s: Servers, model: str, calls: list[dict[str, Any]]) -> list[An
 
         s.grpc.async_infer(model, grpc_inputs(("INPUT0", np.array([[i]], np.int32), "INT32")), callback, **call)
     return [done.get(timeout=30) for _ in calls]
+
+
+def case_bls_timeout(s: Servers) -> Any:
+    # A BLS request's timeout is the request's own (applied by the called model's queue policy while it
+    # waits there), not a deadline on the call.
+    result = s.http.infer("bls_timeout", http_inputs(("INPUT0", np.array([0], np.int32), "INT32")))
+    return json.loads(result.as_numpy("OUT")[0])
 
 
 def case_queue_full(s: Servers) -> Any:

@@ -234,11 +234,14 @@ class Model:
 
     def _shape_response(self, request: InferenceRequest, response: InferenceResponse) -> InferenceResponse:
         """Keep the outputs the client asked for, each once, in the order the model gave them (as Triton
-        answers: not in the order asked), and undo output ``reshape``."""
+        answers: not in the order asked), and undo output ``reshape``.  Asking for none asks for every output
+        of the configuration, and only those: one the model makes up is dropped, as Triton drops it."""
         outputs = response.outputs
         wanted = request.requested_outputs
         if wanted is not None:
             outputs = [t for t in outputs if t.name in wanted]
+        elif self.outputs and any(t.name not in self.outputs for t in outputs):
+            outputs = [t for t in outputs if t.name in self.outputs]
         for i, tensor in enumerate(outputs):
             spec = self.outputs.get(tensor.name)
             if spec is not None and spec.reshape is not None:

@@ -839,22 +839,22 @@ class PythonInstanceState(ModelInstanceState):
             params = dict(parameters)
             if correlation_id:
                 params.setdefault("sequence_id", correlation_id)
+            if timeout_us and timeout_us > 0:
+                # As in Triton, the request's own timeout: the called model's queue policy may apply it
+                # while the request waits there (allow_timeout_override); it is not a deadline on the call.
+                params["timeout"] = timeout_us
             request = InferenceRequest(model, version, request_id, inputs, requested, params)
-            timeout = timeout_us / 1e6 if timeout_us and timeout_us > 0 else None
             if decoupled:
-                async with asyncio.timeout(timeout):
-                    async for item in handle.stream(request):
-                        if item.error is not None:
-                            reply(None, item.final, (item.error.status.value, item.error.message))
-                            if item.final:
-                                return
-                            continue
-                        reply(item.response, item.final)
+                async for item in handle.stream(request):
+                    if item.error is not None:
+                        reply(None, item.final, (item.error.status.value, item.error.message))
+                        if item.final:
+                            return
+                        continue
+                    reply(item.response, item.final)
                 return
-            response = await asyncio.wait_for(handle.infer(request), timeout)
+            response = await handle.infer(request)
             reply(response, True)
-        except (asyncio.TimeoutError, TimeoutError):
-            reply(None, True, ("UNAVAILABLE", f"Request timeout expired for the BLS request to model '{model}'"))
         except asyncio.CancelledError:  # the caller cancelled it: its iteration ends here
             reply(None, True)
             raise

@@ -11,7 +11,7 @@ import asyncio
 import enum
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import numpy as np
@@ -260,8 +260,9 @@ class InferenceRequest:
     def inputs(self) -> list[Tensor]:
         return self._inputs
 
-    def requested_output_names(self) -> list[str]:
-        return self._requested
+    def requested_output_names(self) -> set[str]:
+        """A set, as Triton's binding gives it (models may use set operations on it)."""
+        return set(self._requested)
 
     def request_id(self) -> str:
         return self._request_id
@@ -307,7 +308,22 @@ class InferenceRequest:
             return ResponseIterator(*_runtime.bls(self, True))
         return _runtime.bls(self, False)[1].result()
 
-    async def async_exec(self, decoupled: bool = False) -> Any:
+    def async_exec(self, decoupled: bool = False) -> Awaitable[Any]:
+        """Send the request now, as Triton does, and return an awaitable of what :meth:`exec` returns: a
+        model can start several calls and then await them.  Outside a running event loop (which Triton
+        refuses) the request is sent when awaited."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return self._exec_when_awaited(decoupled)
+        ident, waiter = _runtime.bls(self, decoupled)
+        if decoupled:
+            ready = loop.create_future()
+            ready.set_result(ResponseIterator(ident, waiter))
+            return ready
+        return asyncio.wrap_future(waiter, loop=loop)
+
+    async def _exec_when_awaited(self, decoupled: bool) -> Any:
         if decoupled:
             return ResponseIterator(*_runtime.bls(self, True))
         return await asyncio.wrap_future(_runtime.bls(self, False)[1])

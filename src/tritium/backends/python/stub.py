@@ -142,7 +142,7 @@ class Runtime:
             else:
                 (metas, data), arena = protocol.inline_tensors(arrays), None
             self._events.send(("bls", ident, request.model_name, int(request.model_version), request.request_id(),
-                               request._parameters, request.requested_output_names() or None, metas, data,
+                               request._parameters, request._requested or None, metas, data,
                                decoupled, request.timeout(), request.correlation_id(), request.flags(), arena))
         return ident, waiter
 
