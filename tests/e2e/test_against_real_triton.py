@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import grpc
 import numpy as np
@@ -418,6 +419,9 @@ def build_repo(repo: str) -> None:
                                                                f"r.inputs()[0].as_numpy() * {version}"),
                            VERSIONED_CONFIG, version=version)
     write_python_model(repo, "labelled", IDENTITY, LABELS_CONFIG)
+    # fails to load (no usable GPU for either server: tritium's are hidden), never served on CPU
+    write_python_model(repo, "on_gpu", IDENTITY,
+                       ECHO_INT_CONFIG.replace("{extra}", "instance_group [ { kind: KIND_GPU count: 1 } ]"))
     for name, policy in (
             ("queue_of_one", "default_queue_policy { max_queue_size: 1 }"),
             ("expiring", "default_queue_policy { timeout_action: REJECT default_timeout_microseconds: 10000000 "
@@ -492,7 +496,9 @@ def start_pair(args: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
         pytest.skip(f"real Triton did not start: {str(e)[-500:]}")
     try:
         # (Triton 2.51 lets clients register shared memory without the flag, which it does not know)
-        with RunningServer([repo], ["--exit-on-error=false", "--allow-client-shm=true", *args]) as tritium:
+        # (GPUs hidden: the Triton build here has none it can use, so KIND_GPU must fail on both)
+        with mock.patch.dict(os.environ, {"TRITIUM_DISABLE_GPUS": "1"}), \
+                RunningServer([repo], ["--exit-on-error=false", "--allow-client-shm=true", *args]) as tritium:
             yield (Servers(tritium.url, tritium.grpc_url, tritium.metrics_url),
                    Servers(triton.url, triton.grpc_url, triton.metrics_url))
     finally:
@@ -708,6 +714,7 @@ def case_failed_model_calls(s: Servers) -> Any:
     return (outcome(lambda: s.http.infer("init_fails", http_inputs(("INPUT0", x, "INT32")))),
             outcome(lambda: s.grpc.infer("no_class", grpc_inputs(("INPUT0", x, "INT32")))),
             outcome(lambda: s.http.get_model_metadata("bad_syntax")),
+            outcome(lambda: s.http.infer("on_gpu", http_inputs(("INPUT0", x, "INT32")))),
             s.raw("POST", "/v2/repository/models/init_fails/load"))
 
 

@@ -11,8 +11,8 @@ from google.protobuf import text_format
 from tritium._proto import model_config_pb2 as mc
 from tritium.config.autocomplete import fill_backend_fields, version_dirs
 from tritium.config.parse import config_from_json, config_path, config_to_dict, load_config_file, parse_config_text
-from tritium.config.validate import normalize, validate
-from tritium.core.errors import ModelConfigError
+from tritium.config.validate import check_instance_groups, normalize, validate
+from tritium.core.errors import InvalidArgumentError, ModelConfigError
 from tritium.repository.versions import select_versions
 
 
@@ -260,7 +260,7 @@ def test_fill_backend_fields_custom_filename_missing(tmp_path):
     fill_backend_fields(config, _model_dir(tmp_path, "model.onnx"))
     assert config.backend == "" and config.platform == ""
     with pytest.raises(ModelConfigError, match="missing.onnx"):
-        validate(config, "m", ())
+        validate(config, "m")
 
 
 def test_fill_backend_fields_backend_from_directory_suffix(tmp_path):
@@ -283,7 +283,7 @@ def test_fill_backend_fields_nothing_found(tmp_path):
     fill_backend_fields(config, _model_dir(tmp_path, "weights.bin"))
     assert config.backend == "" and config.platform == ""
     with pytest.raises(ModelConfigError, match="backend"):
-        validate(config, "m", ())
+        validate(config, "m")
 
 
 # -- normalize ----------------------------------------------------------------------------------------
@@ -338,7 +338,7 @@ def test_normalize_kind_auto_without_gpus_is_cpu():
     normalize(config, "m", gpus=())
     assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
     assert config.instance_group[0].count == 2
-    validate(config, "m", ())
+    validate(config, "m")
 
 
 def test_normalize_kind_auto_with_gpus_is_gpu_on_all():
@@ -348,7 +348,7 @@ def test_normalize_kind_auto_with_gpus_is_gpu_on_all():
     assert group.kind == mc.ModelInstanceGroup.KIND_GPU
     assert list(group.gpus) == [0, 1]
     assert group.count == 1
-    validate(config, "m", (0, 1))
+    validate(config, "m")
 
 
 def test_normalize_kind_auto_with_missing_gpu_is_cpu():
@@ -389,7 +389,7 @@ def _normalized(text: str, gpus=()) -> mc.ModelConfig:
 
 def _invalid(text: str, *needles: str, gpus=()) -> str:
     with pytest.raises(ModelConfigError) as info:
-        validate(_normalized(text, gpus), "m", gpus)
+        validate(_normalized(text, gpus), "m")
     message = str(info.value)
     assert "'m'" in message
     for needle in needles:
@@ -402,7 +402,7 @@ def test_valid_config_passes():
         input [ { name: "A" data_type: TYPE_FP32 dims: [ -1, 4 ] } ]
         output [ { name: "B" data_type: TYPE_FP32 dims: [ 2, 2 ] reshape: { shape: [ 4 ] } } ]
         dynamic_batching { preferred_batch_size: [ 4, 8 ] }
-    """), "m", ())
+    """), "m")
 
 
 def test_preferred_batch_size_over_max_rejected():
@@ -425,7 +425,7 @@ def test_reshape_variable_dims_mismatch_rejected():
 def test_reshape_with_variable_dims_between_equal_chunks_allowed():
     """Triton's example: [2, 4, -1, 6] -> [8, -1, 1, 6] (2 * 4 = 8 and 6 = 1 * 6)."""
     validate(_normalized(BASE + 'input [ { name: "A" data_type: TYPE_FP32 dims: [ 2, 4, -1, 6 ] '
-                                'reshape: { shape: [ 8, -1, 1, 6 ] } } ]'), "m", ())
+                                'reshape: { shape: [ 8, -1, 1, 6 ] } } ]'), "m")
 
 
 @pytest.mark.parametrize("dims, shape, needle", [
@@ -446,24 +446,37 @@ def test_zero_dim_rejected():
 
 def test_reshape_to_scalar_allowed():
     validate(_normalized(BASE + 'input [ { name: "A" data_type: TYPE_FP32 dims: [ 1 ] reshape: { shape: [ ] } } ]'),
-             "m", ())
+             "m")
+
+
+def _bad_groups(text: str, gpus=()) -> str:
+    """Instance groups are checked when a version loads (as Triton does), in Triton's words."""
+    config = _normalized(text, gpus)
+    validate(config, "m")  # nothing else wrong
+    with pytest.raises(InvalidArgumentError) as info:
+        check_instance_groups(config, "m", gpus)
+    return str(info.value)
 
 
 def test_kind_cpu_with_gpus_rejected():
-    _invalid(BASE + "instance_group [ { kind: KIND_CPU gpus: [ 0 ] } ]", "KIND_CPU", "GPU", gpus=(0,))
+    assert _bad_groups(BASE + "instance_group [ { kind: KIND_CPU gpus: [ 0 ] } ]", gpus=(0,)) == \
+        "instance group m_0 of model m has kind KIND_CPU but specifies one or more GPUs"
 
 
 def test_kind_gpu_without_gpus_rejected():
-    _invalid(BASE + "instance_group [ { kind: KIND_GPU } ]", "KIND_GPU")
+    # Triton 2.51, word for word: "instance group gpu_0 of model gpu has kind KIND_GPU but no GPUs are available"
+    assert _bad_groups(BASE + "instance_group [ { kind: KIND_GPU } ]") == \
+        "instance group m_0 of model m has kind KIND_GPU but no GPUs are available"
 
 
 def test_kind_gpu_with_unknown_gpu_rejected():
-    _invalid(BASE + "instance_group [ { kind: KIND_GPU gpus: [ 5 ] } ]", "5", gpus=(0, 1))
+    assert _bad_groups(BASE + "instance_group [ { kind: KIND_GPU gpus: [ 5 ] } ]", gpus=(0, 1)) == \
+        "instance group m_0 of model m specifies invalid or unsupported gpu id 5. GPUs available are: 0, 1"
 
 
 def test_name_mismatch_rejected():
     with pytest.raises(ModelConfigError, match="other"):
-        validate(_normalized('name: "other" backend: "onnxruntime"'), "m", ())
+        validate(_normalized('name: "other" backend: "onnxruntime"'), "m")
 
 
 @pytest.mark.parametrize("tensor, needle", [

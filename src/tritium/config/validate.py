@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tritium._proto import model_config_pb2 as mc
-from tritium.core.errors import ModelConfigError
+from tritium.core.errors import InvalidArgumentError, ModelConfigError
 
 KIND_AUTO = mc.ModelInstanceGroup.KIND_AUTO
 KIND_GPU = mc.ModelInstanceGroup.KIND_GPU
@@ -53,8 +53,9 @@ def normalize(config: mc.ModelConfig, model_name: str, gpus: Sequence[int], defa
             group.count = default_cpu_count if group.kind == KIND_CPU else 1
 
 
-def validate(config: mc.ModelConfig, model_name: str, gpus: Sequence[int]) -> None:
-    """Raise :class:`ModelConfigError` for a config Triton would refuse."""
+def validate(config: mc.ModelConfig, model_name: str) -> None:
+    """Raise :class:`ModelConfigError` for a config Triton would refuse when it reads the repository
+    (instance groups against this machine's GPUs: :func:`check_instance_groups`, when a version loads)."""
 
     def fail(message: str) -> None:
         raise ModelConfigError(f"model '{model_name}': {message}")
@@ -78,21 +79,25 @@ def validate(config: mc.ModelConfig, model_name: str, gpus: Sequence[int]) -> No
     if config.HasField("dynamic_batching"):
         _check_dynamic_batching(config, fail)
     _check_batch_io(config, fail)
+
+
+def check_instance_groups(config: mc.ModelConfig, model_name: str, gpus: Sequence[int]) -> None:
+    """The instance groups against the GPUs of this machine, checked as Triton checks them: when a version
+    loads, failing that load (an explicit KIND_GPU never falls back to CPU), the reason in Triton's words."""
     for group in config.instance_group:
         kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
+        where = f"instance group {group.name} of model {model_name}"
         if group.kind == KIND_GPU:
             if not gpus:
-                fail(f"instance group {group.name} of model {model_name} has kind KIND_GPU but no GPUs are available")
+                raise InvalidArgumentError(f"{where} has kind KIND_GPU but no GPUs are available")
             for gpu in group.gpus:
                 if gpu not in gpus:
-                    fail(
-                        f"instance group {group.name} of model {model_name} specifies invalid or unsupported gpu id {gpu}. "
-                        f"GPUs available are: {', '.join(map(str, gpus)) or 'none'}"
-                    )
+                    raise InvalidArgumentError(f"{where} specifies invalid or unsupported gpu id {gpu}. "
+                                               f"GPUs available are: {', '.join(map(str, gpus)) or 'none'}")
         elif group.gpus:
-            fail(f"instance group {group.name} of model {model_name} has kind {kind} but specifies one or more GPUs")
+            raise InvalidArgumentError(f"{where} has kind {kind} but specifies one or more GPUs")
         if group.count < 1:
-            fail(f"instance group {group.name} of model {model_name} must have a count >= 1, got {group.count}")
+            raise InvalidArgumentError(f"{where} must have a count >= 1, got {group.count}")
 
 
 def _check_dynamic_batching(config: mc.ModelConfig, fail) -> None:  # type: ignore[no-untyped-def]

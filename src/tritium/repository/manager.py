@@ -27,7 +27,7 @@ from tritium.backends.registry import BackendRegistry
 from tritium.config.ensemble import check_composing_models, composing_models, ensemble_steps, is_ensemble
 from tritium.config.autocomplete import fill_backend_fields, version_dirs
 from tritium.config.parse import config_path, load_config_file
-from tritium.config.validate import normalize, validate
+from tritium.config.validate import check_instance_groups, normalize, validate
 from tritium.core.devices import available_gpus
 from tritium.core.errors import (
     InternalError,
@@ -438,7 +438,7 @@ class ModelRepositoryManager:
             backend.auto_complete_config(self._context(name, versions[-1], model_dir, config))
         cpu_count = backend.default_instance_count("KIND_CPU") if backend else 1
         normalize(config, name, self._gpus, cpu_count)
-        validate(config, name, self._gpus)
+        validate(config, name)
         if is_ensemble(config):
             return [self._build_ensemble(name, version, config) for version in versions]
         assert backend is not None  # validate() refuses configs without a backend
@@ -466,6 +466,7 @@ class ModelRepositoryManager:
         slot = VersionSlot(version)
         ctx = self._context(name, version, model_dir, config)
         try:
+            check_instance_groups(config, name, self._gpus)
             sequence = sequence_settings(config, model_dir) if config.HasField("sequence_batching") else None
             slot.model_state = backend.model_initialize(ctx)
             for spec in _instance_specs(config):
