@@ -146,6 +146,43 @@ class TritonPythonModel:
         return None
 '''
 
+#: A decoupled model's edge cases, by input: 1 an error response and more after it, 2 responses sent from a
+#: thread after execute returned, 3 an error response that is the final one, 4 execute returns responses.
+DECOUPLED_EDGES = '''
+import threading
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+def response(value):
+    return pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", np.array([value], np.int32))])
+
+def later(sender):
+    time.sleep(0.2)
+    sender.send(response(7))
+    sender.send(flags=FINAL)
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for r in requests:
+            mode = int(r.inputs()[0].as_numpy()[0])
+            sender = r.get_response_sender()
+            if mode == 1:
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError("oops")))
+                sender.send(response(1))
+                sender.send(flags=FINAL)
+            elif mode == 2:
+                threading.Thread(target=later, args=(sender,)).start()
+            elif mode == 3:
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError("fatal", pb_utils.TritonError.INVALID_ARG)),
+                            flags=FINAL)
+            elif mode == 4:
+                return [response(4) for _ in requests]
+        return None
+'''
+
 #: Answers the request's parameters, id and requested outputs, as JSON in a string tensor.
 PARAMS = '''
 import json
@@ -405,6 +442,8 @@ def build_repo(repo: str) -> None:
     write_python_model(repo, "repeat", REPEAT,
                        ECHO_INT_CONFIG.replace("{extra}", "model_transaction_policy { decoupled: true }"))
     write_python_model(repo, "params", PARAMS, PARAMS_CONFIG)
+    write_python_model(repo, "decoupled_edges", DECOUPLED_EDGES,
+                       ECHO_INT_CONFIG.replace("{extra}", "model_transaction_policy { decoupled: true }"))
     write_python_model(repo, "init_fails", INIT_FAILS, ECHO_INT_CONFIG.replace("{extra}", ""))
     write_python_model(repo, "args", ARGS, ARGS_CONFIG)
     write_python_model(repo, "bls_timeout", BLS_TIMEOUT, ARGS_CONFIG)
@@ -1019,6 +1058,36 @@ def case_stream_errors_and_plain_models(s: Servers) -> Any:
         return seen
     finally:
         client.stop_stream()
+
+
+def case_decoupled_edges(s: Servers) -> Any:
+    """What a stream carries, per DECOUPLED_EDGES mode: until the final response, or a second of silence."""
+    seen = []
+    for mode in (1, 2, 3, 4):
+        results: queue.Queue[Any] = queue.Queue()
+        client = grpcclient.InferenceServerClient(s.grpc_url)
+        client.start_stream(callback=lambda result, error: results.put((result, error)))
+        try:
+            client.async_stream_infer("decoupled_edges", grpc_inputs(("INPUT0", np.array([mode], np.int32), "INT32")),
+                                      enable_empty_final_response=True)
+            got: list[Any] = []
+            while True:
+                try:
+                    result, error = results.get(timeout=1.0)
+                except queue.Empty:
+                    break
+                if error is not None:
+                    got.append(("error", error.status(), error.message()))
+                    continue
+                final = result.get_response().parameters["triton_final_response"].bool_param
+                out = result.as_numpy("OUTPUT0")
+                got.append((None if out is None else out.tolist(), final))
+                if final:
+                    break
+            seen.append(got)
+        finally:
+            client.stop_stream()
+    return seen
 
 
 def case_compressed_requests_and_responses(s: Servers) -> Any:

@@ -337,7 +337,8 @@ class Stub:
             return ("done", None, None, format_exception(e))
         if self.runtime.decoupled:
             if responses is not None:
-                return ("done", None, None, "the execute function of a decoupled model must return None")
+                return ("done", None, None, f"Python model '{self.runtime.instance_name}' is using the decoupled "
+                                            "mode and the execute function must return None.")
             return ("done", None, [("ok", [])] * len(requests), None)
         if responses is None or len(responses) != len(requests):
             got = "None" if responses is None else str(len(responses))
