@@ -183,6 +183,24 @@ class TritonPythonModel:
         return None
 '''
 
+#: auto_complete_config fills a config that names only the backend; the others fail in it.
+AUTO_COMPLETE = '''
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config):
+        config.set_max_batch_size(4)
+        config.add_input({"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [2]})
+        config.add_output({"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [2]})
+        config.set_dynamic_batching()
+        return config
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", r.inputs()[0].as_numpy())]) for r in requests]
+'''
+AUTO_COMPLETE_RAISES = AUTO_COMPLETE.replace("config.set_max_batch_size(4)", "raise RuntimeError('cannot complete')")
+
 #: Answers the request's parameters, id and requested outputs, as JSON in a string tensor.
 PARAMS = '''
 import json
@@ -442,6 +460,9 @@ def build_repo(repo: str) -> None:
     write_python_model(repo, "repeat", REPEAT,
                        ECHO_INT_CONFIG.replace("{extra}", "model_transaction_policy { decoupled: true }"))
     write_python_model(repo, "params", PARAMS, PARAMS_CONFIG)
+    write_python_model(repo, "completed", AUTO_COMPLETE, 'backend: "python"\n')
+    write_python_model(repo, "complete_raises", AUTO_COMPLETE_RAISES, 'backend: "python"\n')
+    write_python_model(repo, "complete_conflicts", AUTO_COMPLETE, 'backend: "python"\nmax_batch_size: 8\n')
     write_python_model(repo, "decoupled_edges", DECOUPLED_EDGES,
                        ECHO_INT_CONFIG.replace("{extra}", "model_transaction_policy { decoupled: true }"))
     write_python_model(repo, "init_fails", INIT_FAILS, ECHO_INT_CONFIG.replace("{extra}", ""))
@@ -1088,6 +1109,13 @@ def case_decoupled_edges(s: Servers) -> Any:
         finally:
             client.stop_stream()
     return seen
+
+
+def case_auto_complete(s: Servers) -> Any:
+    config = s.http.get_model_config("completed")
+    result = s.http.infer("completed", http_inputs(("INPUT0", np.array([[1, 2]], np.float32), "FP32")))
+    return (config["max_batch_size"], config["input"], config["output"], "dynamic_batching" in config,
+            result.as_numpy("OUTPUT0").tolist())
 
 
 def case_compressed_requests_and_responses(s: Servers) -> Any:

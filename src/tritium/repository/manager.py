@@ -435,7 +435,10 @@ class ModelRepositoryManager:
             config.name = name
         backend = self._backends.get(config.backend) if config.backend else None
         if backend is not None and auto_complete:
-            backend.auto_complete_config(self._context(name, versions[-1], model_dir, config))
+            try:
+                backend.auto_complete_config(self._context(name, versions[-1], model_dir, config))
+            except TritiumError as e:  # the reason reads as Triton's for a failed load: "Internal: ..."
+                raise type(e)(status_text(e), e.status) from None
         cpu_count = backend.default_instance_count("KIND_CPU") if backend else 1
         normalize(config, name, self._gpus, cpu_count)
         validate(config, name)

@@ -149,7 +149,7 @@ class PythonBackend(Backend):
             events.close()
             _reap(popen, 10.0)
         if status != "ok":
-            raise UnavailableError(f"auto-complete of model '{ctx.name}' failed: {payload}")
+            raise InternalError(payload)  # the model's own exception, as Triton reports it
         _merge_auto_complete(config, payload, ctx.name)
 
     def model_initialize(self, ctx: ModelContext) -> ModelState:
