@@ -183,6 +183,25 @@ class TritonPythonModel:
         return None
 '''
 
+#: Answers what its instance was told in initialize; executes take 0.2 s so that requests spread over
+#: every instance.
+INSTANCE_INFO = '''
+import json
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        keys = ("model_instance_name", "model_instance_kind", "model_instance_device_id")
+        self.info = json.dumps({k: args[k] for k in keys}, sort_keys=True)
+
+    def execute(self, requests):
+        time.sleep(0.2)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([self.info.encode()], dtype=np.object_))])
+                for _ in requests]
+'''
+
 #: auto_complete_config fills a config that names only the backend; the others fail in it.
 AUTO_COMPLETE = '''
 import triton_python_backend_utils as pb_utils
@@ -461,6 +480,9 @@ def build_repo(repo: str) -> None:
                        ECHO_INT_CONFIG.replace("{extra}", "model_transaction_policy { decoupled: true }"))
     write_python_model(repo, "params", PARAMS, PARAMS_CONFIG)
     write_python_model(repo, "completed", AUTO_COMPLETE, 'backend: "python"\n')
+    write_python_model(repo, "groups", INSTANCE_INFO, ARGS_CONFIG + """
+        instance_group [ { count: 2 kind: KIND_CPU }, { name: "extra" count: 1 kind: KIND_CPU },
+                         { count: 1 kind: KIND_MODEL } ]""")
     write_python_model(repo, "complete_raises", AUTO_COMPLETE_RAISES, 'backend: "python"\n')
     write_python_model(repo, "complete_conflicts", AUTO_COMPLETE, 'backend: "python"\nmax_batch_size: 8\n')
     write_python_model(repo, "decoupled_edges", DECOUPLED_EDGES,
@@ -1109,6 +1131,16 @@ def case_decoupled_edges(s: Servers) -> Any:
         finally:
             client.stop_stream()
     return seen
+
+
+def case_instance_groups(s: Servers) -> Any:
+    """Group names as configured or filled in, and every instance's name, kind and device as it is told."""
+    groups = [(g["name"], g["kind"], g["count"]) for g in s.http.get_model_config("groups")["instance_group"]]
+    seen: queue.Queue[Any] = queue.Queue()
+    for i in range(24):
+        s.grpc.async_infer("groups", grpc_inputs(("INPUT0", np.array([i], np.int32), "INT32")),
+                           lambda result, error: seen.put(str(error) if error else result.as_numpy("OUT")[0]))
+    return groups, sorted({seen.get(timeout=30) for _ in range(24)})
 
 
 def case_auto_complete(s: Servers) -> Any:
