@@ -202,6 +202,25 @@ class TritonPythonModel:
                 for _ in requests]
 '''
 
+#: Sleeps a tenth of a second per unit of its input, then echoes it: executions of different lengths.
+SLEEPS = '''
+import time
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(sum(float(r.inputs()[0].as_numpy().sum()) for r in requests) / 10)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", r.inputs()[0].as_numpy())]) for r in requests]
+'''
+TWO_INSTANCES = """
+    backend: "python"
+    max_batch_size: 1
+    input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+    output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+    instance_group [ { count: 2 kind: KIND_CPU } ]
+    dynamic_batching { {ordering} }
+"""
+
 #: auto_complete_config fills a config that names only the backend; the others fail in it.
 AUTO_COMPLETE = '''
 import triton_python_backend_utils as pb_utils
@@ -480,6 +499,8 @@ def build_repo(repo: str) -> None:
                        ECHO_INT_CONFIG.replace("{extra}", "model_transaction_policy { decoupled: true }"))
     write_python_model(repo, "params", PARAMS, PARAMS_CONFIG)
     write_python_model(repo, "completed", AUTO_COMPLETE, 'backend: "python"\n')
+    write_python_model(repo, "ordered", SLEEPS, TWO_INSTANCES.replace("{ordering}", "preserve_ordering: true"))
+    write_python_model(repo, "unordered", SLEEPS, TWO_INSTANCES.replace("{ordering}", ""))
     write_python_model(repo, "groups", INSTANCE_INFO, ARGS_CONFIG + """
         instance_group [ { count: 2 kind: KIND_CPU }, { name: "extra" count: 1 kind: KIND_CPU },
                          { count: 1 kind: KIND_MODEL } ]""")
@@ -1347,6 +1368,19 @@ def case_bls_timeout(s: Servers) -> Any:
     # waits there), not a deadline on the call.
     result = s.http.infer("bls_timeout", http_inputs(("INPUT0", np.array([0], np.int32), "INT32")))
     return json.loads(result.as_numpy("OUT")[0])
+
+
+def case_preserve_ordering(s: Servers) -> Any:
+    """Two instances: a 0.6 s execution, then a 0.1 s one; the second comes back first unless the batcher
+    preserves ordering."""
+    def order(model: str) -> list[int]:
+        done: queue.Queue[int] = queue.Queue()
+        for value in (6, 1):
+            s.grpc.async_infer(model, grpc_inputs(("INPUT0", np.array([[value]], np.int32), "INT32")),
+                               lambda result, error: done.put(-1 if error else int(result.as_numpy("OUTPUT0")[0][0])))
+            time.sleep(0.1)
+        return [done.get(timeout=30) for _ in range(2)]
+    return order("ordered"), order("unordered")
 
 
 def case_queue_full(s: Servers) -> Any:
