@@ -351,6 +351,16 @@ ENSEMBLE_CONFIG = """
         output_map { key: "OUTPUT0" value: "TWICE_A" } output_map { key: "OUTPUT1" value: "TWICE_B" } } ] }
 """
 
+#: One step through ``fails``: how a failing step's error reaches the ensemble's client.
+FAILING_ENSEMBLE_CONFIG = """
+    platform: "ensemble"
+    max_batch_size: 0
+    input [ { name: "X" data_type: TYPE_INT32 dims: [ -1 ] } ]
+    output [ { name: "Y" data_type: TYPE_INT32 dims: [ -1 ] } ]
+    ensemble_scheduling { step [
+      { model_name: "fails" model_version: -1 input_map { key: "INPUT0" value: "X" } output_map { key: "OUTPUT0" value: "Y" } } ] }
+"""
+
 SEQUENCE_CONFIG = """
     backend: "python"
     max_batch_size: 0
@@ -536,9 +546,10 @@ def build_repo(repo: str) -> None:
         write_python_model(repo, name, SLOW, SLOW_CONFIG.replace("{policy}", policy))
     with open(os.path.join(repo, "labelled", "labels.txt"), "w") as f:
         f.write("cat\ndog\nbird\nfish\n")
-    os.makedirs(os.path.join(repo, "twice", "1"))
-    with open(os.path.join(repo, "twice", "config.pbtxt"), "w") as f:
-        f.write(ENSEMBLE_CONFIG)
+    for name, config in (("twice", ENSEMBLE_CONFIG), ("through_fails", FAILING_ENSEMBLE_CONFIG)):
+        os.makedirs(os.path.join(repo, name, "1"))
+        with open(os.path.join(repo, name, "config.pbtxt"), "w") as f:
+            f.write(config)
     write_python_model(repo, "bad_syntax", "class TritonPythonModel(:\n    pass\n", plain)
     write_python_model(repo, "no_class", "x = 1\n", plain)
     write_python_model(repo, "import_fails", "import no_such_module_here\n" + IDENTITY, plain)
@@ -1052,6 +1063,20 @@ def case_ensemble(s: Servers) -> Any:
             run(s.http, http_inputs, ("A", A, "FP32")),
             run(s.grpc, grpc_inputs, ("A", A, "FP32"), ("C", B, "FP32")),
             s.http.get_model_metadata("twice"), ensemble_config(s))
+
+
+def case_ensemble_step_fails(s: Servers) -> Any:
+    """A step's error response, and a step whose execute raises, as the ensemble's client sees them.
+    Deliberate difference: tritium names the failing step ("in ensemble 'e', step 0 (model 'm') failed:
+    <error>"), Triton writes "in ensemble 'e', <error>"; compared without that part."""
+    def run(client: Any, make: Any, value: int) -> Any:
+        result = outcome(lambda: client.infer("through_fails", make(("X", np.array([value], np.int32), "INT32")))
+                         .as_numpy("Y").tolist())
+        if result[0] == "error":
+            result = result[:2] + (result[2].replace("step 0 (model 'fails') failed: ", ""),)
+        return result
+    return [run(client, make, value) for client, make in ((s.http, http_inputs), (s.grpc, grpc_inputs))
+            for value in (2, 0, 1)]
 
 
 def ensemble_config(s: Servers) -> dict[str, Any]:
