@@ -221,6 +221,20 @@ TWO_INSTANCES = """
     dynamic_batching { {ordering} }
 """
 
+#: Answers, for each request, which requests its execute was given (their first value and shape).
+BATCH_REPORT = '''
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        batch = json.dumps([[int(r.inputs()[0].as_numpy().flat[0]), list(r.inputs()[0].as_numpy().shape)]
+                            for r in requests])
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([[batch.encode()]], dtype=np.object_))])
+                for _ in requests]
+'''
+
 #: auto_complete_config fills a config that names only the backend; the others fail in it.
 AUTO_COMPLETE = '''
 import triton_python_backend_utils as pb_utils
@@ -509,6 +523,12 @@ def build_repo(repo: str) -> None:
                        ECHO_INT_CONFIG.replace("{extra}", "model_transaction_policy { decoupled: true }"))
     write_python_model(repo, "params", PARAMS, PARAMS_CONFIG)
     write_python_model(repo, "completed", AUTO_COMPLETE, 'backend: "python"\n')
+    write_python_model(repo, "batch_report", BATCH_REPORT, """
+        backend: "python"
+        max_batch_size: 8
+        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+        output [ { name: "OUT" data_type: TYPE_STRING dims: [ 1 ] } ]
+        dynamic_batching { max_queue_delay_microseconds: 400000 }""")
     write_python_model(repo, "ordered", SLEEPS, TWO_INSTANCES.replace("{ordering}", "preserve_ordering: true"))
     write_python_model(repo, "unordered", SLEEPS, TWO_INSTANCES.replace("{ordering}", ""))
     write_python_model(repo, "groups", INSTANCE_INFO, ARGS_CONFIG + """
@@ -1406,6 +1426,17 @@ def case_preserve_ordering(s: Servers) -> Any:
             time.sleep(0.1)
         return [done.get(timeout=30) for _ in range(2)]
     return order("ordered"), order("unordered")
+
+
+def case_batches_keep_shapes_apart(s: Servers) -> Any:
+    """Requests of 2, 2, 3, 3 and 2 elements within the queue delay: batched in arrival order, a request of
+    another shape ending the batch (never reordered past it)."""
+    batches: queue.Queue[str] = queue.Queue()
+    for i, n in enumerate((2, 2, 3, 3, 2)):
+        s.grpc.async_infer("batch_report", grpc_inputs(("INPUT0", np.full((1, n), i, np.float32), "FP32")),
+                           lambda result, error: batches.put(str(error) if error else result.as_numpy("OUT")[0][0]))
+        time.sleep(0.02)
+    return sorted({batches.get(timeout=30) for _ in range(5)})
 
 
 def case_queue_full(s: Servers) -> Any:
