@@ -231,8 +231,9 @@ class TritonPythonModel:
     def execute(self, requests):
         batch = json.dumps([[int(r.inputs()[0].as_numpy().flat[0]), list(r.inputs()[0].as_numpy().shape)]
                             for r in requests])
-        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([[batch.encode()]], dtype=np.object_))])
-                for _ in requests]
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+                    "OUT", np.array([[batch.encode()]] * r.inputs()[0].as_numpy().shape[0], dtype=np.object_))])
+                for r in requests]
 '''
 
 #: auto_complete_config fills a config that names only the backend; the others fail in it.
@@ -529,6 +530,14 @@ def build_repo(repo: str) -> None:
         input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
         output [ { name: "OUT" data_type: TYPE_STRING dims: [ 1 ] } ]
         dynamic_batching { max_queue_delay_microseconds: 400000 }""")
+    rows_config = """
+        backend: "python"
+        max_batch_size: 8
+        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 2 ] } ]
+        output [ { name: "OUT" data_type: TYPE_STRING dims: [ 1 ] } ]
+        dynamic_batching { {batching} max_queue_delay_microseconds: 400000 }"""
+    write_python_model(repo, "preferred_two", BATCH_REPORT, rows_config.replace("{batching}", "preferred_batch_size: [ 2 ]"))
+    write_python_model(repo, "up_to_eight", BATCH_REPORT, rows_config.replace("{batching}", ""))
     write_python_model(repo, "ordered", SLEEPS, TWO_INSTANCES.replace("{ordering}", "preserve_ordering: true"))
     write_python_model(repo, "unordered", SLEEPS, TWO_INSTANCES.replace("{ordering}", ""))
     write_python_model(repo, "groups", INSTANCE_INFO, ARGS_CONFIG + """
@@ -1437,6 +1446,19 @@ def case_batches_keep_shapes_apart(s: Servers) -> Any:
                            lambda result, error: batches.put(str(error) if error else result.as_numpy("OUT")[0][0]))
         time.sleep(0.02)
     return sorted({batches.get(timeout=30) for _ in range(5)})
+
+
+def case_batch_sizes(s: Servers) -> Any:
+    """Within one queue delay: five single rows with preferred_batch_size 2 run as 2, 2, 1; requests of 2, 3,
+    4 and 1 rows under max_batch_size 8 run as 2+3 (the 4 would pass 8) and 4+1."""
+    def run(model: str, rows: tuple[int, ...]) -> list[str]:
+        batches: queue.Queue[str] = queue.Queue()
+        for i, n in enumerate(rows):
+            s.grpc.async_infer(model, grpc_inputs(("INPUT0", np.full((n, 2), i, np.float32), "FP32")),
+                               lambda result, error: batches.put(str(error) if error else result.as_numpy("OUT")[0][0]))
+            time.sleep(0.02)
+        return sorted({batches.get(timeout=30) for _ in rows})
+    return run("preferred_two", (1, 1, 1, 1, 1)), run("up_to_eight", (2, 3, 4, 1))
 
 
 def case_queue_full(s: Servers) -> Any:
