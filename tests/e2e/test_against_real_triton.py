@@ -566,6 +566,7 @@ def build_repo(repo: str) -> None:
                        ECHO_INT_CONFIG.replace("{extra}", "instance_group [ { kind: KIND_GPU count: 1 } ]"))
     for name, policy in (
             ("queue_of_one", "default_queue_policy { max_queue_size: 1 }"),
+            ("queue_counted", "default_queue_policy { max_queue_size: 1 }"),
             ("expiring", "default_queue_policy { timeout_action: REJECT default_timeout_microseconds: 10000000 "
                          "allow_timeout_override: true }"),
             # no default timeout, which a request's own cannot lower: it never expires
@@ -1505,6 +1506,21 @@ def test_a_config_triton_refuses_is_listed_with_its_reason(pair: tuple[Servers, 
     assert theirs == {"name": "bad_config"}
     assert ours["state"] == "UNAVAILABLE" and "preferred size" in ours["reason"] and "9" in ours["reason"]
     assert not tritium.http.is_model_ready("bad_config") and not triton.http.is_model_ready("bad_config")
+
+
+def test_queue_full_rejections_count_as_failures(pair: tuple[Servers, Servers]) -> None:
+    """Deliberate difference: tritium counts a request refused by a full queue as a failure (statistics
+    ``fail``, ``nv_inference_request_failure{reason="REJECTED"}``), as Triton's metrics documentation says
+    of REJECTED; Triton 2.51 counts only queue timeouts there.  Both answer the same."""
+    counts = []
+    for s in pair:
+        outcomes = queued_calls(s, "queue_counted", [{}, {"after": 0.2}, {}, {}])
+        stats = s.http.get_inference_statistics("queue_counted")["model_stats"][0]["inference_stats"]
+        counts.append((sorted(o[1] for o in outcomes), stats["success"]["count"], stats["fail"]["count"]))
+    ours, theirs = counts
+    assert ours[0] == theirs[0] == ["error", "error", "ok", "ok"]
+    assert ours[1] == theirs[1] == 2
+    assert (ours[2], theirs[2]) == (2, 0)
 
 
 def index_rows(s: Servers) -> list[tuple[Any, ...]]:
