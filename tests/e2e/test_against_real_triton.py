@@ -38,7 +38,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from models import write_python_model
 from server import ROOT, RunningServer, ServerProcess, free_port
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 SCRIPT = os.path.join(ROOT, "..", "shared", "tools", "real_triton.sh")
 TRITON_PYTHON = os.environ.get("TRITIUM_TRITON_PYTHON", "/work/triton-ref/.venv-triton/bin/python")
@@ -202,16 +202,19 @@ class TritonPythonModel:
                 for _ in requests]
 '''
 
-#: Sleeps a tenth of a second per unit of its input, then echoes it: executions of different lengths.
-SLEEPS = '''
+#: Holds its instance for a while, so that requests sent meanwhile wait in the queue: queue policies.
+SLOW = '''
 import time
 import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def execute(self, requests):
-        time.sleep(sum(float(r.inputs()[0].as_numpy().sum()) for r in requests) / 10)
+        time.sleep(0.6)
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", r.inputs()[0].as_numpy())]) for r in requests]
 '''
+#: Sleeps a tenth of a second per unit of its input, then echoes it: executions of different lengths.
+SLEEPS = SLOW.replace("time.sleep(0.6)",
+                      "time.sleep(sum(float(r.inputs()[0].as_numpy().sum()) for r in requests) / 10)")
 TWO_INSTANCES = """
     backend: "python"
     max_batch_size: 1
@@ -455,16 +458,7 @@ class TritonPythonModel:
         data = np.array([json.dumps(self.seen, sort_keys=True).encode()], dtype=np.object_)
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", data)]) for _ in requests]
 '''
-#: Holds its instance for a while, so that requests sent meanwhile wait in the queue: queue policies.
-SLOW = '''
-import time
-import triton_python_backend_utils as pb_utils
-
-class TritonPythonModel:
-    def execute(self, requests):
-        time.sleep(0.6)
-        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", r.inputs()[0].as_numpy())]) for r in requests]
-'''
+#: SLOW behind a queue policy.
 SLOW_CONFIG = """
     backend: "python"
     max_batch_size: 1
@@ -1212,11 +1206,9 @@ def case_decoupled_edges(s: Servers) -> Any:
 def case_instance_groups(s: Servers) -> Any:
     """Group names as configured or filled in, and every instance's name, kind and device as it is told."""
     groups = [(g["name"], g["kind"], g["count"]) for g in s.http.get_model_config("groups")["instance_group"]]
-    seen: queue.Queue[Any] = queue.Queue()
-    for i in range(24):
-        s.grpc.async_infer("groups", grpc_inputs(("INPUT0", np.array([i], np.int32), "INT32")),
-                           lambda result, error: seen.put(str(error) if error else result.as_numpy("OUT")[0]))
-    return groups, sorted({seen.get(timeout=30) for _ in range(24)})
+    answers = sent_apart(s, "groups", [(0, np.array([i], np.int32), {}) for i in range(24)],
+                         lambda result: result.as_numpy("OUT")[0])
+    return groups, sorted({answer for _, answer in answers})
 
 
 def case_auto_complete(s: Servers) -> Any:
@@ -1401,21 +1393,37 @@ def case_generate_stream(s: Servers) -> Any:
     return [post_text(s, f"/v2/models/{model}/generate_stream", doc) for model, doc in calls]
 
 
-def queued_calls(s: Servers, model: str, calls: list[dict[str, Any]]) -> list[Any]:
-    """Send ``calls`` (``infer`` keyword arguments, plus ``after``: seconds to wait before sending) to a
-    model whose executes take 0.6 s, one at a time over gRPC without waiting for answers; the outcome of
-    each call in the order in which they came back."""
-    done: queue.Queue[Any] = queue.Queue()
-    for i, call in enumerate(calls):
-        call = dict(call)
-        time.sleep(call.pop("after", 0.1))
+def sent_apart(s: Servers, model: str, calls: list[tuple[float, np.ndarray, dict[str, Any]]],
+               read: Callable[[Any], Any]) -> list[tuple[int, Any]]:
+    """Each call ``(wait, INPUT0, infer keyword arguments)``: wait that many seconds, then send it over gRPC
+    without waiting for the answer.  ``(index, what read(result) gives, or ("error", status, message))`` of
+    each call, in the order in which they came back."""
+    done: queue.Queue[tuple[int, Any]] = queue.Queue()
+    for i, (wait, array, kwargs) in enumerate(calls):
+        time.sleep(wait)
 
         def callback(result: Any, error: Any, i: int = i) -> None:
-            done.put((i, "ok", result.as_numpy("OUTPUT0").tolist()) if error is None
-                     else (i, "error", error.status(), error.message()))
+            done.put((i, read(result) if error is None else ("error", error.status(), error.message())))
 
-        s.grpc.async_infer(model, grpc_inputs(("INPUT0", np.array([[i]], np.int32), "INT32")), callback, **call)
+        s.grpc.async_infer(model, grpc_inputs(("INPUT0", array, np_to_triton_dtype(array.dtype))), callback, **kwargs)
     return [done.get(timeout=30) for _ in calls]
+
+
+def queued_calls(s: Servers, model: str, calls: list[dict[str, Any]]) -> list[Any]:
+    """Send ``calls`` (``infer`` keyword arguments, plus ``after``: seconds to wait before sending, 0.1 unless
+    given) to a model whose executes take 0.6 s, the i-th with input i; the outcome of each call, in the
+    order in which they came back."""
+    answers = sent_apart(s, model, [(call.get("after", 0.1), np.array([[i]], np.int32),
+                                     {k: v for k, v in call.items() if k != "after"}) for i, call in enumerate(calls)],
+                         lambda result: ("ok", result.as_numpy("OUTPUT0").tolist()))
+    return [(i, *outcome) for i, outcome in answers]
+
+
+def reported_batches(s: Servers, model: str, calls: list[tuple[float, np.ndarray]]) -> list[Any]:
+    """The batches ``batch_report`` models say they were given, each once, for calls sent apart."""
+    answers = sent_apart(s, model, [(wait, array, {}) for wait, array in calls],
+                         lambda result: result.as_numpy("OUT")[0][0])
+    return sorted({answer for _, answer in answers})
 
 
 def case_bls_timeout(s: Servers) -> Any:
@@ -1428,25 +1436,18 @@ def case_bls_timeout(s: Servers) -> Any:
 def case_preserve_ordering(s: Servers) -> Any:
     """Two instances: a 0.6 s execution, then a 0.1 s one; the second comes back first unless the batcher
     preserves ordering."""
-    def order(model: str) -> list[int]:
-        done: queue.Queue[int] = queue.Queue()
-        for value in (6, 1):
-            s.grpc.async_infer(model, grpc_inputs(("INPUT0", np.array([[value]], np.int32), "INT32")),
-                               lambda result, error: done.put(-1 if error else int(result.as_numpy("OUTPUT0")[0][0])))
-            time.sleep(0.1)
-        return [done.get(timeout=30) for _ in range(2)]
+    def order(model: str) -> list[Any]:
+        answers = sent_apart(s, model, [(0, np.array([[6]], np.int32), {}), (0.1, np.array([[1]], np.int32), {})],
+                             lambda result: int(result.as_numpy("OUTPUT0")[0][0]))
+        return [answer for _, answer in answers]
     return order("ordered"), order("unordered")
 
 
 def case_batches_keep_shapes_apart(s: Servers) -> Any:
     """Requests of 2, 2, 3, 3 and 2 elements within the queue delay: batched in arrival order, a request of
     another shape ending the batch (never reordered past it)."""
-    batches: queue.Queue[str] = queue.Queue()
-    for i, n in enumerate((2, 2, 3, 3, 2)):
-        s.grpc.async_infer("batch_report", grpc_inputs(("INPUT0", np.full((1, n), i, np.float32), "FP32")),
-                           lambda result, error: batches.put(str(error) if error else result.as_numpy("OUT")[0][0]))
-        time.sleep(0.02)
-    return sorted({batches.get(timeout=30) for _ in range(5)})
+    return reported_batches(s, "batch_report", [(0.02 if i else 0, np.full((1, n), i, np.float32))
+                                                for i, n in enumerate((2, 2, 3, 3, 2))])
 
 
 def case_batch_sizes(s: Servers) -> Any:
@@ -1457,15 +1458,11 @@ def case_batch_sizes(s: Servers) -> Any:
     Not compared: requests queued while the instance is busy.  Triton adds requests to a batch it formed
     while that batch waits for the instance (five queued rows with preferred size 2 ran as 3 then 2);
     tritium forms the batch when the instance frees up (2, 2, then 1 after the delay)."""
-    def run(model: str, rows: tuple[int, ...], gaps: tuple[float, ...]) -> list[str]:
-        batches: queue.Queue[str] = queue.Queue()
-        for i, (n, gap) in enumerate(zip(rows, gaps)):
-            s.grpc.async_infer(model, grpc_inputs(("INPUT0", np.full((n, 2), i, np.float32), "FP32")),
-                               lambda result, error: batches.put(str(error) if error else result.as_numpy("OUT")[0][0]))
-            time.sleep(gap)
-        return sorted({batches.get(timeout=30) for _ in rows})
-    return (run("preferred_two", (1, 1, 1), (0.02, 0.3, 0)),
-            run("up_to_eight", (2, 3, 4, 1), (0.02, 0.02, 0.02, 0)))
+    def run(model: str, rows: tuple[int, ...], waits: tuple[float, ...]) -> list[Any]:
+        return reported_batches(s, model, [(wait, np.full((n, 2), i, np.float32))
+                                           for i, (n, wait) in enumerate(zip(rows, waits))])
+    return (run("preferred_two", (1, 1, 1), (0, 0.02, 0.3)),
+            run("up_to_eight", (2, 3, 4, 1), (0, 0.02, 0.02, 0.02)))
 
 
 def case_queue_full(s: Servers) -> Any:

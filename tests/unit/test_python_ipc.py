@@ -246,3 +246,38 @@ def test_executes_on_the_event_loop_with_inputs_in_shared_memory(instance) -> No
 
     asyncio.run(main())
     instance._unwatch(instance._stub)
+
+
+def test_async_exec_sends_at_once_in_a_loop_and_when_awaited_outside_one(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """As Triton: inside a running loop the BLS request goes out when async_exec() is called; built outside
+    one (which Triton refuses), it goes out when awaited, on the loop that awaits it."""
+    import asyncio
+    from concurrent.futures import Future
+
+    from tritium.backends.python import pb_utils
+
+    sent: list[str] = []
+
+    class Runtime:
+        def bls(self, request, decoupled):  # type: ignore[no-untyped-def]
+            sent.append(request.model_name)
+            waiter: Future = Future()
+            waiter.set_result(request.model_name + " answered")
+            return len(sent), waiter
+
+    monkeypatch.setattr(pb_utils, "_runtime", Runtime())
+
+    async def inside() -> list[str]:
+        pending = pb_utils.InferenceRequest(model_name="a").async_exec()
+        assert sent == ["a"]  # before any await
+        return [await pending]
+
+    assert asyncio.run(inside()) == ["a answered"]
+    outside = pb_utils.InferenceRequest(model_name="b").async_exec()
+    assert sent == ["a"]  # not yet
+
+    async def later() -> str:
+        return await outside
+
+    assert asyncio.run(later()) == "b answered"
+    assert sent == ["a", "b"]

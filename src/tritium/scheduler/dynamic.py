@@ -16,12 +16,13 @@ Triton's ``DynamicBatchScheduler::GetDynamicBatch`` decides:
 
 Queue policies (``default_queue_policy``, ``priority_queue_policy``): a level
 with ``max_queue_size`` refuses requests beyond it with UNAVAILABLE "[request id:
-...] Exceeds maximum queue size" (the id prefix as Triton's); a request whose timeout (the policy's default, or the
-request's ``timeout`` parameter when ``allow_timeout_override`` lets it lower
-it) expires while queued is rejected with UNAVAILABLE "Request timeout expired"
-(``REJECT``), or moves behind the other requests of its level (``DELAY``).  A
-timer per such request fires at its deadline, so an expired request is answered
-at that moment even when every instance is busy.
+...] Exceeds maximum queue size" (the id prefix as Triton's); a request whose
+timeout (the policy's default, or the request's ``timeout`` parameter when
+``allow_timeout_override`` lets it lower it) expires while queued is rejected
+with UNAVAILABLE "Request timeout expired" (``REJECT``), or moves behind the
+other requests of its level (``DELAY``).  A timer per such request fires at its
+deadline, so an expired request is answered at that moment even when every
+instance is busy.
 """
 
 from __future__ import annotations

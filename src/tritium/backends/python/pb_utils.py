@@ -324,9 +324,7 @@ class InferenceRequest:
         return asyncio.wrap_future(waiter, loop=loop)
 
     async def _exec_when_awaited(self, decoupled: bool) -> Any:
-        if decoupled:
-            return ResponseIterator(*_runtime.bls(self, True))
-        return await asyncio.wrap_future(_runtime.bls(self, False)[1])
+        return await self.async_exec(decoupled)  # awaited, so a loop runs now
 
 
 class Logger:
