@@ -183,6 +183,71 @@ async def test_ragged_inputs_join_at_any_shape_while_other_inputs_must_match() -
         await settled(batcher)
 
 
+# -- while every instance is busy ------------------------------------------------------------------
+
+
+@on_loop
+async def test_a_batch_formed_while_the_instance_is_busy_grows_until_saturated() -> None:
+    """Triton's payload: with preferred size 2, two requests form a batch at once; while it waits for the
+    instance, a third still joins it (saturating it: past the largest preferred size); the next two form
+    the following batch (measured on Triton 2.51: 3 then 2, where forming batches only when the instance
+    frees up gives 2, 2, 1)."""
+    instance = Recorder()
+    config = "preferred_batch_size: [2] max_queue_delay_microseconds: 400000"
+    async with dynamic(instance, max_batch_size=8, config=config) as batcher:
+        busy = await occupy(batcher, instance)
+        tasks = []
+        for name in "abcde":
+            tasks += submit(batcher, req(name))
+            await asyncio.sleep(0.01)
+        assert batcher.pending_count() == 5
+        instance.gate.set()
+        await asyncio.gather(busy, *tasks)
+        assert instance.batches == [["busy"], ["a", "b", "c"], ["d", "e"]]
+        await settled(batcher)
+
+
+@on_loop
+async def test_while_the_instance_is_busy_a_request_joins_the_waiting_batch_once_its_delay_expired() -> None:
+    """Without preferred sizes: the first request's delay expiring forms the batch, a later one joins it
+    when its own delay expires; one whose delay has not expired when the instance frees up waits for the
+    next batch (Triton 2.51: [1, 2, 3] then [4] for requests 0.3, 0.6, 0.9 and 1.1 s into a 1 s execution
+    with a 200 ms delay)."""
+    instance = Recorder()
+    async with dynamic(instance, max_batch_size=8, config="max_queue_delay_microseconds: 50000") as batcher:
+        busy = await occupy(batcher, instance)
+        (a,) = submit(batcher, req("a"))
+        await asyncio.sleep(0.12)
+        (b,) = submit(batcher, req("b"))
+        await asyncio.sleep(0.12)
+        (c,) = submit(batcher, req("c"))
+        await asyncio.sleep(0.005)
+        instance.gate.set()
+        await asyncio.gather(busy, a, b, c)
+        assert instance.batches == [["busy"], ["a", "b"], ["c"]]
+        await settled(batcher)
+
+
+@on_loop
+async def test_the_batch_waiting_behind_one_busy_instance_runs_on_the_instance_that_frees_up_first() -> None:
+    first, second = Recorder("rec_0", held=True), Recorder("rec_1", held=True)
+    async with dynamic(first, second, max_batch_size=8) as batcher:
+        tasks = submit(batcher, req("one"))
+        await until(lambda: first.batches == [["one"]])
+        tasks += submit(batcher, req("two"))
+        await until(lambda: second.batches == [["two"]])
+        for name in ("a", "b"):  # formed at once (no delay), they wait in the first instance's queue
+            tasks += submit(batcher, req(name))
+            await asyncio.sleep(0.01)
+        assert batcher.pending_count() == 2
+        second.gate.set()  # the second frees up first: it takes the batch back from the first's queue
+        await until(lambda: second.batches[-1] == ["a", "b"])
+        first.gate.set()
+        await asyncio.gather(*tasks)
+        assert first.batches == [["one"]] and second.batches == [["two"], ["a", "b"]]
+        await settled(batcher)
+
+
 # -- priorities ----------------------------------------------------------------------------------------
 
 
@@ -438,7 +503,8 @@ async def test_preserve_ordering_keeps_order_when_the_earlier_batch_fails() -> N
 @on_loop
 async def test_a_request_whose_client_went_away_is_skipped_and_counts_return_to_zero() -> None:
     instance = Recorder()
-    async with dynamic(instance, max_batch_size=4) as batcher:
+    # The queue delay keeps both queued (no batch is formed yet) while the instance is busy.
+    async with dynamic(instance, max_batch_size=4, config="max_queue_delay_microseconds: 100000") as batcher:
         busy = await occupy(batcher, instance)
         gone, kept = submit(batcher, req("gone"), req("kept"))
         await asyncio.sleep(0.01)

@@ -14,9 +14,10 @@ is executing (one deep): the thread starts it the moment the earlier one ends,
 instead of idling while its completion crosses to the event loop and the next
 dispatch crosses back (two thread wake-ups; on a VM whose idle CPUs halt, the
 MLP unbatched at 32 connections ran 260 µs and then idled 430 µs per request).
-The dynamic batcher does not do this: a batch taken early is a batch taken
-smaller.  A request waiting there whose client has gone is not executed: the
-thread checks before it starts it, and it counts as CANCELED, as in the queue.
+The dynamic batcher queues its next batch there too, and adds requests to it
+until the thread takes it up (``dynamic.py``).  A batch waiting there whose
+clients have all gone is not executed: the thread checks before it starts it,
+and its requests count as CANCELED, as in the queue.
 
 Subclasses change only the queue: :meth:`_enqueue`, :meth:`_take` and
 :attr:`_queued`; completion, statistics, draining and ordering live here.
@@ -35,15 +36,16 @@ from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.stats import ExecutionTiming, ModelStats
 
 from .base import InFlightScheduler
-from .workers import AbandonedError, InstanceWorker
+from .workers import AbandonedError, InstanceWorker, Ticket
 
 Future = asyncio.Future  # of InferenceResponse
 Batch = list[tuple[InferenceRequest, "asyncio.Future[InferenceResponse]"]]
 
 
 class DirectScheduler(InFlightScheduler):
-    #: Whether a request may wait in a busy instance's own queue (see the module's docstring).
-    queue_behind = True
+    #: Whether arrivals are dispatched while every instance is busy (to queue behind one, or, in the dynamic
+    #: batcher, to grow the batch that waits for an instance).
+    dispatch_when_busy = True
 
     def __init__(self, workers: Sequence[InstanceWorker], loop: asyncio.AbstractEventLoop,
                  stats: ModelStats | None = None) -> None:
@@ -56,7 +58,7 @@ class DirectScheduler(InFlightScheduler):
         self._load: dict[InstanceWorker, int] = dict.fromkeys(self._workers, 0)
         #: Worker -> (ticket, futures) of the batch waiting behind its executing one, oldest first: an
         #: instance that frees up first takes it back (requests go to the first free instance).
-        self._behind: dict[InstanceWorker, tuple[list, list[asyncio.Future[InferenceResponse]]]] = {}  # type: ignore[type-arg]
+        self._behind: dict[InstanceWorker, tuple[Ticket, list[asyncio.Future[InferenceResponse]]]] = {}
         self._pending: deque[tuple[InferenceRequest, asyncio.Future[InferenceResponse]]] = deque()
         #: Requests accepted and not yet answered (queued or executing).
         self._in_flight = 0
@@ -73,7 +75,7 @@ class DirectScheduler(InFlightScheduler):
         request.queued_ns = time.monotonic_ns()
         self._enqueue(request, future)  # may refuse (full queue)
         self._in_flight += 1
-        if self._idle or self.queue_behind:
+        if self._idle or self.dispatch_when_busy:
             self._schedule_dispatch()
         return await future
 
@@ -139,14 +141,19 @@ class DirectScheduler(InFlightScheduler):
             worker = idle.popleft()
             load[worker] = 1
             self._submit(worker, [r for r, _ in batch], [f for _, f in batch], False)
-        if self.queue_behind and self._ordered is None:
-            for worker in self._workers:
-                if load[worker] == 1 and worker.queues_on_thread:
-                    batch = self._take()
-                    if not batch:
-                        return
-                    load[worker] = 2
-                    self._submit(worker, [r for r, _ in batch], [f for _, f in batch], True)
+        self._dispatch_busy()
+
+    def _dispatch_busy(self) -> None:
+        """Every instance is busy: the next requests wait in the queues of instances that run on threads."""
+        if self._ordered is not None:
+            return  # a batch taken back from one instance for another would take a second ordering slot
+        load = self._load
+        for worker in self._workers:
+            if load[worker] == 1 and worker.queues_on_thread:
+                batch = self._take()
+                if not batch:
+                    return
+                self._submit(worker, [r for r, _ in batch], [f for _, f in batch], True)
 
     def _submit(self, worker: InstanceWorker, requests: list[InferenceRequest],
                 futures: list[asyncio.Future[InferenceResponse]], behind: bool) -> None:
@@ -158,6 +165,7 @@ class DirectScheduler(InFlightScheduler):
         self._executing += len(futures)
         done = self._make_done(worker, futures, slot)
         if behind:
+            self._load[worker] = 2
             # Reading a future's state from the instance's thread is safe: it is one field, under the GIL.
             abandoned = functools.partial(_all_cancelled, futures)
             self._behind[worker] = (worker.queue_ticket(requests, done, abandoned), futures)

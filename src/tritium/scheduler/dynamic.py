@@ -14,6 +14,23 @@ Triton's ``DynamicBatchScheduler::GetDynamicBatch`` decides:
 - otherwise it runs when the oldest request has waited ``max_queue_delay_microseconds``
   (at once when that is 0); a timer wakes the batcher then.
 
+While every instance is busy, the batch is formed by the same rules as soon as they
+say it should run, and waits for an instance as Triton's "payload" does: later
+requests still join it (when the rules say so for them: a preferred size reached,
+their own delay expired) until it is saturated — it reached the largest preferred
+size (possibly passing it by one request, as Triton's does) or ``max_batch_size``,
+or the next request's shapes differ.  Behind an instance that runs on a thread it
+waits in that thread's queue, so the thread starts it the moment the batch before
+ends; the instance that frees up first takes it.  Measured on Triton 2.51: five
+single rows queued behind a busy instance with ``preferred_batch_size: [2]`` run
+as 3 then 2.  As in Triton, no batch is formed ahead under priority levels or
+queue policies (timeouts, ``max_queue_size``): there every waiting request stays
+in the queue, where a later one of higher priority may pass it and its timeout
+and the queue's size apply.  Triton's batcher adds to a waiting batch only when
+its thread wakes (an arrival that reaches the next preferred size, its own
+timer), so a request whose delay expires shortly before the instance frees up may
+miss the batch there that joins it here.
+
 Queue policies (``default_queue_policy``, ``priority_queue_policy``): a level
 with ``max_queue_size`` refuses requests beyond it with UNAVAILABLE "[request id:
 ...] Exceeds maximum queue size" (the id prefix as Triton's); a request whose
@@ -39,7 +56,7 @@ from tritium.core.stats import ModelStats
 
 from .direct import Batch, DirectScheduler
 from .timer import Cancellable, Wakeup, precise_timer
-from .workers import InstanceWorker
+from .workers import InstanceWorker, Ticket
 
 QUEUED, DELAYED, GONE = 0, 1, 2
 
@@ -91,10 +108,6 @@ def batch_key(request: InferenceRequest, ragged: Collection[str] = ()) -> tuple[
 
 
 class DynamicBatcher(DirectScheduler):
-    #: A batch taken while every instance is busy would be taken smaller than one taken when an instance
-    #: frees up.
-    queue_behind = False
-
     def __init__(self, workers: Sequence[InstanceWorker], loop: asyncio.AbstractEventLoop, max_batch_size: int,
                  settings: mc.ModelDynamicBatching | None = None, ragged_inputs: Collection[str] = (),
                  stats: ModelStats | None = None) -> None:
@@ -112,18 +125,33 @@ class DynamicBatcher(DirectScheduler):
             for p in range(1, levels + 1)
         ] or [_Level(settings.default_queue_policy)]
         self._default_level = settings.default_priority_level - 1 if levels else 0
+        policy = settings.default_queue_policy
+        #: Whether a batch may be formed while every instance is busy (:meth:`_dispatch_busy`).  As in Triton,
+        #: not under priority levels or queue policies: a request taken out of the queue early could not be
+        #: passed by a later one of higher priority, time out, or count against the queue's size any more.
+        self._prefetch = not levels and not (policy.default_timeout_microseconds or policy.allow_timeout_override
+                                             or policy.max_queue_size)
+        self.dispatch_when_busy = self._prefetch
         self._count = 0  # live queued entries over all levels
         #: Microsecond timers: queue delays are hundreds of µs, below the event loop's own granularity.
         self._timer = precise_timer(loop)
         self._wakeup = Wakeup(self._timer, self._schedule_dispatch)
         if settings.preserve_ordering:
             self._ordered = deque()
+        #: The batch formed while every instance is busy (Triton's "payload"), growing until an instance takes
+        #: it: its entries while it waits here; its rows and shape key; whether it may not grow any more; and
+        #: (worker, ticket, futures) while it waits in a busy thread's queue instead.
+        self._payload: list[_Entry] = []
+        self._payload_rows = 0
+        self._payload_key: tuple | None = None
+        self._saturated = False
+        self._ticket: tuple[InstanceWorker, Ticket, list[asyncio.Future[InferenceResponse]]] | None = None
 
     # -- queue ----------------------------------------------------------------------------------------
 
     @property
     def _queued(self) -> bool:
-        return self._count > 0
+        return self._count > 0 or bool(self._payload)
 
     def _enqueue(self, request: InferenceRequest, future: asyncio.Future[InferenceResponse]) -> None:
         priority = request.priority
@@ -190,55 +218,144 @@ class DynamicBatcher(DirectScheduler):
                     continue
                 yield entry
 
+    def _decide(self, base_rows: int, key: tuple | None) -> tuple[list[_Entry], bool, int]:
+        """Triton's ``GetDynamicBatch``, for a batch that holds ``base_rows`` rows of shape ``key`` already
+        (0 and ``None`` for a new one): the queued entries that join it now (none when it should wait),
+        whether it is saturated (it may not grow any more), and when to look again (monotonic ns, 0: not
+        for the queue delay)."""
+        max_batch_size = self._max_batch_size
+        max_preferred = self._max_preferred
+        preferred = self._preferred
+        ragged = self._ragged
+        chosen: list[_Entry] = []
+        rows = base_rows
+        best = 0  # entries in the best batch found (a preferred size, or the largest one within max preferred)
+        full = saturated = False
+        for entry in self._walk():
+            request_rows = entry.request.batch_size
+            if rows:
+                if rows + request_rows > max_preferred and not best:
+                    best = len(chosen)
+                    saturated = True
+                if rows + request_rows > max_batch_size:
+                    full = True
+                    break
+                if key is None:
+                    key = batch_key(chosen[0].request, ragged)
+                if batch_key(entry.request, ragged) != key:
+                    full = saturated = True
+                    break
+            chosen.append(entry)
+            rows += request_rows
+            if rows in preferred:
+                best = len(chosen)
+        if not chosen:
+            return chosen, saturated, 0
+        delay_ns = self._delay_ns
+        oldest = min(e.request.queued_ns for e in chosen)
+        delay_exceeded = delay_ns > 0 and time.monotonic_ns() - oldest >= delay_ns
+        if best and not delay_exceeded:
+            return chosen[:best], saturated or not delay_ns, 0
+        if full or rows >= max_preferred:
+            return chosen, True, 0
+        if delay_exceeded or not delay_ns:
+            return chosen, saturated, 0
+        return [], saturated, oldest + delay_ns  # wait for more, at most until the oldest waited the delay
+
     def _take(self) -> Batch | None:
+        """An instance is free: the batch that waited for one runs now as it is, else a batch decided now."""
+        payload = self._payload
+        if self._ticket is not None or payload:
+            self._reset_payload()  # a batch queued behind a thread was taken back before this is called
+            batch = self._live(payload)
+            if batch:
+                return batch
         if not self._count:
             self._wakeup.cancel()
             self._maybe_drained()
             return None
-        max_batch_size = self._max_batch_size
-        max_preferred = self._max_preferred
-        preferred = self._preferred
-        chosen: list[_Entry] = []
-        size = 0
-        best = 0  # entries in the best batch found (a preferred size, or the largest one within max preferred)
-        full = False
-        key = None
-        ragged = self._ragged
-        for entry in self._walk():
-            request_size = entry.request.batch_size
-            if chosen:
-                if size + request_size > max_preferred and not best:
-                    best = len(chosen)
-                if size + request_size > max_batch_size or batch_key(entry.request, ragged) != key:
-                    full = True
-                    break
-            else:
-                key = batch_key(entry.request, ragged)
-            chosen.append(entry)
-            size += request_size
-            if size in preferred:
-                best = len(chosen)
-        if not chosen:
-            self._wakeup.cancel()
+        entries, _, wait_ns = self._decide(0, None)
+        if not entries:
+            if wait_ns:
+                self._wakeup.at(wait_ns)
             self._maybe_drained()
             return None
-        delay_ns = self._delay_ns
-        if delay_ns:
-            now = time.monotonic_ns()
-            oldest = min(e.request.queued_ns for e in chosen)
-            delay_exceeded = now - oldest >= delay_ns
-        else:
-            delay_exceeded = True
-        if best and not (delay_ns and delay_exceeded):
-            chosen = chosen[:best]
-        elif not (full or size >= max_preferred or delay_exceeded):
-            # Wait for more requests, at most until the oldest has waited max_queue_delay.
-            self._wakeup.at(oldest + delay_ns)
-            return None
         self._wakeup.cancel()
-        for entry in chosen:
+        for entry in entries:
             self._remove(entry)
-        return [(e.request, e.future) for e in chosen]
+        return [(e.request, e.future) for e in entries]
+
+    def _dispatch_busy(self) -> None:
+        """Every instance is busy.  As Triton's batcher does, the next batch is formed now and grows while it
+        waits for an instance, by the same rules (preferred sizes, queue delay), until it is saturated: it
+        reached the largest preferred size (or ``max_batch_size``), or the next request cannot join it.  It
+        waits in the queue of an instance that runs on a thread (its thread starts it the moment the batch
+        before ends, without waiting for the event loop), else here."""
+        while self._count and self._prefetch:
+            ticket = self._ticket
+            if ticket is not None and ticket[1].claimed:  # its instance started it: the next batch begins
+                self._reset_payload()
+            if self._saturated:
+                return
+            entries, saturated, wait_ns = self._decide(self._payload_rows, self._payload_key)
+            self._saturated = saturated
+            if wait_ns:
+                self._wakeup.at(wait_ns)
+            else:
+                self._wakeup.cancel()
+            if not entries:
+                return
+            for entry in entries:
+                self._remove(entry)
+            self._grow(entries)
+
+    def _grow(self, entries: list[_Entry]) -> None:
+        """Add entries taken from the queue to the batch that waits for an instance."""
+        ticket = self._ticket
+        if ticket is not None:
+            worker, queued, futures = ticket
+            if worker.extend(queued, [e.request for e in entries]):
+                futures.extend(e.future for e in entries)
+                self._executing += len(entries)
+                self._payload_rows += sum(e.request.batch_size for e in entries)
+                return
+            self._reset_payload()  # its thread took it up meanwhile: these start the next batch
+        payload = self._payload
+        payload.extend(entries)
+        self._payload_rows += sum(e.request.batch_size for e in entries)
+        if self._payload_key is None:
+            self._payload_key = batch_key(entries[0].request, self._ragged)
+        if self._ticket is not None or self._ordered is not None:
+            return
+        for worker in self._workers:
+            if self._load[worker] == 1 and worker.queues_on_thread:
+                batch = self._live(payload)
+                payload.clear()
+                if batch:
+                    futures = [f for _, f in batch]
+                    self._submit(worker, [r for r, _ in batch], futures, True)
+                    self._ticket = (worker, self._behind[worker][0], futures)
+                return
+
+    def _live(self, entries: list[_Entry]) -> Batch:
+        """The entries of a formed batch whose clients still wait (the others count as CANCELED)."""
+        batch = []
+        for entry in entries:
+            if entry.future.cancelled():
+                self._in_flight -= 1
+                self.stats.record_rejected(entry.request, "CANCELED")
+            else:
+                batch.append((entry.request, entry.future))
+        if len(batch) < len(entries):
+            self._maybe_drained()
+        return batch
+
+    def _reset_payload(self) -> None:
+        self._payload = []
+        self._payload_rows = 0
+        self._payload_key = None
+        self._saturated = False
+        self._ticket = None
 
     def close(self) -> None:
         self._wakeup.cancel()
@@ -248,4 +365,6 @@ class DynamicBatcher(DirectScheduler):
         entries = list(self._walk())
         for entry in entries:
             self._remove(entry)
-        return [(e.request, e.future) for e in entries]
+        payload = self._payload
+        self._reset_payload()  # one queued behind a thread is the base class's to answer
+        return [(e.request, e.future) for e in payload + entries]

@@ -54,6 +54,36 @@ class AbandonedError(CancelledError):
     """What a batch that was not executed gets: it waited in the worker's queue and nobody waits for it."""
 
 
+class Ticket:
+    """A batch waiting in a worker's queue behind the one its thread executes.  Whoever claims it first runs
+    it: the thread, or the event loop taking it back for an instance that freed up first.  Until then the
+    loop may add requests to it, as Triton's dynamic batcher adds requests to a batch that waits for an
+    instance; the lock makes "not claimed yet, so add" one step against the thread's claim."""
+
+    __slots__ = ("batch", "done", "abandoned", "claimed", "_lock")
+
+    def __init__(self, batch: list[InferenceRequest], done: Done, abandoned: Callable[[], bool] | None) -> None:
+        self.batch = batch
+        self.done = done
+        self.abandoned = abandoned
+        self.claimed = False
+        self._lock = threading.Lock()
+
+    def claim(self) -> bool:
+        with self._lock:
+            if self.claimed:
+                return False
+            self.claimed = True
+            return True
+
+    def extend(self, requests: Sequence[InferenceRequest]) -> bool:
+        with self._lock:
+            if self.claimed:
+                return False
+            self.batch.extend(requests)
+            return True
+
+
 class InstanceWorker:
     """Runs batches on one instance, one at a time."""
 
@@ -111,25 +141,30 @@ class InstanceWorker:
             self._handed += len(batch)
             self._queue.put((batch, done))
 
-    def queue_ticket(self, batch: Sequence[InferenceRequest], done: Done,
-                     abandoned: Callable[[], bool] | None = None) -> list:  # type: ignore[type-arg]
-        """Queue ``batch`` for the thread as a ticket that :meth:`reclaim` can take back until the thread
-        takes it up (whoever pops the ticket's one item first runs it; ``list.pop`` is atomic).  When the
-        thread takes it and ``abandoned()`` says nobody waits for it any more, the batch is not executed:
-        ``done`` gets an :class:`AbandonedError` instead."""
-        ticket = [(batch, done, abandoned)]
+    def queue_ticket(self, batch: list[InferenceRequest], done: Done,
+                     abandoned: Callable[[], bool] | None = None) -> Ticket:
+        """Queue ``batch`` for the thread as a :class:`Ticket`: until the thread takes it up, the event loop
+        may add requests to it (:meth:`Ticket.extend`) or take it back (:meth:`reclaim`).  When the thread
+        takes it and ``abandoned()`` says nobody waits for it any more, the batch is not executed: ``done``
+        gets an :class:`AbandonedError` instead."""
+        ticket = Ticket(batch, done, abandoned)
         self._handed += len(batch)
         self._queue.put(ticket)
         return ticket
 
-    def reclaim(self, ticket: list) -> tuple | None:  # type: ignore[type-arg]
+    def extend(self, ticket: Ticket, requests: Sequence[InferenceRequest]) -> bool:
+        """Add ``requests`` to a queued ticket's batch; ``False`` when the thread has taken it up already."""
+        if not ticket.extend(requests):
+            return False
+        self._handed += len(requests)
+        return True
+
+    def reclaim(self, ticket: Ticket) -> tuple | None:  # type: ignore[type-arg]
         """Take a queued ticket's batch back (to run elsewhere); ``None`` when the thread has started it."""
-        try:
-            batch, done, _ = ticket.pop()
-        except IndexError:
+        if not ticket.claim():
             return None
-        self._handed -= len(batch)
-        return batch, done
+        self._handed -= len(ticket.batch)
+        return ticket.batch, ticket.done
 
     def stop(self) -> None:
         self._queue.put(_STOP)
@@ -168,11 +203,10 @@ class InstanceWorker:
             item = self._queue.get()
             if item is _STOP:
                 return
-            if type(item) is list:  # a ticket: taken back, or ours to run
-                try:
-                    batch, done, abandoned = item.pop()
-                except IndexError:
+            if type(item) is Ticket:  # taken back, or ours to run
+                if not item.claim():
                     continue
+                batch, done, abandoned = item.batch, item.done, item.abandoned
             else:
                 batch, done = item  # type: ignore[misc]
                 abandoned = None
