@@ -532,6 +532,10 @@ def build_repo(repo: str) -> None:
         dynamic_batching { {batching} max_queue_delay_microseconds: 400000 }"""
     write_python_model(repo, "preferred_two", BATCH_REPORT, rows_config.replace("{batching}", "preferred_batch_size: [ 2 ]"))
     write_python_model(repo, "up_to_eight", BATCH_REPORT, rows_config.replace("{batching}", ""))
+    # executions of 1 s, so that requests queue while the instance is busy
+    write_python_model(repo, "delayed_slow", BATCH_REPORT.replace("import json", "import json, time").replace(
+        "    def execute(self, requests):\n", "    def execute(self, requests):\n        time.sleep(1.0)\n"),
+        rows_config.replace("{batching}", "").replace("400000", "200000"))
     write_python_model(repo, "ordered", SLEEPS, TWO_INSTANCES.replace("{ordering}", "preserve_ordering: true"))
     write_python_model(repo, "unordered", SLEEPS, TWO_INSTANCES.replace("{ordering}", ""))
     write_python_model(repo, "groups", INSTANCE_INFO, ARGS_CONFIG + """
@@ -637,11 +641,25 @@ def start_pair(args: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
         # (GPUs hidden: the Triton build here has none it can use, so KIND_GPU must fail on both)
         with mock.patch.dict(os.environ, {"TRITIUM_DISABLE_GPUS": "1"}), \
                 RunningServer([repo], ["--exit-on-error=false", "--allow-client-shm=true", *args]) as tritium:
+            for server in (triton, tritium):  # no case starts while either server still loads models
+                loaded(server.url)
             yield (Servers(tritium.url, tritium.grpc_url, tritium.metrics_url),
                    Servers(triton.url, triton.grpc_url, triton.metrics_url))
     finally:
         triton.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def loaded(url: str, timeout: float = 180) -> None:
+    """Wait until no model of the server at ``url`` is loading (its repository index)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(f"http://{url}/v2/repository/index", data=b"{}", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as r:
+            if not any(m.get("state") == "LOADING" for m in json.loads(r.read())):
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"models of {url} still loading after {timeout} s")
 
 
 @pytest.fixture(scope="module")
@@ -943,6 +961,7 @@ def case_statistics_after_calls(s: Servers) -> Any:
     before = s.http.get_inference_statistics("batched")["model_stats"][0]
     for _ in range(3):
         s.http.infer("batched", http_inputs(("INPUT0", x, "INT32")))
+    time.sleep(0.3)  # Triton records an execution's statistics after its response is sent
     after = s.http.get_inference_statistics("batched")["model_stats"][0]
     def shape(stats: dict) -> Any:
         if isinstance(stats, dict):
@@ -1453,16 +1472,28 @@ def case_batches_keep_shapes_apart(s: Servers) -> Any:
 def case_batch_sizes(s: Servers) -> Any:
     """Within one queue delay, to an idle instance: single rows with preferred_batch_size 2 run as 2 at once,
     and the third (sent once those ran) alone when the delay ends; requests of 2, 3, 4 and 1 rows under
-    max_batch_size 8 run as 2+3 (the 4 would pass 8) and 4+1.
-
-    Not compared: requests queued while the instance is busy.  Triton adds requests to a batch it formed
-    while that batch waits for the instance (five queued rows with preferred size 2 ran as 3 then 2);
-    tritium forms the batch when the instance frees up (2, 2, then 1 after the delay)."""
+    max_batch_size 8 run as 2+3 (the 4 would pass 8) and 4+1."""
     def run(model: str, rows: tuple[int, ...], waits: tuple[float, ...]) -> list[Any]:
         return reported_batches(s, model, [(wait, np.full((n, 2), i, np.float32))
                                            for i, (n, wait) in enumerate(zip(rows, waits))])
     return (run("preferred_two", (1, 1, 1), (0, 0.02, 0.3)),
             run("up_to_eight", (2, 3, 4, 1), (0, 0.02, 0.02, 0.02)))
+
+
+def case_batches_formed_while_the_instance_is_busy(s: Servers) -> Any:
+    """A batch formed while the instance executes another grows until an instance takes it (1 s executions,
+    no preferred size, 200 ms delay): requests sent 0.3, 0.6 and 0.9 s after the first join the batch that
+    waits for the instance; one sent at 1.1 s (its delay not expired when the instance frees up at 1.2 s)
+    runs next, alone.
+
+    Not compared: the same with ``preferred_batch_size: [2]`` (``tests/unit/test_dynamic_batcher.py``).  Five
+    rows sent 20 ms apart while the instance is busy ran on Triton as 3 then 2 when this case ran alone (the
+    batch formed at 2 takes one more), as they do on tritium, but as one batch of 5 when it ran after the
+    other cases: whether Triton's batcher thread wakes for each arrival depends on its state."""
+    model = "delayed_slow"
+    assert s.grpc.is_model_ready(model)  # connected first: a first call that arrives late executes later
+    return reported_batches(s, model, [(wait, np.full((1, 2), i, np.float32))
+                                       for i, wait in enumerate((0, 0.3, 0.3, 0.3, 0.2))])
 
 
 def case_queue_full(s: Servers) -> Any:

@@ -190,8 +190,9 @@ async def test_ragged_inputs_join_at_any_shape_while_other_inputs_must_match() -
 async def test_a_batch_formed_while_the_instance_is_busy_grows_until_saturated() -> None:
     """Triton's payload: with preferred size 2, two requests form a batch at once; while it waits for the
     instance, a third still joins it (saturating it: past the largest preferred size); the next two form
-    the following batch (measured on Triton 2.51: 3 then 2, where forming batches only when the instance
-    frees up gives 2, 2, 1)."""
+    the following batch (measured on Triton 2.51 with fresh state: 3 then 2, where forming batches only
+    when the instance frees up gives 2, 2, 1; after other traffic its batcher thread may sleep through the
+    arrivals and run all five at once)."""
     instance = Recorder()
     config = "preferred_batch_size: [2] max_queue_delay_microseconds: 400000"
     async with dynamic(instance, max_batch_size=8, config=config) as batcher:
