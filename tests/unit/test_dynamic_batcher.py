@@ -249,6 +249,24 @@ async def test_the_batch_waiting_behind_one_busy_instance_runs_on_the_instance_t
         await settled(batcher)
 
 
+@on_loop
+async def test_a_waiting_batch_whose_clients_all_went_away_is_not_executed() -> None:
+    instance = Recorder()
+    async with dynamic(instance, max_batch_size=4) as batcher:
+        busy = await occupy(batcher, instance)
+        gone = submit(batcher, req("gone1"), req("gone2"))  # formed at once (no delay), waiting behind "busy"
+        await asyncio.sleep(0.01)
+        for task in gone:
+            task.cancel()
+        instance.gate.set()
+        await busy
+        await settled(batcher)
+        assert instance.batches == [["busy"]]
+        assert batcher.stats.failures == {"CANCELED": 2}
+        await batcher.infer(req("after"))  # still serving
+        assert instance.batches[-1] == ["after"]
+
+
 # -- priorities ----------------------------------------------------------------------------------------
 
 
@@ -665,14 +683,18 @@ class _Slow(Recorder):
         return super().execute(requests)
 
 
+@pytest.mark.parametrize("config", ["", "max_queue_delay_microseconds: 500",
+                                    "preferred_batch_size: [2, 4] max_queue_delay_microseconds: 300",
+                                    "preserve_ordering: true", "default_queue_policy { max_queue_size: 1000 }"])
 @on_loop
-async def test_under_load_with_clients_leaving_every_request_is_answered_once_and_counts_return_to_zero() -> None:
+async def test_under_load_with_clients_leaving_every_request_is_answered_once_and_counts_return_to_zero(
+        config: str) -> None:
     """Many requests arriving over time at two busy instances, some clients leaving at random moments (while
-    queued or while executing): each request that stays gets its own answer, nothing runs twice, and the
-    counts settle."""
+    queued, in a batch waiting for an instance, or while executing): each request that stays gets its own
+    answer, nothing runs twice, and the counts settle."""
     rng = random.Random(7)
     instances = (_Slow("rec_0", 1), _Slow("rec_1", 2))
-    async with dynamic(*instances, max_batch_size=6) as batcher:
+    async with dynamic(*instances, max_batch_size=6, config=config) as batcher:
         tasks = []
         for i in range(400):
             tasks += submit(batcher, req(f"r{i}", rows=rng.choice((1, 1, 2))))

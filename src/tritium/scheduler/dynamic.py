@@ -291,12 +291,14 @@ class DynamicBatcher(DirectScheduler):
         reached the largest preferred size (or ``max_batch_size``), or the next request cannot join it.  It
         waits in the queue of an instance that runs on a thread (its thread starts it the moment the batch
         before ends, without waiting for the event loop), else here."""
-        while self._count and self._prefetch:
+        if not self._prefetch:
+            return
+        while self._count:
             ticket = self._ticket
             if ticket is not None and ticket[1].claimed:  # its instance started it: the next batch begins
                 self._reset_payload()
             if self._saturated:
-                return
+                break
             entries, saturated, wait_ns = self._decide(self._payload_rows, self._payload_key)
             self._saturated = saturated
             if wait_ns:
@@ -304,37 +306,45 @@ class DynamicBatcher(DirectScheduler):
             else:
                 self._wakeup.cancel()
             if not entries:
-                return
+                break
             for entry in entries:
                 self._remove(entry)
             self._grow(entries)
+        self._queue_payload()
 
     def _grow(self, entries: list[_Entry]) -> None:
         """Add entries taken from the queue to the batch that waits for an instance."""
+        rows = sum(e.request.batch_size for e in entries)
         ticket = self._ticket
         if ticket is not None:
             worker, queued, futures = ticket
             if worker.extend(queued, [e.request for e in entries]):
                 futures.extend(e.future for e in entries)
                 self._executing += len(entries)
-                self._payload_rows += sum(e.request.batch_size for e in entries)
+                self._payload_rows += rows
                 return
             self._reset_payload()  # its thread took it up meanwhile: these start the next batch
-        payload = self._payload
-        payload.extend(entries)
-        self._payload_rows += sum(e.request.batch_size for e in entries)
-        if self._payload_key is None:
+        if not self._payload:
             self._payload_key = batch_key(entries[0].request, self._ragged)
-        if self._ticket is not None or self._ordered is not None:
+        self._payload.extend(entries)
+        self._payload_rows += rows
+
+    def _queue_payload(self) -> None:
+        """Move the batch waiting here into the queue of a busy instance that runs on a thread, if one has
+        nothing queued yet (not with ``preserve_ordering``: a batch taken back from one instance's queue for
+        another would take a second place in the order)."""
+        if self._ticket is not None or not self._payload or self._ordered is not None:
             return
         for worker in self._workers:
             if self._load[worker] == 1 and worker.queues_on_thread:
-                batch = self._live(payload)
-                payload.clear()
-                if batch:
-                    futures = [f for _, f in batch]
-                    self._submit(worker, [r for r, _ in batch], futures, True)
-                    self._ticket = (worker, self._behind[worker][0], futures)
+                batch = self._live(self._payload)
+                if not batch:
+                    self._reset_payload()
+                    return
+                self._payload = []
+                futures = [f for _, f in batch]
+                self._submit(worker, [r for r, _ in batch], futures, True)
+                self._ticket = (worker, self._behind[worker][0], futures)
                 return
 
     def _live(self, entries: list[_Entry]) -> Batch:
