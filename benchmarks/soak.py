@@ -3,8 +3,8 @@
 Runs the same mixed load round after round against one tritium process: binary HTTP and gRPC requests of
 1 MiB to a Python-backend model, BLS calls of 256 KiB from a Python model to an ONNX model, decoupled gRPC
 streams, refused requests (wrong dtype, wrong shape, unknown model), HTTP clients that leave before their
-answer, JSON requests to an ONNX model, and
-unloads and loads of the Python models (explicit model control). After each round it prints what the server and its model
+answer, JSON requests to an ONNX model, connection churn (64 connections at once, 20 health checks each,
+then closed), and unloads and loads of the Python models (explicit model control). After each round it prints what the server and its model
 processes hold: resident memory (MiB), open file descriptors, threads, and files in /dev/shm.
 
 A leak shows as a column that keeps growing after the first rounds (which fill caches and pools).
@@ -15,6 +15,7 @@ A leak shows as a column that keeps growing after the first rounds (which fill c
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import sys
@@ -148,6 +149,21 @@ def leave_early(host: str, port: int, body: bytes, header_length: int) -> None:
         s.sendall(head.encode() + body)
 
 
+async def churn(port: int, connections: int, requests: int) -> None:
+    """Connections that come and go: ``connections`` at once, each making ``requests`` keep-alive health
+    checks, then closing (the server's per-connection state must not pile up)."""
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(requests):
+            writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: soak\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+        writer.close()
+        await writer.wait_closed()
+
+    await asyncio.gather(*(one() for _ in range(connections)))
+
+
 def one_round(server: RunningServer, requests: int, reloads: int) -> None:
     http = httpclient.InferenceServerClient(server.url)
     grpc = grpcclient.InferenceServerClient(server.grpc_url)
@@ -188,6 +204,8 @@ def one_round(server: RunningServer, requests: int, reloads: int) -> None:
         time.sleep(0.01)
     grpc.stop_stream()
     assert len(streamed) == 5 * requests and all(not isinstance(r, Exception) for r in streamed), streamed[:3]
+    for _ in range(max(1, requests // 50)):
+        asyncio.run(churn(server.http_port, 64, 20))
     for _ in range(reloads):
         for model in ("py_identity", "py_stream"):
             http.unload_model(model)
