@@ -215,12 +215,12 @@ async def test_while_the_instance_is_busy_a_request_joins_the_waiting_batch_once
     next batch (Triton 2.51: [1, 2, 3] then [4] for requests 0.3, 0.6, 0.9 and 1.1 s into a 1 s execution
     with a 200 ms delay)."""
     instance = Recorder()
-    async with dynamic(instance, max_batch_size=8, config="max_queue_delay_microseconds: 50000") as batcher:
+    async with dynamic(instance, max_batch_size=8, config="max_queue_delay_microseconds: 150000") as batcher:
         busy = await occupy(batcher, instance)
         (a,) = submit(batcher, req("a"))
-        await asyncio.sleep(0.12)
+        await asyncio.sleep(0.3)
         (b,) = submit(batcher, req("b"))
-        await asyncio.sleep(0.12)
+        await asyncio.sleep(0.3)
         (c,) = submit(batcher, req("c"))
         await asyncio.sleep(0.005)
         instance.gate.set()
