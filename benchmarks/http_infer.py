@@ -166,28 +166,42 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
+def _proc_stats() -> dict[int, list[str]]:
+    """The fields of ``/proc/<pid>/stat`` after the command name, for every process now."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stats[int(entry)] = f.read().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+    return stats
+
+
+def _tree(root: int, stats: dict[int, list[str]]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(pid)  # fields[1]: ppid (stat field 4)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def descendants(root: int) -> list[int]:
+    """The processes below ``root`` (a server's model processes: tritium's stubs, Triton's)."""
+    return _tree(root, _proc_stats())[1:]
+
+
 def tree_cpu_s(root: int) -> float:
     """User + system CPU seconds used so far by process ``root`` and all its descendants (every thread of
     each): a server's front end and its model processes (tritium's stubs, Triton's)."""
-    parents: dict[int, list[int]] = {}
-    times: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        pid = int(entry)
-        parents.setdefault(int(fields[1]), []).append(pid)  # fields[1]: ppid (stat field 4)
-        times[pid] = int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14, 15)
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        total += times.get(pid, 0)
-        todo.extend(parents.get(pid, ()))
-    return total / os.sysconf("SC_CLK_TCK")
+    stats = _proc_stats()
+    ticks = sum(int(stats[pid][11]) + int(stats[pid][12]) for pid in _tree(root, stats) if pid in stats)  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def run_wrk(url: str, model: str, lua: str, connections: int, duration: int, threads: int,

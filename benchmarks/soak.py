@@ -4,8 +4,9 @@ Runs the same mixed load round after round against one tritium process: binary H
 1 MiB to a Python-backend model, BLS calls of 256 KiB from a Python model to an ONNX model, decoupled gRPC
 streams, refused requests (wrong dtype, wrong shape, unknown model), HTTP clients that leave before their
 answer, JSON requests to an ONNX model, connection churn (64 connections at once, 20 health checks each,
-then closed), and unloads and loads of the Python models (explicit model control). After each round it prints what the server and its model
-processes hold: resident memory (MiB), open file descriptors, threads, and files in /dev/shm.
+then closed), and unloads and loads of the Python models (explicit model control). After each round it
+prints what the server and its model processes hold: resident memory (MiB), open file descriptors,
+threads, and files in /dev/shm.
 
 A leak shows as a column that keeps growing after the first rounds (which fill caches and pools).
 
@@ -24,13 +25,16 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
 
 import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from http_infer import descendants  # noqa: E402
 from tests.models import identity_graph, write_model, write_python_model  # noqa: E402
 from tests.server import RunningServer  # noqa: E402
 
@@ -99,24 +103,6 @@ def build_repo(repo: str) -> None:
         input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
         output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
         dynamic_batching { }""")
-
-
-def descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], list(children.get(root, ()))
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, ()))
-    return found
 
 
 def status_field(pid: int, name: str) -> int:

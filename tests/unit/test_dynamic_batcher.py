@@ -13,7 +13,8 @@ import threading
 import time
 
 import pytest
-from scheduler_harness import Recorder, completion_order, dynamic, occupy, on_loop, req, settled, submit, until
+from scheduler_harness import (Recorder, completion_order, dynamic, occupy, on_loop, req, settled, submit, submit_apart,
+                               until)
 
 from tritium.core.errors import InternalError, InvalidArgumentError, Status, UnavailableError
 
@@ -39,10 +40,7 @@ async def test_requests_queued_while_the_instance_is_busy_run_together_next() ->
     instance = Recorder()
     async with dynamic(instance) as batcher:
         busy = await occupy(batcher, instance)
-        later = []
-        for rid in ("x", "y", "z"):  # three separate loop turns
-            later += submit(batcher, req(rid))
-            await asyncio.sleep(0.01)
+        later = await submit_apart(batcher, req("x"), req("y"), req("z"))  # three separate loop turns
         instance.gate.set()
         await asyncio.gather(busy, *later)
         assert instance.batches == [["busy"], ["x", "y", "z"]]
@@ -197,10 +195,7 @@ async def test_a_batch_formed_while_the_instance_is_busy_grows_until_saturated()
     config = "preferred_batch_size: [2] max_queue_delay_microseconds: 400000"
     async with dynamic(instance, max_batch_size=8, config=config) as batcher:
         busy = await occupy(batcher, instance)
-        tasks = []
-        for name in "abcde":
-            tasks += submit(batcher, req(name))
-            await asyncio.sleep(0.01)
+        tasks = await submit_apart(batcher, *(req(name) for name in "abcde"))
         assert batcher.pending_count() == 5
         instance.gate.set()
         await asyncio.gather(busy, *tasks)
@@ -237,9 +232,8 @@ async def test_the_batch_waiting_behind_one_busy_instance_runs_on_the_instance_t
         await until(lambda: first.batches == [["one"]])
         tasks += submit(batcher, req("two"))
         await until(lambda: second.batches == [["two"]])
-        for name in ("a", "b"):  # formed at once (no delay), they wait in the first instance's queue
-            tasks += submit(batcher, req(name))
-            await asyncio.sleep(0.01)
+        # formed at once (no delay), they wait in the first instance's queue
+        tasks += await submit_apart(batcher, req("a"), req("b"))
         assert batcher.pending_count() == 2
         second.gate.set()  # the second frees up first: it takes the batch back from the first's queue
         await until(lambda: second.batches[-1] == ["a", "b"])

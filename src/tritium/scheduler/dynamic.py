@@ -129,9 +129,8 @@ class DynamicBatcher(DirectScheduler):
         #: Whether a batch may be formed while every instance is busy (:meth:`_dispatch_busy`).  As in Triton,
         #: not under priority levels or queue policies: a request taken out of the queue early could not be
         #: passed by a later one of higher priority, time out, or count against the queue's size any more.
-        self._prefetch = not levels and not (policy.default_timeout_microseconds or policy.allow_timeout_override
-                                             or policy.max_queue_size)
-        self.dispatch_when_busy = self._prefetch
+        self.dispatch_when_busy = not levels and not (
+            policy.default_timeout_microseconds or policy.allow_timeout_override or policy.max_queue_size)
         self._count = 0  # live queued entries over all levels
         #: Microsecond timers: queue delays are hundreds of µs, below the event loop's own granularity.
         self._timer = precise_timer(loop)
@@ -291,7 +290,7 @@ class DynamicBatcher(DirectScheduler):
         reached the largest preferred size (or ``max_batch_size``), or the next request cannot join it.  It
         waits in the queue of an instance that runs on a thread (its thread starts it the moment the batch
         before ends, without waiting for the event loop), else here."""
-        if not self._prefetch:
+        if not self.dispatch_when_busy:
             return
         while self._count:
             ticket = self._ticket
