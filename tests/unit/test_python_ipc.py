@@ -136,6 +136,30 @@ def test_recv_polls_then_sleeps_until_the_message_comes() -> None:
     b.close()
 
 
+def test_poll_works_past_fd_setsize() -> None:
+    """A busy server holds more than 1024 descriptors (connections, shared-memory blocks): waiting for a
+    stub's reply (finalize on unload) must not depend on the socket's descriptor number."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1600:
+        pytest.skip(f"the hard descriptor limit ({hard}) is below 1600")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1600), hard))
+    a, b = socket.socketpair()
+    high = socket.socket(fileno=os.dup2(a.fileno(), 1500))
+    a.close()
+    try:
+        reader, writer = Channel(high), Channel(b)
+        assert not reader.poll(0.01)
+        writer.send(("finalized", None))
+        assert reader.poll(1.0)
+        assert reader.recv() == ("finalized", None)
+    finally:
+        high.close()
+        b.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 @pytest.mark.parametrize("value", ["abc", "-1", "1.5"])
 def test_stub_spin_setting_is_checked(value: str) -> None:
     with pytest.raises(ModelConfigError, match=f"'stub-spin-microseconds' .*'{value}'"):

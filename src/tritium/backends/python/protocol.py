@@ -257,9 +257,14 @@ class Channel:
         return _decode(body, self._count)
 
     def poll(self, timeout: float) -> bool:
+        """Whether a message (or its start) can be read within ``timeout`` seconds.  ``poll(2)``, not
+        ``select(2)``: a server with many connections and shared-memory blocks holds descriptors past
+        ``FD_SETSIZE`` (1024), which ``select`` refuses."""
         if self._pending is None and len(self._buffer) >= _HEAD.size:
             return True
-        return bool(select.select([self.sock], [], [], timeout)[0])
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(max(0.0, timeout) * 1000))
 
     def close(self) -> None:
         self.sock.close()
