@@ -145,15 +145,23 @@ class DirectScheduler(InFlightScheduler):
 
     def _dispatch_busy(self) -> None:
         """Every instance is busy: the next requests wait in the queues of instances that run on threads."""
+        while (worker := self._thread_to_queue_behind()) is not None:
+            batch = self._take()
+            if not batch:
+                return
+            self._submit(worker, [r for r, _ in batch], [f for _, f in batch], True)
+
+    def _thread_to_queue_behind(self) -> InstanceWorker | None:
+        """A busy instance that runs on a thread with no batch waiting behind it yet; ``None`` when there is
+        none, or with ``preserve_ordering`` (a batch taken back from one instance's queue for another would
+        take a second place in the order)."""
         if self._ordered is not None:
-            return  # a batch taken back from one instance for another would take a second ordering slot
+            return None
         load = self._load
         for worker in self._workers:
             if load[worker] == 1 and worker.queues_on_thread:
-                batch = self._take()
-                if not batch:
-                    return
-                self._submit(worker, [r for r, _ in batch], [f for _, f in batch], True)
+                return worker
+        return None
 
     def _submit(self, worker: InstanceWorker, requests: list[InferenceRequest],
                 futures: list[asyncio.Future[InferenceResponse]], behind: bool) -> None:

@@ -330,21 +330,20 @@ class DynamicBatcher(DirectScheduler):
 
     def _queue_payload(self) -> None:
         """Move the batch waiting here into the queue of a busy instance that runs on a thread, if one has
-        nothing queued yet (not with ``preserve_ordering``: a batch taken back from one instance's queue for
-        another would take a second place in the order)."""
-        if self._ticket is not None or not self._payload or self._ordered is not None:
+        nothing queued yet (:meth:`_thread_to_queue_behind`)."""
+        if self._ticket is not None or not self._payload:
             return
-        for worker in self._workers:
-            if self._load[worker] == 1 and worker.queues_on_thread:
-                batch = self._live(self._payload)
-                if not batch:
-                    self._reset_payload()
-                    return
-                self._payload = []
-                futures = [f for _, f in batch]
-                self._submit(worker, [r for r, _ in batch], futures, True)
-                self._ticket = (worker, self._behind[worker][0], futures)
-                return
+        worker = self._thread_to_queue_behind()
+        if worker is None:
+            return
+        batch = self._live(self._payload)
+        if not batch:
+            self._reset_payload()
+            return
+        self._payload = []
+        futures = [f for _, f in batch]
+        self._submit(worker, [r for r, _ in batch], futures, True)
+        self._ticket = (worker, self._behind[worker][0], futures)
 
     def _live(self, entries: list[_Entry]) -> Batch:
         """The entries of a formed batch whose clients still wait (the others count as CANCELED)."""
