@@ -466,8 +466,10 @@ SLOW_CONFIG = """
     output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
     dynamic_batching { {policy} }
 """
-#: BLS calls with a timeout to ``expiring`` (0.6 s executes, whose queue policy lets a request lower its
-#: timeout): one while it is idle, then one while it executes another call.
+#: BLS calls with a 100 ms timeout to ``expiring`` (0.6 s executes, whose queue policy lets a request lower its
+#: timeout): one while it is idle, then one while it executes another call.  The timeout counts while the
+#: request waits in the queue, so the idle call's must leave room for a loaded machine's pickup: with 1 ms,
+#: Triton on a slow CI machine expired it before its batcher took it.
 BLS_TIMEOUT = '''
 import asyncio
 import json
@@ -486,14 +488,14 @@ def seen(response):
 async def busy():
     first = call(2).async_exec()
     await asyncio.sleep(0.2)
-    queued = seen(await call(3, timeout=1000).async_exec())  # waits behind the first: expires
+    queued = seen(await call(3, timeout=100000).async_exec())  # waits ~0.4 s behind the first: expires
     return [seen(await first), queued]
 
 class TritonPythonModel:
     def execute(self, requests):
         out = []
         for r in requests:
-            idle = seen(call(1, timeout=1000).exec())  # not queued: no timeout applies
+            idle = seen(call(1, timeout=100000).exec())  # taken at once: well inside its 100 ms
             results = [idle, *asyncio.run(busy())]
             out.append(pb_utils.InferenceResponse([
                 pb_utils.Tensor("OUT", np.array([json.dumps(results, sort_keys=True).encode()], dtype=np.object_))]))
