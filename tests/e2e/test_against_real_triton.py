@@ -957,14 +957,27 @@ def case_json_output_types(s: Servers) -> Any:
     return strings, floats
 
 
+def settled_statistics(s: Servers, model: str) -> dict[str, Any]:
+    """The model's statistics once they stop changing: Triton records an execution's after its response is
+    sent, so a read right after the last answer can miss it (it did on a loaded machine).  Read until two
+    reads 0.3 s apart agree."""
+    deadline = time.monotonic() + 10
+    last = s.http.get_inference_statistics(model)["model_stats"][0]
+    while True:
+        time.sleep(0.3)
+        stats = s.http.get_inference_statistics(model)["model_stats"][0]
+        if stats == last or time.monotonic() > deadline:
+            return stats
+        last = stats
+
+
 def case_statistics_after_calls(s: Servers) -> Any:
     """Counts after a known number of calls (durations differ, so only whether they are set)."""
     x = np.arange(4, dtype=np.int32).reshape(2, 2)
-    before = s.http.get_inference_statistics("batched")["model_stats"][0]
+    before = settled_statistics(s, "batched")
     for _ in range(3):
         s.http.infer("batched", http_inputs(("INPUT0", x, "INT32")))
-    time.sleep(0.3)  # Triton records an execution's statistics after its response is sent
-    after = s.http.get_inference_statistics("batched")["model_stats"][0]
+    after = settled_statistics(s, "batched")
     def shape(stats: dict) -> Any:
         if isinstance(stats, dict):
             return {k: ("ns" if k == "ns" else shape(v)) for k, v in stats.items() if k != "last_inference"}
@@ -1297,14 +1310,12 @@ def metric_lines(s: Servers, family: str, model: str) -> dict[str, float]:
 
 def case_failure_accounting(s: Servers) -> Any:
     """What an error response, an exception in execute and a refused request count, in statistics and metrics."""
-    def stats() -> dict[str, Any]:
-        return s.http.get_inference_statistics("fails")["model_stats"][0]
-    before, metrics_before = stats(), metric_lines(s, "nv_inference_request_failure", "fails")
+    before, metrics_before = settled_statistics(s, "fails"), metric_lines(s, "nv_inference_request_failure", "fails")
     success_before = metric_lines(s, "nv_inference_request_success", "fails")
     for value in (0, 1, 5):
         outcome(lambda: s.http.infer("fails", http_inputs(("INPUT0", np.array([value], np.int32), "INT32"))))
     outcome(lambda: s.http.infer("fails", http_inputs(("INPUT0", np.array([1.0], np.float32), "FP32"))))
-    after = stats()
+    after = settled_statistics(s, "fails")
     time.sleep(1.5)  # Triton refreshes some metrics on an interval
     failures = metric_lines(s, "nv_inference_request_failure", "fails")
     successes = metric_lines(s, "nv_inference_request_success", "fails")
@@ -1545,7 +1556,7 @@ def test_queue_full_rejections_count_as_failures(pair: tuple[Servers, Servers]) 
     counts = []
     for s in pair:
         outcomes = queued_calls(s, "queue_counted", [{}, {"after": 0.2}, {}, {}])
-        stats = s.http.get_inference_statistics("queue_counted")["model_stats"][0]["inference_stats"]
+        stats = settled_statistics(s, "queue_counted")["inference_stats"]
         counts.append((sorted(o[1] for o in outcomes), stats["success"]["count"], stats["fail"]["count"]))
     ours, theirs = counts
     assert ours[0] == theirs[0] == ["error", "error", "ok", "ok"]
