@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from tritium import __version__
 from tritium.logsettings import LogManager, LogSettings
 from tritium.core.errors import TritiumError
+from tritium.frontends.restrictions import GROUPS, parse_restriction
 from tritium.options import ServerOptions
 from tritium.trace import TraceConfig, TraceManager
 
 #: tritonserver flags tritium knows but cannot honour yet, with the reason shown to the user.
 UNSUPPORTED_FLAGS: dict[str, str] = {
     "--grpc-header-forward-pattern": "header forwarding is not available in this version of tritium",
-    "--grpc-restricted-protocol": "restricted APIs are not available in this version of tritium",
     "--grpc-infer-thread-count": "tritium serves gRPC on its event loop; there is no gRPC thread pool to size",
     "--grpc-infer-allocation-pool-size": "tritium's gRPC frontend keeps no pool of request/response objects",
     "--grpc-max-response-pool-size": "tritium's gRPC frontend keeps no pool of request/response objects",
@@ -32,7 +32,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     "--model-namespacing": "model namespacing is not available in this version of tritium",
     "--http-thread-count": "tritium serves HTTP on its event loop; there is no HTTP thread pool to size",
     "--http-header-forward-pattern": "header forwarding is not available in this version of tritium",
-    "--http-restricted-api": "restricted APIs are not available in this version of tritium",
     "--cache-config": "the response cache is not available in this version of tritium",
     "--cache-directory": "the response cache is not available in this version of tritium",
     "--response-cache-byte-size": "the response cache is not available in this version of tritium",
@@ -114,7 +113,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=_port, default=8000)
     p.add_argument("--reuse-http-port", type=_bool, default=False, metavar="BOOL")
     p.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024)
+    p.add_argument("--http-restricted-api", action="append", default=[], metavar="APIS:KEY=VALUE",
+                   help="HTTP requests of these APIs must carry header KEY with VALUE (repeatable; APIs: "
+                        + ", ".join(GROUPS) + ")")
     p.add_argument("--allow-grpc", type=_bool, default=True, metavar="BOOL")
+    p.add_argument("--grpc-restricted-protocol", action="append", default=[],
+                   metavar="PROTOCOLS:KEY=VALUE",
+                   help="gRPC calls of these protocols must carry metadata triton-grpc-protocol-KEY with VALUE "
+                        "(repeatable; same groups as --http-restricted-api)")
     p.add_argument("--allow-client-shm", type=_bool, default=False, metavar="BOOL",
                    help="let clients register system shared-memory regions (off by default, as in current Triton)")
     p.add_argument("--grpc-address", default="0.0.0.0")
@@ -240,6 +246,14 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         parser.error(f"--exit-timeout-secs must be >= 0, got {args.exit_timeout_secs}")
     if args.load_models and args.model_control_mode != "explicit":
         parser.error("--load-model requires --model-control-mode=explicit")
+    restricted: dict[str, dict[str, tuple[str, str]]] = {"http-restricted-api": {}, "grpc-restricted-protocol": {}}
+    for flag, items in (("http-restricted-api", args.http_restricted_api),
+                        ("grpc-restricted-protocol", args.grpc_restricted_protocol)):
+        for item in items:
+            try:
+                parse_restriction(item, flag, restricted[flag])
+            except ValueError as e:
+                parser.error(f"--{flag}: {e}")
     trace_config = _trace_items(args)
     try:
         TraceManager(TraceConfig.parse(trace_config))
@@ -270,9 +284,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         http_address=args.http_address,
         http_port=args.http_port,
         reuse_http_port=args.reuse_http_port,
+        http_restricted_apis=restricted["http-restricted-api"],
         http_max_input_size=args.http_max_input_size,
         allow_grpc=args.allow_grpc,
         allow_client_shm=args.allow_client_shm,
+        grpc_restricted_protocols=restricted["grpc-restricted-protocol"],
         grpc_address=args.grpc_address,
         grpc_port=args.grpc_port,
         reuse_grpc_port=args.reuse_grpc_port,

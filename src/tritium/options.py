@@ -28,7 +28,14 @@ class ServerOptions:
     http_max_input_size: int = 64 * 1024 * 1024
     reuse_http_port: bool = False
 
+    #: ``--http-restricted-api <group>[,<group>...]:<header>=<value>`` (repeatable): group -> (header, value)
+    #: that an HTTP request of that group must carry (Triton's groups, ``frontends.restrictions``); none by default.
+    http_restricted_apis: dict[str, tuple[str, str]] = field(default_factory=dict)
+
     allow_grpc: bool = True
+    #: ``--grpc-restricted-protocol <group>[,...]:<key>=<value>`` (repeatable): group -> (key, value); a call
+    #: must carry the metadata ``triton-grpc-protocol-<key>: <value>``, as in Triton.
+    grpc_restricted_protocols: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: Clients may register system shared-memory regions (``--allow-client-shm``; off by default, as Triton
     #: since 26.04: a region is any file in /dev/shm the server can open, which a client then reads and writes
     #: through inference).

@@ -24,6 +24,13 @@ from tritium.core.errors import InternalError, InvalidArgumentError, TritiumErro
 from tritium.core.inference import InferenceResponse
 from tritium.core.model import Model
 from tritium.core.shm_regions import cuda_status
+from tritium.frontends.restrictions import (
+    GRPC_GROUPS,
+    GRPC_HEADER_PREFIX,
+    Restrictions,
+    check_restrictions,
+    refusal_message,
+)
 from tritium.options import ServerOptions
 
 from .codec import (
@@ -96,8 +103,11 @@ def _guarded(method: Callable[[Any, Context], Awaitable[Any]]) -> Callable[[Any,
 class GrpcApi:
     """Triton's gRPC RPCs over the server's protocol-neutral API."""
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: Any, restricted: Restrictions | None = None) -> None:
         self.server = server
+        #: --grpc-restricted-protocol: group -> (key, value); RPCs of these groups get a check, the others none.
+        self.restricted = restricted or {}
+        check_restrictions(self.restricted, "grpc-restricted-protocol")
 
     # -- health and metadata --------------------------------------------------------------------
 
@@ -367,10 +377,46 @@ class GrpcApi:
                 response_serializer=_serialize,
             )
         }
+        for table in (methods, health):
+            for name, handler in table.items():
+                restriction = self.restricted.get(GRPC_GROUPS[name])
+                if restriction is not None:
+                    table[name] = _restricted(handler, GRPC_HEADER_PREFIX + restriction[0], restriction[1])
         return [
             grpc.method_handlers_generic_handler(SERVICE, methods),
             grpc.method_handlers_generic_handler(HEALTH_SERVICE, health),
         ]
+
+
+def _restricted(handler: grpc.RpcMethodHandler, key: str, value: str) -> grpc.RpcMethodHandler:
+    """The handler behind Triton's check: a call whose first ``key`` metadata is not exactly ``value``
+    (or that has none) ends UNAVAILABLE before its handler runs; a stream ends before reading a message."""
+    message = refusal_message(key, grpc=True)
+
+    def allowed(context: Context) -> bool:
+        for item in context.invocation_metadata() or ():
+            if item[0] == key:
+                return bool(item[1] == value)
+        return False
+
+    if handler.stream_stream is not None:
+        stream = handler.stream_stream
+
+        async def checked_stream(requests: Any, context: Context) -> AsyncIterator[Any]:
+            if not allowed(context):
+                await context.abort(grpc.StatusCode.UNAVAILABLE, message)
+            async for item in stream(requests, context):
+                yield item
+
+        return handler._replace(stream_stream=checked_stream)  # type: ignore[attr-defined,no-any-return]
+    unary = handler.unary_unary
+
+    async def checked(request: Any, context: Context) -> Any:
+        if not allowed(context):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, message)
+        return await unary(request, context)
+
+    return handler._replace(unary_unary=checked)  # type: ignore[attr-defined,no-any-return]
 
 
 def _serialize(message: Any) -> bytes:
@@ -430,8 +476,13 @@ class GrpcFrontend:
     """Serves :class:`GrpcApi` on ``--grpc-address``:``--grpc-port``."""
 
     def __init__(self, server: Any, options: ServerOptions) -> None:
-        self.api = GrpcApi(server)
+        self.api = GrpcApi(server, options.grpc_restricted_protocols)
         self.options = options
+        for key, _ in options.grpc_restricted_protocols.values():
+            if key != key.lower():  # gRPC metadata keys are lower-case on the wire; Triton compares as configured
+                log.warning("--grpc-restricted-protocol key '%s' has upper-case letters: no client can send the "
+                            "metadata '%s%s', so its RPCs refuse every call (as in Triton)",
+                            key, GRPC_HEADER_PREFIX, key)
         self._server: grpc.aio.Server | None = None
         self.port = options.grpc_port
 

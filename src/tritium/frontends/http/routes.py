@@ -23,6 +23,7 @@ from tritium.core.inference import InferenceRequest
 from tritium.core.model import Model
 from tritium.core.shm_regions import cuda_status
 from tritium.core.streaming import StreamItem
+from tritium.frontends.restrictions import Restrictions, check_restrictions, http_group, refusal_message
 from tritium.server import Server
 
 from .codec import decode_infer_request, decode_raw_request, encode_infer_response, is_whole_number, parse_json
@@ -96,9 +97,22 @@ def _not_allowed(content_type: bytes = JSON) -> HttpResponse:
 class HttpApi:
     """Routes HTTP requests to the server's protocol-neutral API."""
 
-    def __init__(self, server: Server, max_input_size: int) -> None:
+    def __init__(self, server: Server, max_input_size: int, restricted: Restrictions | None = None) -> None:
         self.server = server
         self.max_input_size = max_input_size
+        if restricted:
+            # --http-restricted-api: checked before routing, as Triton does; without it nothing runs per request
+            check_restrictions(restricted, "http-restricted-api")
+            self._rules = {group: (header.lower(), value, orjson.dumps({"error": refusal_message(header)}))
+                           for group, (header, value) in restricted.items()}
+            self.handle = self._restricted_handle  # type: ignore[method-assign]
+
+    async def _restricted_handle(self, request: HttpRequest) -> HttpResponse:
+        """Triton's answer to a request of a restricted group without the header's exact value: 403."""
+        rule = self._rules.get(http_group(request.path))  # type: ignore[arg-type]
+        if rule is not None and request.headers.get(rule[0]) != rule[1]:
+            return HttpResponse(403, [rule[2]], TEXT)
+        return await HttpApi.handle(self, request)
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         try:

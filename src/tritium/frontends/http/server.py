@@ -160,7 +160,8 @@ class HttpProtocol(asyncio.Protocol):
             key = name.decode("latin-1").lower()
             if len(_HEADER_NAMES) < 256:  # bounded: clients choose header names
                 _HEADER_NAMES[name] = key
-        self.headers[key] = value.decode("latin-1")
+        if key not in self.headers:  # a repeated header: the first counts, as in Triton (libevhtp's lookup)
+            self.headers[key] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -345,7 +346,7 @@ class HttpFrontend(HttpListener):
 
     def __init__(self, server, options: ServerOptions) -> None:  # type: ignore[no-untyped-def]
         super().__init__(
-            HttpApi(server, options.http_max_input_size),
+            HttpApi(server, options.http_max_input_size, options.http_restricted_apis),
             options.http_address,
             options.http_port,
             options.http_max_input_size,
