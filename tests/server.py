@@ -33,13 +33,15 @@ class ServerProcess:
         self.log = open(log_path, "w+b")
         self.proc = subprocess.Popen(list(command), stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
-    def wait_live(self, timeout: float = 60.0) -> None:
+    def wait_live(self, timeout: float = 60.0, headers: dict[str, str] | None = None) -> None:
+        """Wait for /v2/health/live to answer 200 (``headers``: what a restricted health API requires)."""
         deadline = time.monotonic() + timeout
+        request = urllib.request.Request(f"http://{self.url}/v2/health/live", headers=headers or {})
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                with urllib.request.urlopen(f"http://{self.url}/v2/health/live", timeout=1) as r:
+                with urllib.request.urlopen(request, timeout=1) as r:
                     if r.status == 200:
                         return
             except OSError:
