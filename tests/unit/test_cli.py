@@ -149,6 +149,59 @@ def test_bad_values_are_refused_with_the_flag_named(capsys, argv, needles):
         assert needle in message, f"{needle!r} not in {message!r}"
 
 
+# -- restricted APIs --------------------------------------------------------------------------------
+
+
+def test_restricted_apis_by_group():
+    options = parse_args([*REPO, "--http-restricted-api=health:Probe-Key=p",
+                          "--http-restricted-api", "metadata,model-repository:admin=v=1:2",
+                          "--grpc-restricted-protocol=health,inference:k=v"])
+    # the header keeps its spelling (messages name it so); the value may hold '=' and ':'
+    assert options.http_restricted_apis == {"health": ("Probe-Key", "p"), "metadata": ("admin", "v=1:2"),
+                                            "model-repository": ("admin", "v=1:2")}
+    assert options.grpc_restricted_protocols == {"health": ("k", "v"), "inference": ("k", "v")}
+    assert parse_args(REPO).http_restricted_apis == {} and parse_args(REPO).grpc_restricted_protocols == {}
+
+
+def test_every_triton_group_is_accepted():
+    groups = "health,metadata,inference,shared-memory,model-config,model-repository,statistics,trace,logging"
+    options = parse_args([*REPO, f"--http-restricted-api={groups}:k=v", f"--grpc-restricted-protocol={groups}:k=v"])
+    assert sorted(options.http_restricted_apis) == sorted(groups.split(","))
+    assert options.grpc_restricted_protocols == options.http_restricted_apis
+
+
+@pytest.mark.parametrize("flag", ["--http-restricted-api", "--grpc-restricted-protocol"])
+@pytest.mark.parametrize("value, needles", [
+    ("bogus:k=v", ["unknown restricted", "'bogus'", "health, metadata"]),
+    ("Health:k=v", ["'Health'"]),  # group names are lower-case, as in Triton
+    ("health,,metadata:k=v", ["unknown restricted", "''"]),
+    ("health,:k=v", ["''"]),
+    ("health", ["<key>=<value>", "'health'"]),
+    ("health:k", ["<key>=<value>"]),
+    ("health:k=", ["<key>=<value>"]),
+    ("health:=v", ["<key>=<value>"]),
+    (":k=v", ["<key>=<value>"]),
+    ("health=k:v", ["<key>=<value>"]),
+    ("health,health:k=v", ["'health' can not be specified in multiple config groups"]),
+])
+def test_bad_restrictions_are_refused(capsys, flag, value, needles):
+    message = refused(capsys, [*REPO, f"{flag}={value}"])
+    for needle in [flag, *needles]:
+        assert needle in message, f"{needle!r} not in {message!r}"
+
+
+@pytest.mark.parametrize("flag", ["--http-restricted-api", "--grpc-restricted-protocol"])
+def test_a_group_restricted_by_two_flags_is_refused(capsys, flag):
+    message = refused(capsys, [*REPO, f"{flag}=health,trace:a=1", f"{flag}=logging,trace:b=2"])
+    assert "'trace' can not be specified in multiple config groups" in message
+
+
+def test_http_and_grpc_restrictions_are_independent():
+    options = parse_args([*REPO, "--http-restricted-api=health:a=1", "--grpc-restricted-protocol=health:b=2"])
+    assert options.http_restricted_apis == {"health": ("a", "1")}
+    assert options.grpc_restricted_protocols == {"health": ("b", "2")}
+
+
 def test_model_repository_is_required(capsys):
     assert "--model-repository" in refused(capsys, ["--http-port=9000"])
 
