@@ -40,7 +40,8 @@ from models import write_python_model
 from server import ROOT, RunningServer, ServerProcess, free_port
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-SCRIPT = os.path.join(ROOT, "..", "shared", "tools", "real_triton.sh")
+#: ``TRITIUM_REAL_TRITON_SCRIPT`` overrides where the launcher is (a worktree outside the main checkout).
+SCRIPT = os.environ.get("TRITIUM_REAL_TRITON_SCRIPT", os.path.join(ROOT, "..", "shared", "tools", "real_triton.sh"))
 TRITON_PYTHON = os.environ.get("TRITIUM_TRITON_PYTHON", "/work/triton-ref/.venv-triton/bin/python")
 
 pytestmark = pytest.mark.skipif(
@@ -590,14 +591,15 @@ def build_repo(repo: str) -> None:
 class RealTriton(ServerProcess):
     """Real ``tritonserver`` on free ports, started by ``real_triton.sh`` with ``tritonserver``'s flags."""
 
-    def __init__(self, repo: str, workdir: str, args: tuple[str, ...] = ()) -> None:
+    def __init__(self, repo: str, workdir: str, args: tuple[str, ...] = (),
+                 headers: dict[str, str] | None = None) -> None:
         http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
         command = ["bash", SCRIPT, f"--model-repository={repo}", f"--http-port={http_port}",
                    f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}", "--exit-on-error=false", *args]
         super().__init__(command, os.path.join(workdir, "triton.log"), dict(os.environ, PYTRITON_PYTHON=TRITON_PYTHON),
                          http_port, grpc_port, metrics_port)
         try:
-            self.wait_live(180)
+            self.wait_live(180, headers)
         except RuntimeError:
             self.stop()
             raise
@@ -628,13 +630,15 @@ class Servers:
             return status, data.decode("utf-8", errors="replace")
 
 
-def start_pair(args: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
-    """Both servers on one fresh copy of the repository, with the same extra flags."""
+def start_pair(args: tuple[str, ...] = (), build: Callable[[str], None] | None = None,
+               headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    """Both servers on one fresh copy of the repository (``build_repo``'s unless ``build``), with the same
+    extra flags; ``headers``: what restricted health and repository APIs need while waiting for them."""
     workdir = tempfile.mkdtemp(prefix="tritium-vs-triton-")
     repo = os.path.join(workdir, "repo")
-    build_repo(repo)
+    (build or build_repo)(repo)
     try:
-        triton = RealTriton(repo, workdir, args)
+        triton = RealTriton(repo, workdir, args, headers)
     except RuntimeError as e:  # the reference, not tritium, is broken here: nothing to compare with
         shutil.rmtree(workdir, ignore_errors=True)
         pytest.skip(f"real Triton did not start: {str(e)[-500:]}")
@@ -642,9 +646,12 @@ def start_pair(args: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
         # (Triton 2.51 lets clients register shared memory without the flag, which it does not know)
         # (GPUs hidden: the Triton build here has none it can use, so KIND_GPU must fail on both)
         with mock.patch.dict(os.environ, {"TRITIUM_DISABLE_GPUS": "1"}), \
-                RunningServer([repo], ["--exit-on-error=false", "--allow-client-shm=true", *args]) as tritium:
+                RunningServer([repo], ["--exit-on-error=false", "--allow-client-shm=true", *args],
+                              wait_ready=headers is None) as tritium:
+            if headers is not None:
+                tritium.wait_live(60, headers)
             for server in (triton, tritium):  # no case starts while either server still loads models
-                loaded(server.url)
+                loaded(server.url, headers=headers)
             yield (Servers(tritium.url, tritium.grpc_url, tritium.metrics_url),
                    Servers(triton.url, triton.grpc_url, triton.metrics_url))
     finally:
@@ -652,11 +659,12 @@ def start_pair(args: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def loaded(url: str, timeout: float = 180) -> None:
+def loaded(url: str, timeout: float = 180, headers: dict[str, str] | None = None) -> None:
     """Wait until no model of the server at ``url`` is loading (its repository index)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        request = urllib.request.Request(f"http://{url}/v2/repository/index", data=b"{}", method="POST")
+        request = urllib.request.Request(f"http://{url}/v2/repository/index", data=b"{}", method="POST",
+                                         headers=headers or {})
         with urllib.request.urlopen(request, timeout=30) as r:
             if not any(m.get("state") == "LOADING" for m in json.loads(r.read())):
                 return
@@ -1626,3 +1634,273 @@ def test_model_control_as_triton(explicit_pair: tuple[Servers, Servers]) -> None
     ours = model_control_story(tritium)
     for step, (mine, expected) in enumerate(zip(ours, theirs)):
         assert mine == expected, f"step {step}"
+
+
+# -- restricted APIs (--http-restricted-api, --grpc-restricted-protocol) ---------------------------------
+
+RESTRICTED_GROUPS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository",
+                     "statistics", "trace", "logging")
+#: Each group its own header (a check against another group's would show), one flag with a list of groups
+#: (shared-memory and model-config share a key), values with '=' and ':', health's name in mixed case.
+RESTRICTED_KEYS = {group: (f"{group}-key", f"{group}=s3cret:x") for group in RESTRICTED_GROUPS}
+RESTRICTED_KEYS["health"] = ("Probe-Key", "p-value")
+RESTRICTED_KEYS["model-config"] = RESTRICTED_KEYS["shared-memory"]
+RESTRICTED_FLAGS = (
+    *(f"--http-restricted-api={g}:{k}={v}" for g, (k, v) in RESTRICTED_KEYS.items()
+      if g not in ("shared-memory", "model-config")),
+    *(f"--grpc-restricted-protocol={g}:{k.lower()}={v}" for g, (k, v) in RESTRICTED_KEYS.items()
+      if g not in ("shared-memory", "model-config")),
+    "--http-restricted-api=shared-memory,model-config:{}={}".format(*RESTRICTED_KEYS["shared-memory"]),
+    "--grpc-restricted-protocol=shared-memory,model-config:{}={}".format(*RESTRICTED_KEYS["shared-memory"]),
+    "--model-control-mode=explicit", "--load-model=add_sub",
+)
+
+
+def build_restricted_repo(repo: str) -> None:
+    write_python_model(repo, "add_sub", ADD_SUB, ADD_SUB_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def restricted_pair():  # type: ignore[no-untyped-def]
+    yield from start_pair(RESTRICTED_FLAGS, build_restricted_repo,
+                          dict([RESTRICTED_KEYS["health"], RESTRICTED_KEYS["model-repository"]]))
+
+
+def other_key(group: str) -> tuple[str, str]:
+    """The right header of another group (with its own key)."""
+    return RESTRICTED_KEYS["trace" if group in ("health", "shared-memory", "model-config") else "health"]
+
+
+def raw_response(s: Servers, method: str, path: str, body: bytes | None, headers: list[tuple[str, str]]) -> Any:
+    """Status, content type and body of a plain HTTP call; headers in order, repeats allowed."""
+    import http.client
+
+    connection = http.client.HTTPConnection(s.url, timeout=60)
+    try:
+        connection.putrequest(method, path)
+        for name, value in headers:
+            connection.putheader(name, value)
+        connection.putheader("Content-Length", str(len(body or b"")))
+        connection.endheaders(body or b"")
+        response = connection.getresponse()
+        return response.status, response.getheader("Content-Type"), response.read()
+    finally:
+        connection.close()
+
+
+RESTRICTED_HTTP = [
+    ("health", "GET", "/v2/health/live", None), ("health", "GET", "/v2/health/ready", None),
+    ("health", "GET", "/v2/models/add_sub/ready", None), ("health", "GET", "/v2/models/add_sub/versions/1/ready", None),
+    ("metadata", "GET", "/v2", None), ("metadata", "GET", "/v2/models/add_sub", None),
+    ("metadata", "GET", "/v2/models/add_sub/versions/1", None),
+    ("inference", "POST", "/v2/models/add_sub/infer", json.dumps({"inputs": [
+        {"name": "INPUT0", "shape": [4], "datatype": "FP32", "data": A.tolist()},
+        {"name": "INPUT1", "shape": [4], "datatype": "FP32", "data": B.tolist()}]}).encode()),
+    ("inference", "POST", "/v2/models/add_sub/generate",
+     json.dumps({"INPUT0": A.tolist(), "INPUT1": B.tolist()}).encode()),
+    ("inference", "POST", "/v2/models/add_sub/generate_stream",
+     json.dumps({"INPUT0": A.tolist(), "INPUT1": B.tolist()}).encode()),
+    ("shared-memory", "GET", "/v2/systemsharedmemory/status", None),
+    ("shared-memory", "POST", "/v2/systemsharedmemory/region/r/register", b'{"key": "/nope", "byte_size": 4}'),
+    ("shared-memory", "POST", "/v2/systemsharedmemory/unregister", None),
+    ("shared-memory", "GET", "/v2/cudasharedmemory/status", None),
+    ("shared-memory", "POST", "/v2/cudasharedmemory/region/r/unregister", None),
+    ("model-config", "GET", "/v2/models/add_sub/config", None),
+    ("model-repository", "POST", "/v2/repository/index", b"{}"),
+    ("model-repository", "POST", "/v2/repository/models/nope/unload", b"{}"),
+    ("model-repository", "POST", "/v2/repository/models/nope/load", b"{}"),
+    ("statistics", "GET", "/v2/models/stats", None), ("statistics", "GET", "/v2/models/add_sub/stats", None),
+    ("trace", "GET", "/v2/trace/setting", None), ("trace", "GET", "/v2/models/add_sub/trace/setting", None),
+    ("logging", "GET", "/v2/logging", None),
+    (None, "GET", "/v2/models/add_sub/versions/1/trace/setting", None), (None, "GET", "/v2/nope", None),
+]
+
+
+def restricted_http_story(s: Servers) -> list[Any]:
+    """Every HTTP route: refused answers whole (status, content type, body), allowed ones by status."""
+    seen: list[Any] = []
+    for group, method, path, body in RESTRICTED_HTTP:
+        key, value = RESTRICTED_KEYS[group] if group else ("Probe-Key", "x")
+        for headers in ([], [(key, "wrong")], [(key, value.upper())], [(key, value + " ")], [(key, "")],
+                        [other_key(group or "health")], [(key, "wrong"), (key, value)]):
+            seen.append((path, headers, raw_response(s, method, path, body, headers)))
+        for headers in ([(key, value)], [(key.upper(), value)], [(key.lower(), value)], [(key, value), (key, "x")]):
+            seen.append((path, headers, raw_response(s, method, path, body, headers)[0]))
+        seen.append((path, "DELETE", raw_response(s, "DELETE", path, None, [])))  # the header before the method
+        seen.append((path, "DELETE allowed", raw_response(s, "DELETE", path, None, [(key, value)])))
+    return seen
+
+
+def test_restricted_http_as_triton(restricted_pair: tuple[Servers, Servers]) -> None:
+    tritium, triton = restricted_pair
+    theirs, ours = restricted_http_story(triton), restricted_http_story(tritium)
+    for mine, expected in zip(ours, theirs):
+        assert mine == expected
+    assert len(ours) == len(theirs)
+
+
+#: RPC -> request; those marked False answer differently once allowed (CUDA shared memory: tritium has
+#: none and answers UNIMPLEMENTED), so only their refusals are compared.
+RESTRICTED_RPCS: dict[str, tuple[Any, bool]] = {
+    "ServerLive": (pb.ServerLiveRequest(), True), "ServerReady": (pb.ServerReadyRequest(), True),
+    "ModelReady": (pb.ModelReadyRequest(name="add_sub"), True),
+    "ServerMetadata": (pb.ServerMetadataRequest(), True),
+    "ModelMetadata": (pb.ModelMetadataRequest(name="add_sub"), True),
+    "ModelInfer": (pb.ModelInferRequest(model_name="nope"), True),
+    "ModelConfig": (pb.ModelConfigRequest(name="add_sub"), True),
+    "ModelStatistics": (pb.ModelStatisticsRequest(name="add_sub"), True),
+    "RepositoryIndex": (pb.RepositoryIndexRequest(), True),
+    "RepositoryModelLoad": (pb.RepositoryModelLoadRequest(model_name="nope"), True),
+    "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest(model_name="nope"), True),
+    "SystemSharedMemoryStatus": (pb.SystemSharedMemoryStatusRequest(), True),
+    "SystemSharedMemoryRegister": (pb.SystemSharedMemoryRegisterRequest(name="x", key="/nope", byte_size=4), False),
+    "SystemSharedMemoryUnregister": (pb.SystemSharedMemoryUnregisterRequest(name="x"), True),
+    "CudaSharedMemoryStatus": (pb.CudaSharedMemoryStatusRequest(), True),
+    "CudaSharedMemoryRegister": (pb.CudaSharedMemoryRegisterRequest(name="x"), False),
+    "CudaSharedMemoryUnregister": (pb.CudaSharedMemoryUnregisterRequest(name="x"), False),
+    "TraceSetting": (pb.TraceSettingRequest(), True), "LogSettings": (pb.LogSettingsRequest(), True),
+}
+RPC_GROUPS = {"ServerLive": "health", "ServerReady": "health", "ModelReady": "health", "ServerMetadata": "metadata",
+              "ModelMetadata": "metadata", "ModelInfer": "inference", "ModelConfig": "model-config",
+              "ModelStatistics": "statistics", "TraceSetting": "trace", "LogSettings": "logging"}
+
+
+def rpc_group(name: str) -> str:
+    if "SharedMemory" in name:
+        return "shared-memory"
+    if name.startswith("Repository"):
+        return "model-repository"
+    return RPC_GROUPS[name]
+
+
+def grpc_metadata(group: str, value: str | None = None) -> tuple[str, str]:
+    key, right = RESTRICTED_KEYS[group]
+    return f"triton-grpc-protocol-{key.lower()}", right if value is None else value
+
+
+def restricted_grpc_story(s: Servers) -> list[Any]:
+    """Every RPC, the stream and grpc.health.v1: code and message of refusals, the code once allowed."""
+    from tritium._proto import health_pb2, health_pb2_grpc
+
+    def code(call: Callable[[], Any]) -> Any:
+        try:
+            call()
+            return "OK"
+        except grpc.RpcError as e:
+            return e.code().name, e.details()
+
+    seen: list[Any] = []
+    with grpc.insecure_channel(s.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for name, (request, compare_allowed) in RESTRICTED_RPCS.items():
+            group = rpc_group(name)
+            key, value = grpc_metadata(group)
+            method = getattr(stub, name)
+            for metadata in ([], [(key, "wrong")], [(key, value.upper())], [(key, value + " ")],
+                             [grpc_metadata("trace" if group != "trace" else "health")],
+                             [(key.removeprefix("triton-grpc-protocol-"), value)], [(key, "x"), (key, value)]):
+                seen.append((name, metadata, code(lambda: method(request, metadata=metadata, timeout=60))))
+            if compare_allowed:
+                for metadata in ([(key, value)], [(key, value), (key, "x")]):
+                    result = code(lambda: method(request, metadata=metadata, timeout=60))
+                    seen.append((name, metadata, result if result == "OK" else result[0]))
+        check = health_pb2_grpc.HealthStub(channel).Check
+        key, value = grpc_metadata("health")
+        for metadata in ([], [(key, "wrong")], [grpc_metadata("metadata")], [(key, value)]):
+            request = health_pb2.HealthCheckRequest()
+            seen.append(("Check", metadata, code(lambda: check(request, metadata=metadata, timeout=60))))
+        key, value = grpc_metadata("inference")
+        for metadata in ([], [(key, "wrong")], [(key, value)]):
+            def stream() -> Any:
+                return [r.error_message for r in stub.ModelStreamInfer(
+                    iter([pb.ModelInferRequest(model_name="nope")]), metadata=metadata, timeout=60)]
+            seen.append(("ModelStreamInfer", metadata, code(stream)))
+            seen.append(("ModelStreamInfer empty", metadata, code(lambda: list(stub.ModelStreamInfer(
+                iter([]), metadata=metadata, timeout=60)))))
+    return seen
+
+
+def test_restricted_grpc_as_triton(restricted_pair: tuple[Servers, Servers]) -> None:
+    tritium, triton = restricted_pair
+    theirs, ours = restricted_grpc_story(triton), restricted_grpc_story(tritium)
+    for mine, expected in zip(ours, theirs):
+        assert mine == expected
+    assert len(ours) == len(theirs)
+
+
+def restricted_client_story(s: Servers) -> list[Any]:
+    """What tritonclient users see, per group, on both protocols: refusals whole, successes as 'ok'."""
+    def run(call: Callable[[], Any]) -> Any:
+        result = outcome(call)
+        return ("ok", result[1] is not False) if result[0] == "ok" else result
+
+    seen: list[Any] = []
+    for group in RESTRICTED_GROUPS:
+        key, value = RESTRICTED_KEYS[group]
+        for client, name in ((s.http, key), (s.grpc, f"triton-grpc-protocol-{key.lower()}")):
+            calls = {
+                "health": lambda h: client.is_model_ready("add_sub", headers=h),
+                "metadata": lambda h: client.get_server_metadata(headers=h),
+                "inference": lambda h: client.infer("add_sub", (http_inputs if client is s.http else grpc_inputs)(
+                    ("INPUT0", A, "FP32"), ("INPUT1", B, "FP32")), headers=h).as_numpy("OUTPUT0").tolist(),
+                "shared-memory": lambda h: client.get_system_shared_memory_status(headers=h),
+                "model-config": lambda h: client.get_model_config("add_sub", headers=h),
+                "model-repository": lambda h: client.get_model_repository_index(headers=h),
+                "statistics": lambda h: client.get_inference_statistics("add_sub", headers=h),
+                "trace": lambda h: client.get_trace_settings(headers=h),
+                "logging": lambda h: client.get_log_settings(headers=h),
+            }
+            for headers in (None, {name: "wrong"}, {name: value}):
+                seen.append((group, type(client).__module__, headers, run(lambda: calls[group](headers))))
+    results: queue.Queue[Any] = queue.Queue()
+    for headers in (None, {"triton-grpc-protocol-inference-key": "wrong"},
+                    {"triton-grpc-protocol-inference-key": RESTRICTED_KEYS["inference"][1]}):
+        client = grpcclient.InferenceServerClient(s.grpc_url)
+        client.start_stream(callback=lambda result, error: results.put((result, error)), headers=headers)
+        try:
+            client.async_stream_infer("add_sub", grpc_inputs(("INPUT0", A, "FP32"), ("INPUT1", B, "FP32")))
+        except InferenceServerException:
+            pass  # the stream is already over: its error comes through the callback
+        result, error = results.get(timeout=60)
+        client.stop_stream()
+        seen.append(("stream", headers, (str(error.status()), error.message()) if error else
+                     result.as_numpy("OUTPUT0").tolist()))
+    with urllib.request.urlopen(s.metrics_url, timeout=60) as r:
+        seen.append(("metrics", r.status))
+    return seen
+
+
+def test_restricted_clients_as_triton(restricted_pair: tuple[Servers, Servers]) -> None:
+    tritium, triton = restricted_pair
+    assert restricted_client_story(tritium) == restricted_client_story(triton)
+
+
+RESTRICTION_REFUSALS = [
+    (["--http-restricted-api=bogus:k=v"], "unknown restricted api 'bogus'"),
+    (["--http-restricted-api=Health:k=v"], "unknown restricted api 'Health'"),
+    (["--grpc-restricted-protocol=health,:k=v"], "unknown restricted protocol ''"),
+    (["--http-restricted-api=health"], None), (["--http-restricted-api=health:k"], None),
+    (["--grpc-restricted-protocol=health:k="], None), (["--grpc-restricted-protocol=:k=v"], None),
+    (["--http-restricted-api=health,health:k=v"], "restricted api 'health' can not be specified in multiple"),
+    (["--grpc-restricted-protocol=health:k=v", "--grpc-restricted-protocol=trace,health:k2=v"],
+     "restricted protocol 'health' can not be specified in multiple config groups"),
+]
+
+
+@pytest.mark.parametrize("flags, words", RESTRICTION_REFUSALS, ids=[" ".join(f) for f, _ in RESTRICTION_REFUSALS])
+def test_restriction_flags_refused_as_triton(tmp_path: Any, flags: list[str], words: str | None) -> None:
+    """Both refuse the same flag values at start, naming the flag, and where Triton's words are clear, with
+    them (where they are not, tritium says what it expects)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTRITON_PYTHON=TRITON_PYTHON)
+    theirs = subprocess.run(["bash", SCRIPT, f"--model-repository={tmp_path}", *flags],
+                            capture_output=True, text=True, timeout=120, env=env)
+    ours = subprocess.run([sys.executable, "-m", "tritium", f"--model-repository={tmp_path}", *flags],
+                          capture_output=True, text=True, timeout=120)
+    flag_name = flags[-1].split("=")[0]
+    assert theirs.returncode != 0 and ours.returncode != 0
+    assert flag_name in theirs.stdout + theirs.stderr and flag_name in ours.stderr
+    if words is not None:
+        assert words in theirs.stdout + theirs.stderr and words in ours.stderr

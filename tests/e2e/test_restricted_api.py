@@ -212,7 +212,8 @@ def infer(client: Any, headers: dict[str, str] | None) -> Any:
 CLIENT_CALLS: dict[str, list[Callable[[Any, dict[str, str] | None], Any]]] = {
     "health": [lambda c, h: c.is_server_live(headers=h), lambda c, h: c.is_server_ready(headers=h),
                lambda c, h: c.is_model_ready("add_sub", headers=h)],
-    "metadata": [lambda c, h: c.get_server_metadata(headers=h), lambda c, h: c.get_model_metadata("add_sub", headers=h)],
+    "metadata": [lambda c, h: c.get_server_metadata(headers=h),
+                 lambda c, h: c.get_model_metadata("add_sub", headers=h)],
     "inference": [lambda c, h: infer(c, h)],
     "shared-memory": [lambda c, h: c.get_system_shared_memory_status(headers=h),
                       lambda c, h: c.unregister_system_shared_memory(headers=h),
