@@ -189,6 +189,27 @@ def test_first_of_repeated_headers_counts(server):  # type: ignore[no-untyped-de
     assert call(["wrong", KEYS["health"][1]]) == 403
 
 
+def test_non_ascii_value_is_compared_as_bytes(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A value given in UTF-8 on the command line matches the same bytes sent by a client."""
+    import http.client
+
+    s = start(tmp_path_factory, ["--http-restricted-api=metadata:k=clé"], None)
+    try:
+        def status(value: bytes) -> int:
+            connection = http.client.HTTPConnection(s.url, timeout=30)
+            connection.putrequest("GET", "/v2")
+            connection.putheader("k", value)
+            connection.endheaders()
+            answer = connection.getresponse().status
+            connection.close()
+            return answer
+
+        assert status("clé".encode()) == 200
+        assert status("clé".encode("latin-1")) == 403
+    finally:
+        s.stop()
+
+
 def test_metrics_port_is_never_restricted(server):  # type: ignore[no-untyped-def]
     with urllib.request.urlopen(server.metrics_url, timeout=30) as r:
         assert r.status == 200 and b"nv_inference_count" in r.read()

@@ -103,7 +103,9 @@ class HttpApi:
         if restricted:
             # --http-restricted-api: checked before routing, as Triton does; without it nothing runs per request
             check_restrictions(restricted, "http-restricted-api")
-            self._rules = {group: (header.lower(), value, orjson.dumps({"error": refusal_message(header)}))
+            # the transport decodes header values as latin-1: compare the configured value's UTF-8 bytes, as Triton
+            self._rules = {group: (header.lower(), value.encode().decode("latin-1"),
+                                   orjson.dumps({"error": refusal_message(header)}))
                            for group, (header, value) in restricted.items()}
             self.handle = self._restricted_handle  # type: ignore[method-assign]
 
