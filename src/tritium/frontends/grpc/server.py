@@ -11,6 +11,7 @@ inputs, outputs copied once); the other RPCs use the generated protobuf classes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -405,8 +406,9 @@ def _restricted(handler: grpc.RpcMethodHandler, key: str, value: str) -> grpc.Rp
         async def checked_stream(requests: Any, context: Context) -> AsyncIterator[Any]:
             if not allowed(context):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, message)
-            async for item in stream(requests, context):
-                yield item
+            async with contextlib.aclosing(stream(requests, context)) as inner:  # a client that leaves ends it now
+                async for item in inner:
+                    yield item
 
         return handler._replace(stream_stream=checked_stream)  # type: ignore[attr-defined,no-any-return]
     unary = handler.unary_unary
