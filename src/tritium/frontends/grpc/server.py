@@ -24,6 +24,7 @@ from tritium.core.errors import InternalError, InvalidArgumentError, TritiumErro
 from tritium.core.inference import InferenceResponse
 from tritium.core.model import Model
 from tritium.core.shm_regions import cuda_status
+from tritium.frontends.limits import default_grpc_connections
 from tritium.options import ServerOptions
 
 from .codec import (
@@ -402,7 +403,13 @@ def server_options(options: ServerOptions) -> list[tuple[str, Any]]:
         ("grpc.http2.max_pings_without_data", options.grpc_http2_max_pings_without_data),
         ("grpc.http2.min_ping_interval_without_data_ms", options.grpc_http2_min_recv_ping_interval_without_data),
         ("grpc.http2.max_ping_strikes", options.grpc_http2_max_ping_strikes),
+        # what one client may hold: streams per connection, connections (beyond: accepted and closed at once,
+        # so the process keeps descriptors for models and HTTP; see frontends.limits)
+        ("grpc.max_concurrent_streams", options.grpc_max_concurrent_streams),
+        ("grpc.max_allowed_incoming_connections", options.grpc_max_connections or default_grpc_connections()),
     ]
+    if options.grpc_max_connection_idle is not None:
+        args.append(("grpc.max_connection_idle_ms", options.grpc_max_connection_idle))
     if options.grpc_max_connection_age is not None:
         args.append(("grpc.max_connection_age_ms", options.grpc_max_connection_age))
     if options.grpc_max_connection_age_grace is not None:
@@ -437,7 +444,8 @@ class GrpcFrontend:
 
     async def start(self) -> None:
         options = self.options
-        server = grpc.aio.server(options=server_options(options))
+        server = grpc.aio.server(options=server_options(options),
+                                 maximum_concurrent_rpcs=options.grpc_max_concurrent_rpcs)
         server.add_generic_rpc_handlers(self.api.handlers())
         address = f"{options.grpc_address}:{options.grpc_port}"
         if ":" in options.grpc_address and not options.grpc_address.startswith("["):
