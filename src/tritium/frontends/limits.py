@@ -17,16 +17,20 @@ MIN_RESERVE = 384
 METRICS_MAX_CONNECTIONS = 32
 
 
+#: How far :func:`raise_descriptor_limit` raises the soft limit (model processes inherit it, and some
+#: libraries still loop over every possible descriptor).
+RAISE_TO = 65536
+
+
 def raise_descriptor_limit() -> int:
-    """Raise the soft descriptor limit to the hard one (as Go's runtime and many servers do: the soft
-    default of 1,024 dates from ``select``; tritium uses epoll).  Returns the soft limit now in force."""
+    """Raise the soft descriptor limit towards the hard one, up to :data:`RAISE_TO` (as Go's runtime and
+    many servers do: the soft default of 1,024 dates from ``select``; tritium uses epoll).  Returns the
+    soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft != resource.RLIM_INFINITY and soft < hard:
+    target = RAISE_TO if hard == resource.RLIM_INFINITY else min(hard, RAISE_TO)
+    if soft != resource.RLIM_INFINITY and soft < target:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError):
             pass
     return descriptor_limit()
