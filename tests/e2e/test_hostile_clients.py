@@ -459,3 +459,60 @@ def test_grpc_bounds_streams_rpcs_and_connections(repo: str) -> None:
                     time.sleep(0.2)
         finally:
             client.close()
+
+
+def test_grpc_stream_that_sends_without_reading_holds_bounded_memory(repo: str) -> None:
+    """2,000 requests of 256 KiB on one ModelStreamInfer stream whose client reads no response: the server
+    keeps a bounded number in progress and queued (not 500 MiB of responses) and serves others meanwhile.
+    Twice: what the first attack left (the allocator keeps freed memory for reuse) is reused by the second,
+    and the server's descriptors return to baseline when the client cancels."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    size = 256 << 10
+
+    def request(i: int) -> service_pb2.ModelInferRequest:
+        r = service_pb2.ModelInferRequest(model_name="identity_u8", id=str(i))
+        tensor = r.inputs.add(name="INPUT0", datatype="UINT8")
+        tensor.shape.append(size)
+        r.raw_input_contents.append(bytes([i % 251]) * size)
+        return r
+
+    with RunningServer([repo]) as server:
+        _wait_ready(server.http_port)
+        pid = server.proc.pid
+        channel = grpc.insecure_channel(server.grpc_url, options=[("grpc.max_receive_message_length", -1)])
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+        def attack() -> tuple[float, float]:
+            """Peak RSS while a non-reading stream is open, RSS after it is cancelled."""
+            call = stub.ModelStreamInfer((request(i) for i in range(2000)), timeout=120)  # never read
+            peak = 0.0
+            start = time.monotonic()
+            while time.monotonic() - start < 3:
+                peak = max(peak, rss_mib(pid))
+                time.sleep(0.05)
+            others = list(stub.ModelStreamInfer(iter([request(7)]), timeout=60))  # another stream is served
+            assert others[0].infer_response.raw_output_contents[0] == bytes([7]) * size
+            _served(server.http_port)
+            peak = max(peak, rss_mib(pid))
+            call.cancel()
+            time.sleep(1)
+            return peak, rss_mib(pid)
+
+        try:
+            warm = list(stub.ModelStreamInfer(iter([request(i) for i in range(20)]), timeout=60))
+            assert len(warm) == 20 and not any(w.error_message for w in warm)
+            time.sleep(0.5)
+            base_rss, base_fds = rss_mib(pid), fd_count(pid)
+            peak1, after1 = attack()
+            peak2, after2 = attack()
+        finally:
+            channel.close()
+        assert peak1 - base_rss < 200, f"resident memory grew by {peak1 - base_rss:.0f} MiB"
+        assert peak2 - base_rss < 200, f"resident memory grew by {peak2 - base_rss:.0f} MiB on a second attack"
+        assert after2 - after1 < 48, f"each attack leaves more memory behind ({after1:.0f} -> {after2:.0f} MiB)"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and fd_count(pid) > base_fds:
+            time.sleep(0.2)
+        assert fd_count(pid) <= base_fds
