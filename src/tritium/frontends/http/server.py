@@ -29,7 +29,7 @@ import httptools
 import numpy as np
 
 from tritium.core import shared_memory
-from tritium.frontends.limits import METRICS_MAX_CONNECTIONS, default_http_connections
+from tritium.frontends.limits import METRICS_MAX_CONNECTIONS, MIN_RESERVE, default_http_connections, descriptor_limit
 from tritium.options import ServerOptions
 
 from .routes import HttpApi, HttpRequest, HttpResponse, compress_body, error_response
@@ -501,6 +501,11 @@ class HttpListener:
         )
         self._sweeper = loop.call_later(self.tick, self._sweep)
         log.info("started %s at %s:%d", self.name, self.host, self.port)
+        available = descriptor_limit() - MIN_RESERVE
+        if self.max_connections > available:
+            log.warning("%s: %d connections allowed, but only about %d descriptors are free for connections "
+                        "(RLIMIT_NOFILE %d): clients could leave none for models", self.name,
+                        self.max_connections, available, descriptor_limit())
 
     @property
     def port(self) -> int:
