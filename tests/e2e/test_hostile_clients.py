@@ -328,6 +328,40 @@ def test_idle_flood_under_a_descriptor_limit_leaves_room_for_health_metrics_and_
         assert fd_count(pid) <= base_fds
 
 
+def test_connection_limit_closes_the_longest_idle_and_refuses_when_all_are_busy(repo: str) -> None:
+    """--http-max-connections=3: a new client is admitted by closing the least recently active idle
+    connection; when every connection is being answered, the new one gets 503 and the others go on."""
+    with RunningServer([repo], ["--http-max-connections=3"]) as server:
+        _wait_ready(server.http_port)
+        port = server.http_port
+        first, second = connect(port), connect(port)
+        for s in (first, second):
+            s.sendall(request_bytes("GET", "/v2/health/live"))
+            assert read_response(s)[0] == 200
+        second.sendall(request_bytes("GET", "/v2/health/live"))  # second is now the more recently active
+        assert read_response(second)[0] == 200
+        third, fourth = connect(port), connect(port)  # a 4th connection: the longest idle (first) goes
+        assert closed_by_server(first, 10) is not None
+        for s in (second, third, fourth):
+            s.sendall(request_bytes("GET", "/v2/health/ready"))
+            assert read_response(s)[0] == 200
+        busy = [second, third, fourth]
+        for s in busy:
+            s.settimeout(60)
+            s.sendall(request_bytes("POST", "/v2/models/py_sleep/infer",
+                                    _json_infer("py_sleep", np.array([0.7], dtype=np.float32))))
+        time.sleep(0.3)
+        with connect(port) as refused:
+            status, _, body = read_response(refused)
+            assert status == 503 and b"connection limit (3 connections, all busy)" in body
+        for s in busy:
+            status, _, body = read_response(s)
+            assert status == 200 and json.loads(body)["outputs"][0]["data"] == pytest.approx([0.7])
+            s.close()
+        first.close()
+        assert get(port, "/v2/health/ready")[0] == 200
+
+
 class _LimitedServer(RunningServer):
     """RunningServer whose process starts under ``preexec`` (a descriptor limit)."""
 

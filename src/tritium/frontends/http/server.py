@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -484,6 +485,7 @@ class HttpListener:
         self._all_closed: asyncio.Event | None = None
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._warned = 0.0
         shortest = min(self.limits.header_timeout, self.limits.body_timeout, self.limits.send_timeout,
                        self.limits.idle_timeout)
         #: Seconds between sweeps: a timeout acts between its value and its value plus this.
@@ -537,7 +539,10 @@ class HttpListener:
             self._drop(victim)
             victim.close()
             return
-        log.warning("%s: all %d connections are busy; refusing a new one", self.name, self.max_connections)
+        now = time.monotonic()
+        if now - self._warned > 10:  # once in a while: under a flood this happens at every accept
+            self._warned = now
+            log.warning("%s: all %d connections are busy; refusing new ones", self.name, self.max_connections)
         self._drop(conn)
         conn._fail(503, f"the server is at its connection limit ({self.max_connections} connections, all busy)")
 
@@ -568,7 +573,7 @@ class HttpListener:
         self._all_closed = asyncio.Event()
         try:
             for conn in list(self.connections):
-                if conn.idle() or conn.in_head:
+                if conn.idle() or (conn.in_head and not conn.busy and not conn.queue):
                     self._drop(conn)
                     conn.close()
             if self.connections:
