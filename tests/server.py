@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,14 +24,15 @@ class ServerProcess:
     ``grpc_url`` for tritonclient.grpc, ``metrics_url`` the metrics page."""
 
     def __init__(self, command: Sequence[str], log_path: str, env: dict[str, str], http_port: int, grpc_port: int,
-                 metrics_port: int) -> None:
+                 metrics_port: int, preexec_fn: Callable[[], None] | None = None) -> None:
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.url = f"127.0.0.1:{http_port}"
         self.grpc_url = f"127.0.0.1:{grpc_port}"
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         self.log_path = log_path
         self.log = open(log_path, "w+b")
-        self.proc = subprocess.Popen(list(command), stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(list(command), stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=preexec_fn)
 
     def wait_live(self, timeout: float = 60.0, headers: dict[str, str] | None = None) -> None:
         """Wait for /v2/health/live to answer 200 (``headers``: what a restricted health API requires)."""

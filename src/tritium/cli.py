@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from tritium import __version__
 from tritium.logsettings import LogManager, LogSettings
@@ -166,7 +167,50 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trace-rate", default=None, help="deprecated: --trace-config rate=N")
     p.add_argument("--trace-count", default=None, help="deprecated: --trace-config count=N")
     p.add_argument("--trace-log-frequency", default=None, help="deprecated: --trace-config triton,log-frequency=N")
+    _connection_flags(p)
     return p
+
+
+def _connection_flags(p: argparse.ArgumentParser) -> None:
+    """tritium's bounds on what one client may hold (connections, time, streams); see ServerOptions."""
+    o = ServerOptions
+    p.add_argument("--http-header-timeout-secs", type=float, default=o.http_header_timeout_secs, metavar="S",
+                   help="a request line and headers must arrive whole within S seconds (else 408, closed)")
+    p.add_argument("--http-body-timeout-secs", type=float, default=o.http_body_timeout_secs, metavar="S",
+                   help="a request body may stop arriving for at most S seconds (else 408, closed)")
+    p.add_argument("--http-send-timeout-secs", type=float, default=o.http_send_timeout_secs, metavar="S",
+                   help="a client that reads none of a response for S seconds is disconnected")
+    p.add_argument("--http-idle-timeout-secs", type=float, default=o.http_idle_timeout_secs, metavar="S",
+                   help="an idle keep-alive connection is closed after S seconds")
+    p.add_argument("--http-max-connections", type=int, default=0, metavar="N",
+                   help="HTTP connections held at most (0: from the descriptor limit); at the limit the "
+                        "longest-idle one is closed to admit a new one")
+    p.add_argument("--grpc-max-connections", type=int, default=0, metavar="N",
+                   help="gRPC connections held at most (0: from the descriptor limit)")
+    p.add_argument("--grpc-max-concurrent-streams", type=int, default=o.grpc_max_concurrent_streams, metavar="N",
+                   help="concurrent RPCs (HTTP/2 streams) per gRPC connection")
+    p.add_argument("--grpc-max-concurrent-rpcs", type=int, default=o.grpc_max_concurrent_rpcs, metavar="N",
+                   help="gRPC RPCs in progress in all; more are refused with RESOURCE_EXHAUSTED")
+    p.add_argument("--grpc-max-connection-idle", type=int, default=o.grpc_max_connection_idle, metavar="MS",
+                   help="close a gRPC connection without RPCs for MS ms (0: never)")
+
+
+def _connection_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The values of :func:`_connection_flags`, checked."""
+    values = {name: getattr(args, name) for name in (
+        "http_header_timeout_secs", "http_body_timeout_secs", "http_send_timeout_secs", "http_idle_timeout_secs",
+        "http_max_connections", "grpc_max_connections", "grpc_max_concurrent_streams", "grpc_max_concurrent_rpcs",
+        "grpc_max_connection_idle")}
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if name.endswith("_secs") and not (0 < value < 1e6):
+            parser.error(f"{flag} must be a positive number of seconds, got {value}")
+        if name in ("grpc_max_concurrent_streams", "grpc_max_concurrent_rpcs") and value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
+        if name in ("http_max_connections", "grpc_max_connections", "grpc_max_connection_idle") and value < 0:
+            parser.error(f"{flag} must be >= 0, got {value}")
+    values["grpc_max_connection_idle"] = values["grpc_max_connection_idle"] or None
+    return values
 
 
 def _refuse_unsupported(argv: Sequence[str]) -> None:
@@ -324,6 +368,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         log_file=args.log_file,
         backend_config=backend_config,
         trace_config=trace_config,
+        **_connection_options(parser, args),
     )
 
 
@@ -385,6 +430,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs = configure_logging(options)
     except OSError as e:
         raise SystemExit(f"tritium: cannot open --log-file: {e}") from None
+    from tritium.frontends.limits import raise_descriptor_limit
+
+    raise_descriptor_limit()
     try:
         import uvloop
 

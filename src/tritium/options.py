@@ -27,6 +27,16 @@ class ServerOptions:
     http_port: int = 8000
     http_max_input_size: int = 64 * 1024 * 1024
     reuse_http_port: bool = False
+    #: Connection hardening (``--http-*-timeout-secs``, ``--http-max-connections``): a request head must
+    #: arrive whole within ``header`` seconds, a body may pause at most ``body`` seconds between reads, a
+    #: client that reads none of a response for ``send`` seconds is cut, an idle keep-alive connection is
+    #: closed after ``idle`` seconds (a request being answered never is).  0 connections: derived from the
+    #: descriptor limit (``frontends.limits``).
+    http_header_timeout_secs: float = 60.0
+    http_body_timeout_secs: float = 60.0
+    http_send_timeout_secs: float = 60.0
+    http_idle_timeout_secs: float = 75.0
+    http_max_connections: int = 0
 
     #: ``--http-restricted-api <group>[,<group>...]:<header>=<value>`` (repeatable): group -> (header, value)
     #: that an HTTP request of that group must carry (Triton's groups, ``frontends.restrictions``); none by default.
@@ -60,6 +70,13 @@ class ServerOptions:
     grpc_http2_max_ping_strikes: int = 2
     grpc_max_connection_age: int | None = None
     grpc_max_connection_age_grace: int | None = None
+    #: tritium's gRPC bounds: connections held (0: derived from the descriptor limit), streams per
+    #: connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS), RPCs in progress in all (more are refused with
+    #: RESOURCE_EXHAUSTED), and ms after which a connection with no RPC is closed (GOAWAY; None: never).
+    grpc_max_connections: int = 0
+    grpc_max_concurrent_streams: int = 256
+    grpc_max_concurrent_rpcs: int = 4096
+    grpc_max_connection_idle: int | None = 300_000
 
     allow_metrics: bool = False
     allow_cpu_metrics: bool = True

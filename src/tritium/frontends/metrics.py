@@ -25,7 +25,7 @@ from tritium.core.custom_metrics import CustomMetrics
 from tritium.options import ServerOptions
 
 from .http.routes import HttpRequest, HttpResponse, error_response
-from .http.server import HttpListener
+from .http.server import HttpListener, metrics_limits
 
 if TYPE_CHECKING:
     from tritium.server import Server
@@ -295,6 +295,7 @@ class MetricsFrontend(HttpListener):
             options.metrics_port,
             64 * 1024,
             "Metrics Service",
+            limits=metrics_limits(options),
         )
         self.interval_s = max(options.metrics_interval_ms, 1) / 1000
         self._sampler: asyncio.Task[None] | None = None

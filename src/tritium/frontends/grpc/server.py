@@ -25,6 +25,7 @@ from tritium.core.errors import InternalError, InvalidArgumentError, TritiumErro
 from tritium.core.inference import InferenceResponse
 from tritium.core.model import Model
 from tritium.core.shm_regions import cuda_status
+from tritium.frontends.limits import default_grpc_connections
 from tritium.frontends.restrictions import (
     GRPC_GROUPS,
     GRPC_HEADER_PREFIX,
@@ -49,6 +50,10 @@ log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
 HEALTH_SERVICE = "grpc.health.v1.Health"
+
+#: Requests of one ``ModelStreamInfer`` stream in progress at once, and its responses waiting to be sent;
+#: beyond, the stream is read (or the model's responses taken) only as the client catches up.
+STREAM_DEPTH = 128
 
 #: ``--grpc-infer-response-compression-level`` → gRPC's compression levels (``grpc_compression_level``).
 COMPRESSION_LEVELS = {"none": 0, "low": 1, "medium": 2, "high": 3}
@@ -280,15 +285,34 @@ class GrpcApi:
 
         A request's error is reported in that response's ``error_message`` and the stream goes on.
         """
+        # Bounded both ways, so a client that sends without reading cannot make the server hold unbounded
+        # work or responses: at most STREAM_DEPTH requests in progress (the next is read when one ends), and
+        # at most STREAM_DEPTH responses wait for the client (a model's producer waits for room).
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        room = asyncio.Semaphore(STREAM_DEPTH)  # responses queued (the end-of-stream mark needs no room)
         tasks: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(STREAM_DEPTH)
+
+        async def put(item: bytes) -> None:
+            await room.acquire()
+            queue.put_nowait(item)
+
+        def done(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            slots.release()
 
         async def read() -> None:
             try:
-                async for decoded in requests:
-                    task = asyncio.ensure_future(self._stream_one(decoded, queue))
+                iterator = requests.__aiter__()
+                while True:
+                    await slots.acquire()
+                    try:
+                        decoded = await iterator.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    task = asyncio.ensure_future(self._stream_one(decoded, put))
                     tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    task.add_done_callback(done)
                 if tasks:
                     await asyncio.gather(*tasks, return_exceptions=True)
             finally:
@@ -297,6 +321,7 @@ class GrpcApi:
         reader = asyncio.ensure_future(read())
         try:
             while (item := await queue.get()) is not None:
+                room.release()
                 yield item
             await reader  # surface a failure of the request stream itself
         finally:
@@ -304,7 +329,7 @@ class GrpcApi:
             for task in list(tasks):
                 task.cancel()
 
-    async def _stream_one(self, decoded: DecodedRequest, queue: asyncio.Queue[bytes | None]) -> None:
+    async def _stream_one(self, decoded: DecodedRequest, put: Callable[[bytes], Awaitable[None]]) -> None:
         request_id = decoded.message.id
         try:
             model = self._model(decoded)
@@ -319,24 +344,24 @@ class GrpcApi:
                     request.trace.stamp("GRPC_WAITREAD_END")
             async for item in model.stream(request):
                 if item.error is not None:
-                    queue.put_nowait(stream_error_bytes(str(item.error), request_id))
+                    await put(stream_error_bytes(str(item.error), request_id))
                 elif item.response is not None:
                     # Triton flags every streamed response; a decoupled model's last one says final only
                     # when the model sent its data and the final flag together.
-                    queue.put_nowait(stream_response_bytes(item.response, item.final or not decoupled, shm))
+                    await put(stream_response_bytes(item.response, item.final or not decoupled, shm))
                 elif item.final and empty_final:
                     empty = _empty_response(model, request_id)
-                    queue.put_nowait(stream_response_bytes(empty, True))
+                    await put(stream_response_bytes(empty, True))
             if request.trace is not None:  # the last response is on its way (the stream sends in order)
                 request.trace.stamp("GRPC_SEND_START")
                 request.trace.finish()
         except TritiumError as e:
-            queue.put_nowait(stream_error_bytes(str(e), request_id))
+            await put(stream_error_bytes(str(e), request_id))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - report it on the stream, keep the stream open
             log.exception("unexpected error in a streamed request")
-            queue.put_nowait(stream_error_bytes(str(InternalError(f"internal error: {e}")), request_id))
+            await put(stream_error_bytes(str(InternalError(f"internal error: {e}")), request_id))
 
     # -- wiring ---------------------------------------------------------------------------------
 
@@ -450,7 +475,13 @@ def server_options(options: ServerOptions) -> list[tuple[str, Any]]:
         ("grpc.http2.max_pings_without_data", options.grpc_http2_max_pings_without_data),
         ("grpc.http2.min_ping_interval_without_data_ms", options.grpc_http2_min_recv_ping_interval_without_data),
         ("grpc.http2.max_ping_strikes", options.grpc_http2_max_ping_strikes),
+        # what one client may hold: streams per connection, connections (beyond: accepted and closed at once,
+        # so the process keeps descriptors for models and HTTP; see frontends.limits)
+        ("grpc.max_concurrent_streams", options.grpc_max_concurrent_streams),
+        ("grpc.max_allowed_incoming_connections", options.grpc_max_connections or default_grpc_connections()),
     ]
+    if options.grpc_max_connection_idle is not None:
+        args.append(("grpc.max_connection_idle_ms", options.grpc_max_connection_idle))
     if options.grpc_max_connection_age is not None:
         args.append(("grpc.max_connection_age_ms", options.grpc_max_connection_age))
     if options.grpc_max_connection_age_grace is not None:
@@ -490,7 +521,8 @@ class GrpcFrontend:
 
     async def start(self) -> None:
         options = self.options
-        server = grpc.aio.server(options=server_options(options))
+        server = grpc.aio.server(options=server_options(options),
+                                 maximum_concurrent_rpcs=options.grpc_max_concurrent_rpcs)
         server.add_generic_rpc_handlers(self.api.handlers())
         address = f"{options.grpc_address}:{options.grpc_port}"
         if ":" in options.grpc_address and not options.grpc_address.startswith("["):

@@ -7,6 +7,12 @@ requests with httptools, enforces ``--http-max-input-size`` before reading a
 body, keeps connections alive, answers requests of one connection in order,
 and writes each response with one ``writelines``.  Everything the API means
 lives in ``routes.py``.
+
+What one client may hold is bounded (``ConnectionLimits``): a connection whose unsent responses pass
+the write buffer's high-water mark is neither read nor answered until they drain, and one that queues
+too many pipelined requests stops being read; request heads, stalled bodies, unread responses and idle
+keep-alive connections time out (one sweep per listener and second at most, no timer per request); and
+the listener holds at most ``max_connections``, closing the longest-idle one to admit a new client.
 """
 
 from __future__ import annotations
@@ -14,14 +20,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from http import HTTPStatus
 
 import httptools
 import numpy as np
 
 from tritium.core import shared_memory
+from tritium.frontends.limits import METRICS_MAX_CONNECTIONS, MIN_RESERVE, default_http_connections, descriptor_limit
 from tritium.options import ServerOptions
 
 from .routes import HttpApi, HttpRequest, HttpResponse, compress_body, error_response
@@ -33,6 +42,36 @@ _REASONS[405] = b"Not Allowed"  # Triton's phrase
 
 #: Most bytes of request line and headers accepted; the body has its own limit (--http-max-input-size).
 MAX_HEAD_BYTES = 64 * 1024
+
+#: Unsent response bytes of one connection above which it is neither read nor answered further, and below
+#: which both resume (the transport's write-buffer water marks: ``pause_writing`` / ``resume_writing``).
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+#: Parsed requests waiting behind the one being answered (pipelining), and their body bytes, beyond which the
+#: connection stops being read until they are answered.
+PIPELINE_DEPTH = 16
+PIPELINE_BYTES = 4 * 1024 * 1024
+
+#: What the sweep watches a connection doing (``HttpProtocol.check``).
+_SENDING, _HEAD, _BODY, _IDLE = range(4)
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How long a client may take and how many connections a listener holds (``--http-*`` flags)."""
+
+    header_timeout: float = 60.0
+    body_timeout: float = 60.0
+    send_timeout: float = 60.0
+    idle_timeout: float = 75.0
+    #: 0: derived from the descriptor limit (``frontends.limits``).
+    max_connections: int = 0
+
+    @classmethod
+    def from_options(cls, options: ServerOptions, max_connections: int) -> ConnectionLimits:
+        return cls(options.http_header_timeout_secs, options.http_body_timeout_secs,
+                   options.http_send_timeout_secs, options.http_idle_timeout_secs, max_connections)
+
 
 #: Header names as clients send them -> the lower-case text the API reads (saves a decode per header).
 _HEADER_NAMES: dict[bytes, str] = {}
@@ -72,12 +111,29 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "api", "max_body", "loop", "transport", "parser", "url", "headers", "body", "body_size",
         "queue", "busy", "closing", "tasks", "head_size", "refusal", "in_head", "shared",
+        "listener", "requests", "in_body", "write_paused", "reading_paused", "queued_bytes", "mark", "mark_at",
+        "drained",
     )
 
-    def __init__(self, api: HttpApi, max_body: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, api: HttpApi, max_body: int, loop: asyncio.AbstractEventLoop, listener: HttpListener) -> None:
         self.api = api
         self.max_body = max_body
         self.loop = loop
+        self.listener = listener
+        #: Requests begun on this connection (the sweep tells a new request from a slow one by it).
+        self.requests = 0
+        #: True while the current request's body is still arriving.
+        self.in_body = False
+        #: Unsent responses are above the high-water mark (``pause_writing``): answer nothing more until they drain.
+        self.write_paused = False
+        self.reading_paused = False
+        #: Body bytes of the requests in ``queue``.
+        self.queued_bytes = 0
+        #: What the sweep saw this connection doing, and since when (``check``).
+        self.mark: tuple[int, ...] | None = None
+        self.mark_at = 0.0
+        #: Resolved when the write buffer drains, for a streamed response that waits on it.
+        self.drained: asyncio.Future[None] | None = None
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
@@ -100,12 +156,14 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)  # type: ignore[attr-defined]
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+        self.listener.admit(self)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -127,12 +185,99 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.transport = None
+        self.queue.clear()
         for task in self.tasks:
             task.cancel()
+        self.listener.forget(self)
+
+    def pause_writing(self) -> None:
+        """The client reads less than we send: stop reading and answering it until it catches up."""
+        self.write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.drained is not None:
+            if not self.drained.done():
+                self.drained.set_result(None)
+            self.drained = None
+        if not self.busy and self.queue and not self.closing:
+            self._next()
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read while nothing is held back: no unsent responses over the mark, a short pipeline."""
+        pause = self.write_paused or len(self.queue) >= PIPELINE_DEPTH or self.queued_bytes > PIPELINE_BYTES
+        transport = self.transport
+        if pause != self.reading_paused and transport is not None and not self.closing:
+            self.reading_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    # -- limits (called by the listener) --------------------------------------------------------------
+
+    def idle(self) -> bool:
+        """Between requests: nothing is being received or answered."""
+        return not (self.busy or self.in_head or self.in_body or self.queue or self.closing)
+
+    def check(self, now: float, limits: ConnectionLimits) -> None:
+        """The sweep: close this connection if what it is doing has not moved on for longer than allowed.
+
+        What it does is a mark (state and progress); a changed mark restarts its clock, so the hot path
+        keeps no timers.  A request being answered has no limit (a model may take long, a stream may last)."""
+        transport = self.transport
+        if transport is None:
+            return
+        if self.write_paused or self.closing:
+            mark: tuple[int, ...] = (_SENDING, transport.get_write_buffer_size())
+            limit = limits.send_timeout
+        elif self.busy or self.queue:
+            self.mark = None
+            return
+        elif self.in_head:
+            mark, limit = (_HEAD, self.requests), limits.header_timeout
+        elif self.in_body:
+            mark, limit = (_BODY, self.requests, self.body_size), limits.body_timeout
+        else:
+            mark, limit = (_IDLE, self.requests), limits.idle_timeout
+        if mark != self.mark:
+            self.mark, self.mark_at = mark, now
+            return
+        if now - self.mark_at < limit:
+            return
+        state = mark[0]
+        if state == _SENDING:
+            log.info("closing an HTTP connection whose client read nothing for %g s", limit)
+            self.closing = True
+            transport.abort()
+        elif state == _HEAD:
+            self._fail(408, f"request line and headers did not arrive within {limit:g} s")
+        elif state == _BODY:
+            self._fail(408, f"request body stopped arriving for {limit:g} s")
+        else:
+            self.close()
+
+    def close(self) -> None:
+        """Close between requests (idle timeout, eviction, shutdown); at once, even when the client left a
+        response unread (a graceful close would keep the descriptor until it reads)."""
+        self.closing = True
+        transport = self.transport
+        if transport is not None:
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
 
     # -- httptools callbacks --------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.requests += 1
+        try:  # most recently active last: the listener closes the longest-idle connection first
+            self.listener.connections.move_to_end(self)
+        except KeyError:
+            pass
         self.url = b""
         self.headers = {}
         self.body = []
@@ -165,6 +310,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        self.in_body = True
         declared = self.headers.get("content-length")
         if declared is not None and declared.isdigit():
             length = int(declared)
@@ -187,6 +333,7 @@ class HttpProtocol(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.in_body = False
         url = self.url
         if b"?" in url or b"#" in url or not url.startswith(b"/"):
             url = httptools.parse_url(url).path
@@ -200,13 +347,19 @@ class HttpProtocol(asyncio.Protocol):
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         request = HttpRequest(method, path, self.headers, body)
         self.queue.append((request, self.parser.should_keep_alive()))
-        if not self.busy:
+        self.queued_bytes += len(body)
+        if not (self.busy or self.write_paused):
             self._next()
+        elif len(self.queue) >= PIPELINE_DEPTH or self.queued_bytes > PIPELINE_BYTES:
+            self._update_reading()
 
     # -- answering --------------------------------------------------------------------------------
 
     def _next(self) -> None:
         request, keep_alive = self.queue.popleft()
+        self.queued_bytes -= len(request.body)
+        if self.reading_paused:
+            self._update_reading()
         self.busy = True
         task = self.loop.create_task(self._answer(request, keep_alive))
         self.tasks.add(task)
@@ -220,7 +373,7 @@ class HttpProtocol(asyncio.Protocol):
         except Exception as e:  # a bug must cost one request, never the connection or server
             log.exception("unhandled error answering %s %s", request.method, request.path)
             response = error_response(f"internal error: {type(e).__name__}: {e}", 500)
-        self._write(request, response, keep_alive)
+        self._write(request, response, keep_alive and not self.listener.draining)
 
     def _write(self, request: HttpRequest, response: HttpResponse, keep_alive: bool) -> None:
         transport = self.transport
@@ -252,7 +405,7 @@ class HttpProtocol(asyncio.Protocol):
         if not keep_alive:
             self.closing = True
             transport.close()
-        elif self.queue:
+        elif self.queue and not self.write_paused:
             self._next()
 
     def _start_stream(self, response: HttpResponse, keep_alive: bool) -> None:
@@ -271,6 +424,9 @@ class HttpProtocol(asyncio.Protocol):
                 if self.transport is None:
                     return
                 self.transport.write(_chunk(piece))
+                if self.write_paused:  # the client reads slower than the model makes: wait for it
+                    self.drained = self.loop.create_future()
+                    await self.drained
         except asyncio.CancelledError:
             return
         except Exception:  # a bug must cost this response, never the server: the client sees it cut short
@@ -307,37 +463,131 @@ class _Refused(Exception):
 class HttpListener:
     """Serves one API object (anything with ``async handle(HttpRequest) -> HttpResponse``) on a port.
 
-    The inference API and the metrics endpoint both use it, so there is one HTTP/1.1 implementation.
+    The inference API and the metrics endpoint both use it, so there is one HTTP/1.1 implementation, and
+    both are bounded by ``limits``.  It keeps its connections least recently active first: at
+    ``max_connections`` a new client is admitted by closing the longest-idle one (or, when none is idle,
+    the oldest whose request head is still arriving); when every connection is being answered, the new
+    one gets 503 and is closed.  So clients can hold neither the port nor the process's descriptors, and
+    the listener never stops accepting.
     """
 
-    def __init__(self, api: HttpApi, host: str, port: int, max_body: int, name: str, reuse_port: bool = False) -> None:
+    def __init__(self, api: HttpApi, host: str, port: int, max_body: int, name: str, reuse_port: bool = False,
+                 limits: ConnectionLimits | None = None) -> None:
         self.api = api
         self.host, self.requested_port, self.max_body = host, port, max_body
         self.name = name
         self.reuse_port = reuse_port
+        self.limits = limits or ConnectionLimits()
+        self.max_connections = self.limits.max_connections or default_http_connections()
+        #: Open connections, least recently active first (``HttpProtocol.on_message_begin`` moves to the end).
+        self.connections: OrderedDict[HttpProtocol, None] = OrderedDict()
+        #: Stopping: answer what is in progress with ``Connection: close``, then close.
+        self.draining = False
+        self._all_closed: asyncio.Event | None = None
         self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._warned = 0.0
+        shortest = min(self.limits.header_timeout, self.limits.body_timeout, self.limits.send_timeout,
+                       self.limits.idle_timeout)
+        #: Seconds between sweeps: a timeout acts between its value and its value plus this.
+        self.tick = min(1.0, max(0.05, shortest / 4))
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         api, limit = self.api, self.max_body
 
         def factory() -> HttpProtocol:
-            return HttpProtocol(api, limit, loop)
+            return HttpProtocol(api, limit, loop, self)
 
         self._server = await loop.create_server(
             factory, host=self.host, port=self.requested_port, reuse_port=self.reuse_port or None, backlog=1024
         )
+        self._sweeper = loop.call_later(self.tick, self._sweep)
         log.info("started %s at %s:%d", self.name, self.host, self.port)
+        available = descriptor_limit() - MIN_RESERVE
+        if self.max_connections > available:
+            log.warning("%s: %d connections allowed, but only about %d descriptors are free for connections "
+                        "(RLIMIT_NOFILE %d): clients could leave none for models", self.name,
+                        self.max_connections, available, descriptor_limit())
 
     @property
     def port(self) -> int:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
+    # -- connections ------------------------------------------------------------------------------
+
+    def admit(self, conn: HttpProtocol) -> None:
+        """A new connection: make room for it at the limit."""
+        connections = self.connections
+        connections[conn] = None
+        if self.draining:
+            self._drop(conn)
+            conn.close()
+            return
+        if len(connections) <= self.max_connections:
+            return
+        victim = None
+        for other in connections:  # least recently active first
+            if other is conn:
+                break
+            if other.idle():
+                victim = other
+                break
+            if victim is None and other.in_head and not other.busy:
+                victim = other  # a head still arriving, if nothing is idle (slow clients go first)
+        if victim is not None:
+            self._drop(victim)
+            victim.close()
+            return
+        now = time.monotonic()
+        if now - self._warned > 10:  # once in a while: under a flood this happens at every accept
+            self._warned = now
+            log.warning("%s: all %d connections are busy; refusing new ones", self.name, self.max_connections)
+        self._drop(conn)
+        conn._fail(503, f"the server is at its connection limit ({self.max_connections} connections, all busy)")
+
+    def _drop(self, conn: HttpProtocol) -> None:
+        """Stop counting a connection that is being closed (its descriptor goes with the close)."""
+        self.connections.pop(conn, None)
+        if self._all_closed is not None and not self.connections:
+            self._all_closed.set()
+
+    def forget(self, conn: HttpProtocol) -> None:
+        self._drop(conn)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        limits = self.limits
+        for conn in list(self.connections):
+            conn.check(now, limits)
+        self._sweeper = loop.call_at(now + self.tick, self._sweep)
+
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        """Stop accepting, close idle connections at once, let those being answered finish (the caller
+        bounds this by --exit-timeout-secs; whatever is still open then is cut)."""
+        if self._server is None:
+            return
+        self._server.close()
+        self.draining = True
+        self._all_closed = asyncio.Event()
+        try:
+            for conn in list(self.connections):
+                if conn.idle() or (conn.in_head and not conn.busy and not conn.queue):
+                    self._drop(conn)
+                    conn.close()
+            if self.connections:
+                await self._all_closed.wait()
             await self._server.wait_closed()
+        finally:
+            for conn in list(self.connections):
+                self._drop(conn)
+                if conn.transport is not None:
+                    conn.transport.abort()
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+                self._sweeper = None
             self._server = None
 
 
@@ -352,4 +602,10 @@ class HttpFrontend(HttpListener):
             options.http_max_input_size,
             "HTTPService",
             options.reuse_http_port,
+            ConnectionLimits.from_options(options, options.http_max_connections or default_http_connections()),
         )
+
+
+def metrics_limits(options: ServerOptions) -> ConnectionLimits:
+    """The metrics endpoint: the same timeouts, a few connections (a scraper needs one)."""
+    return ConnectionLimits.from_options(options, METRICS_MAX_CONNECTIONS)
