@@ -53,6 +53,12 @@ _WIRE_NUMBERS = {name: i for i, name in enumerate(
      "FP64", "BYTES", "BF16"])}
 
 
+def _text(value: Any) -> Any:
+    """A name as Triton's bindings take it: ``bytes`` (what a BYTES tensor's elements are) is UTF-8 text, as a
+    ``std::string`` argument accepts both; anything else is left to the caller."""
+    return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else value
+
+
 class TritonError:
     """An error a model returns in a response (or gets back from BLS)."""
 
@@ -96,7 +102,7 @@ class Tensor:
             data = np.asarray(data)
         if data.dtype.kind in ("U", "S"):
             data = data.astype(np.object_)
-        self._name = name
+        self._name = _text(name)
         self._array = data
 
     def name(self) -> str:
@@ -242,10 +248,10 @@ class InferenceRequest:
                  model_version: int = -1, flags: int = 0, timeout: int = 0,
                  preferred_memory: PreferredMemory | None = None, trace: InferenceTrace | None = None,
                  parameters: Any = None) -> None:
-        self.model_name = model_name
+        self.model_name = _text(model_name)
         self._inputs = list(inputs or [])
-        self._requested = list(requested_output_names or [])
-        self._request_id = request_id
+        self._requested = [_text(name) for name in requested_output_names or []]
+        self._request_id = _text(request_id)
         self._correlation_id = correlation_id
         self.model_version = model_version
         self._flags = flags
@@ -390,6 +396,7 @@ class MetricFamily:
             raise TypeError(f"MetricFamily kind must be one of MetricFamily.COUNTER, GAUGE or HISTOGRAM, got {kind!r}")
         self._name = ""
         try:
+            name, description = _text(name), _text(description)
             _runtime.call("metric_family", str(name), str(description), _KIND_NAMES[kind])
         except _CallError as e:
             raise _server_error("Error when creating MetricFamily", e) from None
@@ -469,19 +476,20 @@ def load_model(model_name: str, config: str = "", files: dict[str, bytes] | None
     for key, content in (files or {}).items():
         parameters[key] = bytes(content)
     try:
-        _runtime.call("load_model", str(model_name), parameters)
+        _runtime.call("load_model", str(_text(model_name)), parameters)
     except _CallError as e:
         raise _server_error("Failed to load model", e) from None
 
 
 def unload_model(model_name: str, unload_dependents: bool = False) -> None:
     try:
-        _runtime.call("unload_model", str(model_name), bool(unload_dependents))
+        _runtime.call("unload_model", str(_text(model_name)), bool(unload_dependents))
     except _CallError as e:
         raise _server_error("Failed to unload model", e) from None
 
 
 def is_model_ready(model_name: str, model_version: str = "") -> bool:
+    model_name, model_version = _text(model_name), _text(model_version)
     try:
         version = int(model_version) if str(model_version) else -1
     except ValueError:

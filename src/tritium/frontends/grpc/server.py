@@ -23,7 +23,7 @@ from tritium._proto import health_pb2
 from tritium.core.errors import InternalError, InvalidArgumentError, TritiumError, UnsupportedError
 from tritium.core.inference import InferenceResponse
 from tritium.core.model import Model
-from tritium.core.shm_regions import cuda_status
+from tritium.core.shm_regions import cuda_register, cuda_status
 from tritium.options import ServerOptions
 
 from .codec import (
@@ -44,13 +44,6 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 
 #: ``--grpc-infer-response-compression-level`` → gRPC's compression levels (``grpc_compression_level``).
 COMPRESSION_LEVELS = {"none": 0, "low": 1, "medium": 2, "high": 3}
-
-#: RPCs of Triton's service whose extensions tritium does not have yet (CudaSharedMemoryStatus answers
-#: that there are no regions, as Triton does without any).
-UNIMPLEMENTED_RPCS: dict[str, tuple[type, str]] = {
-    "CudaSharedMemoryRegister": (pb.CudaSharedMemoryRegisterRequest, "the CUDA shared-memory extension"),
-    "CudaSharedMemoryUnregister": (pb.CudaSharedMemoryUnregisterRequest, "the CUDA shared-memory extension"),
-}
 
 Context = grpc.aio.ServicerContext
 
@@ -218,6 +211,19 @@ class GrpcApi:
         cuda_status(request.name)  # none, or NOT_FOUND for a named one
         return pb.CudaSharedMemoryStatusResponse()
 
+    async def cuda_shared_memory_register(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: Context
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        """Refused as a GPU-enabled Triton refuses a handle it cannot open (no CUDA here)."""
+        cuda_register(self.server.system_shm, request.name)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    async def cuda_shared_memory_unregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: Context
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        """Nothing is registered, so nothing to do (an unknown name is not an error, as in Triton)."""
+        return pb.CudaSharedMemoryUnregisterResponse()
+
     async def health_check(self, request: health_pb2.HealthCheckRequest, context: Context) -> Any:
         status = health_pb2.HealthCheckResponse
         return status(status=status.SERVING if self.server.live() else status.NOT_SERVING)
@@ -349,6 +355,9 @@ class GrpcApi:
             "SystemSharedMemoryUnregister": (
                 self.system_shared_memory_unregister, pb.SystemSharedMemoryUnregisterRequest),
             "CudaSharedMemoryStatus": (self.cuda_shared_memory_status, pb.CudaSharedMemoryStatusRequest),
+            "CudaSharedMemoryRegister": (self.cuda_shared_memory_register, pb.CudaSharedMemoryRegisterRequest),
+            "CudaSharedMemoryUnregister": (
+                self.cuda_shared_memory_unregister, pb.CudaSharedMemoryUnregisterRequest),
         }
         methods: dict[str, grpc.RpcMethodHandler] = {
             name: unary(_guarded(fn), request_deserializer=cls.FromString, response_serializer=_serialize)
@@ -358,8 +367,6 @@ class GrpcApi:
         methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
             self.model_stream_infer, request_deserializer=decode_request_bytes
         )
-        for name, (cls, feature) in UNIMPLEMENTED_RPCS.items():
-            methods[name] = unary(_unimplemented(name, feature), request_deserializer=cls.FromString)
         health = {
             "Check": unary(
                 _guarded(self.health_check),
@@ -375,15 +382,6 @@ class GrpcApi:
 
 def _serialize(message: Any) -> bytes:
     return message.SerializeToString()
-
-
-def _unimplemented(name: str, feature: str) -> Callable[[Any, Context], Awaitable[Any]]:
-    async def handler(request: Any, context: Context) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, f"{name}: {feature} is not available in this version of tritium"
-        )
-
-    return handler
 
 
 def _empty_response(model: Model, request_id: str) -> InferenceResponse:
