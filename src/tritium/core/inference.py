@@ -7,6 +7,7 @@ these objects.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,11 @@ class InferenceRequest:
     trace: Trace | None = None
     #: Classification extension: output name -> top-K classes to return instead of the tensor.
     classification: dict[str, int] | None = None
+    #: Set by a backend while it executes the request: tells the model that the client went away (Triton's
+    #: ``request.is_cancelled()``); called on the loop by :class:`tritium.core.model.Model` when the caller's
+    #: wait is cancelled (gRPC cancel or deadline, a BLS caller's cancel).  Decoupled requests use
+    #: ``response_stream.on_cancel`` instead.
+    on_cancel: Callable[[], None] | None = None
 
 
 @dataclass(slots=True)

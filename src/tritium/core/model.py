@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from tritium.scheduler.base import Scheduler
 
 
+def _cancelled(request: InferenceRequest) -> None:
+    """The caller stopped waiting (its task was cancelled): tell the backend executing the request, if any."""
+    if request.on_cancel is not None:
+        request.on_cancel()
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """One input or output of the config, with the shapes precomputed."""
@@ -98,11 +104,15 @@ class Model:
         if not validated:
             self.validate(request)
         trace = request.trace
-        if trace is None:
-            return self._shape_response(request, await self.scheduler.infer(request))
-        trace.stamp("REQUEST_START")
-        trace.add_tensors("TENSOR_QUEUE_INPUT", request.inputs)
-        response = self._shape_response(request, await self.scheduler.infer(request))
+        try:
+            if trace is None:
+                return self._shape_response(request, await self.scheduler.infer(request))
+            trace.stamp("REQUEST_START")
+            trace.add_tensors("TENSOR_QUEUE_INPUT", request.inputs)
+            response = self._shape_response(request, await self.scheduler.infer(request))
+        except asyncio.CancelledError:
+            _cancelled(request)
+            raise
         trace.add_tensors("TENSOR_BACKEND_OUTPUT", response.outputs)
         return response
 
@@ -127,6 +137,9 @@ class Model:
             except TritiumError as e:
                 yield StreamItem(None, True, e)
                 return
+            except asyncio.CancelledError:
+                _cancelled(request)
+                raise
             yield StreamItem(self._shape_response(request, response), True)
             return
         stream = ResponseStream(asyncio.get_running_loop())

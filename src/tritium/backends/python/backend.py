@@ -634,6 +634,8 @@ class PythonInstanceState(ModelInstanceState):
                     self._streams[key] = request
                 keys.append(key)
                 request.response_stream.on_cancel(functools.partial(stub.send_event, ("cancel", key)))
+            elif not decoupled:  # a caller that stops waiting (gRPC cancel or deadline) reaches is_cancelled()
+                request.on_cancel = functools.partial(stub.send_event, ("cancel", key))
             params = request.parameters
             flags = 0
             correlation_id = 0

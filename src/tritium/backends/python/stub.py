@@ -335,6 +335,9 @@ class Stub:
             responses = self._call(self.model.execute, requests)
         except Exception as e:
             return ("done", None, None, format_exception(e))
+        finally:
+            if self.runtime.cancelled and not self.runtime.decoupled:  # these requests are answered now
+                self.runtime.cancelled.difference_update(entry[0] for entry in batch)
         if self.runtime.decoupled:
             if responses is not None:
                 return ("done", None, None, f"Python model '{self.runtime.instance_name}' is using the decoupled "

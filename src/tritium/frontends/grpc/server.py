@@ -273,15 +273,20 @@ class GrpcApi:
     async def model_stream_infer(self, requests: AsyncIterator[DecodedRequest], context: Context) -> AsyncIterator[bytes]:
         """Many requests in flight on one stream; each response is sent as soon as it is produced.
 
-        A request's error is reported in that response's ``error_message`` and the stream goes on.
+        A request's error is reported in that response's ``error_message`` and the stream goes on; with the
+        client's ``triton_grpc_error: true`` header (as Triton), an error the model or its execution answers
+        ends the stream with that error's gRPC status instead (a request refused before it runs is still
+        answered in-band).
         """
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        queue: asyncio.Queue[bytes | TritiumError | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
+        grpc_error = any(key == "triton_grpc_error" and value == "true"
+                         for key, value in context.invocation_metadata() or ())
 
         async def read() -> None:
             try:
                 async for decoded in requests:
-                    task = asyncio.ensure_future(self._stream_one(decoded, queue))
+                    task = asyncio.ensure_future(self._stream_one(decoded, queue, grpc_error))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 if tasks:
@@ -292,6 +297,8 @@ class GrpcApi:
         reader = asyncio.ensure_future(read())
         try:
             while (item := await queue.get()) is not None:
+                if isinstance(item, TritiumError):
+                    await context.abort(grpc_status(item.status), str(item))
                 yield item
             await reader  # surface a failure of the request stream itself
         finally:
@@ -299,11 +306,15 @@ class GrpcApi:
             for task in list(tasks):
                 task.cancel()
 
-    async def _stream_one(self, decoded: DecodedRequest, queue: asyncio.Queue[bytes | None]) -> None:
+    async def _stream_one(self, decoded: DecodedRequest, queue: asyncio.Queue[bytes | TritiumError | None],
+                          grpc_error: bool = False) -> None:
+        """One request of a stream; ``grpc_error``: an error of its execution ends the stream (queued as is)."""
         request_id = decoded.message.id
         try:
             model = self._model(decoded)
             request = to_inference_request(decoded, model.name, model.version, self.server.system_shm)
+            if grpc_error:  # a request refused before it runs is answered in-band even so (as Triton)
+                model.validate(request)
             shm = decoded.shm_outputs
             empty_final = bool(request.parameters.get("triton_enable_empty_final_response", False))
             decoupled = model.decoupled
@@ -312,9 +323,9 @@ class GrpcApi:
                 request.trace = tracer.start(model.name, model.version, request_id)
                 if request.trace is not None:
                     request.trace.stamp("GRPC_WAITREAD_END")
-            async for item in model.stream(request):
+            async for item in model.stream(request, validated=grpc_error):
                 if item.error is not None:
-                    queue.put_nowait(stream_error_bytes(str(item.error), request_id))
+                    queue.put_nowait(item.error if grpc_error else stream_error_bytes(str(item.error), request_id))
                 elif item.response is not None:
                     # Triton flags every streamed response; a decoupled model's last one says final only
                     # when the model sent its data and the final flag together.
