@@ -8,6 +8,7 @@ server (BLS, response senders, the logger) goes through ``_runtime``, which the 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import enum
 import json
 import struct
@@ -121,21 +122,94 @@ class Tensor:
         return True
 
     def to_dlpack(self) -> Any:
-        return self._array.__dlpack__()
+        """A DLPack capsule of this tensor's memory (no copy); BF16 too, which numpy cannot export."""
+        return _to_dlpack(self._array)
 
-    def __dlpack__(self, stream: Any = None) -> Any:
-        return self._array.__dlpack__()
+    def __dlpack__(self, stream: Any = None, **_: Any) -> Any:
+        return _to_dlpack(self._array)
 
     def __dlpack_device__(self) -> tuple[int, int]:
         return (1, 0)
 
     @staticmethod
     def from_dlpack(name: str, capsule: Any) -> Tensor:
-        source = capsule if hasattr(capsule, "__dlpack__") else _Capsule(capsule)
-        return Tensor(name, np.from_dlpack(source))
+        """A tensor of a DLPack capsule, or of an object with ``__dlpack__`` (a torch tensor), on the CPU; BF16
+        becomes ``ml_dtypes.bfloat16``."""
+        if hasattr(capsule, "__dlpack__"):
+            capsule = capsule.__dlpack__()
+        return Tensor(name, _from_dlpack(capsule))
 
     def __repr__(self) -> str:
         return f"Tensor({self._name!r}, {self._array!r})"
+
+
+# -- DLPack for BF16, which numpy neither exports nor imports: its capsule is that of the same memory as
+# uint16, with the element type in the DLTensor rewritten (kDLUInt <-> kDLBfloat, 16 bits).  The capsule's
+# deleter frees the memory whatever the element type says, so the rewrite changes nothing else.
+
+_KDL_UINT = 1
+_KDL_BFLOAT = 4
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensorHead(ctypes.Structure):
+    """The start of DLPack's ``DLTensor``, up to its element type."""
+
+    _fields_ = [("data", ctypes.c_void_p), ("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32),
+                ("ndim", ctypes.c_int32), ("dtype", _DLDataType)]
+
+
+#: Where the DLTensor lies in what a capsule holds: at the start of a ``DLManagedTensor``; after version,
+#: manager context, deleter and flags in a ``DLManagedTensorVersioned``.
+_DLTENSOR_OFFSETS = {b"dltensor": 0, b"dltensor_versioned": 32}
+
+_capsule_name = ctypes.pythonapi.PyCapsule_GetName
+_capsule_name.restype, _capsule_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_pointer.restype, _capsule_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+
+
+def _element_type(capsule: Any) -> _DLDataType | None:
+    """The element type of an unconsumed DLPack capsule, writable; None for anything else."""
+    try:
+        name = _capsule_name(capsule)
+        offset = _DLTENSOR_OFFSETS.get(name)
+        if offset is None:
+            return None
+        address = _capsule_pointer(capsule, name)
+    except (TypeError, ValueError, ctypes.ArgumentError):
+        return None
+    return _DLTensorHead.from_address(address + offset).dtype if address else None
+
+
+def _to_dlpack(array: np.ndarray) -> Any:
+    if array.dtype != protocol.NUMPY_TYPES.get("BF16"):
+        return array.__dlpack__()
+    capsule = array.view(np.uint16).__dlpack__()
+    dtype = _element_type(capsule)
+    if dtype is None:  # pragma: no cover - numpy gives legacy capsules when no version is asked
+        raise BufferError("could not export a BF16 tensor through DLPack")
+    dtype.code = _KDL_BFLOAT
+    return capsule
+
+
+def _from_dlpack(capsule: Any) -> np.ndarray:
+    dtype = _element_type(capsule)
+    if dtype is None or (dtype.code, dtype.bits, dtype.lanes) != (_KDL_BFLOAT, 16, 1):
+        return np.from_dlpack(_Capsule(capsule))
+    bfloat16 = protocol.NUMPY_TYPES.get("BF16")
+    if bfloat16 is None:  # pragma: no cover - only without ml_dtypes
+        raise BufferError("a BF16 DLPack tensor needs the ml_dtypes package")
+    dtype.code = _KDL_UINT
+    try:
+        array = np.from_dlpack(_Capsule(capsule))
+    except BaseException:
+        dtype.code = _KDL_BFLOAT
+        raise
+    return array.view(bfloat16)
 
 
 class _Capsule:

@@ -1,0 +1,265 @@
+"""What NVIDIA's example clients, Python-backend examples and QA tests rely on (issue 30), through a real
+server and tritonclient: BLS with a ``bytes`` model name, BF16 through DLPack (torch), cancelling a unary
+gRPC call, the ``triton_grpc_error`` stream header, request rescheduling (``iterative_sequence``), and the
+texts and validations QA tests check.  Where Triton 2.51 supports the behaviour,
+``test_against_real_triton.py`` compares it with the real server too."""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from models import write_python_model
+from server import RunningServer
+from tritonclient.utils import InferenceServerException
+
+ADD_SUB = '''
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            a = pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy()
+            b = pb_utils.get_input_tensor_by_name(r, "INPUT1").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", a + b), pb_utils.Tensor("OUTPUT1", a - b)]))
+        return out
+'''
+ADD_SUB_CONFIG = """
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [ 4 ] } ]
+    output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 4 ] } ]
+"""
+TEXT_CONFIG = """
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "INPUT0" data_type: TYPE_{type} dims: [ 1 ] } ]
+    output [ { name: "OUT" data_type: TYPE_STRING dims: [ 1 ] } ]
+    {extra}
+"""
+
+#: NVIDIA's BLS example: the model to call is named by a BYTES input, so its name arrives as ``bytes``.
+BLS_BYTES = '''
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            name = pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy()[0]
+            x = np.array([1, 2, 3, 4], np.float32)
+            call = pb_utils.InferenceRequest(model_name=name, requested_output_names=[b"OUTPUT1"],
+                                             inputs=[pb_utils.Tensor(b"INPUT0", x), pb_utils.Tensor(b"INPUT1", x / 2)])
+            response = call.exec()
+            seen = {"error": response.error().message() if response.has_error() else None,
+                    "outputs": {t.name(): t.as_numpy().tolist() for t in response.output_tensors()},
+                    "ready": pb_utils.is_model_ready(name, b"1"), "tensor_name": pb_utils.Tensor(b"T", x).name()}
+            out.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUT", np.array([json.dumps(seen).encode()], dtype=np.object_))]))
+        return out
+'''
+
+#: BF16 in and out through torch, by every DLPack route pb_utils has.
+TORCH_BF16 = '''
+import torch
+import torch.utils.dlpack
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            tensor = pb_utils.get_input_tensor_by_name(r, "INPUT0")
+            a = torch.utils.dlpack.from_dlpack(tensor.to_dlpack())   # a capsule
+            b = torch.from_dlpack(tensor)                            # __dlpack__
+            assert a.dtype == b.dtype == torch.bfloat16, (a.dtype, b.dtype)
+            out.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor.from_dlpack("DOUBLED", a * 2),                                   # __dlpack__
+                pb_utils.Tensor.from_dlpack("PLUS_ONE", torch.utils.dlpack.to_dlpack(b + 1)),   # a capsule
+            ]))
+        return out
+'''
+TORCH_BF16_CONFIG = """
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "INPUT0" data_type: TYPE_BF16 dims: [ 4 ] } ]
+    output [ { name: "DOUBLED" data_type: TYPE_BF16 dims: [ 4 ] }, { name: "PLUS_ONE" data_type: TYPE_BF16 dims: [ 4 ] } ]
+"""
+
+#: Input 0: waits up to 20 s for ``request.is_cancelled()``; input 1: answers what the last wait saw.
+CANCEL_WATCH = '''
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.last = "none"
+
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            if int(r.inputs()[0].as_numpy()[0]) == 0:
+                self.last = "waiting"
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and not r.is_cancelled():
+                    time.sleep(0.01)
+                self.last = "cancelled" if r.is_cancelled() else "never cancelled"
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([self.last.encode()], dtype=np.object_))]))
+        return out
+'''
+
+#: Decoupled: input 1 sends an error response and then a good one; input 2 two good ones; 3 raises.
+DECOUPLED_ERRORS = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+def good(value):
+    return pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([str(value).encode()], dtype=np.object_))])
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for r in requests:
+            mode = int(r.inputs()[0].as_numpy()[0])
+            sender = r.get_response_sender()
+            if mode == 3:
+                raise ValueError("execute gave up")
+            if mode == 1:
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError("not this one", pb_utils.TritonError.INVALID_ARG)))
+            sender.send(good(mode))
+            sender.send(good(mode), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+'''
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    repo = str(tmp_path_factory.mktemp("compat"))
+    write_python_model(repo, "add_sub", ADD_SUB, ADD_SUB_CONFIG)
+    write_python_model(repo, "bls_bytes", BLS_BYTES, TEXT_CONFIG.replace("{type}", "STRING").replace("{extra}", ""))
+    write_python_model(repo, "torch_bf16", TORCH_BF16, TORCH_BF16_CONFIG)
+    write_python_model(repo, "cancel_watch", CANCEL_WATCH, TEXT_CONFIG.replace("{type}", "INT32").replace(
+        "{extra}", "instance_group [ { count: 1 kind: KIND_CPU } ]"))
+    write_python_model(repo, "decoupled_errors", DECOUPLED_ERRORS, TEXT_CONFIG.replace("{type}", "INT32").replace(
+        "{extra}", "model_transaction_policy { decoupled: true }"))
+    with RunningServer([repo], ["--allow-client-shm=true"], timeout=120) as s:
+        yield s
+
+
+@pytest.fixture()
+def client(server: RunningServer):  # type: ignore[no-untyped-def]
+    c = grpcclient.InferenceServerClient(server.grpc_url)
+    yield c
+    c.close()
+
+
+def int_input(value: int, name: str = "INPUT0") -> list[grpcclient.InferInput]:
+    tensor = grpcclient.InferInput(name, [1], "INT32")
+    tensor.set_data_from_numpy(np.array([value], np.int32))
+    return [tensor]
+
+
+# -- 2: BLS with a bytes model name ----------------------------------------------------------------
+
+
+def test_bls_takes_bytes_where_it_takes_names(client: grpcclient.InferenceServerClient) -> None:
+    """NVIDIA's BLS example passes the name it decoded from a BYTES tensor: ``bytes``, used as UTF-8 text."""
+    tensor = grpcclient.InferInput("INPUT0", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([b"add_sub"], dtype=np.object_))
+    seen = json.loads(client.infer("bls_bytes", [tensor]).as_numpy("OUT")[0])
+    assert seen == {"error": None, "outputs": {"OUTPUT1": [0.5, 1.0, 1.5, 2.0]}, "ready": True, "tensor_name": "T"}
+    tensor.set_data_from_numpy(np.array([b"no_such_model"], dtype=np.object_))
+    seen = json.loads(client.infer("bls_bytes", [tensor]).as_numpy("OUT")[0])
+    assert "no_such_model" in seen["error"] and "b'" not in seen["error"] and seen["ready"] is False
+
+
+# -- 3: BF16 through DLPack ---------------------------------------------------------------------------
+
+
+def test_bf16_through_dlpack_and_torch(client: grpcclient.InferenceServerClient) -> None:
+    x = np.array([1.5, -2, 3.25, 100], dtype=ml_dtypes.bfloat16)
+    tensor = grpcclient.InferInput("INPUT0", [4], "BF16")
+    tensor.set_data_from_numpy(x)
+    result = client.infer("torch_bf16", [tensor])
+    raw = result.get_response().raw_output_contents
+    assert [np.frombuffer(r, ml_dtypes.bfloat16).tolist() for r in raw] == [(x * 2).tolist(), (x + 1).tolist()]
+    assert [o.datatype for o in result.get_response().outputs] == ["BF16", "BF16"]
+
+
+# -- 4: cancelling a unary gRPC call ------------------------------------------------------------------
+
+
+def test_unary_grpc_deadline_and_cancel_reach_is_cancelled(client: grpcclient.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("cancel_watch", int_input(0), client_timeout=1.0)
+    assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    started = time.monotonic()
+    assert client.infer("cancel_watch", int_input(1)).as_numpy("OUT").tolist() == [b"cancelled"]
+    assert time.monotonic() - started < 15  # the model stopped waiting when told, not after its 20 s
+
+    errors: queue.Queue[Any] = queue.Queue()
+    call = client.async_infer("cancel_watch", int_input(0), callback=lambda result, error: errors.put(error))
+    time.sleep(1.0)
+    call.cancel()
+    assert errors.get(timeout=30).status() == "StatusCode.CANCELLED"
+    assert client.infer("cancel_watch", int_input(1)).as_numpy("OUT").tolist() == [b"cancelled"]
+
+
+# -- 5: the triton_grpc_error header -------------------------------------------------------------------
+
+
+def stream(server: RunningServer, calls: list[tuple[str, list[Any]]], error_header: bool) -> list[Any]:
+    """What one stream carries per call, each sent once the previous one's answers stopped."""
+    results: queue.Queue[Any] = queue.Queue()
+    c = grpcclient.InferenceServerClient(server.grpc_url)
+    c.start_stream(callback=lambda result, error: results.put((result, error)),
+                   headers={"triton_grpc_error": "true"} if error_header else None)
+    seen: list[Any] = []
+    try:
+        for model, inputs in calls:
+            try:
+                c.async_stream_infer(model, inputs)
+            except InferenceServerException:
+                seen.append("closed")
+                continue
+            got = []
+            while True:
+                try:
+                    result, error = results.get(timeout=1.5)
+                except queue.Empty:
+                    break
+                got.append(("error", error.status(), error.message()) if error is not None
+                           else result.as_numpy("OUT").tolist() if result.as_numpy("OUT") is not None else "empty")
+            seen.append(got)
+        return seen
+    finally:
+        c.stop_stream()
+        c.close()
+
+
+def test_stream_errors_in_band_without_the_header(server: RunningServer) -> None:
+    seen = stream(server, [("decoupled_errors", int_input(1)), ("decoupled_errors", int_input(2))], False)
+    assert seen == [[("error", None, "not this one"), [b"1"], [b"1"]], [[b"2"], [b"2"]]]
+
+
+def test_triton_grpc_error_header_ends_the_stream_with_the_status(server: RunningServer) -> None:
+    """An error response ends the stream with its gRPC status, even when the model sends more after it (real
+    Triton 2.51 crashes there); a request refused before it runs is answered in-band and the stream goes on."""
+    refused = ("add_sub", int_input(1))  # wrong input: refused by validation
+    seen = stream(server, [refused, ("decoupled_errors", int_input(2)), ("decoupled_errors", int_input(1)),
+                           ("decoupled_errors", int_input(2))], True)
+    assert seen[0][0][:2] == ("error", None) and "INPUT0" in seen[0][0][2]
+    assert seen[1:] == [[[b"2"], [b"2"]], [("error", "StatusCode.INVALID_ARGUMENT", "not this one")], "closed"]
+    seen = stream(server, [("decoupled_errors", int_input(3)), ("decoupled_errors", int_input(2))], True)
+    assert seen[0][0][:2] == ("error", "StatusCode.INTERNAL") and "execute gave up" in seen[0][0][2]
+    assert seen[1] == "closed"
+    assert stream(server, [("decoupled_errors", int_input(2))], True) == [[[b"2"], [b"2"]]]  # the server is fine
