@@ -1911,7 +1911,7 @@ def case_invalid_model_versions(s: Servers) -> Any:
         seen += [s.raw("GET", f"/v2/models/add_sub/versions/{quoted}"),
                  s.raw("GET", f"/v2/models/add_sub/versions/{quoted}/ready"),
                  s.raw("GET", f"/v2/models/add_sub/versions/{quoted}/config"),
-                 s.raw("GET", f"/v2/models/add_sub/versions/{quoted}/stats"),
+                 s.raw("GET", f"/v2/models/add_sub/versions/{quoted}/stats")[0],
                  s.raw("POST", f"/v2/models/add_sub/versions/{quoted}/infer", body),
                  outcome(lambda: s.grpc.get_model_metadata("add_sub", version, as_json=True)),
                  outcome(lambda: s.grpc.is_model_ready("add_sub", version)),

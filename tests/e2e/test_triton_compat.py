@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import queue
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import ml_dtypes
@@ -263,3 +265,67 @@ def test_triton_grpc_error_header_ends_the_stream_with_the_status(server: Runnin
     assert seen[0][0][:2] == ("error", "StatusCode.INTERNAL") and "execute gave up" in seen[0][0][2]
     assert seen[1] == "closed"
     assert stream(server, [("decoupled_errors", int_input(2))], True) == [[[b"2"], [b"2"]]]  # the server is fine
+
+
+# -- 9: texts and validations QA tests check ---------------------------------------------------------
+
+
+def test_version_strings_read_as_triton_reads_them(server: RunningServer, client: grpcclient.InferenceServerClient) -> None:
+    """gRPC reads a version as C's strtol does (leading integer; not negative; must fit a long); HTTP URLs take
+    digits only, and a number too big for a long is the same error."""
+    def outcome(call: Any) -> Any:
+        try:
+            return call()
+        except InferenceServerException as e:
+            return e.status(), e.message()
+
+    stol = ("StatusCode.INVALID_ARGUMENT", "failed to get model version from specified version string '{}' (details: "
+            "stol), version should be an integral value > 0")
+    for text in ("abc", "", "99999999999999999999"):
+        for call in (client.get_model_metadata, client.is_model_ready, client.get_model_config):
+            got = outcome(lambda: call("add_sub", text))
+            assert got == (stol[0], stol[1].format(text)) if text else got not in (None, False), (call, text, got)
+    assert outcome(lambda: client.is_model_ready("add_sub", "-1")) == (
+        "StatusCode.INVALID_ARGUMENT", "invalid model version specified '-1' , version should be an integral value > 0")
+    for text in (" 1", "1a", "01", "+1"):
+        assert client.is_model_ready("add_sub", text) is True
+    assert client.is_model_ready("add_sub", "2") is False
+    with urllib.request.urlopen(f"http://{server.url}/v2/models/add_sub/versions/01") as r:
+        assert r.status == 200
+    for path, code in (("/v2/models/add_sub/versions/1a", 404), ("/v2/models/add_sub/versions/99999999999999999999", 400)):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"http://{server.url}{path}")
+        assert info.value.code == code
+
+
+def generate(server: RunningServer, model: str, body: bytes) -> tuple[int, Any]:
+    request = urllib.request.Request(f"http://{server.url}/v2/models/{model}/generate", data=body, method="POST")
+    try:
+        with urllib.request.urlopen(request) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_generate_checks(server: RunningServer) -> None:
+    """Duplicate input keys are refused (the JSON object would keep the last); a string input takes strings
+    only, a numeric one numbers only; ``parameters`` must be an object of scalars; each error names what is wrong,
+    in Triton's words first."""
+    ones = '"INPUT1": [1, 1, 1, 1]'
+    assert generate(server, "add_sub", b'{"INPUT0": [1, 2, 3, 4], "INPUT0": [0, 0, 0, 0], ' + ones.encode() + b"}") == (
+        400, {"error": "[request id: <id_unknown>] input 'INPUT0' already exists in request"})
+    status, body = generate(server, "add_sub", b'{"INPUT0": [1, 2, 3, 4], ' + ones.encode() + b', "parameters": {"a": 1, "a": 2}}')
+    assert status == 200 and body["OUTPUT0"] == [2.0, 3.0, 4.0, 5.0]
+    for doc, head in (
+            ('{"INPUT0": ["1", 2, 3, 4], %s}' % ones, "Unable to parse 'data': input 'INPUT0' is FP32"),
+            ('{"INPUT0": [true, 2, 3, 4], %s}' % ones, "Unable to parse 'data': input 'INPUT0' is FP32"),
+            ('{"INPUT0": [1, 2, 3, 4], %s, "parameters": [1]}' % ones, "Expected JSON object for keyword: 'parameters'"),
+            ('{"INPUT0": [1, 2, 3, 4], %s, "parameters": {"n": [1]}}' % ones,
+             "Converting keyword: 'parameters': parameter 'n' has invalid type"),
+            ('{"INPUT0": [1, 2, 3, 4], %s, "n": [1]}' % ones, "parameter 'n' has invalid type"),
+            ('{"INPUT1": [1, 1, 1, 1]}', "[request id: <id_unknown>] expected 2 inputs but got 1 inputs")):
+        status, body = generate(server, "add_sub", doc.encode())
+        assert status == 400 and body["error"].startswith(head), (doc, body)
+    for value in ("5", "[\"a\", 5]", "null", "{\"a\": \"b\"}"):
+        status, body = generate(server, "bls_bytes", b'{"INPUT0": %s}' % value.encode())
+        assert status == 400 and body["error"].startswith("Unable to parse JSON bytes array: input 'INPUT0' is BYTES")

@@ -23,6 +23,7 @@ from tritium._proto import health_pb2
 from tritium.core.errors import InternalError, InvalidArgumentError, TritiumError, UnsupportedError
 from tritium.core.inference import InferenceResponse
 from tritium.core.model import Model
+from tritium.core.model import parse_version as _version
 from tritium.core.shm_regions import cuda_register, cuda_status
 from tritium.options import ServerOptions
 
@@ -46,15 +47,6 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 COMPRESSION_LEVELS = {"none": 0, "low": 1, "medium": 2, "high": 3}
 
 Context = grpc.aio.ServicerContext
-
-
-def _version(text: str) -> int:
-    """A request's ``version`` string: empty lets the version policy choose."""
-    if not text:
-        return -1
-    if not text.isdigit():
-        raise InvalidArgumentError(f"model version must be a non-negative integer, got '{text}'")
-    return int(text)
 
 
 def _repository_parameters(parameters: Any) -> dict[str, Any]:
@@ -101,11 +93,8 @@ class GrpcApi:
         return pb.ServerReadyResponse(ready=self.server.ready())
 
     async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
-        try:
-            version = _version(request.version)
-        except InvalidArgumentError:
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=self.server.model_ready(request.name, version))
+        """A version string that is not a version is an error (INVALID_ARGUMENT), as in Triton."""
+        return pb.ModelReadyResponse(ready=self.server.model_ready(request.name, _version(request.version)))
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
         doc = self.server.metadata()

@@ -20,7 +20,7 @@ import orjson
 
 from tritium.core.errors import InvalidArgumentError, Status, TritiumError, UnsupportedError
 from tritium.core.inference import InferenceRequest
-from tritium.core.model import Model
+from tritium.core.model import Model, parse_version
 from tritium.core.shm_regions import CUDA_IPC_HANDLE_SIZE, cuda_register, cuda_status
 from tritium.core.streaming import StreamItem
 from tritium.server import Server
@@ -125,7 +125,7 @@ class HttpApi:
             if match is None:
                 return _NOT_FOUND
             name, version_text, action = match.groups()
-            version = int(version_text) if version_text else -1
+            version = parse_version(version_text) if version_text else -1
             if action == "infer":
                 if method != "POST":
                     return _not_allowed(TEXT)
