@@ -646,6 +646,9 @@ class TritonPythonModel:
     def execute(self, requests):
         for r in requests:
             key = r.correlation_id()
+            if key == 0:  # a null request of the direct strategy (an empty slot below a busy one)
+                r.get_response_sender().send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                continue
             left = self.left.pop(key, None)
             left = (int(r.inputs()[0].as_numpy().flat[0]) if left is None else left) - 1
             response = pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([left], np.int32)),
@@ -675,6 +678,9 @@ class TritonPythonModel:
     def execute(self, requests):
         out = []
         for r in requests:
+            if r.correlation_id() == 0:  # a null request of the direct strategy (an empty slot below a busy one)
+                out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([b"null"], dtype=np.object_))]))
+                continue
             flags = self.seen.setdefault(r.correlation_id(), [])
             if not flags:  # (Triton 2.51 may hand a rescheduled request's inputs over changed: read them once)
                 self.wanted[r.correlation_id()] = int(r.inputs()[0].as_numpy().flat[0])

@@ -53,6 +53,12 @@ class InferenceRequest:
     #: wait is cancelled (gRPC cancel or deadline, a BLS caller's cancel).  Decoupled requests use
     #: ``response_stream.on_cancel`` instead.
     on_cancel: Callable[[], None] | None = None
+    #: Set by a backend when the model released the request with Triton's
+    #: ``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE``: the sequence batcher of an ``iterative_sequence`` model runs
+    #: it again in a later batch instead of answering it.
+    rescheduled: bool = False
+    #: What the backend executing the request keeps with it across reschedules (the Python backend: its key).
+    backend_state: Any = None
 
 
 @dataclass(slots=True)

@@ -336,6 +336,7 @@ class InferenceRequest:
         self._parameters = dict(parameters or {})
         self._key = -1
         self._sender: InferenceResponseSender | None = None
+        self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -370,8 +371,13 @@ class InferenceRequest:
         return self._key in _runtime.cancelled
 
     def set_release_flags(self, flags: int) -> None:
-        if flags & TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
-            raise TritonModelException("request rescheduling needs iterative sequence batching, which tritium lacks")
+        """``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE``: run this request again in a later execution
+        (``sequence_batching { iterative_sequence: true }``; execute answers ``None`` for it); ``..._ALL``:
+        release it (the default)."""
+        self._release_flags = int(flags)
+
+    def _rescheduled(self) -> bool:
+        return self._release_flags == TRITONSERVER_REQUEST_RELEASE_RESCHEDULE
 
     def get_response_sender(self) -> InferenceResponseSender:
         if not _runtime.decoupled:
