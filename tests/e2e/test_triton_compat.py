@@ -329,3 +329,183 @@ def test_generate_checks(server: RunningServer) -> None:
     for value in ("5", "[\"a\", 5]", "null", "{\"a\": \"b\"}"):
         status, body = generate(server, "bls_bytes", b'{"INPUT0": %s}' % value.encode())
         assert status == 400 and body["error"].startswith("Unable to parse JSON bytes array: input 'INPUT0' is BYTES")
+
+
+# -- 8: iterative sequences and request rescheduling ----------------------------------------------------
+
+#: Runs each request as many times as its input says (rescheduling it, None as its answer meanwhile), then
+#: answers its flags per execution and how many requests shared each of its executions.  Input 0 answers a
+#: rescheduled request (an error); a negative input raises after rescheduling.
+ITERATE = '''
+import json
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.seen = {}
+
+    def execute(self, requests):
+        time.sleep(0.2)
+        real = [r for r in requests if r.correlation_id() != 0]  # (0: an empty slot's null request)
+        out = []
+        for r in requests:
+            key = r.correlation_id()
+            n = int(r.inputs()[0].as_numpy().flat[0])
+            seen = self.seen.setdefault(key, {"id": key, "flags": [], "batch": []})
+            seen["flags"].append(r.flags())
+            seen["batch"].append(len(real))
+            answer = pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([[json.dumps(seen).encode()]], dtype=np.object_))])
+            if key != 0 and (n <= 0 or len(seen["flags"]) < n):
+                r.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+                if n < 0:
+                    raise ValueError("gave up after rescheduling")
+                out.append(answer if n == 0 else None)
+            else:
+                self.seen.pop(key)
+                out.append(answer)
+        return out
+'''
+ITERATE_CONFIG = """
+    backend: "python"
+    max_batch_size: 4
+    input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+    output [ { name: "OUT" data_type: TYPE_STRING dims: [ 1 ] } ]
+    sequence_batching { iterative_sequence: true }
+"""
+
+#: Decoupled, one slot: input 0 sends a response and reschedules each execution until its client cancels;
+#: input n > 0 counts down from n - 1 (a response per execution); -1 answers what the last cancelled one saw.
+ITERATE_DECOUPLED = '''
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+def value(v):
+    return pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([str(v).encode()], dtype=np.object_))])
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.left = {}
+        self.last = "none"
+
+    def execute(self, requests):
+        for r in requests:
+            sender = r.get_response_sender()
+            n = int(r.inputs()[0].as_numpy()[0])
+            if n == -1:
+                sender.send(value(self.last), flags=FINAL)
+            elif n == 0:
+                if r.is_cancelled():
+                    self.last = "cancelled"
+                    sender.send(flags=FINAL)
+                else:
+                    time.sleep(0.05)
+                    r.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+                    sender.send(value("tick"))
+            else:
+                left = self.left.pop(r.correlation_id(), n) - 1
+                if left > 0:
+                    self.left[r.correlation_id()] = left
+                    r.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+                    sender.send(value(left))
+                else:
+                    sender.send(value(left), flags=FINAL)
+        return None
+'''
+
+#: Reschedules without iterative sequence batching: refused.
+RESCHEDULES = '''
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for r in requests:
+            r.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+        return [None for _ in requests]
+'''
+
+
+@pytest.fixture(scope="module")
+def iterative(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    repo = str(tmp_path_factory.mktemp("iterative"))
+    write_python_model(repo, "iterate", ITERATE, ITERATE_CONFIG)
+    write_python_model(repo, "iterate_decoupled", ITERATE_DECOUPLED, TEXT_CONFIG.replace("{type}", "INT32").replace(
+        "{extra}", "model_transaction_policy { decoupled: true } sequence_batching { iterative_sequence: true }"))
+    write_python_model(repo, "reschedules", RESCHEDULES, TEXT_CONFIG.replace("{type}", "INT32").replace("{extra}", ""))
+    with RunningServer([repo], [], timeout=120) as s:
+        yield s
+
+
+def iterations(c: grpcclient.InferenceServerClient, n: int) -> dict[str, Any]:
+    tensor = grpcclient.InferInput("INPUT0", [1, 1], "INT32")
+    tensor.set_data_from_numpy(np.array([[n]], np.int32))
+    return json.loads(c.infer("iterate", [tensor], client_timeout=60).as_numpy("OUT")[0][0])
+
+
+def test_a_request_runs_until_the_model_answers_it(iterative: RunningServer) -> None:
+    """Each request is a sequence of its own (an id, START first), run again while the model reschedules it,
+    with flags 0; its answer ends the sequence."""
+    c = grpcclient.InferenceServerClient(iterative.grpc_url)
+    first, second = iterations(c, 3), iterations(c, 1)
+    assert first["flags"] == [1, 0, 0] and second["flags"] == [1]
+    assert first["id"] != second["id"] and 0 not in (first["id"], second["id"])
+
+
+def test_rescheduled_requests_join_the_batches_of_other_sequences(iterative: RunningServer) -> None:
+    c = grpcclient.InferenceServerClient(iterative.grpc_url)
+    done: queue.Queue[Any] = queue.Queue()
+    for n in (4, 4, 4):
+        tensor = grpcclient.InferInput("INPUT0", [1, 1], "INT32")
+        tensor.set_data_from_numpy(np.array([[n]], np.int32))
+        c.async_infer("iterate", [tensor], lambda result, error: done.put(error or result.as_numpy("OUT")[0][0]))
+    answers = [json.loads(done.get(timeout=60)) for _ in range(3)]
+    assert [a["flags"] for a in answers] == [[1, 0, 0, 0]] * 3
+    assert max(max(a["batch"]) for a in answers) >= 2  # executions shared by several sequences
+
+
+def test_rescheduling_faults_answer_errors_and_release_the_request(iterative: RunningServer) -> None:
+    c = grpcclient.InferenceServerClient(iterative.grpc_url)
+    with pytest.raises(InferenceServerException) as info:
+        iterations(c, 0)  # answered although rescheduled
+    assert info.value.status() == "StatusCode.INTERNAL" and "Expected a None object in the execute function return " \
+        "list for reschduled request" in info.value.message()
+    with pytest.raises(InferenceServerException, match="gave up after rescheduling"):
+        iterations(c, -1)
+    assert iterations(c, 2)["flags"] == [1, 0]  # nothing of them keeps running: a later request runs alone
+    assert iterations(c, 1)["batch"] == [1]
+
+
+def test_decoupled_iterative_stream_and_its_cancellation(iterative: RunningServer) -> None:
+    """Responses come from each execution on the one stream; a request whose client cancels is not run again
+    (as Triton, which answers it CANCELLED), and its sequence's slot, the only one, is free again."""
+    results: queue.Queue[Any] = queue.Queue()
+    c = grpcclient.InferenceServerClient(iterative.grpc_url)
+    c.start_stream(callback=lambda result, error: results.put(error or result.as_numpy("OUT").tolist()))
+    c.async_stream_infer("iterate_decoupled", int_input(3))
+    assert [results.get(timeout=30) for _ in range(3)] == [[b"2"], [b"1"], [b"0"]]
+    c.async_stream_infer("iterate_decoupled", int_input(0))
+    assert results.get(timeout=30) == [b"tick"] and results.get(timeout=30) == [b"tick"]
+    c.stop_stream(cancel_requests=True)
+    other = grpcclient.InferenceServerClient(iterative.grpc_url)
+    answers: queue.Queue[Any] = queue.Queue()
+    other.start_stream(callback=lambda result, error: answers.put(error or result.as_numpy("OUT").tolist()))
+    try:
+        other.async_stream_infer("iterate_decoupled", int_input(-1))
+        # (seen by the model only if the cancellation came after its last execution was sent, before it ran)
+        assert answers.get(timeout=30) in ([b"none"], [b"cancelled"])
+    finally:
+        other.stop_stream()
+
+
+def test_rescheduling_needs_iterative_sequence_batching(iterative: RunningServer) -> None:
+    """Triton logs this refusal and leaves the client waiting; here the client gets it."""
+    c = grpcclient.InferenceServerClient(iterative.grpc_url)
+    with pytest.raises(InferenceServerException) as info:
+        c.infer("reschedules", int_input(1), client_timeout=30)
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert info.value.message() == ("Request is released with TRITONSERVER_REQUEST_RELEASE_RESCHEDULE, while the "
+                                    "model is not configured to handle such a flag.")

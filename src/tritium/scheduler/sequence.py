@@ -437,6 +437,10 @@ class SequenceBatcher(InFlightScheduler):
     def _dispatch(self, lane: _Lane) -> None:
         if lane.busy or self._closed:
             return
+        if self._settings.iterative:
+            for slot in lane.slots:
+                if slot.sequence is not None:
+                    self._drop_cancelled(slot.sequence)
         ready = [slot for slot in lane.slots if slot.sequence is not None and slot.sequence.queue]
         if not ready:
             lane.wakeup.cancel()
@@ -610,6 +614,19 @@ class SequenceBatcher(InFlightScheduler):
         params.pop("sequence_end", None)
         sequence.queue.append(entry)
         return True
+
+    def _drop_cancelled(self, sequence: _Sequence) -> None:
+        """Rescheduled requests whose clients have gone are not run again (Triton answers them CANCELLED); a
+        sequence left with nothing to do ends."""
+        queue = sequence.queue
+        dropped = False
+        while queue and not queue[0].start and queue[0].future.cancelled():
+            entry = queue.popleft()
+            self._in_flight -= 1
+            self.stats.record_rejected(entry.request, "CANCELED")
+            dropped = True
+        if dropped and not sequence.executing:
+            self._finish_iteration(sequence)
 
     def _finish_iteration(self, sequence: _Sequence) -> None:
         """A request of an iterative-sequence model was answered: its sequence ends with it (Triton sends the
