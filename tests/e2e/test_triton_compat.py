@@ -270,7 +270,8 @@ def test_triton_grpc_error_header_ends_the_stream_with_the_status(server: Runnin
 # -- 9: texts and validations QA tests check ---------------------------------------------------------
 
 
-def test_version_strings_read_as_triton_reads_them(server: RunningServer, client: grpcclient.InferenceServerClient) -> None:
+def test_version_strings_read_as_triton_reads_them(server: RunningServer,
+                                                   client: grpcclient.InferenceServerClient) -> None:
     """gRPC reads a version as C's strtol does (leading integer; not negative; must fit a long); HTTP URLs take
     digits only, and a number too big for a long is the same error."""
     def outcome(call: Any) -> Any:
@@ -292,7 +293,8 @@ def test_version_strings_read_as_triton_reads_them(server: RunningServer, client
     assert client.is_model_ready("add_sub", "2") is False
     with urllib.request.urlopen(f"http://{server.url}/v2/models/add_sub/versions/01") as r:
         assert r.status == 200
-    for path, code in (("/v2/models/add_sub/versions/1a", 404), ("/v2/models/add_sub/versions/99999999999999999999", 400)):
+    for path, code in (("/v2/models/add_sub/versions/1a", 404),
+                       ("/v2/models/add_sub/versions/99999999999999999999", 400)):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"http://{server.url}{path}")
         assert info.value.code == code
@@ -314,7 +316,8 @@ def test_generate_checks(server: RunningServer) -> None:
     ones = '"INPUT1": [1, 1, 1, 1]'
     assert generate(server, "add_sub", b'{"INPUT0": [1, 2, 3, 4], "INPUT0": [0, 0, 0, 0], ' + ones.encode() + b"}") == (
         400, {"error": "[request id: <id_unknown>] input 'INPUT0' already exists in request"})
-    status, body = generate(server, "add_sub", b'{"INPUT0": [1, 2, 3, 4], ' + ones.encode() + b', "parameters": {"a": 1, "a": 2}}')
+    status, body = generate(server, "add_sub",
+                            b'{"INPUT0": [1, 2, 3, 4], ' + ones.encode() + b', "parameters": {"a": 1, "a": 2}}')
     assert status == 200 and body["OUTPUT0"] == [2.0, 3.0, 4.0, 5.0]
     for doc, head in (
             ('{"INPUT0": ["1", 2, 3, 4], %s}' % ones, "Unable to parse 'data': input 'INPUT0' is FP32"),

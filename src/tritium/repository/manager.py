@@ -239,7 +239,8 @@ class ModelRepositoryManager:
             if entry.latest is None:
                 entry.state, entry.reason = State.UNAVAILABLE, str(e)
             reason = str(e)  # (said once: some reasons name the model already)
-            log.error("%s", reason if reason.startswith(f"failed to load '{name}'") else f"failed to load '{name}': {reason}")
+            prefix = f"failed to load '{name}'"
+            log.error("%s", reason if reason.startswith(prefix) else f"{prefix}: {reason}")
             raise
         entry.poll_failed = False
         entry.model_dir = path

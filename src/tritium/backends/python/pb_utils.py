@@ -73,7 +73,7 @@ class TritonError:
     CANCELLED = 7
 
     def __init__(self, message: str, code: int = 1) -> None:
-        self._message = str(message)
+        self._message = str(_text(message))
         self._code = code
 
     def message(self) -> str:
