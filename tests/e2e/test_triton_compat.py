@@ -17,6 +17,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 from models import write_python_model
 from server import RunningServer
 from tritonclient.utils import InferenceServerException
@@ -195,6 +196,16 @@ def test_bf16_through_dlpack_and_torch(client: grpcclient.InferenceServerClient)
     raw = result.get_response().raw_output_contents
     assert [np.frombuffer(r, ml_dtypes.bfloat16).tolist() for r in raw] == [(x * 2).tolist(), (x + 1).tolist()]
     assert [o.datatype for o in result.get_response().outputs] == ["BF16", "BF16"]
+
+
+def test_bf16_outputs_over_http(server: RunningServer) -> None:
+    x = np.array([0.5, 8, -1, 2], dtype=ml_dtypes.bfloat16)
+    c = httpclient.InferenceServerClient(server.url)
+    tensor = httpclient.InferInput("INPUT0", [4], "BF16")
+    tensor.set_data_from_numpy(x, binary_data=True)
+    result = c.infer("torch_bf16", [tensor], outputs=[httpclient.InferRequestedOutput("DOUBLED", binary_data=True)])
+    assert result.as_numpy("DOUBLED").dtype == ml_dtypes.bfloat16
+    assert result.as_numpy("DOUBLED").tolist() == (x * 2).tolist()
 
 
 # -- 4: cancelling a unary gRPC call ------------------------------------------------------------------
