@@ -16,6 +16,7 @@ compares what must still agree.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -511,6 +512,218 @@ ARGS_CONFIG = """
 """
 
 
+# -- models of NVIDIA's examples and QA tests that did not run unchanged (issue 30) ---------------------
+
+#: BLS as NVIDIA's example does it: the model name comes decoded from a BYTES tensor (``bytes``), and bytes go
+#: where pb_utils takes other names; each attempt's outcome is answered.
+BLS_BYTES_NAMES = """
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+def attempt(fn):
+    try:
+        return ["ok", fn()]
+    except Exception as e:
+        return ["error", type(e).__name__, str(e).split(chr(10))[0]]
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            name = r.inputs()[0].as_numpy().reshape(-1)[0]
+            x = np.array([1, 2, 3, 4], np.float32)
+
+            def call():
+                request = pb_utils.InferenceRequest(model_name=name, requested_output_names=[b"OUTPUT0"],
+                                                    inputs=[pb_utils.Tensor(b"INPUT0", x), pb_utils.Tensor("INPUT1", x)])
+                response = request.exec()
+                if response.has_error():
+                    return {"error": response.error().message()}
+                return {t.name(): t.as_numpy().tolist() for t in response.output_tensors()}
+
+            seen = {"type": type(name).__name__, "call": attempt(call),
+                    "tensor_name": attempt(lambda: pb_utils.Tensor(b"X", x).name()),
+                    "input_by_bytes": attempt(lambda: pb_utils.get_input_tensor_by_name(r, b"NAME") is not None),
+                    "ready": attempt(lambda: pb_utils.is_model_ready(name))}
+            out.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUT", np.array([json.dumps(seen, sort_keys=True).encode()], dtype=np.object_))]))
+        return out
+"""
+
+#: Input 0: waits up to 20 s for ``request.is_cancelled()``; input 1: answers what the last wait saw.
+CANCEL_WATCH = """
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+def answer(text):
+    return pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([text.encode()], dtype=np.object_))])
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.last = "none"
+
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            if int(r.inputs()[0].as_numpy()[0]) == 1:
+                out.append(answer(self.last))
+                continue
+            self.last = "waiting"
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not r.is_cancelled():
+                time.sleep(0.01)
+            self.last = "cancelled" if r.is_cancelled() else "never cancelled"
+            out.append(answer(self.last))
+        return out
+"""
+
+#: BF16 through DLPack: the input's capsule as a consumer reads it (ctypes), then the same capsule, and the
+#: tensor itself, made tensors again (``from_dlpack``) and answered.
+DLPACK_BF16 = """
+import ctypes
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class Device(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int), ("device_id", ctypes.c_int)]
+
+class DataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+class DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device", Device), ("ndim", ctypes.c_int), ("dtype", DataType),
+                ("shape", ctypes.POINTER(ctypes.c_int64)), ("strides", ctypes.POINTER(ctypes.c_int64)),
+                ("byte_offset", ctypes.c_uint64)]
+
+ctypes.pythonapi.PyCapsule_GetPointer.restype = ctypes.c_void_p
+ctypes.pythonapi.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+ctypes.pythonapi.PyCapsule_GetName.restype = ctypes.c_char_p
+ctypes.pythonapi.PyCapsule_GetName.argtypes = [ctypes.py_object]
+
+def inspect(capsule):
+    name = ctypes.pythonapi.PyCapsule_GetName(capsule)
+    t = DLTensor.from_address(ctypes.pythonapi.PyCapsule_GetPointer(capsule, name))
+    data = ctypes.string_at(t.data + t.byte_offset, 2 * t.shape[0]).hex()
+    return {"name": name.decode(), "code": t.dtype.code, "bits": t.dtype.bits, "lanes": t.dtype.lanes,
+            "shape": [t.shape[i] for i in range(t.ndim)], "device": t.device.device_type, "data": data}
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            tensor = r.inputs()[0]
+            capsule = tensor.to_dlpack()
+            seen = inspect(capsule)
+            again = pb_utils.Tensor.from_dlpack("OUT", capsule)
+            other = pb_utils.Tensor.from_dlpack("OUT2", tensor)
+            seen["shapes"] = [list(again.shape()), list(other.shape())]
+            seen["device"] = tensor.__dlpack_device__()
+            out.append(pb_utils.InferenceResponse([
+                again, other, pb_utils.Tensor("INFO", np.array([json.dumps(seen, sort_keys=True).encode()], dtype=np.object_))]))
+        return out
+"""
+DLPACK_BF16_CONFIG = """
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "INPUT0" data_type: TYPE_BF16 dims: [ 4 ] } ]
+    output [ { name: "OUT" data_type: TYPE_BF16 dims: [ 4 ] }, { name: "OUT2" data_type: TYPE_BF16 dims: [ 4 ] },
+             { name: "INFO" data_type: TYPE_STRING dims: [ 1 ] } ]
+"""
+
+#: Iterative sequence, decoupled (the Python backend's documented example, state kept per sequence): for input
+#: n, a response each execution counting down from n-1, the request rescheduled until the last.  Each response
+#: also says the request's flags in that execution.
+ITERATIVE_DECOUPLED = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.left = {}
+
+    def execute(self, requests):
+        for r in requests:
+            key = r.correlation_id()
+            if key == 0:  # a null request of the direct strategy (an empty slot below a busy one)
+                r.get_response_sender().send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                continue
+            left = self.left.pop(key, None)
+            left = (int(r.inputs()[0].as_numpy().flat[0]) if left is None else left) - 1
+            response = pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([left], np.int32)),
+                                                   pb_utils.Tensor("FLAGS", np.array([r.flags()], np.int32))])
+            sender = r.get_response_sender()
+            if left <= 0:
+                sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            else:
+                self.left[key] = left
+                r.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+                sender.send(response)
+        return None
+"""
+#: Iterative sequence, one response per request: a request runs as many times as its input says (None while
+#: rescheduled), then answers the flags of each of its executions.  Input 0 answers something for a
+#: rescheduled request (an error); a negative input raises after rescheduling.
+ITERATIVE = """
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.seen = {}
+        self.wanted = {}
+
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            if r.correlation_id() == 0:  # a null request of the direct strategy (an empty slot below a busy one)
+                out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([b"null"], dtype=np.object_))]))
+                continue
+            flags = self.seen.setdefault(r.correlation_id(), [])
+            if not flags:  # (Triton 2.51 may hand a rescheduled request's inputs over changed: read them once)
+                self.wanted[r.correlation_id()] = int(r.inputs()[0].as_numpy().flat[0])
+            n = self.wanted[r.correlation_id()]
+            flags.append(r.flags())
+            done = pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([json.dumps(flags).encode()], dtype=np.object_))])
+            if n <= 0 or len(flags) < n:
+                r.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+                if n < 0:
+                    raise ValueError("gave up after rescheduling")
+                out.append(done if n == 0 else None)
+            else:
+                del self.seen[r.correlation_id()], self.wanted[r.correlation_id()]
+                out.append(done)
+        return out
+"""
+ITERATIVE_CONFIG = """
+    backend: "python"
+    max_batch_size: 4
+    input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+    output [ { name: "OUT" data_type: TYPE_{type} dims: [ 1 ] }{extra_output} ]
+    sequence_batching { iterative_sequence: true }
+    {extra}
+"""
+
+
+def build_compat_repo(repo: str) -> None:
+    """The models of issue 30's cases."""
+    write_python_model(repo, "bls_bytes_names", BLS_BYTES_NAMES, """
+        backend: "python"
+        max_batch_size: 0
+        input [ { name: "NAME" data_type: TYPE_STRING dims: [ 1 ] } ]
+        output [ { name: "OUT" data_type: TYPE_STRING dims: [ 1 ] } ]""")
+    write_python_model(repo, "cancel_watch", CANCEL_WATCH, ARGS_CONFIG + "instance_group [ { count: 1 kind: KIND_CPU } ]")
+    write_python_model(repo, "dlpack_bf16", DLPACK_BF16, DLPACK_BF16_CONFIG)
+    write_python_model(repo, "iterative", ITERATIVE, ITERATIVE_CONFIG.replace("{type}", "STRING").replace(
+        "{extra_output}", "").replace("{extra}", ""))
+    write_python_model(repo, "iterative_decoupled", ITERATIVE_DECOUPLED, ITERATIVE_CONFIG.replace("{type}", "INT32").replace(
+        "{extra_output}", ', { name: "FLAGS" data_type: TYPE_INT32 dims: [ 1 ] }').replace(
+        "{extra}", "model_transaction_policy { decoupled: true }"))
+
+
 def build_repo(repo: str) -> None:
     """Good models, and models whose load fails in the model's own code (reasons compared)."""
     write_python_model(repo, "add_sub", ADD_SUB, ADD_SUB_CONFIG)
@@ -584,6 +797,7 @@ def build_repo(repo: str) -> None:
     write_python_model(repo, "bad_syntax", "class TritonPythonModel(:\n    pass\n", plain)
     write_python_model(repo, "no_class", "x = 1\n", plain)
     write_python_model(repo, "import_fails", "import no_such_module_here\n" + IDENTITY, plain)
+    build_compat_repo(repo)
     write_python_model(repo, "bad_config", IDENTITY,
                        BATCHED_CONFIG.replace("dynamic_batching { }", "dynamic_batching { preferred_batch_size: [ 9 ] }"))
 
@@ -1552,6 +1766,238 @@ def case_queue_timeout_override(s: Servers) -> Any:
 def case_priorities(s: Servers) -> Any:
     # level 1 goes before the default level 2, and its queue holds one request
     return queued_calls(s, "prioritized", [{}, {"after": 0.2}, {"priority": 1}, {"priority": 1, "request_id": "x"}])
+
+
+# -- cases of issue 30: where NVIDIA's examples and QA tests did not run unchanged --------------------------
+
+def case_cuda_shared_memory_without_cuda(s: Servers) -> Any:
+    """Status and unregister of CUDA shared memory with nothing registered, and a register that cannot open the
+    handle, over both protocols (NVIDIA's gRPC examples unregister CUDA regions while cleaning up)."""
+    handle = base64.b64encode(bytes(64))  # what cuda_shared_memory.get_raw_handle gives: a cudaIpcMemHandle_t, base64
+    steps = []
+    for c, kw in ((s.http, {}), (s.grpc, {"as_json": True})):
+        steps += [outcome(lambda: c.get_cuda_shared_memory_status(**kw)),
+                  outcome(lambda: c.get_cuda_shared_memory_status("nosuch", **kw)),
+                  outcome(lambda: c.register_cuda_shared_memory("r", handle, 0, 16)),
+                  outcome(lambda: c.register_cuda_shared_memory("r", handle, 3, 16)),
+                  outcome(lambda: c.register_cuda_shared_memory("r", base64.b64encode(bytes(8)), 0, 16)),
+                  outcome(lambda: c.unregister_cuda_shared_memory("nosuch")),
+                  outcome(lambda: c.unregister_cuda_shared_memory()),
+                  outcome(lambda: c.get_cuda_shared_memory_status(**kw))]
+    for body in ({}, {"raw_handle": {"b64": "AAAA"}}, {"raw_handle": {"b64": "AAAA"}, "device_id": 0, "byte_size": 16},
+                 {"raw_handle": "AAAA", "device_id": 0, "byte_size": 16}, {"raw_handle": {}, "device_id": 0, "byte_size": 16},
+                 {"raw_handle": {"b64": handle.decode()}, "device_id": 0, "byte_size": 16},
+                 {"raw_handle": {"b64": handle.decode()}, "device_id": -1, "byte_size": 16},
+                 {"raw_handle": {"b64": "@@@"}, "device_id": 0, "byte_size": 16}):
+        status, answer = s.raw("POST", "/v2/cudasharedmemory/region/r/register", json.dumps(body).encode())
+        steps.append(json_fault((status, answer)) if answer["error"].startswith("attempt to access") else (status, answer))
+    return steps
+
+
+def case_bls_with_a_bytes_model_name(s: Servers) -> Any:
+    seen = []
+    for name in (b"add_sub", b"nope"):
+        result = s.grpc.infer("bls_bytes_names", grpc_inputs(("NAME", np.array([name], np.object_), "BYTES")))
+        seen.append(json.loads(result.as_numpy("OUT")[0]))
+    return seen
+
+
+def case_cancelled_unary_grpc_infer(s: Servers) -> Any:
+    """A unary ModelInfer whose deadline passes, then one the client cancels: the model's
+    ``request.is_cancelled()`` turns true (it answers what its last wait saw)."""
+    wait, last = (grpc_inputs(("INPUT0", np.array([v], np.int32), "INT32")) for v in (0, 1))
+    seen: list[Any] = [outcome(lambda: s.grpc.infer("cancel_watch", wait, client_timeout=1.0)),
+                       s.grpc.infer("cancel_watch", last).as_numpy("OUT").tolist()]
+    results: queue.Queue[Any] = queue.Queue()
+    call = s.grpc.async_infer("cancel_watch", wait, callback=lambda result, error: results.put(error))
+    time.sleep(1.0)
+    call.cancel()
+    error = results.get(timeout=30)
+    seen += [None if error is None else (error.status(), error.message()),
+             s.grpc.infer("cancel_watch", last).as_numpy("OUT").tolist()]
+    return seen
+
+
+def stream_outcomes(s: Servers, calls: list[tuple[str, list[Any]]], headers: dict[str, str] | None) -> list[Any]:
+    """What one stream carries for each call, sent once the previous one's answers stopped (final response,
+    error, or a second of silence); ``"closed"`` for a call whose send fails because the stream has ended."""
+    results: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(s.grpc_url)
+    client.start_stream(callback=lambda result, error: results.put((result, error)), headers=headers)
+    seen: list[Any] = []
+    try:
+        for model, inputs in calls:
+            try:
+                client.async_stream_infer(model, inputs, enable_empty_final_response=True)
+            except InferenceServerException as e:
+                seen.append(("closed", e.message()))
+                continue
+            got: list[Any] = []
+            while True:
+                try:
+                    result, error = results.get(timeout=1.0)
+                except queue.Empty:
+                    break
+                if error is not None:
+                    got.append(("error", error.status(), error.message().split("\n\nAt:")[0]))
+                    continue
+                response = result.get_response()
+                final = response.parameters["triton_final_response"].bool_param
+                got.append(([o.name for o in response.outputs], final))
+                if final:
+                    break
+            seen.append(got)
+        return seen
+    finally:
+        client.stop_stream()
+
+
+def case_stream_with_triton_grpc_error_header(s: Servers) -> Any:
+    """``triton_grpc_error: true``: an error response ends the stream with its gRPC status, and the stream takes no
+    more requests; a request refused before it runs is still answered in-band.  (A decoupled model that sends
+    more after an error response crashes Triton 2.51 in this mode: tested on tritium alone.)"""
+    x = grpc_inputs(("INPUT0", np.array([5], np.int32), "INT32"))
+    good = ("add_sub", grpc_inputs(("INPUT0", A, "FP32"), ("INPUT1", B, "FP32")))
+    streams = [[good, ("add_sub", grpc_inputs(("INPUT0", A, "FP32"))), good],
+               [good, ("nope", x), good],
+               [good, ("fails", grpc_inputs(("INPUT0", np.array([0], np.int32), "INT32"))), good],
+               [("fails", grpc_inputs(("INPUT0", np.array([1], np.int32), "INT32"))), good],
+               [("repeat", grpc_inputs(("INPUT0", np.array([2], np.int32), "INT32"))), good]]
+    return [stream_outcomes(s, calls, {"triton_grpc_error": "true"}) for calls in streams] + \
+        [stream_outcomes(s, streams[2], {"triton_grpc_error": "false"})]
+
+
+def case_dlpack_bf16(s: Servers) -> Any:
+    """A BF16 input out through ``to_dlpack`` and back through ``from_dlpack`` (of the capsule, of the tensor)."""
+    import ml_dtypes
+    x = np.array([1.5, -2, 3.25, 1e20], dtype=ml_dtypes.bfloat16)
+    t = grpcclient.InferInput("INPUT0", [4], "BF16")
+    t.set_data_from_numpy(x)
+    result = s.grpc.infer("dlpack_bf16", [t])
+    raw = result.get_response().raw_output_contents
+    return json.loads(result.as_numpy("INFO")[0]), [bytes(r).hex() for r in raw[:2]], x.tobytes().hex()
+
+
+def case_iterative_sequence(s: Servers) -> Any:
+    """Request rescheduling (``iterative_sequence``): executions counted by the model, the flags of each, the
+    responses of a decoupled model, several requests at once, and rescheduling where it is not allowed."""
+    def once(model: str, n: int) -> Any:
+        x = np.array([[n]] if model.startswith("iterative") else [n], np.int32)
+        return outcome(lambda: s.grpc.infer(model, grpc_inputs(("INPUT0", x, "INT32")),
+                                            client_timeout=20).as_numpy("OUT").tolist())
+
+    # (not here: answering for a rescheduled request, or raising after rescheduling it: Triton 2.51 answers the
+    # error but keeps rescheduling the request, which then fails every batch it joins; tested on tritium alone)
+    seen: list[Any] = [once("iterative", n) for n in (1, 3, 2)]
+    seen.append(sorted(map(repr, sent_apart(s, "iterative", [(0, np.array([[n]], np.int32), {}) for n in (4, 2, 3, 1)],
+                                            lambda result: result.as_numpy("OUT").tolist()))))
+    seen.append(stream_outcomes(s, [("iterative_decoupled", grpc_inputs(("INPUT0", np.array([[3]], np.int32), "INT32")))],
+                                None))
+    results: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(s.grpc_url)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        for n in (3, 1, 2):
+            client.async_stream_infer("iterative_decoupled", grpc_inputs(("INPUT0", np.array([[n]], np.int32), "INT32")),
+                                      request_id=str(n))
+        answers: dict[str, list[Any]] = {}
+        for _ in range(6):
+            result, error = results.get(timeout=30)
+            assert error is None, error
+            response = result.get_response()
+            answers.setdefault(response.id, []).append(
+                (result.as_numpy("OUT").tolist(), response.parameters["triton_final_response"].bool_param))
+        seen.append(sorted(answers.items()))
+    finally:
+        client.stop_stream()
+    # (not here: rescheduling in a model without iterative sequence batching, where Triton 2.51 logs its refusal
+    # and never answers the client; tritium answers that error: tested on tritium alone)
+    return seen
+
+
+def case_invalid_model_versions(s: Servers) -> Any:
+    """Version strings that are not a version number, in URLs and in gRPC requests."""
+    body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [4], "datatype": "FP32", "data": A.tolist()},
+                                  {"name": "INPUT1", "shape": [4], "datatype": "FP32", "data": B.tolist()}]}).encode()
+    seen: list[Any] = []
+    for version in ("abc", "-1", "1a", "01", " 1", "99999999999999999999"):
+        quoted = urllib.request.quote(version)
+        seen += [s.raw("GET", f"/v2/models/add_sub/versions/{quoted}"),
+                 s.raw("GET", f"/v2/models/add_sub/versions/{quoted}/ready"),
+                 s.raw("GET", f"/v2/models/add_sub/versions/{quoted}/config"),
+                 s.raw("GET", f"/v2/models/add_sub/versions/{quoted}/stats")[0],
+                 s.raw("POST", f"/v2/models/add_sub/versions/{quoted}/infer", body),
+                 outcome(lambda: s.grpc.get_model_metadata("add_sub", version, as_json=True)),
+                 outcome(lambda: s.grpc.is_model_ready("add_sub", version)),
+                 outcome(lambda: s.grpc.get_model_config("add_sub", version, as_json=True)),
+                 outcome(lambda: s.grpc.infer("add_sub", grpc_inputs(("INPUT0", A, "FP32"), ("INPUT1", B, "FP32")),
+                                              model_version=version).as_numpy("OUTPUT0").tolist())]
+    return seen
+
+
+def case_system_shared_memory_register_checks(s: Servers) -> Any:
+    """Which fault a register names first when several are wrong (the key is checked before the size)."""
+    key = f"/tritium_diff_{os.getpid()}_checks"
+    handle = shm.create_shared_memory_region("checks", key, 64)
+    try:
+        seen: list[Any] = []
+        for c in (s.http, s.grpc):
+            for args in (("/tritium_no_such_key", 0, 0), ("/tritium_no_such_key", 16, 3), (key, 0, 0), (key, 16, 3),
+                         (key, 128, 0), ("", 16, 0), ("/a/b", 16, 0)):
+                seen.append(unregistered(lambda: c.register_system_shared_memory("x", args[0], args[1], offset=args[2])))
+                unregistered(lambda: c.unregister_system_shared_memory("x"))
+        for doc in ({"key": "/tritium_no_such_key", "byte_size": 0}, {"key": 5, "byte_size": 16}, {"byte_size": 16},
+                    {"key": key}, {"key": key, "byte_size": -1}, {"key": key, "byte_size": "16"},
+                    {"key": key, "byte_size": 16, "offset": -1}, {"key": key, "byte_size": 16, "offset": 2.5}):
+            status, answer = s.raw("POST", "/v2/systemsharedmemory/region/y/register", json.dumps(doc).encode())
+            seen.append(json_fault((status, answer)) if answer["error"].startswith("attempt to access") else (status, answer))
+            s.raw("POST", "/v2/systemsharedmemory/region/y/unregister")
+        return seen
+    finally:
+        unregistered(s.http.unregister_system_shared_memory)
+        shm.destroy_shared_memory_region(handle)
+
+
+def case_generate_validation(s: Servers) -> Any:
+    """The generate endpoint's checks: duplicate keys, how many inputs, values that are not strings for a string
+    input, ``parameters`` that is not an object."""
+    bodies = [
+        ("add_sub", b'{"INPUT0": [1, 2, 3, 4], "INPUT0": [1, 1, 1, 1], "INPUT1": [1, 1, 1, 1]}'),
+        ("add_sub", b'{"INPUT0": [1, 2, 3, 4], "INPUT1": [1, 1, 1, 1], "parameters": {"a": 1, "a": 2}}'),
+        ("add_sub", b'{"INPUT0": [1, 2, 3, 4], "INPUT1": [1, 1, 1, 1], "X": 1, "Y": [1, 2]}'),
+        ("add_sub", b'{"INPUT1": [1, 1, 1, 1]}'),
+        ("add_sub", b'{}'),
+        ("add_sub", b'{"INPUT0": [1, 2, 3, 4], "INPUT1": [1, 1, 1, 1], "parameters": 5}'),
+        ("add_sub", b'{"INPUT0": [1, 2, 3, 4], "INPUT1": [1, 1, 1, 1], "parameters": [1]}'),
+        ("add_sub", b'{"INPUT0": [1, 2, 3, 4], "INPUT1": [1, 1, 1, 1], "parameters": "x"}'),
+        ("add_sub", b'{"INPUT0": [1, 2, 3, 4], "INPUT1": [1, 1, 1, 1], "parameters": null}'),
+        ("add_sub", b'{"INPUT0": [1, 2, 3, 4], "INPUT1": [1, 1, 1, 1], "parameters": {"n": {"x": 1}}}'),
+        ("add_sub", b'{"INPUT0": ["a", 2, 3, 4], "INPUT1": [1, 1, 1, 1]}'),
+        ("add_sub", b'{"INPUT0": [1, 2, 3, 4], "INPUT1": {"a": 1}}'),
+        ("strings", b'{"IN": 5}'),
+        ("strings", b'{"IN": [1, 2]}'),
+        ("strings", b'{"IN": true}'),
+        ("strings", b'{"IN": null}'),
+        ("strings", b'{"IN": {"a": "b"}}'),
+        ("strings", b'{"IN": ["a", 5]}'),
+        ("strings", b'{"IN": "a", "IN": "b"}'),
+    ]
+    seen = []
+    for model, body in bodies:
+        for endpoint in ("generate", "generate_stream"):
+            status, content_type, text = post_text(s, f"/v2/models/{model}/{endpoint}", body)
+            answer: Any = (status, text.split("\n\nAt:")[0])
+            if content_type == "application/json" and status in (400, 500):
+                error = json.loads(text)["error"]
+                if error.startswith(JSON_FAULT_HEADS):  # the deliberate difference of json_fault
+                    answer = json_fault((status, {"error": error}))
+            seen.append((endpoint, body.decode(), content_type, answer))
+    return seen
+
+
+#: Heads of the errors that Triton answers 500 for, in its JSON library's words, when a value is not of the type
+#: the protocol asks (tritium: 400, same head): see json_fault.
+JSON_FAULT_HEADS = ("Expected JSON object for keyword", "Unable to parse 'data'", "Unable to parse JSON bytes array")
 
 
 CASES = [value for name, value in sorted(globals().items()) if name.startswith("case_")]

@@ -8,6 +8,7 @@ Expected error texts and codes were checked against a real tritonserver (2.51).
 from __future__ import annotations
 
 import asyncio
+import base64
 import queue
 import threading
 
@@ -472,12 +473,13 @@ def test_classification(stub):
     _expect(stub.ModelInfer, bad, grpc.StatusCode.INVALID_ARGUMENT, "classification", "OUTPUT0")
 
 
-def test_cuda_shared_memory_registration_is_unimplemented(client):
-    # (the system shared-memory extension: tests/e2e/test_system_shm_grpc.py)
+def test_cuda_shared_memory_registration_refused_without_client_shm(client):
+    # (with --allow-client-shm=true, and the system shared-memory extension: tests/e2e/test_system_shm_grpc.py)
     with pytest.raises(InferenceServerException) as info:
-        client.register_cuda_shared_memory("c", b"\0" * 64, 0, 64)
-    assert info.value.status() == "StatusCode.UNIMPLEMENTED"
-    assert "not available" in info.value.message()
+        client.register_cuda_shared_memory("c", base64.b64encode(b"\0" * 64), 0, 64)
+    assert info.value.status() == "StatusCode.UNAVAILABLE"
+    assert "--allow-client-shm=true" in info.value.message()
+    client.unregister_cuda_shared_memory()  # nothing registered: nothing to do
 
 
 def test_many_clients_at_once(server):

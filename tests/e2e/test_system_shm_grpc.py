@@ -122,6 +122,9 @@ def test_register_and_status_errors(client, regions) -> None:  # type: ignore[no
             "Unable to open shared memory region: '/nosuch'")
     _expect(lambda: client.register_system_shared_memory("big", key, 1 << 20), "INTERNAL",
             f"Invalid shared memory region: '{key}'")
+    # the key is opened before the size is checked (Triton's order)
+    _expect(lambda: client.register_system_shared_memory("zz", "/nosuch", 0), "INTERNAL",
+            "Unable to open shared memory region: '/nosuch'")
     _expect(lambda: client.register_system_shared_memory("again", key, 64), "INTERNAL",
             f"Invalid shared memory region: '{key}'")  # a key is registered once
     _expect(lambda: client.get_system_shared_memory_status("nosuch"), "NOT_FOUND",
@@ -138,15 +141,20 @@ def test_unregister_all(client, stub, add_sub_regions) -> None:  # type: ignore[
 
 
 def test_cuda_shared_memory(client, stub) -> None:  # type: ignore[no-untyped-def]
-    """No CUDA regions: status answers empty as Triton's without any; register and unregister are refused."""
+    """No CUDA regions: status and unregister answer as Triton's with none registered (NVIDIA's examples
+    unregister CUDA regions while cleaning up); register fails as a GPU-enabled Triton's that cannot open the
+    handle."""
     assert client.get_cuda_shared_memory_status(as_json=True) == {}
     _expect(lambda: client.get_cuda_shared_memory_status("x"), "NOT_FOUND",
             "Unable to find cuda shared memory region: 'x'")
-    for call, request in ((stub.CudaSharedMemoryRegister, pb.CudaSharedMemoryRegisterRequest(name="c", byte_size=8)),
-                          (stub.CudaSharedMemoryUnregister, pb.CudaSharedMemoryUnregisterRequest(name="c"))):
-        with pytest.raises(grpc.RpcError) as info:
-            call(request)
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    client.unregister_cuda_shared_memory()
+    client.unregister_cuda_shared_memory("c")
+    stub.CudaSharedMemoryUnregister(pb.CudaSharedMemoryUnregisterRequest(name="c"))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.CudaSharedMemoryRegister(pb.CudaSharedMemoryRegisterRequest(name="c", raw_handle=bytes(64), byte_size=8))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "failed to register shared memory region: invalid args"
+    assert client.get_cuda_shared_memory_status(as_json=True) == {}
 
 
 # -- inference ----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ as users drive Triton.  Expected texts and codes were checked against a real tri
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import urllib.error
@@ -87,9 +88,15 @@ def test_register_errors(client, server, regions) -> None:  # type: ignore[no-un
     with pytest.raises(InferenceServerException, match="Unable to open shared memory region: '/tritium_no_such'") as e:
         client.register_system_shared_memory("x", "/tritium_no_such", 64)
     assert e.value.status() == "500"
-    with pytest.raises(InferenceServerException, match=f"Invalid shared memory region: '{key}'"):
+    with pytest.raises(InferenceServerException) as e:
         client.register_system_shared_memory("x", key, 1 << 20)  # beyond the end of the file
-    for offset, size in ((60, 8), (0, 0)):  # not page-aligned; empty
+    assert (e.value.status(), e.value.message()) == ("400", "failed to register shared memory region 'x': invalid args")
+    with pytest.raises(InferenceServerException, match="Unable to open shared memory region"):
+        client.register_system_shared_memory("x", "/tritium_no_such", 0)  # the key first, as Triton
+    for offset, size in ((60, 8), (4096, 0)):  # beyond the end, even empty: the range before the mapping
+        with pytest.raises(InferenceServerException, match="'x': invalid args"):
+            client.register_system_shared_memory("x", key, size, offset=offset)
+    for offset, size in ((3, 16), (0, 0)):  # not page-aligned; empty
         with pytest.raises(InferenceServerException) as e:
             client.register_system_shared_memory("x", key, size, offset=offset)
         assert (e.value.status(), e.value.message()) == (
@@ -235,9 +242,19 @@ def test_client_shared_memory_is_off_by_default(regions, tmp_path) -> None:  # t
 
 
 def test_cuda_shared_memory_has_no_regions(client, server) -> None:  # type: ignore[no-untyped-def]
+    """Status and unregister answer as Triton's with none registered; register checks the request as Triton does
+    and then fails as a GPU-enabled Triton that cannot open the handle."""
     assert client.get_cuda_shared_memory_status() == []
     client.unregister_cuda_shared_memory()
-    status, body = _post(server, "/v2/cudasharedmemory/region/c/register",
-                         {"raw_handle": {"b64": "AAAA"}, "device_id": 0, "byte_size": 64})
-    assert status == 501 and "not supported" in body["error"]
+    client.unregister_cuda_shared_memory("c")
+    handle = base64.b64encode(bytes(64)).decode()
+    for doc, expected in (
+            ({"raw_handle": {"b64": "AAAA"}, "device_id": 0, "byte_size": 64},
+             "'raw_handle' must be a valid base64 encoded cudaIpcMemHandle_t"),
+            ({"device_id": 0, "byte_size": 64}, "Shared memory register request has no 'raw_handle' field"),
+            ({"raw_handle": {"b64": handle}, "device_id": 0}, "attempt to access non-existing object member 'byte_size'"),
+            ({"raw_handle": {"b64": handle}, "device_id": 0, "byte_size": 64},
+             "failed to register shared memory region: invalid args")):
+        status, body = _post(server, "/v2/cudasharedmemory/region/c/register", doc)
+        assert status == 400 and body["error"].startswith(expected), body
     assert "system_shared_memory" in client.get_server_metadata()["extensions"]

@@ -75,7 +75,6 @@ def test_controls_with_their_types_and_values():
      'initial_state [ { data_type: TYPE_FP32 dims: [ 3 ] zero_data: true } ] } ]', "do not fit"),
     ('state [ { input_name: "I" output_name: "O" data_type: TYPE_FP32 dims: [ 2 ] '
      'initial_state [ { data_type: TYPE_FP32 dims: [ 2 ] data_file: "missing.bin" } ] } ]', "missing.bin"),
-    ("iterative_sequence: true", "iterative_sequence"),
 ])
 def test_bad_configs_name_what_is_wrong(text, needle):
     with pytest.raises(ModelConfigError, match=needle):
@@ -98,3 +97,8 @@ def test_initial_state_zero_and_from_file(tmp_path):
             state [ { input_name: "A" output_name: "A_OUT" data_type: TYPE_FP32 dims: [ 4 ]
                       initial_state [ { data_type: TYPE_FP32 dims: [ 4 ] data_file: "init.bin" } ] } ]"""),
                           str(tmp_path))
+
+
+def test_iterative_sequence_is_accepted():
+    assert sequence_settings(config("iterative_sequence: true"), "/nowhere").iterative
+    assert not sequence_settings(config(""), "/nowhere").iterative

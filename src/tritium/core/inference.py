@@ -7,6 +7,7 @@ these objects.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,17 @@ class InferenceRequest:
     trace: Trace | None = None
     #: Classification extension: output name -> top-K classes to return instead of the tensor.
     classification: dict[str, int] | None = None
+    #: Set by a backend while it executes the request: tells the model that the client went away (Triton's
+    #: ``request.is_cancelled()``); called on the loop by :class:`tritium.core.model.Model` when the caller's
+    #: wait is cancelled (gRPC cancel or deadline, a BLS caller's cancel).  Decoupled requests use
+    #: ``response_stream.on_cancel`` instead.
+    on_cancel: Callable[[], None] | None = None
+    #: Set by a backend when the model released the request with Triton's
+    #: ``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE``: the sequence batcher of an ``iterative_sequence`` model runs
+    #: it again in a later batch instead of answering it.
+    rescheduled: bool = False
+    #: What the backend executing the request keeps with it across reschedules (the Python backend: its key).
+    backend_state: Any = None
 
 
 @dataclass(slots=True)

@@ -8,6 +8,7 @@ the config at load time to keep the per-request cost small.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,36 @@ from .types import DataType, Tensor
 
 if TYPE_CHECKING:
     from tritium.scheduler.base import Scheduler
+
+
+#: What C's ``strtol`` reads (as Triton's ``std::stol``): blanks, a sign, digits; the rest is ignored.
+_VERSION_TEXT = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
+_LONG_MAX = 2**63 - 1
+
+
+def parse_version(text: str) -> int:
+    """A model version as a client names it in a URL or a request, read as Triton reads it: empty is ``-1``
+    (the version policy chooses), otherwise the leading integer, which must fit a 64-bit ``long`` and not be
+    negative, in Triton's words when it does not."""
+    if not text:
+        return -1
+    if text.isascii() and text.isdigit() and len(text) < 19:
+        return int(text)
+    match = _VERSION_TEXT.match(text)
+    version = int(match.group(1)) if match else None
+    if version is None or not -_LONG_MAX - 1 <= version <= _LONG_MAX:
+        raise InvalidArgumentError(f"failed to get model version from specified version string '{text}' (details: "
+                                   "stol), version should be an integral value > 0")
+    if version < 0:
+        raise InvalidArgumentError(
+            f"invalid model version specified '{text}' , version should be an integral value > 0")
+    return version
+
+
+def _cancelled(request: InferenceRequest) -> None:
+    """The caller stopped waiting (its task was cancelled): tell the backend executing the request, if any."""
+    if request.on_cancel is not None:
+        request.on_cancel()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +129,15 @@ class Model:
         if not validated:
             self.validate(request)
         trace = request.trace
-        if trace is None:
-            return self._shape_response(request, await self.scheduler.infer(request))
-        trace.stamp("REQUEST_START")
-        trace.add_tensors("TENSOR_QUEUE_INPUT", request.inputs)
-        response = self._shape_response(request, await self.scheduler.infer(request))
+        try:
+            if trace is None:
+                return self._shape_response(request, await self.scheduler.infer(request))
+            trace.stamp("REQUEST_START")
+            trace.add_tensors("TENSOR_QUEUE_INPUT", request.inputs)
+            response = self._shape_response(request, await self.scheduler.infer(request))
+        except asyncio.CancelledError:
+            _cancelled(request)
+            raise
         trace.add_tensors("TENSOR_BACKEND_OUTPUT", response.outputs)
         return response
 
@@ -127,6 +162,9 @@ class Model:
             except TritiumError as e:
                 yield StreamItem(None, True, e)
                 return
+            except asyncio.CancelledError:
+                _cancelled(request)
+                raise
             yield StreamItem(self._shape_response(request, response), True)
             return
         stream = ResponseStream(asyncio.get_running_loop())

@@ -53,20 +53,21 @@ class SystemSharedMemory:
         self._regions: dict[str, Region] = {}
         self._lock = threading.Lock()
 
-    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+    def refuse_if_disabled(self, name: str) -> None:
+        """``--allow-client-shm=false``: no region may be registered, of either extension."""
         if not self.allowed:
             raise UnavailableError(
                 f"failed to register shared memory region '{name}': client shared memory is disabled; start the "
                 "server with --allow-client-shm=true")
+
+    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        """Checked in Triton's order: the name, the key (opened), the range against the file, then the mapping."""
+        self.refuse_if_disabled(name)
         with self._lock:
             if name in self._regions:
                 raise AlreadyExistsError(f"shared memory region '{name}' already in manager")
             if any(r.key == key for r in self._regions.values()):  # Triton maps a key once
                 raise InternalError(f"Invalid shared memory region: '{key}'")
-        if offset % mmap.ALLOCATIONGRANULARITY or byte_size <= 0:
-            # Triton maps from the offset, which must be page-aligned, and at least a byte (its words, mmap's errno)
-            raise InvalidArgumentError(
-                f"failed to register shared memory region '{name}': unable to process address spaceInvalid argument")
         if "/" in key.lstrip("/") or key.strip("/") in ("", ".", ".."):
             raise InternalError(f"Unable to open shared memory region: '{key}'")
         try:
@@ -75,9 +76,17 @@ class SystemSharedMemory:
             raise InternalError(f"Unable to open shared memory region: '{key}'") from None
         try:
             end = offset + byte_size
-            if offset < 0 or byte_size <= 0 or os.fstat(fd).st_size < end:
-                raise InternalError(f"Invalid shared memory region: '{key}'")
+            if offset < 0 or byte_size < 0 or os.fstat(fd).st_size < end:
+                raise InvalidArgumentError(f"failed to register shared memory region '{name}': invalid args")
+            if offset % mmap.ALLOCATIONGRANULARITY or byte_size == 0:
+                # Triton maps from the offset, which must be page-aligned, and at least a byte (its words, mmap's
+                # errno)
+                raise InvalidArgumentError(f"failed to register shared memory region '{name}': unable to process "
+                                           "address spaceInvalid argument")
             mm = mmap.mmap(fd, end)
+        except InvalidArgumentError:
+            os.close(fd)
+            raise
         except (OSError, ValueError):
             os.close(fd)
             raise InternalError(f"Invalid shared memory region: '{key}'") from None
@@ -150,10 +159,23 @@ def tensor_view(regions: SystemSharedMemory | None, place: OutputPlace, what: st
 
 def cuda_status(name: str = "") -> list[Region]:
     """The CUDA shared-memory extension is not implemented: it has no regions, as Triton answers when none
-    is registered (a named one is not found)."""
+    is registered (a named one is not found).  Unregistering, of one name or all, has nothing to do."""
     if name:
         raise NotFoundError(f"Unable to find cuda shared memory region: '{name}'")
     return []
+
+
+#: ``sizeof(cudaIpcMemHandle_t)``: what a CUDA register request's ``raw_handle`` holds.
+CUDA_IPC_HANDLE_SIZE = 64
+
+
+def cuda_register(regions: SystemSharedMemory | None, name: str) -> None:
+    """Registering a CUDA region fails: this server opens no CUDA IPC handle.  The answer is a GPU-enabled
+    Triton's where the handle does not open (no device, or a handle of another machine): INVALID_ARG in its
+    words; with client shared memory disabled, that refusal."""
+    if regions is not None:
+        regions.refuse_if_disabled(name)
+    raise InvalidArgumentError("failed to register shared memory region: invalid args")
 
 
 @dataclass(frozen=True, slots=True)

@@ -238,7 +238,9 @@ class ModelRepositoryManager:
                 override.remove()
             if entry.latest is None:
                 entry.state, entry.reason = State.UNAVAILABLE, str(e)
-            log.error("failed to load '%s': %s", name, e)
+            reason = str(e)  # (said once: some reasons name the model already)
+            prefix = f"failed to load '{name}'"
+            log.error("%s", reason if reason.startswith(prefix) else f"{prefix}: {reason}")
             raise
         entry.poll_failed = False
         entry.model_dir = path
@@ -385,8 +387,7 @@ class ModelRepositoryManager:
             try:
                 config = json_format.Parse(config_json, mc.ModelConfig())
             except json_format.ParseError as e:
-                raise InvalidArgumentError(f"failed to load '{name}': the 'config' parameter is not a valid model"
-                                           f" configuration: {e}") from None
+                raise InvalidArgumentError(f"failed to load '{name}': Invalid config override: {e}") from None
             source = "config override\0" + config_json
         else:
             path = config_path(model_dir, self._options.model_config_name)

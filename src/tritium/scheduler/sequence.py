@@ -28,6 +28,7 @@ instance workers.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -90,6 +91,9 @@ class SequenceSettings:
     controls: dict[int, BoolControl] = field(default_factory=dict)  # by Control.Kind
     corrid: tuple[str, DataType] | None = None
     states: list[StateSpec] = field(default_factory=list)
+    #: ``iterative_sequence``: a request without a sequence id starts a sequence of its own, which the model
+    #: may run again and again (rescheduling) until it answers; its answer ends that sequence.
+    iterative: bool = False
 
     @property
     def injected_inputs(self) -> set[str]:
@@ -117,8 +121,6 @@ def sequence_settings(config: mc.ModelConfig, model_dir: str) -> SequenceSetting
     seq = config.sequence_batching
     mbs = config.max_batch_size
     oldest = seq.HasField("oldest")
-    if seq.iterative_sequence:
-        raise ModelConfigError(f"model '{name}': sequence_batching.iterative_sequence is not supported by tritium")
     if oldest:
         slots = seq.oldest.max_candidate_sequences if seq.oldest.max_candidate_sequences > 0 else max(1, mbs)
         delay_us = seq.oldest.max_queue_delay_microseconds
@@ -142,6 +144,7 @@ def sequence_settings(config: mc.ModelConfig, model_dir: str) -> SequenceSetting
         delay_ns=delay_us * 1000,
         min_slot_utilization=utilization,
         preferred=preferred,
+        iterative=seq.iterative_sequence,
     )
     # Like Triton, a control input may also be listed in 'input' (clients must then send it; the batcher's
     # value replaces theirs); usually it is not, and requests leave it out.
@@ -307,6 +310,8 @@ class SequenceBatcher(InFlightScheduler):
         self._in_flight = 0
         self._drained: asyncio.Event | None = None
         self._closed = False
+        #: Sequence ids given to requests of an iterative-sequence model that name none (as Triton: from 1).
+        self._next_id = itertools.count(1)
         self.stats = stats if stats is not None else ModelStats()
         self._state_outputs = {s.output_name: s for s in settings.states}
         lead = (1,) if self._mbs > 0 else ()
@@ -348,6 +353,12 @@ class SequenceBatcher(InFlightScheduler):
         if request.batch_size > 1:
             raise InvalidArgumentError(f"inference request to model '{self._name}' must specify batch-size 1 due to "
                                        "requirements of sequence batcher")
+        if not sequence_id and self._settings.iterative:  # a sequence of its own (Triton's IterativeSequencer)
+            sequence_id = next(self._next_id)
+            while sequence_id in self._live:
+                sequence_id = next(self._next_id)
+            start = True
+            request.parameters = {**params, "sequence_id": sequence_id, "sequence_start": True}
         if not sequence_id:
             raise InvalidArgumentError(
                 f"inference request to model '{self._name}' must specify a non-zero or non-empty correlation ID")
@@ -426,6 +437,10 @@ class SequenceBatcher(InFlightScheduler):
     def _dispatch(self, lane: _Lane) -> None:
         if lane.busy or self._closed:
             return
+        if self._settings.iterative:
+            for slot in lane.slots:
+                if slot.sequence is not None:
+                    self._drop_cancelled(slot.sequence)
         ready = [slot for slot in lane.slots if slot.sequence is not None and slot.sequence.queue]
         if not ready:
             lane.wakeup.cancel()
@@ -551,6 +566,7 @@ class SequenceBatcher(InFlightScheduler):
         def done(batch: Sequence[InferenceRequest], responses: list[InferenceResponse] | None,
                  error: TritiumError | None, timing: ExecutionTiming) -> None:
             self.stats.record_execution([e.request for e in entries], timing, responses is not None)
+            again = 0
             for row_index, row in enumerate(rows):
                 i = real.get(id(row))
                 if i is None:
@@ -558,6 +574,11 @@ class SequenceBatcher(InFlightScheduler):
                 entry, sequence = entries[i], sequences[i]
                 sequence.executing = False
                 entry.request.requested_outputs = entry.requested
+                if entry.request.rescheduled:
+                    entry.request.rescheduled = False
+                    if responses is not None and self._again(entry, sequence):
+                        again += 1
+                        continue
                 outcome: InferenceResponse | TritiumError
                 if responses is None:
                     outcome = error or UnavailableError("execution failed")
@@ -570,14 +591,55 @@ class SequenceBatcher(InFlightScheduler):
                         entry.future.set_exception(outcome)
                     else:
                         entry.future.set_result(outcome)
-                self._watch_idle(sequence)
-            self._in_flight -= len(entries)
+                if self._settings.iterative:
+                    self._finish_iteration(sequence)
+                else:
+                    self._watch_idle(sequence)
+            self._in_flight -= len(entries) - again
             self._executing -= len(entries)
             lane.busy = False
             self._dispatch(lane)
             self._maybe_drained()
 
         return done
+
+    def _again(self, entry: _Entry, sequence: _Sequence) -> bool:
+        """The model rescheduled ``entry``: queue it again on its sequence, now neither START nor END (as
+        Triton), unless its client has gone, which ends it here."""
+        if entry.future.done():
+            return False
+        entry.start = entry.end = False
+        params = entry.request.parameters
+        params["sequence_start"] = False
+        params.pop("sequence_end", None)
+        sequence.queue.append(entry)
+        return True
+
+    def _drop_cancelled(self, sequence: _Sequence) -> None:
+        """Rescheduled requests whose clients have gone are not run again (Triton answers them CANCELLED); a
+        sequence left with nothing to do ends."""
+        queue = sequence.queue
+        dropped = False
+        while queue and not queue[0].start and queue[0].future.cancelled():
+            entry = queue.popleft()
+            self._in_flight -= 1
+            self.stats.record_rejected(entry.request, "CANCELED")
+            dropped = True
+        if dropped and not sequence.executing:
+            self._finish_iteration(sequence)
+
+    def _finish_iteration(self, sequence: _Sequence) -> None:
+        """A request of an iterative-sequence model was answered: its sequence ends with it (Triton sends the
+        sequence an END then), unless more of its requests wait."""
+        if sequence.queue:
+            return
+        if self._live.get(sequence.id) is sequence:
+            del self._live[sequence.id]
+        slot = sequence.slot
+        if slot is not None:
+            sequence.slot = None
+            sequence.state.clear()
+            self._release(slot)
 
     def _keep_state(self, entry: _Entry, sequence: _Sequence,
                     response: InferenceResponse) -> InferenceResponse | TritiumError:

@@ -39,6 +39,7 @@ from tritium.core import shared_memory
 from tritium.core.custom_metrics import CustomMetrics
 from tritium.core.errors import (
     InternalError,
+    InvalidArgumentError,
     ModelConfigError,
     Status,
     TritiumError,
@@ -314,6 +315,8 @@ class PythonInstanceState(ModelInstanceState):
         self._streams_lock = threading.Lock()
         #: What the model sees as requested when a request names no outputs (Triton: all of them).
         self._all_outputs = [o.name for o in ctx.config.output]
+        #: ``sequence_batching { iterative_sequence: true }``: the model may reschedule requests.
+        self._iterative = ctx.config.sequence_batching.iterative_sequence
         handle = ctx.inference
         #: Where this instance's model-defined metrics go (shown by the metrics frontend).
         self._metrics: CustomMetrics = getattr(handle, "metrics", None) or CustomMetrics()
@@ -628,12 +631,19 @@ class PythonInstanceState(ModelInstanceState):
         position = 0
         decoupled = self.model.decoupled
         for request, count in zip(requests, counts):
-            key = next(self._keys)
+            key = request.backend_state
+            if key is None:
+                key = next(self._keys)
             if decoupled and request.response_stream is not None:
-                with self._streams_lock:
-                    self._streams[key] = request
+                if request.backend_state is None:  # a rescheduled request keeps its key, stream and cancel hook
+                    with self._streams_lock:
+                        self._streams[key] = request
+                    request.response_stream.on_cancel(functools.partial(stub.send_event, ("cancel", key)))
+                    if self._iterative:
+                        request.backend_state = key
                 keys.append(key)
-                request.response_stream.on_cancel(functools.partial(stub.send_event, ("cancel", key)))
+            elif not decoupled:  # a caller that stops waiting (gRPC cancel or deadline) reaches is_cancelled()
+                request.on_cancel = functools.partial(stub.send_event, ("cancel", key))
             params = request.parameters
             flags = 0
             correlation_id = 0
@@ -676,15 +686,16 @@ class PythonInstanceState(ModelInstanceState):
             raise InternalError(f"Failed to process the request(s) for model '{self.spec.name}', "
                                 f"message: {error}")
         if self.model.decoupled:
-            return [InferenceResponse(self.ctx.name, self.ctx.version, r.id) for r in requests]
+            return [InferenceResponse(self.ctx.name, self.ctx.version, r.id) if result[0] == "ok"
+                    else self._reschedule(r) for r, result in zip(requests, results)]
         holder: list[np.ndarray] = []
         response = self._response
         return [response(stub, arena, holder, request, result) for request, result in zip(requests, results)]
 
     def _response(self, stub: _Stub, arena: Arena, holder: list[np.ndarray], request: InferenceRequest,
                   result: tuple) -> InferenceResponse | TritiumError:
-        if result[0] == "err":
-            return TritiumError(result[2], Status[result[1]])
+        if result[0] != "ok":
+            return TritiumError(result[2], Status[result[1]]) if result[0] == "err" else self._reschedule(request)
         outputs = []
         for name, kind, shape, offset, nbytes, where in result[1]:
             if where >= protocol.BLOCK:  # a view of an input where the server received it
@@ -702,6 +713,23 @@ class PythonInstanceState(ModelInstanceState):
                 array = protocol.view(stub.out_arena.mm, kind, shape, offset, nbytes).copy()  # reused next time
             outputs.append(Tensor(name, DataType.from_wire(kind), array))
         return InferenceResponse(self.ctx.name, self.ctx.version, request.id, outputs)
+
+    def _reschedule(self, request: InferenceRequest) -> InferenceResponse | TritiumError:
+        """The model released ``request`` with ``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE``: the sequence batcher
+        of an iterative-sequence model runs it again; any other model cannot (Triton logs that and never
+        answers the client; here the client gets the error)."""
+        if self._iterative:
+            request.rescheduled = True
+            return InferenceResponse(self.ctx.name, self.ctx.version, request.id)
+        message = ("Request is released with TRITONSERVER_REQUEST_RELEASE_RESCHEDULE, while the model is not "
+                   "configured to handle such a flag.")
+        log.error("model '%s': %s", self.ctx.name, message)
+        if request.backend_state is None and request.response_stream is not None:
+            with self._streams_lock:  # no final response comes for it any more
+                for key, known in list(self._streams.items()):
+                    if known is request:
+                        del self._streams[key]
+        return InvalidArgumentError(message)
 
     @staticmethod
     def _block_array(ident: int) -> np.ndarray:

@@ -8,6 +8,7 @@ server (BLS, response senders, the logger) goes through ``_runtime``, which the 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import enum
 import json
 import struct
@@ -53,6 +54,12 @@ _WIRE_NUMBERS = {name: i for i, name in enumerate(
      "FP64", "BYTES", "BF16"])}
 
 
+def _text(value: Any) -> Any:
+    """A name as Triton's bindings take it: ``bytes`` (what a BYTES tensor's elements are) is UTF-8 text, as a
+    ``std::string`` argument accepts both; anything else is left to the caller."""
+    return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else value
+
+
 class TritonError:
     """An error a model returns in a response (or gets back from BLS)."""
 
@@ -66,7 +73,7 @@ class TritonError:
     CANCELLED = 7
 
     def __init__(self, message: str, code: int = 1) -> None:
-        self._message = str(message)
+        self._message = str(_text(message))
         self._code = code
 
     def message(self) -> str:
@@ -96,7 +103,7 @@ class Tensor:
             data = np.asarray(data)
         if data.dtype.kind in ("U", "S"):
             data = data.astype(np.object_)
-        self._name = name
+        self._name = _text(name)
         self._array = data
 
     def name(self) -> str:
@@ -115,21 +122,94 @@ class Tensor:
         return True
 
     def to_dlpack(self) -> Any:
-        return self._array.__dlpack__()
+        """A DLPack capsule of this tensor's memory (no copy); BF16 too, which numpy cannot export."""
+        return _to_dlpack(self._array)
 
-    def __dlpack__(self, stream: Any = None) -> Any:
-        return self._array.__dlpack__()
+    def __dlpack__(self, stream: Any = None, **_: Any) -> Any:
+        return _to_dlpack(self._array)
 
     def __dlpack_device__(self) -> tuple[int, int]:
         return (1, 0)
 
     @staticmethod
     def from_dlpack(name: str, capsule: Any) -> Tensor:
-        source = capsule if hasattr(capsule, "__dlpack__") else _Capsule(capsule)
-        return Tensor(name, np.from_dlpack(source))
+        """A tensor of a DLPack capsule, or of an object with ``__dlpack__`` (a torch tensor), on the CPU; BF16
+        becomes ``ml_dtypes.bfloat16``."""
+        if hasattr(capsule, "__dlpack__"):
+            capsule = capsule.__dlpack__()
+        return Tensor(name, _from_dlpack(capsule))
 
     def __repr__(self) -> str:
         return f"Tensor({self._name!r}, {self._array!r})"
+
+
+# -- DLPack for BF16, which numpy neither exports nor imports: its capsule is that of the same memory as
+# uint16, with the element type in the DLTensor rewritten (kDLUInt <-> kDLBfloat, 16 bits).  The capsule's
+# deleter frees the memory whatever the element type says, so the rewrite changes nothing else.
+
+_KDL_UINT = 1
+_KDL_BFLOAT = 4
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensorHead(ctypes.Structure):
+    """The start of DLPack's ``DLTensor``, up to its element type."""
+
+    _fields_ = [("data", ctypes.c_void_p), ("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32),
+                ("ndim", ctypes.c_int32), ("dtype", _DLDataType)]
+
+
+#: Where the DLTensor lies in what a capsule holds: at the start of a ``DLManagedTensor``; after version,
+#: manager context, deleter and flags in a ``DLManagedTensorVersioned``.
+_DLTENSOR_OFFSETS = {b"dltensor": 0, b"dltensor_versioned": 32}
+
+_capsule_name = ctypes.pythonapi.PyCapsule_GetName
+_capsule_name.restype, _capsule_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_pointer.restype, _capsule_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+
+
+def _element_type(capsule: Any) -> _DLDataType | None:
+    """The element type of an unconsumed DLPack capsule, writable; None for anything else."""
+    try:
+        name = _capsule_name(capsule)
+        offset = _DLTENSOR_OFFSETS.get(name)
+        if offset is None:
+            return None
+        address = _capsule_pointer(capsule, name)
+    except (TypeError, ValueError, ctypes.ArgumentError):
+        return None
+    return _DLTensorHead.from_address(address + offset).dtype if address else None
+
+
+def _to_dlpack(array: np.ndarray) -> Any:
+    if array.dtype != protocol.NUMPY_TYPES.get("BF16"):
+        return array.__dlpack__()
+    capsule = array.view(np.uint16).__dlpack__()
+    dtype = _element_type(capsule)
+    if dtype is None:  # pragma: no cover - numpy gives legacy capsules when no version is asked
+        raise BufferError("could not export a BF16 tensor through DLPack")
+    dtype.code = _KDL_BFLOAT
+    return capsule
+
+
+def _from_dlpack(capsule: Any) -> np.ndarray:
+    dtype = _element_type(capsule)
+    if dtype is None or (dtype.code, dtype.bits, dtype.lanes) != (_KDL_BFLOAT, 16, 1):
+        return np.from_dlpack(_Capsule(capsule))
+    bfloat16 = protocol.NUMPY_TYPES.get("BF16")
+    if bfloat16 is None:  # pragma: no cover - only without ml_dtypes
+        raise BufferError("a BF16 DLPack tensor needs the ml_dtypes package")
+    dtype.code = _KDL_UINT
+    try:
+        array = np.from_dlpack(_Capsule(capsule))
+    except BaseException:
+        dtype.code = _KDL_BFLOAT
+        raise
+    return array.view(bfloat16)
 
 
 class _Capsule:
@@ -242,10 +322,10 @@ class InferenceRequest:
                  model_version: int = -1, flags: int = 0, timeout: int = 0,
                  preferred_memory: PreferredMemory | None = None, trace: InferenceTrace | None = None,
                  parameters: Any = None) -> None:
-        self.model_name = model_name
+        self.model_name = _text(model_name)
         self._inputs = list(inputs or [])
-        self._requested = list(requested_output_names or [])
-        self._request_id = request_id
+        self._requested = [_text(name) for name in requested_output_names or []]
+        self._request_id = _text(request_id)
         self._correlation_id = correlation_id
         self.model_version = model_version
         self._flags = flags
@@ -256,6 +336,7 @@ class InferenceRequest:
         self._parameters = dict(parameters or {})
         self._key = -1
         self._sender: InferenceResponseSender | None = None
+        self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -290,8 +371,13 @@ class InferenceRequest:
         return self._key in _runtime.cancelled
 
     def set_release_flags(self, flags: int) -> None:
-        if flags & TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
-            raise TritonModelException("request rescheduling needs iterative sequence batching, which tritium lacks")
+        """``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE``: run this request again in a later execution
+        (``sequence_batching { iterative_sequence: true }``; execute answers ``None`` for it); ``..._ALL``:
+        release it (the default)."""
+        self._release_flags = int(flags)
+
+    def _rescheduled(self) -> bool:
+        return self._release_flags == TRITONSERVER_REQUEST_RELEASE_RESCHEDULE
 
     def get_response_sender(self) -> InferenceResponseSender:
         if not _runtime.decoupled:
@@ -390,6 +476,7 @@ class MetricFamily:
             raise TypeError(f"MetricFamily kind must be one of MetricFamily.COUNTER, GAUGE or HISTOGRAM, got {kind!r}")
         self._name = ""
         try:
+            name, description = _text(name), _text(description)
             _runtime.call("metric_family", str(name), str(description), _KIND_NAMES[kind])
         except _CallError as e:
             raise _server_error("Error when creating MetricFamily", e) from None
@@ -469,19 +556,20 @@ def load_model(model_name: str, config: str = "", files: dict[str, bytes] | None
     for key, content in (files or {}).items():
         parameters[key] = bytes(content)
     try:
-        _runtime.call("load_model", str(model_name), parameters)
+        _runtime.call("load_model", str(_text(model_name)), parameters)
     except _CallError as e:
         raise _server_error("Failed to load model", e) from None
 
 
 def unload_model(model_name: str, unload_dependents: bool = False) -> None:
     try:
-        _runtime.call("unload_model", str(model_name), bool(unload_dependents))
+        _runtime.call("unload_model", str(_text(model_name)), bool(unload_dependents))
     except _CallError as e:
         raise _server_error("Failed to unload model", e) from None
 
 
 def is_model_ready(model_name: str, model_version: str = "") -> bool:
+    model_name, model_version = _text(model_name), _text(model_version)
     try:
         version = int(model_version) if str(model_version) else -1
     except ValueError:

@@ -62,6 +62,10 @@ def _response_arrays(response: Any) -> list[tuple[str, np.ndarray]]:
     return [(t.name(), t.as_numpy()) for t in response.output_tensors()]
 
 
+#: A request's result when the model rescheduled it (``set_release_flags(TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)``).
+_RESCHEDULED = ("resched",)
+
+
 class Runtime:
     """What ``pb_utils`` calls to reach the server; owns the event socket of this stub."""
 
@@ -335,18 +339,25 @@ class Stub:
             responses = self._call(self.model.execute, requests)
         except Exception as e:
             return ("done", None, None, format_exception(e))
+        finally:
+            if self.runtime.cancelled and not self.runtime.decoupled:  # these requests are answered now
+                self.runtime.cancelled.difference_update(entry[0] for entry in batch)
         if self.runtime.decoupled:
             if responses is not None:
                 return ("done", None, None, f"Python model '{self.runtime.instance_name}' is using the decoupled "
                                             "mode and the execute function must return None.")
-            return ("done", None, [("ok", [])] * len(requests), None)
+            return ("done", None, [_RESCHEDULED if r._rescheduled() else ("ok", []) for r in requests], None)
         if responses is None or len(responses) != len(requests):
             got = "None" if responses is None else str(len(responses))
             return ("done", None, None,
                     f"Number of InferenceResponse objects do not match number of InferenceRequest objects. "
                     f"InferenceRequest(s) size is:{len(requests)}, and InferenceResponse(s) size is:{got}\n")
+        for request, response in zip(requests, responses):
+            if response is not None and request._rescheduled():
+                return ("done", None, None, "Expected a None object in the execute function return list for "
+                                            f"reschduled request, found type '{type(response)}'.")
         try:
-            return self._write_outputs(responses)
+            return self._write_outputs(responses, requests)
         except Exception as e:
             return ("done", None, None, format_exception(e))
         finally:
@@ -363,7 +374,7 @@ class Stub:
                 return protocol.BLOCK + ident, offset
         return protocol.OUT_ARENA, -1
 
-    def _write_outputs(self, responses: list[Any]) -> tuple:
+    def _write_outputs(self, responses: list[Any], requests: list[Any]) -> tuple:
         """Outputs that are views of this batch's input arena stay where they are; the others are written
         into that arena after the inputs (which the server hands out without copying) or, when they do not
         fit there, into the output arena (which the server copies from)."""
@@ -373,7 +384,10 @@ class Stub:
         total = 0
         in_arena = self.in_arena
         inputs = self.inputs
-        for response in responses:
+        for response, request in zip(responses, requests):
+            if response is None and request._rescheduled():
+                results.append(_RESCHEDULED)
+                continue
             if response.has_error():
                 results.append(("err",) + _error_tuple(response.error()))  # type: ignore[operator]
                 continue

@@ -436,6 +436,8 @@ def _to_raw(array: np.ndarray, datatype: DataType) -> bytes | memoryview:
     array = np.ascontiguousarray(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
+    if datatype is DataType.BF16:  # ml_dtypes' bfloat16 has no buffer format: its bits as they are
+        array = array.view(np.uint16)
     return memoryview(array).cast("B") if array.size else b""
 
 

@@ -24,7 +24,8 @@ from tritium._proto import health_pb2
 from tritium.core.errors import InternalError, InvalidArgumentError, TritiumError, UnsupportedError
 from tritium.core.inference import InferenceResponse
 from tritium.core.model import Model
-from tritium.core.shm_regions import cuda_status
+from tritium.core.model import parse_version as _version
+from tritium.core.shm_regions import cuda_register, cuda_status
 from tritium.frontends.limits import default_grpc_connections
 from tritium.frontends.restrictions import (
     GRPC_GROUPS,
@@ -58,23 +59,7 @@ STREAM_DEPTH = 128
 #: ``--grpc-infer-response-compression-level`` → gRPC's compression levels (``grpc_compression_level``).
 COMPRESSION_LEVELS = {"none": 0, "low": 1, "medium": 2, "high": 3}
 
-#: RPCs of Triton's service whose extensions tritium does not have yet (CudaSharedMemoryStatus answers
-#: that there are no regions, as Triton does without any).
-UNIMPLEMENTED_RPCS: dict[str, tuple[type, str]] = {
-    "CudaSharedMemoryRegister": (pb.CudaSharedMemoryRegisterRequest, "the CUDA shared-memory extension"),
-    "CudaSharedMemoryUnregister": (pb.CudaSharedMemoryUnregisterRequest, "the CUDA shared-memory extension"),
-}
-
 Context = grpc.aio.ServicerContext
-
-
-def _version(text: str) -> int:
-    """A request's ``version`` string: empty lets the version policy choose."""
-    if not text:
-        return -1
-    if not text.isdigit():
-        raise InvalidArgumentError(f"model version must be a non-negative integer, got '{text}'")
-    return int(text)
 
 
 def _repository_parameters(parameters: Any) -> dict[str, Any]:
@@ -124,11 +109,8 @@ class GrpcApi:
         return pb.ServerReadyResponse(ready=self.server.ready())
 
     async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
-        try:
-            version = _version(request.version)
-        except InvalidArgumentError:
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=self.server.model_ready(request.name, version))
+        """A version string that is not a version is an error (INVALID_ARGUMENT), as in Triton."""
+        return pb.ModelReadyResponse(ready=self.server.model_ready(request.name, _version(request.version)))
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
         doc = self.server.metadata()
@@ -234,6 +216,19 @@ class GrpcApi:
         cuda_status(request.name)  # none, or NOT_FOUND for a named one
         return pb.CudaSharedMemoryStatusResponse()
 
+    async def cuda_shared_memory_register(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: Context
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        """Refused as a GPU-enabled Triton refuses a handle it cannot open (no CUDA here)."""
+        cuda_register(self.server.system_shm, request.name)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    async def cuda_shared_memory_unregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: Context
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        """Nothing is registered, so nothing to do (an unknown name is not an error, as in Triton)."""
+        return pb.CudaSharedMemoryUnregisterResponse()
+
     async def health_check(self, request: health_pb2.HealthCheckRequest, context: Context) -> Any:
         status = health_pb2.HealthCheckResponse
         return status(status=status.SERVING if self.server.live() else status.NOT_SERVING)
@@ -283,17 +278,22 @@ class GrpcApi:
     async def model_stream_infer(self, requests: AsyncIterator[DecodedRequest], context: Context) -> AsyncIterator[bytes]:
         """Many requests in flight on one stream; each response is sent as soon as it is produced.
 
-        A request's error is reported in that response's ``error_message`` and the stream goes on.
+        A request's error is reported in that response's ``error_message`` and the stream goes on; with the
+        client's ``triton_grpc_error: true`` header (as Triton), an error the model or its execution answers
+        ends the stream with that error's gRPC status instead (a request refused before it runs is still
+        answered in-band).
         """
         # Bounded both ways, so a client that sends without reading cannot make the server hold unbounded
         # work or responses: at most STREAM_DEPTH requests in progress (the next is read when one ends), and
         # at most STREAM_DEPTH responses wait for the client (a model's producer waits for room).
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        queue: asyncio.Queue[bytes | TritiumError | None] = asyncio.Queue()
         room = asyncio.Semaphore(STREAM_DEPTH)  # responses queued (the end-of-stream mark needs no room)
         tasks: set[asyncio.Task[None]] = set()
+        grpc_error = any(key == "triton_grpc_error" and value == "true"
+                         for key, value in context.invocation_metadata() or ())
         slots = asyncio.Semaphore(STREAM_DEPTH)
 
-        async def put(item: bytes) -> None:
+        async def put(item: bytes | TritiumError) -> None:
             await room.acquire()
             queue.put_nowait(item)
 
@@ -310,7 +310,7 @@ class GrpcApi:
                         decoded = await iterator.__anext__()
                     except StopAsyncIteration:
                         break
-                    task = asyncio.ensure_future(self._stream_one(decoded, put))
+                    task = asyncio.ensure_future(self._stream_one(decoded, put, grpc_error))
                     tasks.add(task)
                     task.add_done_callback(done)
                 if tasks:
@@ -322,6 +322,8 @@ class GrpcApi:
         try:
             while (item := await queue.get()) is not None:
                 room.release()
+                if isinstance(item, TritiumError):
+                    await context.abort(grpc_status(item.status), str(item))
                 yield item
             await reader  # surface a failure of the request stream itself
         finally:
@@ -329,11 +331,15 @@ class GrpcApi:
             for task in list(tasks):
                 task.cancel()
 
-    async def _stream_one(self, decoded: DecodedRequest, put: Callable[[bytes], Awaitable[None]]) -> None:
+    async def _stream_one(self, decoded: DecodedRequest, put: Callable[[bytes | TritiumError], Awaitable[None]],
+                          grpc_error: bool = False) -> None:
+        """One request of a stream; ``grpc_error``: an error of its execution ends the stream (queued as is)."""
         request_id = decoded.message.id
         try:
             model = self._model(decoded)
             request = to_inference_request(decoded, model.name, model.version, self.server.system_shm)
+            if grpc_error:  # a request refused before it runs is answered in-band even so (as Triton)
+                model.validate(request)
             shm = decoded.shm_outputs
             empty_final = bool(request.parameters.get("triton_enable_empty_final_response", False))
             decoupled = model.decoupled
@@ -342,9 +348,9 @@ class GrpcApi:
                 request.trace = tracer.start(model.name, model.version, request_id)
                 if request.trace is not None:
                     request.trace.stamp("GRPC_WAITREAD_END")
-            async for item in model.stream(request):
+            async for item in model.stream(request, validated=grpc_error):
                 if item.error is not None:
-                    await put(stream_error_bytes(str(item.error), request_id))
+                    await put(item.error if grpc_error else stream_error_bytes(str(item.error), request_id))
                 elif item.response is not None:
                     # Triton flags every streamed response; a decoupled model's last one says final only
                     # when the model sent its data and the final flag together.
@@ -385,6 +391,9 @@ class GrpcApi:
             "SystemSharedMemoryUnregister": (
                 self.system_shared_memory_unregister, pb.SystemSharedMemoryUnregisterRequest),
             "CudaSharedMemoryStatus": (self.cuda_shared_memory_status, pb.CudaSharedMemoryStatusRequest),
+            "CudaSharedMemoryRegister": (self.cuda_shared_memory_register, pb.CudaSharedMemoryRegisterRequest),
+            "CudaSharedMemoryUnregister": (
+                self.cuda_shared_memory_unregister, pb.CudaSharedMemoryUnregisterRequest),
         }
         methods: dict[str, grpc.RpcMethodHandler] = {
             name: unary(_guarded(fn), request_deserializer=cls.FromString, response_serializer=_serialize)
@@ -394,8 +403,6 @@ class GrpcApi:
         methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
             self.model_stream_infer, request_deserializer=decode_request_bytes
         )
-        for name, (cls, feature) in UNIMPLEMENTED_RPCS.items():
-            methods[name] = unary(_unimplemented(name, feature), request_deserializer=cls.FromString)
         health = {
             "Check": unary(
                 _guarded(self.health_check),
@@ -448,15 +455,6 @@ def _restricted(handler: grpc.RpcMethodHandler, key: str, value: str) -> grpc.Rp
 
 def _serialize(message: Any) -> bytes:
     return message.SerializeToString()
-
-
-def _unimplemented(name: str, feature: str) -> Callable[[Any, Context], Awaitable[Any]]:
-    async def handler(request: Any, context: Context) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, f"{name}: {feature} is not available in this version of tritium"
-        )
-
-    return handler
 
 
 def _empty_response(model: Model, request_id: str) -> InferenceResponse:

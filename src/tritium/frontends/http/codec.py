@@ -471,6 +471,8 @@ def _to_binary(array: np.ndarray, datatype: DataType) -> bytes | memoryview:
     if datatype is DataType.BYTES:
         return serialize_bytes_tensor(array)
     array = np.ascontiguousarray(array)
+    if datatype is DataType.BF16:  # ml_dtypes' bfloat16 has no buffer format: its bits as they are
+        array = array.view(np.uint16)
     return memoryview(array).cast("B") if array.size else b""
 
 

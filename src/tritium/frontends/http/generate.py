@@ -10,13 +10,15 @@ keys sorted as Triton writes them.  ``/generate_stream`` sends each response as 
 
 from __future__ import annotations
 
+import json
 import math
+from collections import Counter
 from typing import Any
 
 import numpy as np
 import orjson
 
-from tritium.core.errors import InvalidArgumentError
+from tritium.core.errors import InvalidArgumentError, request_error
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.model import Model
 from tritium.core.types import DataType, Tensor
@@ -31,6 +33,8 @@ _SCALARS = (str, int, float, bool)
 
 
 def decode_generate_request(body: bytes, model: Model) -> InferenceRequest:
+    """Checked in Triton's order and words (where its JSON library answers a mistyped value, its words come
+    first, then what is wrong)."""
     doc = parse_json(body)
     if not isinstance(doc, dict):
         raise InvalidArgumentError("the generate request must be a JSON object")
@@ -48,18 +52,43 @@ def decode_generate_request(body: bytes, model: Model) -> InferenceRequest:
             request.id = value
         elif key == "parameters":
             if not isinstance(value, dict):
-                raise InvalidArgumentError("'parameters' of a generate request must be an object")
+                raise InvalidArgumentError("Expected JSON object for keyword: 'parameters': 'parameters' of a "
+                                           "generate request must be an object")
+            try:
+                check_parameters(value)
+            except InvalidArgumentError as e:
+                raise InvalidArgumentError(f"Converting keyword: 'parameters': {e}") from None
             parameters.update(value)
         else:
             parameters[key] = value
     check_parameters(parameters)
+    for name in _repeated_keys(body):  # the JSON object kept the last value: Triton adds both and refuses
+        if name in model.inputs:
+            raise request_error(request.id, f"input '{name}' already exists in request")
     request.inputs = inputs
     request.parameters = parameters
     return request
 
 
+def _repeated_keys(body: bytes) -> list[str]:
+    """Keys the request's top-level object holds more than once (the body is valid JSON by now)."""
+    pairs = json.loads(body, object_pairs_hook=lambda items: items)
+    if not isinstance(pairs, list):
+        return []
+    return [key for key, count in Counter(key for key, _ in pairs).items() if count > 1]
+
+
 def _input_array(name: str, value: Any, datatype: DataType, dims: tuple[int, ...], max_batch_size: int) -> np.ndarray:
     values = value if isinstance(value, list) else [value]
+    if datatype is DataType.BYTES:
+        if not all(isinstance(v, str) for v in values):
+            raise InvalidArgumentError(f"Unable to parse JSON bytes array: input '{name}' is BYTES: its values "
+                                       "must be strings")
+    elif any(isinstance(v, str) or (isinstance(v, bool) is not (datatype is DataType.BOOL))
+             for v in values if isinstance(v, _SCALARS)):
+        kind = "booleans" if datatype is DataType.BOOL else "numbers"
+        raise InvalidArgumentError(
+            f"Unable to parse 'data': input '{name}' is {datatype.wire_name}: its values must be {kind}")
     shape = list(dims)
     count = len(values)
     known = math.prod(d for d in dims if d >= 0)
@@ -78,15 +107,13 @@ def _input_array(name: str, value: Any, datatype: DataType, dims: tuple[int, ...
     if datatype is DataType.BYTES:
         array = np.empty(count, dtype=object)
         for i, v in enumerate(values):
-            if not isinstance(v, str):
-                raise InvalidArgumentError(f"input '{name}' is BYTES: its values must be strings")
             array[i] = v.encode("utf-8")
         return array.reshape(shape)
     try:
         return np.array(values, dtype=datatype.numpy_dtype).reshape(shape)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError) as e:
         raise InvalidArgumentError(
-            f"input '{name}' is {datatype.wire_name}: its values must be numbers") from None
+            f"Unable to parse 'data': input '{name}' is {datatype.wire_name}: {e}") from None
 
 
 def encode_generate_response(response: InferenceResponse) -> bytes:

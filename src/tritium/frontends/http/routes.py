@@ -20,8 +20,8 @@ import orjson
 
 from tritium.core.errors import InvalidArgumentError, Status, TritiumError, UnsupportedError
 from tritium.core.inference import InferenceRequest
-from tritium.core.model import Model
-from tritium.core.shm_regions import cuda_status
+from tritium.core.model import Model, parse_version
+from tritium.core.shm_regions import CUDA_IPC_HANDLE_SIZE, cuda_register, cuda_status
 from tritium.core.streaming import StreamItem
 from tritium.frontends.restrictions import Restrictions, check_restrictions, http_group, refusal_message
 from tritium.server import Server
@@ -141,7 +141,7 @@ class HttpApi:
             if match is None:
                 return _NOT_FOUND
             name, version_text, action = match.groups()
-            version = int(version_text) if version_text else -1
+            version = parse_version(version_text) if version_text else -1
             if action == "infer":
                 if method != "POST":
                     return _not_allowed(TEXT)
@@ -216,7 +216,7 @@ class HttpApi:
         regions = self.server.system_shm
         if kind == "cuda":
             if action == "register":
-                raise UnsupportedError("CUDA shared memory is not supported by this server")
+                self._cuda_register(request, name, regions)
             return _json(cuda_status(name or "")) if action == "status" else HttpResponse(200, [], JSON)
         if action == "status":
             return _json([{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}
@@ -231,14 +231,48 @@ class HttpApi:
             if key not in body:
                 raise InvalidArgumentError(f"Shared memory register request has no '{key}' field")
         key, offset, byte_size = body["key"], body.get("offset", 0), body["byte_size"]
+        # (Triton's JSON library's words first, as it answers, then what the request needs)
         if not isinstance(key, str):
-            raise InvalidArgumentError("'key' of a shared memory register request must be a string")
+            raise InvalidArgumentError("attempt to access JSON non-string as string: 'key' of a shared memory "
+                                       "register request must be a string")
         for field_name, value in (("offset", offset), ("byte_size", byte_size)):
             if not is_whole_number(value):
-                raise InvalidArgumentError(
-                    f"'{field_name}' of a shared memory register request must be a non-negative integer")
+                raise InvalidArgumentError("attempt to access JSON non-unsigned-integer as unsigned-integer: "
+                                           f"'{field_name}' of a shared memory register request must be a "
+                                           "non-negative integer")
         regions.register(name, key, offset, byte_size)
         return HttpResponse(200, [], JSON)
+
+    @staticmethod
+    def _cuda_register(request: HttpRequest, name: str, regions: Any) -> None:
+        """The request is checked as Triton checks it (its order and words), then refused as a GPU-enabled
+        Triton refuses a handle it cannot open: this server opens no CUDA IPC handle."""
+        body = parse_json(request.body, "shared memory register request") if request.body else {}
+        if not isinstance(body, dict):
+            raise InvalidArgumentError("the shared memory register request must be a JSON object")
+        if "raw_handle" not in body:
+            raise InvalidArgumentError("Shared memory register request has no 'raw_handle' field")
+        # (a missing or mistyped member: Triton's JSON library's words first, then what the request needs)
+        raw = body["raw_handle"]
+        if not isinstance(raw, dict) or "b64" not in raw:
+            raise InvalidArgumentError("attempt to access non-existing object member 'b64': 'raw_handle' must be an "
+                                       "object whose 'b64' is the base64 of a cudaIpcMemHandle_t")
+        if not isinstance(raw["b64"], str):
+            raise InvalidArgumentError("attempt to access JSON non-string as string: 'raw_handle.b64' must be a string")
+        for field_name in ("byte_size", "device_id"):
+            if field_name not in body:
+                raise InvalidArgumentError(f"attempt to access non-existing object member '{field_name}': a CUDA "
+                                           "shared memory register request needs it")
+            if not is_whole_number(body[field_name]):
+                raise InvalidArgumentError("attempt to access JSON non-unsigned-integer as unsigned-integer: "
+                                           f"'{field_name}' must be a non-negative integer")
+        try:
+            handle = base64.b64decode(raw["b64"], validate=True)
+        except binascii.Error:
+            handle = b""
+        if len(handle) != CUDA_IPC_HANDLE_SIZE:
+            raise InvalidArgumentError("'raw_handle' must be a valid base64 encoded cudaIpcMemHandle_t")
+        cuda_register(regions, name)
 
     async def _repository(self, request: HttpRequest) -> HttpResponse:
         """The model repository extension: index, load, unload (POST only; load/unload answer an empty 200)."""
