@@ -258,8 +258,6 @@ class _Stub:
         self.handoff = handoff
         #: Shared-memory blocks (``core.shared_memory``) whose file descriptors this stub has been handed.
         self.blocks: set[int] = set()
-        #: ``shared_memory.forgotten()`` when ``blocks`` was last checked for mappings that are gone.
-        self.blocks_seen = 0
         #: When the execution in flight was sent, and a moving average of how long replies take (s).
         self.sent_at = 0.0
         self.reply_s = 0.0
@@ -615,14 +613,6 @@ class PythonInstanceState(ModelInstanceState):
             written = iter(metas)
             metas = [meta if meta is not None else next(written) for meta in placed]
         blocks = [(block.ident, block.size) for block in handed] if handed else None
-        gone = None
-        forgotten = shared_memory.forgotten()
-        if stub.blocks and stub.blocks_seen != forgotten:
-            # regions clients unregistered: the stub lets go of its mappings of them too
-            stub.blocks_seen = forgotten
-            gone = [i for i in stub.blocks if shared_memory.block(i) is None] or None
-            if gone:
-                stub.blocks.difference_update(gone)
         batch = []
         keys = []
         position = 0
@@ -645,7 +635,7 @@ class PythonInstanceState(ModelInstanceState):
             requested = request.requested_outputs or self._all_outputs
             batch.append((key, request.id, correlation_id, flags, params, requested, metas[position : position + count]))
             position += count
-        return ("exec", arena.ident, new, used, blocks, gone, batch), (arena, created, keys, handed)
+        return ("exec", arena.ident, new, used, blocks, batch), (arena, created, keys, handed)
 
     @staticmethod
     def _send(stub: _Stub, message: tuple, state: tuple) -> None:

@@ -18,7 +18,7 @@ import orjson
 from tritium.core.bytes_codec import deserialize_bytes_tensor, serialize_bytes_tensor
 from tritium.core.errors import InvalidArgumentError, request_error
 from tritium.core.inference import InferenceRequest, InferenceResponse
-from tritium.core.shm_regions import OutputPlace, SystemSharedMemory, tensor_view
+from tritium.core.shm_regions import OutputPlace, SystemSharedMemory, check_output, read_input
 from tritium.core.types import DataType, Tensor
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -221,7 +221,7 @@ def _as_bool(value: Any, key: str) -> bool:
 
 def _output_place(name: str, params: dict[str, Any], regions: SystemSharedMemory | None) -> OutputPlace:
     place = _shm_place(name, params, "output")
-    tensor_view(regions, place, "outputs")  # an unknown region or a bad range fails before inference
+    check_output(regions, place)  # an unknown region, a bad range or a shrunk file fails before inference
     return place
 
 
@@ -280,7 +280,7 @@ def _decode_input(item: Any, tail: memoryview, offset: int, model_name: str,
             + ("But set " + " ".join(f"'{f}'" for f in given) if given else "But no field is set")
         )
     if in_shm:
-        chunk = memoryview(tensor_view(regions, _shm_place(name, params, "input"), "inputs"))
+        chunk = memoryview(read_input(regions, _shm_place(name, params, "input")))
         try:
             array = _from_binary(chunk, datatype, shape, count, name, model_name)
         except InvalidArgumentError as e:  # Triton's core checks these sizes: its request-id prefix
