@@ -128,7 +128,8 @@ def _assert_serving(server: RunningServer) -> None:
 # -- keys: only regular files directly in /dev/shm ------------------------------------------------------
 
 
-def test_a_key_that_is_a_symlink_to_a_file_outside_is_refused(client, server, shm_names, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_key_that_is_a_symlink_to_a_file_outside_is_refused(  # type: ignore[no-untyped-def]
+        client, server, shm_names, tmp_path) -> None:
     marker = tmp_path / "marker"
     marker.write_bytes(b"secret outside /dev/shm\n" * 1000)
     before = marker.read_bytes()
@@ -155,7 +156,8 @@ def test_a_symlink_to_another_region_is_refused_too(client, regions, shm_names) 
 
 @pytest.mark.parametrize("key", ["/../etc/passwd", "/tritium_x/../../etc/passwd", "//etc/passwd", "/..", "/.",
                                  "/", "", "a/b", "/tritium_\x00x", "/" + "x" * 300])
-def test_keys_that_leave_dev_shm_or_are_not_names_are_refused(client, server, key) -> None:  # type: ignore[no-untyped-def]
+def test_keys_that_leave_dev_shm_or_are_not_names_are_refused(  # type: ignore[no-untyped-def]
+        client, server, key) -> None:
     with pytest.raises(InferenceServerException, match="Unable to open shared memory region") as e:
         client.register_system_shared_memory("bad", key, 64)
     assert e.value.status() == "500"  # Triton's code for a key shm_open refuses
@@ -190,7 +192,8 @@ def test_a_fifo_a_folder_or_a_device_is_refused(client, server, shm_names) -> No
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 @pytest.mark.parametrize("model", ["identity_onnx", "identity_py"])
-def test_an_input_region_truncated_after_registering_fails_that_request(server, regions, model, protocol) -> None:  # type: ignore[no-untyped-def]
+def test_an_input_region_truncated_after_registering_fails_that_request(  # type: ignore[no-untyped-def]
+        server, regions, model, protocol) -> None:
     module = httpclient if protocol == "http" else grpcclient
     client = (httpclient.InferenceServerClient(server.url, network_timeout=300) if protocol == "http"
               else grpcclient.InferenceServerClient(server.grpc_url))
@@ -216,7 +219,8 @@ def test_an_input_region_truncated_after_registering_fails_that_request(server, 
     _assert_serving(server)
 
 
-def test_an_output_region_truncated_before_the_request_fails_it(client, server, regions) -> None:  # type: ignore[no-untyped-def]
+def test_an_output_region_truncated_before_the_request_fails_it(  # type: ignore[no-untyped-def]
+        client, server, regions) -> None:
     key, _ = regions("trunc_out", 1 << 20)
     client.register_system_shared_memory("trunc_out", key, 1 << 20)
     os.truncate(_path(key), 0)
@@ -232,7 +236,8 @@ def test_an_output_region_truncated_before_the_request_fails_it(client, server, 
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_an_output_region_truncated_while_the_model_runs_fails_that_request(server, regions, protocol) -> None:  # type: ignore[no-untyped-def]
+def test_an_output_region_truncated_while_the_model_runs_fails_that_request(  # type: ignore[no-untyped-def]
+        server, regions, protocol) -> None:
     """The region was fine when the request came; the owner truncates it while the (slow) model runs: the
     answer is an error naming the region, the file is not written or grown, the model's process lives on."""
     module = httpclient if protocol == "http" else grpcclient

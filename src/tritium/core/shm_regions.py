@@ -206,11 +206,18 @@ class SystemSharedMemory:
             ) from None
 
 
-def read_input(regions: SystemSharedMemory | None, place: OutputPlace) -> np.ndarray:
-    """A copy of the bytes an input's shared-memory parameters name (checked as both frontends check them).
+def check_input(regions: SystemSharedMemory | None, place: OutputPlace) -> None:
+    """That an input's region and range exist (as both frontends check them), before its size is compared
+    with its shape: a mismatch must fail before anything is copied (the range may be the whole region).
     ``regions`` None: the caller serves no shared memory."""
     if regions is None:
         raise UnsupportedError("shared memory inputs are not supported here")
+    regions._find(place.region, place.offset, place.byte_size)
+
+
+def read_input(regions: SystemSharedMemory | None, place: OutputPlace) -> np.ndarray:
+    """A copy of the bytes an input's shared-memory parameters name (after :func:`check_input`)."""
+    assert regions is not None
     return regions.read(place.region, place.offset, place.byte_size)
 
 
