@@ -67,7 +67,7 @@ def open_region_file(key: str) -> int:
         raise InternalError(f"Unable to open shared memory region: '{key}'")
     try:
         fd = os.open(_shm_path(key), _OPEN_FLAGS)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a name the file system cannot encode
         raise InternalError(f"Unable to open shared memory region: '{key}'") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
