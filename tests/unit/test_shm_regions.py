@@ -1,0 +1,105 @@
+"""core.shm_regions without a server: how a key is opened, what a shrunk file does to reads and writes, and
+when a region's descriptor is closed."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import numpy as np
+import pytest
+
+from tritium.core import shared_memory
+from tritium.core.errors import InternalError, InvalidArgumentError, NotFoundError
+from tritium.core.shm_regions import OutputPlace, SystemSharedMemory, open_region_file
+
+
+@pytest.fixture()
+def shm_file():  # type: ignore[no-untyped-def]
+    """A file in /dev/shm of ``size`` bytes (its key and path); removed after the test."""
+    made: list[str] = []
+
+    def make(tag: str, size: int, data: bytes = b"") -> tuple[str, str]:
+        path = f"/dev/shm/tritium_unit_{os.getpid()}_{tag}"
+        with open(path, "wb") as f:
+            f.truncate(size)
+            f.write(data)
+        made.append(path)
+        return "/" + os.path.basename(path), path
+
+    yield make
+    for path in made:
+        if os.path.lexists(path):
+            os.unlink(path)
+
+
+def _open_fds() -> set[str]:
+    return {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")}
+
+
+def test_only_regular_files_directly_in_dev_shm_are_opened(shm_file, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    key, path = shm_file("plain", 64)
+    os.close(open_region_file(key))
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"x" * 64)
+    link_key, link = shm_file("link", 0)
+    os.unlink(link)
+    os.symlink(outside, link)
+    fifo_key, fifo = shm_file("fifo", 0)
+    os.unlink(fifo)
+    os.mkfifo(fifo)
+    for bad in (link_key, fifo_key, "/../etc/passwd", "a/b", "/..", "", "/x\0y"):
+        with pytest.raises(InternalError, match="Unable to open shared memory region"):
+            open_region_file(bad)
+    with pytest.raises(InternalError, match="not a regular file"):
+        open_region_file(fifo_key)
+
+
+def test_reads_are_copies_and_a_shrunk_file_fails_the_read(shm_file) -> None:  # type: ignore[no-untyped-def]
+    payload = np.arange(1 << 16, dtype=np.uint8).tobytes() * 2  # 128 KiB: read into a pooled block
+    key, path = shm_file("read", len(payload), payload)
+    regions = SystemSharedMemory()
+    regions.register("r", key, 0, len(payload))
+    data = regions.read("r", 0, len(payload))
+    assert data.tobytes() == payload
+    assert shared_memory.locate(data) is not None  # a Python model's stub reads it where it lies
+    small = regions.read("r", 16, 32)
+    assert small.tobytes() == payload[16:48] and shared_memory.locate(small) is None
+    os.truncate(path, 100)
+    with pytest.raises(InvalidArgumentError, match="region 'r' is smaller than it was registered: .* holds 100 bytes"):
+        regions.read("r", 64, 64)
+    assert regions.read("r", 0, 100).tobytes() == payload[:100]  # what is still there is readable
+    assert data.tobytes() == payload  # the copy is the server's: the file shrinking does not touch it
+
+
+def test_writes_check_the_file_first_and_never_grow_it(shm_file) -> None:  # type: ignore[no-untyped-def]
+    key, path = shm_file("write", 8192)
+    regions = SystemSharedMemory()
+    regions.register("w", key, 4096, 4096)
+    regions.write_output("OUT", np.full(16, 7, np.float32), OutputPlace("w", 64, 64))
+    with open(path, "rb") as f:
+        assert np.frombuffer(f.read()[4096 + 64 : 4096 + 128], np.float32).tolist() == [7.0] * 16
+    with pytest.raises(InternalError, match="should be at least 128 bytes"):
+        regions.write_output("OUT", np.zeros(32, np.float32), OutputPlace("w", 0, 64))
+    os.truncate(path, 4096)
+    with pytest.raises(InvalidArgumentError, match="region 'w' is smaller than it was registered"):
+        regions.check("w", 0, 64)
+    with pytest.raises(InvalidArgumentError, match="region 'w' is smaller than it was registered"):
+        regions.write_output("OUT", np.zeros(16, np.float32), OutputPlace("w", 0, 64))
+    assert os.path.getsize(path) == 4096
+
+
+def test_the_descriptor_lives_while_a_request_holds_the_region(shm_file) -> None:  # type: ignore[no-untyped-def]
+    key, path = shm_file("fd", 4096)
+    regions = SystemSharedMemory()
+    regions.register("f", key, 0, 4096)
+    assert path in _open_fds()
+    (held,) = regions.status("f")  # as a request between looking the region up and reading it
+    regions.unregister("f")
+    assert path in _open_fds()
+    with pytest.raises(NotFoundError):
+        regions.read("f", 0, 16)
+    del held
+    gc.collect()
+    assert path not in _open_fds()
