@@ -80,6 +80,11 @@ def test_writes_check_the_file_first_and_never_grow_it(shm_file) -> None:  # typ
     regions.write_output("OUT", np.full(16, 7, np.float32), OutputPlace("w", 64, 64))
     with open(path, "rb") as f:
         assert np.frombuffer(f.read()[4096 + 64 : 4096 + 128], np.float32).tolist() == [7.0] * 16
+    import ml_dtypes  # an array of a dtype without a buffer format of its own is written as its bytes
+
+    regions.write_output("OUT", np.full(4, 1.5, ml_dtypes.bfloat16), OutputPlace("w", 0, 64))
+    with open(path, "rb") as f:
+        assert np.frombuffer(f.read()[4096 : 4096 + 8], ml_dtypes.bfloat16).tolist() == [1.5] * 4
     with pytest.raises(InternalError, match="should be at least 128 bytes"):
         regions.write_output("OUT", np.zeros(32, np.float32), OutputPlace("w", 0, 64))
     os.truncate(path, 4096)

@@ -187,7 +187,10 @@ class SystemSharedMemory:
         """An output's bytes into the place its request named for it.  The file's size is checked first: a
         write past its end would grow the owner's file (never a crash, but the request must fail)."""
         region = self._find(place.region, place.offset, place.byte_size)
-        view = memoryview(data if not isinstance(data, np.ndarray) else np.ascontiguousarray(data)).cast("B")
+        if isinstance(data, np.ndarray):  # as bytes (a dtype such as bfloat16 has no buffer format of its own)
+            view = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+        else:
+            view = memoryview(data).cast("B")
         nbytes = view.nbytes
         if nbytes > place.byte_size:
             raise InternalError(
