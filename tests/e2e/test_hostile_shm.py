@@ -187,6 +187,23 @@ def test_a_fifo_a_folder_or_a_device_is_refused(client, server, shm_names) -> No
     _assert_serving(server)
 
 
+def test_the_python_backends_own_shared_memory_cannot_be_registered(client, server) -> None:  # type: ignore[no-untyped-def]
+    """The Python backend's arenas (other clients' tensors) live in /dev/shm under a known prefix for a moment;
+    a client that lists /dev/shm and registers one would read and write them: such names are refused."""
+    path = f"/dev/shm/tritium_python_{os.getpid()}_0123456789ab"
+    with open(path, "wb") as f:
+        f.truncate(1 << 16)
+    try:
+        for register in (client.register_system_shared_memory,
+                         grpcclient.InferenceServerClient(server.grpc_url).register_system_shared_memory):
+            with pytest.raises(InferenceServerException, match="reserved for the server's own shared memory"):
+                register("arena", "/" + os.path.basename(path), 1 << 16)
+    finally:
+        os.unlink(path)
+    assert client.get_system_shared_memory_status() == []
+    _assert_serving(server)
+
+
 # -- regions shrunk under their users ---------------------------------------------------------------------
 
 

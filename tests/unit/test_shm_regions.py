@@ -108,3 +108,30 @@ def test_the_descriptor_lives_while_a_request_holds_the_region(shm_file) -> None
     del held
     gc.collect()
     assert path not in _open_fds()
+
+
+def test_the_python_backends_arena_names_are_refused(shm_file) -> None:  # type: ignore[no-untyped-def]
+    """Clients can list /dev/shm: a file named like the Python backend's arenas (the default prefix, or the one
+    ``shm-region-prefix-name`` sets) is never registered as a client's region."""
+    from tritium.backends.python.backend import Settings
+
+    Settings({})  # the default prefix, as the backend starts with
+    Settings({"shm-region-prefix-name": f"custom_{os.getpid()}_"})
+    custom = f"/dev/shm/custom_{os.getpid()}_1234_abcdef"
+    with open(custom, "wb") as f:
+        f.truncate(4096)
+    try:
+        arena_key, _ = shm_file("x", 4096)  # an ordinary name still works
+        os.close(open_region_file(arena_key))
+        for key in ("/" + os.path.basename(custom), f"/tritium_python_{os.getpid()}_0123456789ab"):
+            if key.startswith("/tritium_python_"):
+                with open("/dev/shm" + key, "wb") as f:
+                    f.truncate(4096)
+            try:
+                with pytest.raises(InternalError, match="reserved for the server's own shared memory"):
+                    SystemSharedMemory().register("arena", key, 0, 4096)
+            finally:
+                if key.startswith("/tritium_python_"):
+                    os.unlink("/dev/shm" + key)
+    finally:
+        os.unlink(custom)

@@ -41,6 +41,16 @@ from .errors import (
 SHM_DIR = "/dev/shm"
 #: ``shm_open``'s flags (glibc adds O_NOFOLLOW and O_CLOEXEC); O_NONBLOCK: opening a fifo must not wait.
 _OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+#: Name prefixes of the files in /dev/shm that the server and its model processes use themselves (the Python
+#: backend's arenas): a client that reads their names in /dev/shm must not register them and so read or
+#: write other clients' tensors (Triton's CVE-2025-23319/23320/23334 class).
+_reserved_prefixes: set[str] = set()
+
+
+def reserve_prefix(prefix: str) -> None:
+    """Refuse keys that start with ``prefix`` from now on: a backend names its own shared memory so."""
+    if prefix:
+        _reserved_prefixes.add(prefix)
 
 
 @dataclass(eq=False)
@@ -65,6 +75,9 @@ def open_region_file(key: str) -> int:
     name = key.lstrip("/")
     if not name or "/" in name or "\0" in name or name in (".", ".."):
         raise InternalError(f"Unable to open shared memory region: '{key}'")
+    if any(name.startswith(prefix) for prefix in _reserved_prefixes):
+        raise InternalError(
+            f"Unable to open shared memory region: '{key}': the name is reserved for the server's own shared memory")
     try:
         fd = os.open(_shm_path(key), _OPEN_FLAGS)
     except (OSError, ValueError):  # ValueError: a name the file system cannot encode

@@ -35,7 +35,7 @@ from google.protobuf import json_format
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.config.parse import config_to_dict
-from tritium.core import shared_memory
+from tritium.core import shared_memory, shm_regions
 from tritium.core.custom_metrics import CustomMetrics
 from tritium.core.errors import (
     InternalError,
@@ -108,7 +108,9 @@ class Settings:
         self.shm_default = whole("shm-default-byte-size", _MIB, "bytes")
         self.shm_growth = whole("shm-growth-byte-size", _MIB, "bytes")
         self.stub_timeout = float(whole("stub-timeout-seconds", 30, "seconds"))
-        self.shm_prefix = config.get("shm-region-prefix-name", "tritium_python_").replace("/", "_")
+        self.shm_prefix = config.get("shm-region-prefix-name", "").replace("/", "_") or "tritium_python_"
+        # clients may see the arenas' names in /dev/shm: they must not register them as their regions
+        shm_regions.reserve_prefix(self.shm_prefix)
 
 
 class PythonBackend(Backend):
