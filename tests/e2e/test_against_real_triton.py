@@ -1237,6 +1237,29 @@ def unregistered(call: Callable[[], Any]) -> Any:
         time.sleep(0.05)
 
 
+def case_system_shared_memory_keys_that_are_not_regular_files(s: Servers) -> Any:
+    """shm_open follows no symbolic link (to a file outside /dev/shm or to another region) and takes one
+    name, no path: registering such keys is refused alike."""
+    base = f"/dev/shm/tritium_diff_{os.getpid()}"
+    target = shm.create_shared_memory_region("target", f"/tritium_diff_{os.getpid()}_target", 4096)
+    with tempfile.TemporaryDirectory() as folder:
+        marker = os.path.join(folder, "marker")
+        with open(marker, "wb") as f:
+            f.write(b"x" * 4096)
+        os.symlink(marker, base + "_link_out")
+        os.symlink(f"/dev/shm/tritium_diff_{os.getpid()}_target", base + "_link_in")
+        try:
+            keys = [base[len("/dev/shm"):] + "_link_out", base[len("/dev/shm"):] + "_link_in",
+                    "/../etc/passwd", "tritium_x/../etc/passwd", "/.."]
+            steps = [outcome(lambda key=key: s.http.register_system_shared_memory("k", key, 64)) for key in keys]
+            return steps + [outcome(lambda: s.http.get_system_shared_memory_status())]
+        finally:
+            unregistered(s.http.unregister_system_shared_memory)
+            for link in ("_link_out", "_link_in"):
+                os.unlink(base + link)
+            shm.destroy_shared_memory_region(target)
+
+
 def case_system_shared_memory_http(s: Servers) -> Any:
     """Register, status, inference with inputs and an output in shared memory, the errors, unregister."""
     key_in, key_out = f"/tritium_diff_{os.getpid()}_in", f"/tritium_diff_{os.getpid()}_out"

@@ -37,21 +37,21 @@ _AVAILABLE = hasattr(os, "memfd_create")
 
 
 class Block:
-    """One shared-memory file, mapped here: an anonymous one of the pool, or a region a client registered
-    (:func:`adopt`)."""
+    """One anonymous shared-memory file of the pool, mapped here.  Only the server holds it (and the model
+    processes it hands it to), so no one else can shrink it under a mapping.  Client regions are never
+    blocks: they are copied in and out (``core.shm_regions``)."""
 
     __slots__ = ("ident", "fd", "size", "mm", "address", "holder", "resident", "__weakref__")
 
-    def __init__(self, ident: int, size: int, fd: int = -1, mm: mmap.mmap | None = None) -> None:
+    def __init__(self, ident: int, size: int) -> None:
         self.ident = ident
-        if mm is None:
-            fd = os.memfd_create(f"tritium-body-{ident}", os.MFD_CLOEXEC)
-            try:
-                os.ftruncate(fd, size)
-                mm = mmap.mmap(fd, size)
-            except OSError:
-                os.close(fd)
-                raise
+        fd = os.memfd_create(f"tritium-body-{ident}", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            mm = mmap.mmap(fd, size)
+        except OSError:
+            os.close(fd)
+            raise
         self.fd = fd
         self.mm = mm
         self.size = size
@@ -81,9 +81,7 @@ class _Pool:
         self.by_ident: dict[int, Block] = {}
         self.total = 0
         self.idents = itertools.count()
-        self.count = 0  # pooled blocks (adopted ones are not counted)
-        #: How many adopted mappings were forgotten: model processes that were handed them let go too.
-        self.forgotten = 0
+        self.count = 0
         #: Bytes of free blocks whose pages still hold memory.
         self.free_resident = 0
 
@@ -112,28 +110,6 @@ class _Pool:
         self.starts.insert(index, block.address)
         self.by_address.insert(index, block)
 
-    def adopt(self, fd: int, mm: mmap.mmap) -> np.ndarray:
-        base = np.frombuffer(mm, np.uint8)
-        with self.lock:
-            block = Block(next(self.idents), len(mm), fd, mm)
-            block.holder = weakref.ref(base, functools.partial(self._forget, block))
-            block.resident = True
-            self._index(block)
-        return base
-
-    def _forget(self, block: Block, _: object) -> None:
-        """An adopted mapping's last view is gone: no longer locatable; its descriptor is closed."""
-        try:
-            with self.lock:
-                index = self.by_address.index(block)
-                del self.by_address[index]
-                del self.starts[index]
-                self.by_ident.pop(block.ident, None)
-                self.forgotten += 1
-            os.close(block.fd)
-        except Exception:  # pragma: no cover - at interpreter exit; never raise out of a weakref callback
-            pass
-
     def _use(self, block: Block, nbytes: int) -> np.ndarray:
         array = np.frombuffer(block.mm, np.uint8, nbytes)
         block.holder = weakref.ref(array, functools.partial(self._released, block))
@@ -159,7 +135,7 @@ class _Pool:
         if not starts or not array.flags.c_contiguous or array.dtype.kind == "O":
             return None
         address = array.__array_interface__["data"][0]
-        with self.lock:  # adopted mappings leave the index when they are gone
+        with self.lock:
             index = bisect.bisect(starts, address) - 1
             if index < 0:
                 return None
@@ -181,21 +157,9 @@ def take(nbytes: int) -> np.ndarray | None:
     return _pool.take(nbytes)
 
 
-def adopt(fd: int, mm: mmap.mmap) -> np.ndarray:
-    """Make a mapping made elsewhere in the server (a region a client registered) locatable, so that a model
-    process is handed ``fd`` and reads tensors there too.  Returns the array that views of the mapping must
-    derive from; when it and they are gone, the mapping is forgotten and ``fd`` closed (this owns it now)."""
-    return _pool.adopt(fd, mm)
-
-
 def locate(array: np.ndarray) -> tuple[Block, int] | None:
     """The block ``array``'s data lies in and its offset there, or None (ordinary memory, or not contiguous)."""
     return _pool.locate(array)
-
-
-def forgotten() -> int:
-    """A count that changes when adopted mappings are forgotten (their blocks no longer exist)."""
-    return _pool.forgotten
 
 
 def block(ident: int) -> Block | None:
@@ -213,6 +177,6 @@ def free_resident_bytes() -> int:
 
 
 def any_blocks() -> bool:
-    """Whether any shared memory is known (pooled bodies, adopted regions): :func:`locate` is skipped until then."""
+    """Whether any block exists yet: :func:`locate` is skipped until then."""
     return bool(_pool.starts)
 

@@ -3,16 +3,27 @@ that request inputs are read from them and outputs written into them instead of 
 
 A client creates ``/dev/shm/<key>`` (``shm_open``), registers ``(name, key, offset, byte_size)``, and then
 names the region, an offset in it and a byte size in a tensor's parameters (``shared_memory_region``,
-``shared_memory_offset``, ``shared_memory_byte_size``).  Inputs become numpy views of the mapping (no copy);
-outputs are copied in once the model answers.  Errors use Triton's words and codes (the frontends map them).
+``shared_memory_offset``, ``shared_memory_byte_size``).  Errors use Triton's words and codes (the frontends
+map them).
+
+A region's file belongs to a client, who may shrink it at any time; a mapping touched past the file's end
+raises SIGBUS, which kills the whole process (the server, or a model's process).  So client regions are never
+mapped, here or in model processes: the file is opened as ``shm_open`` opens it (a regular file directly in
+``/dev/shm``, no symbolic link followed) and kept open while registered; inputs are copied out of it with
+``preadv`` (into a pooled shared-memory block for big ones, ``core.shared_memory``, which a Python-backend
+stub maps without another copy), and outputs copied in with ``pwrite``.  A file shrunk under a request makes
+the read come back short, or the size check before a write fail: that request gets an error naming the
+region, and nothing else is touched.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import stat
 import threading
-from dataclasses import dataclass, field
+import weakref
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,6 +37,21 @@ from .errors import (
     UnsupportedError,
 )
 
+#: Where ``shm_open`` keeps its files on Linux: the only folder a key can name a file in.
+SHM_DIR = "/dev/shm"
+#: ``shm_open``'s flags (glibc adds O_NOFOLLOW and O_CLOEXEC); O_NONBLOCK: opening a fifo must not wait.
+_OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+#: Name prefixes of the files in /dev/shm that the server and its model processes use themselves (the Python
+#: backend's arenas): a client that reads their names in /dev/shm must not register them and so read or
+#: write other clients' tensors (Triton's CVE-2025-23319/23320/23334 class).
+_reserved_prefixes: set[str] = set()
+
+
+def reserve_prefix(prefix: str) -> None:
+    """Refuse keys that start with ``prefix`` from now on: a backend names its own shared memory so."""
+    if prefix:
+        _reserved_prefixes.add(prefix)
+
 
 @dataclass(eq=False)
 class Region:
@@ -33,15 +59,36 @@ class Region:
     key: str
     offset: int
     byte_size: int
-    #: The region's bytes, ``[offset, offset + byte_size)`` of the file, mapped here.
-    data: np.ndarray = field(repr=False)
-    #: The file, open while the region is registered (the mapping's owner closes it after).
+    #: The file, open while the region is registered or a request still holds this object (closed after).
     fd: int = -1
 
 
 def _shm_path(key: str) -> str:
     """Where ``shm_open(key)`` puts the file on Linux."""
-    return os.path.join("/dev/shm", key.lstrip("/"))
+    return os.path.join(SHM_DIR, key.lstrip("/"))
+
+
+def open_region_file(key: str) -> int:
+    """The file descriptor of ``key`` opened as ``shm_open(key, O_RDWR)`` opens it: one name directly in
+    ``/dev/shm`` (no other ``/``, not ``.`` or ``..``, no NUL), no symbolic link followed, and only a regular
+    file (not a fifo, a device or a folder).  Anything else fails with Triton's words, naming the key."""
+    name = key.lstrip("/")
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
+        raise InternalError(f"Unable to open shared memory region: '{key}'")
+    if any(name.startswith(prefix) for prefix in _reserved_prefixes):
+        raise InternalError(
+            f"Unable to open shared memory region: '{key}': the name is reserved for the server's own shared memory")
+    try:
+        fd = os.open(_shm_path(key), _OPEN_FLAGS)
+    except (OSError, ValueError):  # ValueError: a name the file system cannot encode
+        raise InternalError(f"Unable to open shared memory region: '{key}'") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InternalError(f"Unable to open shared memory region: '{key}': not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class SystemSharedMemory:
@@ -68,39 +115,31 @@ class SystemSharedMemory:
                 raise AlreadyExistsError(f"shared memory region '{name}' already in manager")
             if any(r.key == key for r in self._regions.values()):  # Triton maps a key once
                 raise InternalError(f"Invalid shared memory region: '{key}'")
-        if "/" in key.lstrip("/") or key.strip("/") in ("", ".", ".."):
-            raise InternalError(f"Unable to open shared memory region: '{key}'")
-        try:
-            fd = os.open(_shm_path(key), os.O_RDWR)
-        except OSError:
-            raise InternalError(f"Unable to open shared memory region: '{key}'") from None
+        fd = open_region_file(key)
         try:
             end = offset + byte_size
             if offset < 0 or byte_size < 0 or os.fstat(fd).st_size < end:
                 raise InvalidArgumentError(f"failed to register shared memory region '{name}': invalid args")
             if offset % mmap.ALLOCATIONGRANULARITY or byte_size == 0:
                 # Triton maps from the offset, which must be page-aligned, and at least a byte (its words, mmap's
-                # errno)
+                # errno); tritium never maps a client's region, but refuses what Triton refuses
                 raise InvalidArgumentError(f"failed to register shared memory region '{name}': unable to process "
                                            "address spaceInvalid argument")
-            mm = mmap.mmap(fd, end)
-        except InvalidArgumentError:
+        except BaseException:
             os.close(fd)
             raise
-        except (OSError, ValueError):
-            os.close(fd)
-            raise InternalError(f"Invalid shared memory region: '{key}'") from None
-        # locatable by backends that run models in other processes (they are handed ``fd``), which read
-        # inputs there too; the mapping and ``fd`` go once the region is unregistered and no view is left
-        data = shared_memory.adopt(fd, mm)[offset:end]
+        region = Region(name, key, offset, byte_size, fd)
+        # closed once unregistered and no request holds the region any more (a request may be between
+        # looking it up and reading or writing: the descriptor must not be closed, or reused, under it)
+        weakref.finalize(region, os.close, fd)
         with self._lock:
             if name in self._regions:
                 raise AlreadyExistsError(f"shared memory region '{name}' already in manager")
-            self._regions[name] = Region(name, key, offset, byte_size, data, fd)
+            self._regions[name] = region
 
     def unregister(self, name: str = "") -> None:
         """One region, or all of them when ``name`` is empty; an unknown name is not an error (as Triton).
-        Requests in flight keep the mapping alive through their views of it."""
+        Requests in flight keep the file open through the region they hold."""
         with self._lock:
             if name:
                 self._regions.pop(name, None)
@@ -116,8 +155,7 @@ class SystemSharedMemory:
             raise NotFoundError(f"Unable to find system shared memory region: '{name}'")
         return [region]
 
-    def view(self, name: str, offset: int, byte_size: int) -> np.ndarray:
-        """``byte_size`` bytes at ``offset`` of region ``name``, as a ``uint8`` view (no copy)."""
+    def _find(self, name: str, offset: int, byte_size: int) -> Region:
         region = self._regions.get(name)
         if region is None:
             raise NotFoundError(f"Unable to find shared memory region: '{name}'")
@@ -125,36 +163,92 @@ class SystemSharedMemory:
             raise InvalidArgumentError(f"Invalid offset for shared memory region: '{name}'")
         if byte_size <= 0 or offset + byte_size > region.byte_size:
             raise InvalidArgumentError(f"Invalid offset + byte size for shared memory region: '{name}'")
+        return region
+
+    @staticmethod
+    def _shrunk(region: Region) -> InvalidArgumentError:
         try:
             size = os.fstat(region.fd).st_size
         except OSError:
-            size = -1
-        if size < region.offset + offset + byte_size:
-            # the client shrank the file after registering it: touching the mapping past its end would
-            # kill the server (SIGBUS); this catches it unless the file shrinks between here and the read
-            raise InvalidArgumentError(
-                f"shared memory region '{name}' is smaller than it was registered: its file '{region.key}' "
-                f"holds {max(size, 0)} bytes")
-        return region.data[offset : offset + byte_size]
+            size = 0
+        return InvalidArgumentError(
+            f"shared memory region '{region.name}' is smaller than it was registered: its file '{region.key}' "
+            f"holds {size} bytes, the region ends at byte {region.offset + region.byte_size}")
+
+    def check(self, name: str, offset: int, byte_size: int) -> None:
+        """That ``byte_size`` bytes at ``offset`` of region ``name`` exist now (an output's place, before
+        inference): an unknown region, a bad range or a file shrunk since it was registered fails here."""
+        region = self._find(name, offset, byte_size)
+        if os.fstat(region.fd).st_size < region.offset + offset + byte_size:
+            raise self._shrunk(region)
+
+    def read(self, name: str, offset: int, byte_size: int) -> np.ndarray:
+        """A copy of ``byte_size`` bytes at ``offset`` of region ``name``, as a ``uint8`` array: in a pooled
+        shared-memory block when big enough (model processes read it there), else in private memory.  The
+        file ending before them (shrunk by its owner) fails this request only."""
+        region = self._find(name, offset, byte_size)
+        data = shared_memory.take(byte_size)
+        if data is None:
+            data = np.empty(byte_size, np.uint8)
+        view = memoryview(data)
+        position = region.offset + offset
+        done = 0
+        try:
+            while done < byte_size:
+                got = os.preadv(region.fd, [view[done:]], position + done)
+                if got == 0:  # the end of the file: it was shrunk
+                    raise self._shrunk(region)
+                done += got
+        except OSError as e:
+            raise InternalError(f"failed to read shared memory region '{name}': {e.strerror}") from None
+        return data
 
     def write_output(self, output: str, data: bytes | memoryview | np.ndarray, place: OutputPlace) -> None:
-        """An output's bytes into the place its request named for it."""
-        target = self.view(place.region, place.offset, place.byte_size)
-        raw = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
-        if raw.nbytes > place.byte_size:
+        """An output's bytes into the place its request named for it.  The file's size is checked first: a
+        write past its end would grow the owner's file (never a crash, but the request must fail)."""
+        region = self._find(place.region, place.offset, place.byte_size)
+        if isinstance(data, np.ndarray):  # as bytes (a dtype such as bfloat16 has no buffer format of its own)
+            view = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+        else:
+            view = memoryview(data).cast("B")
+        nbytes = view.nbytes
+        if nbytes > place.byte_size:
             raise InternalError(
-                f"shared memory size specified with the request for output '{output}' ({place.byte_size} bytes) "
-                f"should be at least {raw.nbytes} bytes to hold the results")
-        target[: raw.nbytes] = raw
+                f"shared memory size specified with the request for output '{output}' ({place.byte_size} "
+                f"bytes) should be at least {nbytes} bytes to hold the results")
+        try:
+            position = region.offset + place.offset
+            if os.fstat(region.fd).st_size < position + place.byte_size:
+                raise self._shrunk(region)
+            done = 0
+            while done < nbytes:
+                done += os.pwrite(region.fd, view[done:], position + done)
+        except OSError as e:
+            raise InternalError(
+                f"failed to write output '{output}' into shared memory region '{place.region}': {e.strerror}"
+            ) from None
 
 
-def tensor_view(regions: SystemSharedMemory | None, place: OutputPlace, what: str) -> np.ndarray:
-    """The bytes a tensor's shared-memory parameters name (``what``: "inputs" or "outputs"), checked as both
-    frontends check them: an unknown region or a bad range fails here, before inference.  ``regions`` None:
-    the caller serves no shared memory."""
+def check_input(regions: SystemSharedMemory | None, place: OutputPlace) -> None:
+    """That an input's region and range exist (as both frontends check them), before its size is compared
+    with its shape: a mismatch must fail before anything is copied (the range may be the whole region).
+    ``regions`` None: the caller serves no shared memory."""
     if regions is None:
-        raise UnsupportedError(f"shared memory {what} are not supported here")
-    return regions.view(place.region, place.offset, place.byte_size)
+        raise UnsupportedError("shared memory inputs are not supported here")
+    regions._find(place.region, place.offset, place.byte_size)
+
+
+def read_input(regions: SystemSharedMemory | None, place: OutputPlace) -> np.ndarray:
+    """A copy of the bytes an input's shared-memory parameters name (after :func:`check_input`)."""
+    assert regions is not None
+    return regions.read(place.region, place.offset, place.byte_size)
+
+
+def check_output(regions: SystemSharedMemory | None, place: OutputPlace) -> None:
+    """That an output's place exists: an unknown region or a bad range fails before inference."""
+    if regions is None:
+        raise UnsupportedError("shared memory outputs are not supported here")
+    regions.check(place.region, place.offset, place.byte_size)
 
 
 def cuda_status(name: str = "") -> list[Region]:

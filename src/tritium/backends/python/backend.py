@@ -35,7 +35,7 @@ from google.protobuf import json_format
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.config.parse import config_to_dict
-from tritium.core import shared_memory
+from tritium.core import shared_memory, shm_regions
 from tritium.core.custom_metrics import CustomMetrics
 from tritium.core.errors import (
     InternalError,
@@ -109,7 +109,9 @@ class Settings:
         self.shm_default = whole("shm-default-byte-size", _MIB, "bytes")
         self.shm_growth = whole("shm-growth-byte-size", _MIB, "bytes")
         self.stub_timeout = float(whole("stub-timeout-seconds", 30, "seconds"))
-        self.shm_prefix = config.get("shm-region-prefix-name", "tritium_python_").replace("/", "_")
+        self.shm_prefix = config.get("shm-region-prefix-name", "").replace("/", "_") or "tritium_python_"
+        # clients may see the arenas' names in /dev/shm: they must not register them as their regions
+        shm_regions.reserve_prefix(self.shm_prefix)
 
 
 class PythonBackend(Backend):
@@ -259,8 +261,6 @@ class _Stub:
         self.handoff = handoff
         #: Shared-memory blocks (``core.shared_memory``) whose file descriptors this stub has been handed.
         self.blocks: set[int] = set()
-        #: ``shared_memory.forgotten()`` when ``blocks`` was last checked for mappings that are gone.
-        self.blocks_seen = 0
         #: When the execution in flight was sent, and a moving average of how long replies take (s).
         self.sent_at = 0.0
         self.reply_s = 0.0
@@ -618,14 +618,6 @@ class PythonInstanceState(ModelInstanceState):
             written = iter(metas)
             metas = [meta if meta is not None else next(written) for meta in placed]
         blocks = [(block.ident, block.size) for block in handed] if handed else None
-        gone = None
-        forgotten = shared_memory.forgotten()
-        if stub.blocks and stub.blocks_seen != forgotten:
-            # regions clients unregistered: the stub lets go of its mappings of them too
-            stub.blocks_seen = forgotten
-            gone = [i for i in stub.blocks if shared_memory.block(i) is None] or None
-            if gone:
-                stub.blocks.difference_update(gone)
         batch = []
         keys = []
         position = 0
@@ -655,7 +647,7 @@ class PythonInstanceState(ModelInstanceState):
             requested = request.requested_outputs or self._all_outputs
             batch.append((key, request.id, correlation_id, flags, params, requested, metas[position : position + count]))
             position += count
-        return ("exec", arena.ident, new, used, blocks, gone, batch), (arena, created, keys, handed)
+        return ("exec", arena.ident, new, used, blocks, batch), (arena, created, keys, handed)
 
     @staticmethod
     def _send(stub: _Stub, message: tuple, state: tuple) -> None:

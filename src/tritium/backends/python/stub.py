@@ -302,13 +302,10 @@ class Stub:
                 os.close(fd)
 
     def execute(self, ident: int, new_arena: tuple[str, int] | None, used: int, blocks: list[tuple[int, int]] | None,
-                gone: list[int] | None, batch: list[tuple]) -> tuple:
+                batch: list[tuple]) -> tuple:
         """Run one batch whose inputs lie in arena ``ident`` (its first ``used`` bytes) or in the server's
         shared blocks; the rest of that arena is free for this batch's outputs."""
         arena = self._attach(ident, *new_arena) if new_arena is not None else self.arenas[ident]
-        if gone:  # regions the server forgot (unregistered by their clients): their mappings go with the views
-            for block in gone:
-                self.blocks.pop(block, None)
         if blocks:
             self._map_blocks(blocks)
         self.in_arena = arena

@@ -13,9 +13,10 @@ a new ``bytes`` object):
 Typed ``InferTensorContents`` are decoded too (the slow path); answers are always raw, as Triton's.
 
 Tensors may also live in the client's system shared-memory regions (``shared_memory_region``,
-``shared_memory_byte_size``, ``shared_memory_offset`` parameters): such an input is a view of the
-region and takes no ``raw_input_contents`` entry (the entries go, in order, to the other inputs);
-such an output is written into its region and answered with an empty ``raw_output_contents`` entry.
+``shared_memory_byte_size``, ``shared_memory_offset`` parameters): such an input is copied out of the
+region (``core.shm_regions``: never mapped) and takes no ``raw_input_contents`` entry (the entries go, in
+order, to the other inputs); such an output is written into its region and answered with an empty
+``raw_output_contents`` entry.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tritium._proto import grpc_service_pb2 as pb
 from tritium.core.bytes_codec import deserialize_bytes_tensor, serialize_bytes_tensor
 from tritium.core.errors import InvalidArgumentError, request_error
 from tritium.core.inference import InferenceRequest, InferenceResponse
-from tritium.core.shm_regions import OutputPlace, SystemSharedMemory, tensor_view
+from tritium.core.shm_regions import OutputPlace, SystemSharedMemory, check_input, check_output, read_input
 from tritium.core.types import DataType, Tensor
 
 #: Most dimensions a tensor may have (numpy's own limit is 64), as the HTTP frontend.
@@ -266,8 +267,12 @@ def _decode_input(
                 f"unexpected 'content' provided when using shared memory for input tensor '{name}' for model "
                 f"'{model_name}'"
             )
-        data = memoryview(tensor_view(regions, place, "inputs"))
+        check_input(regions, place)
         try:
+            if datatype is not DataType.BYTES and place.byte_size != count * datatype.itemsize:
+                # before copying: the range may be the whole region
+                raise _size_mismatch(name, model_name, count * datatype.itemsize, place.byte_size)
+            data = memoryview(read_input(regions, place))
             return Tensor(name, datatype, _from_raw(data, datatype, shape, count, name, model_name))
         except InvalidArgumentError as e:  # Triton's core checks these sizes: its request-id prefix
             raise request_error(request_id, e.message) from None
@@ -392,7 +397,7 @@ def _output_place(place: OutputPlace, classification: bool, regions: SystemShare
     """Check a requested output's region before inference, so a bad one costs no model run (as Triton)."""
     if classification:
         raise InvalidArgumentError("output can't set both 'shared_memory_region' and 'classification'")
-    tensor_view(regions, place, "outputs")
+    check_output(regions, place)
     return place
 
 

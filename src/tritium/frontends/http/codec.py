@@ -18,7 +18,7 @@ import orjson
 from tritium.core.bytes_codec import deserialize_bytes_tensor, serialize_bytes_tensor
 from tritium.core.errors import InvalidArgumentError, request_error
 from tritium.core.inference import InferenceRequest, InferenceResponse
-from tritium.core.shm_regions import OutputPlace, SystemSharedMemory, tensor_view
+from tritium.core.shm_regions import OutputPlace, SystemSharedMemory, check_input, check_output, read_input
 from tritium.core.types import DataType, Tensor
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -221,7 +221,7 @@ def _as_bool(value: Any, key: str) -> bool:
 
 def _output_place(name: str, params: dict[str, Any], regions: SystemSharedMemory | None) -> OutputPlace:
     place = _shm_place(name, params, "output")
-    tensor_view(regions, place, "outputs")  # an unknown region or a bad range fails before inference
+    check_output(regions, place)  # an unknown region, a bad range or a shrunk file fails before inference
     return place
 
 
@@ -280,9 +280,12 @@ def _decode_input(item: Any, tail: memoryview, offset: int, model_name: str,
             + ("But set " + " ".join(f"'{f}'" for f in given) if given else "But no field is set")
         )
     if in_shm:
-        chunk = memoryview(tensor_view(regions, _shm_place(name, params, "input"), "inputs"))
+        place = _shm_place(name, params, "input")
+        check_input(regions, place)
         try:
-            array = _from_binary(chunk, datatype, shape, count, name, model_name)
+            if datatype is not DataType.BYTES:  # before copying: the range may be the whole region
+                _check_size(place.byte_size, datatype, count, name, model_name)
+            array = _from_binary(memoryview(read_input(regions, place)), datatype, shape, count, name, model_name)
         except InvalidArgumentError as e:  # Triton's core checks these sizes: its request-id prefix
             raise request_error(request_id, e.message) from None
         return Tensor(name, datatype, array), offset
@@ -340,12 +343,16 @@ def _from_binary(
 ) -> np.ndarray:
     if datatype is DataType.BYTES:
         return deserialize_bytes_tensor(chunk, count, name).reshape(shape)
-    expected = count * datatype.itemsize
-    if len(chunk) != expected:
-        raise _fail(
-            f"input byte size mismatch for input '{name}' for model '{model_name}'. Expected {expected}, got {len(chunk)}"
-        )
+    _check_size(len(chunk), datatype, count, name, model_name)
     return np.frombuffer(chunk, dtype=datatype.numpy_dtype, count=count).reshape(shape)
+
+
+def _check_size(nbytes: int, datatype: DataType, count: int, name: str, model_name: str) -> None:
+    expected = count * datatype.itemsize
+    if nbytes != expected:
+        raise _fail(
+            f"input byte size mismatch for input '{name}' for model '{model_name}'. Expected {expected}, got {nbytes}"
+        )
 
 
 def _from_json(data: Any, datatype: DataType, shape: list[int], count: int, name: str) -> np.ndarray:
