@@ -20,6 +20,7 @@ What a backend declares, with the defaults of the base classes: ``Backend.instan
 writing one.  Names not listed in ``__all__`` are tritium's own and may change.
 """
 
+from tritium._proto import model_config_pb2 as model_config
 from tritium.core.errors import (
     CancelledError,
     InternalError,
@@ -58,6 +59,7 @@ __all__ = [
     "ExecuteDone",
     "ALL_INSTANCE_KINDS",
     "ENTRY_POINT_GROUP",
+    "model_config",  # the model_config.proto messages and enums (ctx.config is a model_config.ModelConfig)
     # what execute sees and returns
     "InferenceRequest",
     "InferenceResponse",

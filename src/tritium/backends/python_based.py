@@ -18,6 +18,8 @@ from .python.backend import PythonBackend
 class PythonBasedBackend(Backend):
     instance_kinds = ALL_INSTANCE_KINDS
     decoupled = True
+    #: Read by the registry (not part of the public contract): such a model's config gets its runtime.
+    python_based = True
 
     def __init__(self, folder: str) -> None:
         #: ``<backend-directory>/<name>``, holding the ``model.py`` every model of this backend runs.

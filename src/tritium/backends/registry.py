@@ -154,11 +154,13 @@ class BackendRegistry:
                 raise InvalidArgumentError(f"unable to find Python-based backend runtime '{PYTHON_RUNTIME}' for "
                                            f"backend '{name}' in {where}")
             reason = _NOT_AVAILABLE.get(name)
-            if reason is None:
-                looked = (f", nor {os.path.join(self._directory, name, PYTHON_RUNTIME)}" if self._directory else "")
-                reason = (f"unable to find backend '{name}': it is not built in, no installed package registers it "
-                          f"(entry point group '{ENTRY_POINT_GROUP}'){looked}")
-            raise UnavailableError(reason)
+            if reason is not None:
+                raise UnavailableError(reason)
+            looked = (f", and there is no {os.path.join(self._directory, name, PYTHON_RUNTIME)}" if self._directory
+                      else " (no --backend-directory for Python-based backends)")
+            # Triton: INVALID_ARG "unable to find backend library for backend '<name>'"
+            raise InvalidArgumentError(f"unable to find backend '{name}': it is not built in, no installed package "
+                                       f"registers it (entry point group '{ENTRY_POINT_GROUP}'){looked}")
         from .python_based import PythonBasedBackend
 
         return self._initialize(name, PythonBasedBackend(folder), self.settings(name, "python"))
@@ -185,7 +187,10 @@ class BackendRegistry:
 
 
 def check_model(backend: Backend, config: mc.ModelConfig, name: str) -> None:
-    """Refuse, before the backend sees it, a model that asks for what its backend does not declare."""
+    """Refuse, before the backend sees it, a model that asks for what its backend does not declare; a
+    model of a Python-based backend gets ``runtime: "model.py"`` in its config, as Triton fills it in."""
+    if getattr(backend, "python_based", False) and not config.runtime:
+        config.runtime = PYTHON_RUNTIME
     if config.model_transaction_policy.decoupled and not backend.decoupled:
         raise UnavailableError(f"model '{name}': backend '{backend.name}' does not serve decoupled models")
     for group in config.instance_group:
