@@ -19,10 +19,12 @@ Config, as FIL's: one input (``input__0``, FP32, ``[n_features]``), one output (
   (logged): the engine here is chosen by measurement instead.
 
 Engines, by measurement (``benchmarks/fil.py``, 500 trees, 32 features, one thread): XGBoost's own
-``inplace_predict`` is 2-7x faster than Treelite's GTIL from 16 rows up, GTIL 3-5x faster for one to a
-few rows; so an XGBoost model runs batches under ``GTIL_MAX_ROWS`` rows on GTIL and the rest on XGBoost
-(both give the same float32 outputs).  LightGBM's own ``predict`` beat GTIL at every batch size.
-Treelite checkpoints run on GTIL, the only engine that reads them.
+``inplace_predict`` is 1.5-7x faster than Treelite's GTIL from 16 rows up, GTIL 3-8x faster for one to
+a few rows, and where they cross depends on the model.  So an XGBoost model is measured when it loads
+(:func:`crossover`: both engines on batches of 1 to 64 random rows, a few milliseconds) and runs smaller
+batches on GTIL, larger ones on XGBoost; both give the same float32 outputs.  LightGBM's own
+``predict`` beat GTIL at every batch size.  Treelite checkpoints run on GTIL, the only engine that reads
+them.
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ MODEL_FILES: dict[str, str] = {
 }
 #: FIL parameters that only shape its GPU kernels: nothing to do on the CPU.
 _GPU_ONLY = ("algo", "storage_type", "threads_per_tree", "blocks_per_sm", "transfer_threshold")
-#: Batches with fewer rows run on Treelite's GTIL rather than XGBoost's predictor (module docstring).
-GTIL_MAX_ROWS = 4
+#: The batch sizes :func:`crossover` compares the engines at.
+_PROBE_ROWS = (1, 2, 4, 8, 16, 32, 64)
 _FP32 = model_config.TYPE_FP32
 
 
@@ -160,6 +162,8 @@ class Forest:
                 self._small = self._gtil(forest)
         probe = self._large(np.zeros((1, self.num_feature), dtype=np.float32))
         self.num_class = int(np.asarray(probe).reshape(1, -1).shape[1])
+        #: Batches with fewer rows than this run on ``_small`` (GTIL) rather than ``_large``.
+        self.small_below = crossover(self._small, self._large, self.num_feature) if self._small is not None else 0
 
     def _gtil(self, forest: Any) -> Callable[[np.ndarray], np.ndarray]:
         import treelite.gtil
@@ -171,9 +175,31 @@ class Forest:
         return lambda x: predict(forest, x, nthread=threads)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
-        engine = self._small if self._small is not None and rows.shape[0] < GTIL_MAX_ROWS else self._large
+        engine = self._small if rows.shape[0] < self.small_below else self._large
         out = np.asarray(engine(rows), dtype=np.float32)
         return out.reshape(rows.shape[0], -1)
+
+
+def crossover(small: Callable[[np.ndarray], Any], large: Callable[[np.ndarray], Any], features: int,
+              repeats: int = 3) -> int:
+    """The fewest rows (of ``_PROBE_ROWS``) at which ``large`` predicts faster than ``small``: each engine's
+    best of ``repeats`` timings on the same random rows, so that a busy machine rarely tips the choice."""
+    rows = np.random.default_rng(0).standard_normal((_PROBE_ROWS[-1], features)).astype(np.float32)
+
+    def best(engine: Callable[[np.ndarray], Any], batch: np.ndarray) -> float:
+        engine(batch)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            engine(batch)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    for n in _PROBE_ROWS:
+        batch = np.ascontiguousarray(rows[:n])
+        if best(large, batch) < best(small, batch):
+            return n
+    return _PROBE_ROWS[-1] * 2
 
 
 class FilBackend(Backend):
