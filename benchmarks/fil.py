@@ -142,7 +142,7 @@ def main() -> int:
         proc.wait(10)
         proc = None
         batches = sorted({1, 4, 16, 64, 256} | {max(1, round(b)) for _, _, _, b in served})
-        # the ceiling is the best rate seen: measured before and after, as other load on the machine comes and goes
+        # the ceiling is the best rate seen in two measurements, as other load on the machine comes and goes
         ceiling = in_process(model_path, batches)
         for name, by_batch in in_process(model_path, batches).items():
             for b, rate in by_batch.items():

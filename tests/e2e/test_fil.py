@@ -48,12 +48,13 @@ def _config(model_type: str | None, output_dims: int | None, *, output_class: bo
     return text + extra
 
 
-def _model(repo: str, name: str, config: str, files: dict[str, bytes | str]) -> None:
+def _model(repo: str, name: str, config: str, files: dict[str, str]) -> None:
+    """A model folder: ``config``, and version 1 holding each trained file under the name given."""
     os.makedirs(os.path.join(repo, name, "1"), exist_ok=True)
     with open(os.path.join(repo, name, "config.pbtxt"), "w") as f:
         f.write(config)
     for filename, source in files.items():
-        shutil.copyfile(source, os.path.join(repo, name, "1", filename)) if isinstance(source, str) else None
+        shutil.copyfile(source, os.path.join(repo, name, "1", filename))
 
 
 class Trained:
@@ -102,8 +103,8 @@ class Trained:
             self.files[f"{name}.{suffix}"] = path
 
 
-#: model name -> (config, {file name in the version folder: trained file key})
 def _repository(repo: str, trained: Trained) -> None:
+    """model name -> (config, {file name in the version folder: trained file})."""
     f = trained.files
     models = {
         "xgb_binary_proba": (_config("xgboost_json", 1, output_class=True, predict_proba=True),
@@ -147,10 +148,6 @@ def _repository(repo: str, trained: Trained) -> None:
     }
     for name, (config, files) in models.items():
         _model(repo, name, config, files)
-    # the files of a model whose config points elsewhere
-    for name, (config, files) in models.items():
-        for filename, source in files.items():
-            shutil.copyfile(source, os.path.join(repo, name, "1", filename))
 
 
 BAD = {
