@@ -204,3 +204,87 @@ def test_check_model_refuses_undeclared_kinds_and_decoupled() -> None:
     config.model_transaction_policy.decoupled = True
     with pytest.raises(api.UnavailableError, match="'cpuonly' does not serve decoupled"):
         check_model(CpuOnly(), config, "m")
+
+
+@pytest.mark.parametrize("path", [
+    os.path.join("src", "tritium", "backends", "fil.py"),
+    os.path.join("examples", "backends", "tritium-example-backend", "src", "tritium_example_backend", "__init__.py"),
+])
+def test_third_party_style_backends_use_only_the_public_contract(path: str) -> None:
+    """The fil backend and the example package import nothing of tritium but ``tritium.backends``'s public
+    names, as a backend written outside tritium would."""
+    import ast
+
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tritium":
+            assert node.module == "tritium.backends", (path, node.module)
+            assert {alias.name for alias in node.names} <= PUBLIC, (path, [a.name for a in node.names])
+        elif isinstance(node, ast.Import):
+            assert all(alias.name.split(".")[0] != "tritium" for alias in node.names), path
+
+
+class _Kinds(api.Backend):
+    """Records the instance specs it is given; ``instance_kinds`` set per subclass."""
+
+    def model_initialize(self, ctx):  # type: ignore[no-untyped-def]
+        backend = self
+
+        class State(api.ModelState):
+            def instance_initialize(self, spec):  # type: ignore[no-untyped-def]
+                backend.kinds.append(spec.kind)
+
+                class Instance(api.ModelInstanceState):
+                    may_run_inline = False
+
+                    def execute(self, requests):  # type: ignore[no-untyped-def]
+                        return []
+
+                return Instance(spec)
+
+        return State(ctx)
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+
+
+class CpuOnlyBackend(_Kinds):
+    pass
+
+
+class AnyKindBackend(_Kinds):
+    instance_kinds = api.ALL_INSTANCE_KINDS
+
+
+def test_kind_auto_follows_the_backends_declared_kinds(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """On a machine with a GPU, KIND_AUTO (or no instance_group) places a CPU-only backend's instances on the
+    CPU, and a backend that declares KIND_GPU on the GPU."""
+    from tritium.options import ServerOptions
+    from tritium.repository.manager import ModelRepositoryManager
+
+    monkeypatch.setattr(registry.metadata, "entry_points", _entry_points(
+        ("cpu_only", f"{__name__}:CpuOnlyBackend", "pkg"), ("any_kind", f"{__name__}:AnyKindBackend", "pkg")))
+    for name, backend in (("m_cpu", "cpu_only"), ("m_any", "any_kind")):
+        (tmp_path / name / "1").mkdir(parents=True)
+        (tmp_path / name / "config.pbtxt").write_text(
+            f'backend: "{backend}"\nmax_batch_size: 0\n'
+            'input [{ name: "I" data_type: TYPE_FP32 dims: [ 1 ] }]\n'
+            'output [{ name: "O" data_type: TYPE_FP32 dims: [ 1 ] }]\n')
+
+    async def load() -> dict[str, str]:
+        manager = ModelRepositoryManager(ServerOptions(model_repositories=[str(tmp_path)]), backends)
+        manager._gpus = (0,)  # as on a machine with one GPU
+        try:
+            assert await manager.load_startup_models() == []
+            return {name: mc.ModelInstanceGroup.Kind.Name(manager.get(name).config.instance_group[0].kind)
+                    for name in ("m_cpu", "m_any")}
+        finally:
+            await manager.unload_all()
+
+    backends = BackendRegistry()
+    try:
+        kinds = asyncio.run(load())
+    finally:
+        backends.finalize()
+    assert kinds == {"m_cpu": "KIND_CPU", "m_any": "KIND_GPU"}

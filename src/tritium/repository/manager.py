@@ -440,7 +440,9 @@ class ModelRepositoryManager:
             except TritiumError as e:  # the reason reads as Triton's for a failed load: "Internal: ..."
                 raise type(e)(status_text(e), e.status) from None
         cpu_count = backend.default_instance_count("KIND_CPU") if backend else 1
-        normalize(config, name, self._gpus, cpu_count)
+        # KIND_AUTO means GPU only where the backend declares it can place instances there
+        gpus = self._gpus if backend is None or "KIND_GPU" in backend.instance_kinds else []
+        normalize(config, name, gpus, cpu_count)
         validate(config, name)
         if is_ensemble(config):
             return [self._build_ensemble(name, version, config) for version in versions]
