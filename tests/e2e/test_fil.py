@@ -19,7 +19,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from server import RunningServer
+from server import ROOT, RunningServer
 
 xgboost = pytest.importorskip("xgboost")
 lightgbm = pytest.importorskip("lightgbm")
@@ -27,6 +27,7 @@ treelite = pytest.importorskip("treelite")
 sklearn_ensemble = pytest.importorskip("sklearn.ensemble")
 
 FEATURES = 8
+LEGACY = os.path.join(ROOT, "tests", "data", "fil")
 RNG = np.random.default_rng(7)
 X_TRAIN = RNG.standard_normal((600, FEATURES)).astype(np.float32)
 X_TEST = RNG.standard_normal((64, FEATURES)).astype(np.float32)
@@ -148,6 +149,9 @@ def _repository(repo: str, trained: Trained) -> None:
     }
     for name, (config, files) in models.items():
         _model(repo, name, config, files)
+    # the legacy binary format, made by XGBoost 1.7 (tests/data/fil/README.md)
+    _model(repo, "xgb_legacy", _config("xgboost", 1, output_class=True, predict_proba=True)
+           .replace(f"dims: [ {FEATURES} ]", "dims: [ 6 ]"), {"xgboost.model": os.path.join(LEGACY, "xgboost.model")})
 
 
 BAD = {
@@ -195,6 +199,15 @@ def test_outputs_equal_the_frameworks_own(server, model: str) -> None:  # type: 
     tensor.set_data_from_numpy(X_TEST[16:32])
     np.testing.assert_allclose(grpc.infer(model, [tensor]).as_numpy("output__0"), expected[16:32],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_xgboost_legacy_binary(server) -> None:  # type: ignore[no-untyped-def]
+    running, _ = server
+    rows = np.load(os.path.join(LEGACY, "legacy_inputs.npy"))
+    expected = np.load(os.path.join(LEGACY, "legacy_expected.npy")).reshape(-1, 1)
+    client = httpclient.InferenceServerClient(running.url)
+    for part in (slice(0, 1), slice(0, 16)):
+        np.testing.assert_allclose(_http(client, "xgb_legacy", rows[part]), expected[part], rtol=1e-5, atol=1e-6)
 
 
 def test_concurrent_requests_are_batched_and_split(server) -> None:  # type: ignore[no-untyped-def]
