@@ -50,7 +50,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     "--host-policy": "host policies are not available in this version of tritium",
     "--model-load-gpu-limit": "GPU load limits are not available in this version of tritium",
     "--enable-peer-access": "GPU peer access settings are not available in this version of tritium",
-    "--backend-directory": "tritium's backends are Python modules; there is no backend directory",
     "--repoagent-directory": "repository agents are not available in tritium",
 }
 
@@ -158,6 +157,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["default", "ISO8601"], default="default")
     p.add_argument("--log-file", default="", metavar="PATH", help="write the log to this file instead of stderr")
     p.add_argument("--backend-config", action="append", default=[], metavar="BACKEND,KEY=VALUE")
+    p.add_argument("--backend-directory", default=None, metavar="DIR",
+                   help="where Python-based backends are found: DIR/<backend name>/model.py")
     p.add_argument("--trace-config", action="append", default=[], metavar="[MODE,]SETTING=VALUE",
                    help="trace setting: level, rate, count, mode; triton,file / triton,log-frequency; "
                         "opentelemetry,url / resource / bsp_*")
@@ -367,6 +368,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         log_format=args.log_format,
         log_file=args.log_file,
         backend_config=backend_config,
+        backend_directory=args.backend_directory,
         trace_config=trace_config,
         **_connection_options(parser, args),
     )

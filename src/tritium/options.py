@@ -104,3 +104,5 @@ class ServerOptions:
 
     #: ``--backend-config <backend>,<key>=<value>``; backend ``*`` holds global settings.
     backend_config: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: ``--backend-directory``: where Python-based backends (``<dir>/<name>/model.py``) are found.
+    backend_directory: str | None = None

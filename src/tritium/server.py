@@ -68,7 +68,7 @@ class Server:
         self._logs = logs
         #: The trace extension; frontends test ``tracer.active`` before sampling a request.
         self.tracer = TraceManager(TraceConfig.parse(options.trace_config))
-        self.backends = BackendRegistry(options.backend_config)
+        self.backends = BackendRegistry(options.backend_config, options.backend_directory)
         #: Metric families model code defines (Python backend), shown by the metrics frontend.
         self.custom_metrics = CustomMetrics()
         #: Regions clients registered (the system shared-memory extension).

@@ -225,6 +225,8 @@ class LoopRecorder(Recorder):
     """Completes on the event loop (``execute_async``) a moment later, as the Python backend's reply reader
     does; ``decline`` makes it ask for the thread instead (the Python backend before its stub started)."""
 
+    executes_async = True
+
     def __init__(self) -> None:
         super().__init__("loop_0")
         self.decline = False

@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.core.custom_metrics import CustomMetrics
@@ -63,6 +63,9 @@ class ModelContext:
     backend_config: Mapping[str, str] = field(default_factory=dict)
     #: Calls into the server's models; ``None`` where the server offers none (e.g. in unit tests).
     inference: InferenceHandle | None = None
+    #: The folder of a Python-based backend (``<backend-directory>/<name>``) whose ``model.py`` serves this
+    #: model in place of a file of its own; ``None`` for every other model.
+    runtime_dir: str | None = None
 
     @property
     def version_dir(self) -> str:
@@ -70,8 +73,17 @@ class ModelContext:
 
     @property
     def model_path(self) -> str:
-        """The model file (or directory) of this version, per ``default_model_filename``."""
+        """The model file (or directory) of this version, per ``default_model_filename``; for a
+        Python-based backend, its ``model.py``."""
+        if self.runtime_dir is not None:
+            return os.path.join(self.runtime_dir, "model.py")
         return os.path.join(self.version_dir, self.config.default_model_filename)
+
+    @property
+    def import_dir(self) -> str:
+        """The folder a Python model's own modules are imported from (Triton: the version folder, or the
+        Python-based backend's folder)."""
+        return self.runtime_dir if self.runtime_dir is not None else self.version_dir
 
     def parameter(self, key: str, default: str | None = None) -> str | None:
         """A ``parameters { key: ... value: { string_value: ... } }`` entry of the config."""
@@ -90,12 +102,33 @@ class InstanceSpec:
     group: mc.ModelInstanceGroup
 
 
+#: What :meth:`ModelInstanceState.execute_async` calls, on the event loop, when a batch is done: one
+#: response (or error) per request in order, or ``None`` and the error that failed the whole batch.
+ExecuteDone = Callable[["list[InferenceResponse | TritiumError] | None", "TritiumError | None"], None]
+
+
 class ModelInstanceState(ABC):
-    """One executing copy of a model (Triton's model instance)."""
+    """One executing copy of a model (Triton's model instance).
+
+    What an instance declares is read once, when the scheduler builds the instance's worker, so a
+    declaration costs nothing per request: set these as class attributes (or in ``__init__``), not later.
+    """
 
     #: False when ``execute`` waits on something the event loop must serve (a BLS call back into the
-    #: server): the worker then never runs it inline on the loop.
+    #: server): the worker then never runs it inline on the loop.  True lets the worker run a batch on
+    #: the event loop itself while executions of this instance stay shorter than about 150 µs.
     may_run_inline: bool = True
+
+    #: True when the instance implements :meth:`execute_async`: batches are then handed to it on the event
+    #: loop, without a thread hop, and :meth:`execute` runs only when ``execute_async`` declines one.
+    executes_async: ClassVar[bool] = False
+
+    #: Execution timing stamps (``time.monotonic_ns()``) an instance may set during each ``execute``:
+    #: when its inputs were ready (compute input end) and when inference ended (compute output start).
+    #: Statistics and traces then split an execution into Triton's input / infer / output phases;
+    #: left at 0 (or stale from an earlier execution), the whole execution counts as infer.
+    input_end_ns: int = 0
+    infer_end_ns: int = 0
 
     def __init__(self, spec: InstanceSpec) -> None:
         self.spec = spec
@@ -108,6 +141,16 @@ class ModelInstanceState(ABC):
         May raise a :class:`~tritium.core.errors.TritiumError`, which fails every
         request of the batch with that error.
         """
+
+    def execute_async(self, requests: Sequence[InferenceRequest], loop: asyncio.AbstractEventLoop,
+                      done: ExecuteDone) -> bool:
+        """Start a batch without blocking, on the event loop ``loop``; only called when ``executes_async``.
+
+        Call ``done(responses, error)`` on ``loop`` when the batch is done (possibly before returning).
+        Return False, having done nothing, to have :meth:`execute` run this batch on the instance's
+        thread instead (e.g. while a process the instance needs is being started).
+        """
+        return False
 
     def finalize(self) -> None:
         """Release what the instance holds."""
@@ -127,10 +170,28 @@ class ModelState(ABC):
         """Release what the model holds after all its instances are finalized."""
 
 
-class Backend(ABC):
-    """A kind of backend (onnxruntime, pytorch, python, ...); one object per server."""
+#: Every instance kind of ``instance_group`` (``KIND_AUTO`` is resolved to one of them before a load).
+ALL_INSTANCE_KINDS: frozenset[str] = frozenset({"KIND_CPU", "KIND_GPU", "KIND_MODEL"})
 
+
+class Backend(ABC):
+    """A kind of backend (onnxruntime, pytorch, python, ...); one object per server.
+
+    The registry makes it with no arguments, then calls :meth:`initialize` once with its
+    ``--backend-config`` settings before the first model that names it loads.
+    """
+
+    #: The name configs use in ``backend: "..."`` (set by the registry to the name it was found under).
     name: str = ""
+
+    #: The ``instance_group`` kinds this backend can place instances on; a model asking for another kind
+    #: fails to load with a reason naming both, before ``model_initialize`` runs.  CPU only unless a
+    #: backend says more: a backend that knows nothing of GPUs must not pretend to run on one.
+    instance_kinds: frozenset[str] = frozenset({"KIND_CPU"})
+
+    #: Whether models with ``model_transaction_policy { decoupled: true }`` may use this backend (their
+    #: requests get any number of responses through ``request.response_stream``); others are refused.
+    decoupled: bool = False
 
     def initialize(self, backend_config: Mapping[str, str]) -> None:
         """Called once before the first model of this backend loads."""

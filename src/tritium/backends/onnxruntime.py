@@ -22,7 +22,7 @@ from tritium.core.errors import InternalError, InvalidArgumentError, ModelConfig
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.types import DataType, Tensor
 
-from .base import Backend, InstanceSpec, ModelContext, ModelInstanceState, ModelState
+from .base import ALL_INSTANCE_KINDS, Backend, InstanceSpec, ModelContext, ModelInstanceState, ModelState
 from .batching import batch_input_tensor, batch_inputs, requested_union, scatter_with_input_shape, split_batch
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ def _ort() -> Any:
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    #: KIND_GPU with onnxruntime-gpu installed; KIND_MODEL runs on the CPU provider, as before.
+    instance_kinds = ALL_INSTANCE_KINDS
 
     def __init__(self) -> None:
         self._backend_config: Mapping[str, str] = {}

@@ -38,7 +38,7 @@ from tritium.core.errors import InternalError, InvalidArgumentError, ModelConfig
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.types import DataType, Tensor
 
-from .base import Backend, InstanceSpec, ModelContext, ModelInstanceState, ModelState
+from .base import ALL_INSTANCE_KINDS, Backend, InstanceSpec, ModelContext, ModelInstanceState, ModelState
 from .batching import batch_inputs, requested_union, split_batch
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ class Settings:
 
 class PyTorchBackend(Backend):
     name = "pytorch"
+    instance_kinds = ALL_INSTANCE_KINDS
 
     def initialize(self, backend_config: Any) -> None:
         _torch()

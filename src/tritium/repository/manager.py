@@ -23,7 +23,7 @@ from google.protobuf import json_format
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.backends.base import InferenceHandle, InstanceSpec, ModelContext, ModelInstanceState, ModelState
-from tritium.backends.registry import BackendRegistry
+from tritium.backends.registry import BackendRegistry, check_model
 from tritium.config.ensemble import check_composing_models, composing_models, ensemble_steps, is_ensemble
 from tritium.config.autocomplete import fill_backend_fields, version_dirs
 from tritium.config.parse import config_path, load_config_file
@@ -434,18 +434,21 @@ class ModelRepositoryManager:
         _refuse_unsupported_features(config, name)
         if not config.name:
             config.name = name
-        backend = self._backends.get(config.backend) if config.backend else None
+        backend = self._backends.get(config.backend, config.runtime) if config.backend else None
         if backend is not None and auto_complete:
             try:
                 backend.auto_complete_config(self._context(name, versions[-1], model_dir, config))
             except TritiumError as e:  # the reason reads as Triton's for a failed load: "Internal: ..."
                 raise type(e)(status_text(e), e.status) from None
         cpu_count = backend.default_instance_count("KIND_CPU") if backend else 1
-        normalize(config, name, self._gpus, cpu_count)
+        # KIND_AUTO means GPU only where the backend declares it can place instances there
+        gpus = self._gpus if backend is None or "KIND_GPU" in backend.instance_kinds else []
+        normalize(config, name, gpus, cpu_count)
         validate(config, name)
         if is_ensemble(config):
             return [self._build_ensemble(name, version, config) for version in versions]
         assert backend is not None  # validate() refuses configs without a backend
+        check_model(backend, config, name)
         slots = []
         for version in versions:
             slot = self._build_version(name, version, model_dir, config, backend, loop)
@@ -647,8 +650,6 @@ def _warm_up(slot: VersionSlot, model_dir: str) -> None:
 
 def _refuse_unsupported_features(config: mc.ModelConfig, name: str) -> None:
     """Fail the load of a model that needs what tritium cannot do yet, rather than serve it wrongly."""
-    if config.model_transaction_policy.decoupled and config.backend != "python":
-        raise UnavailableError(f"model '{name}': decoupled models are only available with the python backend")
     if config.response_cache.enable:
         log.warning("model '%s': the response cache is not available in this version of tritium; caching is off", name)
 

@@ -19,7 +19,9 @@ to always use the thread.
 
 Each execution is timed (:class:`~tritium.core.stats.ExecutionTiming`); a backend
 that can tell its phases apart sets ``input_end_ns`` and ``infer_end_ns`` on its
-instance during ``execute`` (monotonic ns), which the worker copies.
+instance during ``execute`` (monotonic ns; declared with defaults of 0 on
+:class:`ModelInstanceState`), which the worker copies.  What an instance declares
+(``executes_async``, ``may_run_inline``) is read once, when its worker is made.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class InstanceWorker:
         self._adaptive = INLINE_EXECUTE_S > 0 and instance.may_run_inline
         self._average_s = 1.0 if self._adaptive else float("inf")
         #: A backend that waits for its work on the event loop (``execute_async``) needs no thread hop.
-        self._execute_async = getattr(instance, "execute_async", None)
+        self._execute_async = instance.execute_async if instance.executes_async else None
         #: Requests handed to the thread (written on the loop) and taken up by it (written by the thread):
         #: their difference is what waits in the thread's queue.
         self._handed = 0
@@ -189,7 +191,7 @@ class InstanceWorker:
             result = (None, InternalError(f"{type(e).__name__}: {e}"))
         end = time.monotonic_ns()
         timing = ExecutionTiming(
-            start, getattr(instance, "input_end_ns", 0), getattr(instance, "infer_end_ns", 0), end
+            start, instance.input_end_ns, instance.infer_end_ns, end
         )
         if timing.input_end_ns < start:  # the backend did not stamp this execution
             timing.input_end_ns = timing.infer_end_ns = 0

@@ -49,7 +49,7 @@ from tritium.core.errors import (
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.types import DataType, Tensor
 
-from ..base import Backend, InstanceSpec, ModelContext, ModelInstanceState, ModelState
+from ..base import ALL_INSTANCE_KINDS, Backend, InstanceSpec, ModelContext, ModelInstanceState, ModelState
 from . import protocol
 from .environments import Environments, activated
 from .protocol import INCOMPLETE, Arena, Channel
@@ -116,6 +116,9 @@ class Settings:
 
 class PythonBackend(Backend):
     name = "python"
+    #: Triton's Python backend takes every kind and leaves devices to the model code.
+    instance_kinds = ALL_INSTANCE_KINDS
+    decoupled = True
 
     def __init__(self) -> None:
         self.settings = Settings({})
@@ -144,7 +147,7 @@ class PythonBackend(Backend):
         control, events, handoff, popen = _spawn(self.interpreter(ctx))
         handoff.close()
         try:
-            control.send({"mode": "autocomplete", "model_file": path, "version_dir": ctx.version_dir,
+            control.send({"mode": "autocomplete", "model_file": path, "version_dir": ctx.import_dir,
                           "config": json.dumps(config_to_dict(config))})
             status, payload = _recv_or_exit(control, popen, f"auto-complete of model '{ctx.name}'")
         finally:
@@ -300,6 +303,8 @@ class _Stub:
 class PythonInstanceState(ModelInstanceState):
     #: execute waits on the stub, which may call back into the server (BLS) through the event loop.
     may_run_inline = False
+    #: The serving path sends the batch from the event loop and reads the reply there (execute_async).
+    executes_async = True
 
     def __init__(self, spec: InstanceSpec, model: PythonModelState) -> None:
         super().__init__(spec)
@@ -338,7 +343,7 @@ class PythonInstanceState(ModelInstanceState):
             control.send({
                 "mode": "model",
                 "model_file": ctx.model_path,
-                "version_dir": ctx.version_dir,
+                "version_dir": ctx.import_dir,
                 "decoupled": self.model.decoupled,
                 "in_arena": (0, in_arena.path, in_arena.size),
                 "out_arena": (out_arena.path, out_arena.size),
