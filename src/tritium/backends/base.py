@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tritium._proto import model_config_pb2 as mc
+from tritium.config.paths import join, relative_to_model
 from tritium.core.custom_metrics import CustomMetrics
 from tritium.core.errors import TritiumError
 from tritium.core.inference import InferenceRequest, InferenceResponse
@@ -63,6 +64,8 @@ class ModelContext:
     backend_config: Mapping[str, str] = field(default_factory=dict)
     #: Calls into the server's models; ``None`` where the server offers none (e.g. in unit tests).
     inference: InferenceHandle | None = None
+    #: The config is a client's repository-API override: paths it names may only lie in the model folder.
+    config_from_client: bool = False
 
     @property
     def version_dir(self) -> str:
@@ -70,8 +73,13 @@ class ModelContext:
 
     @property
     def model_path(self) -> str:
-        """The model file (or directory) of this version, per ``default_model_filename``."""
-        return os.path.join(self.version_dir, self.config.default_model_filename)
+        """The model file (or directory) of this version, per ``default_model_filename``, joined as Triton
+        joins it (a leading ``/`` stays in the version folder); the server checked it stays in the model folder."""
+        return join(self.version_dir, self.config.default_model_filename)
+
+    def shown(self, path: str) -> str:
+        """``path`` as errors show it to clients: relative to the model folder, never the server's absolute path."""
+        return relative_to_model(self.model_dir, path)
 
     def parameter(self, key: str, default: str | None = None) -> str | None:
         """A ``parameters { key: ... value: { string_value: ... } }`` entry of the config."""

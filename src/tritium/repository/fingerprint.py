@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 
 #: Files up to this size are hashed by content as well.
 CONTENT_LIMIT = 1 << 20
@@ -20,7 +21,8 @@ def _add_file(digest: hashlib._Hash, path: str, rel: str) -> None:
     except OSError:
         return
     digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-    if st.st_size <= CONTENT_LIMIT:
+    # regular files only: a FIFO or a device (/dev/zero has size 0) would block or never end
+    if stat.S_ISREG(st.st_mode) and st.st_size <= CONTENT_LIMIT:
         try:
             with open(path, "rb") as f:
                 digest.update(f.read())
