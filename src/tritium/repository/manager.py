@@ -261,14 +261,15 @@ class ModelRepositoryManager:
             entry.poll_failed, entry.reason = True, str(e)
             if not entry.versions:
                 entry.state = State.UNAVAILABLE
-            log.error("failed to load '%s': %s", name, e)
+            # the operator's log names the folder; what clients read names paths relative to it
+            log.error("failed to load '%s' from %s: %s", name, model_dir, e)
             raise InternalError(f"failed to load '{name}', failed to poll from model repository") from None
         except TritiumError as e:
             if override is not None:
                 override.remove()
             if entry.latest is None:
                 entry.state, entry.reason = State.UNAVAILABLE, str(e)
-            log.error("failed to load '%s': %s", name, e)
+            log.error("failed to load '%s' from %s: %s", name, model_dir, e)
             raise
         entry.poll_failed = False
         entry.model_dir = path
