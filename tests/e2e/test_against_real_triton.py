@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import tempfile
 import time
@@ -1592,7 +1593,10 @@ def model_control_story(s: Servers) -> list[Any]:
     x = np.array([1], np.int32)
     seen: list[Any] = [index_rows(s)]
     seen.append(outcome(lambda: s.http.load_model("nope")))
-    seen.append(outcome(lambda: s.grpc.load_model("init_fails")))
+    # Deliberate difference: the model's frames are named relative to its folder ('1/model.py(4)'); Triton
+    # shows the server's absolute path, which tritium sends no client
+    failed = outcome(lambda: s.grpc.load_model("init_fails"))
+    seen.append(failed[:2] + (re.sub(r"(?m)^  /\S*/init_fails/", "  ", failed[2]),) + failed[3:])
     seen.append(s.raw("POST", "/v2/repository/models/bad_syntax/load"))
     seen.append(outcome(lambda: s.http.load_model("strings")))
     seen.append((s.http.is_model_ready("strings"), s.grpc.is_model_ready("strings")))
@@ -1617,6 +1621,12 @@ def model_control_story(s: Servers) -> list[Any]:
     # 'params' after its refused override: Triton lists it by name only, tritium UNAVAILABLE with the reason
     # (the deliberate difference of test_a_config_triton_refuses_is_listed_with_its_reason)
     seen.append([row for row in index_rows(s) if row[0] != "params"])
+    # issue 30 item 6: a file override whose path starts with '/' is relative to the model folder, as in Triton
+    seen.append(outcome(lambda: s.grpc.load_model("slashed", config=override,
+                                                  files={"file:/1/model.py": IDENTITY.encode()})))
+    seen.append(outcome(lambda: s.http.infer("slashed", http_inputs(("INPUT0", np.array([4, 5], np.int32), "INT32")))
+                        .as_numpy("OUTPUT0").tolist()))
+    seen.append(outcome(lambda: s.grpc.unload_model("slashed")))
     return seen
 
 

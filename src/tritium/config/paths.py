@@ -72,6 +72,16 @@ def relative_to_model(model_dir: str, path: str) -> str:
     return os.path.basename(path) if rel.startswith("..") else rel
 
 
+def relative_text(text: str, model_dir: str) -> str:
+    """``text`` with paths in ``model_dir`` made relative to it: a failure's reason reaches clients, which
+    must not read absolute paths of the server (the log keeps the folder)."""
+    if not model_dir:
+        return text
+    for folder in {os.path.realpath(model_dir), os.path.abspath(model_dir)}:
+        text = text.replace(folder.rstrip(os.sep) + os.sep, "")
+    return text
+
+
 def check_config_paths(config: mc.ModelConfig, model_dir: str, versions: Sequence[int], model: str,
                        from_client: bool) -> None:
     """Refuse a config that names a path outside ``model_dir`` (see the module's docstring), before

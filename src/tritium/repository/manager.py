@@ -27,7 +27,7 @@ from tritium.backends.registry import BackendRegistry
 from tritium.config.ensemble import check_composing_models, composing_models, ensemble_steps, is_ensemble
 from tritium.config.autocomplete import fill_backend_fields, version_dirs
 from tritium.config.parse import config_path, read_model_config
-from tritium.config.paths import check_config_paths, inside_model_dir
+from tritium.config.paths import check_config_paths, inside_model_dir, relative_text
 from tritium.config.validate import check_instance_groups, normalize, validate
 from tritium.core.devices import available_gpus
 from tritium.core.errors import (
@@ -267,10 +267,11 @@ class ModelRepositoryManager:
         except TritiumError as e:
             if override is not None:
                 override.remove()
+            log.error("failed to load '%s' from %s: %s", name, model_dir, e)
+            e = type(e)(relative_text(e.message, model_dir), e.status)
             if entry.latest is None:
                 entry.state, entry.reason = State.UNAVAILABLE, str(e)
-            log.error("failed to load '%s' from %s: %s", name, model_dir, e)
-            raise
+            raise e from None
         entry.poll_failed = False
         entry.model_dir = path
         same = override is None and plan.fingerprint == entry.fingerprint
@@ -303,6 +304,8 @@ class ModelRepositoryManager:
                 log.exception("failed to load '%s'", name)
                 slots = [VersionSlot(v, State.UNAVAILABLE, f"{type(e).__name__}: {e}") for v in build]
         failed = [slot for slot in slots if slot.state is not State.READY]
+        for slot in failed:  # a reason reaches clients (index, load answer): paths relative to the model folder
+            slot.reason = relative_text(slot.reason, model_dir)
         retire: list[VersionSlot] = []
         for slot in slots:
             slot.fingerprint = plan.versions[slot.version]
