@@ -168,3 +168,26 @@ def test_override_folders_are_not_named_by_the_client():
             f"tritium-overrides-{os.getpid()}-")
     finally:
         folder.remove()
+
+
+def test_fingerprints_never_read_through_links_out_of_the_folder_nor_block(model_dir):
+    """A version folder linked to '/', a label file linked to /dev/zero and a FIFO: the fingerprint (taken
+    before the load checks anything) neither walks the machine nor blocks."""
+    import threading
+
+    from tritium.repository.fingerprint import model_fingerprint, version_fingerprint
+
+    os.symlink("/", model_dir / "2")
+    os.symlink("/", model_dir / "warmup")
+    os.symlink("/dev/zero", model_dir / "zero.txt")
+    os.mkfifo(model_dir / "fifo")
+    prints: list[str] = []
+    worker = threading.Thread(target=lambda: prints.extend(
+        [model_fingerprint(str(model_dir)), version_fingerprint(str(model_dir), 2), version_fingerprint(str(model_dir), 1)]),
+        daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive() and len(prints) == 3 and all(prints)
+    os.remove(model_dir / "2")
+    os.symlink("/etc", model_dir / "2")
+    assert version_fingerprint(str(model_dir), 2) != prints[1]  # a changed link target is still seen
