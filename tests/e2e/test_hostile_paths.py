@@ -339,6 +339,37 @@ def test_file_overrides_that_escape_are_refused_and_leave_nothing(server, layout
     still_serves(server)
 
 
+def onnx_with_external_data(location: str) -> bytes:
+    """An ONNX model whose weight W is read from ``location`` (ONNX external data) and added to X."""
+    from onnx import TensorProto, helper
+
+    weight = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[4], data_location=TensorProto.EXTERNAL)
+    entry = weight.external_data.add()
+    entry.key, entry.value = "location", location
+    x = helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 4])
+    graph = helper.make_graph([helper.make_node("Add", ["INPUT0", "W"], ["OUTPUT0"])], "g", [x], [y],
+                              initializer=[weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9).SerializeToString()
+
+
+def test_uploaded_onnx_model_with_external_data_outside_is_refused(server, layout):
+    """The model file itself names files (ONNX external data): onnxruntime's own check refuses escapes, and
+    its message, which names resolved paths, reaches the client without them."""
+    config = json.dumps({"backend": "onnxruntime", "max_batch_size": 8,
+                         "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+                         "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]}]})
+    secret = os.path.join(layout["outside"], "secret.bin")
+    for location in ("../" * 30 + secret.lstrip("/"), secret):
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        with pytest.raises(InferenceServerException) as e:
+            client.load_model("external", config=config, files={"file:1/model.onnx": onnx_with_external_data(location)})
+        check_answer(layout, e.value.message(), config_says=secret.lstrip("/"))
+        assert "tritium-overrides" not in e.value.message(), e.value.message()
+        assert "external" not in [r["name"] for r in index(server)]
+    still_serves(server)
+
+
 def test_a_failed_override_only_model_leaves_no_index_entry(server, layout):
     broken = dict(PY_OVERRIDE, input=[{"name": "INPUT0", "data_type": "TYPE_FP32"}])  # no dims
     with pytest.raises(InferenceServerException):

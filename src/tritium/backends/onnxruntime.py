@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tritium._proto import model_config_pb2 as mc
-from tritium.config.paths import is_inside
+from tritium.config.paths import is_inside, without_absolute_paths
 from tritium.core.errors import InternalError, InvalidArgumentError, ModelConfigError, UnavailableError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.types import DataType, Tensor
@@ -260,10 +260,9 @@ def _open_session(ctx: ModelContext, options: Any, providers: list[Any]) -> Any:
         raise ModelConfigError(f"unable to find '{ctx.shown(ctx.model_path)}' for model '{ctx.name}'")
     try:
         return ort.InferenceSession(path, sess_options=options, providers=providers)
-    except Exception as e:  # onnxruntime's text names the file by its full path: show it relative
-        shown = ctx.shown(path)
-        raise InvalidArgumentError(f"unable to load model '{ctx.name}' from {shown}: "
-                                   f"{str(e).replace(path, shown)}") from None
+    except Exception as e:  # onnxruntime's text names files by full paths (external data too): not for clients
+        raise InvalidArgumentError(f"unable to load model '{ctx.name}' from {ctx.shown(path)}: "
+                                   f"{without_absolute_paths(str(e), ctx.model_dir)}") from None
 
 
 def _session_options(ctx: ModelContext) -> Any:

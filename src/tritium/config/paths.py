@@ -17,6 +17,7 @@ stay inside.  A client's config override may name only ``$$TRITON_MODEL_DIRECTOR
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 
 from tritium._proto import model_config_pb2 as mc
@@ -80,6 +81,16 @@ def relative_text(text: str, model_dir: str) -> str:
     for folder in {os.path.realpath(model_dir), os.path.abspath(model_dir)}:
         text = text.replace(folder.rstrip(os.sep) + os.sep, "")
     return text
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.])/[^\s\"',;:)\]]+")
+
+
+def without_absolute_paths(text: str, model_dir: str) -> str:
+    """``text`` (a library's error, e.g. onnxruntime's) with every absolute path shown relative to the model
+    folder when inside it, else by its last component: such texts reach clients."""
+    text = relative_text(text, model_dir)
+    return _ABSOLUTE.sub(lambda m: relative_to_model(model_dir, m.group(0)), text)
 
 
 def check_config_paths(config: mc.ModelConfig, model_dir: str, versions: Sequence[int], model: str,
