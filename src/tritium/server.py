@@ -244,6 +244,7 @@ class Server:
         """
         _no_repository_name(repository)
         self._explicit_only()
+        check_model_name(name)  # before its parameters are even read (the repository checks again)
         assert self.repository is not None
         config = None
         files: dict[str, bytes] = {}
