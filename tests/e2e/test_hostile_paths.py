@@ -169,6 +169,8 @@ def server(layout: dict[str, str]) -> Iterator[RunningServer]:
             time.sleep(0.1)  # the last unload's folder goes once its version is finalized
         assert not any(os.listdir(os.path.join(layout["tmp"], n)) for n in roots)
         assert MARKER not in s.output()  # not even the log: no outside file was read
+    # at shutdown the server removes its folder of override folders
+    assert [n for n in os.listdir(layout["tmp"]) if n.startswith("tritium-overrides-")] == []
 
 
 def raw_http(url: str, method: str, path: bytes, body: bytes = b"") -> tuple[int, bytes]:

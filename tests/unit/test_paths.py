@@ -4,6 +4,7 @@ names (repository/overrides.py)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 from google.protobuf import text_format
@@ -12,7 +13,14 @@ from tritium._proto import model_config_pb2 as mc
 from tritium.config.paths import check_config_paths, execution_env_path, inside_model_dir, join
 from tritium.core.errors import InvalidArgumentError, ModelConfigError
 from tritium.core.names import MAX_NAME_BYTES, check_model_name, name_problem
-from tritium.repository.overrides import OverrideDir, check_override_name
+from tritium.repository.overrides import OverrideDir, check_override_name, remove_all
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_override_folders_left() -> Iterator[None]:
+    """The override folders these tests make go with the module."""
+    yield
+    remove_all()
 
 
 @pytest.fixture
@@ -191,3 +199,23 @@ def test_fingerprints_never_read_through_links_out_of_the_folder_nor_block(model
     os.remove(model_dir / "2")
     os.symlink("/etc", model_dir / "2")
     assert version_fingerprint(str(model_dir), 2) != prints[1]  # a changed link target is still seen
+
+
+def test_override_folders_of_servers_that_are_gone_are_removed(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import tritium.repository.overrides as overrides
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    monkeypatch.setattr(overrides.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(overrides, "_root", None)
+    (tmp_path / f"tritium-overrides-{gone}-abc" / "model-x").mkdir(parents=True)
+    (tmp_path / f"tritium-overrides-{os.getpid()}-live").mkdir()  # a live process keeps its folder
+    folder = OverrideDir.create("m", {"1/model.py": b""})
+    assert not (tmp_path / f"tritium-overrides-{gone}-abc").exists()
+    assert (tmp_path / f"tritium-overrides-{os.getpid()}-live").exists()
+    assert os.path.dirname(folder.path).startswith(str(tmp_path))
+    overrides.remove_all()
+    assert not os.path.exists(folder.path)

@@ -28,8 +28,22 @@ def _server_root() -> str:
     global _root
     with _root_lock:
         if _root is None or not os.path.isdir(_root):
+            _remove_orphans()
             _root = tempfile.mkdtemp(prefix=f"{_ROOT_PREFIX}{os.getpid()}-")
         return _root
+
+
+def _remove_orphans() -> None:
+    """Remove the folders of servers that were killed (no shutdown): those whose process is gone."""
+    parent = tempfile.gettempdir()
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(_ROOT_PREFIX):].split("-", 1)[0] if name.startswith(_ROOT_PREFIX) else ""
+        if pid.isdigit() and os.path.isdir("/proc/self") and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
 def remove_all() -> None:
