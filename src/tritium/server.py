@@ -21,6 +21,7 @@ from tritium.core.shm_regions import SystemSharedMemory
 from tritium.core.errors import InternalError, InvalidArgumentError, TritiumError, UnavailableError, UnsupportedError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.model import Model
+from tritium.core.names import check_model_name
 from tritium.core.streaming import StreamItem
 from tritium.logsettings import LogManager
 from tritium.options import ServerOptions
@@ -177,6 +178,7 @@ class Server:
     def trace_settings(self, model: str = "", changes: dict[str, Any] | None = None) -> dict[str, Any]:
         """The trace extension: global (or ``model``'s) settings, after applying ``changes`` when given."""
         if model and not (self.repository is not None and self.repository.ready_models(model)):
+            check_model_name(model)
             raise InvalidArgumentError(f"Request for unknown model : {model}")
         return self.tracer.settings(model, changes)
 
@@ -220,6 +222,7 @@ class Server:
             else:
                 models = self.repository.ready_models(name)
             if not models:
+                check_model_name(name)
                 raise InvalidArgumentError(f"requested model '{name}' is not available")
         else:
             models = self.repository.ready_models()
@@ -241,6 +244,7 @@ class Server:
         """
         _no_repository_name(repository)
         self._explicit_only()
+        check_model_name(name)  # before its parameters are even read (the repository checks again)
         assert self.repository is not None
         config = None
         files: dict[str, bytes] = {}

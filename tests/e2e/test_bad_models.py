@@ -214,9 +214,11 @@ def test_log_names_model_and_reason(server, name):
 
 
 def test_config_errors_name_the_file_path(server, repos):
+    """The log names the model folder and the file in it; what a client reads names no absolute path."""
     log = server.output()
     for name in ("bad_syntax", "bad_unknown_field"):
-        assert os.path.join(repos[0], name, "config.pbtxt") in _failure_line(log, name)
+        line = _failure_line(log, name)
+        assert os.path.join(repos[0], name) in line and "configuration config.pbtxt" in line, line
 
 
 def test_not_a_model_entries_are_ignored(server):

@@ -6,8 +6,10 @@ Answers are compared with what real Triton 2.51 sent (triton-ref FINDINGS ยงA, ย
 from __future__ import annotations
 
 import base64
+import glob
 import json
 import os
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -207,16 +209,20 @@ def test_file_override_loads_a_model_from_the_request_and_cleans_up(explicit, tm
     config = {"backend": "onnxruntime", "max_batch_size": 8,
               "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [16]}],
               "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [16]}]}
-    before = set(os.listdir("/tmp"))
+    def override_folders() -> set[str]:  # the server's own folder of override folders, named by the server
+        pattern = os.path.join(tempfile.gettempdir(), f"tritium-overrides-{explicit.proc.pid}-*")
+        return {os.path.join(root, d) for root in glob.glob(pattern) for d in os.listdir(root)}
+
+    before = override_folders()
     status, _, body = post(explicit.url, "/v2/repository/models/from_files/load",
                            {"parameters": {"config": json.dumps(config), "file:5/model.onnx": content}})
     assert status == 200, body
     client = httpclient.InferenceServerClient(explicit.url)
     assert infer(client, "from_files") == "5"
-    made = [d for d in set(os.listdir("/tmp")) - before if d.startswith("tritium-from_files-")]
-    assert len(made) == 1
+    made = override_folders() - before
+    assert len(made) == 1 and "from_files" not in made.pop()
     client.unload_model("from_files")
-    assert wait_for(lambda: not os.path.exists(os.path.join("/tmp", made[0])))
+    assert wait_for(lambda: override_folders() == before)
     # Files without a config, bad paths and bad base64 are refused by name.
     for parameters, needle in [
         ({"file:1/model.onnx": content}, "'config' parameter"),

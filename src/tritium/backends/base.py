@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from tritium._proto import model_config_pb2 as mc
+from tritium.config.paths import join, relative_to_model
 from tritium.core.custom_metrics import CustomMetrics
 from tritium.core.errors import TritiumError
 from tritium.core.inference import InferenceRequest, InferenceResponse
@@ -66,6 +67,8 @@ class ModelContext:
     #: The folder of a Python-based backend (``<backend-directory>/<name>``) whose ``model.py`` serves this
     #: model in place of a file of its own; ``None`` for every other model.
     runtime_dir: str | None = None
+    #: The config is a client's repository-API override: paths it names may only lie in the model folder.
+    config_from_client: bool = False
 
     @property
     def version_dir(self) -> str:
@@ -73,11 +76,16 @@ class ModelContext:
 
     @property
     def model_path(self) -> str:
-        """The model file (or directory) of this version, per ``default_model_filename``; for a
-        Python-based backend, its ``model.py``."""
+        """The model file (or directory) of this version, per ``default_model_filename``, joined as Triton
+        joins it (a leading ``/`` stays in the version folder; the server checked it stays in the model folder);
+        for a Python-based backend, its ``model.py``."""
         if self.runtime_dir is not None:
             return os.path.join(self.runtime_dir, "model.py")
-        return os.path.join(self.version_dir, self.config.default_model_filename)
+        return join(self.version_dir, self.config.default_model_filename)
+
+    def shown(self, path: str) -> str:
+        """``path`` as errors show it to clients: relative to the model folder, never the server's absolute path."""
+        return relative_to_model(self.model_dir, path)
 
     @property
     def import_dir(self) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from tritium._proto import model_config_pb2 as mc
+from tritium.config.paths import is_inside, without_absolute_paths
 from tritium.core.errors import InternalError, InvalidArgumentError, ModelConfigError, UnavailableError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.types import DataType, Tensor
@@ -93,7 +94,7 @@ class OnnxRuntimeBackend(Backend):
     def model_initialize(self, ctx: ModelContext) -> ModelState:
         path = ctx.model_path
         if not os.path.exists(path):
-            raise ModelConfigError(f"unable to find '{path}' for model '{ctx.name}'")
+            raise ModelConfigError(f"unable to find '{ctx.shown(path)}' for model '{ctx.name}'")
         return OnnxModelState(ctx)
 
 
@@ -255,12 +256,15 @@ def _open_session(ctx: ModelContext, options: Any, providers: list[Any]) -> Any:
     path = ctx.model_path
     if os.path.isdir(path):
         path = os.path.join(path, "model.onnx")
+        if not is_inside(ctx.model_dir, path):  # the folder was checked; a file in it may still lead elsewhere
+            raise ModelConfigError(f"model '{ctx.name}': model file '{ctx.shown(path)}' leaves the model directory")
     if not os.path.exists(path):
-        raise ModelConfigError(f"unable to find '{ctx.model_path}' for model '{ctx.name}'")
+        raise ModelConfigError(f"unable to find '{ctx.shown(ctx.model_path)}' for model '{ctx.name}'")
     try:
         return ort.InferenceSession(path, sess_options=options, providers=providers)
-    except Exception as e:
-        raise InvalidArgumentError(f"unable to load model '{ctx.name}' from {path}: {e}") from None
+    except Exception as e:  # onnxruntime's text names files by full paths (external data too): not for clients
+        raise InvalidArgumentError(f"unable to load model '{ctx.name}' from {ctx.shown(path)}: "
+                                   f"{without_absolute_paths(str(e), ctx.model_dir)}") from None
 
 
 def _session_options(ctx: ModelContext) -> Any:

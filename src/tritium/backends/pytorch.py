@@ -159,7 +159,7 @@ class PyTorchBackend(Backend):
             )
         path = ctx.model_path
         if not os.path.isfile(path):
-            raise UnavailableError(f"unable to find '{path}' for model '{ctx.name}'")
+            raise UnavailableError(f"unable to find '{ctx.shown(path)}' for model '{ctx.name}'")
         return PyTorchModelState(ctx, Settings.from_context(ctx))
 
 
@@ -237,9 +237,10 @@ class PyTorchModelState(ModelState):
                 module = torch.jit.load(path, map_location=device)
         except Exception as e:  # torch raises RuntimeError, ValueError, ... for files it cannot read
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            shown = self.ctx.shown(path)  # never the server's absolute path
             raise InternalError(
-                f"failed to load model '{self.ctx.name}': {path} is not a TorchScript file torch.jit.load can read "
-                f"({reason})"
+                f"failed to load model '{self.ctx.name}': {shown} is not a TorchScript file torch.jit.load can read "
+                f"({reason.replace(path, shown)})"
             ) from None
         module.eval()
         return module

@@ -14,6 +14,8 @@ from google.protobuf import json_format, text_format
 from tritium._proto import model_config_pb2 as mc
 from tritium.core.errors import ModelConfigError
 
+from .paths import is_inside
+
 ModelConfig = mc.ModelConfig
 
 CONFIG_FILENAME = "config.pbtxt"
@@ -28,19 +30,32 @@ def config_path(model_dir: str, config_name: str | None = None) -> str:
     return os.path.join(model_dir, CONFIG_FILENAME)
 
 
-def load_config_file(path: str, model_name: str) -> ModelConfig | None:
+def load_config_file(path: str, model_name: str, shown: str | None = None) -> ModelConfig | None:
     """Parse one ``config.pbtxt``; ``None`` when the file does not exist.
 
-    Raises :class:`ModelConfigError` naming the model, the file and the line.
+    Raises :class:`ModelConfigError` naming the model, the file (as ``shown``, by default ``path``) and the line.
     """
+    shown = path if shown is None else shown
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as e:
-        raise ModelConfigError(f"failed to read model configuration {path} for model '{model_name}': {e}") from None
-    return parse_config_text(text, model_name, path)
+        reason = e.strerror if isinstance(e, OSError) else str(e)  # an OSError's text has the full path
+        raise ModelConfigError(f"failed to read model configuration {shown} for model '{model_name}': {reason}") from None
+    return parse_config_text(text, model_name, shown)
+
+
+def read_model_config(model_dir: str, config_name: str | None, model_name: str) -> ModelConfig | None:
+    """The config file of the model in ``model_dir`` (``None`` when there is none), named in errors relative
+    to the model folder; a config file that resolves outside the folder (a symlink) is refused."""
+    path = config_path(model_dir, config_name)
+    shown = os.path.relpath(path, model_dir)
+    if os.path.lexists(path) and not is_inside(model_dir, path):
+        raise ModelConfigError(f"model '{model_name}': the model configuration {shown} leaves the model directory; "
+                               "every file of a model must stay inside the model's folder")
+    return load_config_file(path, model_name, shown)
 
 
 def parse_config_text(text: str, model_name: str, source: str = CONFIG_FILENAME) -> ModelConfig:

@@ -13,7 +13,7 @@ from google.protobuf import json_format
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.config.ensemble import composing_models, is_ensemble
-from tritium.config.parse import config_path, load_config_file
+from tritium.config.parse import read_model_config
 from tritium.core.errors import TritiumError
 from tritium.core.model import Model
 
@@ -27,7 +27,7 @@ def read_ensemble_config(model_dir: str, config_name: str, config_json: str | No
         if config_json is not None:
             config = json_format.Parse(config_json, mc.ModelConfig(), ignore_unknown_fields=True)
         elif model_dir:
-            config = load_config_file(config_path(model_dir, config_name), "")
+            config = read_model_config(model_dir, config_name, "")
         else:
             return None
     except (TritiumError, json_format.ParseError, OSError):

@@ -26,7 +26,8 @@ from tritium.backends.base import InferenceHandle, InstanceSpec, ModelContext, M
 from tritium.backends.registry import BackendRegistry, check_model
 from tritium.config.ensemble import check_composing_models, composing_models, ensemble_steps, is_ensemble
 from tritium.config.autocomplete import fill_backend_fields, version_dirs
-from tritium.config.parse import config_path, load_config_file
+from tritium.config.parse import config_path, read_model_config
+from tritium.config.paths import check_config_paths, inside_model_dir, relative_text
 from tritium.config.validate import check_instance_groups, normalize, validate
 from tritium.core.devices import available_gpus
 from tritium.core.errors import (
@@ -39,6 +40,7 @@ from tritium.core.errors import (
     status_text,
 )
 from tritium.core.model import Model
+from tritium.core.names import check_model_name, name_problem, shown
 from tritium.core.stats import LatencySummaries
 from tritium.options import ServerOptions
 from tritium.scheduler.base import Scheduler
@@ -50,7 +52,8 @@ from tritium.scheduler.workers import InstanceWorker
 
 from .ensembles import dependents_of, read_ensemble_config
 from .fingerprint import model_fingerprint, version_fingerprint
-from .overrides import OverrideDir
+from .overrides import OverrideDir, check_override_name
+from .overrides import remove_all as remove_overrides
 from .versions import select_versions
 from .warmup import warm_up
 
@@ -102,6 +105,8 @@ class ModelEntry:
     fingerprint: str = ""
     #: Loads and unloads of one model run one at a time; different models load in parallel.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Loads of this model under way (or waiting for the lock).
+    loads: int = 0
 
     def refresh(self) -> None:
         ready = [v for v, slot in self.versions.items() if slot.state is State.READY and slot.model is not None]
@@ -120,6 +125,8 @@ class ModelRepositoryManager:
         self._retiring: set[asyncio.Task[None]] = set()
         #: Lets backends call this server's models (Python-backend BLS); set by the server.
         self.inference: InferenceHandle | None = None
+        #: Repository folders whose names cannot be model names (warned about once).
+        self._ignored_names: set[str] = set()
 
     # -- discovery --------------------------------------------------------------------------------
 
@@ -129,11 +136,19 @@ class ModelRepositoryManager:
         for repository in self._options.model_repositories:
             try:
                 entries = sorted(os.listdir(repository))
-            except OSError as e:
-                raise InvalidArgumentError(f"failed to open model repository '{repository}': {e}") from None
+            except OSError as e:  # the path is the operator's: in the log, not in what a client reads
+                log.error("failed to open model repository '%s': %s", repository, e)
+                raise InvalidArgumentError(f"failed to open a model repository: {e.strerror}") from None
             for entry in entries:
                 path = os.path.join(repository, entry)
-                if not os.path.isdir(path) or entry.startswith("."):
+                if entry.startswith(".") or not os.path.isdir(path):
+                    continue
+                problem = name_problem(entry)
+                if problem is not None:
+                    if entry not in self._ignored_names:
+                        self._ignored_names.add(entry)
+                        log.warning("model folder '%s' of repository '%s' is ignored: %s", shown(entry), repository,
+                                    problem)
                     continue
                 found[entry] = None if entry in found else path
         return found
@@ -163,6 +178,13 @@ class ModelRepositoryManager:
         then swapped in; replaced and dropped versions are drained and finalized in the background.
         Versions whose files and config did not change are kept as they are.
         """
+        check_model_name(name)  # before anything touches the file system
+        if files:
+            # a refused request changes nothing: no folder written, no entry made or changed
+            if config is None:
+                raise InvalidArgumentError(f"failed to load '{name}': file overrides need the 'config' parameter too")
+            for relative in files:
+                check_override_name(relative, name)
         found = self.scan() if found is None else found
         if name not in found and not files:
             raise InternalError(f"failed to load '{name}', failed to poll from model repository")
@@ -173,9 +195,17 @@ class ModelRepositoryManager:
             log.error("failed to load '%s': %s", name, entry.reason)
             raise InvalidArgumentError(entry.reason)
         entry = self._models.setdefault(name, ModelEntry(name, path))
-        await self._load_composing(entry, path, config)
-        async with entry.lock:
-            await self._load_locked(entry, path, config, files)
+        entry.loads += 1
+        try:
+            await self._load_composing(entry, path, config)
+            async with entry.lock:
+                await self._load_locked(entry, path, config, files)
+        finally:
+            entry.loads -= 1
+            if not entry.loads and not path and not entry.model_dir and entry.latest is None \
+                    and self._models.get(name) is entry:
+                # a model made only of a client's files that does not serve leaves no entry behind
+                del self._models[name]
 
     async def _load_composing(self, entry: ModelEntry, model_dir: str, config_json: str | None) -> None:
         """Before an ensemble loads, load the composing models that are not serving yet (explicit mode included).
@@ -231,17 +261,20 @@ class ModelRepositoryManager:
             entry.poll_failed, entry.reason = True, str(e)
             if not entry.versions:
                 entry.state = State.UNAVAILABLE
-            log.error("failed to load '%s': %s", name, e)
+            # the operator's log names the folder; what clients read names paths relative to it
+            log.error("failed to load '%s' from %s: %s", name, model_dir, e)
             raise InternalError(f"failed to load '{name}', failed to poll from model repository") from None
         except TritiumError as e:
             if override is not None:
                 override.remove()
+            # the operator's log names the folder; what clients read names paths relative to it
+            e = type(e)(relative_text(e.message, model_dir), e.status)
             if entry.latest is None:
                 entry.state, entry.reason = State.UNAVAILABLE, str(e)
             reason = str(e)  # (said once: some reasons name the model already)
             prefix = f"failed to load '{name}'"
-            log.error("%s", reason if reason.startswith(prefix) else f"{prefix}: {reason}")
-            raise
+            log.error("%s (from %s)", reason if reason.startswith(prefix) else f"{prefix}: {reason}", model_dir)
+            raise e from None
         entry.poll_failed = False
         entry.model_dir = path
         same = override is None and plan.fingerprint == entry.fingerprint
@@ -274,6 +307,8 @@ class ModelRepositoryManager:
                 log.exception("failed to load '%s'", name)
                 slots = [VersionSlot(v, State.UNAVAILABLE, f"{type(e).__name__}: {e}") for v in build]
         failed = [slot for slot in slots if slot.state is not State.READY]
+        for slot in failed:  # a reason reaches clients (index, load answer): paths relative to the model folder
+            slot.reason = relative_text(slot.reason, model_dir)
         retire: list[VersionSlot] = []
         for slot in slots:
             slot.fingerprint = plan.versions[slot.version]
@@ -319,6 +354,7 @@ class ModelRepositoryManager:
         """
         entry = self._models.get(name)
         if entry is None:
+            check_model_name(name)  # an unknown name: say so when it cannot be a model's name at all
             return
         composing = composing_models(entry.latest.config) if entry.latest and is_ensemble(entry.latest.config) else []
         await self._unload_one(entry)
@@ -346,6 +382,7 @@ class ModelRepositoryManager:
         """Unload every model and wait until each has drained and been finalized (shutdown)."""
         await asyncio.gather(*(self.unload(name) for name in list(self._models)), return_exceptions=True)
         await self.wait_retired()
+        remove_overrides()
         self._load_pool.shutdown(wait=False, cancel_futures=True)
 
     async def wait_retired(self) -> None:
@@ -390,12 +427,11 @@ class ModelRepositoryManager:
                 raise InvalidArgumentError(f"failed to load '{name}': Invalid config override: {e}") from None
             source = "config override\0" + config_json
         else:
-            path = config_path(model_dir, self._options.model_config_name)
             try:
-                config = load_config_file(path, name)
+                config = read_model_config(model_dir, self._options.model_config_name, name)
             except TritiumError as e:
                 raise _PollFailure(str(e)) from None
-            source = path
+            source = config_path(model_dir, self._options.model_config_name)
         policy = config.version_policy if config is not None and config.HasField("version_policy") else None
         versions = select_versions(policy or mc.ModelVersionPolicy(), version_dirs(model_dir))
         if not versions:
@@ -403,7 +439,7 @@ class ModelRepositoryManager:
                 f"at least one version must be available under the version policy of model '{name}'"
             )
         return _Plan(config, model_dir, model_fingerprint(model_dir, source),
-                     {v: version_fingerprint(model_dir, v) for v in versions})
+                     {v: version_fingerprint(model_dir, v) for v in versions}, from_client=config_json is not None)
 
     def fingerprints(self, found: Mapping[str, str | None]) -> dict[str, str]:
         """Name -> fingerprint of every model folder found (what the poller compares between polls)."""
@@ -424,20 +460,22 @@ class ModelRepositoryManager:
         auto_complete = not options.strict_model_config
         if plan.config is None:
             if not auto_complete:
-                path = config_path(model_dir, options.model_config_name)
+                path = os.path.relpath(config_path(model_dir, options.model_config_name), model_dir)
                 raise ModelConfigError(f"failed to load model '{name}': {path} not found and auto-complete is disabled")
             config = mc.ModelConfig()
         else:
             config = mc.ModelConfig()
             config.CopyFrom(plan.config)
         fill_backend_fields(config, model_dir)
+        # nothing of the model is read or run before every path its config names is known to stay inside
+        check_config_paths(config, model_dir, versions, name, plan.from_client)
         _refuse_unsupported_features(config, name)
         if not config.name:
             config.name = name
         backend = self._backends.get(config.backend, config.runtime) if config.backend else None
         if backend is not None and auto_complete:
             try:
-                backend.auto_complete_config(self._context(name, versions[-1], model_dir, config))
+                backend.auto_complete_config(self._context(name, versions[-1], model_dir, config, plan.from_client))
             except TritiumError as e:  # the reason reads as Triton's for a failed load: "Internal: ..."
                 raise type(e)(status_text(e), e.status) from None
         cpu_count = backend.default_instance_count("KIND_CPU") if backend else 1
@@ -445,13 +483,14 @@ class ModelRepositoryManager:
         gpus = self._gpus if backend is None or "KIND_GPU" in backend.instance_kinds else []
         normalize(config, name, gpus, cpu_count)
         validate(config, name)
+        check_config_paths(config, model_dir, versions, name, plan.from_client)  # auto-complete may add some
         if is_ensemble(config):
             return [self._build_ensemble(name, version, config) for version in versions]
         assert backend is not None  # validate() refuses configs without a backend
         check_model(backend, config, name)
         slots = []
         for version in versions:
-            slot = self._build_version(name, version, model_dir, config, backend, loop)
+            slot = self._build_version(name, version, model_dir, config, backend, loop, plan.from_client)
             if slot.state is State.READY and config.model_warmup:
                 _warm_up(slot, model_dir)
             slots.append(slot)
@@ -464,14 +503,16 @@ class ModelRepositoryManager:
         scheduler = EnsembleScheduler(name, steps, [o.name for o in config.output], self.get)
         return VersionSlot(version, State.READY, model=Model(name, version, config, scheduler))
 
-    def _context(self, name: str, version: int, model_dir: str, config: mc.ModelConfig) -> ModelContext:
+    def _context(self, name: str, version: int, model_dir: str, config: mc.ModelConfig,
+                 from_client: bool = False) -> ModelContext:
         settings = dict(self._options.backend_config.get("*", {}))
         settings.update(self._options.backend_config.get(config.backend, {}))
-        return ModelContext(name, version, model_dir, config, settings, self.inference)
+        return ModelContext(name, version, model_dir, config, settings, self.inference, from_client)
 
-    def _build_version(self, name, version, model_dir, config, backend, loop) -> VersionSlot:  # type: ignore[no-untyped-def]
+    def _build_version(self, name, version, model_dir, config, backend, loop,  # type: ignore[no-untyped-def]
+                       from_client=False) -> VersionSlot:
         slot = VersionSlot(version)
-        ctx = self._context(name, version, model_dir, config)
+        ctx = self._context(name, version, model_dir, config, from_client)
         try:
             check_instance_groups(config, name, self._gpus)
             sequence = sequence_settings(config, model_dir) if config.HasField("sequence_batching") else None
@@ -509,6 +550,8 @@ class ModelRepositoryManager:
         """
         entry = self._models.get(name)
         if entry is None or not entry.versions:
+            if entry is None:
+                check_model_name(name)  # only on this failure path: a known name is valid by construction
             raise NotFoundError(f"Request for unknown model: '{name}' is not found")
         if version < 0:
             if entry.latest is not None:
@@ -608,6 +651,8 @@ class _Plan:
     fingerprint: str
     #: Version -> fingerprint of every version the policy selects, ascending.
     versions: dict[int, str]
+    #: The config is a client's override (repository API), not the operator's file.
+    from_client: bool = False
 
     @property
     def wanted(self) -> list[int]:
@@ -659,12 +704,15 @@ def _read_labels(config: mc.ModelConfig, model_dir: str, name: str) -> dict[str,
     labels = {}
     for output in config.output:
         if output.label_filename:
-            path = os.path.join(model_dir, output.label_filename)
+            path = inside_model_dir(model_dir, output.label_filename, f"label_filename of output '{output.name}'",
+                                    name)
             try:
                 with open(path, encoding="utf-8") as f:
                     labels[output.name] = [line.rstrip("\r\n") for line in f]
-            except OSError as e:
-                raise ModelConfigError(f"model '{name}': cannot read label file for output '{output.name}': {e}") from None
+            except (OSError, UnicodeDecodeError) as e:
+                reason = e.strerror if isinstance(e, OSError) else str(e)  # an OSError's text has the full path
+                raise ModelConfigError(f"model '{name}': cannot read label file '{output.label_filename}' for output "
+                                       f"'{output.name}': {reason}") from None
     return labels
 
 

@@ -7,21 +7,18 @@ model is published.  A sample that fails fails the load with its reason.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.backends.base import ModelInstanceState
+from tritium.config.paths import WARMUP_DIR, inside_model_dir
 from tritium.core.bytes_codec import deserialize_bytes_tensor
 from tritium.core.errors import InvalidArgumentError, TritiumError
 from tritium.core.inference import InferenceRequest
 from tritium.core.model import Model
 from tritium.core.types import DataType, Tensor
-
-#: Triton's folder, inside the model folder, of ``input_data_file`` warmup data.
-WARMUP_DIR = "warmup"
 
 
 class WarmupError(InvalidArgumentError):
@@ -64,7 +61,7 @@ def sample_request(model: Model, sample: mc.ModelWarmup, model_dir: str) -> Infe
         dims = tuple(int(d) for d in spec.dims)
         if any(d < 0 for d in dims):
             raise InvalidArgumentError(f"input '{name}' has variable dims {list(dims)}; warmup dims must be fixed")
-        one = _data(name, datatype, dims, spec, model_dir, rng)
+        one = _data(model, name, datatype, dims, spec, model_dir, rng)
         if model.max_batch_size > 0:
             data = np.repeat(one[np.newaxis, ...], batch_size, axis=0)
         else:
@@ -74,23 +71,25 @@ def sample_request(model: Model, sample: mc.ModelWarmup, model_dir: str) -> Infe
                             batch_size=batch_size if model.max_batch_size > 0 else 1)
 
 
-def _data(name: str, datatype: DataType, dims: tuple[int, ...], spec: mc.ModelWarmup.Input, model_dir: str,
+def _data(model: Model, name: str, datatype: DataType, dims: tuple[int, ...], spec: mc.ModelWarmup.Input, model_dir: str,
           rng: np.random.Generator) -> np.ndarray:
     count = int(np.prod(dims, dtype=np.int64))
     choice = spec.WhichOneof("input_data_type")
     if choice == "input_data_file":
-        path = os.path.join(model_dir, WARMUP_DIR, spec.input_data_file)
+        path = inside_model_dir(model_dir, spec.input_data_file, f"input_data_file of warmup input '{name}'",
+                                model.name, base=WARMUP_DIR)
+        shown = f"{WARMUP_DIR}/{spec.input_data_file.lstrip('/')}"  # never the server's absolute path
         try:
             with open(path, "rb") as f:
                 raw = f.read()
         except OSError as e:
-            raise InvalidArgumentError(f"cannot read warmup data of input '{name}' from '{path}': {e.strerror}") from None
+            raise InvalidArgumentError(f"cannot read warmup data of input '{name}' from '{shown}': {e.strerror}") from None
         if datatype is DataType.BYTES:
             return deserialize_bytes_tensor(raw, count, name).reshape(dims)
         size = count * datatype.itemsize
         if len(raw) < size:
             raise InvalidArgumentError(
-                f"warmup data of input '{name}' in '{path}' has {len(raw)} bytes, {size} are needed for {list(dims)}"
+                f"warmup data of input '{name}' in '{shown}' has {len(raw)} bytes, {size} are needed for {list(dims)}"
             )
         return np.frombuffer(raw, dtype=datatype.numpy_dtype, count=count).reshape(dims)
     if datatype is DataType.BYTES:  # zero and random data are empty strings, as Triton sends them

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from tritium._proto import model_config_pb2 as mc
+from tritium.config.paths import INITIAL_STATE_DIR, inside_model_dir
 from tritium.core.errors import InternalError, InvalidArgumentError, ModelConfigError, TritiumError, UnavailableError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.stats import ExecutionTiming, ModelStats
@@ -222,14 +222,16 @@ def _state_spec(name: str, state: mc.ModelSequenceBatching.State, model_dir: str
         raise ModelConfigError(f"{where}: initial_state dims {dims} do not fit the state's dims {list(state.dims)}")
     choice = initial.WhichOneof("state_data")
     if choice == "data_file":
-        path = os.path.join(model_dir, "initial_state", initial.data_file)
+        path = inside_model_dir(model_dir, initial.data_file, f"initial_state data_file of state "
+                                f"'{state.input_name}'", name, base=INITIAL_STATE_DIR)
+        shown = f"{INITIAL_STATE_DIR}/{initial.data_file.lstrip('/')}"  # never the server's absolute path
         try:
             raw = np.fromfile(path, dtype=datatype.numpy_dtype)
         except OSError as e:
-            raise ModelConfigError(f"{where}: cannot read initial_state data_file '{path}': {e.strerror}") from None
+            raise ModelConfigError(f"{where}: cannot read initial_state data_file '{shown}': {e.strerror}") from None
         if raw.size != int(np.prod(dims)):
             raise ModelConfigError(
-                f"{where}: initial_state data_file '{path}' holds {raw.size} elements, dims {dims} need "
+                f"{where}: initial_state data_file '{shown}' holds {raw.size} elements, dims {dims} need "
                 f"{int(np.prod(dims))}"
             )
         return StateSpec(state.input_name, state.output_name, datatype, raw.reshape(dims))

@@ -132,7 +132,8 @@ class PythonBackend(Backend):
 
     def interpreter(self, ctx: ModelContext) -> str:
         """The Python that runs the model's processes: the server's own, or the one of ``EXECUTION_ENV_PATH``."""
-        return self.environments.interpreter(ctx.name, ctx.model_dir, ctx.parameter("EXECUTION_ENV_PATH"))
+        return self.environments.interpreter(ctx.name, ctx.model_dir, ctx.parameter("EXECUTION_ENV_PATH"),
+                                             ctx.config_from_client)
 
     def auto_complete_config(self, ctx: ModelContext) -> None:
         """Run the model's static ``auto_complete_config`` in a throw-away stub, as Triton does."""
@@ -161,7 +162,7 @@ class PythonBackend(Backend):
     def model_initialize(self, ctx: ModelContext) -> ModelState:
         if not os.path.exists(ctx.model_path):
             raise ModelConfigError(f"Failed to preinitialize Python stub: Python model file not found in "
-                                   f"'{ctx.model_path}'")
+                                   f"'{os.path.relpath(ctx.model_path, ctx.model_dir)}'")
         return PythonModelState(ctx, self.settings, self.interpreter(ctx))
 
 

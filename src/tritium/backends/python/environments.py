@@ -19,11 +19,11 @@ import tarfile
 import tempfile
 import threading
 
+from tritium.config.paths import execution_env_path
 from tritium.core.errors import ModelConfigError
 
 log = logging.getLogger(__name__)
 
-MODEL_DIRECTORY = "$$TRITON_MODEL_DIRECTORY"
 #: Caches are named ``<prefix><server pid>-<random>`` in the temporary directory.
 _ROOT_PREFIX = "tritium-python-envs-"
 #: Written last into an unpacked environment: a directory without it is an interrupted unpacking.
@@ -38,25 +38,25 @@ class Environments:
         self._lock = threading.Lock()
         self._unpacked: dict[str, str] = {}
 
-    def interpreter(self, model: str, model_dir: str, value: str | None) -> str:
-        """The Python that runs ``model``'s processes for this ``EXECUTION_ENV_PATH`` value (none: the server's own)."""
+    def interpreter(self, model: str, model_dir: str, value: str | None, from_client: bool = False) -> str:
+        """The Python that runs ``model``'s processes for this ``EXECUTION_ENV_PATH`` value (none: the server's own).
+
+        ``from_client``: the value comes from a repository-API config override (only paths in the model folder).
+        """
         if not value:
             return sys.executable
-        path = value.replace(MODEL_DIRECTORY, model_dir)
-        if value.startswith(MODEL_DIRECTORY):
-            inside = os.path.realpath(model_dir)
-            if os.path.commonpath([inside, os.path.realpath(path)]) != inside:
-                raise ModelConfigError(f"model '{model}': EXECUTION_ENV_PATH '{value}' leaves the model directory")
+        # the server checked the config's paths before (config/paths.py); asked again, the answer is the same
+        path = execution_env_path(model_dir, value, model, from_client)
         if os.path.isdir(path):
             return _python_of(model, path, value)
         if not os.path.isfile(path):
-            raise ModelConfigError(f"model '{model}': EXECUTION_ENV_PATH '{path}' does not exist")
+            raise ModelConfigError(f"model '{model}': EXECUTION_ENV_PATH '{value}' does not exist")
         if not tarfile.is_tarfile(path):
-            raise ModelConfigError(f"model '{model}': EXECUTION_ENV_PATH '{path}' is neither a directory nor a "
+            raise ModelConfigError(f"model '{model}': EXECUTION_ENV_PATH '{value}' is neither a directory nor a "
                                    "tar archive (conda-pack's .tar.gz)")
-        return _python_of(model, self._unpack(model, path), value)
+        return _python_of(model, self._unpack(model, path, value), value)
 
-    def _unpack(self, model: str, archive: str) -> str:
+    def _unpack(self, model: str, archive: str, value: str) -> str:
         info = os.stat(archive)
         key = hashlib.sha256(f"{os.path.realpath(archive)}\0{info.st_size}\0{info.st_mtime_ns}".encode()).hexdigest()[:16]
         with self._lock:  # models loading at once share one unpacking
@@ -70,7 +70,7 @@ class Environments:
             shutil.rmtree(target, ignore_errors=True)
             log.info("unpacking EXECUTION_ENV_PATH '%s' of model '%s' into %s", archive, model, target)
             if not hasattr(tarfile, "data_filter"):
-                raise ModelConfigError(f"model '{model}': unpacking EXECUTION_ENV_PATH '{archive}' safely needs "
+                raise ModelConfigError(f"model '{model}': unpacking EXECUTION_ENV_PATH '{value}' safely needs "
                                        "Python 3.10.12 or later (tarfile's data filter); unpack it and name the "
                                        "directory instead")
             try:
@@ -79,7 +79,9 @@ class Environments:
                     tar.extractall(target, filter="data")
             except (tarfile.TarError, OSError, EOFError) as e:
                 shutil.rmtree(target, ignore_errors=True)
-                raise ModelConfigError(f"model '{model}': failed to unpack EXECUTION_ENV_PATH '{archive}': {e}") from None
+                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                raise ModelConfigError(f"model '{model}': failed to unpack EXECUTION_ENV_PATH '{value}': "
+                                       f"{_without(reason, target)}") from None
             with open(os.path.join(target, _DONE), "w"):
                 pass
             self._unpacked[key] = target
@@ -110,6 +112,11 @@ def _remove_orphans() -> None:
             continue
         log.info("removing %s, left unpacked by server process %s, which is gone", name, pid)
         shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _without(text: str, folder: str) -> str:
+    """``text`` with the server's ``folder`` left out (an error for a client names no absolute server path)."""
+    return text.replace(folder + os.sep, "").replace(folder, "")
 
 
 def _python_of(model: str, env: str, value: str) -> str:

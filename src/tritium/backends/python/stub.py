@@ -43,7 +43,25 @@ def format_exception(error: BaseException) -> str:
     if all(f.filename.startswith("<frozen importlib") for f in frames):
         # only the importer's own frames (a SyntaxError in model.py): Python's import leaves them out too
         return head
-    return head + "\n\nAt:\n" + "".join(f"  {f.filename}({f.lineno}): {f.name}\n" for f in reversed(frames))
+    return head + "\n\nAt:\n" + "".join(f"  {_shown(f.filename)}({f.lineno}): {f.name}\n" for f in reversed(frames))
+
+
+#: The model's folder, set at start: error texts name the model's files relative to it.
+_model_dir = ""
+
+
+def _shown(filename: str) -> str:
+    """A source file as error texts (which reach clients) show it: relative to the model folder, or to the
+    import path entry it was found under (``numpy/...``); never an absolute path of the server."""
+    if not os.path.isabs(filename):
+        return filename
+    roots = [_model_dir] if _model_dir else []
+    roots += sorted((p for p in sys.path if p and os.path.isabs(p)), key=len, reverse=True)
+    for root in roots:
+        prefix = root.rstrip(os.sep) + os.sep
+        if filename.startswith(prefix):
+            return filename[len(prefix):]
+    return os.path.basename(filename)
 
 
 def _error_tuple(error: pb_utils.TritonError | None) -> tuple[str, str] | None:
@@ -205,8 +223,10 @@ class Runtime:
 
 
 def _import_model(model_file: str, version_dir: str) -> Any:
+    global _model_dir
+    _model_dir = os.path.dirname(version_dir.rstrip(os.sep))
     if not os.path.exists(model_file):
-        raise FileNotFoundError(f"Python model file not found in '{model_file}'")
+        raise FileNotFoundError(f"Python model file not found in '{_shown(model_file)}'")
     if version_dir not in sys.path:
         sys.path.append(version_dir)
     spec = importlib.util.spec_from_file_location("model", model_file)
