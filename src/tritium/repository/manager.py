@@ -507,7 +507,8 @@ class ModelRepositoryManager:
                  from_client: bool = False) -> ModelContext:
         settings = dict(self._options.backend_config.get("*", {}))
         settings.update(self._options.backend_config.get(config.backend, {}))
-        return ModelContext(name, version, model_dir, config, settings, self.inference, from_client)
+        return ModelContext(name, version, model_dir, config, settings, self.inference,
+                            config_from_client=from_client)
 
     def _build_version(self, name, version, model_dir, config, backend, loop,  # type: ignore[no-untyped-def]
                        from_client=False) -> VersionSlot:
