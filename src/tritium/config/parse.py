@@ -57,7 +57,7 @@ def config_from_json(text: str | bytes, model_name: str) -> ModelConfig:
     config = ModelConfig()
     try:
         json_format.Parse(text, config)
-    except json_format.ParseError as e:
+    except (json_format.ParseError, ValueError) as e:  # ValueError: bytes that are not UTF-8
         raise ModelConfigError(f"failed to parse JSON model configuration for model '{model_name}': {e}") from None
     return config
 

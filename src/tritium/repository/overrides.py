@@ -24,15 +24,21 @@ class OverrideDir:
         try:
             for relative, content in files.items():
                 normalized = os.path.normpath(relative)
-                if not relative or os.path.isabs(relative) or normalized == "." or normalized.startswith(".."):
+                if (not relative or os.path.isabs(relative) or normalized == "." or normalized.startswith("..")
+                        or "\0" in relative):
                     raise InvalidArgumentError(
-                        f"failed to load '{name}': file override 'file:{relative}' must name a file inside the model"
-                        " folder, as 'file:<version>/<name>'"
+                        f"failed to load '{name}': file override 'file:{relative!r}' must name a file inside the "
+                        "model folder, as 'file:<version>/<name>'"
                     )
                 path = os.path.join(root, normalized)
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                with open(path, "wb") as f:
-                    f.write(content)
+                try:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    with open(path, "wb") as f:
+                        f.write(content)
+                except OSError as e:  # a name too long, a file where a folder must go (1/a and 1/a/b), ...
+                    raise InvalidArgumentError(
+                        f"failed to load '{name}': file override 'file:{relative!r}' cannot be written: {e.strerror}"
+                    ) from None
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise

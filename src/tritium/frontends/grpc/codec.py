@@ -32,7 +32,7 @@ from tritium.core.bytes_codec import deserialize_bytes_tensor, serialize_bytes_t
 from tritium.core.errors import InvalidArgumentError, request_error
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.shm_regions import OutputPlace, SystemSharedMemory, tensor_view
-from tritium.core.types import DataType, Tensor
+from tritium.core.types import DataType, Tensor, check_empty_shape
 
 #: Most dimensions a tensor may have (numpy's own limit is 64), as the HTTP frontend.
 MAX_RANK = 64
@@ -259,6 +259,8 @@ def _decode_input(
     if datatype is None:
         raise InvalidArgumentError(f"invalid datatype for input {name}")
     count = math.prod(shape)
+    if not count:
+        check_empty_shape(shape, name)
     has_contents = item.HasField("contents")
     if place is not None:
         if has_contents:

@@ -84,9 +84,9 @@ def _input_array(name: str, value: Any, datatype: DataType, dims: tuple[int, ...
         return array.reshape(shape)
     try:
         return np.array(values, dtype=datatype.numpy_dtype).reshape(shape)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer out of the type's range
         raise InvalidArgumentError(
-            f"input '{name}' is {datatype.wire_name}: its values must be numbers") from None
+            f"input '{name}' is {datatype.wire_name}: its values must be numbers in the range of that type") from None
 
 
 def encode_generate_response(response: InferenceResponse) -> bytes:
