@@ -298,6 +298,16 @@ def _check_config(config: mc.ModelConfig) -> None:
     if config.HasField("sequence_batching"):
         sequence_settings(config, _empty_dir())
     config_to_dict(config)  # what /config answers
+    if config.model_warmup:
+        from tritium.repository import warmup
+
+        model = Model("m", 1, config, scheduler=None)  # type: ignore[arg-type]
+        saved, warmup.MAX_INPUT_BYTES = warmup.MAX_INPUT_BYTES, 1 << 20  # within the test's memory bound
+        try:
+            for sample in config.model_warmup:
+                warmup.sample_request(model, sample, _empty_dir())
+        finally:
+            warmup.MAX_INPUT_BYTES = saved
 
 
 def config_text(text: str) -> TritiumError | None:

@@ -396,8 +396,11 @@ CONFIG_SAMPLES = [
     'output [{ name: "z" data_type: TYPE_FP32 dims: [1] }] ensemble_scheduling { step [{ model_name: "x" '
     'model_version: -1 input_map { key: "in" value: "a" } output_map { key: "out" value: "t" } }, { model_name: '
     '"y" model_version: 2 input_map { key: "in" value: "t" } output_map { key: "out" value: "z" } }] }',
-    'name: "m" backend: "onnxruntime" version_policy { specific { versions: [1, 3] } } model_warmup [{ name: "w" '
-    'batch_size: 1 inputs { key: "a" value { data_type: TYPE_STRING dims: [1] input_data_file: "w.bin" } } }] '
+    'name: "m" backend: "onnxruntime" max_batch_size: 4 version_policy { specific { versions: [1, 3] } } '
+    'model_warmup [{ name: "w" batch_size: 1 inputs { key: "a" value { data_type: TYPE_STRING dims: [1] '
+    'input_data_file: "w.bin" } } }, { name: "z" batch_size: 2 count: 2 inputs { key: "b" value { data_type: '
+    'TYPE_FP32 dims: [2, 3] random_data: true } } inputs { key: "c" value { data_type: TYPE_INT8 dims: [3] '
+    'zero_data: true } } }] '
     'parameters { key: "EXECUTION_ENV_PATH" value { string_value: "env.tar.gz" } } '
     'optimization { execution_accelerators { cpu_execution_accelerator [{ name: "openvino" }] } }',
 ]

@@ -49,6 +49,9 @@ def parse_config_text(text: str, model_name: str, source: str = CONFIG_FILENAME)
         text_format.Parse(text, config)
     except text_format.ParseError as e:
         raise ModelConfigError(f"failed to parse model configuration {source} for model '{model_name}': line {e}") from None
+    except ValueError as e:  # protobuf's text parser lets some through, e.g. an enum number beyond 32 bits
+        raise ModelConfigError(f"failed to parse model configuration {source} for model '{model_name}': {e}") from None
+    check_enum_values(config, model_name)
     return config
 
 
@@ -59,7 +62,52 @@ def config_from_json(text: str | bytes, model_name: str) -> ModelConfig:
         json_format.Parse(text, config)
     except (json_format.ParseError, ValueError) as e:  # ValueError: bytes that are not UTF-8
         raise ModelConfigError(f"failed to parse JSON model configuration for model '{model_name}': {e}") from None
+    check_enum_values(config, model_name)
     return config
+
+
+def check_enum_values(config: ModelConfig, model_name: str) -> None:
+    """Refuse enum fields holding a number their enum does not name.
+
+    The config's enums are open (proto3): both text and JSON parsers accept any number (``data_type: 77``,
+    ``"kind": 2147483647``), which later code could not name or map to a type.
+    """
+    where = _unknown_enum(config, "")
+    if where is not None:
+        field, value = where
+        raise ModelConfigError(f"model '{model_name}': '{field}' has the value {value}, which its enum does not name")
+
+
+def _unknown_enum(message: Any, path: str) -> tuple[str, int] | None:
+    for fd, value in message.ListFields():
+        name = f"{path}.{fd.name}" if path else fd.name
+        if fd.type == fd.TYPE_ENUM:
+            known = fd.enum_type.values_by_number
+            for v in (value if _is_repeated(fd) else (value,)):
+                if v not in known:
+                    return name, v
+        elif fd.message_type is not None:
+            if fd.message_type.GetOptions().map_entry:
+                value_fd = fd.message_type.fields_by_name["value"]
+                if value_fd.message_type is not None:
+                    items = [(f"{name}[{k!r}]", v) for k, v in value.items()]
+                elif value_fd.type == value_fd.TYPE_ENUM:
+                    known = value_fd.enum_type.values_by_number
+                    for k, v in value.items():
+                        if v not in known:
+                            return f"{name}[{k!r}]", v
+                    continue
+                else:
+                    continue
+            elif _is_repeated(fd):
+                items = [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+            else:
+                items = [(name, value)]
+            for sub_path, sub in items:
+                found = _unknown_enum(sub, sub_path)
+                if found is not None:
+                    return found
+    return None
 
 
 def config_to_dict(config: ModelConfig) -> dict[str, Any]:
