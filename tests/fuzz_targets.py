@@ -85,20 +85,7 @@ def refused_or_result(fn: Callable[..., Any], *args: Any, size: int, what: str) 
 
 # -- the models requests are checked against -----------------------------------------------------------
 
-MODEL_CONFIG = """
-name: "m"
-max_batch_size: %d
-input [
-  { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] },
-  { name: "INPUT1" data_type: TYPE_STRING dims: [ 2 ] },
-  { name: "INPUT2" data_type: TYPE_INT8 dims: [ 2, -1 ] reshape: { shape: [ -1, 2 ] } },
-  { name: "INPUT3" data_type: TYPE_BOOL dims: [ 1 ] optional: true },
-  { name: "INPUT4" data_type: TYPE_UINT64 dims: [ 1, 1 ] optional: true }
-]
-output [
-  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] }
-]
-"""
+from fuzz_strategies import MODEL_CONFIG  # noqa: E402  (the model config requests are checked against)
 
 
 def make_model(max_batch_size: int) -> Model:
