@@ -344,7 +344,7 @@ class ApiTarget:
         tempfile.tempdir = self.temp
         self.loop = asyncio.new_event_loop()
         options = ServerOptions(model_repositories=[self.repo], model_control_mode="explicit", allow_http=False,
-                                allow_grpc=False, allow_metrics=False)
+                                allow_grpc=False, allow_metrics=False, allow_client_shm=True)
         logs = LogManager(LogSettings())
         logs.handler.setLevel(logging.CRITICAL + 1)  # settings change, nothing is printed
         self.server = Server(options, logs)

@@ -48,7 +48,7 @@ def server(tmp_path_factory):
         input [ { name: "INPUT0" data_type: TYPE_STRING dims: [ -1 ] } ]
         output [ { name: "OUTPUT0" data_type: TYPE_STRING dims: [ -1 ] } ]
     """)
-    with RunningServer([repo], ["--model-control-mode=explicit", "--load-model=*",
+    with RunningServer([repo], ["--model-control-mode=explicit", "--load-model=*", "--allow-client-shm=true",
                                 "--http-max-input-size=1048576"]) as s:
         yield s
 

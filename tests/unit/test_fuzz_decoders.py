@@ -37,9 +37,11 @@ from fuzz_strategies import (
     shm_requests,
     trace_bodies,
 )
+from tritium._proto import grpc_service_pb2 as pb
 from tritium.core.bytes_codec import deserialize_bytes_tensor
 from tritium.core.errors import InvalidArgumentError
 from tritium.core.types import DataType
+from tritium.frontends.grpc import codec as grpc_codec
 from tritium.frontends.http import codec as http_codec
 
 settings.register_profile(
@@ -206,3 +208,125 @@ def test_shared_memory_register_bodies(api, case):
                                                ["0", "-1", "5", "x", "99999999999999999999", ""])}))
 def test_api_random_bodies(api, path, body, headers):
     api.handle("POST", path, body, headers)
+
+
+# -- what the fuzzing found (each was a crash: an exception other than TritiumError) ----------------------
+
+@pytest.mark.parametrize("shape", [[0, 2**64 - 1], [0, 2**62, 2**62], [2**63, 0]])
+def test_found_shapes_without_elements_that_no_array_can_have(shape):
+    """numpy refuses them even with no elements (ValueError 'array is too big' / 'Maximum allowed dimension')."""
+    doc = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": shape, "data": []}]}
+    with pytest.raises(InvalidArgumentError, match="larger than any tensor"):
+        http_codec.decode_infer_request(dumps(doc), None, "m", 1)
+    header = dumps({"inputs": [{"name": "INPUT1", "datatype": "BYTES", "shape": shape,
+                                "parameters": {"binary_data_size": 0}}]})
+    with pytest.raises(InvalidArgumentError, match="larger than any tensor"):
+        http_codec.decode_infer_request(header, len(header), "m", 1)
+    if max(shape) < 2**63:
+        message = pb.ModelInferRequest(model_name="m")
+        message.inputs.add(name="INPUT0", datatype="FP32", shape=shape)
+        message.raw_input_contents.append(b"")
+        decoded = grpc_codec.decode_request_bytes(message.SerializeToString())
+        with pytest.raises(InvalidArgumentError, match="larger than any tensor"):
+            grpc_codec.to_inference_request(decoded, "m", 1)
+    with pytest.raises(InvalidArgumentError, match="larger than any tensor"):
+        http_codec.decode_raw_request(b"", "m", 1, "INPUT0", DataType.UINT16, [-1, 2**62])
+
+
+def test_found_generate_integers_out_of_the_input_types_range():
+    from tritium.frontends.http.generate import decode_generate_request
+
+    for value in (2**63, 300, -129):
+        with pytest.raises(InvalidArgumentError, match="INPUT2.*range"):
+            decode_generate_request(dumps({"INPUT2": [0, value, 1, 2]}), targets.MODELS[0])
+
+
+def test_found_grpc_groups_are_skipped_as_protobuf_skips_them():
+    """A group (wire type 3) is an unknown field to protobuf; the pre-parser refused the whole message."""
+    message = pb.ModelInferRequest(model_name="m")
+    message.inputs.add(name="INPUT0", datatype="FP32", shape=[1])
+    raw = b"\0\0\x80\x3f"
+    group = b"\x5b" + b"\x0a\x01x" + b"\x63\x64" + b"\x3a\x01y" + b"\x5c"  # group 11 { 1: "x", group 12 {}, 7: "y" }
+    data = message.SerializeToString() + group + b"\x3a\x04" + raw
+    decoded = grpc_codec.decode_request_bytes(data)
+    assert decoded.error is None and [bytes(r) for r in decoded.raw] == [raw]
+    request = grpc_codec.to_inference_request(decoded, "m", 1)
+    assert request.inputs[0].data.tolist() == [1.0]
+    for bad in (b"\x5b\x0a\x01x", b"\x5b\x64", b"\x5c"):  # unterminated, mismatched, an end without a start
+        assert grpc_codec.decode_request_bytes(message.SerializeToString() + bad).error is not None
+    assert "missing required" in str(targets.grpc_infer(data))  # decoded, then validated against the model
+
+
+def test_found_repository_bodies(api):
+    """Base64 text with non-ASCII characters; override file names with NUL, too long, or clashing."""
+    import base64
+
+    config = dumps({"name": "fuzzed", "backend": "onnxruntime"}).decode()
+    ok = base64.b64encode(b"x").decode()
+    for files in ({"file:1/model.onnx": "\u00e9AAA"}, {"file:a\0b": ok}, {"file:1/" + "a" * 300: ok},
+                  {"file:1/a": ok, "file:1/a/b": ok}):
+        status = api.handle("POST", "/v2/repository/models/fuzzed/load",
+                            dumps({"parameters": {"config": config, **files}}))
+        assert status == 400
+
+
+def test_found_shared_memory_key_with_nul(api):
+    status = api.handle("POST", "/v2/systemsharedmemory/region/r/register",
+                        dumps({"key": api.shm_key + "\0x", "offset": 0, "byte_size": 8}))
+    assert status == 500  # Triton's code for a region it cannot open
+
+
+@pytest.mark.parametrize("text", [
+    'name: "m" backend: "onnxruntime" input [{ name: "a" data_type: 77 dims: [1] }]',
+    'name: "m" backend: "onnxruntime" instance_group [{ kind: 9 }]',
+    'name: "m" backend: "onnxruntime" output [{ name: "z" data_type: 2147483648 dims: [1] }]',
+    'name: "m" backend: "onnxruntime" model_warmup [{ name: "w" inputs { key: "a" value { data_type: 99 '
+    'dims: [1] zero_data: true } } }]',
+])
+def test_found_config_enum_numbers_no_enum_names(text):
+    from tritium.config.parse import parse_config_text
+    from tritium.core.errors import ModelConfigError
+
+    with pytest.raises(ModelConfigError):
+        parse_config_text(text, "m")
+    assert isinstance(targets.config_text(text), ModelConfigError)
+
+
+def test_found_config_json_enum_numbers_and_bytes():
+    from tritium.config.parse import config_from_json
+    from tritium.core.errors import ModelConfigError
+
+    with pytest.raises(ModelConfigError, match=r"input\[0\]\.data_type"):
+        config_from_json('{"input": [{"name": "a", "data_type": 2147483647, "dims": [1]}]}', "m")
+    with pytest.raises(ModelConfigError):
+        config_from_json(b'\xff{"name": "m"}', "m")
+
+
+def test_found_warmup_samples_declaring_huge_or_untyped_inputs():
+    from tritium.config.parse import parse_config_text
+    from tritium.core.model import Model
+    from tritium.repository.warmup import sample_request
+
+    config = parse_config_text(
+        'name: "m" backend: "onnxruntime" max_batch_size: 8 model_warmup [{ name: "w" batch_size: 8 inputs { '
+        'key: "a" value { data_type: TYPE_FP32 dims: [65536, 65536] zero_data: true } } }, { name: "t" inputs { '
+        'key: "a" value { dims: [1] zero_data: true } } }, { name: "o" inputs { key: "a" value { data_type: '
+        'TYPE_INT8 dims: [4611686018427387904, 4] random_data: true } } }]', "m")
+    model = Model("m", 1, config, scheduler=None)
+    tracemalloc.start()
+    try:
+        for sample, match in zip(config.model_warmup, ["more than", "data_type", "more than"]):
+            with pytest.raises(InvalidArgumentError, match=match):
+                sample_request(model, sample, "/nonexistent")
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
+
+
+def test_found_refused_model_trace_settings_change_nothing():
+    from tritium.trace import TraceConfig, TraceManager
+
+    tracer = TraceManager(TraceConfig.parse([]))
+    with pytest.raises(InvalidArgumentError, match="trace file"):
+        tracer.settings("some_model", {"trace_level": ["TIMESTAMPS"]})
+    assert tracer._overrides == {} and tracer.settings("some_model") == tracer.settings()

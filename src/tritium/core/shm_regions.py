@@ -71,7 +71,7 @@ class SystemSharedMemory:
             raise InternalError(f"Unable to open shared memory region: '{key}'")
         try:
             fd = os.open(_shm_path(key), os.O_RDWR)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL in the key
             raise InternalError(f"Unable to open shared memory region: '{key}'") from None
         try:
             end = offset + byte_size

@@ -27,7 +27,7 @@ class OverrideDir:
                 if (not relative or os.path.isabs(relative) or normalized == "." or normalized.startswith("..")
                         or "\0" in relative):
                     raise InvalidArgumentError(
-                        f"failed to load '{name}': file override 'file:{relative!r}' must name a file inside the "
+                        f"failed to load '{name}': file override 'file:{relative}' must name a file inside the "
                         "model folder, as 'file:<version>/<name>'"
                     )
                 path = os.path.join(root, normalized)
@@ -37,7 +37,7 @@ class OverrideDir:
                         f.write(content)
                 except OSError as e:  # a name too long, a file where a folder must go (1/a and 1/a/b), ...
                     raise InvalidArgumentError(
-                        f"failed to load '{name}': file override 'file:{relative!r}' cannot be written: {e.strerror}"
+                        f"failed to load '{name}': file override 'file:{relative}' cannot be written: {e.strerror}"
                     ) from None
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)

@@ -95,6 +95,35 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+def _skip_group(data: bytes, pos: int, number: int) -> int:
+    """Past the end of a group (wire type 3, proto2's): protobuf keeps one as an unknown field, so the
+    pre-parser must step over it too (raw contents inside it are not the message's)."""
+    open_groups = [number]
+    size = len(data)
+    while open_groups:
+        key, pos = _varint(data, pos)
+        wire_type = key & 7
+        if wire_type == 4:
+            if key >> 3 != open_groups.pop():
+                raise DecodeError("mismatched end of group")
+        elif wire_type == 3:
+            open_groups.append(key >> 3)
+        elif wire_type == 2:
+            length, pos = _varint(data, pos)
+            pos += length
+        elif wire_type == 0:
+            _, pos = _varint(data, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        else:
+            raise DecodeError(f"unsupported wire type {wire_type}")
+        if pos > size:
+            raise DecodeError("truncated group")
+    return pos
+
+
 def _varint_bytes(value: int) -> bytes:
     out = bytearray()
     while value >= 0x80:
@@ -133,6 +162,8 @@ def decode_request_bytes(data: bytes) -> DecodedRequest:
                 pos += 8
             elif wire_type == 5:
                 pos += 4
+            elif wire_type == 3:
+                pos = _skip_group(data, pos, key >> 3)
             else:
                 raise DecodeError(f"unsupported wire type {wire_type}")
         if pos != size:
