@@ -321,8 +321,10 @@ def config_json(text: str | bytes) -> TritiumError | None:
 
 class ApiTarget:
     """A started :class:`Server` (explicit model control, no listeners) and its HTTP API, for the bodies of
-    the repository, logging, trace and shared-memory extensions.  ``handle`` sends one request and checks
-    that the answer is a JSON error or success and that a refused request changed nothing."""
+    the repository, logging, trace and shared-memory extensions, and of ``/infer`` and ``/generate`` (model
+    ``m``: ONNX identity, FP32 ``[-1]``).  ``handle`` sends one request and checks that the answer is a JSON
+    error or success, that nothing but a TritiumError comes out of the route, and that a refused request changed
+    nothing."""
 
     def __init__(self) -> None:
         from tritium.frontends.http.routes import HttpApi
@@ -338,12 +340,16 @@ class ApiTarget:
         os.makedirs(broken)
         with open(os.path.join(self.repo, "broken", "config.pbtxt"), "w") as f:
             f.write('name: "broken"\nbackend: "no_such_backend"\n')
+        from models import identity_graph, write_model
+
+        write_model(self.repo, "m", identity_graph("FP32", (-1,)), config=IDENTITY_CONFIG)
         self._saved_tempdir = tempfile.tempdir
         self._saved_handlers = logging.getLogger().handlers[:]
         self._saved_level = logging.getLogger().level
         tempfile.tempdir = self.temp
         self.loop = asyncio.new_event_loop()
-        options = ServerOptions(model_repositories=[self.repo], model_control_mode="explicit", allow_http=False,
+        options = ServerOptions(model_repositories=[self.repo], model_control_mode="explicit", load_models=["m"],
+                                allow_http=False,
                                 allow_grpc=False, allow_metrics=False, allow_client_shm=True)
         logs = LogManager(LogSettings())
         logs.handler.setLevel(logging.CRITICAL + 1)  # settings change, nothing is printed
@@ -413,7 +419,7 @@ class ApiTarget:
         tracer.settings("", {key: None for key in ("trace_level", "trace_rate", "trace_count", "log_frequency")})
         repository = server.repository
         assert repository is not None
-        for name in [n for n in repository._models if n != "broken"]:
+        for name in [n for n in repository._models if n not in ("broken", "m")]:
             self.loop.run_until_complete(repository.unload(name))
             repository._models.pop(name, None)
         self.loop.run_until_complete(repository.wait_retired())
@@ -432,6 +438,14 @@ class ApiTarget:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join("/dev/shm", self.shm_key))
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+IDENTITY_CONFIG = """
+backend: "onnxruntime"
+max_batch_size: 0
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+"""
 
 
 def _load_attempted(path: str, before: dict[str, Any], after: dict[str, Any]) -> bool:

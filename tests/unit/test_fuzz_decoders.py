@@ -199,6 +199,23 @@ def test_shared_memory_register_bodies(api, case):
     api.handle("GET" if action == "status" else "POST", path, body)
 
 
+@given(infer_bodies(), st.sampled_from(["/v2/models/m/infer", "/v2/models/m/generate"]),
+       st.sampled_from([None, "gzip", "deflate"]))
+def test_infer_bodies_through_the_route(api, case, path, encoding):
+    """The route's own part: Inference-Header-Content-Length parsing, decompression, then a real model."""
+    import zlib
+
+    body, length = case
+    headers = {}
+    if length is not None:
+        headers["inference-header-content-length"] = str(length)
+    if encoding is not None:
+        headers["content-encoding"] = encoding
+        body = zlib.compress(body) if encoding == "deflate" else __import__("gzip").compress(body)
+    api.handle("POST", path, body, headers)
+    assert len(http_codec._PLANS) <= http_codec.MAX_PLANS
+
+
 @given(st.sampled_from(["/v2/repository/index", "/v2/repository/models/fuzzed/load", "/v2/logging",
                         "/v2/trace/setting", "/v2/systemsharedmemory/region/r/register",
                         "/v2/models/m/generate", "/v2/models/m/infer"]),
