@@ -17,6 +17,7 @@ import json
 import os
 import struct
 import sys
+import tracemalloc
 
 import atheris
 
@@ -171,6 +172,7 @@ def main() -> None:
                     f.write(seed)
         args.append(corpus)
     atheris.Setup(args, TARGETS[target])
+    tracemalloc.start()  # once: the targets measure peaks; starting and stopping it per input churns memory
     atheris.Fuzz()
 
 

@@ -407,6 +407,25 @@ class ApiTarget:
         self.reset()
         return response.status
 
+    def grpc(self, method: str, request: Any) -> TritiumError | None:
+        """One gRPC call (the servicer method, as the gRPC frontend runs it without its status mapping): only a
+        TritiumError may come out, and a refused call changes nothing (a load that was attempted aside)."""
+        from tritium.frontends.grpc.server import GrpcApi
+
+        before = self.state()
+        handler = getattr(GrpcApi(self.server), method)
+        size = request.ByteSize()
+        _, error = refused_or_result(lambda: self.loop.run_until_complete(handler(request, None)), size=size,
+                                    what=f"gRPC {method}")
+        after = self.state()
+        if error is not None and not (method == "repository_model_load" and _load_attempted("/load", before, after)) \
+                and before != after:
+            raise ContractError(f"gRPC {method} was refused ({error}) but changed the server: {_diff(before, after)}")
+        if error is not None and after["temp"]:
+            raise ContractError(f"gRPC {method}: a refused load left {after['temp']} behind")
+        self.reset()
+        return error
+
     def reset(self) -> None:
         """Back to the starting state after a request that was accepted (so examples stay independent)."""
         server = self.server

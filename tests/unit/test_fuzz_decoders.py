@@ -12,6 +12,7 @@ deadline; ``HYPOTHESIS_PROFILE=long`` runs many more by hand.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import tracemalloc
@@ -347,3 +348,74 @@ def test_found_refused_model_trace_settings_change_nothing():
     with pytest.raises(InvalidArgumentError, match="trace file"):
         tracer.settings("some_model", {"trace_level": ["TIMESTAMPS"]})
     assert tracer._overrides == {} and tracer.settings("some_model") == tracer.settings()
+
+
+# -- the gRPC frontend's other messages (settings, repository, shared memory) -------------------------------
+
+def _repository_param(draw, value):
+    param = pb.ModelRepositoryParameter()
+    choice = draw(st.sampled_from(["string_param", "bytes_param", "bool_param", "int64_param", None]))
+    if choice == "string_param":
+        param.string_param = value if isinstance(value, str) else draw(st.text(max_size=8))
+    elif choice == "bytes_param":
+        param.bytes_param = value.encode() if isinstance(value, str) else draw(st.binary(max_size=16))
+    elif choice == "bool_param":
+        param.bool_param = draw(st.booleans())
+    elif choice == "int64_param":
+        param.int64_param = draw(st.integers(-(2**63), 2**63 - 1))
+    return param
+
+
+@st.composite
+def grpc_control_calls(draw):
+    """(servicer method, request message) for the logging, trace, repository and shared-memory RPCs."""
+    kind = draw(st.sampled_from(["log", "trace", "load", "unload", "index", "shm"]))
+    if kind == "log":
+        request = pb.LogSettingsRequest()
+        for key in draw(st.lists(st.sampled_from(["log_info", "log_warning", "log_error", "log_verbose_level",
+                                                  "log_format", "log_file", "x"]), max_size=4)):
+            param = request.settings[key]
+            choice = draw(st.sampled_from(["bool_param", "uint32_param", "string_param", None]))
+            if choice == "bool_param":
+                param.bool_param = draw(st.booleans())
+            elif choice == "uint32_param":
+                param.uint32_param = draw(st.integers(0, 2**32 - 1))
+            elif choice == "string_param":
+                param.string_param = draw(st.sampled_from(["default", "ISO8601", "", "/tmp/x"]) | st.text(max_size=5))
+        return "log_settings", request
+    if kind == "trace":
+        request = pb.TraceSettingRequest(model_name=draw(st.sampled_from(["", "", "m", "broken", "nope"])))
+        for key in draw(st.lists(st.sampled_from(["trace_level", "trace_rate", "trace_count", "log_frequency",
+                                                  "trace_file", "trace_mode", "x"]), max_size=4)):
+            request.settings[key].value.extend(draw(st.lists(
+                st.sampled_from(["OFF", "TIMESTAMPS", "TENSORS", "0", "1", "-1", "100", "triton", "x", ""])
+                | st.text(max_size=4), max_size=3)))
+        return "trace_setting", request
+    if kind in ("load", "unload"):
+        cls = pb.RepositoryModelLoadRequest if kind == "load" else pb.RepositoryModelUnloadRequest
+        request = cls(model_name=draw(st.sampled_from(["broken", "fuzzed", "missing", ""])),
+                      repository_name=draw(st.sampled_from(["", "", "other"])))
+        config = json.dumps({"name": request.model_name, "backend": "onnxruntime",
+                             "input": [{"name": "a", "data_type": "TYPE_FP32", "dims": [1]}]})
+        for key in draw(st.lists(st.sampled_from(["config", "file:1/model.onnx", "file:../x", "file:a\0b",
+                                                  "unload_dependents", "file:"]), max_size=3)):
+            request.parameters[key].CopyFrom(_repository_param(draw, config if key == "config" else "xyz"))
+        return f"repository_model_{kind}", request
+    if kind == "index":
+        return "repository_index", pb.RepositoryIndexRequest(repository_name=draw(st.sampled_from(["", "x"])),
+                                                             ready=draw(st.booleans()))
+    request = pb.SystemSharedMemoryRegisterRequest(
+        name=draw(st.sampled_from(["r", ""]) | st.text(max_size=4)),
+        key=draw(st.sampled_from(["KEY", "/KEY", "nope", "a\0b", "", "../x"])),
+        offset=draw(st.sampled_from([0, 4096, 4095, 2**63, 2**64 - 1])),
+        byte_size=draw(st.sampled_from([0, 1, 8192, 8193, 2**64 - 1])))
+    return "system_shared_memory_register", request
+
+
+@given(grpc_control_calls())
+def test_grpc_control_messages(api, call):
+    method, request = call
+    if method == "system_shared_memory_register":
+        request.key = request.key.replace("KEY", api.shm_key)
+    api.grpc(method, request)
+
