@@ -300,8 +300,12 @@ def test_found_shared_memory_key_with_nul(api):
     'name: "m" backend: "onnxruntime" output [{ name: "z" data_type: 2147483648 dims: [1] }]',
     'name: "m" backend: "onnxruntime" model_warmup [{ name: "w" inputs { key: "a" value { data_type: 99 '
     'dims: [1] zero_data: true } } }]',
+    'name: "m" backend: "onnxruntime" model_warmup [{ name: "w" inputs { key: "a" value { data_type: TYPE_FP32 '
+    'dims: [1] input_data_file: "w\\000.bin" } } }]',
+    'name: "m" backend: "onnxruntime" output [{ name: "z" data_type: TYPE_FP32 dims: [1] label_filename: "l\\0" }]',
 ])
-def test_found_config_enum_numbers_no_enum_names(text):
+def test_found_config_enum_numbers_and_nul_characters(text):
+    """Open enums take any number; a NUL in a file name made open() raise ValueError."""
     from tritium.config.parse import parse_config_text
     from tritium.core.errors import ModelConfigError
 

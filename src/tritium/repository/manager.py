@@ -26,7 +26,7 @@ from tritium.backends.base import InferenceHandle, InstanceSpec, ModelContext, M
 from tritium.backends.registry import BackendRegistry
 from tritium.config.ensemble import check_composing_models, composing_models, ensemble_steps, is_ensemble
 from tritium.config.autocomplete import fill_backend_fields, version_dirs
-from tritium.config.parse import check_enum_values, config_path, load_config_file
+from tritium.config.parse import check_config_values, config_path, load_config_file
 from tritium.config.validate import check_instance_groups, normalize, validate
 from tritium.core.devices import available_gpus
 from tritium.core.errors import (
@@ -387,7 +387,7 @@ class ModelRepositoryManager:
             except json_format.ParseError as e:
                 raise InvalidArgumentError(f"failed to load '{name}': the 'config' parameter is not a valid model"
                                            f" configuration: {e}") from None
-            check_enum_values(config, name)
+            check_config_values(config, name)
             source = "config override\0" + config_json
         else:
             path = config_path(model_dir, self._options.model_config_name)
