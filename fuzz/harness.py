@@ -4,7 +4,8 @@
     python fuzz/harness.py grpc -max_total_time=180
 
 Targets: http_json, http_binary, bytes, grpc, generate, config_text, config_json, api (the repository,
-logging, trace and shared-memory bodies through the HTTP API of a started server).  Each runs the contract
+logging, trace, shared-memory, infer and generate bodies through the HTTP API of a started server) and
+grpc_control (the gRPC settings, repository and shared-memory messages, through its servicer).  Each runs the contract
 of ``tests/fuzz_targets.py`` (only TritiumError may come out, memory bounded by the input, refused input
 changes nothing); a broken contract is a crash: libFuzzer stops and writes the input to ``crash-<sha1>``.
 The corpus grows in ``fuzz/corpus/<target>`` (seeded with valid inputs on the first run); replay a crash
@@ -87,6 +88,9 @@ API_ROUTES = [
     ("POST", "/v2/trace/setting"),
     ("POST", "/v2/systemsharedmemory/region/r/register"),
     ("POST", "/v2/systemsharedmemory/region/r/unregister"),
+    ("POST", "/v2/models/m/trace/setting"),
+    ("POST", "/v2/models/m/generate"),
+    ("POST", "/v2/models/m/infer"),
 ]
 
 
@@ -101,8 +105,34 @@ def api(data: bytes) -> None:
     _API.handle(method, path, data[1:].replace(b"KEY", _API.shm_key.encode()))
 
 
+GRPC_CALLS = [
+    ("log_settings", pb.LogSettingsRequest),
+    ("trace_setting", pb.TraceSettingRequest),
+    ("repository_model_load", pb.RepositoryModelLoadRequest),
+    ("repository_model_unload", pb.RepositoryModelUnloadRequest),
+    ("repository_index", pb.RepositoryIndexRequest),
+    ("system_shared_memory_register", pb.SystemSharedMemoryRegisterRequest),
+]
+
+
+def grpc_control(data: bytes) -> None:
+    """The first byte picks the RPC; the rest is its request message (what gRPC cannot parse, it refuses)."""
+    global _API
+    if _API is None:
+        _API = targets.ApiTarget()
+    if not data:
+        return
+    method, cls = GRPC_CALLS[data[0] % len(GRPC_CALLS)]
+    request = cls()
+    try:
+        request.ParseFromString(data[1:].replace(b"KEY", _API.shm_key.encode()))
+    except Exception:  # noqa: BLE001 - gRPC answers these itself, before the servicer
+        return
+    _API.grpc(method, request)
+
+
 TARGETS = {"http_json": http_json, "http_binary": http_binary, "bytes": bytes_, "grpc": grpc, "generate": generate,
-           "config_text": config_text, "config_json": config_json, "api": api}
+           "config_text": config_text, "config_json": config_json, "api": api, "grpc_control": grpc_control}
 
 
 def seeds(target: str) -> list[bytes]:
@@ -155,6 +185,22 @@ def seeds(target: str) -> list[bytes]:
                 bytes([4]) + b'{"log_verbose_level": 1, "log_format": "ISO8601", "log_info": false}',
                 bytes([5]) + b'{"trace_level": ["TIMESTAMPS"], "trace_rate": "10", "trace_count": "-1"}',
                 bytes([6]) + b'{"key": "KEY", "offset": 0, "byte_size": 4096}']
+    if target == "grpc_control":
+        config = json.dumps({"name": "fuzzed", "backend": "onnxruntime"})
+        load = pb.RepositoryModelLoadRequest(model_name="fuzzed")
+        load.parameters["config"].string_param = config
+        load.parameters["file:1/model.onnx"].bytes_param = b"xyz"
+        log = pb.LogSettingsRequest()
+        log.settings["log_verbose_level"].uint32_param = 1
+        log.settings["log_format"].string_param = "ISO8601"
+        trace = pb.TraceSettingRequest(model_name="m")
+        trace.settings["trace_rate"].value.append("10")
+        trace.settings["trace_level"].value.extend(["TIMESTAMPS", "TENSORS"])
+        unload = pb.RepositoryModelUnloadRequest(model_name="fuzzed")
+        unload.parameters["unload_dependents"].bool_param = True
+        register = pb.SystemSharedMemoryRegisterRequest(name="r", key="KEY", offset=0, byte_size=4096)
+        return [bytes([i]) + m.SerializeToString() for i, m in enumerate(
+            [log, trace, load, unload, pb.RepositoryIndexRequest(ready=True), register])]
     raise KeyError(target)
 
 

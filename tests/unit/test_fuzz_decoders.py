@@ -40,7 +40,7 @@ from fuzz_strategies import (
 )
 from tritium._proto import grpc_service_pb2 as pb
 from tritium.core.bytes_codec import deserialize_bytes_tensor
-from tritium.core.errors import InvalidArgumentError
+from tritium.core.errors import InvalidArgumentError, TritiumError
 from tritium.core.types import DataType
 from tritium.frontends.grpc import codec as grpc_codec
 from tritium.frontends.http import codec as http_codec
@@ -423,3 +423,14 @@ def test_grpc_control_messages(api, call):
         request.key = request.key.replace("KEY", api.shm_key)
     api.grpc(method, request)
 
+
+
+def test_found_override_folder_named_after_the_client_chosen_model_name(api):
+    """A NUL in the name made mkdtemp raise ValueError; '../' in it put the folder outside the temporary area."""
+    before = sorted(os.listdir(api.root))
+    for name in ("f\0zed", "../../escape", "a/b"):
+        request = pb.RepositoryModelLoadRequest(model_name=name)
+        request.parameters["config"].string_param = json.dumps({"backend": "onnxruntime"})
+        request.parameters["file:1/model.onnx"].bytes_param = b"not onnx"
+        assert isinstance(api.grpc("repository_model_load", request), TritiumError)
+        assert sorted(os.listdir(api.root)) == before and os.listdir(api.temp) == []

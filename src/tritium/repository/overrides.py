@@ -20,7 +20,7 @@ class OverrideDir:
     @classmethod
     def create(cls, name: str, files: Mapping[str, bytes]) -> OverrideDir:
         """Write ``files`` (paths relative to the model folder) into a new temporary folder."""
-        root = tempfile.mkdtemp(prefix=f"tritium-{name}-")
+        root = tempfile.mkdtemp(prefix="tritium-override-")  # no part of the name: the client chose it
         try:
             for relative, content in files.items():
                 normalized = os.path.normpath(relative)
