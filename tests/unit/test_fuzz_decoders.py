@@ -434,3 +434,38 @@ def test_found_override_folder_named_after_the_client_chosen_model_name(api):
         request.parameters["file:1/model.onnx"].bytes_param = b"not onnx"
         assert isinstance(api.grpc("repository_model_load", request), TritiumError)
         assert sorted(os.listdir(api.root)) == before and os.listdir(api.temp) == []
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "BYTES", "INT8"])
+def test_declared_sizes_are_refused_before_allocating(datatype):
+    """Shapes of 2**40 and 2**62 elements in every decoder: refused, and the peak stays under 1 MiB."""
+    small = b"\0\0\0\0"
+    for shape in ([2**40], [2**31, 2**31], [2**62]):
+        doc = {"inputs": [{"name": "INPUT0", "datatype": datatype, "shape": shape,
+                           "data": ["a"] if datatype == "BYTES" else [1]}]}
+        header = dumps({"inputs": [{"name": "INPUT0", "datatype": datatype, "shape": shape,
+                                    "parameters": {"binary_data_size": 4}}]})
+        message = pb.ModelInferRequest(model_name="m")
+        message.inputs.add(name="INPUT0", datatype=datatype, shape=shape)
+        message.raw_input_contents.append(small)
+        typed = pb.ModelInferRequest(model_name="m")
+        item = typed.inputs.add(name="INPUT0", datatype=datatype, shape=shape)
+        if datatype == "BYTES":
+            item.contents.bytes_contents.append(b"a")
+        elif datatype == "INT8":
+            item.contents.int_contents.append(1)
+        else:
+            item.contents.fp32_contents.append(1)
+        for decode in (lambda: http_codec.decode_infer_request(dumps(doc), None, "m", 1),
+                       lambda: http_codec.decode_infer_request(header + small, len(header), "m", 1),
+                       lambda: grpc_codec.to_inference_request(
+                           grpc_codec.decode_request_bytes(message.SerializeToString()), "m", 1),
+                       lambda: grpc_codec.to_inference_request(
+                           grpc_codec.decode_request_bytes(typed.SerializeToString()), "m", 1)):
+            tracemalloc.start()
+            try:
+                with pytest.raises(InvalidArgumentError):
+                    decode()
+                assert tracemalloc.get_traced_memory()[1] < 1 << 20
+            finally:
+                tracemalloc.stop()
