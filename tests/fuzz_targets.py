@@ -99,16 +99,31 @@ MODELS = (make_model(0), make_model(4))
 
 # -- shared-memory regions tensors may name -------------------------------------------------------------
 
+SHM_PREFIX = "tritium_fuzz_"
+
+
+def shm_file(tag: str, size: int) -> str:
+    """A /dev/shm file (``tritium_fuzz_<tag>_<pid>``) for regions to map; first removes those of processes
+    that are gone (a libFuzzer run ends without running Python's cleanup)."""
+    for entry in os.listdir("/dev/shm"):
+        if entry.startswith(SHM_PREFIX):
+            pid = entry.rsplit("_", 1)[-1]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join("/dev/shm", entry))
+    key = f"{SHM_PREFIX}{tag}_{os.getpid()}"
+    with open(os.path.join("/dev/shm", key), "wb") as f:
+        f.write(bytes(range(256)) * (size // 256) + bytes(range(size % 256)))
+    return key
+
+
 class Regions:
     """A real registered region (``r0``, 64 bytes of a file in /dev/shm) for tensors to name."""
 
     SIZE = 64
 
     def __init__(self) -> None:
-        self.key = f"tritium_fuzz_{os.getpid()}"
-        path = os.path.join("/dev/shm", self.key)
-        with open(path, "wb") as f:
-            f.write(bytes(range(self.SIZE)))
+        self.key = shm_file("regions", self.SIZE)
         self.regions = SystemSharedMemory()
         self.regions.register("r0", self.key, 0, self.SIZE)
 
@@ -356,9 +371,7 @@ class ApiTarget:
         self.server = Server(options, logs)
         self.loop.run_until_complete(self.server.start())
         self.api = HttpApi(self.server, 1 << 20)
-        self.shm_key = f"tritium_fuzz_api_{os.getpid()}"
-        with open(os.path.join("/dev/shm", self.shm_key), "wb") as f:
-            f.write(bytes(8192))
+        self.shm_key = shm_file("api", 8192)
 
     def state(self) -> dict[str, Any]:
         server = self.server
