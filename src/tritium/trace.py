@@ -347,17 +347,17 @@ class TraceManager:
             else:
                 parsed[key] = parse_value(key, value)
         if model:
-            overrides = self._overrides.setdefault(model, {})
+            overrides = dict(self._overrides.get(model, {}))  # a copy: refused settings change nothing
             for key in cleared:
                 overrides.pop(key, None)
             overrides.update(parsed)
-            if not overrides:
-                del self._overrides[model]
             merged = {**self._global_values, **overrides}
             self._check(merged)
-            if model in self._overrides:
+            if overrides:
+                self._overrides[model] = overrides
                 self._models[model] = _Policy(self, merged)
             else:
+                self._overrides.pop(model, None)
                 self._models.pop(model, None)
         else:
             values = dict(self._global_values)

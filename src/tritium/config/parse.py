@@ -64,6 +64,9 @@ def parse_config_text(text: str, model_name: str, source: str = CONFIG_FILENAME)
         text_format.Parse(text, config)
     except text_format.ParseError as e:
         raise ModelConfigError(f"failed to parse model configuration {source} for model '{model_name}': line {e}") from None
+    except ValueError as e:  # protobuf's text parser lets some through, e.g. an enum number beyond 32 bits
+        raise ModelConfigError(f"failed to parse model configuration {source} for model '{model_name}': {e}") from None
+    check_config_values(config, model_name)
     return config
 
 
@@ -72,9 +75,63 @@ def config_from_json(text: str | bytes, model_name: str) -> ModelConfig:
     config = ModelConfig()
     try:
         json_format.Parse(text, config)
-    except json_format.ParseError as e:
+    except (json_format.ParseError, ValueError) as e:  # ValueError: bytes that are not UTF-8
         raise ModelConfigError(f"failed to parse JSON model configuration for model '{model_name}': {e}") from None
+    check_config_values(config, model_name)
     return config
+
+
+def check_config_values(config: ModelConfig, model_name: str) -> None:
+    """Refuse enum fields holding a number their enum does not name, and text holding a NUL character.
+
+    The config's enums are open (proto3): both text and JSON parsers accept any number (``data_type: 77``,
+    ``"kind": 2147483647``), which later code could not name or map to a type.  A NUL can be no part of a
+    file name (``label_filename``, ``input_data_file``...) nor of any name Triton compares.
+    """
+    where = _bad_value(config, "")
+    if where is not None:
+        field, value = where
+        if isinstance(value, str):
+            raise ModelConfigError(f"model '{model_name}': '{field}' holds a NUL character")
+        raise ModelConfigError(f"model '{model_name}': '{field}' has the value {value}, which its enum does not name")
+
+
+def _bad_value(message: Any, path: str) -> tuple[str, int | str] | None:
+    """The first enum number without a name or string with a NUL in ``message``: (field path, value)."""
+    for fd, value in message.ListFields():
+        name = f"{path}.{fd.name}" if path else fd.name
+        if fd.type == fd.TYPE_ENUM:
+            known = fd.enum_type.values_by_number
+            for v in (value if _is_repeated(fd) else (value,)):
+                if v not in known:
+                    return name, v
+        elif fd.type == fd.TYPE_STRING:
+            for v in (value if _is_repeated(fd) else (value,)):
+                if "\0" in v:
+                    return name, v
+        elif fd.message_type is not None:
+            if fd.message_type.GetOptions().map_entry:
+                if any(isinstance(k, str) and "\0" in k for k in value):
+                    return f"{name} (a key)", "\0"
+                value_fd = fd.message_type.fields_by_name["value"]
+                if value_fd.message_type is not None:
+                    items = [(f"{name}[{k!r}]", v) for k, v in value.items()]
+                else:
+                    for k, v in value.items():
+                        if value_fd.type == value_fd.TYPE_ENUM and v not in value_fd.enum_type.values_by_number:
+                            return f"{name}[{k!r}]", v
+                        if value_fd.type == value_fd.TYPE_STRING and "\0" in v:
+                            return f"{name}[{k!r}]", v
+                    continue
+            elif _is_repeated(fd):
+                items = [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+            else:
+                items = [(name, value)]
+            for sub_path, sub in items:
+                found = _bad_value(sub, sub_path)
+                if found is not None:
+                    return found
+    return None
 
 
 def config_to_dict(config: ModelConfig) -> dict[str, Any]:

@@ -8,6 +8,8 @@ BYTES tensors are numpy ``object`` arrays of ``bytes``; BF16 uses ``ml_dtypes``.
 from __future__ import annotations
 
 import enum
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +101,20 @@ for _type, _dtype in _NUMPY.items():
 _FROM_NUMPY = {dtype: datatype for datatype, dtype in _NUMPY.items()}
 _FROM_WIRE = {datatype.value: datatype for datatype in DataType}
 _FROM_CONFIG = {datatype.config_name: datatype for datatype in DataType}
+
+
+#: The most bytes numpy lets an array's shape describe (``intp``), elements or not.
+MAX_ARRAY_BYTES = 2**63 - 1
+
+
+def check_empty_shape(shape: Sequence[int], name: str) -> None:
+    """Refuse a shape that holds no elements yet names dimensions no array can have (``[0, 2**62, 2**62]``,
+    ``[0, 2**64 - 1]``): numpy checks the product of the non-zero dimensions even then.  Decoders call it
+    only when the element count is 0; a shape with elements is bounded by the data that must fill it."""
+    if math.prod(d for d in shape if d) * 8 > MAX_ARRAY_BYTES:  # 8: the widest item (an object reference)
+        raise InvalidArgumentError(
+            f"Unable to parse 'shape': input '{name}' has shape [{','.join(map(str, shape))}], larger than any "
+            "tensor can be")
 
 
 @dataclass(slots=True)

@@ -26,7 +26,7 @@ from tritium.backends.base import InferenceHandle, InstanceSpec, ModelContext, M
 from tritium.backends.registry import BackendRegistry, check_model
 from tritium.config.ensemble import check_composing_models, composing_models, ensemble_steps, is_ensemble
 from tritium.config.autocomplete import fill_backend_fields, version_dirs
-from tritium.config.parse import config_path, read_model_config
+from tritium.config.parse import check_config_values, config_path, read_model_config
 from tritium.config.paths import check_config_paths, inside_model_dir, relative_text
 from tritium.config.validate import check_instance_groups, normalize, validate
 from tritium.core.devices import available_gpus
@@ -425,6 +425,7 @@ class ModelRepositoryManager:
                 config = json_format.Parse(config_json, mc.ModelConfig())
             except json_format.ParseError as e:
                 raise InvalidArgumentError(f"failed to load '{name}': Invalid config override: {e}") from None
+            check_config_values(config, name)
             source = "config override\0" + config_json
         else:
             try:

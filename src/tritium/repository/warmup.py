@@ -7,6 +7,7 @@ model is published.  A sample that fails fails the load with its reason.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +20,10 @@ from tritium.core.errors import InvalidArgumentError, TritiumError
 from tritium.core.inference import InferenceRequest
 from tritium.core.model import Model
 from tritium.core.types import DataType, Tensor
+
+#: Most bytes the data of one warmup input may take, its batch included.  The sizes come from the config (which
+#: a client may send with the repository API): they are checked before anything is allocated.
+MAX_INPUT_BYTES = 1 << 30
 
 
 class WarmupError(InvalidArgumentError):
@@ -57,10 +62,16 @@ def sample_request(model: Model, sample: mc.ModelWarmup, model_dir: str) -> Infe
     rng = np.random.default_rng()
     inputs = []
     for name, spec in sample.inputs.items():
+        if spec.data_type == mc.TYPE_INVALID:
+            raise InvalidArgumentError(f"warmup input '{name}' must specify 'data_type'")
         datatype = DataType.from_config(mc.DataType.Name(spec.data_type))
         dims = tuple(int(d) for d in spec.dims)
         if any(d < 0 for d in dims):
             raise InvalidArgumentError(f"input '{name}' has variable dims {list(dims)}; warmup dims must be fixed")
+        size = math.prod(dims) * (datatype.itemsize or 8) * (batch_size if model.max_batch_size > 0 else 1)
+        if size > MAX_INPUT_BYTES:
+            raise InvalidArgumentError(f"warmup input '{name}' of shape {list(dims)} would take {size} bytes, more "
+                                       f"than the {MAX_INPUT_BYTES} a warmup input may take")
         one = _data(model, name, datatype, dims, spec, model_dir, rng)
         if model.max_batch_size > 0:
             data = np.repeat(one[np.newaxis, ...], batch_size, axis=0)

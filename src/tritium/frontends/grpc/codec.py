@@ -33,7 +33,7 @@ from tritium.core.bytes_codec import deserialize_bytes_tensor, serialize_bytes_t
 from tritium.core.errors import InvalidArgumentError, request_error
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.shm_regions import OutputPlace, SystemSharedMemory, check_input, check_output, read_input
-from tritium.core.types import DataType, Tensor
+from tritium.core.types import DataType, Tensor, check_empty_shape
 
 #: Most dimensions a tensor may have (numpy's own limit is 64), as the HTTP frontend.
 MAX_RANK = 64
@@ -96,6 +96,35 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+def _skip_group(data: bytes, pos: int, number: int) -> int:
+    """Past the end of a group (wire type 3, proto2's): protobuf keeps one as an unknown field, so the
+    pre-parser must step over it too (raw contents inside it are not the message's)."""
+    open_groups = [number]
+    size = len(data)
+    while open_groups:
+        key, pos = _varint(data, pos)
+        wire_type = key & 7
+        if wire_type == 4:
+            if key >> 3 != open_groups.pop():
+                raise DecodeError("mismatched end of group")
+        elif wire_type == 3:
+            open_groups.append(key >> 3)
+        elif wire_type == 2:
+            length, pos = _varint(data, pos)
+            pos += length
+        elif wire_type == 0:
+            _, pos = _varint(data, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        else:
+            raise DecodeError(f"unsupported wire type {wire_type}")
+        if pos > size:
+            raise DecodeError("truncated group")
+    return pos
+
+
 def _varint_bytes(value: int) -> bytes:
     out = bytearray()
     while value >= 0x80:
@@ -134,6 +163,8 @@ def decode_request_bytes(data: bytes) -> DecodedRequest:
                 pos += 8
             elif wire_type == 5:
                 pos += 4
+            elif wire_type == 3:
+                pos = _skip_group(data, pos, key >> 3)
             else:
                 raise DecodeError(f"unsupported wire type {wire_type}")
         if pos != size:
@@ -260,6 +291,8 @@ def _decode_input(
     if datatype is None:
         raise InvalidArgumentError(f"invalid datatype for input {name}")
     count = math.prod(shape)
+    if not count:
+        check_empty_shape(shape, name)
     has_contents = item.HasField("contents")
     if place is not None:
         if has_contents:

@@ -19,7 +19,7 @@ from tritium.core.bytes_codec import deserialize_bytes_tensor, serialize_bytes_t
 from tritium.core.errors import InvalidArgumentError, request_error
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.shm_regions import OutputPlace, SystemSharedMemory, check_input, check_output, read_input
-from tritium.core.types import DataType, Tensor
+from tritium.core.types import DataType, Tensor, check_empty_shape
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _NO_JSON_TYPES = (DataType.FP16, DataType.BF16)
@@ -262,6 +262,8 @@ def _decode_input(item: Any, tail: memoryview, offset: int, model_name: str,
     if datatype is None:
         raise _fail(f"invalid datatype for input {name}")
     count = math.prod(shape)
+    if not count:
+        check_empty_shape(shape, name)
     params = item.get("parameters")
     binary_size = None
     in_shm = False
@@ -332,6 +334,8 @@ def decode_raw_request(
         count = math.prod(shape)
     else:
         count = math.prod(shape)
+    if not count:
+        check_empty_shape(shape, "raw_input")
     request = InferenceRequest(model_name, model_version)
     array = _from_binary(memoryview(body), datatype, shape, count, "raw_input", model_name)
     request.inputs = [Tensor(input_name, datatype, array)]

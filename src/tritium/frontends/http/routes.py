@@ -8,7 +8,6 @@ Triton's: a model name is ``[^/]+``, a version ``[0-9]+``.
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 import re
 import zlib
@@ -301,7 +300,7 @@ class HttpApi:
                         raise InvalidArgumentError(f"the '{key}' parameter must be a base64 string")
                     try:
                         value = base64.b64decode(value, validate=True)
-                    except binascii.Error as e:
+                    except ValueError as e:  # binascii.Error, or text that is not ASCII
                         raise InvalidArgumentError(f"the '{key}' parameter is not valid base64: {e}") from None
                 decoded[key] = value
             await self.server.load_model(name, decoded, repository or "")
