@@ -381,7 +381,7 @@ class ApiTarget:
             "trace": server.trace_settings(),
             "trace_models": {name: dict(v) for name, v in server.tracer._overrides.items()},
             "shm": [(r.name, r.key, r.offset, r.byte_size) for r in server.system_shm.status()],
-            "temp": sorted(os.listdir(self.temp)),
+            "temp": _override_folders(self.temp),
         }
 
     def handle(self, method: str, path: str, body: bytes, headers: dict[str, str] | None = None) -> int:
@@ -478,6 +478,19 @@ max_batch_size: 0
 input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
 output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
 """
+
+
+def _override_folders(temp: str) -> list[str]:
+    """What the server left in its temporary area: its own folder of override folders (made once, kept until
+    shutdown) counts only by the override folders inside it."""
+    found = []
+    for entry in sorted(os.listdir(temp)):
+        path = os.path.join(temp, entry)
+        if entry.startswith("tritium-overrides-") and os.path.isdir(path):
+            found.extend(f"{entry}/{inner}" for inner in sorted(os.listdir(path)))
+        else:
+            found.append(entry)
+    return found
 
 
 def _load_attempted(path: str, before: dict[str, Any], after: dict[str, Any]) -> bool:

@@ -255,7 +255,7 @@ def test_found_generate_integers_out_of_the_input_types_range():
     from tritium.frontends.http.generate import decode_generate_request
 
     for value in (2**63, 300, -129):
-        with pytest.raises(InvalidArgumentError, match="INPUT2.*range"):
+        with pytest.raises(InvalidArgumentError, match="INPUT2.*INT8"):
             decode_generate_request(dumps({"INPUT2": [0, value, 1, 2]}), targets.MODELS[0])
 
 
