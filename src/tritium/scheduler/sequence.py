@@ -47,7 +47,7 @@ from tritium.core.types import DataType, Tensor
 from .base import InFlightScheduler
 from .dynamic import batch_key
 from .timer import Timer, Wakeup, precise_timer
-from .workers import InstanceWorker
+from .workers import Done, InstanceWorker
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +258,7 @@ class SequenceBatcher(InFlightScheduler):
             for slot in lane.slots:
                 if slot.sequence is not None:
                     self._drop_cancelled(slot.sequence)
+        # slots whose sequence has a request queued
         ready = [slot for slot in lane.slots if slot.sequence is not None and slot.sequence.queue]
         if not ready:
             lane.wakeup.cancel()
@@ -265,7 +266,7 @@ class SequenceBatcher(InFlightScheduler):
             return
         settings = self._settings
         now = time.monotonic_ns()
-        oldest_ns = min(slot.sequence.queue[0].request.queued_ns for slot in ready)
+        oldest_ns = min(slot.sequence.queue[0].request.queued_ns for slot in ready)  # type: ignore[union-attr]
         delay_exceeded = not settings.delay_ns or now - oldest_ns >= settings.delay_ns
         if settings.oldest:
             chosen = self._oldest_batch(ready, delay_exceeded)
@@ -281,14 +282,15 @@ class SequenceBatcher(InFlightScheduler):
 
     def _oldest_batch(self, ready: list[_Slot], delay_exceeded: bool) -> list[_Slot] | None:
         """Heads of the candidate sequences, oldest first, while they fit one batch (Triton's ``oldest``)."""
-        ready.sort(key=lambda s: s.sequence.queue[0].request.queued_ns)
+        # (every slot in ``ready`` holds a sequence with a queued request)
+        ready.sort(key=lambda s: s.sequence.queue[0].request.queued_ns)  # type: ignore[union-attr]
         limit = max(1, self._mbs)
         chosen: list[_Slot] = []
         key = None
         best = 0
         full = False
         for slot in ready:
-            request = slot.sequence.queue[0].request
+            request = slot.sequence.queue[0].request  # type: ignore[union-attr]
             request_key = batch_key(request)
             if chosen and (len(chosen) >= limit or request_key != key):
                 full = True
@@ -378,7 +380,7 @@ class SequenceBatcher(InFlightScheduler):
                                 {}, batch_size=1)
 
     def _make_done(self, lane: _Lane, entries: list[_Entry], sequences: list[_Sequence],
-                   rows: list[InferenceRequest]):  # type: ignore[no-untyped-def]
+                   rows: list[InferenceRequest]) -> Done:
         real = {id(e.request): i for i, e in enumerate(entries)}
 
         def done(batch: Sequence[InferenceRequest], responses: list[InferenceResponse] | None,
