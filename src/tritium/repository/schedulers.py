@@ -9,7 +9,6 @@ from tritium._proto import model_config_pb2 as mc
 from tritium.config.ensemble import EnsembleStep
 from tritium.config.sequence import sequence_settings
 from tritium.core.model import Model
-from tritium.scheduler.base import Scheduler
 from tritium.scheduler.direct import DirectScheduler
 from tritium.scheduler.dynamic import DynamicBatcher
 from tritium.scheduler.ensemble import EnsembleScheduler
@@ -17,7 +16,7 @@ from tritium.scheduler.sequence import SequenceBatcher
 from tritium.scheduler.workers import InstanceWorker
 
 #: Makes a model's scheduler over its instances' workers.
-SchedulerFactory = Callable[[Sequence[InstanceWorker], asyncio.AbstractEventLoop], Scheduler]
+SchedulerFactory = Callable[[Sequence[InstanceWorker], asyncio.AbstractEventLoop], DirectScheduler | SequenceBatcher]
 
 
 def scheduler_for(config: mc.ModelConfig, model_dir: str) -> SchedulerFactory:
