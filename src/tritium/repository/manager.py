@@ -39,6 +39,8 @@ _loading_ensembles: contextvars.ContextVar[tuple[str, ...]] = contextvars.Contex
 
 
 class ModelRepositoryManager(ModelTable):
+    """Loads and unloads the models of ``--model-repository``; what it holds is queried as a :class:`ModelTable`."""
+
     def __init__(self, options: ServerOptions, backends: BackendRegistry) -> None:
         super().__init__()
         self._options = options
