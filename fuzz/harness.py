@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 with atheris.instrument_imports(include=["tritium"]):
     # every module a decoder runs, instrumented (imported here, before anything else imports them)
+    import tritium.config.sequence  # noqa: F401
     import tritium.frontends.http.routes  # noqa: F401
     import tritium.logsettings  # noqa: F401
     import tritium.repository.manager  # noqa: F401

@@ -286,7 +286,7 @@ def _empty_dir() -> str:
 
 def _check_config(config: mc.ModelConfig) -> None:
     """What a load does with a config before a backend sees it (ModelRepositoryManager._build)."""
-    from tritium.scheduler.sequence import sequence_settings
+    from tritium.config.sequence import sequence_settings
 
     fill_backend_fields(config, _empty_dir())
     if not config.name:

@@ -2,12 +2,10 @@
 repository of Python-backend models, expecting the same answers (outputs, status codes, error texts,
 metadata, repository index).
 
-Real Triton comes from ``../shared/tools/real_triton.sh`` (the ``tritonserver`` of the
-``nvidia-pytriton`` wheel, Python backend only) run by the interpreter named in
-``TRITIUM_TRITON_PYTHON`` (default ``/work/triton-ref/.venv-triton/bin/python``).  Where neither the
-script nor that interpreter exists (CI), the module is skipped:
-
-    TRITIUM_TRITON_PYTHON=/path/to/venv/bin/python ./scripts/test.sh tests/e2e/test_against_real_triton.py
+Real Triton is the ``tritonserver`` of the ``nvidia-pytriton`` wheel (Python backend only), started by
+``scripts/real_triton.sh`` with the interpreter named in ``TRITIUM_TRITON_PYTHON`` (default: the project's
+``.venv-triton``, else ``/work/triton-ref/.venv-triton/bin/python``).  Where there is none, the module is
+skipped.  ``./scripts/test.sh --differential [pytest args]`` makes ``.venv-triton`` (once) and runs it.
 
 Each case is a function of a :class:`Servers` handle that returns plain data; the test runs it on
 both servers and compares.  Where tritium deliberately differs from Triton the case says so and
@@ -42,13 +40,25 @@ from models import write_python_model
 from server import ROOT, RunningServer, ServerProcess, free_port
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-#: ``TRITIUM_REAL_TRITON_SCRIPT`` overrides where the launcher is (a worktree outside the main checkout).
-SCRIPT = os.environ.get("TRITIUM_REAL_TRITON_SCRIPT", os.path.join(ROOT, "..", "shared", "tools", "real_triton.sh"))
-TRITON_PYTHON = os.environ.get("TRITIUM_TRITON_PYTHON", "/work/triton-ref/.venv-triton/bin/python")
+#: ``TRITIUM_REAL_TRITON_SCRIPT`` overrides where the launcher is.
+SCRIPT = os.environ.get("TRITIUM_REAL_TRITON_SCRIPT", os.path.join(ROOT, "scripts", "real_triton.sh"))
+
+
+def _triton_python() -> str:
+    """``TRITIUM_TRITON_PYTHON``, else ``./scripts/test.sh --differential``'s environment, else this lab's one."""
+    given = os.environ.get("TRITIUM_TRITON_PYTHON")
+    if given:
+        return given
+    own = os.path.join(ROOT, ".venv-triton", "bin", "python")
+    return own if os.path.exists(own) else "/work/triton-ref/.venv-triton/bin/python"
+
+
+TRITON_PYTHON = _triton_python()
 
 pytestmark = pytest.mark.skipif(
     not (os.path.exists(SCRIPT) and os.path.exists(TRITON_PYTHON)),
-    reason="real Triton is not available here (../shared/tools/real_triton.sh and TRITIUM_TRITON_PYTHON)",
+    reason="real Triton is not installed: run ./scripts/test.sh --differential (installs nvidia-pytriton into "
+           ".venv-triton once), or set TRITIUM_TRITON_PYTHON to an interpreter that has it",
 )
 
 ADD_SUB = '''

@@ -274,7 +274,7 @@ def test_kind_auto_follows_the_backends_declared_kinds(tmp_path, monkeypatch: py
 
     async def load() -> dict[str, str]:
         manager = ModelRepositoryManager(ServerOptions(model_repositories=[str(tmp_path)]), backends)
-        manager._gpus = (0,)  # as on a machine with one GPU
+        manager._builder.gpus = (0,)  # as on a machine with one GPU
         try:
             assert await manager.load_startup_models() == []
             return {name: mc.ModelInstanceGroup.Kind.Name(manager.get(name).config.instance_group[0].kind)

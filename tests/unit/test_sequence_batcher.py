@@ -15,9 +15,10 @@ from google.protobuf import text_format
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.backends.base import InstanceSpec, ModelInstanceState
+from tritium.config.sequence import sequence_settings
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.types import DataType, Tensor
-from tritium.scheduler.sequence import SequenceBatcher, sequence_settings
+from tritium.scheduler.sequence import SequenceBatcher
 from tritium.scheduler.workers import InstanceWorker
 
 

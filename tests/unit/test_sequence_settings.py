@@ -11,7 +11,7 @@ from google.protobuf import text_format
 from tritium._proto import model_config_pb2 as mc
 from tritium.core.errors import ModelConfigError
 from tritium.core.types import DataType
-from tritium.scheduler.sequence import sequence_settings
+from tritium.config.sequence import sequence_settings
 
 C = mc.ModelSequenceBatching.Control
 

@@ -17,7 +17,7 @@ from tritium.config.paths import is_inside
 CONTENT_LIMIT = 1 << 20
 
 
-def _leads_outside(path: str, model_dir: str, digest: hashlib._Hash) -> bool:
+def _leads_outside(path: str, model_dir: str, digest: hashlib.blake2b) -> bool:
     """A symlink out of the model folder is not read (the load refuses what uses it): its target is hashed."""
     if not os.path.islink(path) or is_inside(model_dir, path):
         return False
@@ -28,7 +28,7 @@ def _leads_outside(path: str, model_dir: str, digest: hashlib._Hash) -> bool:
     return True
 
 
-def _add_file(digest: hashlib._Hash, path: str, rel: str, model_dir: str) -> None:
+def _add_file(digest: hashlib.blake2b, path: str, rel: str, model_dir: str) -> None:
     if _leads_outside(path, model_dir, digest):
         return
     try:
@@ -45,7 +45,7 @@ def _add_file(digest: hashlib._Hash, path: str, rel: str, model_dir: str) -> Non
             pass
 
 
-def _add_tree(digest: hashlib._Hash, root: str, prefix: str, model_dir: str) -> None:
+def _add_tree(digest: hashlib.blake2b, root: str, prefix: str, model_dir: str) -> None:
     if _leads_outside(root, model_dir, digest):
         return  # e.g. a version folder linked to '/': never walked
     for dirpath, dirnames, filenames in os.walk(root):  # symlinked folders below are not followed

@@ -61,7 +61,8 @@ def override_path(root: str, relative: str) -> str:
     path = os.path.normpath(join(root, relative))
     if "\0" in relative or path == os.path.normpath(root) or not is_inside(root, path):
         raise InvalidArgumentError(
-            f"file override 'file:{shown(relative)}' must name a file inside the model folder, as 'file:<version>/<name>'"
+            f"file override 'file:{shown(relative)}' must name a file inside the model folder, "
+            "as 'file:<version>/<name>'"
         )
     return path
 

@@ -67,6 +67,6 @@ class RepositoryPoller:
         if changed:
             log.info("polling found new or changed models: %s", ", ".join(changed))
         results = await asyncio.gather(*(manager.load(name, found) for name in changed), return_exceptions=True)
-        for name, result in zip(changed, results):
+        for name, result in zip(changed, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, TritiumError):
                 log.error("failed to load '%s': %r", name, result)

@@ -47,7 +47,8 @@ def warm_up(model: Model, instances: Sequence[ModelInstanceState], model_dir: st
                 except Exception as e:  # a backend bug fails the load, not the server
                     raise WarmupError(f"failed to run warmup sample '{sample.name}': {type(e).__name__}: {e}") from None
                 if len(outcome) != 1:
-                    raise WarmupError(f"failed to run warmup sample '{sample.name}': expected 1 response, got {len(outcome)}")
+                    raise WarmupError(f"failed to run warmup sample '{sample.name}': expected 1 response, "
+                                      f"got {len(outcome)}")
                 if isinstance(outcome[0], TritiumError):
                     raise WarmupError(f"failed to run warmup sample '{sample.name}': {outcome[0]}")
 
@@ -82,8 +83,8 @@ def sample_request(model: Model, sample: mc.ModelWarmup, model_dir: str) -> Infe
                             batch_size=batch_size if model.max_batch_size > 0 else 1)
 
 
-def _data(model: Model, name: str, datatype: DataType, dims: tuple[int, ...], spec: mc.ModelWarmup.Input, model_dir: str,
-          rng: np.random.Generator) -> np.ndarray:
+def _data(model: Model, name: str, datatype: DataType, dims: tuple[int, ...], spec: mc.ModelWarmup.Input,
+          model_dir: str, rng: np.random.Generator) -> np.ndarray:
     count = int(np.prod(dims, dtype=np.int64))
     choice = spec.WhichOneof("input_data_type")
     if choice == "input_data_file":
@@ -94,7 +95,8 @@ def _data(model: Model, name: str, datatype: DataType, dims: tuple[int, ...], sp
             with open(path, "rb") as f:
                 raw = f.read()
         except OSError as e:
-            raise InvalidArgumentError(f"cannot read warmup data of input '{name}' from '{shown}': {e.strerror}") from None
+            raise InvalidArgumentError(
+                f"cannot read warmup data of input '{name}' from '{shown}': {e.strerror}") from None
         if datatype is DataType.BYTES:
             return deserialize_bytes_tensor(raw, count, name).reshape(dims)
         size = count * datatype.itemsize

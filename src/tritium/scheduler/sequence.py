@@ -33,14 +33,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from tritium._proto import model_config_pb2 as mc
-from tritium.config.paths import INITIAL_STATE_DIR, inside_model_dir
-from tritium.core.errors import InternalError, InvalidArgumentError, ModelConfigError, TritiumError, UnavailableError
+from tritium.config.sequence import Control, SequenceSettings
+from tritium.core.errors import InternalError, InvalidArgumentError, TritiumError, UnavailableError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.stats import ExecutionTiming, ModelStats
 from tritium.core.types import DataType, Tensor
@@ -48,199 +47,9 @@ from tritium.core.types import DataType, Tensor
 from .base import InFlightScheduler
 from .dynamic import batch_key
 from .timer import Timer, Wakeup, precise_timer
-from .workers import InstanceWorker
+from .workers import Done, InstanceWorker
 
 log = logging.getLogger(__name__)
-
-DEFAULT_IDLE_US = 1_000_000
-Control = mc.ModelSequenceBatching.Control
-_CORRID_TYPES = {mc.TYPE_UINT64, mc.TYPE_INT64, mc.TYPE_UINT32, mc.TYPE_INT32, mc.TYPE_STRING}
-
-# -- configuration ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BoolControl:
-    """A START / END / READY control input: its name, data type and (false, true) values."""
-
-    name: str
-    datatype: DataType
-    false: Any
-    true: Any
-
-
-@dataclass(frozen=True)
-class StateSpec:
-    input_name: str
-    output_name: str
-    datatype: DataType
-    #: Per-sequence initial value (without the batch dimension).
-    initial: np.ndarray
-
-
-@dataclass
-class SequenceSettings:
-    """``sequence_batching`` checked and with Triton's defaults applied."""
-
-    oldest: bool
-    idle_ns: int
-    slots_per_instance: int
-    delay_ns: int
-    min_slot_utilization: float
-    preferred: frozenset[int]
-    controls: dict[int, BoolControl] = field(default_factory=dict)  # by Control.Kind
-    corrid: tuple[str, DataType] | None = None
-    states: list[StateSpec] = field(default_factory=list)
-    #: ``iterative_sequence``: a request without a sequence id starts a sequence of its own, which the model
-    #: may run again and again (rescheduling) until it answers; its answer ends that sequence.
-    iterative: bool = False
-
-    @property
-    def injected_inputs(self) -> set[str]:
-        names = {c.name for c in self.controls.values()} | {s.input_name for s in self.states}
-        if self.corrid:
-            names.add(self.corrid[0])
-        return names
-
-
-def normalize_sequence_batching(config: mc.ModelConfig) -> None:
-    """Triton's defaults, so the config the server reports shows them: ``direct``, 1 s idle."""
-    seq = config.sequence_batching
-    if seq.WhichOneof("strategy_choice") is None:
-        seq.direct.SetInParent()
-    if seq.max_sequence_idle_microseconds == 0:
-        seq.max_sequence_idle_microseconds = DEFAULT_IDLE_US
-    if seq.HasField("oldest") and seq.oldest.max_candidate_sequences <= 0:
-        seq.oldest.max_candidate_sequences = max(1, config.max_batch_size)
-
-
-def sequence_settings(config: mc.ModelConfig, model_dir: str) -> SequenceSettings:
-    """Check ``sequence_batching`` (raising :class:`ModelConfigError` naming the field) and precompute it."""
-    normalize_sequence_batching(config)
-    name = config.name
-    seq = config.sequence_batching
-    mbs = config.max_batch_size
-    oldest = seq.HasField("oldest")
-    if oldest:
-        slots = seq.oldest.max_candidate_sequences if seq.oldest.max_candidate_sequences > 0 else max(1, mbs)
-        delay_us = seq.oldest.max_queue_delay_microseconds
-        preferred = frozenset(seq.oldest.preferred_batch_size)
-        for size in preferred:
-            if size < 1 or size > max(1, mbs):
-                raise ModelConfigError(
-                    f"model '{name}': sequence_batching.oldest.preferred_batch_size {size} must be between 1 and "
-                    f"max_batch_size {mbs}"
-                )
-        utilization = 0.0
-    else:
-        slots = max(1, mbs)
-        delay_us = seq.direct.max_queue_delay_microseconds
-        preferred = frozenset()
-        utilization = seq.direct.minimum_slot_utilization
-    settings = SequenceSettings(
-        oldest=oldest,
-        idle_ns=(seq.max_sequence_idle_microseconds or DEFAULT_IDLE_US) * 1000,
-        slots_per_instance=slots,
-        delay_ns=delay_us * 1000,
-        min_slot_utilization=utilization,
-        preferred=preferred,
-        iterative=seq.iterative_sequence,
-    )
-    # Like Triton, a control input may also be listed in 'input' (clients must then send it; the batcher's
-    # value replaces theirs); usually it is not, and requests leave it out.
-    seen: set[str] = set()
-    for control_input in seq.control_input:
-        where = f"model '{name}': sequence_batching control_input '{control_input.name}'"
-        if not control_input.name:
-            raise ModelConfigError(f"model '{name}': sequence_batching control_input must have a name")
-        if control_input.name in seen:
-            raise ModelConfigError(f"{where} is given more than once")
-        seen.add(control_input.name)
-        if len(control_input.control) != 1:
-            raise ModelConfigError(f"{where} must have exactly one 'control'")
-        control = control_input.control[0]
-        kind_name = Control.Kind.Name(control.kind)
-        if control.kind == Control.CONTROL_SEQUENCE_CORRID:
-            if settings.corrid is not None:
-                raise ModelConfigError(f"model '{name}': sequence_batching has more than one {kind_name} control")
-            if control.data_type not in _CORRID_TYPES:
-                raise ModelConfigError(
-                    f"{where}: {kind_name} needs data_type TYPE_UINT64, TYPE_INT64, TYPE_UINT32, TYPE_INT32 or "
-                    f"TYPE_STRING, got {mc.DataType.Name(control.data_type)}"
-                )
-            settings.corrid = (control_input.name, DataType.from_config(mc.DataType.Name(control.data_type)))
-            continue
-        if control.kind in settings.controls:
-            raise ModelConfigError(f"model '{name}': sequence_batching has more than one {kind_name} control")
-        given = [(field_name, values) for field_name, values, in (
-            ("int32_false_true", control.int32_false_true),
-            ("fp32_false_true", control.fp32_false_true),
-            ("bool_false_true", control.bool_false_true),
-        ) if len(values)]
-        if len(given) != 1 or len(given[0][1]) != 2:
-            raise ModelConfigError(
-                f"{where}: {kind_name} needs exactly one of int32_false_true, fp32_false_true, bool_false_true "
-                "with two values (false, true)"
-            )
-        field_name, values = given[0]
-        datatype = {"int32_false_true": DataType.INT32, "fp32_false_true": DataType.FP32,
-                    "bool_false_true": DataType.BOOL}[field_name]
-        settings.controls[control.kind] = BoolControl(control_input.name, datatype, values[0], values[1])
-    for state in seq.state:
-        settings.states.append(_state_spec(name, state, model_dir, seen))
-    if config.model_transaction_policy.decoupled and settings.states:
-        raise ModelConfigError(f"model '{name}': implicit sequence state is not supported for decoupled models")
-    return settings
-
-
-def _state_spec(name: str, state: mc.ModelSequenceBatching.State, model_dir: str, taken: set[str]) -> StateSpec:
-    where = f"model '{name}': sequence_batching state '{state.input_name}'"
-    if not state.input_name or not state.output_name:
-        raise ModelConfigError(f"model '{name}': sequence_batching state needs input_name and output_name")
-    if state.input_name in taken:
-        raise ModelConfigError(f"{where}: input_name is already a control input of the model")
-    if state.data_type in (mc.TYPE_INVALID, mc.TYPE_STRING):
-        raise ModelConfigError(f"{where} needs a data_type other than {mc.DataType.Name(state.data_type)}")
-    datatype = DataType.from_config(mc.DataType.Name(state.data_type))
-    if not state.dims:
-        raise ModelConfigError(f"{where} needs dims")
-    if len(state.initial_state) > 1:
-        raise ModelConfigError(f"{where} may have at most one initial_state")
-    if not state.initial_state:
-        # Triton leaves the start state to the model (START tells it); zeros, variable dims as 1.
-        return StateSpec(state.input_name, state.output_name, datatype,
-                         np.zeros([d if d > 0 else 1 for d in state.dims], datatype.numpy_dtype))
-    initial = state.initial_state[0]
-    if initial.data_type != state.data_type:
-        raise ModelConfigError(
-            f"{where}: initial_state data_type {mc.DataType.Name(initial.data_type)} differs from the state's "
-            f"{mc.DataType.Name(state.data_type)}"
-        )
-    dims = list(initial.dims)
-    if any(d < 0 for d in dims) or len(dims) != len(state.dims) or any(
-            s >= 0 and s != d for s, d in zip(state.dims, dims)):
-        raise ModelConfigError(f"{where}: initial_state dims {dims} do not fit the state's dims {list(state.dims)}")
-    choice = initial.WhichOneof("state_data")
-    if choice == "data_file":
-        path = inside_model_dir(model_dir, initial.data_file, f"initial_state data_file of state "
-                                f"'{state.input_name}'", name, base=INITIAL_STATE_DIR)
-        shown = f"{INITIAL_STATE_DIR}/{initial.data_file.lstrip('/')}"  # never the server's absolute path
-        try:
-            raw = np.fromfile(path, dtype=datatype.numpy_dtype)
-        except OSError as e:
-            raise ModelConfigError(f"{where}: cannot read initial_state data_file '{shown}': {e.strerror}") from None
-        if raw.size != int(np.prod(dims)):
-            raise ModelConfigError(
-                f"{where}: initial_state data_file '{shown}' holds {raw.size} elements, dims {dims} need "
-                f"{int(np.prod(dims))}"
-            )
-        return StateSpec(state.input_name, state.output_name, datatype, raw.reshape(dims))
-    if choice != "zero_data":
-        raise ModelConfigError(f"{where}: initial_state needs zero_data or data_file")
-    return StateSpec(state.input_name, state.output_name, datatype, np.zeros(dims, datatype.numpy_dtype))
-
-
-# -- runtime ----------------------------------------------------------------------------------------
 
 SequenceId = int | str
 
@@ -341,6 +150,39 @@ class SequenceBatcher(InFlightScheduler):
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         if self._closed:
             raise UnavailableError("model is being unloaded")
+        sequence_id, start, end = self._sequence_of(request)
+        sequence = self._live.get(sequence_id)
+        if sequence is None:
+            if not start:
+                raise InvalidArgumentError(
+                    f"inference request for sequence {sequence_id} to model '{self._name}' must specify the START "
+                    "flag on the first request of the sequence"
+                )
+            sequence = _Sequence(sequence_id)
+            self._live[sequence_id] = sequence
+            if self._free:
+                self._assign(sequence, self._free.popleft())
+            else:
+                self._backlog.append(sequence)
+        elif start:
+            log.warning("sequence %s for model '%s' has a conflict. The previous sequence did not end before this "
+                        "sequence start. Previous sequence will be terminated early.", sequence_id, self._name)
+        if end:
+            del self._live[sequence_id]  # a later request with this id must start a new sequence
+        if sequence.idle_timer is not None:
+            sequence.idle_timer.cancel()
+            sequence.idle_timer = None
+        future: asyncio.Future[InferenceResponse] = self._loop.create_future()
+        request.queued_ns = time.monotonic_ns()
+        sequence.queue.append(_Entry(request, future, start, end))
+        self._in_flight += 1
+        if sequence.slot is not None:
+            self._dispatch(sequence.slot.lane)
+        return await future
+
+    def _sequence_of(self, request: InferenceRequest) -> tuple[SequenceId, bool, bool]:
+        """The request's sequence id and START / END flags, checked (an iterative-sequence model gives a
+        request without an id a sequence of its own)."""
         params = request.parameters
         sequence_id = params.get("sequence_id", 0)
         start = params.get("sequence_start", False)
@@ -370,34 +212,7 @@ class SequenceBatcher(InFlightScheduler):
                 f"inference request to model '{self._name}': sequence_id {sequence_id!r} does not fit the "
                 f"CONTROL_SEQUENCE_CORRID data type {corrid[1].config_name}"
             )
-        sequence = self._live.get(sequence_id)
-        if sequence is None:
-            if not start:
-                raise InvalidArgumentError(
-                    f"inference request for sequence {sequence_id} to model '{self._name}' must specify the START "
-                    "flag on the first request of the sequence"
-                )
-            sequence = _Sequence(sequence_id)
-            self._live[sequence_id] = sequence
-            if self._free:
-                self._assign(sequence, self._free.popleft())
-            else:
-                self._backlog.append(sequence)
-        elif start:
-            log.warning("sequence %s for model '%s' has a conflict. The previous sequence did not end before this "
-                        "sequence start. Previous sequence will be terminated early.", sequence_id, self._name)
-        if end:
-            del self._live[sequence_id]  # a later request with this id must start a new sequence
-        if sequence.idle_timer is not None:
-            sequence.idle_timer.cancel()
-            sequence.idle_timer = None
-        future: asyncio.Future[InferenceResponse] = self._loop.create_future()
-        request.queued_ns = time.monotonic_ns()
-        sequence.queue.append(_Entry(request, future, start, end))
-        self._in_flight += 1
-        if sequence.slot is not None:
-            self._dispatch(sequence.slot.lane)
-        return await future
+        return sequence_id, start, end
 
     # -- slots ----------------------------------------------------------------------------------------
 
@@ -443,6 +258,7 @@ class SequenceBatcher(InFlightScheduler):
             for slot in lane.slots:
                 if slot.sequence is not None:
                     self._drop_cancelled(slot.sequence)
+        # slots whose sequence has a request queued
         ready = [slot for slot in lane.slots if slot.sequence is not None and slot.sequence.queue]
         if not ready:
             lane.wakeup.cancel()
@@ -450,7 +266,7 @@ class SequenceBatcher(InFlightScheduler):
             return
         settings = self._settings
         now = time.monotonic_ns()
-        oldest_ns = min(slot.sequence.queue[0].request.queued_ns for slot in ready)
+        oldest_ns = min(slot.sequence.queue[0].request.queued_ns for slot in ready)  # type: ignore[union-attr]
         delay_exceeded = not settings.delay_ns or now - oldest_ns >= settings.delay_ns
         if settings.oldest:
             chosen = self._oldest_batch(ready, delay_exceeded)
@@ -466,14 +282,15 @@ class SequenceBatcher(InFlightScheduler):
 
     def _oldest_batch(self, ready: list[_Slot], delay_exceeded: bool) -> list[_Slot] | None:
         """Heads of the candidate sequences, oldest first, while they fit one batch (Triton's ``oldest``)."""
-        ready.sort(key=lambda s: s.sequence.queue[0].request.queued_ns)
+        # (every slot in ``ready`` holds a sequence with a queued request)
+        ready.sort(key=lambda s: s.sequence.queue[0].request.queued_ns)  # type: ignore[union-attr]
         limit = max(1, self._mbs)
         chosen: list[_Slot] = []
         key = None
         best = 0
         full = False
         for slot in ready:
-            request = slot.sequence.queue[0].request
+            request = slot.sequence.queue[0].request  # type: ignore[union-attr]
             request_key = batch_key(request)
             if chosen and (len(chosen) >= limit or request_key != key):
                 full = True
@@ -557,12 +374,13 @@ class SequenceBatcher(InFlightScheduler):
                 np.full(self._lead + (1,), b"", dtype=object)
             inputs.append(Tensor(name, datatype, data))
         for state in settings.states:
-            inputs.append(Tensor(state.input_name, state.datatype, state.initial.reshape(self._lead + state.initial.shape)))
+            initial = state.initial
+            inputs.append(Tensor(state.input_name, state.datatype, initial.reshape(self._lead + initial.shape)))
         return InferenceRequest(template.model_name, template.model_version, "", inputs, template.requested_outputs,
                                 {}, batch_size=1)
 
     def _make_done(self, lane: _Lane, entries: list[_Entry], sequences: list[_Sequence],
-                   rows: list[InferenceRequest]):  # type: ignore[no-untyped-def]
+                   rows: list[InferenceRequest]) -> Done:
         real = {id(e.request): i for i, e in enumerate(entries)}
 
         def done(batch: Sequence[InferenceRequest], responses: list[InferenceResponse] | None,
