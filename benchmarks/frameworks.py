@@ -216,6 +216,11 @@ def main() -> int:
                     result = run_wrk(url, model, mlp_lua, c, args.duration, min(c, 2), proc.pid)
                     after = counts(url, model)
                     served.append((fw, batching, c, result, (after[0] - before[0]) / max(1, after[1] - before[1])))
+    except BaseException:
+        if os.path.exists(os.path.join(workdir, "server.log")):  # why the server failed
+            with open(os.path.join(workdir, "server.log"), errors="replace") as f:
+                sys.stderr.write("".join(f.readlines()[-30:]))
+        raise
     finally:
         if proc is not None and proc.poll() is None:
             proc.terminate()

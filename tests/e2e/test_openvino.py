@@ -117,6 +117,14 @@ def _repository(repo: str, workdir: str) -> None:
     # auto-complete: no config at all (batching from the model's 'N' layout), and a model without layout
     _write(repo, "auto_layout", None, {"model.xml": _mlp(layout=True)})
     _write(repo, "auto_plain", None, {"model.xml": _mlp()})
+    # an identity graph: OpenVINO may hand the input's memory back as the output
+    x = ops.parameter([-1, 16], ov.Type.f32, name="INPUT0")
+    same = ops.convert(x, "f32")
+    same.output(0).set_names({"OUTPUT0"})
+    _write(repo, "identity", 'backend: "openvino"\nmax_batch_size: 8\ndynamic_batching { }\n'
+           'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]\n'
+           'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]\n',
+           {"model.xml": ov.Model([same], [x], "identity")})
     # ONNX read by OpenVINO (Triton's backend loads model.onnx named by default_model_filename)
     onnx_path = os.path.join(workdir, "identity.onnx")
     _onnx_identity(onnx_path)
@@ -236,6 +244,22 @@ def test_concurrent_requests_are_batched_and_split(server: RunningServer) -> Non
     stats = client.get_inference_statistics("mlp")["model_stats"][0]
     assert int(stats["inference_count"]) >= sum(n for _, n, _ in pending)
     assert int(stats["inference_stats"]["compute_input"]["ns"]) > 0  # the backend's timing stamps
+
+
+def test_identity_under_concurrent_binary_requests(server: RunningServer) -> None:
+    """Inputs arrive in request bodies the server frees after each request: OpenVINO must not keep them
+    (with shared inputs, an identity graph's output overwrote freed memory and crashed the server)."""
+    client = httpclient.InferenceServerClient(server.url, concurrency=8)
+    pending = []
+    for i in range(400):
+        data = np.full((1 + i % 3, 16), i, dtype=np.float32)
+        tensor = httpclient.InferInput("INPUT0", list(data.shape), "FP32")
+        tensor.set_data_from_numpy(data, binary_data=True)
+        pending.append((data, client.async_infer("identity", [tensor], outputs=[
+            httpclient.InferRequestedOutput("OUTPUT0", binary_data=True)])))
+    for data, result in pending:
+        np.testing.assert_array_equal(result.get_result(timeout=60).as_numpy("OUTPUT0"), data)
+    assert server.proc.poll() is None and client.is_server_live()
 
 
 def test_fixed_batch_pads_or_refuses(server: RunningServer) -> None:

@@ -350,7 +350,10 @@ class OpenVinoInstance(ModelInstanceState):
                      for k, v in feeds.items()}
         self.input_end_ns = time.monotonic_ns()
         try:
-            results = self.request.infer(feeds, share_inputs=True)
+            # share_inputs stays False: the request would keep pointing at the request bodies' memory after
+            # the call, and OpenVINO may write outputs in place over inputs (an identity graph does): memory
+            # the server has freed by then (heap corruption under load, seen with wrk).
+            results = self.request.infer(feeds)
         except Exception as e:  # a shape the model cannot take, or OpenVINO's own failure
             raise InvalidArgumentError(f"OpenVINO failed to run model '{model.ctx.name}': {_short(e)}") from None
         self.infer_end_ns = time.monotonic_ns()
