@@ -58,6 +58,7 @@ from tritium.backends import (
     UnavailableError,
     batch_inputs,
     model_config,
+    requested_union,
     split_batch,
 )
 
@@ -254,7 +255,9 @@ class OpenVinoModel(ModelState):
         ports = {p.any_name: i for i, p in enumerate(self.compiled.outputs)}
         self.outputs = [(o.name, ports[o.name], DataType.from_config(mc.DataType.Name(o.data_type)))
                         for o in ctx.config.output]
-        self.inputs = [i.name for i in ctx.config.input]
+        self.output_names = [name for name, _, _ in self.outputs]
+        ports_in = {p.any_name: i for i, p in enumerate(self.compiled.inputs)}
+        self.input_ports = [(ports_in[i.name], i.name) for i in ctx.config.input]
 
     def _prepare(self, model: Any) -> Any:
         """Check the config against the model; set its tensor types to the config's (OpenVINO converts, as
@@ -337,34 +340,45 @@ class OpenVinoInstance(ModelInstanceState):
         self.padding = settings.padding
 
     def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResponse | TritiumError]:
-        model = self.model
+        model, request = self.model, self.request
         feeds = batch_inputs(requests)
         rows = sum(r.batch_size for r in requests) if model.batch > 0 else 0
+        pad = 0
         if self.pad_to and rows != self.pad_to:
             if not self.padding:
                 raise InvalidArgumentError(
                     f"model '{model.ctx.name}' runs at a fixed batch size of {self.pad_to} "
                     f"(SKIP_OV_DYNAMIC_BATCHSIZE), got a batch of {rows}; set ENABLE_BATCH_PADDING to YES to pad "
                     "smaller batches")
-            feeds = {k: np.concatenate([v, np.zeros((self.pad_to - rows, *v.shape[1:]), v.dtype)])
-                     for k, v in feeds.items()}
-        self.input_end_ns = time.monotonic_ns()
+            pad = self.pad_to - rows
         try:
-            # share_inputs stays False: the request would keep pointing at the request bodies' memory after
-            # the call, and OpenVINO may write outputs in place over inputs (an identity graph does): memory
-            # the server has freed by then (heap corruption under load, seen with wrk).
-            results = self.request.infer(feeds)
+            # Inputs are copied into the request's own tensors: cheaper than infer(dict) (which wraps each
+            # array per call), and the request never points at request bodies the server frees afterwards
+            # (OpenVINO may write outputs in place over inputs: an identity graph does).
+            for index, name in model.input_ports:
+                array = feeds[name]
+                tensor = request.get_input_tensor(index)
+                tensor.shape = (array.shape[0] + pad, *array.shape[1:]) if pad else array.shape
+                if pad:
+                    tensor.data[:rows] = array
+                    tensor.data[rows:] = 0
+                else:
+                    tensor.data[...] = array
+            self.input_end_ns = time.monotonic_ns()
+            request.infer()
         except Exception as e:  # a shape the model cannot take, or OpenVINO's own failure
             raise InvalidArgumentError(f"OpenVINO failed to run model '{model.ctx.name}': {_short(e)}") from None
         self.infer_end_ns = time.monotonic_ns()
         per_request: list[list[Tensor]] = [[] for _ in requests]
+        wanted = requested_union(requests, model.output_names)
         for name, index, datatype in model.outputs:
-            array = results[index]
-            if self.pad_to and rows != self.pad_to:
-                array = array[:rows]
+            if name not in wanted:
+                continue
+            array = request.get_output_tensor(index).data
+            array = np.array(array[:rows] if pad else array)  # a copy: the request's memory is reused
             views = split_batch(array, requests) if model.batch > 0 else [array]
-            for outputs, request, view in zip(per_request, requests, views):
-                if request.requested_outputs is None or name in request.requested_outputs:
+            for outputs, r, view in zip(per_request, requests, views):
+                if r.requested_outputs is None or name in r.requested_outputs:
                     outputs.append(Tensor(name, datatype, view))
         version = model.ctx.version
         return [InferenceResponse(r.model_name, version, r.id, outputs) for r, outputs in zip(requests, per_request)]

@@ -326,7 +326,14 @@ class TensorFlowModel(ModelState):
             self._check(feeds, "input")
             self._check(fetches, "output")
             call = session.make_callable([fetches[name] for name, _ in self.outputs],
-                                         feed_list=[feeds[name] for name in self.inputs])
+                                         feed_list=[feeds[name] for name in self.inputs],
+                                         accept_options=self.inter == 1)
+            if self.inter == 1:
+                # One inter-op thread: no parallelism between ops to lose, so run them on the calling
+                # (instance) thread and spare a thread hand-off per execution.
+                options = self.tf.compat.v1.RunOptions(inter_op_thread_pool=-1)
+                flat = call
+                call = lambda *arrays: flat(*arrays, options=options)  # noqa: E731
         except TritiumError:
             session.close()
             raise
