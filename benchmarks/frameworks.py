@@ -219,7 +219,9 @@ def main() -> int:
         log = open(os.path.join(workdir, "server.log"), "wb")
         proc = subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}",
                                  f"--http-port={port}", "--http-address=127.0.0.1", "--allow-grpc=false",
-                                 "--allow-metrics=false"], stdout=log, stderr=log)
+                                 "--allow-metrics=false",
+                                 # the configs are complete; auto-complete would turn dynamic batching on
+                                 "--disable-auto-complete-config"], stdout=log, stderr=log)
         wait_live(url, proc, timeout=300)
         mlp_lua, identity_lua = body(workdir, SIZES[0]), body(workdir, 16)
         for fw in frameworks:

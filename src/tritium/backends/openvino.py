@@ -16,6 +16,8 @@ Parameters (Triton's, string values, case-insensitive):
 - ``INFERENCE_PRECISION_HINT`` (f32 / bf16 / f16): tritium's own addition.  On CPUs with bfloat16
   units (AMX, AVX512-BF16) OpenVINO runs FP32 models in bfloat16 unless told otherwise, as under Triton;
   ``f32`` gives exact float32 results.
+- ``ENABLE_CPU_PINNING`` (YES / NO): tritium's own; OpenVINO's thread pinning, off unless YES (pinned
+  inference threads compete with the server's own threads for their cores: much worse tail latency).
 - ``TARGET_DEVICE``: the OpenVINO device (CPU by default, or GPU / NPU / AUTO / MULTI:... / HETERO:...);
   one OpenVINO does not find fails the load, naming the devices it has.
 - ``CPU_EXTENSION_PATH``: a shared library of custom CPU kernels, loaded into this model's Core.
@@ -75,7 +77,8 @@ _FROM_OV = {v: k for k, v in _TO_OV.items()}
 _BOOL_WORDS = {"yes": True, "true": True, "1": True, "on": True, "no": False, "false": False, "0": False, "off": False}
 _HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 #: Parameters passed to OpenVINO as compile properties.
-_COMPILE_KEYS = ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS", "COMPILATION_NUM_THREADS", "HINT_BF16")
+_COMPILE_KEYS = ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS", "COMPILATION_NUM_THREADS", "HINT_BF16",
+                 "ENABLE_CPU_PINNING")
 _PRECISIONS = ("f32", "bf16", "f16")
 _MODEL_KEYS = ("INFERENCE_PRECISION_HINT", "TARGET_DEVICE", "CPU_EXTENSION_PATH", "RESHAPE_IO_LAYERS", "SKIP_OV_DYNAMIC_BATCHSIZE",
                "ENABLE_BATCH_PADDING")
@@ -125,6 +128,12 @@ class Settings:
             if precision not in _PRECISIONS or bf16:
                 self._bad("INFERENCE_PRECISION_HINT", precision, "f32, bf16 or f16 (and not with HINT_BF16)")
             self.properties["INFERENCE_PRECISION_HINT"] = precision
+        # Unpinned unless asked: OpenVINO pins its inference threads to cores by default, and there they
+        # compete with the server's own threads (on 2 busy cores, 8 connections to an identity model: p99
+        # 584 ms pinned, 14 ms unpinned; benchmarks/frameworks.py).
+        pinning = self._flag(ctx, "ENABLE_CPU_PINNING") if self._text(ctx, "ENABLE_CPU_PINNING") else False
+        if self.device_is_cpu(ctx):
+            self.properties["ENABLE_CPU_PINNING"] = pinning
         self.device = self._text(ctx, "TARGET_DEVICE").upper() or "CPU"
         self.extension = self._text(ctx, "CPU_EXTENSION_PATH")
         if self.extension and not (os.path.isabs(self.extension) and os.path.isfile(self.extension)):
@@ -135,6 +144,10 @@ class Settings:
         if self.padding and not self.fixed_batch:
             log.info("model '%s': ENABLE_BATCH_PADDING has no effect: the batch dimension is dynamic (it pads "
                      "only with SKIP_OV_DYNAMIC_BATCHSIZE)", ctx.name)
+
+    @staticmethod
+    def device_is_cpu(ctx: ModelContext) -> bool:
+        return (ctx.parameter("TARGET_DEVICE") or "CPU").strip().upper() == "CPU"
 
     @staticmethod
     def _text(ctx: ModelContext, key: str) -> str:
