@@ -34,6 +34,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SIZES = (256, 1024, 1024, 256)
 RNG = np.random.default_rng(0)
 WEIGHTS = [(RNG.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32) for a, b in zip(SIZES, SIZES[1:])]
+#: OpenVINO's precision: f32 compares like with like; on CPUs with AMX/AVX512-BF16 OpenVINO's default is bf16
+#: (--openvino-precision bf16 measures that).
+PRECISION = "f32"
 FILES = {"onnx": ("onnxruntime", "model.onnx"), "openvino": ("openvino", "model.xml"),
          "tensorflow": ("tensorflow", "model.savedmodel")}
 
@@ -105,7 +108,9 @@ def runner(framework: str, folder: str):  # type: ignore[no-untyped-def]
     if framework == "openvino":
         import openvino as ov
 
-        compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": "1"})
+        compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": "1",
+                                                         "INFERENCE_PRECISION_HINT": PRECISION,
+                                                         "ENABLE_CPU_PINNING": False})
         request = compiled.create_infer_request()
         return lambda x: request.infer({"x": x}, share_inputs=True)
     import tensorflow as tf
@@ -153,7 +158,7 @@ def call_us(framework: str, folder: str, width: int = 16, calls: int = 2000) -> 
 def config(framework: str, name: str, batching: bool, width: int) -> str:
     backend, filename = FILES[framework]
     params = {"onnx": {"intra_op_thread_count": "1", "inter_op_thread_count": "1"},
-              "openvino": {"INFERENCE_NUM_THREADS": "1", "NUM_STREAMS": "1"},
+              "openvino": {"INFERENCE_NUM_THREADS": "1", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": PRECISION},
               "tensorflow": {"TF_NUM_INTRA_THREADS": "1", "TF_NUM_INTER_THREADS": "1",
                              "TF_USE_PER_SESSION_THREADS": "true"}}[framework]
     text = (f'name: "{name}"\nbackend: "{backend}"\ndefault_model_filename: "{filename}"\nmax_batch_size: 32\n'
@@ -191,7 +196,10 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--connections", default="1,8,32")
     ap.add_argument("--frameworks", default="onnx,openvino,tensorflow")
+    ap.add_argument("--openvino-precision", default="f32", choices=("f32", "bf16", "f16"))
     args = ap.parse_args()
+    global PRECISION
+    PRECISION = args.openvino_precision
     frameworks = args.frameworks.split(",")
     conns = [int(c) for c in args.connections.split(",")]
     workdir = tempfile.mkdtemp(prefix="tritium-frameworks-bench-")

@@ -103,6 +103,8 @@ def _repository(repo: str, saved: str, graph: bytes) -> None:
           filename="my.savedmodel")
     model("graphdef", 'platform: "tensorflow_graphdef"\n' + batched + GRAPH_IO
           + "optimization { graph { level: -1 } }\n", savedmodel=False)
+    model("graphdef_xla", 'platform: "tensorflow_graphdef"\n' + batched + GRAPH_IO
+          + "optimization { graph { level: 1 } }\n", savedmodel=False)
     model("saved_auto", None)
     # refused, each alone
     model("bad_graphdef_no_config", None, savedmodel=False)
@@ -187,15 +189,15 @@ def test_savedmodel_outputs_equal_tensorflow_in_process(server: RunningServer, t
             assert list(result.as_numpy("upper").reshape(-1)) == list(expected["upper"])
 
 
-def test_graphdef_outputs_equal_tensorflow_in_process(server: RunningServer, trained) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("model", ["graphdef", "graphdef_xla"])
+def test_graphdef_outputs_equal_tensorflow_in_process(server: RunningServer, trained, model: str) -> None:  # type: ignore[no-untyped-def]
     module = trained[1]
     client = grpcclient.InferenceServerClient(server.grpc_url)
     for rows in (slice(0, 1), slice(0, 16)):
         tensor = grpcclient.InferInput("x", [rows.stop - rows.start, 8], "FP32")
         tensor.set_data_from_numpy(X[rows])
         expected = _expected(module, X[rows], _ids(32)[rows], WORDS[rows])["probs"]
-        np.testing.assert_allclose(client.infer("graphdef", [tensor]).as_numpy("probs"), expected,
-                                   rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(client.infer(model, [tensor]).as_numpy("probs"), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_concurrent_requests_are_batched_and_split(server: RunningServer, trained) -> None:  # type: ignore[no-untyped-def]
