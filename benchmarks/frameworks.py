@@ -28,7 +28,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from http_infer import LUA, run_wrk, wait_live  # noqa: E402
+from http_infer import LUA, run_wrk, wait_live
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SIZES = (256, 1024, 1024, 256)

@@ -49,7 +49,6 @@ from tritium.backends import (
     InferenceRequest,
     InferenceResponse,
     InstanceSpec,
-    InternalError,
     InvalidArgumentError,
     ModelConfigError,
     ModelContext,

@@ -333,7 +333,7 @@ class TensorFlowModel(ModelState):
                 # (instance) thread and spare a thread hand-off per execution.
                 options = self.tf.compat.v1.RunOptions(inter_op_thread_pool=-1)
                 flat = call
-                call = lambda *arrays: flat(*arrays, options=options)  # noqa: E731
+                call = lambda *arrays: flat(*arrays, options=options)
         except TritiumError:
             session.close()
             raise
