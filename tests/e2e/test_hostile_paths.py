@@ -130,6 +130,11 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     os.symlink(os.path.join(outside, "config.pbtxt"), os.path.join(model_dir, "config.pbtxt"))
     write_python_model(repo, "env_dotdot", ECHO_MODEL, py_config(
         f'parameters {{ key: "EXECUTION_ENV_PATH" value: {{ string_value: "$$TRITON_MODEL_DIRECTORY/{rel}/env" }} }}'))
+    model_dir = os.path.join(repo, "extension_dotdot")  # OpenVINO's native library of custom kernels
+    os.makedirs(os.path.join(model_dir, "1"))
+    with open(os.path.join(model_dir, "config.pbtxt"), "w") as f:
+        f.write('backend: "openvino" max_batch_size: 0 '
+                f'parameters {{ key: "CPU_EXTENSION_PATH" value: {{ string_value: "../{rel}/secret.txt" }} }}')
     write_model(repo, "bad;name", identity_graph("FP32", ("batch", 4)), config=onnx_config())  # an operator's folder
     return {"root": root, "outside": outside, "repo": repo, "tmp": tmp}
 
@@ -221,6 +226,7 @@ REPOSITORY_ATTACKS = {
     "version_symlink": "version folder 1",
     "model_file_dotdot": "default_model_filename",
     "env_dotdot": "parameter EXECUTION_ENV_PATH",
+    "extension_dotdot": "parameter CPU_EXTENSION_PATH",
 }
 
 

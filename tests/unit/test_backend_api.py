@@ -147,8 +147,8 @@ def test_unknown_backend_reason(tmp_path: str) -> None:
         BackendRegistry().get("nosuch")
     with pytest.raises(api.InvalidArgumentError, match=rf"no {tmp_path}/nosuch/model.py"):
         BackendRegistry(backend_directory=str(tmp_path)).get("nosuch")
-    with pytest.raises(api.UnavailableError, match="no tensorflow backend"):
-        BackendRegistry().get("tensorflow")
+    with pytest.raises(api.UnavailableError, match="no tensorrt backend"):
+        BackendRegistry().get("tensorrt")
 
 
 def test_python_based_backend_names_stay_in_the_directory(tmp_path) -> None:  # type: ignore[no-untyped-def]

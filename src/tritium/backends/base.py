@@ -83,6 +83,11 @@ class ModelContext:
             return os.path.join(self.runtime_dir, "model.py")
         return join(self.version_dir, self.config.default_model_filename)
 
+    def model_file(self, name: str) -> str:
+        """A file a config parameter names, joined to the model folder as Triton joins paths (a leading ``/``
+        stays in the folder); the server checked it stays there for the parameters it knows (``FILE_PARAMETERS``)."""
+        return join(self.model_dir, name)
+
     def shown(self, path: str) -> str:
         """``path`` as errors show it to clients: relative to the model folder, never the server's absolute path."""
         return relative_to_model(self.model_dir, path)

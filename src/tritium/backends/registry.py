@@ -42,12 +42,12 @@ BUILTIN: dict[str, str] = {
     "pytorch": "tritium.backends.pytorch:PyTorchBackend",
     "python": "tritium.backends.python.backend:PythonBackend",
     "fil": "tritium.backends.fil:FilBackend",
+    "openvino": "tritium.backends.openvino:OpenVinoBackend",
+    "tensorflow": "tritium.backends.tensorflow:TensorFlowBackend",
 }
 #: backends Triton has that tritium does not serve, with the reason given to users.
 _NOT_AVAILABLE: dict[str, str] = {
-    "tensorflow": "tritium has no tensorflow backend",
     "tensorrt": "tritium has no tensorrt backend (TensorRT plans need NVIDIA's runtime)",
-    "openvino": "tritium has no openvino backend yet",
 }
 
 

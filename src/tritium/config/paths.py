@@ -29,6 +29,9 @@ INITIAL_STATE_DIR = "initial_state"
 #: What ``EXECUTION_ENV_PATH`` may start with to name a path in the model folder.
 MODEL_DIRECTORY = "$$TRITON_MODEL_DIRECTORY"
 EXECUTION_ENV_PATH = "EXECUTION_ENV_PATH"
+#: Backend parameters that name a file (OpenVINO's library of custom kernels): held inside the model folder like
+#: every other path; backends read them through ``ModelContext.model_file``, joined the same way.
+FILE_PARAMETERS = ("CPU_EXTENSION_PATH",)
 
 
 def join(base: str, *parts: str) -> str:
@@ -121,6 +124,9 @@ def check_config_paths(config: mc.ModelConfig, model_dir: str, versions: Sequenc
                     inside_model_dir(model_dir, initial.data_file,
                                      f"initial_state data_file of state '{state.input_name}'", model,
                                      base=INITIAL_STATE_DIR)
+    for key in FILE_PARAMETERS:
+        if key in config.parameters and config.parameters[key].string_value.strip():
+            inside_model_dir(model_dir, config.parameters[key].string_value.strip(), f"parameter {key}", model)
     if EXECUTION_ENV_PATH in config.parameters:
         execution_env_path(model_dir, config.parameters[EXECUTION_ENV_PATH].string_value, model, from_client)
 

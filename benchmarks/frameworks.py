@@ -1,0 +1,288 @@
+"""The same MLP (256 -> 1024 -> 1024 -> 256, ReLU, FP32) as ONNX, OpenVINO IR and TensorFlow SavedModel:
+in-process ceiling of each framework (one thread) and served by tritium.
+
+In process: rows/s at batch 1 and 32 (ONNX Runtime session, OpenVINO compiled model, TensorFlow session
+through ``make_callable``, each on one thread).  Served (one instance, one thread per framework, binary
+HTTP by wrk, 1-row requests): 1, 8 and 32 connections, without and with dynamic batching; rows/s, p50,
+p99, the mean batch executed, and rows/s as a share of the framework's in-process ceiling at batch 32.
+Per-request overhead: an identity model (16 FP32) of each framework at 1 connection, server CPU time per
+request compared with the ONNX backend's.
+
+    python benchmarks/frameworks.py [--duration 5] [--connections 1,8,32] [--frameworks onnx,openvino,tensorflow]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from http_infer import LUA, run_wrk, wait_live
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+SIZES = (256, 1024, 1024, 256)
+RNG = np.random.default_rng(0)
+WEIGHTS = [(RNG.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32) for a, b in zip(SIZES, SIZES[1:])]
+#: OpenVINO's precision: f32 compares like with like; on CPUs with AMX/AVX512-BF16 OpenVINO's default is bf16
+#: (--openvino-precision bf16 measures that).
+PRECISION = "f32"
+FILES = {"onnx": ("onnxruntime", "model.onnx"), "openvino": ("openvino", "model.xml"),
+         "tensorflow": ("tensorflow", "model.savedmodel")}
+
+
+def build(framework: str, folder: str, identity: bool) -> None:
+    """The MLP (or an identity of 16 values) as ``framework``'s file in ``folder``; tensors ``x`` -> ``y``."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, FILES[framework][1])
+    width_in, width_out = (16, 16) if identity else (SIZES[0], SIZES[-1])
+    if framework == "onnx":
+        import onnx
+        from onnx import helper, numpy_helper
+
+        nodes, inits, last = [], [], "x"
+        if identity:
+            nodes.append(helper.make_node("Identity", ["x"], ["y"]))
+        for i, w in enumerate([] if identity else WEIGHTS):
+            inits.append(numpy_helper.from_array(w, f"w{i}"))
+            out = "y" if i == len(WEIGHTS) - 1 else f"h{i}"
+            nodes.append(helper.make_node("MatMul", [last, f"w{i}"], [f"m{i}" if out != "y" else "y"]))
+            if out != "y":
+                nodes.append(helper.make_node("Relu", [f"m{i}"], [out]))
+            last = out
+        graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", 1, ["n", width_in])],
+                                  [helper.make_tensor_value_info("y", 1, ["n", width_out])], inits)
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    elif framework == "openvino":
+        import openvino as ov
+        import openvino.opset13 as ops
+
+        x = ops.parameter([-1, width_in], ov.Type.f32, name="x")
+        node = ops.convert(x, "f32") if identity else x
+        for i, w in enumerate([] if identity else WEIGHTS):
+            node = ops.matmul(node, ops.constant(w), False, False)
+            if i < len(WEIGHTS) - 1:
+                node = ops.relu(node)
+        node.output(0).set_names({"y"})
+        ov.save_model(ov.Model([node], [x], "mlp"), path, compress_to_fp16=False)
+    else:
+        import tensorflow as tf
+
+        class Mlp(tf.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.w = [tf.Variable(w) for w in ([] if identity else WEIGHTS)]
+
+            @tf.function(input_signature=[tf.TensorSpec([None, width_in], tf.float32, name="x")])
+            def serve(self, x):  # type: ignore[no-untyped-def]
+                for i, w in enumerate(self.w):
+                    x = tf.matmul(x, w)
+                    if i < len(self.w) - 1:
+                        x = tf.nn.relu(x)
+                return {"y": tf.identity(x)}
+
+        module = Mlp()
+        tf.saved_model.save(module, path, signatures=module.serve)
+
+
+def runner(framework: str, folder: str):  # type: ignore[no-untyped-def]
+    """A one-thread in-process call: rows -> outputs."""
+    path = os.path.join(folder, FILES[framework][1])
+    if framework == "onnx":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return lambda x: session.run(["y"], {"x": x})
+    if framework == "openvino":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": "1",
+                                                         "INFERENCE_PRECISION_HINT": PRECISION,
+                                                         "ENABLE_CPU_PINNING": False})
+        request = compiled.create_infer_request()
+        return lambda x: request.infer({"x": x}, share_inputs=True)
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph, config=tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=1, inter_op_parallelism_threads=1, use_per_session_threads=True))
+    with graph.as_default():
+        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
+    sig = meta.signature_def["serving_default"]
+    return session.make_callable(graph.get_tensor_by_name(sig.outputs["y"].name),
+                                 feed_list=[graph.get_tensor_by_name(sig.inputs["x"].name)])
+
+
+def ceiling(framework: str, folder: str, batches: tuple[int, ...], seconds: float = 2.0) -> dict[int, float]:
+    call = runner(framework, folder)
+    x = RNG.standard_normal((max(batches), SIZES[0])).astype(np.float32)
+    rates = {}
+    for batch in batches:
+        rows = np.ascontiguousarray(x[:batch])
+        call(rows)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            call(rows)
+            n += 1
+        rates[batch] = batch * n / (time.perf_counter() - start)
+    return rates
+
+
+def call_us(framework: str, folder: str, width: int = 16, calls: int = 2000) -> float:
+    """Microseconds per in-process call of one row (best of 5 runs): the framework's own per-call cost."""
+    call = runner(framework, folder)
+    x = np.ones((1, width), np.float32)
+    for _ in range(200):
+        call(x)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+            call(x)
+        best = min(best, (time.perf_counter() - start) / calls * 1e6)
+    return best
+
+
+def config(framework: str, name: str, batching: bool, width: int) -> str:
+    backend, filename = FILES[framework]
+    params = {"onnx": {"intra_op_thread_count": "1", "inter_op_thread_count": "1"},
+              "openvino": {"INFERENCE_NUM_THREADS": "1", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": PRECISION},
+              "tensorflow": {"TF_NUM_INTRA_THREADS": "1", "TF_NUM_INTER_THREADS": "1",
+                             "TF_USE_PER_SESSION_THREADS": "true"}}[framework]
+    text = (f'name: "{name}"\nbackend: "{backend}"\ndefault_model_filename: "{filename}"\nmax_batch_size: 32\n'
+            f'input [ {{ name: "x" data_type: TYPE_FP32 dims: [ {width} ] }} ]\n'
+            f'output [ {{ name: "y" data_type: TYPE_FP32 dims: [ {width if width == 16 else SIZES[-1]} ] }} ]\n'
+            'instance_group [ { kind: KIND_CPU count: 1 } ]\n')
+    if batching:
+        text += "dynamic_batching { }\n"
+    return text + "".join(f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}\n' for k, v in params.items())
+
+
+def body(workdir: str, width: int) -> str:
+    x = RNG.standard_normal((1, width)).astype(np.float32)
+    header = json.dumps({"inputs": [{"name": "x", "shape": [1, width], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}).encode()
+    path = os.path.join(workdir, f"x{width}.bin")
+    with open(path, "wb") as f:
+        f.write(header + x.tobytes())
+    lua = os.path.join(workdir, f"x{width}.lua")
+    with open(lua, "w") as f:
+        f.write(LUA.format(body=path, content_type="application/octet-stream",
+                           extra=f'wrk.headers["Inference-Header-Content-Length"] = "{len(header)}"'))
+    return lua
+
+
+def counts(url: str, model: str) -> tuple[int, int]:
+    with urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats", timeout=10) as r:
+        stats = json.loads(r.read())["model_stats"][0]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--connections", default="1,8,32")
+    ap.add_argument("--frameworks", default="onnx,openvino,tensorflow")
+    ap.add_argument("--openvino-precision", default="f32", choices=("f32", "bf16", "f16"))
+    args = ap.parse_args()
+    global PRECISION
+    PRECISION = args.openvino_precision
+    frameworks = args.frameworks.split(",")
+    conns = [int(c) for c in args.connections.split(",")]
+    workdir = tempfile.mkdtemp(prefix="tritium-frameworks-bench-")
+    proc = None
+    served: list[tuple[str, bool, int, dict[str, float], float]] = []
+    overhead: dict[str, dict[str, float]] = {}
+    ceilings: dict[str, dict[int, float]] = {}
+    try:
+        repo = os.path.join(workdir, "repo")
+        for fw in frameworks:
+            for identity in (False, True):
+                kind = "identity" if identity else "mlp"
+                build(fw, os.path.join(workdir, "files", f"{kind}_{fw}"), identity)
+                for batching in ((False,) if identity else (False, True)):
+                    name = f"{kind}_{fw}{'_batched' if batching else ''}"
+                    shutil.copytree(os.path.join(workdir, "files", f"{kind}_{fw}"), os.path.join(repo, name, "1"))
+                    with open(os.path.join(repo, name, "config.pbtxt"), "w") as f:
+                        f.write(config(fw, name, batching, 16 if identity else SIZES[0]))
+        own: dict[str, float] = {}
+        for fw in frameworks:
+            ceilings[fw] = ceiling(fw, os.path.join(workdir, "files", f"mlp_{fw}"), (1, 32))
+            own[fw] = call_us(fw, os.path.join(workdir, "files", f"identity_{fw}"))
+        port = 18690
+        url = f"127.0.0.1:{port}"
+        log = open(os.path.join(workdir, "server.log"), "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}",
+                                 f"--http-port={port}", "--http-address=127.0.0.1", "--allow-grpc=false",
+                                 "--allow-metrics=false",
+                                 # the configs are complete; auto-complete would turn dynamic batching on
+                                 "--disable-auto-complete-config"], stdout=log, stderr=log)
+        wait_live(url, proc, timeout=300)
+        mlp_lua, identity_lua = body(workdir, SIZES[0]), body(workdir, 16)
+        for fw in frameworks:
+            run_wrk(url, f"identity_{fw}", identity_lua, 1, 1, 1)
+            overhead[fw] = run_wrk(url, f"identity_{fw}", identity_lua, 1, args.duration, 1, proc.pid)
+            for batching in (False, True):
+                model = f"mlp_{fw}{'_batched' if batching else ''}"
+                run_wrk(url, model, mlp_lua, 4, 1, 1)
+                for c in conns:
+                    before = counts(url, model)
+                    result = run_wrk(url, model, mlp_lua, c, args.duration, min(c, 2), proc.pid)
+                    after = counts(url, model)
+                    served.append((fw, batching, c, result, (after[0] - before[0]) / max(1, after[1] - before[1])))
+        proc.terminate()
+        proc.wait(10)
+        proc = None
+        # measured again after serving: the best of the two, as other load on the machine comes and goes
+        for fw in frameworks:
+            again = ceiling(fw, os.path.join(workdir, "files", f"mlp_{fw}"), (1, 32))
+            ceilings[fw] = {b: max(rate, again[b]) for b, rate in ceilings[fw].items()}
+            own[fw] = min(own[fw], call_us(fw, os.path.join(workdir, "files", f"identity_{fw}")))
+    except BaseException:
+        if os.path.exists(os.path.join(workdir, "server.log")):  # why the server failed
+            with open(os.path.join(workdir, "server.log"), errors="replace") as f:
+                sys.stderr.write("".join(f.readlines()[-30:]))
+        raise
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("in process, 1 thread: rows/s of the MLP 256-1024-1024-256 (best of before and after serving)")
+    print(f"{'framework':<12}{'batch 1':>12}{'batch 32':>12}")
+    for fw, rates in ceilings.items():
+        print(f"{fw:<12}{rates[1]:>12,.0f}{rates[32]:>12,.0f}")
+    print("\nserved by tritium (1 instance, 1 thread, 1-row requests, binary HTTP, wrk)")
+    print(f"{'framework':<12}{'batching':>9}{'conns':>6}{'rows/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'cpu us/req':>11}"
+          f"{'mean batch':>11}{'of ceiling@32':>14}")
+    for fw, batching, c, r, batch in served:
+        print(f"{fw:<12}{'dynamic' if batching else 'none':>9}{c:>6}{r['rps']:>9,.0f}{r['p50']:>8.2f}{r['p99']:>8.2f}"
+              f"{r.get('cpu_us', float('nan')):>11,.0f}{batch:>11.1f}{r['rps'] / ceilings[fw][32]:>14.0%}")
+    print("\nper-request overhead: identity (16 FP32), 1 connection; 'tritium us' = server CPU per request minus"
+          " the framework's own in-process call")
+    print(f"{'framework':<12}{'req/s':>9}{'p50 ms':>8}{'cpu us/req':>11}{'call us':>9}{'tritium us':>11}"
+          f"{'vs onnx':>9}")
+    base = overhead["onnx"]["cpu_us"] - own["onnx"] if "onnx" in overhead and overhead["onnx"].get("cpu_us") else None
+    for fw, r in overhead.items():
+        mine = r.get("cpu_us", float("nan")) - own[fw]
+        ratio = f"{mine / base:>9.2f}" if base else f"{'':>9}"
+        print(f"{fw:<12}{r['rps']:>9,.0f}{r['p50']:>8.2f}{r.get('cpu_us', float('nan')):>11,.0f}{own[fw]:>9,.0f}"
+              f"{mine:>11,.0f}{ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
