@@ -11,13 +11,12 @@ so nothing is left in ``/dev/shm`` even when a process is killed later.
 Imports only the standard library and numpy: a stub may run under another interpreter
 (``EXECUTION_ENV_PATH``).
 
-An input of an execute travels as ``(name, wire datatype, shape, offset, nbytes, block)``: ``block`` -1
-means the input arena; otherwise the bytes lie where the server received them, in a shared-memory block
-of its request bodies (``tritium.core.shared_memory``), whose file descriptor the server hands the stub
-once, over the *hand-off* socket, before the first execute that uses it.  An output travels as
-``(name, datatype, shape, offset, nbytes, where)``: ``where`` is :data:`OUT_ARENA`, :data:`IN_ARENA`, or
-:data:`BLOCK` plus a block's number (an output that is a view of an input, as in identity models, is
-not copied by the stub).  In decoupled responses and BLS calls, which are not on the execute path, a
+A tensor of an execute travels as a ``messages.TensorMeta``: an input lies in the input arena or where
+the server received it, in a shared-memory block of its request bodies (``tritium.core.shared_memory``),
+whose file descriptor the server hands the stub once, over the *hand-off* socket, before the first
+execute that uses it; an output lies in either arena or in such a block (an output that is a view of an
+input, as in identity models, is not copied by the stub).  What the messages are: ``messages``.  In
+decoupled responses and BLS calls, which are not on the execute path, a
 tensor's offset is ``-1``: its bytes are the next item of the message's ``data`` list; except that the
 tensors of a BLS call or response of 64 KiB or more lie in the writer's :class:`BlsArena`, at that offset.
 """
@@ -39,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from .messages import Location
+
 ALIGN = 64
-#: Where an output of an execute lies (see above).
-OUT_ARENA, IN_ARENA, BLOCK = 0, 1, 2
 _LEN = struct.Struct("<I")
 
 #: wire datatype -> numpy dtype (BYTES is an object array, BF16 needs ml_dtypes)
@@ -509,7 +508,7 @@ def view(buffer: Any, datatype: str, shape: tuple[int, ...], offset: int, nbytes
 def write_tensors(arena: Arena | None, arrays: list[tuple[str, np.ndarray]], create: Any) -> tuple[Arena, list[tuple]]:
     """Write ``(name, array)`` pairs into ``arena`` (grown through ``create(size)`` when too small).
 
-    Returns the arena used and one ``(name, datatype, shape, offset, nbytes, -1)`` per tensor.
+    Returns the arena used and one ``messages.TensorMeta`` tuple (in the input arena) per tensor.
     """
     prepared = []
     total = 0
@@ -527,7 +526,7 @@ def write_tensors(arena: Arena | None, arrays: list[tuple[str, np.ndarray]], cre
             arena.mm[offset : offset + nbytes] = data
         elif nbytes:
             u8[offset : offset + nbytes] = data.reshape(-1).view(np.uint8)
-        metas.append((name, kind, shape, offset, nbytes, -1))
+        metas.append((name, kind, shape, offset, nbytes, Location.IN_ARENA, -1))
     return arena, metas
 
 
