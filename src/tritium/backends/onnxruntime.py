@@ -23,6 +23,7 @@ from tritium.core.errors import InternalError, InvalidArgumentError, ModelConfig
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.types import DataType, Tensor
 
+from . import parameters
 from .base import ALL_INSTANCE_KINDS, Backend, InstanceSpec, ModelContext, ModelInstanceState, ModelState
 from .batching import batch_input_tensor, batch_inputs, requested_union, scatter_with_input_shape, split_batch
 
@@ -273,15 +274,7 @@ def _session_options(ctx: ModelContext) -> Any:
     options.log_severity_level = 3
 
     def int_param(key: str) -> int | None:
-        value = ctx.parameter(key)
-        if value is None:
-            value = ctx.backend_config.get(key)
-        if value is None:
-            return None
-        try:
-            return int(value)
-        except ValueError:
-            raise ModelConfigError(f"model '{ctx.name}': parameter '{key}' must be an integer, got '{value}'") from None
+        return parameters.integer(ctx, key, ctx.backend_config)
 
     if (n := int_param("intra_op_thread_count")) is not None and n > 0:
         options.intra_op_num_threads = n
@@ -290,9 +283,9 @@ def _session_options(ctx: ModelContext) -> Any:
     if (n := int_param("execution_mode")) is not None:
         options.execution_mode = ort.ExecutionMode.ORT_PARALLEL if n == 1 else ort.ExecutionMode.ORT_SEQUENTIAL
     for key, attr in (("enable_mem_arena", "enable_cpu_mem_arena"), ("enable_mem_pattern", "enable_mem_pattern")):
-        value = ctx.parameter(key)
-        if value is not None:
-            setattr(options, attr, value.strip().lower() in ("1", "true", "on", "yes"))
+        enabled = parameters.flag(ctx, key, strict=False)
+        if enabled is not None:
+            setattr(options, attr, enabled)
     level = ctx.config.optimization.graph.level if ctx.config.HasField("optimization") else 0
     options.graph_optimization_level = getattr(
         ort.GraphOptimizationLevel, _GRAPH_LEVELS.get(level, "ORT_ENABLE_ALL")
