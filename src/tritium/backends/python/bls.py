@@ -39,7 +39,7 @@ def start(ctx: ModelContext, stub: StubProcess, message: tuple) -> None:
             error = ("INTERNAL", f"the BLS request's inputs could not be read: {e}")
     if handle is None:
         error = ("UNAVAILABLE", "BLS is not available in this server")
-    if error is not None:
+    if error is not None or handle is None:
         stub.send_event((Kind.BLS_RESPONSE, ident, [], [], error, True, False, None))
         return
     call = asyncio.run_coroutine_threadsafe(_run(handle, stub, stub.calls_arena, call_message), handle.loop)

@@ -7,6 +7,7 @@ for an answer (custom metrics here, model management on the server's loop), metr
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable
@@ -146,6 +147,7 @@ class EventReader:
             handle = self.ctx.inference
             if handle is None:
                 raise UnavailableError("model management is not available in this server")
+            future: concurrent.futures.Future[Any]
             if op == Op.IS_MODEL_READY:
                 future = asyncio.run_coroutine_threadsafe(_ready(handle, *args), handle.loop)
             elif op == Op.LOAD_MODEL:

@@ -201,7 +201,7 @@ class PythonInstanceState(ModelInstanceState):
 
     # -- execute -----------------------------------------------------------------------------------
 
-    def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResponse | TritiumError]:  # type: ignore[override]
+    def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResponse | TritiumError]:
         stub = self._ensure_stub()
         self._unwatch(stub)
         message, state = self._prepare(stub, requests)
@@ -320,13 +320,9 @@ class PythonInstanceState(ModelInstanceState):
             for t in inputs:
                 data = t.data
                 if pooled and data.nbytes >= _IN_PLACE_BYTES:
-                    found = shared_memory.locate(data)
-                    if found is not None:
-                        block, offset = found
-                        if block.ident not in stub.blocks and block not in handed:
-                            handed.append(block)
-                        placed.append((t.name, protocol.wire_type(data), data.shape, offset, data.nbytes, Location.BLOCK,
-                                       block.ident))
+                    meta = _in_block(stub, t.name, data, handed)
+                    if meta is not None:
+                        placed.append(meta)
                         continue
                 placed.append(None)
                 arrays.append((t.name, data))
@@ -360,7 +356,7 @@ class PythonInstanceState(ModelInstanceState):
         keys = []
         position = 0
         decoupled = self.model.decoupled
-        for request, count in zip(requests, counts):
+        for request, count in zip(requests, counts, strict=False):
             key = request.backend_state
             if key is None:
                 key = next(self._keys)
@@ -382,7 +378,8 @@ class PythonInstanceState(ModelInstanceState):
                 correlation_id = params.get("sequence_id", 0)
                 params = {k: v for k, v in params.items() if k not in _SEQUENCE_PARAMETERS}
             requested = request.requested_outputs or self._all_outputs
-            batch.append((key, request.id, correlation_id, flags, params, requested, metas[position : position + count]))
+            batch.append((key, request.id, correlation_id, flags, params, requested,
+                          metas[position : position + count]))
             position += count
         return (Kind.EXECUTE, arena.ident, new, used, blocks, batch), (arena, created, keys, handed)
 
@@ -406,7 +403,8 @@ class PythonInstanceState(ModelInstanceState):
             protocol.unlink_quietly(new.path)
         _, new_out, results, error = reply
         if new_out is not None:
-            stub.out_arena = Arena.attach(*new_out, unlink=True)
+            path, size = new_out
+            stub.out_arena = Arena.attach(path, size, unlink=True)
         if error is not None:
             if keys:
                 self._streams.drop(keys)
@@ -414,10 +412,11 @@ class PythonInstanceState(ModelInstanceState):
                                 f"message: {error}")
         if self.model.decoupled:
             return [InferenceResponse(self.ctx.name, self.ctx.version, r.id) if result[0] == Outcome.OK
-                    else self._reschedule(r) for r, result in zip(requests, results)]
+                    else self._reschedule(r) for r, result in zip(requests, results, strict=False)]
         holder: list[np.ndarray] = []
         response = self._response
-        return [response(stub, arena, holder, request, result) for request, result in zip(requests, results)]
+        return [response(stub, arena, holder, request, result)
+                for request, result in zip(requests, results, strict=False)]
 
     def _response(self, stub: StubProcess, arena: Arena, holder: list[np.ndarray], request: InferenceRequest,
                   result: tuple) -> InferenceResponse | TritiumError:
@@ -465,3 +464,15 @@ class PythonInstanceState(ModelInstanceState):
         if base is None:  # the request's input that lies there keeps it in use: this is a bug
             raise InternalError(f"an output names shared-memory block {ident}, which is not in use")
         return base
+
+
+def _in_block(stub: StubProcess, name: str, data: np.ndarray, handed: list[shared_memory.Block]) -> tuple | None:
+    """The ``TensorMeta`` of an input that lies in a shared-memory block, read there by the stub (the block
+    joins ``handed`` when the stub has not been handed it yet); None when it lies elsewhere."""
+    found = shared_memory.locate(data)
+    if found is None:
+        return None
+    block, offset = found
+    if block.ident not in stub.blocks and block not in handed:
+        handed.append(block)
+    return (name, protocol.wire_type(data), data.shape, offset, data.nbytes, Location.BLOCK, block.ident)

@@ -452,7 +452,8 @@ class MetricKind(enum.IntEnum):
 
 
 _KIND_NAMES = {MetricKind.COUNTER: "counter", MetricKind.GAUGE: "gauge", MetricKind.HISTOGRAM: "histogram"}
-_TRITON_KINDS = {MetricKind.COUNTER: "TRITONSERVER_METRIC_KIND_COUNTER", MetricKind.GAUGE: "TRITONSERVER_METRIC_KIND_GAUGE",
+_TRITON_KINDS = {MetricKind.COUNTER: "TRITONSERVER_METRIC_KIND_COUNTER",
+                 MetricKind.GAUGE: "TRITONSERVER_METRIC_KIND_GAUGE",
                  MetricKind.HISTOGRAM: "TRITONSERVER_METRIC_KIND_HISTOGRAM"}
 
 

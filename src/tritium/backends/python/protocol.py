@@ -393,6 +393,7 @@ class BlsArena:
                 new = (arena.path, arena.size)
                 base = 0
             self._taken[base] = base + total
+        assert arena is not None  # (made above when there was none)
         metas = []
         for name, kind, shape, data, nbytes, offset in prepared:  # the region is ours: written outside the lock
             at = base + offset
@@ -448,7 +449,8 @@ def read_tensors(metas: list[tuple], data: list[Any], arena: Arena | None,
     those is left, ``start`` being their region's (it may then be reused): all of them derive from one array
     over that region, whose finalizer it is; BYTES are parsed into new objects and keep nothing."""
     start = region_start(metas)
-    region = None
+    origin = 0 if start is None else start
+    region: np.ndarray | None = None
     if start is not None:
         if arena is None:
             name = next(meta[0] for meta in metas if meta[3] >= 0)
@@ -456,13 +458,13 @@ def read_tensors(metas: list[tuple], data: list[Any], arena: Arena | None,
         end = max(meta[3] + meta[4] for meta in metas if meta[3] >= 0)
         region = np.frombuffer(arena.mm, np.uint8, end - start, start)
     out = []
-    for (name, kind, shape, offset, nbytes), raw in zip(metas, data):
+    for (name, kind, shape, offset, nbytes), raw in zip(metas, data, strict=False):
         if offset < 0:
             out.append((name, kind, view(raw, kind, shape, 0, nbytes)))
         else:
-            out.append((name, kind, view(region, kind, shape, offset - start, nbytes)))  # type: ignore[operator]
+            out.append((name, kind, view(region, kind, shape, offset - origin, nbytes)))
     if region is not None and release is not None:  # only once all were read: a failure above releases nothing
-        weakref.finalize(region, release, start)
+        weakref.finalize(region, release, origin)
     return out
 
 
@@ -543,6 +545,6 @@ def inline_tensors(arrays: list[tuple[str, np.ndarray]]) -> tuple[list[tuple], l
 
 def read_inline(metas: list[tuple], data: list[Any]) -> list[tuple[str, str, np.ndarray]]:
     out = []
-    for (name, kind, shape, _, nbytes), raw in zip(metas, data):
+    for (name, kind, shape, _, nbytes), raw in zip(metas, data, strict=False):
         out.append((name, kind, view(raw, kind, shape, 0, nbytes)))
     return out

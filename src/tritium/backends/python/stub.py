@@ -164,8 +164,8 @@ class Runtime:
                     self._holding[ident] = start
             else:
                 (metas, data), arena = protocol.inline_tensors(arrays), None
-            self._events.send((Kind.BLS_CALL, ident, request.model_name, int(request.model_version), request.request_id(),
-                               request._parameters, request._requested or None, metas, data,
+            self._events.send((Kind.BLS_CALL, ident, request.model_name, int(request.model_version),
+                               request.request_id(), request._parameters, request._requested or None, metas, data,
                                decoupled, request.timeout(), request.correlation_id(), request.flags(), arena))
         return ident, waiter
 
@@ -188,39 +188,43 @@ class Runtime:
                 if waiter is not None:
                     waiter.set_result((message[2], message[3]))
                 continue
-            _, ident, metas, data, error, final, has_response, arena = message
-            if has_response and error is None:
-                try:
-                    if arena is not None:  # the server's reply arena, new or grown: map it (the name goes at once)
-                        self._replies = protocol.Arena.attach(*arena, unlink=True)
-                    # Views of the reply arena: its region stays the model's until they are all gone.
-                    tensors = [pb_utils.Tensor(n, a)
-                               for n, _, a in protocol.read_tensors(metas, data, self._replies, self._released)]
-                except (OSError, ValueError) as e:
-                    has_response, error = False, ("INTERNAL", f"the BLS response could not be read: {e}")
-                    start = protocol.region_start(metas)
-                    if start is not None:  # its region is lost to the model: free again
-                        self.send((Kind.BLS_FREE, [start]))
-            response: pb_utils.InferenceResponse | None = None
-            if error is not None:
-                code = pb_utils.CODE_NAMES.index(error[0]) if error[0] in pb_utils.CODE_NAMES else 1
-                response = pb_utils.InferenceResponse(error=pb_utils.TritonError(error[1], code))
-            elif has_response:
-                response = pb_utils.InferenceResponse(tensors)
-            if final and ident in self._holding:  # the server is done with the call's inputs
-                self.calls_arena.free([self._holding.pop(ident)])  # type: ignore[union-attr]
-            waiter = self._pending.get(ident)
-            if isinstance(waiter, Future):
+            self._bls_response(*message[1:])  # a messages.BlsResponse
+
+    def _bls_response(self, ident: int, metas: list, data: list, error: tuple[str, str] | None, final: bool,
+                      has_response: bool, arena: tuple[str, int] | None) -> None:
+        """A response to a BLS call of this process: to the waiter of the call."""
+        if has_response and error is None:
+            try:
+                if arena is not None:  # the server's reply arena, new or grown: map it (the name goes at once)
+                    self._replies = protocol.Arena.attach(*arena, unlink=True)
+                # Views of the reply arena: its region stays the model's until they are all gone.
+                tensors = [pb_utils.Tensor(n, a)
+                           for n, _, a in protocol.read_tensors(metas, data, self._replies, self._released)]
+            except (OSError, ValueError) as e:
+                has_response, error = False, ("INTERNAL", f"the BLS response could not be read: {e}")
+                start = protocol.region_start(metas)
+                if start is not None:  # its region is lost to the model: free again
+                    self.send((Kind.BLS_FREE, [start]))
+        response: pb_utils.InferenceResponse | None = None
+        if error is not None:
+            code = pb_utils.CODE_NAMES.index(error[0]) if error[0] in pb_utils.CODE_NAMES else 1
+            response = pb_utils.InferenceResponse(error=pb_utils.TritonError(error[1], code))
+        elif has_response:
+            response = pb_utils.InferenceResponse(tensors)
+        if final and ident in self._holding:  # the server is done with the call's inputs
+            self.calls_arena.free([self._holding.pop(ident)])  # type: ignore[union-attr]
+        waiter = self._pending.get(ident)
+        if isinstance(waiter, Future):
+            del self._pending[ident]
+            waiter.set_result(response or pb_utils.InferenceResponse())
+        elif waiter is not None:
+            if response is None and final:
+                response = pb_utils.InferenceResponse()  # Triton yields the final flag as an empty response
+            if response is not None:
+                waiter.put(response)
+            if final:
                 del self._pending[ident]
-                waiter.set_result(response or pb_utils.InferenceResponse())
-            elif waiter is not None:
-                if response is None and final:
-                    response = pb_utils.InferenceResponse()  # Triton yields the final flag as an empty response
-                if response is not None:
-                    waiter.put(response)
-                if final:
-                    del self._pending[ident]
-                    waiter.put(None)
+                waiter.put(None)
 
 
 def _import_model(model_file: str, version_dir: str) -> Any:
@@ -317,7 +321,7 @@ class Stub:
 
     def _map_blocks(self, blocks: list[tuple[int, int]]) -> None:
         _, fds, _, _ = socket.recv_fds(self.handoff, 16, len(blocks))
-        for (ident, size), fd in zip(blocks, fds):
+        for (ident, size), fd in zip(blocks, fds, strict=False):
             try:
                 self.blocks[ident] = Arena("", size, mmap.mmap(fd, size))
             finally:
@@ -363,8 +367,8 @@ class Stub:
                 self.runtime.cancelled.difference_update(entry[0] for entry in batch)
         if self.runtime.decoupled:
             if responses is not None:
-                return (Kind.EXECUTED, None, None, f"Python model '{self.runtime.instance_name}' is using the decoupled "
-                                            "mode and the execute function must return None.")
+                return (Kind.EXECUTED, None, None, f"Python model '{self.runtime.instance_name}' is using the "
+                                                   "decoupled mode and the execute function must return None.")
             return (Kind.EXECUTED, None, [_RESCHEDULED if r._rescheduled() else (Outcome.OK, []) for r in requests],
                     None)
         if responses is None or len(responses) != len(requests):
@@ -372,7 +376,7 @@ class Stub:
             return (Kind.EXECUTED, None, None,
                     f"Number of InferenceResponse objects do not match number of InferenceRequest objects. "
                     f"InferenceRequest(s) size is:{len(requests)}, and InferenceResponse(s) size is:{got}\n")
-        for request, response in zip(requests, responses):
+        for request, response in zip(requests, responses, strict=False):
             if response is not None and request._rescheduled():
                 return (Kind.EXECUTED, None, None, "Expected a None object in the execute function return list for "
                                             f"reschduled request, found type '{type(response)}'.")
@@ -406,7 +410,7 @@ class Stub:
         total = 0
         in_arena = self.in_arena
         inputs = self.inputs
-        for response, request in zip(responses, requests):
+        for response, request in zip(responses, requests, strict=False):
             if response is None and request._rescheduled():
                 results.append(_RESCHEDULED)
                 continue

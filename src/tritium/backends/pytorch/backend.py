@@ -26,7 +26,8 @@ class PyTorchBackend(Backend):
     def auto_complete_config(self, ctx: ModelContext) -> None:
         # TorchScript files carry no tensor names or shapes: Triton skips auto-complete for this backend too.
         if not ctx.config.input or not ctx.config.output:
-            log.warning("skipping model configuration auto-complete for '%s': not supported for pytorch backend", ctx.name)
+            log.warning("skipping model configuration auto-complete for '%s': not supported for pytorch backend",
+                        ctx.name)
 
     def model_initialize(self, ctx: ModelContext) -> ModelState:
         if ctx.config.platform == "torch_aoti":

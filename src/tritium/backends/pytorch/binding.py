@@ -63,7 +63,8 @@ def bind_inputs(ctx: ModelContext, module: Any) -> tuple[bool, dict[str, int]]:
     try:
         arguments = list(module.forward.schema.arguments)
     except (AttributeError, RuntimeError) as e:
-        raise ModelConfigError(f"unable to load model '{ctx.name}': the TorchScript module has no forward(): {e}") from None
+        raise ModelConfigError(f"unable to load model '{ctx.name}': the TorchScript module has no forward(): "
+                               f"{e}") from None
     if arguments and arguments[0].type.kind() == "ClassType":
         arguments = arguments[1:]
     names = [i.name for i in ctx.config.input]
@@ -85,14 +86,14 @@ def bind_inputs(ctx: ModelContext, module: Any) -> tuple[bool, dict[str, int]]:
         return False, {name: arg_names.index(name) for name in names}
     indexes = [_named_index(name) for name in names]
     if all(i is not None for i in indexes):
-        slots = dict(zip(names, indexes))
+        slots = dict(zip(names, indexes, strict=False))
         for name, slot in slots.items():
             if slot >= len(arguments) or list(slots.values()).count(slot) > 1:
                 raise ModelConfigError(
                     f"unable to load model '{ctx.name}': input '{name}' names position {slot} of forward("
                     f"{', '.join(arg_names)}), which is out of range or taken twice"
                 )
-        return False, slots  # type: ignore[return-value]
+        return False, slots
     log.warning("input names of model '%s' are neither arguments of forward(%s) nor follow the <name>__<index> "
                 "naming convention; binding them in configuration order", ctx.name, ", ".join(arg_names))
     return False, {name: i for i, name in enumerate(names)}
@@ -106,7 +107,7 @@ def bind_outputs(ctx: ModelContext, module: Any) -> tuple[bool, dict[str, int]]:
         return True, {name: -1 for name in names}
     indexes = [_named_index(name) for name in names]
     if all(i is not None for i in indexes):
-        return False, dict(zip(names, indexes))  # type: ignore[arg-type]
+        return False, dict(zip(names, indexes, strict=False))
     if len(names) > 1:
         log.warning("output names of model '%s' do not follow the <name>__<index> naming convention; binding them in "
                     "configuration order", ctx.name)

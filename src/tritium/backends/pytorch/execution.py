@@ -10,7 +10,7 @@ import ml_dtypes
 import numpy as np
 
 from tritium._proto import model_config_pb2 as mc
-from tritium.core.errors import InternalError, InvalidArgumentError, ModelConfigError
+from tritium.core.errors import InternalError, InvalidArgumentError, ModelConfigError, TritiumError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.types import DataType, Tensor
 
@@ -54,7 +54,7 @@ class PyTorchInstanceState(ModelInstanceState):
         self.dict_input, self.input_slots = bind_inputs(ctx, module)
         self.dict_output, self.output_slots = bind_outputs(ctx, module)
 
-    def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResponse]:
+    def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResponse | TritiumError]:
         torch, s = self.torch, self.settings
         feeds = batch_inputs(requests)
         total = sum(r.batch_size for r in requests) if self.batching else 0
@@ -83,11 +83,11 @@ class PyTorchInstanceState(ModelInstanceState):
         for name, array in arrays.items():
             datatype = self.output_types[name]
             views = split_batch(array, requests) if self.batching else [array]
-            for outputs, view in zip(per_request, views):
+            for outputs, view in zip(per_request, views, strict=False):
                 outputs.append(Tensor(name, datatype, view))
         return [
             InferenceResponse(self.model_name, self.version, request.id, outputs)
-            for request, outputs in zip(requests, per_request)
+            for request, outputs in zip(requests, per_request, strict=False)
         ]
 
     def _arguments(self, feeds: dict[str, np.ndarray]) -> Any:
@@ -153,12 +153,14 @@ class PyTorchInstanceState(ModelInstanceState):
         elif _is_string_list(value):
             if datatype is not DataType.BYTES:
                 raise InvalidArgumentError(
-                    f"configuration expects datatype {datatype.config_name} for output '{name}', model provides List[str]"
+                    f"configuration expects datatype {datatype.config_name} for output '{name}', model provides "
+                    "List[str]"
                 )
             array = np.empty(len(value), dtype=object)
             array[:] = [v.encode("utf-8") for v in value]
         else:
-            raise InvalidArgumentError(f"output '{name}' must be of type Tensor or List[str], got {type(value).__name__}")
+            raise InvalidArgumentError(
+                f"output '{name}' must be of type Tensor or List[str], got {type(value).__name__}")
         if self.batching and (array.ndim == 0 or array.shape[0] != total):
             raise InvalidArgumentError(
                 f"model '{self.model_name}' output '{name}' has shape {list(array.shape)}: its first dimension must be "
@@ -182,4 +184,5 @@ def _strings(array: np.ndarray, name: str) -> list[str]:
     try:
         return [item.decode("utf-8") if isinstance(item, bytes) else str(item) for item in array.reshape(-1)]
     except UnicodeDecodeError:
-        raise InvalidArgumentError(f"input '{name}' holds bytes that are not UTF-8, which TorchScript strings require") from None
+        raise InvalidArgumentError(
+            f"input '{name}' holds bytes that are not UTF-8, which TorchScript strings require") from None
