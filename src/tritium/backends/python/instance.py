@@ -5,8 +5,8 @@ An execution writes the batch's inputs into a free arena of the instance's pool 
 of an input stays where it is), and the responses' arrays are views of it, not copies: the arena is busy
 until they are gone, and the next execution takes another one.  On the serving path
 (:meth:`PythonInstanceState.execute_async`) the reply is read by the event loop itself: the control
-socket's reader is registered once and stays (one per execution cost a quarter of the loop's time per
-request), so no thread is woken per request; :meth:`PythonInstanceState.execute` blocks instead.  What does
+socket's reader is registered once and stays (far cheaper than one per execution: ARCHITECTURE.md,
+decisions), so no thread is woken per request; :meth:`PythonInstanceState.execute` blocks instead.  What does
 not follow execute's rhythm comes on the event socket (:mod:`.events`).
 """
 

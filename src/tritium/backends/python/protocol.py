@@ -126,7 +126,7 @@ class Channel:
     Tensor data in a message (decoupled responses, BLS calls; the execute path uses shared memory)
     travels out of band: pickled as :class:`pickle.PickleBuffer`, it is not copied into the pickle but
     sent from the array's own memory (one ``sendmsg``), and received into the memory that the arrays
-    of the decoded message view (a 1 MiB tensor was copied seven times in 64 KiB pieces, 1.5 ms).
+    of the decoded message view (in band, a big tensor was copied several times: ARCHITECTURE.md, decisions).
     A message is ``[bytes after the header, buffer count][buffer sizes][pickle][buffers]``.
     """
 
@@ -339,8 +339,8 @@ SHARED_BLS_BYTES = 1 << 16
 class BlsArena:
     """The writing side's shared memory for the big tensors of BLS calls: the stub writes a call's inputs into
     its own, the server a response's outputs into one per stub.  Through the event socket they cost two copies
-    in chunked syscalls, on a reader thread that needs the GIL for every chunk (~450 µs per MiB on the
-    reference machine, against ~40 µs for the one copy into here; the reader views them in place).
+    in chunked syscalls, on a reader thread that needs the GIL for every chunk, ten times the one copy into
+    here (ARCHITECTURE.md, decisions); the reader views them in place.
 
     Each call or response takes one region (first fit) until the reader is done with it: the stub frees a
     response's region (``("bls_free", [starts])``) once no view of its tensors is left (it reads them in

@@ -1,8 +1,9 @@
 """The process that runs one instance of a Python-backend model (Triton's ``triton_python_backend_stub``).
 
-Started by the server as ``python -m tritium.backends.python.stub <control fd> <event fd>``.  The control
-socket carries the strictly request/reply traffic (init, execute, finalize); the event socket carries
-what may happen at any time: responses of decoupled models, BLS calls and their answers, log lines.
+Started by the server as ``python -m tritium.backends.python.stub <control fd> <event fd> <hand-off fd>``.
+The control socket carries the strictly request/reply traffic (start, execute, finalize); the event socket
+carries what may happen at any time: responses of decoupled models, BLS calls and their answers, calls,
+metrics, log lines (every message: ``messages``); the hand-off socket, shared-memory blocks' descriptors.
 When the server goes away (even by SIGKILL) both sockets reach EOF and the stub exits.
 """
 
