@@ -52,6 +52,10 @@ _IN_PLACE_BYTES = 4096
 #: than this apart: a longer gap means it has other work, and its reader of the socket will do.
 _BUSY_GAP_S = 50e-6
 _clock = time.perf_counter
+#: The execute path's message constants, as globals (one lookup, not a global and an attribute).
+_EXECUTE, _CANCEL = Kind.EXECUTE, Kind.CANCEL
+_OK, _ERROR = Outcome.OK, Outcome.ERROR
+_IN_ARENA, _BLOCK = Location.IN_ARENA, Location.BLOCK
 
 
 class PythonInstanceState(ModelInstanceState):
@@ -363,12 +367,12 @@ class PythonInstanceState(ModelInstanceState):
             if decoupled and request.response_stream is not None:
                 if request.backend_state is None:  # a rescheduled request keeps its key, stream and cancel hook
                     self._streams.add(key, request)
-                    request.response_stream.on_cancel(functools.partial(stub.send_event, (Kind.CANCEL, key)))
+                    request.response_stream.on_cancel(functools.partial(stub.send_event, (_CANCEL, key)))
                     if self._iterative:
                         request.backend_state = key
                 keys.append(key)
             elif not decoupled:  # a caller that stops waiting (gRPC cancel or deadline) reaches is_cancelled()
-                request.on_cancel = functools.partial(stub.send_event, (Kind.CANCEL, key))
+                request.on_cancel = functools.partial(stub.send_event, (_CANCEL, key))
             params = request.parameters
             flags = 0
             correlation_id = 0
@@ -381,7 +385,7 @@ class PythonInstanceState(ModelInstanceState):
             batch.append((key, request.id, correlation_id, flags, params, requested,
                           metas[position : position + count]))
             position += count
-        return (Kind.EXECUTE, arena.ident, new, used, blocks, batch), (arena, created, keys, handed)
+        return (_EXECUTE, arena.ident, new, used, blocks, batch), (arena, created, keys, handed)
 
     @staticmethod
     def _send(stub: StubProcess, message: tuple, state: tuple) -> None:
@@ -411,7 +415,7 @@ class PythonInstanceState(ModelInstanceState):
             raise InternalError(f"Failed to process the request(s) for model '{self.spec.name}', "
                                 f"message: {error}")
         if self.model.decoupled:
-            return [InferenceResponse(self.ctx.name, self.ctx.version, r.id) if result[0] == Outcome.OK
+            return [InferenceResponse(self.ctx.name, self.ctx.version, r.id) if result[0] == _OK
                     else self._reschedule(r) for r, result in zip(requests, results, strict=False)]
         holder: list[np.ndarray] = []
         response = self._response
@@ -420,19 +424,19 @@ class PythonInstanceState(ModelInstanceState):
 
     def _response(self, stub: StubProcess, arena: Arena, holder: list[np.ndarray], request: InferenceRequest,
                   result: tuple) -> InferenceResponse | TritiumError:
-        if result[0] != Outcome.OK:
-            if result[0] == Outcome.ERROR:
+        if result[0] != _OK:
+            if result[0] == _ERROR:
                 return TritiumError(result[2], Status[result[1]])
             return self._reschedule(request)
         outputs = []
         for name, kind, shape, offset, nbytes, location, block in result[1]:
-            if location == Location.BLOCK:  # a view of an input where the server received it
+            if location == _BLOCK:  # a view of an input where the server received it
                 base = self._block_array(block)
                 array = np.ndarray(shape, protocol.NUMPY_TYPES[kind], base, offset)
             elif kind == "BYTES":  # parsed into new objects: nothing keeps the arena
-                memory = arena.mm if location == Location.IN_ARENA else stub.out_arena.mm
+                memory = arena.mm if location == _IN_ARENA else stub.out_arena.mm
                 array = protocol.view(memory, kind, shape, offset, nbytes)
-            elif location == Location.IN_ARENA:
+            elif location == _IN_ARENA:
                 # A view of the arena: the arena stays busy while ``holder`` (base of every view) lives.
                 if not holder:
                     holder.append(np.frombuffer(arena.mm, np.uint8))

@@ -522,13 +522,14 @@ def write_tensors(arena: Arena | None, arrays: list[tuple[str, np.ndarray]], cre
     if arena is None or arena.size < total:
         arena = create(total)
     u8 = arena.u8
+    in_arena = Location.IN_ARENA
     metas = []
     for name, kind, shape, data, nbytes, offset in prepared:
         if isinstance(data, bytes):
             arena.mm[offset : offset + nbytes] = data
         elif nbytes:
             u8[offset : offset + nbytes] = data.reshape(-1).view(np.uint8)
-        metas.append((name, kind, shape, offset, nbytes, Location.IN_ARENA, -1))
+        metas.append((name, kind, shape, offset, nbytes, in_arena, -1))
     return arena, metas
 
 
