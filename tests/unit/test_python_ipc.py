@@ -305,3 +305,58 @@ def test_async_exec_sends_at_once_in_a_loop_and_when_awaited_outside_one(monkeyp
 
     assert asyncio.run(later()) == "b answered"
     assert sent == ["a", "b"]
+
+
+def test_execute_messages_have_their_named_layouts_and_plain_types_on_the_wire(instance) -> None:  # type: ignore[no-untyped-def]
+    """Each message is the plain tuple of its ``messages`` type: readable by field name there, and pickled with
+    no class reference (a NamedTuple or enum member would need a Python ``__reduce__`` per message)."""
+    import io
+    from typing import Any
+
+    from tritium.backends.python.messages import (
+        Execute, Executed, ExecuteRequest, Kind, Location, Outcome, TensorMeta)
+
+    class PlainOnly(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            raise AssertionError(f"a message refers to {module}.{name}")
+
+    control = instance._stub.control
+    seen: list[Any] = []
+
+    class Recording:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(control, name)
+
+        def send(self, message: Any) -> None:
+            seen.append(message)
+            control.send(message)
+
+        def recv(self, *args: Any) -> Any:
+            reply = control.recv(*args)
+            seen.append(reply)
+            return reply
+
+    instance._stub.control = Recording()
+    try:
+        x = np.arange(8, dtype=np.float32)
+        outputs = run(instance, x)
+    finally:
+        instance._stub.control = control
+    np.testing.assert_array_equal(outputs["PLUS"], x + 1)
+    sent, reply = seen
+    for message in (sent, reply):
+        assert type(message) is tuple
+        assert PlainOnly(io.BytesIO(pickle.dumps(message, 5))).load() == message
+    execute = Execute._make(sent)
+    assert execute.kind == Kind.EXECUTE and len(execute.batch) == 1
+    request = ExecuteRequest._make(execute.batch[0])
+    (given,) = [TensorMeta._make(meta) for meta in request.inputs]
+    assert (given.name, given.datatype, given.shape, given.nbytes) == ("INPUT0", "FP32", (8,), 32)
+    assert (given.location, given.block) == (Location.IN_ARENA, -1)
+    executed = Executed._make(reply)
+    assert executed.kind == Kind.EXECUTED and executed.error is None
+    (outcome, metas), = executed.results  # type: ignore[misc]
+    assert outcome == Outcome.OK
+    by_name = {meta.name: meta for meta in map(TensorMeta._make, metas)}
+    assert by_name["SAME"].location == Location.IN_ARENA and by_name["SAME"].offset == given.offset  # not copied
+    assert by_name["PLUS"].location in (Location.IN_ARENA, Location.OUT_ARENA) and by_name["PLUS"].block == -1

@@ -16,8 +16,8 @@ worker thread, so it may block (frameworks release the GIL while they compute).
 
 from __future__ import annotations
 
-import os
 import asyncio
+import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -165,7 +165,7 @@ class ModelInstanceState(ABC):
         """
         return False
 
-    def finalize(self) -> None:
+    def finalize(self) -> None:  # noqa: B027 (optional hook: doing nothing is the default)
         """Release what the instance holds."""
 
 
@@ -179,7 +179,7 @@ class ModelState(ABC):
     def instance_initialize(self, spec: InstanceSpec) -> ModelInstanceState:
         """Create one instance; raise a TritiumError to fail the model's load."""
 
-    def finalize(self) -> None:
+    def finalize(self) -> None:  # noqa: B027 (optional hook: doing nothing is the default)
         """Release what the model holds after all its instances are finalized."""
 
 
@@ -206,10 +206,10 @@ class Backend(ABC):
     #: requests get any number of responses through ``request.response_stream``); others are refused.
     decoupled: bool = False
 
-    def initialize(self, backend_config: Mapping[str, str]) -> None:
+    def initialize(self, backend_config: Mapping[str, str]) -> None:  # noqa: B027 (optional hook: doing nothing is the default)
         """Called once before the first model of this backend loads."""
 
-    def auto_complete_config(self, ctx: ModelContext) -> None:
+    def auto_complete_config(self, ctx: ModelContext) -> None:  # noqa: B027 (optional hook: doing nothing is the default)
         """Fill missing inputs, outputs, ``max_batch_size`` and batching from the model file.
 
         Only called when auto-complete is on; changes ``ctx.config`` in place.
@@ -223,6 +223,6 @@ class Backend(ABC):
     def model_initialize(self, ctx: ModelContext) -> ModelState:
         """Load one version of a model; raise a TritiumError to fail the load with a reason."""
 
-    def finalize(self) -> None:
+    def finalize(self) -> None:  # noqa: B027 (optional hook: doing nothing is the default)
         """Called once at server shutdown."""
 

@@ -19,10 +19,11 @@ import numpy as np
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.config.paths import is_inside, without_absolute_paths
-from tritium.core.errors import InternalError, InvalidArgumentError, ModelConfigError, UnavailableError
+from tritium.core.errors import InternalError, InvalidArgumentError, ModelConfigError, TritiumError, UnavailableError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.types import DataType, Tensor
 
+from . import parameters
 from .base import ALL_INSTANCE_KINDS, Backend, InstanceSpec, ModelContext, ModelInstanceState, ModelState
 from .batching import batch_input_tensor, batch_inputs, requested_union, scatter_with_input_shape, split_batch
 
@@ -164,7 +165,8 @@ class OnnxInstanceState(ModelInstanceState):
                 if len(graph_inputs[i.name].shape or [1]) != 1:
                     raise ModelConfigError(
                         f"unable to load model '{ctx.name}', ragged input '{i.name}' must be 1-dimensional in the "
-                        f"model (the batch is joined into one flat tensor), the model expects {graph_inputs[i.name].shape}"
+                        f"model (the batch is joined into one flat tensor), the model expects "
+                        f"{graph_inputs[i.name].shape}"
                     )
                 continue
             _check_against_graph(ctx.name, config, "input", i, graph_inputs[i.name])
@@ -184,13 +186,13 @@ class OnnxInstanceState(ModelInstanceState):
         for o in config.output:
             if o.name not in graph_outputs:
                 raise ModelConfigError(
-                    f"unable to load model '{ctx.name}', configuration expects output '{o.name}' but the model only has "
-                    f"outputs {sorted(graph_outputs)}"
+                    f"unable to load model '{ctx.name}', configuration expects output '{o.name}' but the model "
+                    f"only has outputs {sorted(graph_outputs)}"
                 )
             if o.name not in self.scatter_outputs:
                 _check_against_graph(ctx.name, config, "output", o, graph_outputs[o.name])
 
-    def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResponse]:
+    def execute(self, requests: Sequence[InferenceRequest]) -> list[InferenceResponse | TritiumError]:
         feeds = batch_inputs(requests, self.ragged_inputs)
         for name in self.string_inputs:
             feeds[name] = _bytes_to_str(feeds[name], name)
@@ -204,24 +206,25 @@ class OnnxInstanceState(ModelInstanceState):
             raise InternalError(f"onnxruntime failed to run model '{self.model_name}': {e}") from None
         self.infer_end_ns = time.monotonic_ns()
         per_request: list[list[Tensor]] = [[] for _ in requests]
-        for name, array in zip(names, results):
+        for name, array in zip(names, results, strict=False):
             datatype = self.output_types[name]
             if datatype is DataType.BYTES:
                 array = _str_to_bytes(array)
             elif array.dtype != datatype.numpy_dtype:
                 raise InternalError(
-                    f"model '{self.model_name}' output '{name}' is {array.dtype} but the configuration says {datatype.config_name}"
+                    f"model '{self.model_name}' output '{name}' is {array.dtype} but the configuration says "
+                    f"{datatype.config_name}"
                 )
             scatter = self.scatter_outputs.get(name)
             if scatter is not None:
                 views = scatter_with_input_shape(array, requests, scatter[0], scatter[1])
             else:
                 views = split_batch(array, requests)
-            for outputs, view in zip(per_request, views):
+            for outputs, view in zip(per_request, views, strict=False):
                 outputs.append(Tensor(name, datatype, view))
         return [
             InferenceResponse(self.model_name, self.version, request.id, outputs)
-            for request, outputs in zip(requests, per_request)
+            for request, outputs in zip(requests, per_request, strict=False)
         ]
 
     def finalize(self) -> None:
@@ -243,7 +246,8 @@ def _check_against_graph(model_name: str, config: mc.ModelConfig, what: str, ten
         return
     dims = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
     full = ([-1] if config.max_batch_size > 0 else []) + dims
-    if len(full) != len(graph_shape) or any(g >= 0 and c >= 0 and g != c for g, c in zip(graph_shape, full)):
+    clash = any(g >= 0 and c >= 0 and g != c for g, c in zip(graph_shape, full, strict=False))
+    if len(full) != len(graph_shape) or clash:
         raise ModelConfigError(
             f"unable to load model '{model_name}', {what} '{tensor.name}': the model expects shape {graph_shape} but "
             f"the configuration specifies {full} (max_batch_size {config.max_batch_size}, "
@@ -273,15 +277,7 @@ def _session_options(ctx: ModelContext) -> Any:
     options.log_severity_level = 3
 
     def int_param(key: str) -> int | None:
-        value = ctx.parameter(key)
-        if value is None:
-            value = ctx.backend_config.get(key)
-        if value is None:
-            return None
-        try:
-            return int(value)
-        except ValueError:
-            raise ModelConfigError(f"model '{ctx.name}': parameter '{key}' must be an integer, got '{value}'") from None
+        return parameters.integer(ctx, key, ctx.backend_config)
 
     if (n := int_param("intra_op_thread_count")) is not None and n > 0:
         options.intra_op_num_threads = n
@@ -290,9 +286,9 @@ def _session_options(ctx: ModelContext) -> Any:
     if (n := int_param("execution_mode")) is not None:
         options.execution_mode = ort.ExecutionMode.ORT_PARALLEL if n == 1 else ort.ExecutionMode.ORT_SEQUENTIAL
     for key, attr in (("enable_mem_arena", "enable_cpu_mem_arena"), ("enable_mem_pattern", "enable_mem_pattern")):
-        value = ctx.parameter(key)
-        if value is not None:
-            setattr(options, attr, value.strip().lower() in ("1", "true", "on", "yes"))
+        enabled = parameters.flag(ctx, key, strict=False)
+        if enabled is not None:
+            setattr(options, attr, enabled)
     level = ctx.config.optimization.graph.level if ctx.config.HasField("optimization") else 0
     options.graph_optimization_level = getattr(
         ort.GraphOptimizationLevel, _GRAPH_LEVELS.get(level, "ORT_ENABLE_ALL")
@@ -328,7 +324,8 @@ def _bytes_to_str(array: np.ndarray, name: str) -> np.ndarray:
         for i, item in enumerate(flat_in):
             flat_out[i] = item.decode("utf-8") if isinstance(item, bytes) else str(item)
     except UnicodeDecodeError:
-        raise InvalidArgumentError(f"input '{name}' holds bytes that are not UTF-8, which ONNX Runtime string tensors require") from None
+        raise InvalidArgumentError(f"input '{name}' holds bytes that are not UTF-8, which ONNX Runtime string "
+                                   "tensors require") from None
     return out
 
 

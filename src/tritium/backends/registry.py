@@ -21,6 +21,7 @@ import os
 import threading
 from collections.abc import Mapping
 from importlib import metadata
+from typing import Any
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.core.errors import InvalidArgumentError, TritiumError, UnavailableError
@@ -75,7 +76,7 @@ def discover() -> dict[str, str]:
         found[ep.name] = ep.value
         owners[ep.name] = dist
     for name, who in clashes.items():
-        found[name] = "!" + "backend '%s' is registered by several packages: %s" % (name, ", ".join(sorted(who)))
+        found[name] = "!" + f"backend '{name}' is registered by several packages: {', '.join(sorted(who))}"
     return found
 
 
@@ -130,7 +131,7 @@ class BackendRegistry:
             raise UnavailableError(target[1:])
         module_name, _, attribute = target.partition(":")
         try:
-            obj = importlib.import_module(module_name)
+            obj: Any = importlib.import_module(module_name)
             for part in attribute.split(".") if attribute else ():
                 obj = getattr(obj, part)
         except ImportError as e:

@@ -4,7 +4,8 @@ Triton's Python backend takes a conda-pack archive (``.tar.gz``) or an unpacked 
 ``$$TRITON_MODEL_DIRECTORY`` standing for the model's directory.  An archive is unpacked once per server
 into a cache directory named after the archive's path, size and modification time (a changed archive is
 unpacked again on its next load), shared by every model and instance that names it, and removed at
-shutdown (or, when a server was killed, by the next one that unpacks an archive).  The model's process is the environment's ``bin/python`` with the environment's ``bin`` first on
+shutdown (or, when a server was killed, by the next one that unpacks an archive).  The model's process is
+the environment's ``bin/python`` with the environment's ``bin`` first on
 ``PATH``, as its ``activate`` script would set.
 """
 
@@ -58,7 +59,8 @@ class Environments:
 
     def _unpack(self, model: str, archive: str, value: str) -> str:
         info = os.stat(archive)
-        key = hashlib.sha256(f"{os.path.realpath(archive)}\0{info.st_size}\0{info.st_mtime_ns}".encode()).hexdigest()[:16]
+        identity = f"{os.path.realpath(archive)}\0{info.st_size}\0{info.st_mtime_ns}"
+        key = hashlib.sha256(identity.encode()).hexdigest()[:16]
         with self._lock:  # models loading at once share one unpacking
             target = self._unpacked.get(key)
             if target is not None and os.path.exists(os.path.join(target, _DONE)):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import protocol
+from .messages import Kind, Op
 
 #: Set by the stub: sends BLS requests, responses of decoupled models and log lines to the server.
 _runtime: Any = None
@@ -311,7 +312,7 @@ class ResponseIterator:
 
     def cancel(self) -> None:
         """Cancel the call: the called model sees ``is_cancelled()``; iteration ends soon after."""
-        _runtime.send(("bls_cancel", self._ident))
+        _runtime.send((Kind.BLS_CANCEL, self._ident))
 
 
 class InferenceRequest:
@@ -451,7 +452,8 @@ class MetricKind(enum.IntEnum):
 
 
 _KIND_NAMES = {MetricKind.COUNTER: "counter", MetricKind.GAUGE: "gauge", MetricKind.HISTOGRAM: "histogram"}
-_TRITON_KINDS = {MetricKind.COUNTER: "TRITONSERVER_METRIC_KIND_COUNTER", MetricKind.GAUGE: "TRITONSERVER_METRIC_KIND_GAUGE",
+_TRITON_KINDS = {MetricKind.COUNTER: "TRITONSERVER_METRIC_KIND_COUNTER",
+                 MetricKind.GAUGE: "TRITONSERVER_METRIC_KIND_GAUGE",
                  MetricKind.HISTOGRAM: "TRITONSERVER_METRIC_KIND_HISTOGRAM"}
 
 
@@ -477,7 +479,7 @@ class MetricFamily:
         self._name = ""
         try:
             name, description = _text(name), _text(description)
-            _runtime.call("metric_family", str(name), str(description), _KIND_NAMES[kind])
+            _runtime.call(Op.METRIC_FAMILY, str(name), str(description), _KIND_NAMES[kind])
         except _CallError as e:
             raise _server_error("Error when creating MetricFamily", e) from None
         self._name = str(name)
@@ -489,7 +491,7 @@ class MetricFamily:
     def __del__(self) -> None:
         if self._name and _runtime is not None:
             try:
-                _runtime.send(("metric_family_del", self._name))
+                _runtime.send((Kind.METRIC_FAMILY_DELETE, self._name))
             except Exception:  # noqa: BLE001, S110 - interpreter shutdown: the server releases the family with the process
                 pass
 
@@ -505,7 +507,7 @@ class Metric:
             raise TritonModelException("Failed to create metric. Unexpected buckets found.")
         labels = {str(k): str(v) for k, v in (labels or {}).items()}
         try:
-            _runtime.call("metric", family._name, labels, [float(b) for b in buckets] if buckets is not None else None)
+            _runtime.call(Op.METRIC, family._name, labels, [float(b) for b in buckets] if buckets is not None else None)
         except _CallError as e:
             raise _server_error("Error when creating Metric", e) from None
         self._family = family
@@ -520,7 +522,7 @@ class Metric:
         if op == "increment" and kind == MetricKind.COUNTER and value < 0:
             raise _server_error("Failed to increment metric value", Exception(
                 "TRITONSERVER_METRIC_KIND_COUNTER can only be incremented monotonically by non-negative values."))
-        _runtime.send(("metric_update", self._family._name, self._key, op, float(value)))
+        _runtime.send((Kind.METRIC_UPDATE, self._family._name, self._key, op, float(value)))
 
     def increment(self, value: float) -> None:
         self._update("increment", value, MetricKind.COUNTER)
@@ -536,7 +538,7 @@ class Metric:
             raise _server_error("Failed to get metric value",
                                 Exception("TRITONSERVER_METRIC_KIND_HISTOGRAM does not support Value"))
         try:
-            return float(_runtime.call("metric_value", self._family._name, self._key))
+            return float(_runtime.call(Op.METRIC_VALUE, self._family._name, self._key))
         except _CallError as e:
             raise _server_error("Failed to get metric value", e) from None
 
@@ -556,14 +558,14 @@ def load_model(model_name: str, config: str = "", files: dict[str, bytes] | None
     for key, content in (files or {}).items():
         parameters[key] = bytes(content)
     try:
-        _runtime.call("load_model", str(_text(model_name)), parameters)
+        _runtime.call(Op.LOAD_MODEL, str(_text(model_name)), parameters)
     except _CallError as e:
         raise _server_error("Failed to load model", e) from None
 
 
 def unload_model(model_name: str, unload_dependents: bool = False) -> None:
     try:
-        _runtime.call("unload_model", str(_text(model_name)), bool(unload_dependents))
+        _runtime.call(Op.UNLOAD_MODEL, str(_text(model_name)), bool(unload_dependents))
     except _CallError as e:
         raise _server_error("Failed to unload model", e) from None
 
@@ -575,7 +577,7 @@ def is_model_ready(model_name: str, model_version: str = "") -> bool:
     except ValueError:
         raise TritonModelException(f"model_version must be a version number, got '{model_version}'") from None
     try:
-        return bool(_runtime.call("is_model_ready", str(model_name), version))
+        return bool(_runtime.call(Op.IS_MODEL_READY, str(model_name), version))
     except _CallError as e:
         raise _server_error("Failed to check model readiness", e) from None
 

@@ -11,13 +11,12 @@ so nothing is left in ``/dev/shm`` even when a process is killed later.
 Imports only the standard library and numpy: a stub may run under another interpreter
 (``EXECUTION_ENV_PATH``).
 
-An input of an execute travels as ``(name, wire datatype, shape, offset, nbytes, block)``: ``block`` -1
-means the input arena; otherwise the bytes lie where the server received them, in a shared-memory block
-of its request bodies (``tritium.core.shared_memory``), whose file descriptor the server hands the stub
-once, over the *hand-off* socket, before the first execute that uses it.  An output travels as
-``(name, datatype, shape, offset, nbytes, where)``: ``where`` is :data:`OUT_ARENA`, :data:`IN_ARENA`, or
-:data:`BLOCK` plus a block's number (an output that is a view of an input, as in identity models, is
-not copied by the stub).  In decoupled responses and BLS calls, which are not on the execute path, a
+A tensor of an execute travels as a ``messages.TensorMeta``: an input lies in the input arena or where
+the server received it, in a shared-memory block of its request bodies (``tritium.core.shared_memory``),
+whose file descriptor the server hands the stub once, over the *hand-off* socket, before the first
+execute that uses it; an output lies in either arena or in such a block (an output that is a view of an
+input, as in identity models, is not copied by the stub).  What the messages are: ``messages``.  In
+decoupled responses and BLS calls, which are not on the execute path, a
 tensor's offset is ``-1``: its bytes are the next item of the message's ``data`` list; except that the
 tensors of a BLS call or response of 64 KiB or more lie in the writer's :class:`BlsArena`, at that offset.
 """
@@ -39,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from .messages import Location
+
 ALIGN = 64
-#: Where an output of an execute lies (see above).
-OUT_ARENA, IN_ARENA, BLOCK = 0, 1, 2
 _LEN = struct.Struct("<I")
 
 #: wire datatype -> numpy dtype (BYTES is an object array, BF16 needs ml_dtypes)
@@ -127,7 +126,7 @@ class Channel:
     Tensor data in a message (decoupled responses, BLS calls; the execute path uses shared memory)
     travels out of band: pickled as :class:`pickle.PickleBuffer`, it is not copied into the pickle but
     sent from the array's own memory (one ``sendmsg``), and received into the memory that the arrays
-    of the decoded message view (a 1 MiB tensor was copied seven times in 64 KiB pieces, 1.5 ms).
+    of the decoded message view (in band, a big tensor was copied several times: ARCHITECTURE.md, decisions).
     A message is ``[bytes after the header, buffer count][buffer sizes][pickle][buffers]``.
     """
 
@@ -340,8 +339,8 @@ SHARED_BLS_BYTES = 1 << 16
 class BlsArena:
     """The writing side's shared memory for the big tensors of BLS calls: the stub writes a call's inputs into
     its own, the server a response's outputs into one per stub.  Through the event socket they cost two copies
-    in chunked syscalls, on a reader thread that needs the GIL for every chunk (~450 µs per MiB on the
-    reference machine, against ~40 µs for the one copy into here; the reader views them in place).
+    in chunked syscalls, on a reader thread that needs the GIL for every chunk, ten times the one copy into
+    here (ARCHITECTURE.md, decisions); the reader views them in place.
 
     Each call or response takes one region (first fit) until the reader is done with it: the stub frees a
     response's region (``("bls_free", [starts])``) once no view of its tensors is left (it reads them in
@@ -394,6 +393,7 @@ class BlsArena:
                 new = (arena.path, arena.size)
                 base = 0
             self._taken[base] = base + total
+        assert arena is not None  # (made above when there was none)
         metas = []
         for name, kind, shape, data, nbytes, offset in prepared:  # the region is ours: written outside the lock
             at = base + offset
@@ -449,7 +449,8 @@ def read_tensors(metas: list[tuple], data: list[Any], arena: Arena | None,
     those is left, ``start`` being their region's (it may then be reused): all of them derive from one array
     over that region, whose finalizer it is; BYTES are parsed into new objects and keep nothing."""
     start = region_start(metas)
-    region = None
+    origin = 0 if start is None else start
+    region: np.ndarray | None = None
     if start is not None:
         if arena is None:
             name = next(meta[0] for meta in metas if meta[3] >= 0)
@@ -457,13 +458,13 @@ def read_tensors(metas: list[tuple], data: list[Any], arena: Arena | None,
         end = max(meta[3] + meta[4] for meta in metas if meta[3] >= 0)
         region = np.frombuffer(arena.mm, np.uint8, end - start, start)
     out = []
-    for (name, kind, shape, offset, nbytes), raw in zip(metas, data):
+    for (name, kind, shape, offset, nbytes), raw in zip(metas, data, strict=False):
         if offset < 0:
             out.append((name, kind, view(raw, kind, shape, 0, nbytes)))
         else:
-            out.append((name, kind, view(region, kind, shape, offset - start, nbytes)))  # type: ignore[operator]
+            out.append((name, kind, view(region, kind, shape, offset - origin, nbytes)))
     if region is not None and release is not None:  # only once all were read: a failure above releases nothing
-        weakref.finalize(region, release, start)
+        weakref.finalize(region, release, origin)
     return out
 
 
@@ -509,7 +510,7 @@ def view(buffer: Any, datatype: str, shape: tuple[int, ...], offset: int, nbytes
 def write_tensors(arena: Arena | None, arrays: list[tuple[str, np.ndarray]], create: Any) -> tuple[Arena, list[tuple]]:
     """Write ``(name, array)`` pairs into ``arena`` (grown through ``create(size)`` when too small).
 
-    Returns the arena used and one ``(name, datatype, shape, offset, nbytes, -1)`` per tensor.
+    Returns the arena used and one ``messages.TensorMeta`` tuple (in the input arena) per tensor.
     """
     prepared = []
     total = 0
@@ -521,13 +522,14 @@ def write_tensors(arena: Arena | None, arrays: list[tuple[str, np.ndarray]], cre
     if arena is None or arena.size < total:
         arena = create(total)
     u8 = arena.u8
+    in_arena = Location.IN_ARENA
     metas = []
     for name, kind, shape, data, nbytes, offset in prepared:
         if isinstance(data, bytes):
             arena.mm[offset : offset + nbytes] = data
         elif nbytes:
             u8[offset : offset + nbytes] = data.reshape(-1).view(np.uint8)
-        metas.append((name, kind, shape, offset, nbytes, -1))
+        metas.append((name, kind, shape, offset, nbytes, in_arena, -1))
     return arena, metas
 
 
@@ -544,6 +546,6 @@ def inline_tensors(arrays: list[tuple[str, np.ndarray]]) -> tuple[list[tuple], l
 
 def read_inline(metas: list[tuple], data: list[Any]) -> list[tuple[str, str, np.ndarray]]:
     out = []
-    for (name, kind, shape, _, nbytes), raw in zip(metas, data):
+    for (name, kind, shape, _, nbytes), raw in zip(metas, data, strict=False):
         out.append((name, kind, view(raw, kind, shape, 0, nbytes)))
     return out

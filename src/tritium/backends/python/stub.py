@@ -1,8 +1,9 @@
 """The process that runs one instance of a Python-backend model (Triton's ``triton_python_backend_stub``).
 
-Started by the server as ``python -m tritium.backends.python.stub <control fd> <event fd>``.  The control
-socket carries the strictly request/reply traffic (init, execute, finalize); the event socket carries
-what may happen at any time: responses of decoupled models, BLS calls and their answers, log lines.
+Started by the server as ``python -m tritium.backends.python.stub <control fd> <event fd> <hand-off fd>``.
+The control socket carries the strictly request/reply traffic (start, execute, finalize); the event socket
+carries what may happen at any time: responses of decoupled models, BLS calls and their answers, calls,
+metrics, log lines (every message: ``messages``); the hand-off socket, shared-memory blocks' descriptors.
 When the server goes away (even by SIGKILL) both sockets reach EOF and the stub exits.
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import pb_utils, protocol
+from .messages import Kind, Location, Outcome
 from .protocol import Arena, Channel
 
 #: Where ``_frames`` stops: frames of this file are the stub's, not the model's.
@@ -81,7 +83,7 @@ def _response_arrays(response: Any) -> list[tuple[str, np.ndarray]]:
 
 
 #: A request's result when the model rescheduled it (``set_release_flags(TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)``).
-_RESCHEDULED = ("resched",)
+_RESCHEDULED = (Outcome.RESCHEDULED,)
 
 
 class Runtime:
@@ -125,7 +127,7 @@ class Runtime:
         while freed:
             starts.append(freed.popleft())
         if starts:
-            self._events.send(("bls_free", starts))
+            self._events.send((Kind.BLS_FREE, starts))
 
     def send_response(self, key: int, response: pb_utils.InferenceResponse | None, final: bool) -> None:
         metas: list = []
@@ -134,7 +136,7 @@ class Runtime:
         if response is not None:
             error = _error_tuple(response.error())
             metas, data = protocol.inline_tensors(_response_arrays(response))
-        self.send(("resp", key, metas, data, final, error, response is not None))
+        self.send((Kind.RESPONSE, key, metas, data, final, error, response is not None))
         if final:
             self.cancelled.discard(key)
 
@@ -143,7 +145,7 @@ class Runtime:
         ident = next(self._ids)
         waiter: Future = Future()
         self._pending[ident] = waiter
-        self.send(("call", ident, op, args))
+        self.send((Kind.CALL, ident, op, args))
         error, result = waiter.result()
         if error is not None:
             raise pb_utils._CallError(error)
@@ -163,13 +165,13 @@ class Runtime:
                     self._holding[ident] = start
             else:
                 (metas, data), arena = protocol.inline_tensors(arrays), None
-            self._events.send(("bls", ident, request.model_name, int(request.model_version), request.request_id(),
-                               request._parameters, request._requested or None, metas, data,
+            self._events.send((Kind.BLS_CALL, ident, request.model_name, int(request.model_version),
+                               request.request_id(), request._parameters, request._requested or None, metas, data,
                                decoupled, request.timeout(), request.correlation_id(), request.flags(), arena))
         return ident, waiter
 
     def log(self, level: int, message: str) -> None:
-        self.send(("log", level, message))
+        self.send((Kind.LOG, level, message))
 
     def read_events(self) -> None:
         """Answers to BLS calls; EOF means the server is gone, so this process ends too."""
@@ -179,47 +181,51 @@ class Runtime:
             except (EOFError, OSError):
                 os._exit(0)
             kind = message[0]
-            if kind == "cancel":
+            if kind == Kind.CANCEL:
                 self.cancelled.add(message[1])
                 continue
-            if kind == "call_resp":
+            if kind == Kind.CALL_RESPONSE:
                 waiter = self._pending.pop(message[1], None)
                 if waiter is not None:
                     waiter.set_result((message[2], message[3]))
                 continue
-            _, ident, metas, data, error, final, has_response, arena = message
-            if has_response and error is None:
-                try:
-                    if arena is not None:  # the server's reply arena, new or grown: map it (the name goes at once)
-                        self._replies = protocol.Arena.attach(*arena, unlink=True)
-                    # Views of the reply arena: its region stays the model's until they are all gone.
-                    tensors = [pb_utils.Tensor(n, a)
-                               for n, _, a in protocol.read_tensors(metas, data, self._replies, self._released)]
-                except (OSError, ValueError) as e:
-                    has_response, error = False, ("INTERNAL", f"the BLS response could not be read: {e}")
-                    start = protocol.region_start(metas)
-                    if start is not None:  # its region is lost to the model: free again
-                        self.send(("bls_free", [start]))
-            response: pb_utils.InferenceResponse | None = None
-            if error is not None:
-                code = pb_utils.CODE_NAMES.index(error[0]) if error[0] in pb_utils.CODE_NAMES else 1
-                response = pb_utils.InferenceResponse(error=pb_utils.TritonError(error[1], code))
-            elif has_response:
-                response = pb_utils.InferenceResponse(tensors)
-            if final and ident in self._holding:  # the server is done with the call's inputs
-                self.calls_arena.free([self._holding.pop(ident)])  # type: ignore[union-attr]
-            waiter = self._pending.get(ident)
-            if isinstance(waiter, Future):
+            self._bls_response(*message[1:])  # a messages.BlsResponse
+
+    def _bls_response(self, ident: int, metas: list, data: list, error: tuple[str, str] | None, final: bool,
+                      has_response: bool, arena: tuple[str, int] | None) -> None:
+        """A response to a BLS call of this process: to the waiter of the call."""
+        if has_response and error is None:
+            try:
+                if arena is not None:  # the server's reply arena, new or grown: map it (the name goes at once)
+                    self._replies = protocol.Arena.attach(*arena, unlink=True)
+                # Views of the reply arena: its region stays the model's until they are all gone.
+                tensors = [pb_utils.Tensor(n, a)
+                           for n, _, a in protocol.read_tensors(metas, data, self._replies, self._released)]
+            except (OSError, ValueError) as e:
+                has_response, error = False, ("INTERNAL", f"the BLS response could not be read: {e}")
+                start = protocol.region_start(metas)
+                if start is not None:  # its region is lost to the model: free again
+                    self.send((Kind.BLS_FREE, [start]))
+        response: pb_utils.InferenceResponse | None = None
+        if error is not None:
+            code = pb_utils.CODE_NAMES.index(error[0]) if error[0] in pb_utils.CODE_NAMES else 1
+            response = pb_utils.InferenceResponse(error=pb_utils.TritonError(error[1], code))
+        elif has_response:
+            response = pb_utils.InferenceResponse(tensors)
+        if final and ident in self._holding:  # the server is done with the call's inputs
+            self.calls_arena.free([self._holding.pop(ident)])  # type: ignore[union-attr]
+        waiter = self._pending.get(ident)
+        if isinstance(waiter, Future):
+            del self._pending[ident]
+            waiter.set_result(response or pb_utils.InferenceResponse())
+        elif waiter is not None:
+            if response is None and final:
+                response = pb_utils.InferenceResponse()  # Triton yields the final flag as an empty response
+            if response is not None:
+                waiter.put(response)
+            if final:
                 del self._pending[ident]
-                waiter.set_result(response or pb_utils.InferenceResponse())
-            elif waiter is not None:
-                if response is None and final:
-                    response = pb_utils.InferenceResponse()  # Triton yields the final flag as an empty response
-                if response is not None:
-                    waiter.put(response)
-                if final:
-                    del self._pending[ident]
-                    waiter.put(None)
+                waiter.put(None)
 
 
 def _import_model(model_file: str, version_dir: str) -> Any:
@@ -256,7 +262,8 @@ class Stub:
         #: The server's input arenas by number; it names a new (or grown) one in the execute that first uses it.
         self.arenas: dict[int, Arena] = {}
         self.in_used = 0
-        #: id(input array) -> (array, datatype, offset, nbytes, where): outputs that are inputs need no search
+        #: id(input array) -> (array, datatype, offset, nbytes, location, block): outputs that are inputs need
+        #: no search
         self.inputs: dict[int, tuple] = {}
         #: The blocks this batch's inputs lie in.
         self.used_blocks: set[int] = set()
@@ -295,16 +302,16 @@ class Stub:
                 return
             gap += (clock() - replied - gap) * 0.25
             kind = message[0]
-            if kind == "exec":
+            if kind == Kind.EXECUTE:
                 control.send(self.execute(*message[1:]))
-            elif kind == "finalize":
+            elif kind == Kind.FINALIZE:
                 error = None
                 if hasattr(self.model, "finalize"):
                     try:
                         self._call(self.model.finalize)
                     except Exception as e:
                         error = format_exception(e)
-                control.send(("finalized", error))
+                control.send((Kind.FINALIZED, error))
                 return
 
     def _attach(self, ident: int, path: str, size: int) -> Arena:
@@ -315,7 +322,7 @@ class Stub:
 
     def _map_blocks(self, blocks: list[tuple[int, int]]) -> None:
         _, fds, _, _ = socket.recv_fds(self.handoff, 16, len(blocks))
-        for (ident, size), fd in zip(blocks, fds):
+        for (ident, size), fd in zip(blocks, fds, strict=False):
             try:
                 self.blocks[ident] = Arena("", size, mmap.mmap(fd, size))
             finally:
@@ -338,14 +345,14 @@ class Stub:
         Tensor = pb_utils.Tensor
         for key, request_id, correlation_id, flags, parameters, requested, metas in batch:
             tensors = []
-            for name, kind, shape, offset, nbytes, block in metas:
-                if block < 0:
-                    buffer, where = mm, protocol.IN_ARENA
-                else:
-                    buffer, where = self.blocks[block].mm, protocol.BLOCK + block
+            for name, kind, shape, offset, nbytes, location, block in metas:
+                if location == Location.BLOCK:
+                    buffer = self.blocks[block].mm
                     used_blocks.add(block)
+                else:
+                    buffer = mm
                 array = view(buffer, kind, shape, offset, nbytes)
-                inputs[id(array)] = (array, kind, offset, nbytes, where)
+                inputs[id(array)] = (array, kind, offset, nbytes, location, block)
                 tensors.append(Tensor(name, array))
             request = pb_utils.InferenceRequest(inputs=tensors, requested_output_names=requested,
                                                 request_id=request_id, correlation_id=correlation_id, flags=flags,
@@ -355,102 +362,97 @@ class Stub:
         try:
             responses = self._call(self.model.execute, requests)
         except Exception as e:
-            return ("done", None, None, format_exception(e))
+            return (Kind.EXECUTED, None, None, format_exception(e))
         finally:
             if self.runtime.cancelled and not self.runtime.decoupled:  # these requests are answered now
                 self.runtime.cancelled.difference_update(entry[0] for entry in batch)
         if self.runtime.decoupled:
             if responses is not None:
-                return ("done", None, None, f"Python model '{self.runtime.instance_name}' is using the decoupled "
-                                            "mode and the execute function must return None.")
-            return ("done", None, [_RESCHEDULED if r._rescheduled() else ("ok", []) for r in requests], None)
+                return (Kind.EXECUTED, None, None, f"Python model '{self.runtime.instance_name}' is using the "
+                                                   "decoupled mode and the execute function must return None.")
+            return (Kind.EXECUTED, None, [_RESCHEDULED if r._rescheduled() else (Outcome.OK, []) for r in requests],
+                    None)
         if responses is None or len(responses) != len(requests):
             got = "None" if responses is None else str(len(responses))
-            return ("done", None, None,
+            return (Kind.EXECUTED, None, None,
                     f"Number of InferenceResponse objects do not match number of InferenceRequest objects. "
                     f"InferenceRequest(s) size is:{len(requests)}, and InferenceResponse(s) size is:{got}\n")
-        for request, response in zip(requests, responses):
+        for request, response in zip(requests, responses, strict=False):
             if response is not None and request._rescheduled():
-                return ("done", None, None, "Expected a None object in the execute function return list for "
+                return (Kind.EXECUTED, None, None, "Expected a None object in the execute function return list for "
                                             f"reschduled request, found type '{type(response)}'.")
         try:
             return self._write_outputs(responses, requests)
         except Exception as e:
-            return ("done", None, None, format_exception(e))
+            return (Kind.EXECUTED, None, None, format_exception(e))
         finally:
             self.inputs = {}
 
-    def _locate(self, array: np.ndarray) -> tuple[int, int]:
-        """Where an output that views an input's memory lies: (where, offset), offset -1 when elsewhere."""
+    def _locate(self, array: np.ndarray) -> tuple[int, int, int]:
+        """Where an output that views an input's memory lies: (location, block, offset), offset -1 when
+        elsewhere."""
         offset = self.in_arena.contains(array)
         if offset >= 0:
-            return protocol.IN_ARENA, offset
+            return Location.IN_ARENA, -1, offset
         for ident in self.used_blocks:  # only this batch's: the others may be reused by now
             offset = self.blocks[ident].contains(array)
             if offset >= 0:
-                return protocol.BLOCK + ident, offset
-        return protocol.OUT_ARENA, -1
+                return Location.BLOCK, ident, offset
+        return Location.OUT_ARENA, -1, -1
 
     def _write_outputs(self, responses: list[Any], requests: list[Any]) -> tuple:
         """Outputs that are views of this batch's input arena stay where they are; the others are written
         into that arena after the inputs (which the server hands out without copying) or, when they do not
         fit there, into the output arena (which the server copies from)."""
         results: list[Any] = []
-        pending: list[tuple[Any, int, int]] = []  # (data, offset, nbytes) to copy
-        all_metas: list[list] = []
+        #: Outputs to copy: (their request's metas, index there, name, datatype, shape, data, offset, nbytes);
+        #: their metas are made once it is known which arena they go to.
+        pending: list[tuple[list, int, str, str, tuple, Any, int, int]] = []
         total = 0
         in_arena = self.in_arena
         inputs = self.inputs
-        for response, request in zip(responses, requests):
+        for response, request in zip(responses, requests, strict=False):
             if response is None and request._rescheduled():
                 results.append(_RESCHEDULED)
                 continue
             if response.has_error():
-                results.append(("err",) + _error_tuple(response.error()))  # type: ignore[operator]
+                results.append((Outcome.ERROR, *_error_tuple(response.error())))  # type: ignore[misc]
                 continue
-            metas: list[tuple] = []
+            metas: list[Any] = []
             for name, array in _response_arrays(response):
                 same = inputs.get(id(array))
                 if same is not None and same[0] is array and same[1] != "BYTES":
-                    metas.append((name, same[1], array.shape, same[2], same[3], same[4]))
+                    metas.append((name, same[1], array.shape, same[2], same[3], same[4], same[5]))
                     continue
-                where, offset = self._locate(array)
+                location, block, offset = self._locate(array)
                 if offset >= 0:
-                    metas.append((name, protocol.wire_type(array), array.shape, offset, array.nbytes, where))
+                    metas.append((name, protocol.wire_type(array), array.shape, offset, array.nbytes, location, block))
                     continue
                 kind, data = protocol.encoded(array)
                 nbytes = len(data) if isinstance(data, bytes) else data.nbytes
-                metas.append([name, kind, array.shape, total, nbytes, 0])
-                pending.append((data, total, nbytes))
+                pending.append((metas, len(metas), name, kind, array.shape, data, total, nbytes))
+                metas.append(None)
                 total += protocol.aligned(nbytes)
-            results.append(("ok", metas))
-            all_metas.append(metas)
+            results.append((Outcome.OK, metas))
         new_arena = None
         base = protocol.aligned(self.in_used)
         if pending and base + total <= in_arena.size:  # into the input arena, after the inputs
-            for metas in all_metas:
-                for meta in metas:
-                    if meta[5] == 0:
-                        meta[3] += base
-                        meta[5] = 1
-            mm = in_arena.mm
-            for data, offset, nbytes in pending:
-                if isinstance(data, bytes):
-                    mm[base + offset : base + offset + nbytes] = data
-                elif nbytes:
-                    np.copyto(np.frombuffer(mm, data.dtype, data.size, base + offset).reshape(data.shape), data)
-            return ("done", None, results, None)
-        if total > self.out_arena.size:
-            size = protocol.grown_size(self.out_arena.size, total, self.growth)
-            self.out_arena = Arena.create(self.shm_prefix, size)
-            new_arena = (self.out_arena.path, size)
-        mm = self.out_arena.mm
-        for data, offset, nbytes in pending:
+            location, mm = Location.IN_ARENA, in_arena.mm
+        else:
+            base, location = 0, Location.OUT_ARENA
+            if total > self.out_arena.size:
+                size = protocol.grown_size(self.out_arena.size, total, self.growth)
+                self.out_arena = Arena.create(self.shm_prefix, size)
+                new_arena = (self.out_arena.path, size)
+            mm = self.out_arena.mm
+        for metas, index, name, kind, shape, data, offset, nbytes in pending:
+            at = base + offset
+            metas[index] = (name, kind, shape, at, nbytes, location, -1)
             if isinstance(data, bytes):
-                mm[offset : offset + nbytes] = data
+                mm[at : at + nbytes] = data
             elif nbytes:
-                np.copyto(np.frombuffer(mm, data.dtype, data.size, offset).reshape(data.shape), data)
-        return ("done", new_arena, results, None)
+                np.copyto(np.frombuffer(mm, data.dtype, data.size, at).reshape(data.shape), data)
+        return (Kind.EXECUTED, new_arena, results, None)
 
 
 def auto_complete(init: dict) -> dict:
@@ -475,17 +477,17 @@ def main() -> None:
     threading.Thread(target=runtime.read_events, name="events", daemon=True).start()
     if init["mode"] == "autocomplete":
         try:
-            control.send(("ok", auto_complete(init)))
+            control.send((Kind.STARTED, True, auto_complete(init)))
         except Exception as e:
-            control.send(("error", format_exception(e)))
+            control.send((Kind.STARTED, False, format_exception(e)))
         return
     try:
         stub = Stub(control, handoff, runtime, init)
         stub.start()
     except Exception as e:
-        control.send(("error", format_exception(e)))
+        control.send((Kind.STARTED, False, format_exception(e)))
         return
-    control.send(("ok", None))
+    control.send((Kind.STARTED, True, None))
     stub.serve()
 
 
