@@ -8,16 +8,13 @@ not have yet is refused with a message saying so, never silently ignored.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from tritium import __version__
-from tritium.logsettings import LogManager, LogSettings
+from tritium.logsettings import configure_logging
 from tritium.core.errors import TritiumError
 from tritium.frontends.restrictions import GROUPS, parse_restriction
 from tritium.options import ServerOptions
@@ -52,18 +49,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     "--enable-peer-access": "GPU peer access settings are not available in this version of tritium",
     "--repoagent-directory": "repository agents are not available in tritium",
 }
-
-
-#: Allocations between young-generation collections (CPython's default is 700); request objects are
-#: freed by reference counting, so the collector mostly finds nothing and only costs latency.
-GC_THRESHOLD = 20_000
-
-#: How long a thread may hold the GIL while another waits for it (CPython's default is 5 ms).  An
-#: instance worker that wakes for its next batch, or whose onnxruntime/torch call just returned, needs
-#: the GIL back from the event loop, which under load keeps it through bursts of about a millisecond:
-#: the instance sat idle for that long between batches.  At 100 µs it waits at most that; measured on
-#: the batched MLP at 32 connections, 9.3k -> 10.5k requests/s.  ``TRITIUM_SWITCH_INTERVAL_US`` overrides.
-SWITCH_INTERVAL_S = float(os.environ.get("TRITIUM_SWITCH_INTERVAL_US", "100")) / 1e6
 
 
 def _bool(text: str) -> bool:
@@ -169,7 +154,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trace-count", default=None, help="deprecated: --trace-config count=N")
     p.add_argument("--trace-log-frequency", default=None, help="deprecated: --trace-config triton,log-frequency=N")
     _connection_flags(p)
+    # Process tuning for experts (hidden): the defaults are measured (ARCHITECTURE.md, decisions).
+    p.add_argument("--inline-execute-us", type=_non_negative, default=150.0, help=argparse.SUPPRESS)
+    p.add_argument("--switch-interval-us", type=_positive, default=100.0, help=argparse.SUPPRESS)
+    p.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto", help=argparse.SUPPRESS)
     return p
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got '{text}'")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a positive number, got 0")
+    return value
 
 
 def _connection_flags(p: argparse.ArgumentParser) -> None:
@@ -370,6 +376,9 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         backend_config=backend_config,
         backend_directory=args.backend_directory,
         trace_config=trace_config,
+        inline_execute_us=args.inline_execute_us,
+        switch_interval_us=args.switch_interval_us,
+        event_loop=args.event_loop,
         **_connection_options(parser, args),
     )
 
@@ -387,61 +396,15 @@ def _trace_items(args: argparse.Namespace) -> list[str]:
     return items + args.trace_config
 
 
-def configure_logging(options: ServerOptions) -> LogManager:
-    """Route Python's logging through Triton's log settings (format, levels, file)."""
-    return LogManager(
-        LogSettings(
-            log_file=options.log_file,
-            log_info=options.log_info,
-            log_warning=options.log_warning,
-            log_error=options.log_error,
-            log_verbose_level=options.log_verbose,
-            log_format=options.log_format,
-        )
-    )
-
-
-async def _run(options: ServerOptions, logs: LogManager | None = None) -> int:
-    from tritium.core.errors import TritiumError
-    from tritium.server import Server, StartupError
-
-    server = Server(options, logs)
-    try:
-        await server.start()
-    except (StartupError, TritiumError) as e:  # e.g. a model failed, or a repository cannot be read
-        logging.getLogger("tritium").error("%s", e)
-        await server.stop()
-        return 1
-    except OSError as e:  # e.g. the port is taken
-        logging.getLogger("tritium").error("failed to start: %s", e)
-        await server.stop()
-        return 1
-    # What start-up made (modules, configs, sessions) lives as long as the server: keep it out of the
-    # collector's scans, and collect young objects less often, so pauses stay off request latency.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 20, 20)
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-    await server.serve_forever()
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     try:
         logs = configure_logging(options)
     except OSError as e:
         raise SystemExit(f"tritium: cannot open --log-file: {e}") from None
-    from tritium.frontends.limits import raise_descriptor_limit
+    from tritium.app import run
 
-    raise_descriptor_limit()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    return asyncio.run(_run(options, logs))
+    return run(options, logs)
 
 
 if __name__ == "__main__":

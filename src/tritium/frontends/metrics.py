@@ -15,20 +15,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
 
+from tritium.api import InferenceAPI
 from tritium.core.custom_metrics import CustomMetrics
 from tritium.options import ServerOptions
 
 from .http.routes import HttpRequest, HttpResponse, error_response
 from .http.server import HttpListener, metrics_limits
-
-if TYPE_CHECKING:
-    from tritium.server import Server
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +146,9 @@ _GPU_METRICS: dict[str, tuple[str, str]] = {
 class TritonCollector:
     """A prometheus_client collector reading the server's model statistics at scrape time."""
 
-    def __init__(self, server: Server, options: ServerOptions, cpu: CpuSampler | None,
+    def __init__(self, api: InferenceAPI, options: ServerOptions, cpu: CpuSampler | None,
                  gpu: GpuSampler | None = None) -> None:
-        self.server = server
+        self.api = api
         self.gpu = gpu
         self.counter_latencies = options.metrics_counter_latencies
         self.summary_latencies = options.metrics_summary_latencies
@@ -159,7 +156,7 @@ class TritonCollector:
         self.cpu = cpu
 
     def collect(self) -> Iterator[Metric]:
-        models = self.server.repository.ready_models() if self.server.repository is not None else []
+        models = self.api.loaded_models()
         families = {name: Metric(name, help_, kind) for name, (kind, help_) in _MODEL_METRICS.items()}
         latencies = {name: Metric(name, help_, "counter") for name, (_, help_) in _LATENCY_METRICS.items()}
         summaries = {name: Metric(name, help_, "summary") for name, (_, help_) in _SUMMARY_METRICS.items()}
@@ -281,13 +278,13 @@ def _triton_names(text: bytes, extra: Sequence[str] = ()) -> bytes:
 class MetricsFrontend(HttpListener):
     """The metrics endpoint and the periodic CPU sampling behind it."""
 
-    def __init__(self, server: Server, options: ServerOptions) -> None:
+    def __init__(self, api: InferenceAPI, options: ServerOptions) -> None:
         self.cpu = CpuSampler() if options.allow_cpu_metrics else None
         gpu = GpuSampler() if options.allow_gpu_metrics else None
         self.gpu = gpu if gpu is not None and gpu.available else None
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(TritonCollector(server, options, self.cpu, self.gpu))  # type: ignore[arg-type]
-        custom = CustomCollector(server.custom_metrics)
+        registry.register(TritonCollector(api, options, self.cpu, self.gpu))  # type: ignore[arg-type]
+        custom = CustomCollector(api.custom_metrics)
         registry.register(custom)  # type: ignore[arg-type]
         super().__init__(
             MetricsApi(registry, custom),  # type: ignore[arg-type]

@@ -520,7 +520,7 @@ class ModelRepositoryManager:
             slot.model_state = backend.model_initialize(ctx)
             for spec in _instance_specs(config):
                 slot.instances.append(slot.model_state.instance_initialize(spec))
-            workers = [InstanceWorker(instance, loop) for instance in slot.instances]
+            workers = [InstanceWorker(i, loop, self._options.inline_execute_us / 1e6) for i in slot.instances]
             scheduler: Scheduler
             if sequence is not None:
                 scheduler = SequenceBatcher(workers, loop, config, sequence)

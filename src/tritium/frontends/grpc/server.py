@@ -1,7 +1,7 @@
 """The gRPC endpoint: ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health`` on ``grpc.aio``.
 
 The server runs on the process's event loop (uvloop when installed), beside the HTTP frontend, and
-calls the same core API.  Handlers are registered by method name (``GrpcApi.handlers``), so an
+calls the same :class:`~tritium.api.InferenceAPI`.  Handlers are registered by method name (``GrpcApi.handlers``), so an
 extension's issue adds its RPCs there; RPCs whose feature tritium lacks answer UNIMPLEMENTED.
 
 ``ModelInfer`` and ``ModelStreamInfer`` use the byte-level codec in ``codec.py`` (zero-copy raw
@@ -21,11 +21,12 @@ from google.protobuf import json_format
 
 from tritium._proto import grpc_service_pb2 as pb
 from tritium._proto import health_pb2
-from tritium.core.errors import InternalError, InvalidArgumentError, TritiumError, UnsupportedError
-from tritium.core.inference import InferenceResponse
+from tritium.api import InferenceAPI
+from tritium.core.errors import InternalError, InvalidArgumentError, TritiumError
+from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.model import Model
 from tritium.core.model import parse_version as _version
-from tritium.core.shm_regions import cuda_register, cuda_status
+from tritium.trace import Trace
 from tritium.frontends.limits import default_grpc_connections
 from tritium.frontends.restrictions import (
     GRPC_GROUPS,
@@ -92,10 +93,10 @@ def _guarded(method: Callable[[Any, Context], Awaitable[Any]]) -> Callable[[Any,
 
 
 class GrpcApi:
-    """Triton's gRPC RPCs over the server's protocol-neutral API."""
+    """Triton's gRPC RPCs over the protocol-neutral :class:`InferenceAPI`."""
 
-    def __init__(self, server: Any, restricted: Restrictions | None = None) -> None:
-        self.server = server
+    def __init__(self, api: InferenceAPI, restricted: Restrictions | None = None) -> None:
+        self.api = api
         #: --grpc-restricted-protocol: group -> (key, value); RPCs of these groups get a check, the others none.
         self.restricted = restricted or {}
         check_restrictions(self.restricted, "grpc-restricted-protocol")
@@ -103,21 +104,21 @@ class GrpcApi:
     # -- health and metadata --------------------------------------------------------------------
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=self.server.live())
+        return pb.ServerLiveResponse(live=self.api.live())
 
     async def server_ready(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.server.ready())
+        return pb.ServerReadyResponse(ready=self.api.ready())
 
     async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         """A version string that is not a version is an error (INVALID_ARGUMENT), as in Triton."""
-        return pb.ModelReadyResponse(ready=self.server.model_ready(request.name, _version(request.version)))
+        return pb.ModelReadyResponse(ready=self.api.model_ready(request.name, _version(request.version)))
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
-        doc = self.server.metadata()
+        doc = self.api.metadata()
         return pb.ServerMetadataResponse(name=doc["name"], version=doc["version"], extensions=doc["extensions"])
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, context: Context) -> pb.ModelMetadataResponse:
-        doc = self.server.model_metadata(request.name, _version(request.version))
+        doc = self.api.model_metadata(request.name, _version(request.version))
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=doc["name"],
@@ -128,7 +129,7 @@ class GrpcApi:
         )
 
     async def model_config(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
-        model: Model = self.server.model(request.name, _version(request.version))
+        model = self.api.model(request.name, _version(request.version))
         response = pb.ModelConfigResponse()
         response.config.CopyFrom(model.config)
         return response
@@ -136,26 +137,26 @@ class GrpcApi:
     async def model_statistics(
         self, request: pb.ModelStatisticsRequest, context: Context
     ) -> pb.ModelStatisticsResponse:
-        stats = self.server.model_statistics(request.name, _version(request.version))
+        stats = self.api.model_statistics(request.name, _version(request.version))
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
     # -- the model repository extension --------------------------------------------------------------
 
     async def repository_index(self, request: pb.RepositoryIndexRequest, context: Context) -> pb.RepositoryIndexResponse:
-        rows = await self.server.repository_index(request.ready, request.repository_name)
+        rows = await self.api.repository_index(request.ready, request.repository_name)
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
 
     async def repository_model_load(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
-        await self.server.load_model(request.model_name, _repository_parameters(request.parameters),
+        await self.api.load_model(request.model_name, _repository_parameters(request.parameters),
                                      request.repository_name)
         return pb.RepositoryModelLoadResponse()
 
     async def repository_model_unload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
-        await self.server.unload_model(request.model_name, _repository_parameters(request.parameters),
+        await self.api.unload_model(request.model_name, _repository_parameters(request.parameters),
                                        request.repository_name)
         return pb.RepositoryModelUnloadResponse()
 
@@ -163,7 +164,7 @@ class GrpcApi:
         changes = {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in request.settings.items()
                    if value.WhichOneof("parameter_choice") is not None}
         response = pb.LogSettingsResponse()
-        for key, value in self.server.log_settings(changes).items():
+        for key, value in self.api.log_settings(changes).items():
             setting = response.settings[key]
             if isinstance(value, bool):
                 setting.bool_param = value
@@ -180,7 +181,7 @@ class GrpcApi:
             values = list(setting.value)
             changes[key] = None if not values else values if key == "trace_level" else values[0]
         response = pb.TraceSettingResponse()
-        for key, value in self.server.trace_settings(request.model_name, changes).items():
+        for key, value in self.api.trace_settings(request.model_name, changes).items():
             response.settings[key].value.extend(value if isinstance(value, list) else [value])
         return response
 
@@ -191,7 +192,7 @@ class GrpcApi:
     ) -> pb.SystemSharedMemoryStatusResponse:
         """Every region (empty name), or the one named (NOT_FOUND when unknown)."""
         response = pb.SystemSharedMemoryStatusResponse()
-        for region in self.server.system_shm.status(request.name):
+        for region in self.api.system_shm_status(request.name):
             status = response.regions[region.name]
             status.name, status.key = region.name, region.key
             status.offset, status.byte_size = region.offset, region.byte_size
@@ -200,27 +201,27 @@ class GrpcApi:
     async def system_shared_memory_register(
         self, request: pb.SystemSharedMemoryRegisterRequest, context: Context
     ) -> pb.SystemSharedMemoryRegisterResponse:
-        self.server.system_shm.register(request.name, request.key, request.offset, request.byte_size)
+        self.api.system_shm_register(request.name, request.key, request.offset, request.byte_size)
         return pb.SystemSharedMemoryRegisterResponse()
 
     async def system_shared_memory_unregister(
         self, request: pb.SystemSharedMemoryUnregisterRequest, context: Context
     ) -> pb.SystemSharedMemoryUnregisterResponse:
         """One region, or all of them (empty name); an unknown name is not an error, as in Triton."""
-        self.server.system_shm.unregister(request.name)
+        self.api.system_shm_unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     async def cuda_shared_memory_status(
         self, request: pb.CudaSharedMemoryStatusRequest, context: Context
     ) -> pb.CudaSharedMemoryStatusResponse:
-        cuda_status(request.name)  # none, or NOT_FOUND for a named one
+        self.api.cuda_shm_status(request.name)  # none, or NOT_FOUND for a named one
         return pb.CudaSharedMemoryStatusResponse()
 
     async def cuda_shared_memory_register(
         self, request: pb.CudaSharedMemoryRegisterRequest, context: Context
     ) -> pb.CudaSharedMemoryRegisterResponse:
         """Refused as a GPU-enabled Triton refuses a handle it cannot open (no CUDA here)."""
-        cuda_register(self.server.system_shm, request.name)
+        self.api.cuda_shm_register(request.name)
         return pb.CudaSharedMemoryRegisterResponse()
 
     async def cuda_shared_memory_unregister(
@@ -231,7 +232,7 @@ class GrpcApi:
 
     async def health_check(self, request: health_pb2.HealthCheckRequest, context: Context) -> Any:
         status = health_pb2.HealthCheckResponse
-        return status(status=status.SERVING if self.server.live() else status.NOT_SERVING)
+        return status(status=status.SERVING if self.api.live() else status.NOT_SERVING)
 
     # -- inference ------------------------------------------------------------------------------
 
@@ -239,32 +240,25 @@ class GrpcApi:
         if decoded.error is not None:  # the message could not be parsed: not even its model name is known
             raise InvalidArgumentError(decoded.error)
         message = decoded.message
-        return self.server.model(message.model_name, _version(message.model_version))
+        return self.api.model(message.model_name, _version(message.model_version))
 
     async def model_infer(self, decoded: DecodedRequest, context: Context) -> bytes:
+        api = self.api
         model = self._model(decoded)
-        if model.decoupled:
-            raise UnsupportedError("ModelInfer RPC doesn't support models with decoupled transaction policy")
-        request = to_inference_request(decoded, model.name, model.version, self.server.system_shm)
-        tracer = self.server.tracer
-        if tracer.active:
-            request.trace = trace = tracer.start(model.name, model.version, request.id)
-            if trace is not None:
-                return await self._traced_infer(model, request, trace, context, decoded.shm_outputs)
-        response = await model.infer(request)
+        api.require_unary(model, "ModelInfer RPC")
+        request = to_inference_request(decoded, model.name, model.version, api.system_shm)
+        trace = api.start_trace(model, request.id)
+        if trace is not None:
+            return await self._traced_infer(model, request, trace, context, decoded.shm_outputs)
+        response = await api.infer(request, model)
         return infer_response_bytes(response, decoded.shm_outputs)
 
-    @staticmethod
     async def _traced_infer(
-        model: Model, request: Any, trace: Any, context: Context, shm: ShmOutputs | None
+        self, model: Model, request: InferenceRequest, trace: Trace, context: Context, shm: ShmOutputs | None
     ) -> bytes:
         """GRPC_WAITREAD_END when the message is here, GRPC_SEND_END when gRPC has sent the answer."""
         trace.stamp("GRPC_WAITREAD_END")
-        try:
-            response = await model.infer(request)
-        except TritiumError:
-            trace.finish()  # a failed request's trace is written too, with the stages it reached
-            raise
+        response = await self.api.infer(request, model, trace)
         data = infer_response_bytes(response, shm)
         trace.stamp("GRPC_SEND_START")
 
@@ -337,18 +331,16 @@ class GrpcApi:
         request_id = decoded.message.id
         try:
             model = self._model(decoded)
-            request = to_inference_request(decoded, model.name, model.version, self.server.system_shm)
+            request = to_inference_request(decoded, model.name, model.version, self.api.system_shm)
             if grpc_error:  # a request refused before it runs is answered in-band even so (as Triton)
-                model.validate(request)
+                self.api.validate(request, model)
             shm = decoded.shm_outputs
             empty_final = bool(request.parameters.get("triton_enable_empty_final_response", False))
             decoupled = model.decoupled
-            tracer = self.server.tracer
-            if tracer.active:
-                request.trace = tracer.start(model.name, model.version, request_id)
-                if request.trace is not None:
-                    request.trace.stamp("GRPC_WAITREAD_END")
-            async for item in model.stream(request, validated=grpc_error):
+            request.trace = self.api.start_trace(model, request_id)
+            if request.trace is not None:
+                request.trace.stamp("GRPC_WAITREAD_END")
+            async for item in self.api.stream(request, model, validated=grpc_error):
                 if item.error is not None:
                     await put(item.error if grpc_error else stream_error_bytes(str(item.error), request_id))
                 elif item.response is not None:
@@ -506,8 +498,8 @@ def _credentials(options: ServerOptions) -> grpc.ServerCredentials:
 class GrpcFrontend:
     """Serves :class:`GrpcApi` on ``--grpc-address``:``--grpc-port``."""
 
-    def __init__(self, server: Any, options: ServerOptions) -> None:
-        self.api = GrpcApi(server, options.grpc_restricted_protocols)
+    def __init__(self, api: InferenceAPI, options: ServerOptions) -> None:
+        self.api = GrpcApi(api, options.grpc_restricted_protocols)
         self.options = options
         for key, _ in options.grpc_restricted_protocols.values():
             if key != key.lower():  # gRPC metadata keys are lower-case on the wire; Triton compares as configured

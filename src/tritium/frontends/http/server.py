@@ -1,8 +1,7 @@
 """The HTTP/1.1 transport: an asyncio protocol around httptools' parser (uvloop when installed).
 
-Chosen by measurement (``benchmarks/http_stacks``): an ASGI server adds a
-layer of per-request dictionaries and callbacks that costs more than the whole
-inference path of a small model.  This module only moves bytes: it parses
+No ASGI layer: its per-request objects cost more than a small model's whole inference
+(``benchmarks/http_stacks``; ARCHITECTURE.md, decisions).  This module only moves bytes: it parses
 requests with httptools, enforces ``--http-max-input-size`` before reading a
 body, keeps connections alive, answers requests of one connection in order,
 and writes each response with one ``writelines``.  Everything the API means
@@ -29,6 +28,7 @@ from http import HTTPStatus
 import httptools
 import numpy as np
 
+from tritium.api import InferenceAPI
 from tritium.core import shared_memory
 from tritium.frontends.limits import METRICS_MAX_CONNECTIONS, MIN_RESERVE, default_http_connections, descriptor_limit
 from tritium.options import ServerOptions
@@ -594,9 +594,9 @@ class HttpListener:
 class HttpFrontend(HttpListener):
     """Serves the KServe v2 API (:class:`HttpApi`) on ``--http-address``:``--http-port``."""
 
-    def __init__(self, server, options: ServerOptions) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, api: InferenceAPI, options: ServerOptions) -> None:
         super().__init__(
-            HttpApi(server, options.http_max_input_size, options.http_restricted_apis),
+            HttpApi(api, options.http_max_input_size, options.http_restricted_apis),
             options.http_address,
             options.http_port,
             options.http_max_input_size,
