@@ -8,7 +8,7 @@ versions and plain dictionaries in, core objects out; each frontend keeps its wi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from typing import Any, Protocol
 
 from tritium.core.custom_metrics import CustomMetrics
@@ -71,8 +71,10 @@ class InferenceAPI(Protocol):
         one by the frontend once the answer is sent."""
         ...
 
-    def stream(self, request: InferenceRequest, model: Model, validated: bool = False) -> AsyncIterator[StreamItem]:
-        """The responses of one request as the model sends them (any model; decoupled ones send 0..n)."""
+    def stream(self, request: InferenceRequest, model: Model,
+               validated: bool = False) -> AsyncGenerator[StreamItem, None]:
+        """The responses of one request as the model sends them (any model; decoupled ones send 0..n); close
+        it (``aclose``) to cancel the request."""
         ...
 
     # -- the model repository extension -----------------------------------------------------------

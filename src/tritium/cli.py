@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from tritium import __version__
-from tritium.logsettings import configure_logging
 from tritium.core.errors import TritiumError
 from tritium.frontends.restrictions import GROUPS, parse_restriction
+from tritium.logsettings import configure_logging
 from tritium.options import ServerOptions
 from tritium.trace import TraceConfig, TraceManager
 
@@ -260,33 +260,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
     _check_grpc(parser, args)
     if args.metrics_interval_ms <= 0:
         parser.error(f"--metrics-interval-ms must be positive, got {args.metrics_interval_ms}")
-    counter_latencies = True
-    summary_latencies = False
-    quantiles: tuple[float, ...] = ServerOptions.metrics_summary_quantiles
-    for item in args.metrics_config:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--metrics-config expects <key>=<value>, got '{item}'")
-        if key in ("counter_latencies", "summary_latencies"):
-            try:
-                flag = _bool(value)
-            except argparse.ArgumentTypeError as e:
-                parser.error(f"--metrics-config {item}: {e}")
-            if key == "counter_latencies":
-                counter_latencies = flag
-            else:
-                summary_latencies = flag
-        elif key == "summary_quantiles":
-            try:
-                quantiles = tuple(float(pair.split(":")[0]) for pair in value.split(",") if pair)
-            except ValueError:
-                parser.error(f"--metrics-config summary_quantiles expects <quantile>:<error>,..., got '{value}'")
-            if not quantiles or not all(0 < q < 1 for q in quantiles):
-                parser.error(f"--metrics-config summary_quantiles must lie between 0 and 1, got '{value}'")
-        elif key == "histogram_latencies":
-            parser.error(f"--metrics-config {key}: latency histograms are not available in this version of tritium")
-        else:
-            parser.error(f"--metrics-config: unknown setting '{key}'")
+    counter_latencies, summary_latencies, quantiles = _metrics_config(parser, args.metrics_config)
     if args.repository_poll_secs <= 0:
         parser.error(f"--repository-poll-secs must be a positive number of seconds, got {args.repository_poll_secs}")
     if args.http_max_input_size <= 0:
@@ -297,14 +271,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         parser.error(f"--exit-timeout-secs must be >= 0, got {args.exit_timeout_secs}")
     if args.load_models and args.model_control_mode != "explicit":
         parser.error("--load-model requires --model-control-mode=explicit")
-    restricted: dict[str, dict[str, tuple[str, str]]] = {"http-restricted-api": {}, "grpc-restricted-protocol": {}}
-    for flag, items in (("http-restricted-api", args.http_restricted_api),
-                        ("grpc-restricted-protocol", args.grpc_restricted_protocol)):
-        for item in items:
-            try:
-                parse_restriction(item, flag, restricted[flag])
-            except ValueError as e:
-                parser.error(f"--{flag}: {e}")
+    restricted = _restrictions(parser, args)
     trace_config = _trace_items(args)
     try:
         TraceManager(TraceConfig.parse(trace_config))
@@ -381,6 +348,51 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         event_loop=args.event_loop,
         **_connection_options(parser, args),
     )
+
+
+def _metrics_config(parser: argparse.ArgumentParser, items: list[str]) -> tuple[bool, bool, tuple[float, ...]]:
+    """``--metrics-config`` items: counter latencies, summary latencies, summary quantiles."""
+    counter_latencies = True
+    summary_latencies = False
+    quantiles: tuple[float, ...] = ServerOptions.metrics_summary_quantiles
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--metrics-config expects <key>=<value>, got '{item}'")
+        if key in ("counter_latencies", "summary_latencies"):
+            try:
+                flag = _bool(value)
+            except argparse.ArgumentTypeError as e:
+                parser.error(f"--metrics-config {item}: {e}")
+            if key == "counter_latencies":
+                counter_latencies = flag
+            else:
+                summary_latencies = flag
+        elif key == "summary_quantiles":
+            try:
+                quantiles = tuple(float(pair.split(":")[0]) for pair in value.split(",") if pair)
+            except ValueError:
+                parser.error(f"--metrics-config summary_quantiles expects <quantile>:<error>,..., got '{value}'")
+            if not quantiles or not all(0 < q < 1 for q in quantiles):
+                parser.error(f"--metrics-config summary_quantiles must lie between 0 and 1, got '{value}'")
+        elif key == "histogram_latencies":
+            parser.error(f"--metrics-config {key}: latency histograms are not available in this version of tritium")
+        else:
+            parser.error(f"--metrics-config: unknown setting '{key}'")
+    return counter_latencies, summary_latencies, quantiles
+
+
+def _restrictions(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, dict[str, tuple[str, str]]]:
+    """``--http-restricted-api`` / ``--grpc-restricted-protocol``: flag -> group -> (key, value)."""
+    restricted: dict[str, dict[str, tuple[str, str]]] = {"http-restricted-api": {}, "grpc-restricted-protocol": {}}
+    for group_flag, items in (("http-restricted-api", args.http_restricted_api),
+                              ("grpc-restricted-protocol", args.grpc_restricted_protocol)):
+        for item in items:
+            try:
+                parse_restriction(item, group_flag, restricted[group_flag])
+            except ValueError as e:
+                parser.error(f"--{group_flag}: {e}")
+    return restricted
 
 
 def _trace_items(args: argparse.Namespace) -> list[str]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from typing import Any, cast
 
 from tritium import __version__
 from tritium.backends.registry import BackendRegistry
@@ -28,6 +28,8 @@ from tritium.statistics import model_stats_dict
 from tritium.trace import Trace, TraceConfig, TraceManager
 
 log = logging.getLogger(__name__)
+
+_Items = AsyncGenerator[StreamItem, None]
 
 #: Triton version reported in server metadata; clients gate features on it.
 TRITON_VERSION = "2.64.0"
@@ -203,7 +205,8 @@ class Server:
         for key, value in (parameters or {}).items():
             if key == "config":
                 if not isinstance(value, str):
-                    raise InvalidArgumentError("the 'config' parameter must be a string holding the model config as JSON")
+                    raise InvalidArgumentError(
+                        "the 'config' parameter must be a string holding the model config as JSON")
                 config = value
             elif key.startswith("file:"):
                 if not isinstance(value, (bytes, bytearray, memoryview)):
@@ -254,8 +257,8 @@ class Server:
         return _traced(model.infer(request, validated), trace)
 
     @staticmethod
-    def stream(request: InferenceRequest, model: Model, validated: bool = False) -> AsyncIterator[StreamItem]:
-        return model.stream(request, validated)
+    def stream(request: InferenceRequest, model: Model, validated: bool = False) -> AsyncGenerator[StreamItem, None]:
+        return cast(_Items, model.stream(request, validated))  # an async generator, declared as an iterator
 
     # -- the shared-memory extensions -------------------------------------------------------------
 
@@ -306,7 +309,8 @@ class LocalInference:
         try:
             model = self._server.model(name, request.model_version)
         except TritiumError:
-            raise InternalError(f"{head}Failed for execute the inference request. Model '{name}' is not ready.") from None
+            raise InternalError(
+                f"{head}Failed for execute the inference request. Model '{name}' is not ready.") from None
         if model.decoupled and not decoupled:
             raise InternalError(
                 f"{head}Model {name} is using the decoupled. The current BLS request call doesn't support models "
@@ -323,9 +327,6 @@ class LocalInference:
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         await self._server.unload_model(name, {"unload_dependents": unload_dependents})
-
-    def loaded_models(self) -> list[Model]:
-        return self.repository.ready_models() if self.repository is not None else []
 
     def model_ready(self, name: str, version: int = -1) -> bool:
         return self._server.model_ready(name, version)

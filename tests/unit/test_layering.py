@@ -134,7 +134,8 @@ def test_frontends_reach_the_server_only_through_the_api():
 def test_the_core_api_knows_no_frontend():
     graph = import_graph(module_level=False)
     for name in ("tritium.api", "tritium.server", "tritium.logsettings", "tritium.options"):
-        assert not {t for t in graph[name] if t.startswith("tritium.frontends") or t in ("tritium.cli", "tritium.app")}, name
+        upward = {t for t in graph[name] if t.startswith("tritium.frontends") or t in ("tritium.cli", "tritium.app")}
+        assert not upward, name
 
 
 def test_no_deferred_import_cycle_through_the_server_or_frontends():

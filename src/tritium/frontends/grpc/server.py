@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import json_format
@@ -26,7 +26,6 @@ from tritium.core.errors import InternalError, InvalidArgumentError, TritiumErro
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.model import Model
 from tritium.core.model import parse_version as _version
-from tritium.trace import Trace
 from tritium.frontends.limits import default_grpc_connections
 from tritium.frontends.restrictions import (
     GRPC_GROUPS,
@@ -36,6 +35,7 @@ from tritium.frontends.restrictions import (
     refusal_message,
 )
 from tritium.options import ServerOptions
+from tritium.trace import Trace
 
 from .codec import (
     DecodedRequest,
@@ -60,7 +60,7 @@ STREAM_DEPTH = 128
 #: ``--grpc-infer-response-compression-level`` → gRPC's compression levels (``grpc_compression_level``).
 COMPRESSION_LEVELS = {"none": 0, "low": 1, "medium": 2, "high": 3}
 
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = grpc.aio.ServicerContext
 
 
 def _repository_parameters(parameters: Any) -> dict[str, Any]:
@@ -142,7 +142,9 @@ class GrpcApi:
 
     # -- the model repository extension --------------------------------------------------------------
 
-    async def repository_index(self, request: pb.RepositoryIndexRequest, context: Context) -> pb.RepositoryIndexResponse:
+    async def repository_index(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
         rows = await self.api.repository_index(request.ready, request.repository_name)
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
 
@@ -269,7 +271,9 @@ class GrpcApi:
         context.add_done_callback(sent)
         return data
 
-    async def model_stream_infer(self, requests: AsyncIterator[DecodedRequest], context: Context) -> AsyncIterator[bytes]:
+    async def model_stream_infer(
+        self, requests: AsyncIterator[DecodedRequest], context: Context
+    ) -> AsyncIterator[bytes]:
         """Many requests in flight on one stream; each response is sent as soon as it is produced.
 
         A request's error is reported in that response's ``error_message`` and the stream goes on; with the
@@ -317,8 +321,9 @@ class GrpcApi:
             while (item := await queue.get()) is not None:
                 room.release()
                 if isinstance(item, TritiumError):
-                    await context.abort(grpc_status(item.status), str(item))
-                yield item
+                    await context.abort(grpc_status(item.status), str(item))  # raises
+                else:
+                    yield item
             await reader  # surface a failure of the request stream itself
         finally:
             reader.cancel()
@@ -365,7 +370,7 @@ class GrpcApi:
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         unary = grpc.unary_unary_rpc_method_handler
-        simple: dict[str, tuple[Callable[..., Awaitable[Any]], type]] = {
+        simple: dict[str, tuple[Callable[..., Awaitable[Any]], Any]] = {
             "ServerLive": (self.server_live, pb.ServerLiveRequest),
             "ServerReady": (self.server_ready, pb.ServerReadyRequest),
             "ModelReady": (self.model_ready, pb.ModelReadyRequest),
@@ -434,7 +439,7 @@ def _restricted(handler: grpc.RpcMethodHandler, key: str, value: str) -> grpc.Rp
                 async for item in inner:
                     yield item
 
-        return handler._replace(stream_stream=checked_stream)  # type: ignore[attr-defined,no-any-return]
+        return handler._replace(stream_stream=checked_stream)
     unary = handler.unary_unary
 
     async def checked(request: Any, context: Context) -> Any:
@@ -442,7 +447,7 @@ def _restricted(handler: grpc.RpcMethodHandler, key: str, value: str) -> grpc.Rp
             await context.abort(grpc.StatusCode.UNAVAILABLE, message)
         return await unary(request, context)
 
-    return handler._replace(unary_unary=checked)  # type: ignore[attr-defined,no-any-return]
+    return handler._replace(unary_unary=checked)
 
 
 def _serialize(message: Any) -> bytes:

@@ -12,7 +12,7 @@ import binascii
 import logging
 import re
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,14 @@ from tritium.core.shm_regions import CUDA_IPC_HANDLE_SIZE
 from tritium.core.streaming import StreamItem
 from tritium.frontends.restrictions import Restrictions, check_restrictions, http_group, refusal_message
 
-from .codec import decode_infer_request, decode_raw_request, encode_infer_response, is_whole_number, parse_json
+from .codec import (
+    OutputEncoding,
+    decode_infer_request,
+    decode_raw_request,
+    encode_infer_response,
+    is_whole_number,
+    parse_json,
+)
 from .generate import NOT_ONE_RESPONSE, decode_generate_request, encode_generate_response, error_event, event
 
 log = logging.getLogger(__name__)
@@ -57,7 +64,8 @@ class HttpRequest:
     path: str
     #: Header names lower-cased.
     headers: dict[str, str]
-    body: bytes
+    #: A memoryview when a big body was received into shared memory (``core.shared_memory``).
+    body: bytes | memoryview
 
 
 @dataclass(slots=True)
@@ -129,19 +137,13 @@ class HttpApi:
 
     async def _route(self, request: HttpRequest) -> HttpResponse:
         path = request.path
-        method = request.method
-        if path == "/v2/models/stats":
-            if method != "GET":
-                return _not_allowed()
-            return _json(self.api.model_statistics())
-        if path.endswith("/trace/setting"):
-            return self._trace_setting(request)
-        if path.startswith("/v2/models/"):
+        if path.startswith("/v2/models/") and path != "/v2/models/stats" and not path.endswith("/trace/setting"):
             match = _MODEL_URL.match(path)
             if match is None:
                 return _NOT_FOUND
             name, version_text, action = match.groups()
             version = parse_version(version_text) if version_text else -1
+            method = request.method
             if action == "infer":
                 if method != "POST":
                     return _not_allowed(TEXT)
@@ -150,17 +152,33 @@ class HttpApi:
                 if method != "POST":
                     return _not_allowed()
                 return await self._generate(request, name, version, action == "generate_stream")
-            if action == "ready":
-                if method != "GET":
-                    return _not_allowed(TEXT)
-                return _EMPTY_OK if self.api.model_ready(name, version) else _MODEL_NOT_READY
+            return self._model_document(method, name, version, action)
+        return await self._server_route(request)
+
+    def _model_document(self, method: str, name: str, version: int, action: str | None) -> HttpResponse:
+        """``/v2/models/{m}[/versions/{v}][/ready|/config|/stats]``."""
+        if action == "ready":
+            if method != "GET":
+                return _not_allowed(TEXT)
+            return _EMPTY_OK if self.api.model_ready(name, version) else _MODEL_NOT_READY
+        if method != "GET":
+            return _not_allowed()
+        if action == "config":
+            return _json(self.api.model_config(name, version))
+        if action == "stats":
+            return _json(self.api.model_statistics(name, version))
+        return _json(self.api.model_metadata(name, version))
+
+    async def _server_route(self, request: HttpRequest) -> HttpResponse:
+        """Everything but a model's own URLs: health, server metadata and the extensions."""
+        path = request.path
+        method = request.method
+        if path == "/v2/models/stats":
             if method != "GET":
                 return _not_allowed()
-            if action == "config":
-                return _json(self.api.model_config(name, version))
-            if action == "stats":
-                return _json(self.api.model_statistics(name, version))
-            return _json(self.api.model_metadata(name, version))
+            return _json(self.api.model_statistics())
+        if path.endswith("/trace/setting"):
+            return self._trace_setting(request)
         if path == "/v2/health/live" or path == "/v2/health/ready":
             if method != "GET":
                 return _not_allowed(TEXT)
@@ -175,15 +193,19 @@ class HttpApi:
         if "sharedmemory/" in path:
             return self._shared_memory(request)
         if path == "/v2/logging":
-            if method == "GET":
-                return _json(self.api.log_settings())
-            if method == "POST":
-                changes = parse_json(request.body, "logging") if request.body else {}
-                if not isinstance(changes, dict):
-                    raise InvalidArgumentError("the logging settings must be a JSON object")
-                return _json(self.api.log_settings(changes))
-            return _not_allowed()
+            return self._logging(request)
         return _NOT_FOUND
+
+    def _logging(self, request: HttpRequest) -> HttpResponse:
+        """The logging extension: GET the settings, POST changes to them."""
+        if request.method == "GET":
+            return _json(self.api.log_settings())
+        if request.method != "POST":
+            return _not_allowed()
+        changes = parse_json(request.body, "logging") if request.body else {}
+        if not isinstance(changes, dict):
+            raise InvalidArgumentError("the logging settings must be a JSON object")
+        return _json(self.api.log_settings(changes))
 
     def _trace_setting(self, request: HttpRequest) -> HttpResponse:
         """The trace extension: ``/v2/trace/setting`` and ``/v2/models/{m}/trace/setting`` (no version)."""
@@ -395,7 +417,7 @@ class HttpApi:
         return HttpResponse(200, [], EVENT_STREAM)
 
     @staticmethod
-    def _raw_request(model: Model, body: bytes, name: str, version: int):  # type: ignore[no-untyped-def]
+    def _raw_request(model: Model, body: bytes | memoryview, name: str, version: int) -> tuple[InferenceRequest, OutputEncoding]:
         if len(model.inputs) != 1:
             raise InvalidArgumentError(
                 f"raw binary request requires a model with exactly one input; model '{name}' has {len(model.inputs)}"
@@ -406,7 +428,7 @@ class HttpApi:
             shape[0] = 1
         return decode_raw_request(body, name, version, spec.name, spec.datatype, shape)
 
-    def _decompress(self, request: HttpRequest) -> bytes:
+    def _decompress(self, request: HttpRequest) -> bytes | memoryview:
         encoding = request.headers.get("content-encoding")
         if not encoding or encoding == "identity":
             return request.body
@@ -428,7 +450,7 @@ class HttpApi:
         return data
 
 
-async def _events(items: AsyncIterator[StreamItem]) -> AsyncIterator[bytes]:
+async def _events(items: AsyncGenerator[StreamItem, None]) -> AsyncIterator[bytes]:
     """The rest of a ``generate_stream``: one event per response, an error event ends it."""
     try:
         async for item in items:
@@ -445,7 +467,9 @@ class _UnsupportedEncoding(Exception):
     pass
 
 
-def compress_body(pieces: list[bytes | memoryview], accept_encoding: str) -> tuple[list[bytes | memoryview], bytes | None]:
+def compress_body(
+    pieces: list[bytes | memoryview], accept_encoding: str
+) -> tuple[list[bytes | memoryview], bytes | None]:
     """Compress a response as the client accepts (gzip preferred, then deflate)."""
     accepted = {part.split(";")[0].strip().lower() for part in accept_encoding.split(",")}
     if "gzip" in accepted:

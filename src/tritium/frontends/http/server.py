@@ -339,7 +339,7 @@ class HttpProtocol(asyncio.Protocol):
             url = httptools.parse_url(url).path
         path = url.decode("utf-8", errors="replace")
         if self.shared is not None:
-            body: bytes | memoryview = memoryview(self.shared)
+            body: bytes | memoryview = memoryview(self.shared)  # type: ignore[arg-type]  # numpy stubs: no Buffer
             self.shared = None
         else:
             body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
