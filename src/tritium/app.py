@@ -41,11 +41,11 @@ def make_frontends(api: InferenceAPI, options: ServerOptions) -> list[Frontend]:
     """The endpoints ``options`` turn on (each imported only when used)."""
     frontends: list[Frontend] = []
     if options.allow_http:
-        from tritium.frontends.http.server import HttpFrontend
+        from tritium.frontends.http.listener import HttpFrontend
 
         frontends.append(HttpFrontend(api, options))
     if options.allow_grpc:
-        from tritium.frontends.grpc.server import GrpcFrontend
+        from tritium.frontends.grpc.listener import GrpcFrontend
 
         frontends.append(GrpcFrontend(api, options))
     if options.allow_metrics:

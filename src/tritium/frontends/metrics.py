@@ -25,8 +25,8 @@ from tritium.api import InferenceAPI
 from tritium.core.custom_metrics import CustomMetrics
 from tritium.options import ServerOptions
 
+from .http.listener import HttpListener, metrics_limits
 from .http.routes import HttpRequest, HttpResponse, error_response
-from .http.server import HttpListener, metrics_limits
 
 log = logging.getLogger(__name__)
 

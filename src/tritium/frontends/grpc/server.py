@@ -1,8 +1,9 @@
 """The gRPC endpoint: ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health`` on ``grpc.aio``.
 
 The server runs on the process's event loop (uvloop when installed), beside the HTTP frontend, and
-calls the same :class:`~tritium.api.InferenceAPI`.  Handlers are registered by method name (``GrpcApi.handlers``), so an
-extension's issue adds its RPCs there; RPCs whose feature tritium lacks answer UNIMPLEMENTED.
+calls the same :class:`~tritium.api.InferenceAPI`.  Handlers are registered by method name
+(``GrpcApi.handlers``), so an extension's issue adds its RPCs there; RPCs whose feature tritium lacks
+answer UNIMPLEMENTED.  The port, TLS and channel settings are ``listener.py``'s.
 
 ``ModelInfer`` and ``ModelStreamInfer`` use the byte-level codec in ``codec.py`` (zero-copy raw
 inputs, outputs copied once); the other RPCs use the generated protobuf classes.
@@ -26,7 +27,6 @@ from tritium.core.errors import InternalError, InvalidArgumentError, TritiumErro
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.model import Model
 from tritium.core.model import parse_version as _version
-from tritium.frontends.limits import default_grpc_connections
 from tritium.frontends.restrictions import (
     GRPC_GROUPS,
     GRPC_HEADER_PREFIX,
@@ -34,7 +34,6 @@ from tritium.frontends.restrictions import (
     check_restrictions,
     refusal_message,
 )
-from tritium.options import ServerOptions
 from tritium.trace import Trace
 
 from .codec import (
@@ -57,8 +56,6 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 #: beyond, the stream is read (or the model's responses taken) only as the client catches up.
 STREAM_DEPTH = 128
 
-#: ``--grpc-infer-response-compression-level`` → gRPC's compression levels (``grpc_compression_level``).
-COMPRESSION_LEVELS = {"none": 0, "low": 1, "medium": 2, "high": 3}
 
 Context: TypeAlias = grpc.aio.ServicerContext
 
@@ -456,86 +453,3 @@ def _serialize(message: Any) -> bytes:
 
 def _empty_response(model: Model, request_id: str) -> InferenceResponse:
     return InferenceResponse(model.name, model.version, request_id)
-
-
-def server_options(options: ServerOptions) -> list[tuple[str, Any]]:
-    """gRPC channel arguments from tritonserver's flags."""
-    args: list[tuple[str, Any]] = [
-        ("grpc.max_receive_message_length", options.grpc_max_input_size),
-        ("grpc.max_send_message_length", -1),
-        ("grpc.so_reuseport", 1 if options.reuse_grpc_port else 0),
-        ("grpc.keepalive_time_ms", options.grpc_keepalive_time),
-        ("grpc.keepalive_timeout_ms", options.grpc_keepalive_timeout),
-        ("grpc.keepalive_permit_without_calls", 1 if options.grpc_keepalive_permit_without_calls else 0),
-        ("grpc.http2.max_pings_without_data", options.grpc_http2_max_pings_without_data),
-        ("grpc.http2.min_ping_interval_without_data_ms", options.grpc_http2_min_recv_ping_interval_without_data),
-        ("grpc.http2.max_ping_strikes", options.grpc_http2_max_ping_strikes),
-        # what one client may hold: streams per connection, connections (beyond: accepted and closed at once,
-        # so the process keeps descriptors for models and HTTP; see frontends.limits)
-        ("grpc.max_concurrent_streams", options.grpc_max_concurrent_streams),
-        ("grpc.max_allowed_incoming_connections", options.grpc_max_connections or default_grpc_connections()),
-    ]
-    if options.grpc_max_connection_idle is not None:
-        args.append(("grpc.max_connection_idle_ms", options.grpc_max_connection_idle))
-    if options.grpc_max_connection_age is not None:
-        args.append(("grpc.max_connection_age_ms", options.grpc_max_connection_age))
-    if options.grpc_max_connection_age_grace is not None:
-        args.append(("grpc.max_connection_age_grace_ms", options.grpc_max_connection_age_grace))
-    level = COMPRESSION_LEVELS[options.grpc_infer_response_compression_level]
-    if level:
-        args.append(("grpc.default_compression_level", level))
-    return args
-
-
-def _credentials(options: ServerOptions) -> grpc.ServerCredentials:
-    def read(path: str) -> bytes:
-        with open(path, "rb") as f:
-            return f.read()
-
-    root = read(options.grpc_root_cert) if options.grpc_root_cert else None
-    return grpc.ssl_server_credentials(
-        [(read(options.grpc_server_key), read(options.grpc_server_cert))],
-        root_certificates=root,
-        require_client_auth=options.grpc_use_ssl_mutual,
-    )
-
-
-class GrpcFrontend:
-    """Serves :class:`GrpcApi` on ``--grpc-address``:``--grpc-port``."""
-
-    def __init__(self, api: InferenceAPI, options: ServerOptions) -> None:
-        self.api = GrpcApi(api, options.grpc_restricted_protocols)
-        self.options = options
-        for key, _ in options.grpc_restricted_protocols.values():
-            if key != key.lower():  # gRPC metadata keys are lower-case on the wire; Triton compares as configured
-                log.warning("--grpc-restricted-protocol key '%s' has upper-case letters: no client can send the "
-                            "metadata '%s%s', so its RPCs refuse every call (as in Triton)",
-                            key, GRPC_HEADER_PREFIX, key)
-        self._server: grpc.aio.Server | None = None
-        self.port = options.grpc_port
-
-    async def start(self) -> None:
-        options = self.options
-        server = grpc.aio.server(options=server_options(options),
-                                 maximum_concurrent_rpcs=options.grpc_max_concurrent_rpcs)
-        server.add_generic_rpc_handlers(self.api.handlers())
-        address = f"{options.grpc_address}:{options.grpc_port}"
-        if ":" in options.grpc_address and not options.grpc_address.startswith("["):
-            address = f"[{options.grpc_address}]:{options.grpc_port}"
-        try:
-            if options.grpc_use_ssl or options.grpc_use_ssl_mutual:
-                self.port = server.add_secure_port(address, _credentials(options))
-            else:
-                self.port = server.add_insecure_port(address)
-        except RuntimeError as e:
-            raise OSError(f"failed to listen for gRPC on {address}: {e}") from None
-        if self.port == 0:
-            raise OSError(f"failed to listen for gRPC on {address}")
-        await server.start()
-        self._server = server
-        log.info("Started GRPCInferenceService at %s:%d", options.grpc_address, self.port)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.stop(grace=self.options.exit_timeout_secs)
-            self._server = None

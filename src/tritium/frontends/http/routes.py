@@ -417,7 +417,9 @@ class HttpApi:
         return HttpResponse(200, [], EVENT_STREAM)
 
     @staticmethod
-    def _raw_request(model: Model, body: bytes | memoryview, name: str, version: int) -> tuple[InferenceRequest, OutputEncoding]:
+    def _raw_request(
+        model: Model, body: bytes | memoryview, name: str, version: int
+    ) -> tuple[InferenceRequest, OutputEncoding]:
         if len(model.inputs) != 1:
             raise InvalidArgumentError(
                 f"raw binary request requires a model with exactly one input; model '{name}' has {len(model.inputs)}"
