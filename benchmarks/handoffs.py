@@ -3,13 +3,13 @@
 Every request that tritium runs on an instance thread crosses twice between threads (the event loop hands
 the batch over, the thread hands the result back), and every request to a Python-backend instance crosses
 twice between processes.  What a crossing costs decides where execute runs (``scheduler/workers.py``:
-inline on the loop below ``TRITIUM_INLINE_EXECUTE_US``) and whether the Python backend polls
+inline on the loop below ``--inline-execute-us``) and whether the Python backend polls
 (``stub-spin-microseconds``, ``reply-spin-microseconds``).  This prints, as median and p90 in µs:
 
 1. A thread woken through a ``queue.SimpleQueue`` until it runs Python, while the thread that woke it
    sleeps, and while that thread keeps running Python (as a busy event loop does).  The second is the
    wake-up plus the GIL: the woken thread waits for the switch interval (``sys.setswitchinterval``; the
-   server sets ``TRITIUM_SWITCH_INTERVAL_US``), asks for the GIL, and is woken again when it is dropped.
+   server sets ``--switch-interval-us``), asks for the GIL, and is woken again when it is dropped.
 2. A round trip between two processes over a socketpair (the Python backend's control channel), blocking
    on each side and polling on each side.
 

@@ -8,18 +8,15 @@ not have yet is refused with a message saying so, never silently ignored.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from tritium import __version__
-from tritium.logsettings import LogManager, LogSettings
 from tritium.core.errors import TritiumError
 from tritium.frontends.restrictions import GROUPS, parse_restriction
+from tritium.logsettings import configure_logging
 from tritium.options import ServerOptions
 from tritium.trace import TraceConfig, TraceManager
 
@@ -52,18 +49,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     "--enable-peer-access": "GPU peer access settings are not available in this version of tritium",
     "--repoagent-directory": "repository agents are not available in tritium",
 }
-
-
-#: Allocations between young-generation collections (CPython's default is 700); request objects are
-#: freed by reference counting, so the collector mostly finds nothing and only costs latency.
-GC_THRESHOLD = 20_000
-
-#: How long a thread may hold the GIL while another waits for it (CPython's default is 5 ms).  An
-#: instance worker that wakes for its next batch, or whose onnxruntime/torch call just returned, needs
-#: the GIL back from the event loop, which under load keeps it through bursts of about a millisecond:
-#: the instance sat idle for that long between batches.  At 100 µs it waits at most that; measured on
-#: the batched MLP at 32 connections, 9.3k -> 10.5k requests/s.  ``TRITIUM_SWITCH_INTERVAL_US`` overrides.
-SWITCH_INTERVAL_S = float(os.environ.get("TRITIUM_SWITCH_INTERVAL_US", "100")) / 1e6
 
 
 def _bool(text: str) -> bool:
@@ -169,7 +154,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trace-count", default=None, help="deprecated: --trace-config count=N")
     p.add_argument("--trace-log-frequency", default=None, help="deprecated: --trace-config triton,log-frequency=N")
     _connection_flags(p)
+    # Process tuning for experts (hidden): the defaults are measured (ARCHITECTURE.md, decisions).
+    p.add_argument("--inline-execute-us", type=_non_negative, default=150.0, help=argparse.SUPPRESS)
+    p.add_argument("--switch-interval-us", type=_positive, default=100.0, help=argparse.SUPPRESS)
+    p.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto", help=argparse.SUPPRESS)
     return p
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got '{text}'")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a positive number, got 0")
+    return value
 
 
 def _connection_flags(p: argparse.ArgumentParser) -> None:
@@ -254,33 +260,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
     _check_grpc(parser, args)
     if args.metrics_interval_ms <= 0:
         parser.error(f"--metrics-interval-ms must be positive, got {args.metrics_interval_ms}")
-    counter_latencies = True
-    summary_latencies = False
-    quantiles: tuple[float, ...] = ServerOptions.metrics_summary_quantiles
-    for item in args.metrics_config:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--metrics-config expects <key>=<value>, got '{item}'")
-        if key in ("counter_latencies", "summary_latencies"):
-            try:
-                flag = _bool(value)
-            except argparse.ArgumentTypeError as e:
-                parser.error(f"--metrics-config {item}: {e}")
-            if key == "counter_latencies":
-                counter_latencies = flag
-            else:
-                summary_latencies = flag
-        elif key == "summary_quantiles":
-            try:
-                quantiles = tuple(float(pair.split(":")[0]) for pair in value.split(",") if pair)
-            except ValueError:
-                parser.error(f"--metrics-config summary_quantiles expects <quantile>:<error>,..., got '{value}'")
-            if not quantiles or not all(0 < q < 1 for q in quantiles):
-                parser.error(f"--metrics-config summary_quantiles must lie between 0 and 1, got '{value}'")
-        elif key == "histogram_latencies":
-            parser.error(f"--metrics-config {key}: latency histograms are not available in this version of tritium")
-        else:
-            parser.error(f"--metrics-config: unknown setting '{key}'")
+    counter_latencies, summary_latencies, quantiles = _metrics_config(parser, args.metrics_config)
     if args.repository_poll_secs <= 0:
         parser.error(f"--repository-poll-secs must be a positive number of seconds, got {args.repository_poll_secs}")
     if args.http_max_input_size <= 0:
@@ -291,14 +271,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         parser.error(f"--exit-timeout-secs must be >= 0, got {args.exit_timeout_secs}")
     if args.load_models and args.model_control_mode != "explicit":
         parser.error("--load-model requires --model-control-mode=explicit")
-    restricted: dict[str, dict[str, tuple[str, str]]] = {"http-restricted-api": {}, "grpc-restricted-protocol": {}}
-    for flag, items in (("http-restricted-api", args.http_restricted_api),
-                        ("grpc-restricted-protocol", args.grpc_restricted_protocol)):
-        for item in items:
-            try:
-                parse_restriction(item, flag, restricted[flag])
-            except ValueError as e:
-                parser.error(f"--{flag}: {e}")
+    restricted = _restrictions(parser, args)
     trace_config = _trace_items(args)
     try:
         TraceManager(TraceConfig.parse(trace_config))
@@ -370,8 +343,56 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         backend_config=backend_config,
         backend_directory=args.backend_directory,
         trace_config=trace_config,
+        inline_execute_us=args.inline_execute_us,
+        switch_interval_us=args.switch_interval_us,
+        event_loop=args.event_loop,
         **_connection_options(parser, args),
     )
+
+
+def _metrics_config(parser: argparse.ArgumentParser, items: list[str]) -> tuple[bool, bool, tuple[float, ...]]:
+    """``--metrics-config`` items: counter latencies, summary latencies, summary quantiles."""
+    counter_latencies = True
+    summary_latencies = False
+    quantiles: tuple[float, ...] = ServerOptions.metrics_summary_quantiles
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--metrics-config expects <key>=<value>, got '{item}'")
+        if key in ("counter_latencies", "summary_latencies"):
+            try:
+                flag = _bool(value)
+            except argparse.ArgumentTypeError as e:
+                parser.error(f"--metrics-config {item}: {e}")
+            if key == "counter_latencies":
+                counter_latencies = flag
+            else:
+                summary_latencies = flag
+        elif key == "summary_quantiles":
+            try:
+                quantiles = tuple(float(pair.split(":")[0]) for pair in value.split(",") if pair)
+            except ValueError:
+                parser.error(f"--metrics-config summary_quantiles expects <quantile>:<error>,..., got '{value}'")
+            if not quantiles or not all(0 < q < 1 for q in quantiles):
+                parser.error(f"--metrics-config summary_quantiles must lie between 0 and 1, got '{value}'")
+        elif key == "histogram_latencies":
+            parser.error(f"--metrics-config {key}: latency histograms are not available in this version of tritium")
+        else:
+            parser.error(f"--metrics-config: unknown setting '{key}'")
+    return counter_latencies, summary_latencies, quantiles
+
+
+def _restrictions(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, dict[str, tuple[str, str]]]:
+    """``--http-restricted-api`` / ``--grpc-restricted-protocol``: flag -> group -> (key, value)."""
+    restricted: dict[str, dict[str, tuple[str, str]]] = {"http-restricted-api": {}, "grpc-restricted-protocol": {}}
+    for group_flag, items in (("http-restricted-api", args.http_restricted_api),
+                              ("grpc-restricted-protocol", args.grpc_restricted_protocol)):
+        for item in items:
+            try:
+                parse_restriction(item, group_flag, restricted[group_flag])
+            except ValueError as e:
+                parser.error(f"--{group_flag}: {e}")
+    return restricted
 
 
 def _trace_items(args: argparse.Namespace) -> list[str]:
@@ -387,61 +408,15 @@ def _trace_items(args: argparse.Namespace) -> list[str]:
     return items + args.trace_config
 
 
-def configure_logging(options: ServerOptions) -> LogManager:
-    """Route Python's logging through Triton's log settings (format, levels, file)."""
-    return LogManager(
-        LogSettings(
-            log_file=options.log_file,
-            log_info=options.log_info,
-            log_warning=options.log_warning,
-            log_error=options.log_error,
-            log_verbose_level=options.log_verbose,
-            log_format=options.log_format,
-        )
-    )
-
-
-async def _run(options: ServerOptions, logs: LogManager | None = None) -> int:
-    from tritium.core.errors import TritiumError
-    from tritium.server import Server, StartupError
-
-    server = Server(options, logs)
-    try:
-        await server.start()
-    except (StartupError, TritiumError) as e:  # e.g. a model failed, or a repository cannot be read
-        logging.getLogger("tritium").error("%s", e)
-        await server.stop()
-        return 1
-    except OSError as e:  # e.g. the port is taken
-        logging.getLogger("tritium").error("failed to start: %s", e)
-        await server.stop()
-        return 1
-    # What start-up made (modules, configs, sessions) lives as long as the server: keep it out of the
-    # collector's scans, and collect young objects less often, so pauses stay off request latency.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 20, 20)
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-    await server.serve_forever()
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     try:
         logs = configure_logging(options)
     except OSError as e:
         raise SystemExit(f"tritium: cannot open --log-file: {e}") from None
-    from tritium.frontends.limits import raise_descriptor_limit
+    from tritium.app import run
 
-    raise_descriptor_limit()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    return asyncio.run(_run(options, logs))
+    return run(options, logs)
 
 
 if __name__ == "__main__":

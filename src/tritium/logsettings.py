@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tritium.core.errors import InvalidArgumentError, UnsupportedError
+from tritium.options import ServerOptions
 
 FORMATS = ("default", "ISO8601")
 
@@ -133,3 +134,17 @@ class LogManager:
                 formatter.log_format = self.settings.log_format
             self._apply_level()
         return self.settings.as_dict()
+
+
+def configure_logging(options: ServerOptions) -> LogManager:
+    """Route Python's logging through Triton's log settings (format, levels, file)."""
+    return LogManager(
+        LogSettings(
+            log_file=options.log_file,
+            log_info=options.log_info,
+            log_warning=options.log_warning,
+            log_error=options.log_error,
+            log_verbose_level=options.log_verbose,
+            log_format=options.log_format,
+        )
+    )

@@ -106,3 +106,13 @@ class ServerOptions:
     backend_config: dict[str, dict[str, str]] = field(default_factory=dict)
     #: ``--backend-directory``: where Python-based backends (``<dir>/<name>/model.py``) are found.
     backend_directory: str | None = None
+
+    # -- process tuning (hidden flags, for experts; the defaults are measured, see ARCHITECTURE.md) --
+    #: ``--inline-execute-us``: an instance whose executions average under this runs them on the event loop
+    #: instead of its worker thread (a thread hop costs more than so short a call); 0: always the thread.
+    inline_execute_us: float = 150.0
+    #: ``--switch-interval-us``: ``sys.setswitchinterval``, how long the event loop may keep the GIL from a
+    #: waiting instance thread (CPython's default is 5000).
+    switch_interval_us: float = 100.0
+    #: ``--event-loop``: ``auto`` (uvloop when installed), ``uvloop`` or ``asyncio``.
+    event_loop: str = "auto"

@@ -1,36 +1,35 @@
-"""The server: wires repository, backends and frontends from :class:`ServerOptions`,
-and offers the frontends one small protocol-neutral API.
+"""The server core: repository, backends, tracer and shared memory wired from :class:`ServerOptions`,
+and the one implementation of :class:`tritium.api.InferenceAPI` that every frontend uses.
 
-Frontends call only the methods below (``live``, ``ready``, ``metadata``,
-``model_metadata``, ``model_config``, ``model_ready``, ``infer``); they never
-reach into the repository, schedulers or backends.
+Which frontends listen, and the process around them, is :mod:`tritium.app`'s business.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from typing import Any, cast
 
 from tritium import __version__
 from tritium.backends.registry import BackendRegistry
 from tritium.core.custom_metrics import CustomMetrics
-from tritium.core.shm_regions import SystemSharedMemory
 from tritium.core.errors import InternalError, InvalidArgumentError, TritiumError, UnavailableError, UnsupportedError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.model import Model
 from tritium.core.names import check_model_name
+from tritium.core.shm_regions import Region, SystemSharedMemory, cuda_register, cuda_status
 from tritium.core.streaming import StreamItem
-from tritium.logsettings import LogManager
+from tritium.logsettings import LogManager, configure_logging
 from tritium.options import ServerOptions
 from tritium.repository.manager import ModelRepositoryManager
 from tritium.repository.poller import RepositoryPoller
 from tritium.statistics import model_stats_dict
-from tritium.trace import TraceConfig, TraceManager
+from tritium.trace import Trace, TraceConfig, TraceManager
 
 log = logging.getLogger(__name__)
+
+_Items = AsyncGenerator[StreamItem, None]
 
 #: Triton version reported in server metadata; clients gate features on it.
 TRITON_VERSION = "2.64.0"
@@ -52,43 +51,30 @@ EXTENSIONS = [
 ]
 
 
-class Frontend(Protocol):
-    """A protocol endpoint (HTTP, gRPC, metrics) the server starts and stops."""
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
 class Server:
-    """One tritium server process."""
+    """One tritium server: the core every frontend reaches through :class:`~tritium.api.InferenceAPI`."""
 
     def __init__(self, options: ServerOptions, logs: LogManager | None = None) -> None:
         self.options = options
-        #: Log settings of the logging extension; made on first use when the CLI did not set them up.
+        #: Log settings of the logging extension; made on first use when the caller did not set them up.
         self._logs = logs
-        #: The trace extension; frontends test ``tracer.active`` before sampling a request.
+        #: The trace extension.
         self.tracer = TraceManager(TraceConfig.parse(options.trace_config))
         self.backends = BackendRegistry(options.backend_config, options.backend_directory)
-        #: Metric families model code defines (Python backend), shown by the metrics frontend.
         self.custom_metrics = CustomMetrics()
-        #: Regions clients registered (the system shared-memory extension).
         self.system_shm = SystemSharedMemory(options.allow_client_shm)
         self.repository: ModelRepositoryManager | None = None
-        self.frontends: list[Frontend] = []
         self._live = False
         self._started = False
         self._poller: RepositoryPoller | None = None
-        self._stopping: asyncio.Event | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the startup models, then open the endpoints.
+        """Load the startup models (the server is live from here, ready once :meth:`open` is called).
 
         Raises :class:`StartupError` when a model fails and ``--exit-on-error`` is on.
         """
-        self._stopping = asyncio.Event()
         self.tracer.open()
         self.repository = ModelRepositoryManager(self.options, self.backends)
         self.repository.inference = LocalInference(self, asyncio.get_running_loop())
@@ -99,56 +85,23 @@ class Server:
         failed = await self.repository.load_startup_models()
         if failed and self.options.exit_on_error:
             raise StartupError(f"failed to load all models: {', '.join(failed)}")
-        for frontend in self._make_frontends():
-            await frontend.start()
-            self.frontends.append(frontend)
+
+    def open(self) -> None:
+        """The endpoints are listening: report ready and start polling the repositories (poll mode)."""
         self._started = True
         if self._poller is not None:
             self._poller.start()
 
-    def _make_frontends(self) -> list[Frontend]:
-        frontends: list[Frontend] = []
-        if self.options.allow_http:
-            from tritium.frontends.http.server import HttpFrontend
-
-            frontends.append(HttpFrontend(self, self.options))
-        if self.options.allow_grpc:
-            from tritium.frontends.grpc.server import GrpcFrontend
-
-            frontends.append(GrpcFrontend(self, self.options))
-        if self.options.allow_metrics:
-            from tritium.frontends.metrics import MetricsFrontend
-
-            frontends.append(MetricsFrontend(self, self.options))
-        return frontends
-
-    async def serve_forever(self) -> None:
-        """Run until SIGINT/SIGTERM, then shut down gracefully."""
-        assert self._stopping is not None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stopping.set)
-        await self._stopping.wait()
-        log.info("signal received, shutting down")
-        await self.stop()
-
-    def request_stop(self) -> None:
-        if self._stopping is not None:
-            self._stopping.set()
-
-    async def stop(self) -> None:
-        """Stop accepting requests, let in-flight ones finish (bounded), unload models."""
+    async def quiesce(self) -> None:
+        """Stop reporting ready and stop polling, before the endpoints close."""
         self._started = False
         if self._poller is not None:
             await self._poller.stop()
-        for frontend in reversed(self.frontends):
-            try:
-                await asyncio.wait_for(frontend.stop(), timeout=self.options.exit_timeout_secs)
-            except (asyncio.TimeoutError, Exception):
-                log.exception("frontend failed to stop cleanly")
-        self.frontends.clear()
+
+    async def stop(self) -> None:
+        """Unload every model (each drains its in-flight requests, up to --exit-timeout-secs)."""
+        await self.quiesce()
         if self.repository is not None:
-            # Each model drains its in-flight requests (up to --exit-timeout-secs), then is finalized.
             await self.repository.unload_all()
         self.backends.finalize()
         self.tracer.close()
@@ -170,8 +123,6 @@ class Server:
     def log_settings(self, changes: dict[str, Any] | None = None) -> dict[str, Any]:
         """The logging extension: current settings, after applying ``changes`` when given."""
         if self._logs is None:
-            from tritium.cli import configure_logging
-
             self._logs = configure_logging(self.options)
         return self._logs.update(changes or {})
 
@@ -187,6 +138,9 @@ class Server:
             raise InvalidArgumentError("model name must not be empty")
         assert self.repository is not None
         return self.repository.get(name, version)
+
+    def loaded_models(self) -> list[Model]:
+        return self.repository.ready_models() if self.repository is not None else []
 
     def model_ready(self, name: str, version: int = -1) -> bool:
         return self.repository is not None and self.repository.is_ready(name, version)
@@ -251,7 +205,8 @@ class Server:
         for key, value in (parameters or {}).items():
             if key == "config":
                 if not isinstance(value, str):
-                    raise InvalidArgumentError("the 'config' parameter must be a string holding the model config as JSON")
+                    raise InvalidArgumentError(
+                        "the 'config' parameter must be a string holding the model config as JSON")
                 config = value
             elif key.startswith("file:"):
                 if not isinstance(value, (bytes, bytearray, memoryview)):
@@ -276,9 +231,60 @@ class Server:
     def model_config(self, name: str, version: int = -1) -> dict[str, Any]:
         return self.model(name, version).config_dict()
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        model = self.model(request.model_name, request.model_version)
-        return await model.infer(request)
+    # -- inference --------------------------------------------------------------------------------
+
+    @staticmethod
+    def require_unary(model: Model, endpoint: str) -> None:
+        if model.decoupled:
+            raise UnsupportedError(f"{endpoint} doesn't support models with decoupled transaction policy")
+
+    def start_trace(self, model: Model, request_id: str = "") -> Trace | None:
+        tracer = self.tracer
+        return tracer.start(model.name, model.version, request_id) if tracer.active else None
+
+    @staticmethod
+    def validate(request: InferenceRequest, model: Model) -> None:
+        model.validate(request)
+
+    def infer(self, request: InferenceRequest, model: Model | None = None, trace: Trace | None = None,
+              validated: bool = False) -> Awaitable[InferenceResponse]:
+        # not a coroutine itself: the untraced path awaits the model's coroutine with no frame in between
+        if model is None:
+            model = self.model(request.model_name, request.model_version)
+        if trace is None:
+            return model.infer(request, validated)
+        request.trace = trace
+        return _traced(model.infer(request, validated), trace)
+
+    @staticmethod
+    def stream(request: InferenceRequest, model: Model, validated: bool = False) -> AsyncGenerator[StreamItem, None]:
+        return cast(_Items, model.stream(request, validated))  # an async generator, declared as an iterator
+
+    # -- the shared-memory extensions -------------------------------------------------------------
+
+    def system_shm_status(self, name: str = "") -> list[Region]:
+        return self.system_shm.status(name)
+
+    def system_shm_register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self.system_shm.register(name, key, offset, byte_size)
+
+    def system_shm_unregister(self, name: str = "") -> None:
+        self.system_shm.unregister(name)
+
+    @staticmethod
+    def cuda_shm_status(name: str = "") -> list[Region]:
+        return cuda_status(name)
+
+    def cuda_shm_register(self, name: str) -> None:
+        cuda_register(self.system_shm, name)
+
+
+async def _traced(running: Awaitable[InferenceResponse], trace: Trace) -> InferenceResponse:
+    try:
+        return await running
+    except TritiumError:
+        trace.finish()  # a failed request's trace is written too, with the stages it reached
+        raise
 
 
 class LocalInference:
@@ -303,7 +309,8 @@ class LocalInference:
         try:
             model = self._server.model(name, request.model_version)
         except TritiumError:
-            raise InternalError(f"{head}Failed for execute the inference request. Model '{name}' is not ready.") from None
+            raise InternalError(
+                f"{head}Failed for execute the inference request. Model '{name}' is not ready.") from None
         if model.decoupled and not decoupled:
             raise InternalError(
                 f"{head}Model {name} is using the decoupled. The current BLS request call doesn't support models "
@@ -334,4 +341,4 @@ class StartupError(Exception):
     """The server could not start as asked (e.g. a model failed with ``--exit-on-error``)."""
 
 
-__all__ = ["Server", "StartupError", "TRITON_VERSION", "EXTENSIONS", "__version__"]
+__all__ = ["EXTENSIONS", "TRITON_VERSION", "LocalInference", "Server", "StartupError", "__version__"]

@@ -193,3 +193,11 @@ def test_client_leaving_a_stream_cancels_it_and_the_server_serves_on(server: Run
     status, _, text = post(server, "/v2/models/repeat/generate_stream", {"N": 2})
     assert status == 200 and len(events(text)) == 2
     assert time.monotonic() - start < 3, "the abandoned stream kept the instance busy"
+
+
+def test_generate_with_a_big_body(server: RunningServer) -> None:
+    """A body of 64 KiB or more is received into shared memory (a memoryview): it is decoded all the same."""
+    text_input = "big text " * 10_000
+    status, _, text = post(server, "/v2/models/upper/generate", {"text_input": text_input})
+    assert status == 200, text
+    assert json.loads(text)["text_output"] == text_input.upper()

@@ -6,8 +6,9 @@ import pytest
 
 from tritium.cli import parse_args
 from tritium.frontends import limits
-from tritium.frontends.grpc.server import server_options
-from tritium.frontends.http.server import ConnectionLimits, HttpListener, metrics_limits
+from tritium.frontends.grpc.listener import server_options
+from tritium.frontends.http.listener import HttpListener, metrics_limits
+from tritium.frontends.http.server import ConnectionLimits
 
 REPO = ["--model-repository=/models"]
 

@@ -15,22 +15,23 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
 
+from tritium.api import InferenceAPI
 from tritium.core.custom_metrics import CustomMetrics
 from tritium.options import ServerOptions
 
+from .http.listener import HttpListener, metrics_limits
 from .http.routes import HttpRequest, HttpResponse, error_response
-from .http.server import HttpListener, metrics_limits
-
-if TYPE_CHECKING:
-    from tritium.server import Server
 
 log = logging.getLogger(__name__)
+
+#: A custom histogram sample: bucket bounds, counts per bucket, sum, count.
+_Histogram = tuple[Sequence[float], Sequence[int], float, int]
 
 #: name -> (type, help), as Triton documents them.
 _MODEL_METRICS: dict[str, tuple[str, str]] = {
@@ -38,22 +39,66 @@ _MODEL_METRICS: dict[str, tuple[str, str]] = {
     "nv_inference_request_failure": ("counter", "Number of failed inference requests, all batch sizes"),
     "nv_inference_count": ("counter", "Number of inferences performed (does not include cached requests)"),
     "nv_inference_exec_count": ("counter", "Number of model executions performed (does not include cached requests)"),
-    "nv_inference_pending_request_count": ("gauge", "Instantaneous number of pending requests awaiting execution per-model."),
+    "nv_inference_pending_request_count": (
+        "gauge",
+        "Instantaneous number of pending requests awaiting execution "
+        "per-model.",
+    ),
 }
 _LATENCY_METRICS: dict[str, tuple[str, str]] = {
-    "nv_inference_request_duration_us": ("success", "Cumulative inference request duration in microseconds (includes cached requests)"),
-    "nv_inference_queue_duration_us": ("queue", "Cumulative inference queuing duration in microseconds (includes cached requests)"),
-    "nv_inference_compute_input_duration_us": ("compute_input", "Cumulative compute input duration in microseconds (does not include cached requests)"),
-    "nv_inference_compute_infer_duration_us": ("compute_infer", "Cumulative compute inference duration in microseconds (does not include cached requests)"),
-    "nv_inference_compute_output_duration_us": ("compute_output", "Cumulative inference compute output duration in microseconds (does not include cached requests)"),
+    "nv_inference_request_duration_us": (
+        "success",
+        "Cumulative inference request duration in microseconds "
+        "(includes cached requests)",
+    ),
+    "nv_inference_queue_duration_us": (
+        "queue",
+        "Cumulative inference queuing duration in microseconds "
+        "(includes cached requests)",
+    ),
+    "nv_inference_compute_input_duration_us": (
+        "compute_input",
+        "Cumulative compute input duration in microseconds (does not "
+        "include cached requests)",
+    ),
+    "nv_inference_compute_infer_duration_us": (
+        "compute_infer",
+        "Cumulative compute inference duration in microseconds (does "
+        "not include cached requests)",
+    ),
+    "nv_inference_compute_output_duration_us": (
+        "compute_output",
+        "Cumulative inference compute output duration in "
+        "microseconds (does not include cached requests)",
+    ),
 }
 #: name -> (LatencySummaries field, help), for ``--metrics-config summary_latencies=true``.
 _SUMMARY_METRICS: dict[str, tuple[str, str]] = {
-    "nv_inference_request_summary_us": ("request", "Summary of inference request duration in microseconds (includes cached requests)"),
-    "nv_inference_queue_summary_us": ("queue", "Summary of inference queuing duration in microseconds (includes cached requests)"),
-    "nv_inference_compute_input_summary_us": ("compute_input", "Summary of compute input duration in microseconds (does not include cached requests)"),
-    "nv_inference_compute_infer_summary_us": ("compute_infer", "Summary of compute inference duration in microseconds (does not include cached requests)"),
-    "nv_inference_compute_output_summary_us": ("compute_output", "Summary of compute output duration in microseconds (does not include cached requests)"),
+    "nv_inference_request_summary_us": (
+        "request",
+        "Summary of inference request duration in microseconds "
+        "(includes cached requests)",
+    ),
+    "nv_inference_queue_summary_us": (
+        "queue",
+        "Summary of inference queuing duration in microseconds "
+        "(includes cached requests)",
+    ),
+    "nv_inference_compute_input_summary_us": (
+        "compute_input",
+        "Summary of compute input duration in microseconds (does not "
+        "include cached requests)",
+    ),
+    "nv_inference_compute_infer_summary_us": (
+        "compute_infer",
+        "Summary of compute inference duration in microseconds (does "
+        "not include cached requests)",
+    ),
+    "nv_inference_compute_output_summary_us": (
+        "compute_output",
+        "Summary of compute output duration in microseconds (does "
+        "not include cached requests)",
+    ),
 }
 #: Triton's failure reasons, always exported (zero when none happened).
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
@@ -149,9 +194,9 @@ _GPU_METRICS: dict[str, tuple[str, str]] = {
 class TritonCollector:
     """A prometheus_client collector reading the server's model statistics at scrape time."""
 
-    def __init__(self, server: Server, options: ServerOptions, cpu: CpuSampler | None,
+    def __init__(self, api: InferenceAPI, options: ServerOptions, cpu: CpuSampler | None,
                  gpu: GpuSampler | None = None) -> None:
-        self.server = server
+        self.api = api
         self.gpu = gpu
         self.counter_latencies = options.metrics_counter_latencies
         self.summary_latencies = options.metrics_summary_latencies
@@ -159,7 +204,7 @@ class TritonCollector:
         self.cpu = cpu
 
     def collect(self) -> Iterator[Metric]:
-        models = self.server.repository.ready_models() if self.server.repository is not None else []
+        models = self.api.loaded_models()
         families = {name: Metric(name, help_, kind) for name, (kind, help_) in _MODEL_METRICS.items()}
         latencies = {name: Metric(name, help_, "counter") for name, (_, help_) in _LATENCY_METRICS.items()}
         summaries = {name: Metric(name, help_, "summary") for name, (_, help_) in _SUMMARY_METRICS.items()}
@@ -168,7 +213,8 @@ class TritonCollector:
             stats = model.scheduler.stats
             labels = {"model": model.name, "version": str(model.version)}
             labels.update({f"_{k}": v for k, v in model.config.metric_tags.items()})
-            families["nv_inference_request_success"].add_sample("nv_inference_request_success", labels, stats.success.count)
+            families["nv_inference_request_success"].add_sample(
+                "nv_inference_request_success", labels, stats.success.count)
             failures = stats.failures
             for reason in FAILURE_REASONS:
                 families["nv_inference_request_failure"].add_sample(
@@ -188,7 +234,7 @@ class TritonCollector:
                     window = getattr(windows, field)
                     summaries[name].add_sample(name + "_count", labels, window.count)
                     summaries[name].add_sample(name + "_sum", labels, window.sum_us)
-                    for q, value in zip(self.quantiles, window.quantiles(self.quantiles, now_s)):
+                    for q, value in zip(self.quantiles, window.quantiles(self.quantiles, now_s), strict=False):
                         summaries[name].add_sample(name, {**labels, "quantile": f"{q:g}"}, value)
         yield from families.values()
         if self.summary_latencies:
@@ -227,11 +273,12 @@ class CustomCollector:
             metric = Metric(family.name, family.description, family.kind)
             name = family.name
             if family.kind == "histogram":
-                for labels, (bounds, counts, total, count) in family.samples:  # type: ignore[misc]
+                for labels, data in family.samples:
+                    bounds, counts, total, count = cast(_Histogram, data)
                     metric.add_sample(name + "_count", labels, count)
                     metric.add_sample(name + "_sum", labels, total)
                     cumulative = 0
-                    for bound, n in zip(list(bounds) + [float("inf")], counts):
+                    for bound, n in zip([*bounds, float("inf")], counts, strict=False):
                         cumulative += n
                         metric.add_sample(name + "_bucket", {**labels, "le": _le(bound)}, cumulative)
             else:
@@ -281,14 +328,14 @@ def _triton_names(text: bytes, extra: Sequence[str] = ()) -> bytes:
 class MetricsFrontend(HttpListener):
     """The metrics endpoint and the periodic CPU sampling behind it."""
 
-    def __init__(self, server: Server, options: ServerOptions) -> None:
+    def __init__(self, api: InferenceAPI, options: ServerOptions) -> None:
         self.cpu = CpuSampler() if options.allow_cpu_metrics else None
         gpu = GpuSampler() if options.allow_gpu_metrics else None
         self.gpu = gpu if gpu is not None and gpu.available else None
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(TritonCollector(server, options, self.cpu, self.gpu))  # type: ignore[arg-type]
-        custom = CustomCollector(server.custom_metrics)
-        registry.register(custom)  # type: ignore[arg-type]
+        registry.register(TritonCollector(api, options, self.cpu, self.gpu))
+        custom = CustomCollector(api.custom_metrics)
+        registry.register(custom)
         super().__init__(
             MetricsApi(registry, custom),  # type: ignore[arg-type]
             options.metrics_address,

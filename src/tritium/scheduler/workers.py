@@ -11,11 +11,11 @@ otherwise idle: more than an identity model's whole ``execute``.  While the loop
 is busy it is far more: a woken thread waits for the switch interval and a forced
 GIL drop, 290 µs median there (29 µs with the loop asleep;
 ``benchmarks/handoffs.py``).  So a worker measures its instance: while
-recent executions of it take less than ``INLINE_EXECUTE_S`` (a moving
+recent executions of it take less than its inline bound (a moving
 average), it runs the batch right on the event loop, where a call that short
 costs the loop less than the hop would; a slower execution moves the instance
-back to its thread from the next batch on.  Set ``TRITIUM_INLINE_EXECUTE_US=0``
-to always use the thread.
+back to its thread from the next batch on.  ``--inline-execute-us=0``
+(``ServerOptions.inline_execute_us``) always uses the thread.
 
 Each execution is timed (:class:`~tritium.core.stats.ExecutionTiming`); a backend
 that can tell its phases apart sets ``input_end_ns`` and ``infer_end_ns`` on its
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import queue
 import threading
 import time
@@ -46,8 +45,9 @@ Done = Callable[
     [Sequence[InferenceRequest], "list[InferenceResponse] | None", "TritiumError | None", ExecutionTiming], None
 ]
 
-#: Executions shorter than this (moving average) run on the event loop instead of the worker thread.
-INLINE_EXECUTE_S = float(os.environ.get("TRITIUM_INLINE_EXECUTE_US", "150")) / 1e6
+#: Executions shorter than this (moving average) run on the event loop instead of the worker thread (the
+#: default of ``ServerOptions.inline_execute_us``).
+INLINE_EXECUTE_S = 150e-6
 
 _STOP = object()
 
@@ -89,15 +89,17 @@ class Ticket:
 class InstanceWorker:
     """Runs batches on one instance, one at a time."""
 
-    def __init__(self, instance: ModelInstanceState, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, instance: ModelInstanceState, loop: asyncio.AbstractEventLoop,
+                 inline_execute_s: float = INLINE_EXECUTE_S) -> None:
         self.instance = instance
+        self._inline_s = inline_execute_s
         self.name = instance.spec.name
         self._loop = loop
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"instance-{self.name}", daemon=True)
         self._thread.start()
         #: Moving average of execute() wall time; starts high so first runs use the thread.
-        self._adaptive = INLINE_EXECUTE_S > 0 and instance.may_run_inline
+        self._adaptive = inline_execute_s > 0 and instance.may_run_inline
         self._average_s = 1.0 if self._adaptive else float("inf")
         #: A backend that waits for its work on the event loop (``execute_async``) needs no thread hop.
         self._execute_async = instance.execute_async if instance.executes_async else None
@@ -121,7 +123,7 @@ class InstanceWorker:
 
     @property
     def runs_inline(self) -> bool:
-        return self._average_s < INLINE_EXECUTE_S
+        return self._average_s < self._inline_s
 
     def submit(self, batch: Sequence[InferenceRequest], done: Done) -> None:
         """Run ``batch``; ``done`` is called on the event loop (possibly before this returns)."""
@@ -136,7 +138,7 @@ class InstanceWorker:
 
             if self._execute_async(batch, self._loop, finished):
                 return
-        if self._average_s < INLINE_EXECUTE_S:
+        if self._average_s < self._inline_s:
             responses, error, timing = self._execute(batch)
             done(batch, responses, error, timing)
         else:

@@ -305,7 +305,7 @@ def _decode_input(
             if datatype is not DataType.BYTES and place.byte_size != count * datatype.itemsize:
                 # before copying: the range may be the whole region
                 raise _size_mismatch(name, model_name, count * datatype.itemsize, place.byte_size)
-            data = memoryview(read_input(regions, place))
+            data = memoryview(read_input(regions, place))  # type: ignore[arg-type]  # numpy: no Buffer in stubs < 3.12
             return Tensor(name, datatype, _from_raw(data, datatype, shape, count, name, model_name))
         except InvalidArgumentError as e:  # Triton's core checks these sizes: its request-id prefix
             raise request_error(request_id, e.message) from None
@@ -476,7 +476,7 @@ def _to_raw(array: np.ndarray, datatype: DataType) -> bytes | memoryview:
         array = array.astype(array.dtype.newbyteorder("<"))
     if datatype is DataType.BF16:  # ml_dtypes' bfloat16 has no buffer format: its bits as they are
         array = array.view(np.uint16)
-    return memoryview(array).cast("B") if array.size else b""
+    return memoryview(array).cast("B") if array.size else b""  # type: ignore[arg-type]  # (numpy stubs, as above)
 
 
 def infer_response_bytes(response: InferenceResponse, shm: ShmOutputs | None = None) -> bytes:

@@ -1,8 +1,9 @@
 """The gRPC endpoint: ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health`` on ``grpc.aio``.
 
 The server runs on the process's event loop (uvloop when installed), beside the HTTP frontend, and
-calls the same core API.  Handlers are registered by method name (``GrpcApi.handlers``), so an
-extension's issue adds its RPCs there; RPCs whose feature tritium lacks answer UNIMPLEMENTED.
+calls the same :class:`~tritium.api.InferenceAPI`.  Handlers are registered by method name
+(``GrpcApi.handlers``), so an extension's issue adds its RPCs there; RPCs whose feature tritium lacks
+answer UNIMPLEMENTED.  The port, TLS and channel settings are ``listener.py``'s.
 
 ``ModelInfer`` and ``ModelStreamInfer`` use the byte-level codec in ``codec.py`` (zero-copy raw
 inputs, outputs copied once); the other RPCs use the generated protobuf classes.
@@ -14,19 +15,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import json_format
 
 from tritium._proto import grpc_service_pb2 as pb
 from tritium._proto import health_pb2
-from tritium.core.errors import InternalError, InvalidArgumentError, TritiumError, UnsupportedError
-from tritium.core.inference import InferenceResponse
+from tritium.api import InferenceAPI
+from tritium.core.errors import InternalError, InvalidArgumentError, TritiumError
+from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.model import Model
 from tritium.core.model import parse_version as _version
-from tritium.core.shm_regions import cuda_register, cuda_status
-from tritium.frontends.limits import default_grpc_connections
 from tritium.frontends.restrictions import (
     GRPC_GROUPS,
     GRPC_HEADER_PREFIX,
@@ -34,7 +34,7 @@ from tritium.frontends.restrictions import (
     check_restrictions,
     refusal_message,
 )
-from tritium.options import ServerOptions
+from tritium.trace import Trace
 
 from .codec import (
     DecodedRequest,
@@ -56,10 +56,8 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 #: beyond, the stream is read (or the model's responses taken) only as the client catches up.
 STREAM_DEPTH = 128
 
-#: ``--grpc-infer-response-compression-level`` → gRPC's compression levels (``grpc_compression_level``).
-COMPRESSION_LEVELS = {"none": 0, "low": 1, "medium": 2, "high": 3}
 
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = grpc.aio.ServicerContext
 
 
 def _repository_parameters(parameters: Any) -> dict[str, Any]:
@@ -92,10 +90,10 @@ def _guarded(method: Callable[[Any, Context], Awaitable[Any]]) -> Callable[[Any,
 
 
 class GrpcApi:
-    """Triton's gRPC RPCs over the server's protocol-neutral API."""
+    """Triton's gRPC RPCs over the protocol-neutral :class:`InferenceAPI`."""
 
-    def __init__(self, server: Any, restricted: Restrictions | None = None) -> None:
-        self.server = server
+    def __init__(self, api: InferenceAPI, restricted: Restrictions | None = None) -> None:
+        self.api = api
         #: --grpc-restricted-protocol: group -> (key, value); RPCs of these groups get a check, the others none.
         self.restricted = restricted or {}
         check_restrictions(self.restricted, "grpc-restricted-protocol")
@@ -103,21 +101,21 @@ class GrpcApi:
     # -- health and metadata --------------------------------------------------------------------
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=self.server.live())
+        return pb.ServerLiveResponse(live=self.api.live())
 
     async def server_ready(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.server.ready())
+        return pb.ServerReadyResponse(ready=self.api.ready())
 
     async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         """A version string that is not a version is an error (INVALID_ARGUMENT), as in Triton."""
-        return pb.ModelReadyResponse(ready=self.server.model_ready(request.name, _version(request.version)))
+        return pb.ModelReadyResponse(ready=self.api.model_ready(request.name, _version(request.version)))
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
-        doc = self.server.metadata()
+        doc = self.api.metadata()
         return pb.ServerMetadataResponse(name=doc["name"], version=doc["version"], extensions=doc["extensions"])
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, context: Context) -> pb.ModelMetadataResponse:
-        doc = self.server.model_metadata(request.name, _version(request.version))
+        doc = self.api.model_metadata(request.name, _version(request.version))
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=doc["name"],
@@ -128,7 +126,7 @@ class GrpcApi:
         )
 
     async def model_config(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
-        model: Model = self.server.model(request.name, _version(request.version))
+        model = self.api.model(request.name, _version(request.version))
         response = pb.ModelConfigResponse()
         response.config.CopyFrom(model.config)
         return response
@@ -136,26 +134,28 @@ class GrpcApi:
     async def model_statistics(
         self, request: pb.ModelStatisticsRequest, context: Context
     ) -> pb.ModelStatisticsResponse:
-        stats = self.server.model_statistics(request.name, _version(request.version))
+        stats = self.api.model_statistics(request.name, _version(request.version))
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
     # -- the model repository extension --------------------------------------------------------------
 
-    async def repository_index(self, request: pb.RepositoryIndexRequest, context: Context) -> pb.RepositoryIndexResponse:
-        rows = await self.server.repository_index(request.ready, request.repository_name)
+    async def repository_index(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
+        rows = await self.api.repository_index(request.ready, request.repository_name)
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
 
     async def repository_model_load(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
-        await self.server.load_model(request.model_name, _repository_parameters(request.parameters),
+        await self.api.load_model(request.model_name, _repository_parameters(request.parameters),
                                      request.repository_name)
         return pb.RepositoryModelLoadResponse()
 
     async def repository_model_unload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
-        await self.server.unload_model(request.model_name, _repository_parameters(request.parameters),
+        await self.api.unload_model(request.model_name, _repository_parameters(request.parameters),
                                        request.repository_name)
         return pb.RepositoryModelUnloadResponse()
 
@@ -163,7 +163,7 @@ class GrpcApi:
         changes = {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in request.settings.items()
                    if value.WhichOneof("parameter_choice") is not None}
         response = pb.LogSettingsResponse()
-        for key, value in self.server.log_settings(changes).items():
+        for key, value in self.api.log_settings(changes).items():
             setting = response.settings[key]
             if isinstance(value, bool):
                 setting.bool_param = value
@@ -180,7 +180,7 @@ class GrpcApi:
             values = list(setting.value)
             changes[key] = None if not values else values if key == "trace_level" else values[0]
         response = pb.TraceSettingResponse()
-        for key, value in self.server.trace_settings(request.model_name, changes).items():
+        for key, value in self.api.trace_settings(request.model_name, changes).items():
             response.settings[key].value.extend(value if isinstance(value, list) else [value])
         return response
 
@@ -191,7 +191,7 @@ class GrpcApi:
     ) -> pb.SystemSharedMemoryStatusResponse:
         """Every region (empty name), or the one named (NOT_FOUND when unknown)."""
         response = pb.SystemSharedMemoryStatusResponse()
-        for region in self.server.system_shm.status(request.name):
+        for region in self.api.system_shm_status(request.name):
             status = response.regions[region.name]
             status.name, status.key = region.name, region.key
             status.offset, status.byte_size = region.offset, region.byte_size
@@ -200,27 +200,27 @@ class GrpcApi:
     async def system_shared_memory_register(
         self, request: pb.SystemSharedMemoryRegisterRequest, context: Context
     ) -> pb.SystemSharedMemoryRegisterResponse:
-        self.server.system_shm.register(request.name, request.key, request.offset, request.byte_size)
+        self.api.system_shm_register(request.name, request.key, request.offset, request.byte_size)
         return pb.SystemSharedMemoryRegisterResponse()
 
     async def system_shared_memory_unregister(
         self, request: pb.SystemSharedMemoryUnregisterRequest, context: Context
     ) -> pb.SystemSharedMemoryUnregisterResponse:
         """One region, or all of them (empty name); an unknown name is not an error, as in Triton."""
-        self.server.system_shm.unregister(request.name)
+        self.api.system_shm_unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     async def cuda_shared_memory_status(
         self, request: pb.CudaSharedMemoryStatusRequest, context: Context
     ) -> pb.CudaSharedMemoryStatusResponse:
-        cuda_status(request.name)  # none, or NOT_FOUND for a named one
+        self.api.cuda_shm_status(request.name)  # none, or NOT_FOUND for a named one
         return pb.CudaSharedMemoryStatusResponse()
 
     async def cuda_shared_memory_register(
         self, request: pb.CudaSharedMemoryRegisterRequest, context: Context
     ) -> pb.CudaSharedMemoryRegisterResponse:
         """Refused as a GPU-enabled Triton refuses a handle it cannot open (no CUDA here)."""
-        cuda_register(self.server.system_shm, request.name)
+        self.api.cuda_shm_register(request.name)
         return pb.CudaSharedMemoryRegisterResponse()
 
     async def cuda_shared_memory_unregister(
@@ -231,7 +231,7 @@ class GrpcApi:
 
     async def health_check(self, request: health_pb2.HealthCheckRequest, context: Context) -> Any:
         status = health_pb2.HealthCheckResponse
-        return status(status=status.SERVING if self.server.live() else status.NOT_SERVING)
+        return status(status=status.SERVING if self.api.live() else status.NOT_SERVING)
 
     # -- inference ------------------------------------------------------------------------------
 
@@ -239,32 +239,25 @@ class GrpcApi:
         if decoded.error is not None:  # the message could not be parsed: not even its model name is known
             raise InvalidArgumentError(decoded.error)
         message = decoded.message
-        return self.server.model(message.model_name, _version(message.model_version))
+        return self.api.model(message.model_name, _version(message.model_version))
 
     async def model_infer(self, decoded: DecodedRequest, context: Context) -> bytes:
+        api = self.api
         model = self._model(decoded)
-        if model.decoupled:
-            raise UnsupportedError("ModelInfer RPC doesn't support models with decoupled transaction policy")
-        request = to_inference_request(decoded, model.name, model.version, self.server.system_shm)
-        tracer = self.server.tracer
-        if tracer.active:
-            request.trace = trace = tracer.start(model.name, model.version, request.id)
-            if trace is not None:
-                return await self._traced_infer(model, request, trace, context, decoded.shm_outputs)
-        response = await model.infer(request)
+        api.require_unary(model, "ModelInfer RPC")
+        request = to_inference_request(decoded, model.name, model.version, api.system_shm)
+        trace = api.start_trace(model, request.id)
+        if trace is not None:
+            return await self._traced_infer(model, request, trace, context, decoded.shm_outputs)
+        response = await api.infer(request, model)
         return infer_response_bytes(response, decoded.shm_outputs)
 
-    @staticmethod
     async def _traced_infer(
-        model: Model, request: Any, trace: Any, context: Context, shm: ShmOutputs | None
+        self, model: Model, request: InferenceRequest, trace: Trace, context: Context, shm: ShmOutputs | None
     ) -> bytes:
         """GRPC_WAITREAD_END when the message is here, GRPC_SEND_END when gRPC has sent the answer."""
         trace.stamp("GRPC_WAITREAD_END")
-        try:
-            response = await model.infer(request)
-        except TritiumError:
-            trace.finish()  # a failed request's trace is written too, with the stages it reached
-            raise
+        response = await self.api.infer(request, model, trace)
         data = infer_response_bytes(response, shm)
         trace.stamp("GRPC_SEND_START")
 
@@ -275,7 +268,9 @@ class GrpcApi:
         context.add_done_callback(sent)
         return data
 
-    async def model_stream_infer(self, requests: AsyncIterator[DecodedRequest], context: Context) -> AsyncIterator[bytes]:
+    async def model_stream_infer(
+        self, requests: AsyncIterator[DecodedRequest], context: Context
+    ) -> AsyncIterator[bytes]:
         """Many requests in flight on one stream; each response is sent as soon as it is produced.
 
         A request's error is reported in that response's ``error_message`` and the stream goes on; with the
@@ -323,8 +318,9 @@ class GrpcApi:
             while (item := await queue.get()) is not None:
                 room.release()
                 if isinstance(item, TritiumError):
-                    await context.abort(grpc_status(item.status), str(item))
-                yield item
+                    await context.abort(grpc_status(item.status), str(item))  # raises
+                else:
+                    yield item
             await reader  # surface a failure of the request stream itself
         finally:
             reader.cancel()
@@ -337,18 +333,16 @@ class GrpcApi:
         request_id = decoded.message.id
         try:
             model = self._model(decoded)
-            request = to_inference_request(decoded, model.name, model.version, self.server.system_shm)
+            request = to_inference_request(decoded, model.name, model.version, self.api.system_shm)
             if grpc_error:  # a request refused before it runs is answered in-band even so (as Triton)
-                model.validate(request)
+                self.api.validate(request, model)
             shm = decoded.shm_outputs
             empty_final = bool(request.parameters.get("triton_enable_empty_final_response", False))
             decoupled = model.decoupled
-            tracer = self.server.tracer
-            if tracer.active:
-                request.trace = tracer.start(model.name, model.version, request_id)
-                if request.trace is not None:
-                    request.trace.stamp("GRPC_WAITREAD_END")
-            async for item in model.stream(request, validated=grpc_error):
+            request.trace = self.api.start_trace(model, request_id)
+            if request.trace is not None:
+                request.trace.stamp("GRPC_WAITREAD_END")
+            async for item in self.api.stream(request, model, validated=grpc_error):
                 if item.error is not None:
                     await put(item.error if grpc_error else stream_error_bytes(str(item.error), request_id))
                 elif item.response is not None:
@@ -373,7 +367,7 @@ class GrpcApi:
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         unary = grpc.unary_unary_rpc_method_handler
-        simple: dict[str, tuple[Callable[..., Awaitable[Any]], type]] = {
+        simple: dict[str, tuple[Callable[..., Awaitable[Any]], Any]] = {
             "ServerLive": (self.server_live, pb.ServerLiveRequest),
             "ServerReady": (self.server_ready, pb.ServerReadyRequest),
             "ModelReady": (self.model_ready, pb.ModelReadyRequest),
@@ -442,7 +436,7 @@ def _restricted(handler: grpc.RpcMethodHandler, key: str, value: str) -> grpc.Rp
                 async for item in inner:
                     yield item
 
-        return handler._replace(stream_stream=checked_stream)  # type: ignore[attr-defined,no-any-return]
+        return handler._replace(stream_stream=checked_stream)
     unary = handler.unary_unary
 
     async def checked(request: Any, context: Context) -> Any:
@@ -450,7 +444,7 @@ def _restricted(handler: grpc.RpcMethodHandler, key: str, value: str) -> grpc.Rp
             await context.abort(grpc.StatusCode.UNAVAILABLE, message)
         return await unary(request, context)
 
-    return handler._replace(unary_unary=checked)  # type: ignore[attr-defined,no-any-return]
+    return handler._replace(unary_unary=checked)
 
 
 def _serialize(message: Any) -> bytes:
@@ -459,86 +453,3 @@ def _serialize(message: Any) -> bytes:
 
 def _empty_response(model: Model, request_id: str) -> InferenceResponse:
     return InferenceResponse(model.name, model.version, request_id)
-
-
-def server_options(options: ServerOptions) -> list[tuple[str, Any]]:
-    """gRPC channel arguments from tritonserver's flags."""
-    args: list[tuple[str, Any]] = [
-        ("grpc.max_receive_message_length", options.grpc_max_input_size),
-        ("grpc.max_send_message_length", -1),
-        ("grpc.so_reuseport", 1 if options.reuse_grpc_port else 0),
-        ("grpc.keepalive_time_ms", options.grpc_keepalive_time),
-        ("grpc.keepalive_timeout_ms", options.grpc_keepalive_timeout),
-        ("grpc.keepalive_permit_without_calls", 1 if options.grpc_keepalive_permit_without_calls else 0),
-        ("grpc.http2.max_pings_without_data", options.grpc_http2_max_pings_without_data),
-        ("grpc.http2.min_ping_interval_without_data_ms", options.grpc_http2_min_recv_ping_interval_without_data),
-        ("grpc.http2.max_ping_strikes", options.grpc_http2_max_ping_strikes),
-        # what one client may hold: streams per connection, connections (beyond: accepted and closed at once,
-        # so the process keeps descriptors for models and HTTP; see frontends.limits)
-        ("grpc.max_concurrent_streams", options.grpc_max_concurrent_streams),
-        ("grpc.max_allowed_incoming_connections", options.grpc_max_connections or default_grpc_connections()),
-    ]
-    if options.grpc_max_connection_idle is not None:
-        args.append(("grpc.max_connection_idle_ms", options.grpc_max_connection_idle))
-    if options.grpc_max_connection_age is not None:
-        args.append(("grpc.max_connection_age_ms", options.grpc_max_connection_age))
-    if options.grpc_max_connection_age_grace is not None:
-        args.append(("grpc.max_connection_age_grace_ms", options.grpc_max_connection_age_grace))
-    level = COMPRESSION_LEVELS[options.grpc_infer_response_compression_level]
-    if level:
-        args.append(("grpc.default_compression_level", level))
-    return args
-
-
-def _credentials(options: ServerOptions) -> grpc.ServerCredentials:
-    def read(path: str) -> bytes:
-        with open(path, "rb") as f:
-            return f.read()
-
-    root = read(options.grpc_root_cert) if options.grpc_root_cert else None
-    return grpc.ssl_server_credentials(
-        [(read(options.grpc_server_key), read(options.grpc_server_cert))],
-        root_certificates=root,
-        require_client_auth=options.grpc_use_ssl_mutual,
-    )
-
-
-class GrpcFrontend:
-    """Serves :class:`GrpcApi` on ``--grpc-address``:``--grpc-port``."""
-
-    def __init__(self, server: Any, options: ServerOptions) -> None:
-        self.api = GrpcApi(server, options.grpc_restricted_protocols)
-        self.options = options
-        for key, _ in options.grpc_restricted_protocols.values():
-            if key != key.lower():  # gRPC metadata keys are lower-case on the wire; Triton compares as configured
-                log.warning("--grpc-restricted-protocol key '%s' has upper-case letters: no client can send the "
-                            "metadata '%s%s', so its RPCs refuse every call (as in Triton)",
-                            key, GRPC_HEADER_PREFIX, key)
-        self._server: grpc.aio.Server | None = None
-        self.port = options.grpc_port
-
-    async def start(self) -> None:
-        options = self.options
-        server = grpc.aio.server(options=server_options(options),
-                                 maximum_concurrent_rpcs=options.grpc_max_concurrent_rpcs)
-        server.add_generic_rpc_handlers(self.api.handlers())
-        address = f"{options.grpc_address}:{options.grpc_port}"
-        if ":" in options.grpc_address and not options.grpc_address.startswith("["):
-            address = f"[{options.grpc_address}]:{options.grpc_port}"
-        try:
-            if options.grpc_use_ssl or options.grpc_use_ssl_mutual:
-                self.port = server.add_secure_port(address, _credentials(options))
-            else:
-                self.port = server.add_insecure_port(address)
-        except RuntimeError as e:
-            raise OSError(f"failed to listen for gRPC on {address}: {e}") from None
-        if self.port == 0:
-            raise OSError(f"failed to listen for gRPC on {address}")
-        await server.start()
-        self._server = server
-        log.info("Started GRPCInferenceService at %s:%d", options.grpc_address, self.port)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.stop(grace=self.options.exit_timeout_secs)
-            self._server = None

@@ -9,6 +9,7 @@ from a size the client declared before that size is checked against the body.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,7 +113,8 @@ def _from_plan(plan: _Plan, tail: memoryview, model_name: str, model_version: in
     offset = 0
     for name, datatype, shape, count, size in plan.inputs:
         end = offset + size
-        tensors.append(Tensor(name, datatype, _from_binary(tail[offset:end], datatype, shape, count, name, model_name)))
+        tensors.append(Tensor(name, datatype, _from_binary(tail[offset:end], datatype, shape, count, name,
+                                                           model_name)))
         offset = end
     request.inputs = tensors
     if plan.outputs is not None:
@@ -126,7 +128,7 @@ def _plan_of(doc: dict[str, Any], request: InferenceRequest, encoding: OutputEnc
     if not doc.keys() <= _PLAN_REQUEST_KEYS:
         return None
     inputs = []
-    for item, tensor in zip(doc["inputs"], request.inputs):
+    for item, tensor in zip(doc["inputs"], request.inputs, strict=False):
         params = item.get("parameters")
         if not item.keys() <= _PLAN_INPUT_KEYS or not params or params.keys() != {"binary_data_size"}:
             return None
@@ -156,13 +158,7 @@ def _decode_document(doc: Any, tail: memoryview, model_name: str, model_version:
     params = doc.get("parameters")
     encoding = OutputEncoding()
     if params is not None:
-        if not isinstance(params, dict):
-            raise _fail("'parameters' of an inference request must be an object")
-        check_parameters(params)
-        binary_output = params.pop("binary_data_output", None)  # the frontend's, not the model's (as Triton)
-        if binary_output is not None:
-            encoding.binary_default = _as_bool(binary_output, "binary_data_output")
-        request.parameters = params
+        _request_parameters(params, request, encoding)
     inputs = doc.get("inputs")
     if not isinstance(inputs, list):
         if inputs is None:
@@ -178,32 +174,48 @@ def _decode_document(doc: Any, tail: memoryview, model_name: str, model_version:
     request.inputs = tensors
     outputs = doc.get("outputs")
     if outputs is not None:
-        if not isinstance(outputs, list):
-            raise _fail("'outputs' of an inference request must be an array")
-        names = []
-        for item in outputs:
-            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                raise _fail("each requested output must be an object with a string 'name'")
-            name = item["name"]
-            names.append(name)
-            out_params = item.get("parameters")
-            if out_params:
-                if not isinstance(out_params, dict):
-                    raise _fail(f"'parameters' of output '{name}' must be an object")
-                if "binary_data" in out_params:
-                    encoding.binary[name] = _as_bool(out_params["binary_data"], "binary_data")
-                if "shared_memory_region" in out_params:
-                    encoding.shm[name] = _output_place(name, out_params, regions)
-                    encoding.regions = regions
-                if "classification" in out_params:
-                    count = out_params["classification"]
-                    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-                        raise _fail(f"'classification' of output '{name}' must be a positive integer")
-                    if request.classification is None:
-                        request.classification = {}
-                    request.classification[name] = count
-        request.requested_outputs = names
+        request.requested_outputs = _requested_outputs(outputs, request, encoding, regions)
     return request, encoding, doc
+
+
+def _request_parameters(params: Any, request: InferenceRequest, encoding: OutputEncoding) -> None:
+    if not isinstance(params, dict):
+        raise _fail("'parameters' of an inference request must be an object")
+    check_parameters(params)
+    binary_output = params.pop("binary_data_output", None)  # the frontend's, not the model's (as Triton)
+    if binary_output is not None:
+        encoding.binary_default = _as_bool(binary_output, "binary_data_output")
+    request.parameters = params
+
+
+def _requested_outputs(outputs: Any, request: InferenceRequest, encoding: OutputEncoding,
+                       regions: SystemSharedMemory | None) -> list[str]:
+    """The names of the requested outputs; how each is wanted goes into ``encoding`` and ``request``."""
+    if not isinstance(outputs, list):
+        raise _fail("'outputs' of an inference request must be an array")
+    names = []
+    for item in outputs:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise _fail("each requested output must be an object with a string 'name'")
+        name = item["name"]
+        names.append(name)
+        out_params = item.get("parameters")
+        if out_params:
+            if not isinstance(out_params, dict):
+                raise _fail(f"'parameters' of output '{name}' must be an object")
+            if "binary_data" in out_params:
+                encoding.binary[name] = _as_bool(out_params["binary_data"], "binary_data")
+            if "shared_memory_region" in out_params:
+                encoding.shm[name] = _output_place(name, out_params, regions)
+                encoding.regions = regions
+            if "classification" in out_params:
+                count = out_params["classification"]
+                if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                    raise _fail(f"'classification' of output '{name}' must be a positive integer")
+                if request.classification is None:
+                    request.classification = {}
+                request.classification[name] = count
+    return names
 
 
 def check_parameters(params: dict[str, Any]) -> None:
@@ -243,8 +255,8 @@ def is_whole_number(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _decode_input(item: Any, tail: memoryview, offset: int, model_name: str,
-                  regions: SystemSharedMemory | None = None, request_id: str = "") -> tuple[Tensor, int]:
+def _input_header(item: Any) -> tuple[str, list[int], DataType]:
+    """An input's name, shape and datatype, checked."""
     if not isinstance(item, dict):
         raise _fail("Unable to parse 'inputs': each input must be a JSON object")
     name = item.get("name")
@@ -261,6 +273,12 @@ def _decode_input(item: Any, tail: memoryview, offset: int, model_name: str,
     datatype = DataType.lookup(datatype_name)
     if datatype is None:
         raise _fail(f"invalid datatype for input {name}")
+    return name, shape, datatype
+
+
+def _decode_input(item: Any, tail: memoryview, offset: int, model_name: str,
+                  regions: SystemSharedMemory | None = None, request_id: str = "") -> tuple[Tensor, int]:
+    name, shape, datatype = _input_header(item)
     count = math.prod(shape)
     if not count:
         check_empty_shape(shape, name)
@@ -287,7 +305,8 @@ def _decode_input(item: Any, tail: memoryview, offset: int, model_name: str,
         try:
             if datatype is not DataType.BYTES:  # before copying: the range may be the whole region
                 _check_size(place.byte_size, datatype, count, name, model_name)
-            array = _from_binary(memoryview(read_input(regions, place)), datatype, shape, count, name, model_name)
+            data = memoryview(read_input(regions, place))  # type: ignore[arg-type]  # numpy: no Buffer in stubs < 3.12
+            array = _from_binary(data, datatype, shape, count, name, model_name)
         except InvalidArgumentError as e:  # Triton's core checks these sizes: its request-id prefix
             raise request_error(request_id, e.message) from None
         return Tensor(name, datatype, array), offset
@@ -315,7 +334,7 @@ def _valid_shape(shape: list[Any]) -> bool:
 
 
 def decode_raw_request(
-    body: bytes, model_name: str, model_version: int, input_name: str, datatype: DataType, shape: list[int]
+    body: bytes | memoryview, model_name: str, model_version: int, input_name: str, datatype: DataType, shape: list[int]
 ) -> tuple[InferenceRequest, OutputEncoding]:
     """Triton's raw binary request (``Inference-Header-Content-Length: 0``): the body is the bytes of the
     model's single input; ``shape`` may hold one -1, resolved from the body size.  Outputs come back binary."""
@@ -343,7 +362,7 @@ def decode_raw_request(
 
 
 def _from_binary(
-    chunk: memoryview, datatype: DataType, shape: list[int], count: int, name: str, model_name: str
+    chunk: memoryview, datatype: DataType, shape: Sequence[int], count: int, name: str, model_name: str
 ) -> np.ndarray:
     if datatype is DataType.BYTES:
         return deserialize_bytes_tensor(chunk, count, name).reshape(shape)
@@ -375,7 +394,8 @@ def _from_json(data: Any, datatype: DataType, shape: list[int], count: int, name
         for i, value in enumerate(flat):
             if not isinstance(value, str):
                 raise _fail(
-                    f"Unable to parse JSON bytes array: input '{name}' must hold JSON strings, found {type(value).__name__}"
+                    f"Unable to parse JSON bytes array: input '{name}' must hold JSON strings, "
+                    f"found {type(value).__name__}"
                 )
             out[i] = value.encode("utf-8")
         return out.reshape(shape)
@@ -394,7 +414,8 @@ def _from_json(data: Any, datatype: DataType, shape: list[int], count: int, name
     if kind == "O" or (target in "iu" and kind == "f"):
         # numpy picks float64 or object for ints beyond int64 or ragged lists: look at the values themselves.
         return _from_values(_flatten(data), datatype, name).reshape(shape)
-    allowed = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[target]  # as Triton: no floats for ints, no bools for numbers
+    # as Triton: no floats for ints, no bools for numbers
+    allowed = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[target]
     if kind not in allowed:
         raise _type_error(name, datatype)
     return array.astype(datatype.numpy_dtype, casting="unsafe").reshape(shape)
@@ -448,7 +469,9 @@ def _shape_str(shape: list[int] | tuple[int, ...]) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
 
-def encode_infer_response(response: InferenceResponse, encoding: OutputEncoding) -> tuple[list[bytes | memoryview], int | None]:
+def encode_infer_response(
+    response: InferenceResponse, encoding: OutputEncoding
+) -> tuple[list[bytes | memoryview], int | None]:
     """The response body as pieces to write, and the JSON header length when any output is binary."""
     outputs = []
     blobs: list[bytes | memoryview] = []
@@ -484,7 +507,7 @@ def _to_binary(array: np.ndarray, datatype: DataType) -> bytes | memoryview:
     array = np.ascontiguousarray(array)
     if datatype is DataType.BF16:  # ml_dtypes' bfloat16 has no buffer format: its bits as they are
         array = array.view(np.uint16)
-    return memoryview(array).cast("B") if array.size else b""
+    return memoryview(array).cast("B") if array.size else b""  # type: ignore[arg-type]  # (numpy stubs, as above)
 
 
 def _to_json_data(tensor: Tensor) -> Any:
@@ -492,7 +515,8 @@ def _to_json_data(tensor: Tensor) -> Any:
     array = tensor.data
     if datatype in _NO_JSON_TYPES:
         raise _fail(
-            f"sending {datatype.wire_name} data via JSON is not supported. Please request binary data for output {tensor.name}"
+            f"sending {datatype.wire_name} data via JSON is not supported. "
+            f"Please request binary data for output {tensor.name}"
         )
     if datatype is DataType.BYTES:
         return [

@@ -32,7 +32,7 @@ NOT_ONE_RESPONSE = ("generate expects model to produce exactly 1 response, use g
 _SCALARS = (str, int, float, bool)
 
 
-def decode_generate_request(body: bytes, model: Model) -> InferenceRequest:
+def decode_generate_request(body: bytes | memoryview, model: Model) -> InferenceRequest:
     """Checked in Triton's order and words (where its JSON library answers a mistyped value, its words come
     first, then what is wrong)."""
     doc = parse_json(body)
@@ -70,9 +70,10 @@ def decode_generate_request(body: bytes, model: Model) -> InferenceRequest:
     return request
 
 
-def _repeated_keys(body: bytes) -> list[str]:
-    """Keys the request's top-level object holds more than once (the body is valid JSON by now)."""
-    pairs = json.loads(body, object_pairs_hook=lambda items: items)
+def _repeated_keys(body: bytes | memoryview) -> list[str]:
+    """Keys the request's top-level object holds more than once (the body is valid JSON by now; a big body
+    arrives as a memoryview of shared memory, which the json module does not read)."""
+    pairs = json.loads(bytes(body) if isinstance(body, memoryview) else body, object_pairs_hook=lambda items: items)
     if not isinstance(pairs, list):
         return []
     return [key for key, count in Counter(key for key, _ in pairs).items() if count > 1]

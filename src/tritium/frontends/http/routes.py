@@ -11,21 +11,28 @@ import base64
 import logging
 import re
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from tritium.core.errors import InvalidArgumentError, Status, TritiumError, UnsupportedError
+from tritium.api import InferenceAPI
+from tritium.core.errors import InvalidArgumentError, Status, TritiumError
 from tritium.core.inference import InferenceRequest
 from tritium.core.model import Model, parse_version
-from tritium.core.shm_regions import CUDA_IPC_HANDLE_SIZE, cuda_register, cuda_status
+from tritium.core.shm_regions import CUDA_IPC_HANDLE_SIZE
 from tritium.core.streaming import StreamItem
 from tritium.frontends.restrictions import Restrictions, check_restrictions, http_group, refusal_message
-from tritium.server import Server
 
-from .codec import decode_infer_request, decode_raw_request, encode_infer_response, is_whole_number, parse_json
+from .codec import (
+    OutputEncoding,
+    decode_infer_request,
+    decode_raw_request,
+    encode_infer_response,
+    is_whole_number,
+    parse_json,
+)
 from .generate import NOT_ONE_RESPONSE, decode_generate_request, encode_generate_response, error_event, event
 
 log = logging.getLogger(__name__)
@@ -56,7 +63,8 @@ class HttpRequest:
     path: str
     #: Header names lower-cased.
     headers: dict[str, str]
-    body: bytes
+    #: A memoryview when a big body was received into shared memory (``core.shared_memory``).
+    body: bytes | memoryview
 
 
 @dataclass(slots=True)
@@ -94,10 +102,10 @@ def _not_allowed(content_type: bytes = JSON) -> HttpResponse:
 
 
 class HttpApi:
-    """Routes HTTP requests to the server's protocol-neutral API."""
+    """Routes HTTP requests to the protocol-neutral :class:`InferenceAPI`."""
 
-    def __init__(self, server: Server, max_input_size: int, restricted: Restrictions | None = None) -> None:
-        self.server = server
+    def __init__(self, api: InferenceAPI, max_input_size: int, restricted: Restrictions | None = None) -> None:
+        self.api = api
         self.max_input_size = max_input_size
         if restricted:
             # --http-restricted-api: checked before routing, as Triton does; without it nothing runs per request
@@ -128,19 +136,13 @@ class HttpApi:
 
     async def _route(self, request: HttpRequest) -> HttpResponse:
         path = request.path
-        method = request.method
-        if path == "/v2/models/stats":
-            if method != "GET":
-                return _not_allowed()
-            return _json(self.server.model_statistics())
-        if path.endswith("/trace/setting"):
-            return self._trace_setting(request)
-        if path.startswith("/v2/models/"):
+        if path.startswith("/v2/models/") and path != "/v2/models/stats" and not path.endswith("/trace/setting"):
             match = _MODEL_URL.match(path)
             if match is None:
                 return _NOT_FOUND
             name, version_text, action = match.groups()
             version = parse_version(version_text) if version_text else -1
+            method = request.method
             if action == "infer":
                 if method != "POST":
                     return _not_allowed(TEXT)
@@ -149,40 +151,60 @@ class HttpApi:
                 if method != "POST":
                     return _not_allowed()
                 return await self._generate(request, name, version, action == "generate_stream")
-            if action == "ready":
-                if method != "GET":
-                    return _not_allowed(TEXT)
-                return _EMPTY_OK if self.server.model_ready(name, version) else _MODEL_NOT_READY
+            return self._model_document(method, name, version, action)
+        return await self._server_route(request)
+
+    def _model_document(self, method: str, name: str, version: int, action: str | None) -> HttpResponse:
+        """``/v2/models/{m}[/versions/{v}][/ready|/config|/stats]``."""
+        if action == "ready":
+            if method != "GET":
+                return _not_allowed(TEXT)
+            return _EMPTY_OK if self.api.model_ready(name, version) else _MODEL_NOT_READY
+        if method != "GET":
+            return _not_allowed()
+        if action == "config":
+            return _json(self.api.model_config(name, version))
+        if action == "stats":
+            return _json(self.api.model_statistics(name, version))
+        return _json(self.api.model_metadata(name, version))
+
+    async def _server_route(self, request: HttpRequest) -> HttpResponse:
+        """Everything but a model's own URLs: health, server metadata and the extensions."""
+        path = request.path
+        method = request.method
+        if path == "/v2/models/stats":
             if method != "GET":
                 return _not_allowed()
-            if action == "config":
-                return _json(self.server.model_config(name, version))
-            if action == "stats":
-                return _json(self.server.model_statistics(name, version))
-            return _json(self.server.model_metadata(name, version))
+            return _json(self.api.model_statistics())
+        if path.endswith("/trace/setting"):
+            return self._trace_setting(request)
         if path == "/v2/health/live" or path == "/v2/health/ready":
             if method != "GET":
                 return _not_allowed(TEXT)
-            ok = self.server.live() if path.endswith("live") else self.server.ready()
+            ok = self.api.live() if path.endswith("live") else self.api.ready()
             return _EMPTY_OK if ok else _EMPTY_NOT_READY
         if path == "/v2":
             if method != "GET":
                 return _not_allowed()
-            return _json(self.server.metadata())
+            return _json(self.api.metadata())
         if path.startswith("/v2/repository/"):
             return await self._repository(request)
         if "sharedmemory/" in path:
             return self._shared_memory(request)
         if path == "/v2/logging":
-            if method == "GET":
-                return _json(self.server.log_settings())
-            if method == "POST":
-                changes = parse_json(request.body, "logging") if request.body else {}
-                if not isinstance(changes, dict):
-                    raise InvalidArgumentError("the logging settings must be a JSON object")
-                return _json(self.server.log_settings(changes))
-            return _not_allowed()
+            return self._logging(request)
         return _NOT_FOUND
+
+    def _logging(self, request: HttpRequest) -> HttpResponse:
+        """The logging extension: GET the settings, POST changes to them."""
+        if request.method == "GET":
+            return _json(self.api.log_settings())
+        if request.method != "POST":
+            return _not_allowed()
+        changes = parse_json(request.body, "logging") if request.body else {}
+        if not isinstance(changes, dict):
+            raise InvalidArgumentError("the logging settings must be a JSON object")
+        return _json(self.api.log_settings(changes))
 
     def _trace_setting(self, request: HttpRequest) -> HttpResponse:
         """The trace extension: ``/v2/trace/setting`` and ``/v2/models/{m}/trace/setting`` (no version)."""
@@ -194,13 +216,13 @@ class HttpApi:
                 return _NOT_FOUND
             model = match.group(1)
         if request.method == "GET":
-            return _json(self.server.trace_settings(model))
+            return _json(self.api.trace_settings(model))
         if request.method != "POST":
             return _not_allowed()
         changes = parse_json(request.body, "trace setting") if request.body else {}
         if not isinstance(changes, dict):
             raise InvalidArgumentError("the trace settings must be a JSON object")
-        return _json(self.server.trace_settings(model, changes))
+        return _json(self.api.trace_settings(model, changes))
 
     def _shared_memory(self, request: HttpRequest) -> HttpResponse:
         """The system shared-memory extension; the CUDA one only answers that it has no regions."""
@@ -212,16 +234,16 @@ class HttpApi:
             return _not_allowed()
         if name is None and action == "register":
             return _NOT_FOUND
-        regions = self.server.system_shm
+        api = self.api
         if kind == "cuda":
             if action == "register":
-                self._cuda_register(request, name, regions)
-            return _json(cuda_status(name or "")) if action == "status" else HttpResponse(200, [], JSON)
+                self._cuda_register(request, name, api)
+            return _json(api.cuda_shm_status(name or "")) if action == "status" else HttpResponse(200, [], JSON)
         if action == "status":
             return _json([{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}
-                          for r in regions.status(name or "")])
+                          for r in api.system_shm_status(name or "")])
         if action == "unregister":
-            regions.unregister(name or "")
+            api.system_shm_unregister(name or "")
             return HttpResponse(200, [], JSON)
         body = parse_json(request.body, "shared memory register request") if request.body else {}
         if not isinstance(body, dict):
@@ -239,11 +261,11 @@ class HttpApi:
                 raise InvalidArgumentError("attempt to access JSON non-unsigned-integer as unsigned-integer: "
                                            f"'{field_name}' of a shared memory register request must be a "
                                            "non-negative integer")
-        regions.register(name, key, offset, byte_size)
+        api.system_shm_register(name, key, offset, byte_size)
         return HttpResponse(200, [], JSON)
 
     @staticmethod
-    def _cuda_register(request: HttpRequest, name: str, regions: Any) -> None:
+    def _cuda_register(request: HttpRequest, name: str, api: InferenceAPI) -> None:
         """The request is checked as Triton checks it (its order and words), then refused as a GPU-enabled
         Triton refuses a handle it cannot open: this server opens no CUDA IPC handle."""
         body = parse_json(request.body, "shared memory register request") if request.body else {}
@@ -271,7 +293,7 @@ class HttpApi:
             handle = b""
         if len(handle) != CUDA_IPC_HANDLE_SIZE:
             raise InvalidArgumentError("'raw_handle' must be a valid base64 encoded cudaIpcMemHandle_t")
-        cuda_register(regions, name)
+        api.cuda_shm_register(name)
 
     async def _repository(self, request: HttpRequest) -> HttpResponse:
         """The model repository extension: index, load, unload (POST only; load/unload answer an empty 200)."""
@@ -288,7 +310,7 @@ class HttpApi:
             ready = body.get("ready", False)
             if not isinstance(ready, bool):
                 raise InvalidArgumentError("'ready' must be a boolean")
-            return _json(await self.server.repository_index(ready, repository or ""))
+            return _json(await self.api.repository_index(ready, repository or ""))
         parameters = body.get("parameters", {})
         if not isinstance(parameters, dict):
             raise InvalidArgumentError("'parameters' must be a JSON object")
@@ -303,26 +325,25 @@ class HttpApi:
                     except ValueError as e:  # binascii.Error, or text that is not ASCII
                         raise InvalidArgumentError(f"the '{key}' parameter is not valid base64: {e}") from None
                 decoded[key] = value
-            await self.server.load_model(name, decoded, repository or "")
+            await self.api.load_model(name, decoded, repository or "")
         else:
-            await self.server.unload_model(name, parameters, repository or "")
+            await self.api.unload_model(name, parameters, repository or "")
         return HttpResponse(200, [], JSON)
 
     async def _infer(self, request: HttpRequest, name: str, version: int) -> HttpResponse:
+        api = self.api
         try:
-            model = self.server.model(name, version)  # an unknown model is reported before the body is read
+            model = api.model(name, version)  # an unknown model is reported before the body is read
         except TritiumError as e:
             return error_response(e, content_type=TEXT)
-        if model.decoupled:
-            raise UnsupportedError("HTTP end point doesn't support models with decoupled transaction policy")
-        tracer = self.server.tracer
-        trace = tracer.start(model.name, model.version, "") if tracer.active else None
+        api.require_unary(model, "HTTP end point")
+        trace = api.start_trace(model)
         if trace is not None:
             trace.stamp("HTTP_RECV_START")
         body = self._decompress(request)
         header_length = request.headers.get("inference-header-content-length")
         if header_length is None:
-            infer_request, encoding = decode_infer_request(body, None, name, version, self.server.system_shm)
+            infer_request, encoding = decode_infer_request(body, None, name, version, api.system_shm)
         else:
             try:
                 length = int(header_length)
@@ -335,18 +356,11 @@ class HttpApi:
                     f"inference header size should be in range (0, {len(body)}), got: {length}", 400, TEXT
                 )
             else:
-                infer_request, encoding = decode_infer_request(body, length, name, version, self.server.system_shm)
+                infer_request, encoding = decode_infer_request(body, length, name, version, api.system_shm)
         if trace is not None:
             trace.stamp("HTTP_RECV_END")
             trace.request_id = infer_request.id
-            infer_request.trace = trace
-            try:
-                response = await model.infer(infer_request)
-            except TritiumError:
-                trace.finish()  # a failed request's trace is written too, with the stages it reached
-                raise
-        else:
-            response = await model.infer(infer_request)
+        response = await api.infer(infer_request, model, trace)
         pieces, json_length = encode_infer_response(response, encoding)
         if json_length is None:
             return HttpResponse(200, pieces, JSON, trace=trace)
@@ -360,22 +374,23 @@ class HttpApi:
 
     async def _generate(self, request: HttpRequest, name: str, version: int, stream: bool) -> HttpResponse:
         """The generate extension: errors of the request or the model are 400 (as Triton), an unknown model 404."""
-        model = self.server.model(name, version)
+        api = self.api
+        model = api.model(name, version)
         try:
             infer_request = decode_generate_request(self._decompress(request), model)
-            model.validate(infer_request)  # a refused request is a JSON error, also for generate_stream
+            api.validate(infer_request, model)  # a refused request is a JSON error, also for generate_stream
         except TritiumError as e:
             return error_response(e, 400)
         if stream:
             return await self._generate_stream(model, infer_request)
         if not model.decoupled:
             try:
-                response = await model.infer(infer_request, validated=True)
+                response = await api.infer(infer_request, model, validated=True)
             except TritiumError as e:
                 return error_response(e, 400)
             return HttpResponse(200, [encode_generate_response(response)], JSON)
         responses = []
-        async for item in model.stream(infer_request, validated=True):
+        async for item in api.stream(infer_request, model, validated=True):
             if item.error is not None:
                 return error_response(item.error, 400)
             if item.response is not None:
@@ -387,7 +402,7 @@ class HttpApi:
     async def _generate_stream(self, model: Model, infer_request: InferenceRequest) -> HttpResponse:
         """Each response as an event as the model sends it.  An error before the first one is the answer's
         status (400); a later one is an event, and the stream ends there."""
-        items = model.stream(infer_request, validated=True)
+        items = self.api.stream(infer_request, model, validated=True)
         async for item in items:
             if item.error is not None:
                 await items.aclose()
@@ -401,7 +416,9 @@ class HttpApi:
         return HttpResponse(200, [], EVENT_STREAM)
 
     @staticmethod
-    def _raw_request(model: Model, body: bytes, name: str, version: int):  # type: ignore[no-untyped-def]
+    def _raw_request(
+        model: Model, body: bytes | memoryview, name: str, version: int
+    ) -> tuple[InferenceRequest, OutputEncoding]:
         if len(model.inputs) != 1:
             raise InvalidArgumentError(
                 f"raw binary request requires a model with exactly one input; model '{name}' has {len(model.inputs)}"
@@ -412,7 +429,7 @@ class HttpApi:
             shape[0] = 1
         return decode_raw_request(body, name, version, spec.name, spec.datatype, shape)
 
-    def _decompress(self, request: HttpRequest) -> bytes:
+    def _decompress(self, request: HttpRequest) -> bytes | memoryview:
         encoding = request.headers.get("content-encoding")
         if not encoding or encoding == "identity":
             return request.body
@@ -434,7 +451,7 @@ class HttpApi:
         return data
 
 
-async def _events(items: AsyncIterator[StreamItem]) -> AsyncIterator[bytes]:
+async def _events(items: AsyncGenerator[StreamItem, None]) -> AsyncIterator[bytes]:
     """The rest of a ``generate_stream``: one event per response, an error event ends it."""
     try:
         async for item in items:
@@ -451,7 +468,9 @@ class _UnsupportedEncoding(Exception):
     pass
 
 
-def compress_body(pieces: list[bytes | memoryview], accept_encoding: str) -> tuple[list[bytes | memoryview], bytes | None]:
+def compress_body(
+    pieces: list[bytes | memoryview], accept_encoding: str
+) -> tuple[list[bytes | memoryview], bytes | None]:
     """Compress a response as the client accepts (gzip preferred, then deflate)."""
     accepted = {part.split(";")[0].strip().lower() for part in accept_encoding.split(",")}
     if "gzip" in accepted:
