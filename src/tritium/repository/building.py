@@ -122,7 +122,9 @@ class ModelBuilder:
             slot.model_state = backend.model_initialize(ctx)
             for spec in _instance_specs(config):
                 slot.instances.append(slot.model_state.instance_initialize(spec))
-            scheduler = make_scheduler([InstanceWorker(instance, loop, self._options.inline_execute_us / 1e6) for instance in slot.instances], loop)
+            inline_s = self._options.inline_execute_us / 1e6
+            workers = [InstanceWorker(instance, loop, inline_s) for instance in slot.instances]
+            scheduler = make_scheduler(workers, loop)
             if self._options.metrics_summary_latencies:
                 scheduler.stats.summaries = LatencySummaries()
             slot.model = Model(name, version, config, scheduler, _read_labels(config, model_dir, name))
