@@ -8,6 +8,7 @@ Triton's: a model name is ``[^/]+``, a version ``[0-9]+``.
 from __future__ import annotations
 
 import base64
+import binascii
 import logging
 import re
 import zlib
