@@ -162,7 +162,7 @@ def _postprocess_pb2(text: str, name: str, local_modules: set[str]) -> str:
         count=1,
     )
     text = _sub_exactly(
-        r"^(from {pkg} import POOL as _POOL)\n".format(pkg=re.escape(PACKAGE)),
+        rf"^(from {re.escape(PACKAGE)} import POOL as _POOL)\n",
         r"\1\n"
         f"from {PACKAGE} import build_top_descriptors_and_messages"
         " as _build_top_descriptors_and_messages\n",
