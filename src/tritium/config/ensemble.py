@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.core.errors import ModelConfigError
+
+#: Raises the config error for a message (the callers' ``fail``).
+Fail = Callable[[str], NoReturn]
 
 ENSEMBLE_PLATFORM = "ensemble"
 
@@ -51,7 +55,7 @@ def ensemble_steps(config: mc.ModelConfig, name: str) -> list[EnsembleStep]:
     produced twice, inputs nobody produces, outputs nobody writes, cycles.
     """
 
-    def fail(message: str) -> None:
+    def fail(message: str) -> NoReturn:
         raise ModelConfigError(f"in ensemble '{name}', {message}")
 
     if not config.HasField("ensemble_scheduling") or not config.ensemble_scheduling.step:
@@ -104,7 +108,7 @@ def ensemble_steps(config: mc.ModelConfig, name: str) -> list[EnsembleStep]:
     return ordered
 
 
-def _topological(steps: list[EnsembleStep], producer: dict[str, EnsembleStep], fail) -> list[EnsembleStep]:  # type: ignore[no-untyped-def]
+def _topological(steps: list[EnsembleStep], producer: dict[str, EnsembleStep], fail: Fail) -> list[EnsembleStep]:
     needs = {s.index: {producer[t].index for _, t in s.inputs if t in producer} for s in steps}
     ordered: list[EnsembleStep] = []
     done: set[int] = set()
@@ -139,7 +143,7 @@ def check_composing_models(config: mc.ModelConfig, name: str, steps: Sequence[En
     without or with the batch dimension (so batching and non-batching models can share a tensor).
     """
 
-    def fail(message: str) -> None:
+    def fail(message: str) -> NoReturn:
         raise ModelConfigError(f"in ensemble '{name}', {message}")
 
     mbs = config.max_batch_size
@@ -199,7 +203,7 @@ def _external_dims(tensor: mc.ModelInput | mc.ModelOutput) -> tuple[int, ...]:
 
 
 def _dims_agree(a: Sequence[int], b: Sequence[int]) -> bool:
-    return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b))
+    return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b, strict=True))
 
 
 def _shape(dims: Sequence[int]) -> str:

@@ -6,10 +6,14 @@ import asyncio
 from abc import ABC, abstractmethod
 
 from tritium.core.inference import InferenceRequest, InferenceResponse
+from tritium.core.stats import ModelStats
 
 
 class Scheduler(ABC):
     """Queues requests for a model's instances and resolves each with its response."""
+
+    #: The model version's counters, recorded by the scheduler (the statistics extension and metrics read them).
+    stats: ModelStats
 
     @abstractmethod
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
