@@ -66,6 +66,25 @@ def ensemble_steps(config: mc.ModelConfig, name: str) -> list[EnsembleStep]:
         fail("the ensemble must declare its inputs")
     if not config.output:
         fail("the ensemble must declare its outputs")
+    steps = _read_steps(config, fail)
+    ensemble_inputs = {t.name for t in config.input}
+    producer = _producers(steps, ensemble_inputs, fail)
+    for step in steps:
+        for model_input, tensor in step.inputs:
+            if tensor not in ensemble_inputs and tensor not in producer:
+                fail(f"ensemble tensor '{tensor}' (input '{model_input}' of {step.label}) is neither an input of "
+                     "the ensemble nor an output of any step")
+    for output in config.output:
+        if output.name not in producer:
+            fail(f"ensemble output '{output.name}' is not written by any step")
+    ordered = _topological(steps, producer, fail)
+    consumed = {tensor for step in steps for _, tensor in step.inputs}
+    for tensor in sorted(ensemble_inputs - consumed):
+        fail(f"ensemble input '{tensor}' is not used by any step")
+    return ordered
+
+
+def _read_steps(config: mc.ModelConfig, fail: Fail) -> list[EnsembleStep]:
     steps = []
     for index, step in enumerate(config.ensemble_scheduling.step):
         if not step.model_name:
@@ -78,7 +97,11 @@ def ensemble_steps(config: mc.ModelConfig, name: str) -> list[EnsembleStep]:
             index, step.model_name, step.model_version if step.model_version > 0 else -1,
             tuple(sorted(step.input_map.items())), tuple(sorted(step.output_map.items())),
         ))
-    ensemble_inputs = {t.name for t in config.input}
+    return steps
+
+
+def _producers(steps: list[EnsembleStep], ensemble_inputs: set[str], fail: Fail) -> dict[str, EnsembleStep]:
+    """Ensemble tensor -> the step that writes it; each tensor is produced once (an ensemble input: never)."""
     producer: dict[str, EnsembleStep] = {}
     for step in steps:
         seen: set[str] = set()
@@ -93,19 +116,7 @@ def ensemble_steps(config: mc.ModelConfig, name: str) -> list[EnsembleStep]:
             if other is not None:
                 fail(f"ensemble tensor '{tensor}' is produced twice: by {other.label} and by {step.label}")
             producer[tensor] = step
-    for step in steps:
-        for model_input, tensor in step.inputs:
-            if tensor not in ensemble_inputs and tensor not in producer:
-                fail(f"ensemble tensor '{tensor}' (input '{model_input}' of {step.label}) is neither an input of "
-                     "the ensemble nor an output of any step")
-    for output in config.output:
-        if output.name not in producer:
-            fail(f"ensemble output '{output.name}' is not written by any step")
-    ordered = _topological(steps, producer, fail)
-    consumed = {tensor for step in steps for _, tensor in step.inputs}
-    for tensor in sorted(ensemble_inputs - consumed):
-        fail(f"ensemble input '{tensor}' is not used by any step")
-    return ordered
+    return producer
 
 
 def _topological(steps: list[EnsembleStep], producer: dict[str, EnsembleStep], fail: Fail) -> list[EnsembleStep]:
@@ -177,24 +188,30 @@ def check_composing_models(config: mc.ModelConfig, name: str, steps: Sequence[En
         if composing.max_batch_size != 0 and composing.max_batch_size < mbs:
             fail(f"the ensemble allows maximum batch size {mbs}, but {step.label} only allows maximum batch size "
                  f"{composing.max_batch_size}")
-        batching = composing.max_batch_size > 0
-        inputs = {t.name: t for t in composing.input}
-        outputs = {t.name: t for t in composing.output}
-        mapped = {model_input for model_input, _ in step.inputs}
-        for model_input, tensor in step.inputs:
-            spec = inputs.get(model_input)
-            if spec is None:
-                fail(f"ensemble tensor '{tensor}' is mapping to non-existing input '{model_input}' of {step.label}")
-            meet(tensor, spec.data_type, spec.dims, batching, f"input '{model_input}' of {step.label}")
-        for spec in composing.input:
-            if spec.name not in mapped and not spec.optional:
-                fail(f"input '{spec.name}' of {step.label} is not mapped to any ensemble tensor")
-        for model_output, tensor in step.outputs:
-            spec = outputs.get(model_output)
-            if spec is None:
-                fail(f"ensemble tensor '{tensor}' is mapped from non-existing output '{model_output}' of "
-                     f"{step.label}")
-            meet(tensor, spec.data_type, spec.dims, batching, f"output '{model_output}' of {step.label}")
+        _check_step_tensors(step, composing, meet, fail)
+
+
+def _check_step_tensors(step: EnsembleStep, composing: mc.ModelConfig,
+                        meet: Callable[[str, int, Sequence[int], bool, str], None], fail: Fail) -> None:
+    """A step's input and output maps against its composing model's tensors; ``meet`` records each one."""
+    batching = composing.max_batch_size > 0
+    inputs = {t.name: t for t in composing.input}
+    outputs = {t.name: t for t in composing.output}
+    mapped = {model_input for model_input, _ in step.inputs}
+    for model_input, tensor in step.inputs:
+        spec = inputs.get(model_input)
+        if spec is None:
+            fail(f"ensemble tensor '{tensor}' is mapping to non-existing input '{model_input}' of {step.label}")
+        meet(tensor, spec.data_type, spec.dims, batching, f"input '{model_input}' of {step.label}")
+    for spec in composing.input:
+        if spec.name not in mapped and not spec.optional:
+            fail(f"input '{spec.name}' of {step.label} is not mapped to any ensemble tensor")
+    for model_output, tensor in step.outputs:
+        out_spec = outputs.get(model_output)
+        if out_spec is None:
+            fail(f"ensemble tensor '{tensor}' is mapped from non-existing output '{model_output}' of "
+                 f"{step.label}")
+        meet(tensor, out_spec.data_type, out_spec.dims, batching, f"output '{model_output}' of {step.label}")
 
 
 def _external_dims(tensor: mc.ModelInput | mc.ModelOutput) -> tuple[int, ...]:

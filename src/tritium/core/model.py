@@ -187,7 +187,7 @@ class Model:
             if not execution.done():
                 execution.cancel()
 
-    def validate(self, request: InferenceRequest) -> None:
+    def validate(self, request: InferenceRequest) -> None:  # noqa: C901  every check inline: once per request
         """Check names, data types, shapes and batch size; apply input ``reshape``.
 
         Raises :class:`InvalidArgumentError` with Triton's wording (clients match on it): errors Triton's
