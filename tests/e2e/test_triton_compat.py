@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
 from models import write_python_model
 from server import RunningServer
-from tritonclient.utils import InferenceServerException
 
 ADD_SUB = '''
 import triton_python_backend_utils as pb_utils

@@ -22,10 +22,9 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 import types
 from importlib import metadata
-
-import tomllib
 
 import tritium
 import tritium.backends as backend_api
