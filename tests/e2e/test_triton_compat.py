@@ -310,6 +310,7 @@ def test_version_strings_read_as_triton_reads_them(server: RunningServer,
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"http://{server.url}{path}")
         assert info.value.code == code
+        info.value.close()
 
 
 def generate(server: RunningServer, model: str, body: bytes) -> tuple[int, Any]:
