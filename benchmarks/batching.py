@@ -31,9 +31,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-from http_infer import (LUA, alternating, bodies, median_runs, paired_ratio, run_wrk, wait_live, wrk_columns,
-                        wrk_header)  # noqa: E402
-from models import mlp_graph, save_model, write_model  # noqa: E402
+from http_infer import (
+    LUA,
+    alternating,
+    bodies,
+    median_runs,
+    paired_ratio,
+    run_wrk,
+    wait_live,
+    wrk_columns,
+    wrk_header,
+)
+from models import mlp_graph, save_model, write_model
 
 VARIANTS = {  # name -> (instances, dynamic batching)
     "mlp_1i": (1, False),

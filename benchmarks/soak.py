@@ -34,9 +34,10 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from http_infer import descendants  # noqa: E402
 from tests.models import identity_graph, write_model, write_python_model  # noqa: E402
 from tests.server import RunningServer  # noqa: E402
+
+from http_infer import descendants  # noqa: E402
 
 IDENTITY = '''
 import triton_python_backend_utils as pb_utils

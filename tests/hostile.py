@@ -69,7 +69,7 @@ def closed_by_server(sock: socket.socket, timeout: float) -> tuple[float, bytes]
     while time.monotonic() - start < timeout:
         try:
             chunk = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             continue
         except ConnectionResetError:
             return time.monotonic() - start, got

@@ -128,12 +128,14 @@ class TraceConfig:
                 raise InvalidArgumentError(f"--trace-config expects [<mode>,]<setting>=<value>, got '{item}'")
             if mode == "opentelemetry":
                 if key not in OTEL_CONFIG:
-                    raise InvalidArgumentError(f"unknown opentelemetry trace setting '{key}' (known: {', '.join(OTEL_CONFIG)})")
+                    raise InvalidArgumentError(
+                        f"unknown opentelemetry trace setting '{key}' (known: {', '.join(OTEL_CONFIG)})"
+                    )
                 if key == "resource":
-                    name, sep, attr = value.partition("=")
-                    if not sep or not name:
+                    attr_key, sep, attr = value.partition("=")
+                    if not sep or not attr_key:
                         raise InvalidArgumentError(f"opentelemetry,resource expects <key>=<value>, got '{value}'")
-                    config.otel["resource"][name] = attr
+                    config.otel["resource"][attr_key] = attr
                 elif key == "url":
                     config.otel["url"] = value
                 else:
@@ -207,8 +209,9 @@ class Trace:
             out.extend({"id": self.id, "timestamps": [{"name": n, "ns": t}]}
                        for n, t in sorted(self.stamps, key=lambda s: s[1]))
         for activity, name, dtype, data in self.tensors or ():
+            shape = ",".join(str(d) for d in data.shape)
             out.append({"id": self.id, "activity": activity, "tensor": {
-                "name": name, "data": _tensor_text(data), "shape": ",".join(str(d) for d in data.shape), "dtype": dtype}})
+                "name": name, "data": _tensor_text(data), "shape": shape, "dtype": dtype}})
         return out
 
 
@@ -226,7 +229,7 @@ def _tensor_text(data: np.ndarray) -> str:
     if flat.dtype == np.object_:
         return ",".join(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat)
     if flat.dtype.kind == "f" or flat.dtype.kind == "V":  # V: bfloat16 stored as ml_dtypes
-        return ",".join("%g" % v for v in flat.astype(np.float64).tolist())
+        return ",".join(f"{v:g}" for v in flat.astype(np.float64).tolist())
     return ",".join(str(int(v)) for v in flat.tolist())
 
 
@@ -437,7 +440,7 @@ class TraceManager:
             otel = self.config.otel
             resource = Resource.create({"service.name": "triton-inference-server", **otel["resource"]})
             provider = TracerProvider(resource=resource)
-            batch: dict[str, int] = {}
+            batch: dict[str, Any] = {}  # BatchSpanProcessor's keyword arguments
             if "bsp_max_queue_size" in otel:
                 batch["max_queue_size"] = otel["bsp_max_queue_size"]
             if "bsp_schedule_delay" in otel:

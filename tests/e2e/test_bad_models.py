@@ -203,6 +203,7 @@ def test_bad_model_infer_is_refused(server, name):
     assert info.value.code in (400, 404, 503)
     assert info.value.headers["Content-Type"] in ("application/json", "text/plain")  # Triton says text/plain here
     error = json.loads(info.value.read())["error"]
+    info.value.close()
     assert name in error
 
 

@@ -10,6 +10,7 @@ import socket
 import time
 
 import pytest
+
 from models import write_add_sub, write_python_model
 from server import RunningServer
 

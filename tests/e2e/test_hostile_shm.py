@@ -16,9 +16,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
+from tritonclient.utils import InferenceServerException
+
 from models import identity_graph, write_model
 from server import RunningServer
-from tritonclient.utils import InferenceServerException
 
 #: The identity model.py; SLOW sleeps first (so that a region can be truncated while the request runs).
 IDENTITY_PY = """

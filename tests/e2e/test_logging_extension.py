@@ -58,16 +58,19 @@ def test_log_file_receives_triton_format_lines(server):
 def test_verbose_and_iso8601_take_effect_at_run_time(server):
     status, doc = _call(server, "POST", {"log_verbose_level": 1, "log_format": "ISO8601"})
     assert status == 200 and doc["log_verbose_level"] == 1 and doc["log_format"] == "ISO8601"
-    urllib.request.urlopen(f"http://{server.url}/v2/models/identity_fp32/ready").read()
-    with pytest.raises(urllib.error.HTTPError):
+    with urllib.request.urlopen(f"http://{server.url}/v2/models/identity_fp32/ready") as response:
+        response.read()
+    with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(f"http://{server.url}/v2/models/no_such_model/config")
+    info.value.close()
     text = _log_text(server, r"no_such_model")
     assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ D \d+ routes\.py:\d+\] GET /v2/models/no_such_model/config "
                      r"failed: Request for unknown model", text, re.M)
     # Switched off again: the next failure is not logged.
     _call(server, "POST", {"log_verbose_level": 0, "log_format": "default"})
-    with pytest.raises(urllib.error.HTTPError):
+    with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(f"http://{server.url}/v2/models/other_missing_model/config")
+    info.value.close()
     time.sleep(0.2)
     assert "other_missing_model" not in _log_text(server)
 

@@ -123,6 +123,7 @@ def test_index_is_post_only_and_named_repositories_are_refused(explicit):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"http://{explicit.url}/v2/repository/index")
     assert e.value.code == 405
+    e.value.close()
     status, _, body = post(explicit.url, "/v2/repository/somerepo/index")
     assert (status, json.loads(body)) == (501, {"error": "'repository_name' specification is not supported"})
 

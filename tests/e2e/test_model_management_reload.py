@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-
-from models import identity_graph, mlp_graph, echo_config, sleep_then_echo, write_model, write_python_model
-from server import RunningServer
 from test_model_management import add_ident, ident_config, infer, post, rows, wait_for
+
+from models import echo_config, identity_graph, mlp_graph, sleep_then_echo, write_model, write_python_model
+from server import RunningServer
 
 MLP_SIZES = (256, 2048, 2048, 256)
 MLP_CONFIG = """

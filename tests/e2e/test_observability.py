@@ -142,6 +142,7 @@ def test_metrics_endpoint_only_serves_metrics(server):
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(server.metrics_url.replace("/metrics", "/other"))
     assert info.value.code == 404
+    info.value.close()
     assert "statistics" in client_extensions(server)
 
 

@@ -506,14 +506,20 @@ def test_faults_fail_only_their_requests(client: httpclient.InferenceServerClien
     assert client.infer("faulty", x(4)).as_numpy("Y")[0] == 40
 
 
+def _stub_pid(marker: str) -> int:
+    """The pid the faulty model's stub wrote when it started."""
+    with open(marker + ".pid") as f:
+        return int(f.read())
+
+
 def test_killed_stub_fails_request_and_restarts(client: httpclient.InferenceServerClient, repo: str) -> None:
     marker = os.path.join(repo, "faulty_marker")
     x = lambda v: [infer_input("X", np.array([v], dtype=np.int32), "INT32")]  # noqa: E731
-    first_pid = int(open(marker + ".pid").read())
+    first_pid = _stub_pid(marker)
     with pytest.raises(InferenceServerException, match="exited unexpectedly"):
         client.infer("faulty", x(3))
     assert client.infer("faulty", x(5)).as_numpy("Y")[0] == 50  # a new stub serves
-    assert int(open(marker + ".pid").read()) != first_pid
+    assert _stub_pid(marker) != first_pid
     assert client.is_server_live()
 
 
@@ -523,7 +529,7 @@ def test_kill_from_outside_while_idle(client: httpclient.InferenceServerClient, 
     x = lambda v: [infer_input("X", np.array([v], dtype=np.int32), "INT32")]  # noqa: E731
     for _ in range(2):  # the event loop watches the stub's socket between requests: twice, so a new stub too
         assert client.infer("faulty", x(6)).as_numpy("Y")[0] == 60
-        os.kill(int(open(marker + ".pid").read()), signal.SIGKILL)
+        os.kill(_stub_pid(marker), signal.SIGKILL)
         time.sleep(0.2)
         for v in (7, 8, 9):
             assert client.infer("faulty", x(v)).as_numpy("Y")[0] == 10 * v
@@ -563,7 +569,7 @@ def test_finalize_on_shutdown_and_no_orphans(tmp_path) -> None:  # type: ignore[
                  f'parameters {{ key: "marker" value: {{ string_value: "{marker}" }} }}\n'
                  'instance_group [ { kind: KIND_CPU, count: 2 } ]')
     with RunningServer([repo], ["--allow-metrics=false", "--allow-grpc=false"]) as s:
-        pid = int(open(marker + ".pid").read())
+        pid = _stub_pid(marker)
         assert _alive(pid)
     assert os.path.exists(marker + ".finalized")
     assert not _alive(pid)
@@ -575,7 +581,7 @@ def test_finalize_on_shutdown_and_no_orphans(tmp_path) -> None:  # type: ignore[
         deadline = time.monotonic() + 30
         while not client.is_model_ready("faulty") and time.monotonic() < deadline:
             time.sleep(0.05)
-        pid = int(open(marker + ".pid").read())
+        pid = _stub_pid(marker)
         s.proc.kill()
         s.proc.wait()
         deadline = time.monotonic() + 10

@@ -23,10 +23,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from models import write_add_sub
-from server import RunningServer
 from tritium._proto import health_pb2, health_pb2_grpc
 from tritium.frontends.restrictions import GROUPS
+
+from models import write_add_sub
+from server import RunningServer
 
 #: Each group its own key, so that a route checked against another group's key would show; health's in
 #: mixed case (HTTP header names are case-insensitive); the values hold '=' and ':', which the flag allows.

@@ -24,7 +24,6 @@ from models import echo_config, sleep_then_echo, write_model, write_python_model
 from server import RunningServer
 
 
-
 def batchsize_graph():  # type: ignore[no-untyped-def]
     """OUTPUT0[i] = the batch dimension the model was executed with, for every row i."""
     x = helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", 4])

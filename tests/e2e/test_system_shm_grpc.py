@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.utils.shared_memory as shm
-from models import copy_examples, identity_graph, write_model
-from server import RunningServer
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
+
+from models import copy_examples, identity_graph, write_model
+from server import RunningServer
 
 A = np.arange(8, dtype=np.float32).reshape(2, 4)
 B = np.full((2, 4), 10, np.float32)

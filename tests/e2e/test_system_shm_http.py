@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
+from tritonclient.utils import InferenceServerException
+
 from models import copy_examples, write_model
 from server import RunningServer
-from tritonclient.utils import InferenceServerException
 
 #: Its input as is, and whether a client's region (these tests' keys) is mapped into the model's process.
 SEES_REGION = """

@@ -214,6 +214,7 @@ def test_bad_settings_are_refused(server, http, body, status, message):
         urllib.request.urlopen(req)
     assert info.value.code == status
     assert message in json.loads(info.value.read())["error"]
+    info.value.close()
     assert http.get_trace_settings()["trace_rate"] == "1"  # nothing applied
 
 
@@ -225,9 +226,11 @@ def test_model_urls(server, http):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"http://{server.url}{url}")
         assert info.value.code == code
+        info.value.close()
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(urllib.request.Request(f"http://{server.url}/v2/trace/setting", method="PUT"))
     assert info.value.code == 405
+    info.value.close()
 
 
 def test_shutdown_writes_the_rest_to_the_trace_file(tmp_path):

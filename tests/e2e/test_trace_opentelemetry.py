@@ -46,6 +46,8 @@ def collector():
     thread.start()
     yield httpd
     httpd.shutdown()
+    httpd.server_close()
+    thread.join(10)
 
 
 def test_spans_exported_with_stage_events(tmp_path, collector):

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
 from models import write_python_model
 from server import RunningServer
-from tritonclient.utils import InferenceServerException
 
 ADD_SUB = '''
 import triton_python_backend_utils as pb_utils
@@ -309,6 +310,7 @@ def test_version_strings_read_as_triton_reads_them(server: RunningServer,
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"http://{server.url}{path}")
         assert info.value.code == code
+        info.value.close()
 
 
 def generate(server: RunningServer, model: str, body: bytes) -> tuple[int, Any]:

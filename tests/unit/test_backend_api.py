@@ -59,7 +59,11 @@ def test_lifecycle_methods_and_declarations_have_defaults() -> None:
     assert instance.may_run_inline is True
     assert instance.executes_async is False
     assert (instance.input_end_ns, instance.infer_end_ns) == (0, 0)
-    assert instance.execute_async([], asyncio.new_event_loop(), lambda r, e: None) is False
+    loop = asyncio.new_event_loop()
+    try:
+        assert instance.execute_async([], loop, lambda r, e: None) is False
+    finally:
+        loop.close()
     instance.finalize()
     assert api.ALL_INSTANCE_KINDS == {"KIND_CPU", "KIND_GPU", "KIND_MODEL"}
 

@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable, Sequence
 
 import pytest
-from scheduler_harness import Recorder, direct, occupy, on_loop, req, settled, submit, until
 
 from tritium.core.errors import InternalError, TritiumError, UnavailableError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.scheduler import workers
 from tritium.scheduler.workers import InstanceWorker
+
+from scheduler_harness import Recorder, direct, occupy, on_loop, req, settled, submit, until
 
 
 @on_loop

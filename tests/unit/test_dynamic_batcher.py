@@ -13,10 +13,21 @@ import threading
 import time
 
 import pytest
-from scheduler_harness import (Recorder, completion_order, dynamic, occupy, on_loop, req, settled, submit, submit_apart,
-                               until)
 
 from tritium.core.errors import InternalError, InvalidArgumentError, Status, UnavailableError
+
+from scheduler_harness import (
+    Recorder,
+    completion_order,
+    dynamic,
+    occupy,
+    on_loop,
+    req,
+    settled,
+    submit,
+    submit_apart,
+    until,
+)
 
 # -- forming batches ------------------------------------------------------------------------------------
 

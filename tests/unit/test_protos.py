@@ -1,6 +1,7 @@
 """Tests for tritium's generated protobuf/gRPC modules (src/tritium/_proto).
 
-* the committed generated code matches what scripts/gen_protos.py produces;
+* the committed generated code, and its .pyi type stubs, match what
+  scripts/gen_protos.py produces;
 * tritium's messages are wire/text/JSON compatible with tritonclient's copies
   of Triton's protos, and both can be imported in one process;
 * the gRPC service path is Triton's.
@@ -71,6 +72,11 @@ def _tritonclient_protos():
 # --------------------------------------------------------------------------
 
 
+def _listing(d: Path) -> dict[str, bytes]:
+    """The generated modules and type stubs in ``d``, by file name."""
+    return {p.name: p.read_bytes() for p in sorted([*d.glob("*.py"), *d.glob("*.pyi")])}
+
+
 def test_generated_code_matches_generator(tmp_path):
     if importlib.util.find_spec("grpc_tools") is None:
         pytest.skip("grpcio-tools (grpc_tools) is not installed; cannot regenerate protos")
@@ -83,11 +89,11 @@ def test_generated_code_matches_generator(tmp_path):
     )
     assert proc.returncode == 0, f"generator failed:\n{proc.stdout}\n{proc.stderr}"
 
-    def listing(d: Path) -> dict[str, bytes]:
-        return {p.name: p.read_bytes() for p in sorted(d.glob("*.py"))}
-
-    fresh, committed = listing(out), listing(COMMITTED_DIR)
+    fresh, committed = _listing(out), _listing(COMMITTED_DIR)
     assert sorted(fresh) == sorted(committed), "generated file set differs from src/tritium/_proto"
+    # Every message module has its type stub (mypy reads these instead of the untyped builder code).
+    modules = {name.removesuffix(".py") for name in fresh if name.endswith("_pb2.py")}
+    assert modules and {name.removesuffix(".pyi") for name in fresh if name.endswith(".pyi")} == modules
     stale = [name for name in fresh if fresh[name] != committed[name]]
     if stale:
         import grpc_tools
@@ -112,13 +118,21 @@ def test_generator_is_deterministic(tmp_path):
     for i in range(2):
         out = tmp_path / f"run{i}"
         subprocess.run([sys.executable, str(GEN_SCRIPT), str(out)], check=True, capture_output=True)
-        outs.append({p.name: p.read_bytes() for p in out.glob("*.py")})
+        outs.append(_listing(out))
     assert outs[0] == outs[1]
 
 
 # --------------------------------------------------------------------------
 # private pool
 # --------------------------------------------------------------------------
+
+
+def test_type_stubs_import_the_private_package():
+    """The .pyi files name tritium._proto's modules, as the rewritten .py files do."""
+    stub = (COMMITTED_DIR / "grpc_service_pb2.pyi").read_text(encoding="utf-8")
+    assert "from tritium._proto import model_config_pb2 as _model_config_pb2" in stub
+    assert "\nimport model_config_pb2" not in stub
+    assert "class ModelInferRequest(_message.Message):" in stub
 
 
 def test_descriptors_live_in_private_pool():

@@ -32,7 +32,8 @@ def test_override_folder_refuses_paths_outside_and_is_removed_with_its_last_user
     with pytest.raises(InvalidArgumentError, match="file:../etc/x"):
         OverrideDir.create("m", {"../etc/x": b""})
     folder = OverrideDir.create("m", {"1/model.onnx": b"xyz"})
-    assert open(os.path.join(folder.path, "1", "model.onnx"), "rb").read() == b"xyz"
+    with open(os.path.join(folder.path, "1", "model.onnx"), "rb") as f:
+        assert f.read() == b"xyz"
     folder.acquire()
     folder.acquire()
     folder.release()

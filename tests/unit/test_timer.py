@@ -13,10 +13,11 @@ import time
 
 import pytest
 import uvloop
-from scheduler_harness import TEST_TIMEOUT_S, Recorder, dynamic, req, submit
 
 from tritium.scheduler import dynamic as dynamic_module
 from tritium.scheduler.timer import LoopTimer, TimerFd, precise_timer
+
+from scheduler_harness import TEST_TIMEOUT_S, Recorder, dynamic, req, submit
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux's")
 

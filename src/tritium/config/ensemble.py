@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.core.errors import ModelConfigError
+
+#: Raises the config error for a message (the callers' ``fail``).
+Fail = Callable[[str], NoReturn]
 
 ENSEMBLE_PLATFORM = "ensemble"
 
@@ -51,7 +55,7 @@ def ensemble_steps(config: mc.ModelConfig, name: str) -> list[EnsembleStep]:
     produced twice, inputs nobody produces, outputs nobody writes, cycles.
     """
 
-    def fail(message: str) -> None:
+    def fail(message: str) -> NoReturn:
         raise ModelConfigError(f"in ensemble '{name}', {message}")
 
     if not config.HasField("ensemble_scheduling") or not config.ensemble_scheduling.step:
@@ -62,33 +66,9 @@ def ensemble_steps(config: mc.ModelConfig, name: str) -> list[EnsembleStep]:
         fail("the ensemble must declare its inputs")
     if not config.output:
         fail("the ensemble must declare its outputs")
-    steps = []
-    for index, step in enumerate(config.ensemble_scheduling.step):
-        if not step.model_name:
-            fail(f"step {index} must specify 'model_name'")
-        if step.model_namespace:
-            fail(f"step {index} (model '{step.model_name}') uses 'model_namespace', which tritium does not support")
-        if not step.output_map:
-            fail(f"step {index} (model '{step.model_name}') must map at least one output ('output_map')")
-        steps.append(EnsembleStep(
-            index, step.model_name, step.model_version if step.model_version > 0 else -1,
-            tuple(sorted(step.input_map.items())), tuple(sorted(step.output_map.items())),
-        ))
+    steps = _read_steps(config, fail)
     ensemble_inputs = {t.name for t in config.input}
-    producer: dict[str, EnsembleStep] = {}
-    for step in steps:
-        seen: set[str] = set()
-        for output, tensor in step.outputs:
-            if tensor in seen:
-                fail(f"multiple outputs in {step.label} are mapped to the same ensemble tensor '{tensor}'")
-            seen.add(tensor)
-            if tensor in ensemble_inputs:
-                fail(f"ensemble tensor '{tensor}' is an input of the ensemble and also output '{output}' of "
-                     f"{step.label}; a tensor may only be produced once")
-            other = producer.get(tensor)
-            if other is not None:
-                fail(f"ensemble tensor '{tensor}' is produced twice: by {other.label} and by {step.label}")
-            producer[tensor] = step
+    producer = _producers(steps, ensemble_inputs, fail)
     for step in steps:
         for model_input, tensor in step.inputs:
             if tensor not in ensemble_inputs and tensor not in producer:
@@ -104,7 +84,42 @@ def ensemble_steps(config: mc.ModelConfig, name: str) -> list[EnsembleStep]:
     return ordered
 
 
-def _topological(steps: list[EnsembleStep], producer: dict[str, EnsembleStep], fail) -> list[EnsembleStep]:  # type: ignore[no-untyped-def]
+def _read_steps(config: mc.ModelConfig, fail: Fail) -> list[EnsembleStep]:
+    steps = []
+    for index, step in enumerate(config.ensemble_scheduling.step):
+        if not step.model_name:
+            fail(f"step {index} must specify 'model_name'")
+        if step.model_namespace:
+            fail(f"step {index} (model '{step.model_name}') uses 'model_namespace', which tritium does not support")
+        if not step.output_map:
+            fail(f"step {index} (model '{step.model_name}') must map at least one output ('output_map')")
+        steps.append(EnsembleStep(
+            index, step.model_name, step.model_version if step.model_version > 0 else -1,
+            tuple(sorted(step.input_map.items())), tuple(sorted(step.output_map.items())),
+        ))
+    return steps
+
+
+def _producers(steps: list[EnsembleStep], ensemble_inputs: set[str], fail: Fail) -> dict[str, EnsembleStep]:
+    """Ensemble tensor -> the step that writes it; each tensor is produced once (an ensemble input: never)."""
+    producer: dict[str, EnsembleStep] = {}
+    for step in steps:
+        seen: set[str] = set()
+        for output, tensor in step.outputs:
+            if tensor in seen:
+                fail(f"multiple outputs in {step.label} are mapped to the same ensemble tensor '{tensor}'")
+            seen.add(tensor)
+            if tensor in ensemble_inputs:
+                fail(f"ensemble tensor '{tensor}' is an input of the ensemble and also output '{output}' of "
+                     f"{step.label}; a tensor may only be produced once")
+            other = producer.get(tensor)
+            if other is not None:
+                fail(f"ensemble tensor '{tensor}' is produced twice: by {other.label} and by {step.label}")
+            producer[tensor] = step
+    return producer
+
+
+def _topological(steps: list[EnsembleStep], producer: dict[str, EnsembleStep], fail: Fail) -> list[EnsembleStep]:
     needs = {s.index: {producer[t].index for _, t in s.inputs if t in producer} for s in steps}
     ordered: list[EnsembleStep] = []
     done: set[int] = set()
@@ -139,7 +154,7 @@ def check_composing_models(config: mc.ModelConfig, name: str, steps: Sequence[En
     without or with the batch dimension (so batching and non-batching models can share a tensor).
     """
 
-    def fail(message: str) -> None:
+    def fail(message: str) -> NoReturn:
         raise ModelConfigError(f"in ensemble '{name}', {message}")
 
     mbs = config.max_batch_size
@@ -173,24 +188,30 @@ def check_composing_models(config: mc.ModelConfig, name: str, steps: Sequence[En
         if composing.max_batch_size != 0 and composing.max_batch_size < mbs:
             fail(f"the ensemble allows maximum batch size {mbs}, but {step.label} only allows maximum batch size "
                  f"{composing.max_batch_size}")
-        batching = composing.max_batch_size > 0
-        inputs = {t.name: t for t in composing.input}
-        outputs = {t.name: t for t in composing.output}
-        mapped = {model_input for model_input, _ in step.inputs}
-        for model_input, tensor in step.inputs:
-            spec = inputs.get(model_input)
-            if spec is None:
-                fail(f"ensemble tensor '{tensor}' is mapping to non-existing input '{model_input}' of {step.label}")
-            meet(tensor, spec.data_type, spec.dims, batching, f"input '{model_input}' of {step.label}")
-        for spec in composing.input:
-            if spec.name not in mapped and not spec.optional:
-                fail(f"input '{spec.name}' of {step.label} is not mapped to any ensemble tensor")
-        for model_output, tensor in step.outputs:
-            spec = outputs.get(model_output)
-            if spec is None:
-                fail(f"ensemble tensor '{tensor}' is mapped from non-existing output '{model_output}' of "
-                     f"{step.label}")
-            meet(tensor, spec.data_type, spec.dims, batching, f"output '{model_output}' of {step.label}")
+        _check_step_tensors(step, composing, meet, fail)
+
+
+def _check_step_tensors(step: EnsembleStep, composing: mc.ModelConfig,
+                        meet: Callable[[str, int, Sequence[int], bool, str], None], fail: Fail) -> None:
+    """A step's input and output maps against its composing model's tensors; ``meet`` records each one."""
+    batching = composing.max_batch_size > 0
+    inputs = {t.name: t for t in composing.input}
+    outputs = {t.name: t for t in composing.output}
+    mapped = {model_input for model_input, _ in step.inputs}
+    for model_input, tensor in step.inputs:
+        spec = inputs.get(model_input)
+        if spec is None:
+            fail(f"ensemble tensor '{tensor}' is mapping to non-existing input '{model_input}' of {step.label}")
+        meet(tensor, spec.data_type, spec.dims, batching, f"input '{model_input}' of {step.label}")
+    for spec in composing.input:
+        if spec.name not in mapped and not spec.optional:
+            fail(f"input '{spec.name}' of {step.label} is not mapped to any ensemble tensor")
+    for model_output, tensor in step.outputs:
+        out_spec = outputs.get(model_output)
+        if out_spec is None:
+            fail(f"ensemble tensor '{tensor}' is mapped from non-existing output '{model_output}' of "
+                 f"{step.label}")
+        meet(tensor, out_spec.data_type, out_spec.dims, batching, f"output '{model_output}' of {step.label}")
 
 
 def _external_dims(tensor: mc.ModelInput | mc.ModelOutput) -> tuple[int, ...]:
@@ -199,7 +220,7 @@ def _external_dims(tensor: mc.ModelInput | mc.ModelOutput) -> tuple[int, ...]:
 
 
 def _dims_agree(a: Sequence[int], b: Sequence[int]) -> bool:
-    return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b))
+    return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b, strict=True))
 
 
 def _shape(dims: Sequence[int]) -> str:

@@ -43,7 +43,9 @@ def load_config_file(path: str, model_name: str, shown: str | None = None) -> Mo
         return None
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) else str(e)  # an OSError's text has the full path
-        raise ModelConfigError(f"failed to read model configuration {shown} for model '{model_name}': {reason}") from None
+        raise ModelConfigError(
+            f"failed to read model configuration {shown} for model '{model_name}': {reason}"
+        ) from None
     return parse_config_text(text, model_name, shown)
 
 
@@ -63,7 +65,9 @@ def parse_config_text(text: str, model_name: str, source: str = CONFIG_FILENAME)
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as e:
-        raise ModelConfigError(f"failed to parse model configuration {source} for model '{model_name}': line {e}") from None
+        raise ModelConfigError(
+            f"failed to parse model configuration {source} for model '{model_name}': line {e}"
+        ) from None
     except ValueError as e:  # protobuf's text parser lets some through, e.g. an enum number beyond 32 bits
         raise ModelConfigError(f"failed to parse model configuration {source} for model '{model_name}': {e}") from None
     check_config_values(config, model_name)
@@ -165,7 +169,7 @@ def _ints_as_numbers(message: Any, out: dict[str, Any]) -> None:
                 elif value_fd.type in _WIDE_INT_TYPES:
                     out[name] = {k: int(v) for k, v in value.items()}
             elif _is_repeated(fd):
-                for sub, sub_out in zip(getattr(message, name), value):
+                for sub, sub_out in zip(getattr(message, name), value, strict=True):  # value is this message's JSON
                     _ints_as_numbers(sub, sub_out)
             else:
                 _ints_as_numbers(getattr(message, name), value)

@@ -7,10 +7,14 @@ that names the model and the offending field.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.core.errors import InvalidArgumentError, ModelConfigError
+
+#: Raises the config error for a message (the callers' ``fail``).
+Fail = Callable[[str], NoReturn]
 
 KIND_AUTO = mc.ModelInstanceGroup.KIND_AUTO
 KIND_GPU = mc.ModelInstanceGroup.KIND_GPU
@@ -57,7 +61,7 @@ def validate(config: mc.ModelConfig, model_name: str) -> None:
     """Raise :class:`ModelConfigError` for a config Triton would refuse when it reads the repository
     (instance groups against this machine's GPUs: :func:`check_instance_groups`, when a version loads)."""
 
-    def fail(message: str) -> None:
+    def fail(message: str) -> NoReturn:
         raise ModelConfigError(f"model '{model_name}': {message}")
 
     if config.name != model_name:
@@ -73,7 +77,8 @@ def validate(config: mc.ModelConfig, model_name: str) -> None:
                 "(no such file in the version directory, or an unknown extension): set 'backend' or 'platform' "
                 "in config.pbtxt"
             )
-        fail("unable to determine the backend: set 'backend' or 'platform' in config.pbtxt or add a model file with a known name")
+        fail("unable to determine the backend: set 'backend' or 'platform' in config.pbtxt "
+             "or add a model file with a known name")
     _check_tensors("input", config.input, fail)
     _check_tensors("output", config.output, fail)
     if config.HasField("dynamic_batching"):
@@ -100,12 +105,13 @@ def check_instance_groups(config: mc.ModelConfig, model_name: str, gpus: Sequenc
             raise InvalidArgumentError(f"{where} must have a count >= 1, got {group.count}")
 
 
-def _check_dynamic_batching(config: mc.ModelConfig, fail) -> None:  # type: ignore[no-untyped-def]
+def _check_dynamic_batching(config: mc.ModelConfig, fail: Fail) -> None:
     batching = config.dynamic_batching
     for size in batching.preferred_batch_size:
         if size < 1 or (config.max_batch_size > 0 and size > config.max_batch_size):
             fail(
-                f"dynamic batching preferred size must be positive and <= max batch size {config.max_batch_size}, got {size}"
+                "dynamic batching preferred size must be positive and <= max batch size "
+                f"{config.max_batch_size}, got {size}"
             )
     levels = batching.priority_levels
     if levels:
@@ -121,7 +127,7 @@ def _check_dynamic_batching(config: mc.ModelConfig, fail) -> None:  # type: igno
 _BATCH_INPUT_TYPES = (mc.TYPE_INT32, mc.TYPE_FP32)
 
 
-def _check_batch_io(config: mc.ModelConfig, fail) -> None:  # type: ignore[no-untyped-def]
+def _check_batch_io(config: mc.ModelConfig, fail: Fail) -> None:
     """Ragged inputs, ``batch_input`` and ``batch_output`` as Triton defines them."""
     inputs = {i.name for i in config.input}
     outputs = {o.name for o in config.output}
@@ -153,7 +159,7 @@ def _check_batch_io(config: mc.ModelConfig, fail) -> None:  # type: ignore[no-un
                 fail(f"batch_output target '{target}' is not an output of the model")
 
 
-def _check_tensors(what: str, tensors: Sequence[mc.ModelInput] | Sequence[mc.ModelOutput], fail) -> None:  # type: ignore[no-untyped-def]
+def _check_tensors(what: str, tensors: Sequence[mc.ModelInput] | Sequence[mc.ModelOutput], fail: Fail) -> None:
     seen: set[str] = set()
     for tensor in tensors:
         if not tensor.name:
@@ -167,12 +173,13 @@ def _check_tensors(what: str, tensors: Sequence[mc.ModelInput] | Sequence[mc.Mod
             fail(f"model {what} '{tensor.name}' must specify 'dims'")
         for dim in tensor.dims:
             if dim < 1 and dim != -1:
-                fail(f"model {what} '{tensor.name}' dimension must be integer >= 1, or -1 to indicate a variable-size dimension, got {dim}")
+                fail(f"model {what} '{tensor.name}' dimension must be integer >= 1, "
+                     f"or -1 to indicate a variable-size dimension, got {dim}")
         if tensor.HasField("reshape"):
             _check_reshape(what, tensor, fail)
 
 
-def _check_reshape(what: str, tensor: mc.ModelInput | mc.ModelOutput, fail) -> None:  # type: ignore[no-untyped-def]
+def _check_reshape(what: str, tensor: mc.ModelInput | mc.ModelOutput, fail: Fail) -> None:
     """Triton's rule: the same number of variable-size dims, and equal element counts between them.
 
     E.g. [2, 4, -1, 6] -> [8, -1, 1, 6] is valid (2 * 4 = 8, 6 = 1 * 6); requests then map the n-th

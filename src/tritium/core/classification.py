@@ -23,7 +23,7 @@ def classify(tensor: Tensor, count: int, batching: bool, labels: Sequence[str] |
     data = tensor.data
     rows = data.reshape(data.shape[0] if batching and data.ndim else 1, -1)
     k = min(count, rows.shape[1])
-    out = np.empty((rows.shape[0], k), dtype=object)
+    out: np.ndarray = np.empty((rows.shape[0], k), dtype=object)
     floating = data.dtype.kind == "f"
     for r, row in enumerate(rows):
         order = np.argsort(-row.astype(np.float64), kind="stable")[:k]

@@ -104,7 +104,9 @@ class CustomMetrics:
                 if not family.holders:
                     del self._families[name]
 
-    def create_metric(self, name: str, labels: Mapping[str, str] | None, buckets: Sequence[float] | None = None) -> None:
+    def create_metric(
+        self, name: str, labels: Mapping[str, str] | None, buckets: Sequence[float] | None = None
+    ) -> None:
         """Make sure the series ``labels`` of ``name`` exists (shown as 0 until updated)."""
         key = label_key(labels)
         for label, _ in key:
@@ -114,7 +116,8 @@ class CustomMetrics:
             family = self._family(name)
             if key not in family.series:
                 bounds = tuple(sorted(float(b) for b in buckets)) if family.kind == HISTOGRAM and buckets else ()
-                family.series[key] = Series(buckets=bounds, counts=[0] * (len(bounds) + 1) if family.kind == HISTOGRAM else [])
+                counts = [0] * (len(bounds) + 1) if family.kind == HISTOGRAM else []
+                family.series[key] = Series(buckets=bounds, counts=counts)
 
     def update(self, name: str, labels: LabelKey, op: str, value: float) -> None:
         """``op`` is ``increment``, ``set`` or ``observe``; the caller has checked it fits the kind."""
@@ -152,7 +155,9 @@ class CustomMetrics:
             for family in self._families.values():
                 samples: list[tuple[dict[str, str], object]] = []
                 for key, s in family.series.items():
-                    data: object = (s.buckets, list(s.counts), s.value, s.count) if family.kind == HISTOGRAM else s.value
+                    data: object = (
+                        (s.buckets, list(s.counts), s.value, s.count) if family.kind == HISTOGRAM else s.value
+                    )
                     samples.append((dict(key), data))
                 out.append(FamilySnapshot(family.name, family.description, family.kind, samples))
             return out

@@ -187,7 +187,7 @@ class Model:
             if not execution.done():
                 execution.cancel()
 
-    def validate(self, request: InferenceRequest) -> None:
+    def validate(self, request: InferenceRequest) -> None:  # noqa: C901  every check inline: once per request
         """Check names, data types, shapes and batch size; apply input ``reshape``.
 
         Raises :class:`InvalidArgumentError` with Triton's wording (clients match on it): errors Triton's
@@ -315,7 +315,7 @@ def _uint_parameter(value: Any, name: str) -> int:
 def _dims_match(shape: Sequence[int], dims: Sequence[int]) -> bool:
     if len(shape) != len(dims):
         return False
-    for got, want in zip(shape, dims):
+    for got, want in zip(shape, dims):  # noqa: B905  lengths compared above; hot path
         if want != -1 and got != want:
             return False
     return True
@@ -325,5 +325,5 @@ def _resolve(reshape: tuple[int, ...], item_shape: Sequence[int], dims: Sequence
     """The model-side shape of one item: ``reshape`` with its variable dims taken from the request."""
     if -1 not in reshape:
         return reshape
-    variable = iter(g for g, d in zip(item_shape, dims) if d == -1)
+    variable = iter(g for g, d in zip(item_shape, dims) if d == -1)  # noqa: B905  matched by _dims_match
     return tuple(next(variable, -1) if d == -1 else d for d in reshape)

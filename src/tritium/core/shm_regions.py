@@ -190,7 +190,7 @@ class SystemSharedMemory:
         data = shared_memory.take(byte_size)
         if data is None:
             data = np.empty(byte_size, np.uint8)
-        view = memoryview(data)
+        view = memoryview(data)  # type: ignore[arg-type]  # numpy declares __buffer__ for Python >= 3.12 only
         position = region.offset + offset
         done = 0
         try:
@@ -208,7 +208,8 @@ class SystemSharedMemory:
         write past its end would grow the owner's file (never a crash, but the request must fail)."""
         region = self._find(place.region, place.offset, place.byte_size)
         if isinstance(data, np.ndarray):  # as bytes (a dtype such as bfloat16 has no buffer format of its own)
-            view = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+            # numpy declares __buffer__ for Python >= 3.12 only
+            view = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
         else:
             view = memoryview(data).cast("B")
         nbytes = view.nbytes

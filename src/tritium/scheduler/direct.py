@@ -36,7 +36,7 @@ from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.stats import ExecutionTiming, ModelStats
 
 from .base import InFlightScheduler
-from .workers import AbandonedError, InstanceWorker, Ticket
+from .workers import AbandonedError, Done, InstanceWorker, Responses, Ticket
 
 Future = asyncio.Future  # of InferenceResponse
 Batch = list[tuple[InferenceRequest, "asyncio.Future[InferenceResponse]"]]
@@ -66,7 +66,7 @@ class DirectScheduler(InFlightScheduler):
         self._closed = False
         self.stats = stats if stats is not None else ModelStats()
         #: With ``preserve_ordering``: dispatched batches in order, each [futures, results or None].
-        self._ordered: deque[list] | None = None  # type: ignore[type-arg]
+        self._ordered: deque[list] | None = None
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         if self._closed:
@@ -185,10 +185,10 @@ class DirectScheduler(InFlightScheduler):
         return self._in_flight - self._executing + sum(worker.waiting for worker in self._workers)
 
     def _make_done(self, worker: InstanceWorker, futures: list[asyncio.Future[InferenceResponse]],
-                   slot: list | None):  # type: ignore[no-untyped-def,type-arg]
+                   slot: list | None) -> Done:
         def done(
             batch: Sequence[InferenceRequest],
-            responses: list[InferenceResponse] | None,
+            responses: Responses | None,
             error: TritiumError | None,
             timing: ExecutionTiming,
         ) -> None:
@@ -202,7 +202,7 @@ class DirectScheduler(InFlightScheduler):
                         request.trace.execution(request.queued_ns, timing.start_ns, timing.input_end_ns,
                                                 timing.infer_end_ns, timing.end_ns)
             if responses is None:
-                outcome: list[InferenceResponse] | TritiumError = error or UnavailableError("execution failed")
+                outcome: Responses | TritiumError = error or UnavailableError("execution failed")
             else:
                 outcome = responses
             self._in_flight -= len(futures)
@@ -266,13 +266,13 @@ def _all_cancelled(futures: list[asyncio.Future[InferenceResponse]]) -> bool:
 
 
 def _resolve(futures: list[asyncio.Future[InferenceResponse]],
-             outcome: list[InferenceResponse] | TritiumError) -> None:
+             outcome: Responses | TritiumError) -> None:
     if isinstance(outcome, TritiumError):
         for future in futures:
             if not future.done():
                 future.set_exception(outcome)
     else:
-        for future, response in zip(futures, outcome):
+        for future, response in zip(futures, outcome):  # noqa: B905  the worker checks the count; hot path
             if not future.done():
                 if isinstance(response, TritiumError):  # this request alone failed
                     future.set_exception(response)

@@ -107,17 +107,19 @@ class EnsembleScheduler(Scheduler):
                     task.cancel()
         outputs = []
         for name in self._outputs:
-            tensor = tensors.get(name)
-            if tensor is None:
+            found = tensors.get(name)
+            if found is None:
                 # Only an optional ensemble input left out can starve a step.
                 starved = [self._steps[i].label for i, count in enumerate(missing) if count > 0]
                 raise InvalidArgumentError(
                     f"in ensemble '{self._name}', output '{name}' could not be computed: "
                     + ", ".join(starved) + " never received all of its inputs")
-            outputs.append(Tensor(name, tensor.datatype, tensor.data))
+            outputs.append(Tensor(name, found.datatype, found.data))
         return InferenceResponse(self._name, -1, request.id, outputs)
 
-    async def _call(self, step: EnsembleStep, request: InferenceRequest, tensors: dict[str, Tensor]) -> InferenceResponse:
+    async def _call(
+        self, step: EnsembleStep, request: InferenceRequest, tensors: dict[str, Tensor]
+    ) -> InferenceResponse:
         """One step: the composing model's request made from the ensemble tensors, run as any other."""
         try:
             model = self._lookup(step.model_name, step.model_version)

@@ -40,9 +40,12 @@ from tritium.core.stats import ExecutionTiming
 
 log = logging.getLogger(__name__)
 
+#: What executing a batch gives: for each request, its response or the error that failed it alone.
+Responses = list[InferenceResponse | TritiumError]
+
 #: Called on the event loop with the batch, either its responses or the error that failed it, and its timing.
 Done = Callable[
-    [Sequence[InferenceRequest], "list[InferenceResponse] | None", "TritiumError | None", ExecutionTiming], None
+    [Sequence[InferenceRequest], "Responses | None", "TritiumError | None", ExecutionTiming], None
 ]
 
 #: Executions shorter than this (moving average) run on the event loop instead of the worker thread (the
@@ -130,10 +133,11 @@ class InstanceWorker:
         if self._execute_async is not None:
             start = time.monotonic_ns()
 
-            def finished(responses: list[InferenceResponse] | None, error: TritiumError | None) -> None:
+            def finished(responses: Responses | None, error: TritiumError | None) -> None:
                 if responses is not None and len(responses) != len(batch):
-                    responses, error = None, InternalError(f"instance {self.name} returned {len(responses)} "
-                                                           f"responses for {len(batch)} requests")
+                    error = InternalError(f"instance {self.name} returned {len(responses)} "
+                                          f"responses for {len(batch)} requests")
+                    responses = None
                 done(batch, responses, error, ExecutionTiming(start, 0, 0, time.monotonic_ns()))
 
             if self._execute_async(batch, self._loop, finished):
@@ -163,7 +167,7 @@ class InstanceWorker:
         self._handed += len(requests)
         return True
 
-    def reclaim(self, ticket: Ticket) -> tuple | None:  # type: ignore[type-arg]
+    def reclaim(self, ticket: Ticket) -> tuple | None:
         """Take a queued ticket's batch back (to run elsewhere); ``None`` when the thread has started it."""
         if not ticket.claim():
             return None
@@ -178,14 +182,16 @@ class InstanceWorker:
 
     def _execute(
         self, batch: Sequence[InferenceRequest]
-    ) -> tuple[list[InferenceResponse] | None, TritiumError | None, ExecutionTiming]:
+    ) -> tuple[Responses | None, TritiumError | None, ExecutionTiming]:
         instance = self.instance
         start = time.monotonic_ns()
         try:
             responses = instance.execute(batch)
             if len(responses) != len(batch):
-                raise InternalError(f"instance {self.name} returned {len(responses)} responses for {len(batch)} requests")
-            result: tuple[list[InferenceResponse] | None, TritiumError | None] = (responses, None)
+                raise InternalError(
+                    f"instance {self.name} returned {len(responses)} responses for {len(batch)} requests"
+                )
+            result: tuple[Responses | None, TritiumError | None] = (responses, None)
         except TritiumError as e:
             result = (None, e)
         except Exception as e:  # a backend bug must fail the batch, not kill the worker or the loop
@@ -215,6 +221,7 @@ class InstanceWorker:
                 batch, done = item  # type: ignore[misc]
                 abandoned = None
             self._taken += len(batch)
+            error: TritiumError | None
             if abandoned is not None and abandoned():
                 now = time.monotonic_ns()
                 responses, error, timing = None, AbandonedError("the client went away"), ExecutionTiming(now, 0, 0, now)
