@@ -35,8 +35,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
-import http_infer  # noqa: E402
-
 from tritium._proto import model_config_pb2 as mc  # noqa: E402
 from tritium.backends.base import InstanceSpec, ModelContext  # noqa: E402
 from tritium.backends.python.backend import PythonBackend  # noqa: E402
@@ -44,6 +42,8 @@ from tritium.config.parse import load_config_file  # noqa: E402
 from tritium.core import shared_memory  # noqa: E402
 from tritium.core.inference import InferenceRequest  # noqa: E402
 from tritium.core.types import Tensor  # noqa: E402
+
+import http_infer  # noqa: E402
 
 
 def _loop_factory():  # type: ignore[no-untyped-def]

@@ -36,9 +36,10 @@ import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
 from models import write_python_model
 from server import ROOT, RunningServer, ServerProcess, free_port
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 #: ``TRITIUM_REAL_TRITON_SCRIPT`` overrides where the launcher is.
 SCRIPT = os.environ.get("TRITIUM_REAL_TRITON_SCRIPT", os.path.join(ROOT, "scripts", "real_triton.sh"))

@@ -14,9 +14,6 @@ import os
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from fuzz_strategies import (
     generate_bodies,
     infer_bodies,
@@ -25,6 +22,9 @@ from fuzz_strategies import (
     shm_requests,
     trace_bodies,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from models import identity_graph, write_model
 from server import RunningServer
 

@@ -17,13 +17,10 @@ import os
 import struct
 import tracemalloc
 
+import fuzz_targets as targets
 import numpy as np
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-import fuzz_targets as targets
 from fuzz_strategies import (
     WIRE_TYPES,
     bytes_buffers,
@@ -38,6 +35,9 @@ from fuzz_strategies import (
     shm_requests,
     trace_bodies,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from tritium._proto import grpc_service_pb2 as pb
 from tritium.core.bytes_codec import deserialize_bytes_tensor
 from tritium.core.errors import InvalidArgumentError, TritiumError

@@ -19,8 +19,8 @@ import pytest
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.backends.base import InstanceSpec, ModelContext
-from tritium.backends.python.backend import PythonBackend, Settings
 from tritium.backends.python import protocol
+from tritium.backends.python.backend import PythonBackend, Settings
 from tritium.backends.python.protocol import INCOMPLETE, Channel
 from tritium.config.parse import parse_config_text
 from tritium.core import shared_memory
@@ -313,8 +313,7 @@ def test_execute_messages_have_their_named_layouts_and_plain_types_on_the_wire(i
     import io
     from typing import Any
 
-    from tritium.backends.python.messages import (
-        Execute, Executed, ExecuteRequest, Kind, Location, Outcome, TensorMeta)
+    from tritium.backends.python.messages import Execute, Executed, ExecuteRequest, Kind, Location, Outcome, TensorMeta
 
     class PlainOnly(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:

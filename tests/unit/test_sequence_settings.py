@@ -9,9 +9,9 @@ import pytest
 from google.protobuf import text_format
 
 from tritium._proto import model_config_pb2 as mc
+from tritium.config.sequence import sequence_settings
 from tritium.core.errors import ModelConfigError
 from tritium.core.types import DataType
-from tritium.config.sequence import sequence_settings
 
 C = mc.ModelSequenceBatching.Control
 

@@ -10,13 +10,14 @@ import sys
 import urllib.request
 
 import pytest
-from models import identity_graph, write_model
-from server import free_port
 
 from tritium import app
 from tritium.cli import _parser, parse_args
 from tritium.options import ServerOptions
 from tritium.scheduler import workers
+
+from models import identity_graph, write_model
+from server import free_port
 
 REPO = ["--model-repository=/models"]
 

@@ -175,7 +175,8 @@ class Forest:
         return lambda x: predict(forest, x, nthread=threads)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
-        engine = self._small if rows.shape[0] < self.small_below else self._large
+        small = self._small
+        engine = small if small is not None and rows.shape[0] < self.small_below else self._large
         out = np.asarray(engine(rows), dtype=np.float32)
         return out.reshape(rows.shape[0], -1)
 
@@ -337,7 +338,7 @@ class FilInstance(ModelInstanceState):
         self.infer_end_ns = time.monotonic_ns()
         version = model.ctx.version
         responses: list[InferenceResponse | TritiumError] = []
-        for request, part in zip(requests, split_batch(result, requests)):
+        for request, part in zip(requests, split_batch(result, requests), strict=True):
             wanted = request.requested_outputs is None or model.output in request.requested_outputs
             outputs = [Tensor(model.output, DataType.FP32, part)] if wanted else []
             responses.append(InferenceResponse(request.model_name, version, request.id, outputs))

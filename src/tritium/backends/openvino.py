@@ -80,8 +80,8 @@ _HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 _COMPILE_KEYS = ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS", "COMPILATION_NUM_THREADS", "HINT_BF16",
                  "ENABLE_CPU_PINNING")
 _PRECISIONS = ("f32", "bf16", "f16")
-_MODEL_KEYS = ("INFERENCE_PRECISION_HINT", "TARGET_DEVICE", "CPU_EXTENSION_PATH", "RESHAPE_IO_LAYERS", "SKIP_OV_DYNAMIC_BATCHSIZE",
-               "ENABLE_BATCH_PADDING")
+_MODEL_KEYS = ("INFERENCE_PRECISION_HINT", "TARGET_DEVICE", "CPU_EXTENSION_PATH", "RESHAPE_IO_LAYERS",
+               "SKIP_OV_DYNAMIC_BATCHSIZE", "ENABLE_BATCH_PADDING")
 
 
 def _ov() -> Any:
@@ -102,6 +102,28 @@ class Settings:
         for key in ctx.config.parameters:
             if key not in _COMPILE_KEYS and key not in _MODEL_KEYS:
                 log.warning("model '%s': parameter '%s' is not an OpenVINO backend parameter: ignored", ctx.name, key)
+        self._compile_properties(ctx)
+        # Unpinned unless asked: OpenVINO pins its inference threads to cores by default, and there they
+        # compete with the server's own threads (on 2 busy cores, 8 connections to an identity model: p99
+        # 584 ms pinned, 14 ms unpinned; benchmarks/frameworks.py).
+        pinning = self._flag(ctx, "ENABLE_CPU_PINNING") if self._text(ctx, "ENABLE_CPU_PINNING") else False
+        if self.device_is_cpu(ctx):
+            self.properties["ENABLE_CPU_PINNING"] = pinning
+        self.device = self._text(ctx, "TARGET_DEVICE").upper() or "CPU"
+        extension = self._text(ctx, "CPU_EXTENSION_PATH")
+        # inside the model folder (checked by the server before any backend code runs), joined as Triton joins paths
+        self.extension = ctx.model_file(extension) if extension else ""
+        if self.extension and not os.path.isfile(self.extension):
+            self._bad("CPU_EXTENSION_PATH", extension, "a shared library inside the model folder")
+        self.reshape = self._flag(ctx, "RESHAPE_IO_LAYERS")
+        self.fixed_batch = self._flag(ctx, "SKIP_OV_DYNAMIC_BATCHSIZE")
+        self.padding = self._flag(ctx, "ENABLE_BATCH_PADDING")
+        if self.padding and not self.fixed_batch:
+            log.info("model '%s': ENABLE_BATCH_PADDING has no effect: the batch dimension is dynamic (it pads "
+                     "only with SKIP_OV_DYNAMIC_BATCHSIZE)", ctx.name)
+
+    def _compile_properties(self, ctx: ModelContext) -> None:
+        """The parameters that become OpenVINO compile properties (hints, streams, threads, precision)."""
         hint = self._text(ctx, "PERFORMANCE_HINT").upper()
         if hint:
             if hint not in _HINTS:
@@ -128,24 +150,6 @@ class Settings:
             if precision not in _PRECISIONS or bf16:
                 self._bad("INFERENCE_PRECISION_HINT", precision, "f32, bf16 or f16 (and not with HINT_BF16)")
             self.properties["INFERENCE_PRECISION_HINT"] = precision
-        # Unpinned unless asked: OpenVINO pins its inference threads to cores by default, and there they
-        # compete with the server's own threads (on 2 busy cores, 8 connections to an identity model: p99
-        # 584 ms pinned, 14 ms unpinned; benchmarks/frameworks.py).
-        pinning = self._flag(ctx, "ENABLE_CPU_PINNING") if self._text(ctx, "ENABLE_CPU_PINNING") else False
-        if self.device_is_cpu(ctx):
-            self.properties["ENABLE_CPU_PINNING"] = pinning
-        self.device = self._text(ctx, "TARGET_DEVICE").upper() or "CPU"
-        extension = self._text(ctx, "CPU_EXTENSION_PATH")
-        # inside the model folder (checked by the server before any backend code runs), joined as Triton joins paths
-        self.extension = ctx.model_file(extension) if extension else ""
-        if self.extension and not os.path.isfile(self.extension):
-            self._bad("CPU_EXTENSION_PATH", extension, "a shared library inside the model folder")
-        self.reshape = self._flag(ctx, "RESHAPE_IO_LAYERS")
-        self.fixed_batch = self._flag(ctx, "SKIP_OV_DYNAMIC_BATCHSIZE")
-        self.padding = self._flag(ctx, "ENABLE_BATCH_PADDING")
-        if self.padding and not self.fixed_batch:
-            log.info("model '%s': ENABLE_BATCH_PADDING has no effect: the batch dimension is dynamic (it pads "
-                     "only with SKIP_OV_DYNAMIC_BATCHSIZE)", ctx.name)
 
     @staticmethod
     def device_is_cpu(ctx: ModelContext) -> bool:
@@ -317,7 +321,7 @@ class OpenVinoModel(ModelState):
                 want = ([-1] if batched else []) + dims
                 skip = 1 if batched else 0
                 if len(model_dims) != len(want) or any(
-                        m != -1 and c != -1 and m != c for m, c in zip(model_dims[skip:], want[skip:])):
+                        m != -1 and c != -1 and m != c for m, c in zip(model_dims[skip:], want[skip:], strict=True)):
                     raise ModelConfigError(
                         f"unable to load model '{name}', {what} '{tensor.name}': the model expects shape "
                         f"{model_dims} but the configuration specifies {want} (max_batch_size {self.batch}"
@@ -333,7 +337,8 @@ class OpenVinoModel(ModelState):
             hint = ("; SKIP_OV_DYNAMIC_BATCHSIZE=YES runs it at a fixed batch of max_batch_size"
                     if batched and not settings.fixed_batch else "")
             raise ModelConfigError(f"unable to load model '{name}': OpenVINO cannot give it the config's types "
-                                   f"and shapes ({ {k: str(v) for k, v in shapes.items()} }): {_short(e)}{hint}") from None
+                                   f"and shapes ({ {k: str(v) for k, v in shapes.items()} }): "
+                                   f"{_short(e)}{hint}") from None
         return model
 
     def instance_initialize(self, spec: InstanceSpec) -> ModelInstanceState:
@@ -392,11 +397,12 @@ class OpenVinoInstance(ModelInstanceState):
             array = request.get_output_tensor(index).data
             array = np.array(array[:rows] if pad else array)  # a copy: the request's memory is reused
             views = split_batch(array, requests) if model.batch > 0 else [array]
-            for outputs, r, view in zip(per_request, requests, views):
+            for outputs, r, view in zip(per_request, requests, views, strict=True):
                 if r.requested_outputs is None or name in r.requested_outputs:
                     outputs.append(Tensor(name, datatype, view))
         version = model.ctx.version
-        return [InferenceResponse(r.model_name, version, r.id, outputs) for r, outputs in zip(requests, per_request)]
+        return [InferenceResponse(r.model_name, version, r.id, outputs)
+                for r, outputs in zip(requests, per_request, strict=True)]
 
     def finalize(self) -> None:
         self.request = None

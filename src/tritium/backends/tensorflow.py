@@ -333,7 +333,10 @@ class TensorFlowModel(ModelState):
                 # (instance) thread and spare a thread hand-off per execution.
                 options = self.tf.compat.v1.RunOptions(inter_op_thread_pool=-1)
                 flat = call
-                call = lambda *arrays: flat(*arrays, options=options)
+
+                def run_inline(*arrays: Any) -> Any:
+                    return flat(*arrays, options=options)
+                call = run_inline
         except TritiumError:
             session.close()
             raise
@@ -388,7 +391,7 @@ class TensorFlowModel(ModelState):
             shape = [-1 if d is None else int(d) for d in tensor.shape.as_list()]
             dims = list(spec.reshape.shape) if spec.HasField("reshape") else list(spec.dims)
             full = ([-1] if self.batched else []) + dims
-            if len(full) != len(shape) or any(g >= 0 and c >= 0 and g != c for g, c in zip(shape, full)):
+            if len(full) != len(shape) or any(g >= 0 and c >= 0 and g != c for g, c in zip(shape, full, strict=True)):
                 raise ModelConfigError(f"unable to load model '{self.ctx.name}', {what} '{spec.name}': the model "
                                        f"expects shape {shape} but the configuration specifies {full} "
                                        f"(max_batch_size {config.max_batch_size})")
@@ -437,17 +440,18 @@ class TensorFlowInstance(ModelInstanceState):
                                        f"{type(e).__name__}: {text.strip()[:600]}") from None
         self.infer_end_ns = time.monotonic_ns()
         per_request: list[list[Tensor]] = [[] for _ in requests]
-        for (name, datatype), array in zip(model.outputs, results):
+        for (name, datatype), array in zip(model.outputs, results, strict=True):
             array = np.asarray(array)
             if datatype is not DataType.BYTES and array.dtype != datatype.numpy_dtype:
                 raise InternalError(f"model '{model.ctx.name}' output '{name}' is {array.dtype} but the "
                                     f"configuration says {datatype.config_name}")
             views = split_batch(array, requests) if model.batched else [array]
-            for outputs, request, view in zip(per_request, requests, views):
+            for outputs, request, view in zip(per_request, requests, views, strict=True):
                 if request.requested_outputs is None or name in request.requested_outputs:
                     outputs.append(Tensor(name, datatype, view))
         version = model.ctx.version
-        return [InferenceResponse(r.model_name, version, r.id, outputs) for r, outputs in zip(requests, per_request)]
+        return [InferenceResponse(r.model_name, version, r.id, outputs)
+                for r, outputs in zip(requests, per_request, strict=True)]
 
     def finalize(self) -> None:
         self.call = None

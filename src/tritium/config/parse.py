@@ -100,41 +100,43 @@ def check_config_values(config: ModelConfig, model_name: str) -> None:
         raise ModelConfigError(f"model '{model_name}': '{field}' has the value {value}, which its enum does not name")
 
 
+def _bad_scalar(fd: Any, values: Any) -> int | str | None:
+    """The first of ``values`` (of field ``fd``) that is an unnamed enum number or a string with a NUL."""
+    if fd.type == fd.TYPE_ENUM:
+        known = fd.enum_type.values_by_number
+        return next((v for v in values if v not in known), None)
+    if fd.type == fd.TYPE_STRING:
+        return next((v for v in values if "\0" in v), None)
+    return None
+
+
 def _bad_value(message: Any, path: str) -> tuple[str, int | str] | None:
     """The first enum number without a name or string with a NUL in ``message``: (field path, value)."""
     for fd, value in message.ListFields():
         name = f"{path}.{fd.name}" if path else fd.name
-        if fd.type == fd.TYPE_ENUM:
-            known = fd.enum_type.values_by_number
-            for v in (value if _is_repeated(fd) else (value,)):
-                if v not in known:
-                    return name, v
-        elif fd.type == fd.TYPE_STRING:
-            for v in (value if _is_repeated(fd) else (value,)):
-                if "\0" in v:
-                    return name, v
-        elif fd.message_type is not None:
-            if fd.message_type.GetOptions().map_entry:
-                if any(isinstance(k, str) and "\0" in k for k in value):
-                    return f"{name} (a key)", "\0"
-                value_fd = fd.message_type.fields_by_name["value"]
-                if value_fd.message_type is not None:
-                    items = [(f"{name}[{k!r}]", v) for k, v in value.items()]
-                else:
-                    for k, v in value.items():
-                        if value_fd.type == value_fd.TYPE_ENUM and v not in value_fd.enum_type.values_by_number:
-                            return f"{name}[{k!r}]", v
-                        if value_fd.type == value_fd.TYPE_STRING and "\0" in v:
-                            return f"{name}[{k!r}]", v
-                    continue
-            elif _is_repeated(fd):
-                items = [(f"{name}[{i}]", v) for i, v in enumerate(value)]
-            else:
-                items = [(name, value)]
-            for sub_path, sub in items:
-                found = _bad_value(sub, sub_path)
-                if found is not None:
-                    return found
+        if fd.message_type is None:
+            bad = _bad_scalar(fd, value if _is_repeated(fd) else (value,))
+            if bad is not None:
+                return name, bad
+            continue
+        if fd.message_type.GetOptions().map_entry:
+            if any(isinstance(k, str) and "\0" in k for k in value):
+                return f"{name} (a key)", "\0"
+            value_fd = fd.message_type.fields_by_name["value"]
+            if value_fd.message_type is None:
+                for k, v in value.items():
+                    if _bad_scalar(value_fd, (v,)) is not None:
+                        return f"{name}[{k!r}]", v
+                continue
+            items = [(f"{name}[{k!r}]", v) for k, v in value.items()]
+        elif _is_repeated(fd):
+            items = [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            items = [(name, value)]
+        for sub_path, sub in items:
+            found = _bad_value(sub, sub_path)
+            if found is not None:
+                return found
     return None
 
 

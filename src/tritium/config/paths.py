@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from tritium._proto import model_config_pb2 as mc
 from tritium.core.errors import ModelConfigError
@@ -100,35 +100,36 @@ def check_config_paths(config: mc.ModelConfig, model_dir: str, versions: Sequenc
                        from_client: bool) -> None:
     """Refuse a config that names a path outside ``model_dir`` (see the module's docstring), before
     anything of the model is read or run.  ``from_client``: the config is a repository-API override."""
+    for path, field, base in _named_paths(config, versions):
+        inside_model_dir(model_dir, path, field, model, base=base)
+    if EXECUTION_ENV_PATH in config.parameters:
+        execution_env_path(model_dir, config.parameters[EXECUTION_ENV_PATH].string_value, model, from_client)
+
+
+def _named_paths(config: mc.ModelConfig, versions: Sequence[int]) -> Iterator[tuple[str, str, str]]:
+    """Each path the config names, as (path, the field that names it, the folder it is relative to)."""
     for version in versions:
         # the version folder, and the model file in it (a symlink to elsewhere is refused like a config path)
-        inside_model_dir(model_dir, str(version), f"version folder {version}", model)
+        yield str(version), f"version folder {version}", ""
         if config.default_model_filename:
-            inside_model_dir(model_dir, config.default_model_filename, "default_model_filename", model,
-                             base=str(version))
+            yield config.default_model_filename, "default_model_filename", str(version)
         for key, filename in config.cc_model_filenames.items():
-            inside_model_dir(model_dir, filename, f"cc_model_filenames['{key}']", model, base=str(version))
+            yield filename, f"cc_model_filenames['{key}']", str(version)
     for output in config.output:
         if output.label_filename:
-            inside_model_dir(model_dir, output.label_filename, f"label_filename of output '{output.name}'", model)
+            yield output.label_filename, f"label_filename of output '{output.name}'", ""
     for sample in config.model_warmup:
         for name, spec in sample.inputs.items():
             if spec.WhichOneof("input_data_type") == "input_data_file":
-                inside_model_dir(model_dir, spec.input_data_file,
-                                 f"input_data_file of warmup sample '{sample.name}' input '{name}'", model,
-                                 base=WARMUP_DIR)
-    if config.HasField("sequence_batching"):
-        for state in config.sequence_batching.state:
-            for initial in state.initial_state:
-                if initial.WhichOneof("state_data") == "data_file":
-                    inside_model_dir(model_dir, initial.data_file,
-                                     f"initial_state data_file of state '{state.input_name}'", model,
-                                     base=INITIAL_STATE_DIR)
+                yield (spec.input_data_file, f"input_data_file of warmup sample '{sample.name}' input '{name}'",
+                       WARMUP_DIR)
+    for state in config.sequence_batching.state:
+        for initial in state.initial_state:
+            if initial.WhichOneof("state_data") == "data_file":
+                yield initial.data_file, f"initial_state data_file of state '{state.input_name}'", INITIAL_STATE_DIR
     for key in FILE_PARAMETERS:
         if key in config.parameters and config.parameters[key].string_value.strip():
-            inside_model_dir(model_dir, config.parameters[key].string_value.strip(), f"parameter {key}", model)
-    if EXECUTION_ENV_PATH in config.parameters:
-        execution_env_path(model_dir, config.parameters[EXECUTION_ENV_PATH].string_value, model, from_client)
+            yield config.parameters[key].string_value.strip(), f"parameter {key}", ""
 
 
 def execution_env_path(model_dir: str, value: str, model: str, from_client: bool) -> str:

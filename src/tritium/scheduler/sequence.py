@@ -136,7 +136,7 @@ class SequenceBatcher(InFlightScheduler):
 
     def _make_flags(self, start: bool, end: bool, ready: bool) -> list[Tensor]:
         tensors = []
-        values = {Control.CONTROL_SEQUENCE_START: start, Control.CONTROL_SEQUENCE_END: end,
+        values: dict[int, bool] = {Control.CONTROL_SEQUENCE_START: start, Control.CONTROL_SEQUENCE_END: end,
                   Control.CONTROL_SEQUENCE_READY: ready}
         for kind, control in self._settings.controls.items():
             value = control.true if values[kind] else control.false
@@ -383,7 +383,7 @@ class SequenceBatcher(InFlightScheduler):
                    rows: list[InferenceRequest]) -> Done:
         real = {id(e.request): i for i, e in enumerate(entries)}
 
-        def done(batch: Sequence[InferenceRequest], responses: list[InferenceResponse] | None,
+        def done(batch: Sequence[InferenceRequest], responses: list[InferenceResponse | TritiumError] | None,
                  error: TritiumError | None, timing: ExecutionTiming) -> None:
             self.stats.record_execution([e.request for e in entries], timing, responses is not None)
             again = 0
