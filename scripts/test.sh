@@ -9,6 +9,7 @@
 # names an interpreter that has them already, and nothing is installed.
 TRITIUM_EXTRAS=test
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
+source "$ROOT/scripts/_system_packages.sh"
 if [ "${1:-}" != "--differential" ]; then
     exec python -m pytest "$@"
 fi
