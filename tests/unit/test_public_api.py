@@ -66,7 +66,7 @@ CLI_FLAGS = {
     "--trace-config", "--trace-file", "--trace-level", "--trace-rate", "--trace-count", "--trace-log-frequency",
 }
 
-SERVER_ALL = {"Server", "StartupError", "TRITON_VERSION", "EXTENSIONS", "__version__"}
+SERVER_ALL = {"Server", "StartupError", "LocalInference", "TRITON_VERSION", "EXTENSIONS", "__version__"}
 
 #: ServerOptions fields an embedder may set; each has a default.  Removing or renaming one breaks embedders.
 SERVER_OPTIONS = {
