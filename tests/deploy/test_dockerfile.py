@@ -123,6 +123,10 @@ def test_final_stage_runs_as_a_numeric_non_root_user_on_tritons_ports():
     assert expose.split() == ["8000", "8001", "8002"]
     [cmd] = [a for k, a in stage if k == "CMD"]
     assert json.loads(cmd)[0] == "tritium"
+    # tini as PID 1 runs the command (Kubernetes' and KServe's args replace CMD, not the entrypoint)
+    [entrypoint] = [a for k, a in stage if k == "ENTRYPOINT"]
+    assert json.loads(entrypoint) == ["/usr/bin/tini", "--"]
+    assert any("tini" in a.split() for k, a in stage if k == "RUN" and "apt-get install" in a)
     # KServe's stock Triton runtime runs `tritonserver ...`
     assert any("ln -s tritium /opt/tritium/bin/tritonserver" in a for k, a in instructions() if k == "RUN")
 

@@ -99,8 +99,9 @@ def test_command_line_is_one_tritium_accepts(scenario):
     flags name are the container's named ports."""
     values = SCENARIOS[scenario]
     c = container(render(values))
-    assert c["command"] == ["tritium"]
-    options = parse_args(c["args"])
+    assert "command" not in c  # the image's entrypoint (tini, PID 1) runs the args
+    assert c["args"][0] == "tritium"
+    options = parse_args(c["args"][1:])
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"http": options.http_port, "grpc": options.grpc_port, "metrics": options.metrics_port}
     assert options.model_repositories == [values.get("server", {}).get("modelRepository",
@@ -127,7 +128,7 @@ def test_termination_grace_covers_prestop_and_exit_timeout(server, grace):
     objects = render({"server": server})
     pod = objects["Deployment"]["spec"]["template"]["spec"]
     c = container(objects)
-    exit_timeout = parse_args(c["args"]).exit_timeout_secs
+    exit_timeout = parse_args(c["args"][1:]).exit_timeout_secs
     pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", ["sleep", "0"])
     assert pre_stop[0] == "sleep"
     assert pod["terminationGracePeriodSeconds"] == grace

@@ -32,9 +32,9 @@ def test_manifest_is_valid(name):
 def test_runtime_runs_tritium_with_the_flags_kserve_passes_to_triton():
     [container] = manifest("servingruntime.yaml")["spec"]["containers"]
     assert container["name"] == "kserve-container"  # the name KServe's controller looks for
-    assert container["command"] == ["tritium"]
+    assert "command" not in container and container["args"][0] == "tritium"  # as KServe's Triton runtime does
     assert {"--model-store=/mnt/models", "--grpc-port=9000", "--http-port=8080"} <= set(container["args"])
-    options = parse_args(container["args"])
+    options = parse_args(container["args"][1:])
     assert options.model_repositories == ["/mnt/models"]  # where KServe's storage initializer puts storageUri
     assert (options.http_port, options.grpc_port) == (8080, 9000)
     assert options.allow_http and options.allow_grpc
@@ -46,7 +46,7 @@ def test_runtime_metrics_annotation_names_tritiums_metrics_port():
     runtime = manifest("servingruntime.yaml")
     [container] = runtime["spec"]["containers"]
     port = runtime["spec"]["annotations"]["prometheus.kserve.io/port"]
-    assert int(port) == parse_args(container["args"]).metrics_port
+    assert int(port) == parse_args(container["args"][1:]).metrics_port
 
 
 def test_inference_service_uses_the_runtime_and_a_format_it_supports():
@@ -62,6 +62,6 @@ def test_every_kserve_container_arg_is_a_tritonserver_flag_spelling():
     """KServe's stock Triton runtime passes `tritonserver` then its flags; each of the runtime's flags is one
     tritium parses in the --flag=value form (no positional leftovers)."""
     [container] = manifest("servingruntime.yaml")["spec"]["containers"]
-    for arg in container["args"]:
+    for arg in container["args"][1:]:
         assert arg.startswith("--") and "=" in arg, arg
         parse_args(["--model-repository=/m", arg])

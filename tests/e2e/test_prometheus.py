@@ -49,17 +49,19 @@ CONFIG = """
 
 
 def kserve_replica(repo: str) -> ServerProcess:
-    """tritium started with the ServingRuntime's container command and args, ports and model store replaced."""
+    """tritium started with the ServingRuntime's container args (``tritium`` and Triton's flags, run by the image's
+    entrypoint), ports and model store replaced."""
     with open(SERVING_RUNTIME) as f:
         container = yaml.safe_load(f)["spec"]["containers"][0]
-    assert container["command"] == ["tritium"]
+    program, *flags = container["args"]
+    assert program == "tritium" and "command" not in container
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     replace = {"--model-store": repo, "--http-port": str(http_port), "--grpc-port": str(grpc_port)}
     args = []
-    for arg in container["args"]:
+    for arg in flags:
         flag, _, value = arg.partition("=")
         args.append(f"{flag}={replace.get(flag, value)}")
-    assert [a.split("=")[0] for a in args] == [a.split("=")[0] for a in container["args"]]
+    assert [a.split("=")[0] for a in args] == [a.split("=")[0] for a in flags]
     # Not KServe's flags: the metrics port (KServe leaves tritonserver's 8002) is taken from the test's free ports.
     args += [f"--metrics-port={metrics_port}"]
     log_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"tritium-kserve-{http_port}.log")
