@@ -79,7 +79,7 @@ class RunningServer(ServerProcess):
     """A tritium process, started as users run it (``python -m tritium`` with ``tritonserver``'s flags)."""
 
     def __init__(self, repos: Sequence[str], args: Sequence[str] = (), wait_ready: bool = True,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, preexec_fn: Callable[[], None] | None = None) -> None:
         http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
         cmd = [sys.executable, "-m", "tritium", f"--http-port={http_port}", "--http-address=127.0.0.1",
                f"--grpc-port={grpc_port}", "--grpc-address=127.0.0.1",
@@ -87,7 +87,8 @@ class RunningServer(ServerProcess):
         cmd += [f"--model-repository={r}" for r in repos]
         cmd += list(args)
         log_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"tritium-{http_port}.log")
-        super().__init__(cmd, log_path, dict(os.environ, PYTHONUNBUFFERED="1"), http_port, grpc_port, metrics_port)
+        super().__init__(cmd, log_path, dict(os.environ, PYTHONUNBUFFERED="1"), http_port, grpc_port, metrics_port,
+                         preexec_fn)
         if wait_ready:
             self.wait_live(timeout)
 

@@ -124,6 +124,10 @@ def spawn(python: str) -> tuple[Channel, Channel, socket.socket, subprocess.Pope
         popen = subprocess.Popen(
             [python, "-m", "tritium.backends.python.stub", *map(str, fds)],
             pass_fds=fds, stdin=subprocess.DEVNULL, env=env,
+            # its own session: a signal to the server's process group (Ctrl-C, `timeout`, a runtime signalling
+            # the group) reaches the server only, which then finalizes its models; the stub still ends with the
+            # server, at EOF on its sockets, even if the server is killed
+            start_new_session=True,
         )
     finally:
         control_there.close()
