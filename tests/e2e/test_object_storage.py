@@ -29,8 +29,9 @@ import tritonclient.http as httpclient
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
-from models import echo_config, identity_graph, write_model, write_python_model  # noqa: E402
 from s3server import ENV, CuttingProxy, MotoServer, keys, sync  # noqa: E402
+
+from models import echo_config, identity_graph, write_model, write_python_model  # noqa: E402
 from server import RunningServer  # noqa: E402
 
 IDENT = """
