@@ -110,7 +110,8 @@ def wait_for(predicate, timeout: float = 60.0):  # type: ignore[no-untyped-def]
 
 
 def cache_files(cache: str) -> list[str]:
-    return [os.path.join(d, f) for d, _, fs in os.walk(cache) for f in fs]
+    """The files of the models' copies (not the lock file marking a cache folder in use)."""
+    return [os.path.join(d, f) for d, _, fs in os.walk(cache) for f in fs if f != ".in-use"]
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +161,9 @@ def test_startup_load_serves_onnx_and_python_models_from_s3_and_cleans_the_cache
     local = str(tmp_path / "local")
     ident(local, "local_ident")
     cache = tmp_path / "cache"
-    cache.mkdir()
+    orphan = cache / "tritium-models-s3-killed"  # what a killed server left: its lock file held by no one
+    (orphan / ".copies" / "old.1").mkdir(parents=True)
+    (orphan / ".in-use").write_bytes(b"")
     repository = s3.repository("startup")
     with RunningServer([repository, local], [f"--repository-cache-dir={cache}"], timeout=180) as server:
         wait_for(lambda: httpclient.InferenceServerClient(server.url).is_server_ready(), 120)
@@ -174,6 +177,7 @@ def test_startup_load_serves_onnx_and_python_models_from_s3_and_cleans_the_cache
         np.testing.assert_array_equal(result, np.arange(4, dtype=np.float32) * 3)  # ran in the packed env
         grpc.close()
         assert {"ident", "envpy", "local_ident"} <= set(index(server.url))
+        assert not orphan.exists()
         (root,) = os.listdir(cache)  # one folder for the repository; each model a link to a complete copy
         assert os.path.islink(cache / root / "ident") and (cache / root / "ident" / "1" / "model.onnx").is_file()
         assert (cache / root / "envpy" / "env.tar.gz").is_file()

@@ -15,6 +15,7 @@ rebuilds only the versions whose objects changed.  The copies of all repositorie
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import json
@@ -44,6 +45,9 @@ _MOUNT_VARIABLES = {"s3": "TRITON_AWS_MOUNT_DIRECTORY", "gs": "TRITON_GCS_MOUNT_
                     "as": "TRITON_AZURE_MOUNT_DIRECTORY"}
 #: ``s3://[http(s)://]host:port/bucket/path``, as Triton matches a custom endpoint.
 _S3_ENDPOINT = re.compile(r"(?:(https?)://)?([0-9A-Za-z.\-]+):([0-9]+)/(.*)")
+#: Cache folders are named ``<prefix><scheme>-<random>``, each holding a lock file while its server runs.
+_ROOT_PREFIX = "tritium-models-"
+_LOCK_FILE = ".in-use"
 #: Longest error text of a library kept in a reason.
 _REASON_LIMIT = 400
 
@@ -66,13 +70,19 @@ class ObjectCache:
         #: Bytes held by each published copy (repository folder + model name).
         self._sizes: dict[str, int] = {}
         self._roots: list[str] = []
+        #: The locks that mark this server's folders as in use (held open for the process's life).
+        self._held: list[int] = []
 
     def new_root(self, scheme: str) -> str:
-        """A fresh folder for one repository's copies."""
-        parent = self.settings.directory or os.environ.get(_MOUNT_VARIABLES[scheme], "") or None
-        root = tempfile.mkdtemp(prefix=f"tritium-{scheme}-{os.getpid()}-", dir=parent)
+        """A fresh folder for one repository's copies; the folders a killed server left go first."""
+        parent = self.settings.directory or os.environ.get(_MOUNT_VARIABLES[scheme], "") or tempfile.gettempdir()
+        _remove_orphans(parent)
+        root = tempfile.mkdtemp(prefix=f"{_ROOT_PREFIX}{scheme}-", dir=parent)
+        fd = os.open(os.path.join(root, _LOCK_FILE), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         with self._lock:
             self._roots.append(root)
+            self._held.append(fd)
         return root
 
     def reserve(self, key: str, needed: int, what: str) -> None:
@@ -95,9 +105,37 @@ class ObjectCache:
     def close(self) -> None:
         with self._lock:
             roots, self._roots = self._roots, []
+            held, self._held = self._held, []
             self._sizes.clear()
         for root in roots:
             shutil.rmtree(root, ignore_errors=True)
+        for fd in held:
+            os.close(fd)
+
+
+def _remove_orphans(parent: str) -> None:
+    """Remove the cache folders of servers that are gone (killed: no shutdown cleaned them): those whose lock
+    no process holds.  A lock, not a process id, since a restarted container's server has the same id."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        folder = os.path.join(parent, name)
+        if not name.startswith(_ROOT_PREFIX) or os.path.islink(folder):
+            continue
+        try:
+            fd = os.open(os.path.join(folder, _LOCK_FILE), os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue  # not one of ours, or being made right now
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a live server's
+        shutil.rmtree(folder, ignore_errors=True)
+        os.close(fd)
+        log.info("removed '%s', the model cache of a server that is gone", folder)
 
 
 class ObjectStorage(ModelStorage):
@@ -135,7 +173,13 @@ class ObjectStorage(ModelStorage):
             fs, root = _gcs(module, location, credentials)
         else:
             fs, root = _azure(module, location, credentials)
-        return cls(location, fs, root, cache, scheme)
+        storage = cls(location, fs, root, cache, scheme)
+        try:
+            storage._folder()  # a cache folder that cannot be made stops the start, not a later load
+        except OSError as e:
+            raise InvalidArgumentError(f"model repository '{location}': the local cache folder cannot be made: "
+                                       f"{e.strerror}: '{e.filename}'") from None
+        return storage
 
     # -- listing ------------------------------------------------------------------------------------
 
@@ -201,6 +245,12 @@ class ObjectStorage(ModelStorage):
         if problem is not None:  # the manager only asks for listed names; a name is a folder name below
             raise InvalidArgumentError(f"model '{shown(name)}': {problem}")
         what = f"failed to load '{name}' from model repository '{self.location}'"
+        try:
+            return self._fetch(name, what)
+        except OSError as e:  # the cache folder: disk full, removed, ...
+            raise UnavailableError(f"{what}: the local copy cannot be made: {e.strerror}") from None
+
+    def _fetch(self, name: str, what: str) -> str:
         with self._lock_of(name):
             objects = self._objects(f"{self._root}/{name}/", what).get(name, {})
             if not objects:
