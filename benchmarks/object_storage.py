@@ -33,8 +33,8 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
 from s3server import ENV, MotoServer, sync  # noqa: E402
+
 from server import RunningServer  # noqa: E402
 
 CONFIG = """
