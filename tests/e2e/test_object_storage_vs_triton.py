@@ -18,8 +18,9 @@ import tritonclient.http as httpclient
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
-from models import echo_config, sleep_then_echo, write_python_model  # noqa: E402
 from s3server import ENV, MotoServer, sync  # noqa: E402
+
+from models import echo_config, sleep_then_echo, write_python_model  # noqa: E402
 from server import ROOT, RunningServer, ServerProcess, free_port  # noqa: E402
 
 SCRIPT = os.environ.get("TRITIUM_REAL_TRITON_SCRIPT", os.path.join(ROOT, "scripts", "real_triton.sh"))
