@@ -263,7 +263,7 @@ def test_poll_mode_sees_models_added_changed_and_removed_in_the_bucket(  # type:
 def test_hostile_keys_and_the_cache_bound_fail_only_their_model(  # type: ignore[no-untyped-def]
         s3, aws_env, tmp_path) -> None:
     folder = str(tmp_path / "upload")
-    for name in ("ok", "dotdot", "slashes", "big"):
+    for name in ("ok", "dotdot", "slashes", "big", "conflict"):
         ident(folder, name)
     with open(os.path.join(folder, "big", "1", "weights.bin"), "wb") as f:
         f.write(os.urandom(2 << 20))
@@ -272,6 +272,7 @@ def test_hostile_keys_and_the_cache_bound_fail_only_their_model(  # type: ignore
     sync(client, folder, "hostile", "models")
     client.put_object(Bucket="hostile", Key="models/dotdot/1/../../../../../escaped.txt", Body=b"bad")
     client.put_object(Bucket="hostile", Key="models/slashes/1//abs.txt", Body=b"bad")
+    client.put_object(Bucket="hostile", Key="models/conflict/1/model.onnx/inside", Body=b"a file and a folder")
     cache = tmp_path / "cache"
     cache.mkdir()
     args = ["--exit-on-error=false", f"--repository-cache-dir={cache}", "--repository-cache-size=1"]
@@ -285,6 +286,11 @@ def test_hostile_keys_and_the_cache_bound_fail_only_their_model(  # type: ignore
             assert f"from model repository '{s3.repository('hostile')}'" in reason, reason
             assert "is not a plain relative path" in reason and name in reason, reason
         assert "model repository cache is full" in rows["big"][0]["reason"], rows["big"]
+        reason = rows["conflict"][0]["reason"]
+        assert "failed to load 'conflict'" in reason and "'conflict/1/model.onnx' is both a file and a folder" \
+            in reason, reason
+        assert str(cache) not in reason and "/tmp" not in reason, reason  # no server path reaches a client
+        assert not [p for p in cache_files(str(cache)) if os.sep + "conflict" in p]
         http.close()
     escaped = [p for p in cache_files(str(tmp_path)) if p.endswith("escaped.txt") or p.endswith("abs.txt")]
     assert escaped == []

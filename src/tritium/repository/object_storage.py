@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tritium.config.paths import is_inside
+from tritium.config.paths import is_inside, relative_text
 from tritium.core.errors import InvalidArgumentError, TritiumError, UnavailableError
 from tritium.core.names import name_problem, shown
 
@@ -279,6 +279,12 @@ class ObjectStorage(ModelStorage):
             if problem is not None:
                 raise UnavailableError(f"{what}: object key '{shown(name + '/' + relative)}' {problem}; "
                                        "nothing was fetched")
+        folders = {relative.rsplit("/", 1)[0] for relative in objects if "/" in relative}
+        folders |= {folder.rsplit("/", i)[0] for folder in folders for i in range(1, folder.count("/") + 1)}
+        clash = sorted(folders & set(objects))
+        if clash:
+            raise UnavailableError(f"{what}: object key '{shown(name + '/' + clash[0])}' is both a file and a "
+                                   "folder of other keys; nothing was fetched")
         old = current[0] if current is not None else {}
         fetch = [r for r, o in objects.items() if old.get(r) != o]
         self._cache.reserve(os.path.join(folder, name), sum(objects[r].size for r in fetch), what)
@@ -312,9 +318,10 @@ class ObjectStorage(ModelStorage):
         except TritiumError:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        except Exception as e:  # the network went away, the disk is full, ...
+        except Exception as e:  # the network went away, the disk is full, a key is a file and a folder, ...
             shutil.rmtree(tmp, ignore_errors=True)
-            raise UnavailableError(f"{what}: download failed: {_reason(e)}") from None
+            # clients read this: paths in the cache are shown relative to the model's folder
+            raise UnavailableError(f"{what}: download failed: {relative_text(_reason(e), tmp)}") from None
 
     def release(self, name: str) -> None:
         with self._lock_of(name):
