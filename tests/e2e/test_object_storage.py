@@ -300,8 +300,9 @@ def test_bad_credentials_and_a_missing_bucket_name_the_repository_while_others_s
         aws_env, tmp_path, monkeypatch) -> None:
     local = str(tmp_path / "local")
     ident(local, "local_ident")
-    folder = str(tmp_path / "upload")
-    ident(folder, "secure")
+    folders = {"secure": str(tmp_path / "secure"), "doomed": str(tmp_path / "doomed")}
+    ident(folders["secure"], "secure")
+    ident(folders["doomed"], "later")
     # moto with IAM auth: only the first requests (making the user and its key) go unchecked
     with MotoServer(env={"INITIAL_NO_AUTH_ACTION_COUNT": "3"}) as s3:
         import boto3
@@ -312,43 +313,57 @@ def test_bad_credentials_and_a_missing_bucket_name_the_repository_while_others_s
         iam.put_user_policy(UserName="reader", PolicyName="all", PolicyDocument=json.dumps(
             {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
         good = s3.client(aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
-        good.create_bucket(Bucket="secure")
-        sync(good, folder, "secure", "models")
-        repository = s3.repository("secure")
+        for bucket, folder in folders.items():
+            good.create_bucket(Bucket=bucket)
+            sync(good, folder, bucket, "models")
+        repository, doomed, missing = s3.repository("secure"), s3.repository("doomed"), s3.repository("nosuchbucket")
 
-        # the environment's key is unknown to the server: that repository fails, the local one serves
-        with RunningServer([repository, local], ["--exit-on-error=false", "--model-control-mode=explicit",
-                                                 "--load-model=*"]) as server:
-            http = httpclient.InferenceServerClient(server.url)
-            assert wait_for(lambda: http.is_model_ready("local_ident"))
-            infer(server.url, "local_ident")
-            assert f"model repository '{repository}' cannot be read" in server.output()
-            assert "InvalidAccessKeyId" in server.output() or "PermissionError" in server.output()
-            status, body = load(server.url, "secure")
-            assert status == 503 and f"failed to load 'secure': model repository '{repository}'" in body, body
-            http.close()
+        # at start, a repository that cannot be read stops the server naming it (as Triton), whatever
+        # --exit-on-error says: here the environment's key is unknown to the S3 server, there the bucket
+        for repositories, words in (([repository, local], "InvalidAccessKeyId"), ([missing, local], "NoSuchBucket")):
+            if words == "NoSuchBucket":
+                monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+                monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+            with RunningServer(repositories, ["--exit-on-error=false"], wait_ready=False) as server:
+                assert server.wait_exit(120) != 0
+                assert f"model repository '{repositories[0]}' cannot be read" in server.output()
+                assert words in server.output() or "PermissionError" in server.output() \
+                    or "FileNotFoundError" in server.output(), server.output()
+        for name, value in ENV.items():
+            monkeypatch.setenv(name, value)  # the wrong key again
 
         # the credential file: the longest matching key wins over the catch-all "" entry and the environment
         credentials = tmp_path / "credentials.json"
         credentials.write_text(json.dumps({"s3": {
             "": {"key_id": "wrong", "secret_key": "wrong", "region": "us-east-1", "session_token": "",
                  "profile": ""},
-            f"s3://127.0.0.1:{s3.port}/secure": {"key_id": key["AccessKeyId"], "secret_key": key["SecretAccessKey"],
-                                                 "region": "us-east-1", "session_token": "", "profile": ""}}}))
+            f"s3://127.0.0.1:{s3.port}/": {"key_id": key["AccessKeyId"], "secret_key": key["SecretAccessKey"],
+                                           "region": "us-east-1", "session_token": "", "profile": ""}}}))
         monkeypatch.setenv("TRITON_CLOUD_CREDENTIAL_PATH", str(credentials))
-        missing = s3.repository("nosuchbucket")
-        with RunningServer([repository, missing, local], ["--exit-on-error=false"]) as server:
+        args = ["--model-control-mode=explicit", "--load-model=secure", "--load-model=local_ident"]
+        with RunningServer([repository, doomed, local], args) as server:
             http = httpclient.InferenceServerClient(server.url)
-            assert wait_for(lambda: http.is_model_ready("secure")), server.output()
+            assert wait_for(lambda: http.is_model_ready("secure") and http.is_model_ready("local_ident"))
             infer(server.url, "secure")
-            assert http.is_model_ready("local_ident")
-            assert f"model repository '{missing}' cannot be read" in server.output()
+            # a bucket deleted under a running server: its loads fail naming it, the others load
+            for key_name in keys(good, "doomed", ""):
+                good.delete_object(Bucket="doomed", Key=key_name)
+            good.delete_bucket(Bucket="doomed")
+            status, body = load(server.url, "later")
+            assert status == 503 and f"model repository '{doomed}' cannot be read" in body, body
+            assert load(server.url, "local_ident") == (200, "")
+            # the key revoked under a running server: what is loaded keeps serving, a load names the repository
+            good_iam = boto3.client("iam", endpoint_url=s3.endpoint, region_name="us-east-1",
+                                    aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+            good_iam.delete_access_key(UserName="reader", AccessKeyId=key["AccessKeyId"])
+            status, body = load(server.url, "secure")
+            assert status == 503 and "failed to load 'secure'" in body, body
+            assert f"model repository '{repository}' cannot be read" in body, body
+            assert "InvalidAccessKeyId" in body or "PermissionError" in body, body
+            infer(server.url, "secure")
+            assert load(server.url, "local_ident") == (200, "")
+            infer(server.url, "local_ident")
             http.close()
-
-        # without --exit-on-error=false a repository that cannot be read stops the start, naming it
-        with RunningServer([missing, local], [], wait_ready=False) as server:
-            assert server.wait_exit(120) != 0
-            assert f"model repository '{missing}' cannot be read" in server.output()
 
 
 def test_a_cut_download_fails_the_load_and_a_stopped_s3_server_unloads_nothing(  # type: ignore[no-untyped-def]

@@ -100,8 +100,7 @@ class ModelRepositoryManager(ModelTable):
 
     async def load_startup_models(self) -> list[str]:
         """Load what the control mode says to load at start; returns the names that failed."""
-        # --exit-on-error=false: a repository that cannot be read is logged and the others still serve
-        found = await self.scan_async(None if self._options.exit_on_error else [])
+        found = await self.scan_async()  # a repository that cannot be read stops the start (as in Triton)
         if self._options.model_control_mode == "explicit":
             wanted = self._options.load_models
             names = sorted(found) if "*" in wanted else list(dict.fromkeys(wanted))
