@@ -234,7 +234,7 @@ def test_explicit_mode_loads_a_new_version_overrides_and_unload_removes_the_copy
 def test_poll_mode_sees_models_added_changed_and_removed_in_the_bucket(  # type: ignore[no-untyped-def]
         s3, aws_env, tmp_path) -> None:
     folder = str(tmp_path / "upload")
-    ident(folder, "first")
+    ident(folder, "first", extra="version_policy: { all: {} }")
     client = s3.client()
     client.create_bucket(Bucket="poll")
     sync(client, folder, "poll", "models")
@@ -257,6 +257,14 @@ def test_poll_mode_sees_models_added_changed_and_removed_in_the_bucket(  # type:
         assert wait_for(lambda: not any(os.sep + "second" in p for p in cache_files(str(cache))))
         assert http.is_model_ready("first")
         infer(server.url, "first")
+        # a version added: only it is built; version 1's files are reused from the previous copy, unchanged
+        ident(folder, "first", version=2, extra="version_policy: { all: {} }")
+        sync(client, folder, "poll", "models")
+        assert wait_for(lambda: http.is_model_ready("first", "2")), server.output()
+        built = [line.split("loading model 'first' ")[1].split(" from")[0] for line in server.output().splitlines()
+                 if "loading model 'first' " in line]
+        assert built == ["version 1", "version 2"], built
+        assert http.is_model_ready("first", "1")
         http.close()
 
 

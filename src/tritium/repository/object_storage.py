@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -58,7 +58,8 @@ class _Object:
 
     size: int
     tag: str
-    mtime: float | None
+    #: Not compared: an object uploaded again with the same content is the same object.
+    mtime: float | None = field(default=None, compare=False)
 
 
 class ObjectCache:
