@@ -89,3 +89,43 @@ def test_cache_flags() -> None:
     assert parse_args(["--model-repository=/m"]).repository_cache_size == 10 << 30
     with pytest.raises(SystemExit):
         parse_args(["--model-repository=/m", "--repository-cache-size=0"])
+
+
+class _Recorder:
+    """Stands in for a filesystem class: records the arguments the credentials were mapped to."""
+
+    def __init__(self, **kwargs: object) -> None:
+        self.kwargs = kwargs
+
+
+def test_credentials_map_to_the_libraries_arguments(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import types
+
+    from tritium.repository.object_storage import _azure, _gcs, _s3
+
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    s3fs = types.SimpleNamespace(S3FileSystem=_Recorder)
+    fs, root = _s3(s3fs, "s3://https://minio:9000/b/models", {"key_id": "K", "secret_key": "S", "region": "eu-1",
+                                                               "session_token": "", "profile": ""})
+    assert root == "b/models"
+    assert fs.kwargs["key"] == "K" and fs.kwargs["secret"] == "S" and fs.kwargs["token"] is None
+    assert fs.kwargs["client_kwargs"] == {"endpoint_url": "https://minio:9000", "region_name": "eu-1"}
+    fs, _ = _s3(s3fs, "s3://b/models", None)  # botocore's own chain: nothing given
+    assert fs.kwargs["key"] is None and fs.kwargs["client_kwargs"] == {}
+
+    gcsfs = types.SimpleNamespace(GCSFileSystem=_Recorder)
+    fs, root = _gcs(gcsfs, "gs://bucket/repo/", "/creds/sa.json")
+    assert root == "bucket/repo" and fs.kwargs["token"] == "/creds/sa.json"
+    assert _gcs(gcsfs, "gs://bucket/repo", None)[0].kwargs["token"] is None
+
+    adlfs = types.SimpleNamespace(AzureBlobFileSystem=_Recorder)
+    monkeypatch.setenv("AZURE_STORAGE_KEY", "secret-key")
+    monkeypatch.delenv("AZURE_STORAGE_AUTH_TYPE", raising=False)
+    fs, root = _azure(adlfs, "as://acct/container/path/repo", None)
+    assert root == "container/path/repo"
+    assert fs.kwargs["account_name"] == "acct" and fs.kwargs["account_key"] == "secret-key"
+    fs, _ = _azure(adlfs, "as://acct/container/repo", {"account_str": "other", "account_key": "k2"})
+    assert fs.kwargs["account_name"] == "other" and fs.kwargs["account_key"] == "k2"
+    with pytest.raises(InvalidArgumentError, match="as://account/container/path"):
+        _azure(adlfs, "as://acct", None)
