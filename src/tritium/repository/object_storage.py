@@ -461,10 +461,11 @@ def _s3(module: Any, location: str, entry: Any) -> tuple[Any, str]:
         key=fields.get("key_id"), secret=fields.get("secret_key"), token=fields.get("session_token"),
         profile=fields.get("profile"), client_kwargs=client_kwargs, skip_instance_cache=True,
         use_listings_cache=False,
-        # a network error shows within seconds rather than after botocore's long default retries
-        config_kwargs={"connect_timeout": 10, "read_timeout": 60, "retries": {"max_attempts": 3}},
+        # 2 tries (s3fs) of 3 attempts (botocore): a refused connection fails a load or a poll within seconds,
+        # an unreachable endpoint within ~30 s, a stalled one within 3 min (the libraries' defaults: far longer)
+        config_kwargs={"connect_timeout": 5, "read_timeout": 30, "retries": {"max_attempts": 3}},
     )
-    fs.retries = 3  # s3fs's own retries of a failed call (its class default: 5)
+    fs.retries = 2
     return fs, root
 
 
