@@ -78,7 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"tritium {__version__}")
     p.add_argument("--model-repository", "--model-store", dest="model_repositories", action="append", default=[],
-                   metavar="PATH", help="model repository folder (repeatable)")
+                   metavar="PATH", help="model repository: a folder, s3://[host:port/]bucket/path, gs://bucket/path "
+                   "or as://account/container/path (repeatable)")
+    p.add_argument("--repository-cache-dir", default="", metavar="PATH",
+                   help="where models of object-storage repositories are copied (default: a temporary folder)")
+    p.add_argument("--repository-cache-size", type=int, default=10240, metavar="MIB",
+                   help="most MiB the copies of object-storage models may take together")
     p.add_argument("--model-control-mode", choices=["none", "explicit", "poll"], default="none")
     p.add_argument("--repository-poll-secs", type=float, default=15.0, metavar="SECONDS",
                    help="interval between scans of the repositories in poll mode")
@@ -265,6 +270,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         parser.error(f"--repository-poll-secs must be a positive number of seconds, got {args.repository_poll_secs}")
     if args.http_max_input_size <= 0:
         parser.error(f"--http-max-input-size must be a positive number of bytes, got {args.http_max_input_size}")
+    if args.repository_cache_size <= 0:
+        parser.error(f"--repository-cache-size must be a positive number of MiB, got {args.repository_cache_size}")
     if args.model_load_thread_count < 1:
         parser.error(f"--model-load-thread-count must be at least 1, got {args.model_load_thread_count}")
     if args.exit_timeout_secs < 0:
@@ -297,6 +304,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         strict_readiness=args.strict_readiness,
         exit_timeout_secs=args.exit_timeout_secs,
         model_load_thread_count=args.model_load_thread_count,
+        repository_cache_dir=args.repository_cache_dir,
+        repository_cache_size=args.repository_cache_size << 20,
         server_id=args.server_id,
         allow_http=args.allow_http,
         http_address=args.http_address,

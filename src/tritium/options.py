@@ -20,6 +20,10 @@ class ServerOptions:
     strict_readiness: bool = True
     exit_timeout_secs: int = 30
     model_load_thread_count: int = 4
+    #: Where models of object-storage repositories are copied ("" for the system's temporary folder, or
+    #: Triton's ``TRITON_AWS/GCS/AZURE_MOUNT_DIRECTORY``), and the bytes those copies may take in all.
+    repository_cache_dir: str = ""
+    repository_cache_size: int = 10 << 30
     server_id: str = "triton"
 
     allow_http: bool = True

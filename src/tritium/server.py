@@ -188,7 +188,7 @@ class Server:
         """Every model of the repositories with its versions, states and reasons (Triton's index)."""
         _no_repository_name(repository)
         assert self.repository is not None
-        return self.repository.index(ready_only)
+        return await self.repository.index(ready_only)
 
     async def load_model(self, name: str, parameters: dict[str, Any] | None = None, repository: str = "") -> None:
         """Load or reload ``name`` (explicit mode only).

@@ -40,7 +40,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CLI_FLAGS = {
     "--help", "--version",
     # model repository and lifecycle
-    "--model-repository", "--model-store", "--model-control-mode", "--repository-poll-secs", "--load-model",
+    "--model-repository", "--model-store", "--model-control-mode", "--repository-poll-secs", "--repository-cache-dir",
+    "--repository-cache-size", "--load-model",
     "--model-config-name", "--strict-model-config", "--disable-auto-complete-config", "--exit-on-error",
     "--strict-readiness", "--exit-timeout-secs", "--model-load-thread-count", "--id",
     # HTTP

@@ -31,6 +31,7 @@ from .overrides import OverrideDir, check_override_name
 from .overrides import remove_all as remove_overrides
 from .planning import Plan, PollFailure
 from .state import ModelEntry, ModelTable, State, VersionSlot
+from .storage import CacheSettings, ModelSource, open_storages
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,13 @@ class ModelRepositoryManager(ModelTable):
         self._retiring: set[asyncio.Task[None]] = set()
         #: Repository folders whose names cannot be model names (warned about once).
         self._ignored_names: set[str] = set()
+        #: Each ``--model-repository``: a local folder, or object storage copied into a local cache.
+        self._storages = open_storages(
+            options.model_repositories,
+            CacheSettings(options.repository_cache_dir, options.repository_cache_size),
+        )
+        #: Where each model was last fetched from (its local copy goes when it no longer serves).
+        self._sources: dict[str, ModelSource] = {}
 
     @property
     def inference(self) -> InferenceHandle | None:
@@ -67,35 +75,45 @@ class ModelRepositoryManager(ModelTable):
 
     # -- discovery --------------------------------------------------------------------------------
 
-    def scan(self) -> dict[str, str | None]:
-        """Model name -> directory for every model in the repositories; ``None`` when the name is in two."""
-        return planning.scan(self._options.model_repositories, self._ignored_names)
+    def scan(self, failures: list[TritiumError] | None = None) -> dict[str, ModelSource | None]:
+        """Model name -> where it is, for every model in the repositories; ``None`` when the name is in two.
 
-    def fingerprints(self, found: Mapping[str, str | None]) -> dict[str, str]:
+        A repository that cannot be read raises, or, when ``failures`` is given, is skipped and its error
+        added there.
+        """
+        return planning.scan(self._storages, self._ignored_names, failures)
+
+    async def scan_async(self, failures: list[TritiumError] | None = None) -> dict[str, ModelSource | None]:
+        """:meth:`scan` off the event loop (object storage lists over the network)."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.scan, failures)
+
+    def fingerprints(self, found: Mapping[str, ModelSource | None]) -> dict[str, str]:
         """Name -> fingerprint of every model folder found (what the poller compares between polls)."""
         return planning.fingerprints(found)
 
-    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        """The repository index as Triton shows it (see :meth:`.state.ModelTable.rows`)."""
-        return self.rows(set(self.scan()), ready_only)
+    async def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """The repository index as Triton shows it (see :meth:`.state.ModelTable.rows`); a repository that
+        cannot be read lists none of its models (the error is logged)."""
+        return self.rows(set(await self.scan_async([])), ready_only)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def load_startup_models(self) -> list[str]:
         """Load what the control mode says to load at start; returns the names that failed."""
-        found = self.scan()
+        found = await self.scan_async()  # a repository that cannot be read stops the start (as in Triton)
         if self._options.model_control_mode == "explicit":
             wanted = self._options.load_models
             names = sorted(found) if "*" in wanted else list(dict.fromkeys(wanted))
         else:
             names = sorted(found)
-        for name, path in found.items():
-            if path is not None and name not in self._models:
-                self._models[name] = ModelEntry(name, path)
+        for name, source in found.items():
+            if source is not None and name not in self._models:
+                self._models[name] = ModelEntry(name, str(source))
         results = await asyncio.gather(*(self.load(name, found) for name in names), return_exceptions=True)
         return [name for name, result in zip(names, results, strict=True) if isinstance(result, BaseException)]
 
-    async def load(self, name: str, found: dict[str, str | None] | None = None, *, config: str | None = None,
+    async def load(self, name: str, found: Mapping[str, ModelSource | None] | None = None, *,
+                   config: str | None = None,
                    files: Mapping[str, bytes] | None = None) -> None:
         """Load (or reload) the versions of ``name`` its policy selects; raise on failure.
 
@@ -111,27 +129,64 @@ class ModelRepositoryManager(ModelTable):
                 raise InvalidArgumentError(f"failed to load '{name}': file overrides need the 'config' parameter too")
             for relative in files:
                 check_override_name(relative, name)
-        found = self.scan() if found is None else found
+        failures: list[TritiumError] = []
+        found = await self.scan_async(failures) if found is None else found
         if name not in found and not files:
+            if failures:  # it may be in the repository that cannot be read: say so
+                raise UnavailableError(f"failed to load '{name}': {'; '.join(map(str, failures))}")
             raise InternalError(f"failed to load '{name}', failed to poll from model repository")
-        path = found.get(name, "")  # a model made only of file overrides has no folder in the repository
-        if path is None:
+        if name in found and found[name] is None:
             entry = self._models.setdefault(name, ModelEntry(name, ""))
             entry.state, entry.reason = State.UNAVAILABLE, f"model '{name}' appears in multiple repositories"
             log.error("failed to load '%s': %s", name, entry.reason)
             raise InvalidArgumentError(entry.reason)
-        entry = self._models.setdefault(name, ModelEntry(name, path))
+        source = found.get(name)  # a model made only of file overrides has no folder in the repository
+        entry = self._models.setdefault(name, ModelEntry(name, str(source or "")))
         entry.loads += 1
         try:
+            path = str(source or "")
+            if source is not None and not files:
+                async with entry.lock:
+                    path = await self._fetch(entry, source)
             await self._load_composing(entry, path, config)
             async with entry.lock:
-                await self._load_locked(entry, path, config, files)
+                try:
+                    await self._load_locked(entry, path, config, files)
+                finally:
+                    await self._release_if_idle(entry)
         finally:
             entry.loads -= 1
             if not entry.loads and not path and not entry.model_dir and entry.latest is None \
                     and self._models.get(name) is entry:
                 # a model made only of a client's files that does not serve leaves no entry behind
                 del self._models[name]
+
+    async def _fetch(self, entry: ModelEntry, source: ModelSource) -> str:
+        """The local folder of ``source``'s current files (object storage: downloaded, complete); a failure is
+        recorded on ``entry`` and raised naming the repository and the model."""
+        self._sources[entry.name] = source
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._load_pool, source.storage.local_dir,
+                                                                    source.name)
+        except TritiumError as e:
+            if entry.latest is None:
+                entry.state, entry.reason = State.UNAVAILABLE, str(e)
+            log.error("%s", e)
+            raise
+
+    async def _release_if_idle(self, entry: ModelEntry) -> None:
+        """With ``entry.lock`` held: a model with no version serving or loading gives up its local copy."""
+        source = self._sources.get(entry.name)
+        if source is None or any(slot.state in (State.READY, State.LOADING, State.UNLOADING)
+                                 for slot in entry.versions.values()):
+            return
+        del self._sources[entry.name]
+        await asyncio.get_running_loop().run_in_executor(None, source.storage.release, source.name)
+
+    async def _release_after(self, entry: ModelEntry, retiring: list[asyncio.Task[None]]) -> None:
+        await asyncio.gather(*retiring, return_exceptions=True)
+        async with entry.lock:
+            await self._release_if_idle(entry)
 
     async def _load_composing(self, entry: ModelEntry, model_dir: str, config_json: str | None) -> None:
         """Before an ensemble loads, load the composing models that are not serving yet (explicit mode included).
@@ -300,14 +355,17 @@ class ModelRepositoryManager(ModelTable):
             entry.fingerprint = ""
             if retire or entry.state is State.READY:
                 entry.state, entry.reason = State.UNAVAILABLE, "unloaded"
-            for slot in retire:
-                self._spawn_retire(slot)
+            tasks = [self._spawn_retire(slot) for slot in retire]
+        self._track(asyncio.ensure_future(self._release_after(entry, tasks)))
 
     async def unload_all(self) -> None:
         """Unload every model and wait until each has drained and been finalized (shutdown)."""
         await asyncio.gather(*(self.unload(name) for name in list(self._models)), return_exceptions=True)
         await self.wait_retired()
         remove_overrides()
+        loop = asyncio.get_running_loop()
+        for storage in self._storages:
+            await loop.run_in_executor(None, storage.close)
         self._load_pool.shutdown(wait=False, cancel_futures=True)
 
     async def wait_retired(self) -> None:
@@ -315,10 +373,14 @@ class ModelRepositoryManager(ModelTable):
         while self._retiring:
             await asyncio.gather(*list(self._retiring), return_exceptions=True)
 
-    def _spawn_retire(self, slot: VersionSlot) -> None:
-        task = asyncio.ensure_future(self._retire(slot))
+    def _spawn_retire(self, slot: VersionSlot) -> asyncio.Task[None]:
+        return self._track(asyncio.ensure_future(self._retire(slot)))
+
+    def _track(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        """Background work that :meth:`wait_retired` (shutdown) waits for."""
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+        return task
 
     async def _retire(self, slot: VersionSlot) -> None:
         """Let in-flight requests of ``slot`` finish (up to ``--exit-timeout-secs``), then free it."""

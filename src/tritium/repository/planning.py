@@ -7,7 +7,6 @@ Nothing here builds or runs a model; the planning functions run on a load thread
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from tritium.core.names import name_problem, shown
 
 from .fingerprint import model_fingerprint, version_fingerprint
 from .state import ModelEntry, State, VersionSlot
+from .storage import ModelSource, ModelStorage
 from .versions import select_versions
 
 log = logging.getLogger(__name__)
@@ -48,31 +48,35 @@ class PollFailure(InternalError):
     """The model's config cannot be read: Triton treats the folder as no model at all."""
 
 
-def scan(repositories: Sequence[str], ignored: set[str]) -> dict[str, str | None]:
-    """Model name -> directory for every model in ``repositories``; ``None`` when the name is in two.
+def scan(storages: Sequence[ModelStorage], ignored: set[str],
+         failures: list[TritiumError] | None = None) -> dict[str, ModelSource | None]:
+    """Model name -> where it is, for every model in the repositories; ``None`` when the name is in two.
 
     Folders whose names cannot be model names are skipped, with a warning the first time (``ignored``
-    remembers them).
+    remembers them).  A repository that cannot be read raises, unless ``failures`` collects the errors
+    (then the other repositories are still scanned).
     """
-    found: dict[str, str | None] = {}
-    for repository in repositories:
+    found: dict[str, ModelSource | None] = {}
+    for storage in storages:
         try:
-            entries = sorted(os.listdir(repository))
-        except OSError as e:  # the path is the operator's: in the log, not in what a client reads
-            log.error("failed to open model repository '%s': %s", repository, e)
-            raise InvalidArgumentError(f"failed to open a model repository: {e.strerror}") from None
+            entries = storage.list_models()
+        except TritiumError as e:
+            if failures is None:
+                raise
+            log.error("%s", e)
+            failures.append(e)
+            continue
         for entry in entries:
-            path = os.path.join(repository, entry)
-            if entry.startswith(".") or not os.path.isdir(path):
+            if entry.startswith("."):
                 continue
             problem = name_problem(entry)
             if problem is not None:
                 if entry not in ignored:
                     ignored.add(entry)
-                    log.warning("model folder '%s' of repository '%s' is ignored: %s", shown(entry), repository,
-                                problem)
+                    log.warning("model folder '%s' of repository '%s' is ignored: %s", shown(entry),
+                                storage.location, problem)
                 continue
-            found[entry] = None if entry in found else path
+            found[entry] = None if entry in found else ModelSource(storage, entry)
     return found
 
 
@@ -122,14 +126,13 @@ def changes(entry: ModelEntry, plan: Plan, rebuild: bool) -> tuple[list[int], li
     return build, drop
 
 
-def fingerprints(found: Mapping[str, str | None]) -> dict[str, str]:
+def fingerprints(found: Mapping[str, ModelSource | None]) -> dict[str, str]:
     """Name -> fingerprint of every model folder found (what the poller compares between polls)."""
-    prints: dict[str, str] = {}
-    for name, model_dir in found.items():
-        if model_dir is None:
-            prints[name] = "duplicate"
-            continue
-        parts = [model_fingerprint(model_dir)]
-        parts += [version_fingerprint(model_dir, v) for v in sorted(version_dirs(model_dir))]
-        prints[name] = ":".join(parts)
+    prints: dict[str, str] = {name: "duplicate" for name, source in found.items() if source is None}
+    by_storage: dict[int, tuple[ModelStorage, list[str]]] = {}
+    for name, source in found.items():
+        if source is not None:
+            by_storage.setdefault(id(source.storage), (source.storage, []))[1].append(name)
+    for storage, names in by_storage.values():
+        prints.update(storage.fingerprints(names))
     return prints

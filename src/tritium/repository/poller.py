@@ -28,7 +28,7 @@ class RepositoryPoller:
 
     async def prime(self) -> None:
         """Record the repositories as they are now (before the start-up load), so later edits are seen."""
-        found = self._manager.scan()
+        found = await self._manager.scan_async([])
         self._seen = await asyncio.get_running_loop().run_in_executor(None, self._manager.fingerprints, found)
 
     def start(self) -> None:
@@ -56,10 +56,16 @@ class RepositoryPoller:
     async def poll(self) -> None:
         """One rescan: load what is new or changed, unload what is gone."""
         manager = self._manager
-        found = manager.scan()
+        failures: list[TritiumError] = []
+        found = await manager.scan_async(failures)
         prints = await asyncio.get_running_loop().run_in_executor(None, manager.fingerprints, found)
         changed = sorted(name for name, fp in prints.items() if self._seen.get(name) != fp)
         removed = sorted(name for name in self._seen if name not in prints)
+        if failures:
+            # a repository that cannot be read now (network, credentials) has not lost its models: they keep
+            # serving, and are compared again at the next poll
+            prints.update({name: self._seen[name] for name in removed})
+            removed = []
         self._seen = prints
         for name in removed:
             log.info("model '%s' was removed from the repository; unloading it", name)
