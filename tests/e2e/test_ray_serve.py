@@ -219,3 +219,47 @@ def test_killing_a_node_the_application_recovers(ray_cluster: RayCluster) -> Non
     assert serve.status().applications[APP].status == "RUNNING"
     print(f"\nnode killed: serving again after {serving_again:.1f} s ({failures} failed requests); "
           f"two replicas again {time.monotonic() - killed_at:.1f} s after the kill")
+
+
+# -- building the application (no cluster needed) ----------------------------------------------------------------
+
+
+def test_build_app_passes_serve_options_through(tmp_path: Any) -> None:
+    app = tritium_ray.build_app(
+        str(tmp_path), server_args=["--log-verbose=1"], name="models", max_replicas_per_node=1,
+        autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8})
+    deployment = app._bound_deployment  # Serve's public API shows no more of a built application
+    assert deployment.name == "models"
+    assert deployment.ray_actor_options == {"num_cpus": 1}
+    config = deployment._deployment_config
+    assert (config.autoscaling_config.min_replicas, config.autoscaling_config.max_replicas) == (1, 4)
+    assert config.autoscaling_config.target_ongoing_requests == 8
+    assert deployment._replica_config.max_replicas_per_node == 1
+    (options,) = deployment._replica_config.init_args
+    assert options.model_repositories == [str(tmp_path)] and options.log_verbose == 1
+    assert not (options.allow_http or options.allow_grpc or options.allow_metrics)
+
+
+def test_app_builder_reads_serve_run_arguments(tmp_path: Any) -> None:
+    app = tritium_ray.app_builder({"model_repository": f"{tmp_path},{tmp_path}/b", "num_replicas": "3",
+                                   "server_args": "--model-control-mode=explicit --load-model=add_sub",
+                                   "ray_actor_options": '{"num_cpus": 0.5}'})
+    deployment = app._bound_deployment
+    assert deployment.num_replicas == 3 and deployment.ray_actor_options == {"num_cpus": 0.5}
+    (options,) = deployment._replica_config.init_args
+    assert options.model_repositories == [str(tmp_path), f"{tmp_path}/b"]
+    assert options.model_control_mode == "explicit" and options.load_models == ["add_sub"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ({}, "'model_repository' is required"),
+    ({"model_repository": "/m", "num_replicas": "two"}, "'num_replicas' must be an integer"),
+    ({"model_repository": "/m", "autoscaling_config": "{"}, "'autoscaling_config' is not valid JSON"),
+    ({"model_repository": "/m", "ray_actor_options": "[1]"}, "'ray_actor_options' must be a mapping"),
+    ({"model_repository": "/m", "replicas": 2}, "unknown argument"),
+    ({"model_repository": "/m", "server_args": "--no-such-flag"}, "unrecognized arguments: --no-such-flag"),
+    ({"model_repository": "/m", "server_args": "--cache-config=local,size=1"}, "response cache is not available"),
+])
+def test_app_builder_refuses_bad_arguments_by_name(args: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tritium_ray.app_builder(args)

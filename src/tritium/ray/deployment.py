@@ -141,9 +141,10 @@ def server_options(model_repository: str | Sequence[str], server_args: Sequence[
     try:
         with contextlib.redirect_stderr(stderr):
             options = parse_args(argv)
-    except SystemExit:
-        message = stderr.getvalue().strip().splitlines()
-        raise ValueError(f"tritium server_args: {message[-1] if message else argv}") from None
+    except SystemExit as e:  # argparse's error (printed), or a flag tritium refuses (the exit's message)
+        lines = stderr.getvalue().strip().splitlines()
+        message = e.code if isinstance(e.code, str) else lines[-1] if lines else f"bad flags {argv}"
+        raise ValueError(f"tritium server_args: {message}") from None
     if not frontends:
         options = replace(options, allow_http=False, allow_grpc=False, allow_metrics=False)
     return options
