@@ -3,8 +3,9 @@
 Starts tritium (``python -m tritium``) on the repository of ``http_infer.py`` (identity FP32 [1,16]) and drives
 ``/v2/models/identity_fp32/infer`` with wrk; then a local Ray cluster of two nodes (one CPU each, every address
 on loopback), Serve's HTTP proxy on the head node and ``tritium.ray.build_app`` with 1 and then 2 replicas, driven
-by the same wrk commands through the proxy; and the handle API from this driver (``--handle-requests`` calls, 16 in
-flight).  Prints one table: req/s, p50, p99, errors and the CPU the serving processes spent per request (tritium's
+by the same wrk commands through the proxy, and the handle API from this driver (``--handle-requests`` calls, 16 in
+flight); last, 2 replicas that open tritium's own HTTP port (``frontends=True``, one port shared through
+SO_REUSEPORT), driven directly: Ray places and restarts them, Serve's proxy is not on the path.  Prints one table: req/s, p50, p99, errors and the CPU the serving processes spent per request (tritium's
 process tree; for Ray every process of the cluster), and the resident memory (RSS and PSS, summed over the
 processes) of tritium alone and of the whole Ray cluster serving it.
 
@@ -125,6 +126,16 @@ def main() -> int:
                 handles.append((f"{label} handle API, 16 in flight ({len(seen)} replicas answered)", rps))
                 pids = [pid for pid in _tree(os.getpid(), _proc_stats()) if pid != os.getpid()]
                 memory.append((f"Ray cluster, 2 nodes, {replicas} tritium replica(s)", *memory_mib(pids), len(pids)))
+            # Ray places and restarts the replicas, clients reach tritium's own HTTP frontend in each (one port
+            # shared by the replicas of this one machine through SO_REUSEPORT; one port per node in a real cluster)
+            direct_port = free_port()
+            serve.run(tritium_ray.build_app(
+                repo, name="tritium", num_replicas=2, frontends=True, logging_config={"enable_access_log": False},
+                server_args=[f"--http-port={direct_port}", f"--http-address={LOOPBACK}", "--reuse-http-port=true",
+                             "--allow-grpc=false", "--allow-metrics=false"]), name="tritium", route_prefix="/")
+            direct_url = f"{LOOPBACK}:{direct_port}"
+            wait_live(direct_url, None)
+            rows += measure(args, workdir, direct_url, "direct x2", ["identity"], os.getpid())
         finally:
             serve.shutdown()
             ray.shutdown()

@@ -54,6 +54,7 @@ class RayCluster:
         self.url = f"http://{LOOPBACK}:{http_port}"
         self.host_port = f"{LOOPBACK}:{http_port}"
         self.handle: Any = None
+        self.repo = ""
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
         port = free_port()
         serve.start(proxy_location="HeadOnly", http_options={"host": LOOPBACK, "port": port})
         state = RayCluster(cluster, port)
+        state.repo = repo
         app = tritium_ray.build_app(
             repo, name=APP, autoscaling_config={"min_replicas": 2, "max_replicas": 2},
             logging_config={"enable_access_log": False}, health_check_period_s=2)
@@ -101,7 +103,7 @@ def _through_handle(handle: Any, count: int, wave: int = 16, timeout: float = 60
     return results
 
 
-def _http_infer(url: str, i: int) -> tuple[int, str, dict[str, Any]]:
+def _http_infer(url: str, i: int) -> tuple[int, str | None, dict[str, Any]]:
     x = _inputs(i)
     body = json.dumps({"inputs": [
         {"name": name, "datatype": "INT32", "shape": [1, 16], "data": x[name].ravel().tolist()} for name in x]})
@@ -109,7 +111,7 @@ def _http_infer(url: str, i: int) -> tuple[int, str, dict[str, Any]]:
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.headers[tritium_ray.REPLICA_HEADER], json.loads(response.read())
+            return response.status, response.headers.get(tritium_ray.REPLICA_HEADER), json.loads(response.read())
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get(tritium_ray.REPLICA_HEADER, ""), json.loads(e.read())
 
@@ -167,6 +169,29 @@ def test_errors_through_serve_name_the_problem(ray_cluster: RayCluster) -> None:
     with pytest.raises(TritiumError, match="INPUT1"):  # Ray re-raises the replica's error as its own class
         ray_cluster.handle.infer.remote("add_sub", {"INPUT0": _inputs(0)["INPUT0"]}).result(timeout_s=60)
     _check(ray_cluster.handle.infer.remote("add_sub", _inputs(7)).result(timeout_s=60), 7)
+
+
+def test_replicas_may_open_tritiums_own_ports(ray_cluster: RayCluster) -> None:
+    """``frontends=True``: Ray places and restarts the replica, clients reach tritium's own HTTP frontend (no
+    Serve proxy on the path); deleting the application stops tritium, and its port closes."""
+    port = free_port()
+    app = tritium_ray.build_app(
+        ray_cluster.repo, name="direct", frontends=True, num_replicas=1, ray_actor_options={"num_cpus": 0},
+        server_args=[f"--http-port={port}", f"--http-address={LOOPBACK}", "--allow-grpc=false",
+                     "--allow-metrics=false"])
+    serve.run(app, name="direct", route_prefix="/direct")
+    status, replica, doc = _http_infer(f"http://{LOOPBACK}:{port}", 3)
+    assert status == 200 and replica is None  # tritium's own frontend answered, not Serve's ingress
+    assert {o["name"]: o["data"] for o in doc["outputs"]}["OUTPUT1"] == list(range(16))
+    serve.delete("direct")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://{LOOPBACK}:{port}/v2/health/live", timeout=5).close()
+        except OSError:
+            break  # refused: the replica stopped tritium (or its process ended)
+        assert time.monotonic() < deadline, "tritium's port stays open after the application was deleted"
+        time.sleep(0.5)
 
 
 def _replica_states() -> dict[str, int]:
