@@ -183,6 +183,10 @@ def test_replicas_may_open_tritiums_own_ports(ray_cluster: RayCluster) -> None:
     status, replica, doc = _http_infer(f"http://{LOOPBACK}:{port}", 3)
     assert status == 200 and replica is None  # tritium's own frontend answered, not Serve's ingress
     assert {o["name"]: o["data"] for o in doc["outputs"]}["OUTPUT1"] == list(range(16))
+    # the same application through Serve's proxy: its route prefix is taken off the path
+    with urllib.request.urlopen(f"{ray_cluster.url}/direct/v2/models/add_sub", timeout=60) as response:
+        assert response.headers.get(tritium_ray.REPLICA_HEADER)
+        assert json.loads(response.read())["name"] == "add_sub"
     serve.delete("direct")
     deadline = time.monotonic() + 60
     while True:
