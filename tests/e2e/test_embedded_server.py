@@ -100,3 +100,31 @@ def test_a_failed_start_is_raised_and_cleaned_up(tmp_path) -> None:  # type: ign
     with pytest.raises(Exception, match="broken"):
         server.start(timeout=120)
     assert not server.running() and server.loop.is_closed()
+
+
+def test_a_stream_on_tritiums_loop_is_relayed_and_closed(engine):  # type: ignore[no-untyped-def]
+    """generate_stream's events are produced on tritium's loop and read from the host's; a reader that stops
+    early closes the stream there (the model's request is cancelled)."""
+    closed = []
+
+    async def events():  # type: ignore[no-untyped-def]
+        try:
+            for i in range(100):
+                assert asyncio.get_running_loop() is engine.loop
+                yield f"event {i}".encode()
+        finally:
+            closed.append(asyncio.get_running_loop() is engine.loop)
+
+    async def read(limit: int) -> list[bytes]:
+        got = []
+        relay = engine.relay(events())
+        async for piece in relay:
+            got.append(piece)
+            if len(got) == limit:
+                break
+        await relay.aclose()
+        return got
+
+    assert asyncio.run(read(3)) == [b"event 0", b"event 1", b"event 2"]
+    assert closed == [True]
+    assert len(asyncio.run(read(1000))) == 100 and closed == [True, True]
