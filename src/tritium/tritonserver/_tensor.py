@@ -239,7 +239,12 @@ class Tensor:
 
     def to_string_array(self) -> numpy.ndarray:
         """The elements of a BYTES tensor decoded as UTF-8: a numpy ``str_`` array shaped as the tensor."""
-        return self.to_bytes_array().astype(str)
+        items = self.to_bytes_array()
+        try:
+            decoded = [item.decode("utf-8") for item in items.reshape(-1)]
+        except UnicodeDecodeError as e:
+            raise InvalidArgumentError(f"BYTES tensor element is not UTF-8 text: {e}") from None
+        return numpy.array(decoded, dtype=str).reshape(items.shape)
 
     def to_host(self) -> Tensor:
         return self.to_device("cpu")
