@@ -16,12 +16,13 @@ import urllib.request
 
 import numpy as np
 import pytest
-from models import identity_graph, write_model, write_python_model
-from server import free_port
 
 import tritium.tritonserver as tritonserver
 from tritium.tritonfrontend import KServeGrpc, KServeHttp, Metrics
 from tritium.tritonserver import _dlpack
+
+from models import identity_graph, write_model, write_python_model
+from server import free_port
 
 ECHO = '''
 import json

@@ -51,12 +51,12 @@ class InferenceRequest:
         model = self.model
         core_model = model._runtime.core.model(model.name, model.version)
         parameters: dict[str, Any] = {}
-        for key, value in self.parameters.items():
-            if type(value) not in _PARAMETER_TYPES:
+        for key, setting in self.parameters.items():
+            if type(setting) not in _PARAMETER_TYPES:
                 raise InvalidArgumentError(
-                    f"Unsupported Value. Can't convert request parameter '{key}' of type {type(value).__name__} "
+                    f"Unsupported Value. Can't convert request parameter '{key}' of type {type(setting).__name__} "
                     "to a Request Parameter: use str, int, float or bool")
-            parameters[key] = value
+            parameters[key] = setting
         if self.priority:
             parameters["priority"] = self.priority
         if self.timeout:

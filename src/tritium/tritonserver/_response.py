@@ -70,7 +70,7 @@ class ResponseIterator:
             return
         response = InferenceResponse._from_item(self._model, self._inference_request, (core, error, final))
         self._queue.put(response)
-        self._user_queue.put_nowait(response)  # type: ignore[union-attr]
+        self._user_queue.put_nowait(response)
 
     def __iter__(self) -> ResponseIterator:
         return self
