@@ -21,10 +21,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from models import identity_graph, write_model  # noqa: E402
-
 import tritium.tritonserver as tritonserver  # noqa: E402
 from tritium.tritonfrontend import KServeHttp  # noqa: E402
+
+from models import identity_graph, write_model  # noqa: E402
 
 CONFIG = """
 backend: "onnxruntime"
