@@ -235,6 +235,26 @@ def test_response_queue_gets_responses_without_iterating(server: tritonserver.Se
     assert user_queue.empty()
 
 
+def test_calls_from_many_threads(server: tritonserver.Server) -> None:
+    errors: list[BaseException] = []
+
+    def caller(value: float) -> None:
+        try:
+            for _ in range(50):
+                data = np.full((1, 16), value, np.float32)
+                (response,) = server.model("identity").infer(inputs={"INPUT0": data})
+                np.testing.assert_array_equal(np.from_dlpack(response.outputs["OUTPUT0"]), data)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=caller, args=(float(i),)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == [] and not any(t.is_alive() for t in threads)
+
+
 def test_errors_raise_where_triton_raises_them(server: tritonserver.Server, repo: str) -> None:
     ones = np.ones((1, 16), np.float32)
     with pytest.raises(tritonserver.NotFoundError, match="unknown model"):

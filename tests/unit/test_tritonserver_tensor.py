@@ -132,3 +132,51 @@ def test_torch_round_trip() -> None:
     assert back.data_ptr() == source.data_ptr() and back.dtype == torch.bfloat16
     del back
     assert _dlpack.exported_count() == 0
+
+
+#: The names Triton's ``tritonserver/__init__.py`` exports (triton-inference-server/core, python/tritonserver).
+TRITON_NAMES = {
+    "DLDeviceType", "MemoryBuffer", "MemoryType", "Model", "ModelBatchFlag", "ModelTxnPropertyFlag",
+    "InferenceRequest", "InferenceResponse", "InstanceGroupKind", "LogFormat", "Metric", "MetricFamily",
+    "MetricFormat", "MetricKind", "ModelControlMode", "Options", "RateLimiterResource", "RateLimitMode", "Server",
+    "DataType", "Tensor", "AlreadyExistsError", "InternalError", "InvalidArgumentError", "NotFoundError",
+    "TritonError", "UnavailableError", "UnknownError", "UnsupportedError",
+}
+
+
+def test_every_name_of_tritons_package_is_there() -> None:
+    assert TRITON_NAMES <= set(tritonserver.__all__)
+    assert all(hasattr(tritonserver, name) for name in tritonserver.__all__)
+    for name in ("InvalidArgumentError", "InternalError", "NotFoundError", "UnavailableError", "UnsupportedError",
+                 "AlreadyExistsError", "UnknownError"):
+        assert issubclass(getattr(tritonserver, name), tritonserver.TritonError)
+    assert tritonserver.DataType.BYTES == 13 and tritonserver.MemoryType.GPU == 2  # Triton's C numbers
+
+
+def test_a_server_gives_the_tritium_logger_back(tmp_path: object) -> None:
+    import logging
+
+    logger = logging.getLogger("tritium")
+    mine = logging.NullHandler()
+    logger.addHandler(mine)
+    try:
+        server = tritonserver.Server(model_repository=str(tmp_path), log_error=True).start(wait_until_ready=True)
+        assert not logger.propagate and mine not in logger.handlers
+        server.stop()
+        assert logger.propagate and mine in logger.handlers
+    finally:
+        logger.removeHandler(mine)
+
+
+def test_custom_metrics_are_process_wide(tmp_path: object) -> None:
+    family = tritonserver.MetricFamily(tritonserver.MetricKind.COUNTER, "inproc_test_total", "a test counter")
+    metric = tritonserver.Metric(family, {"kind": "unit"})
+    metric.increment(3)
+    assert metric.value == 3.0
+    with pytest.raises(tritonserver.InvalidArgumentError, match="decremented"):
+        metric.increment(-1)
+    server = tritonserver.Server(model_repository=str(tmp_path)).start(wait_until_ready=True)
+    try:
+        assert 'inproc_test_total{kind="unit"} 3.0' in server.metrics()
+    finally:
+        server.stop()

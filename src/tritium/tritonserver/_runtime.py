@@ -72,9 +72,10 @@ class Handle:
 class Runtime:
     """A started tritium core on its private loop thread; what ``Server._server`` holds once started."""
 
-    def __init__(self, options: ServerOptions, logs: LogManager) -> None:
+    def __init__(self, options: ServerOptions, logs: LogManager, release_logging: Callable[[], None]) -> None:
         self.options = options
         self.logs = logs
+        self._release_logging = release_logging
         factory = event_loop_factory(options.event_loop)
         self.loop: asyncio.AbstractEventLoop = factory() if factory is not None else asyncio.new_event_loop()
         self.core = Server(options, logs)
@@ -95,6 +96,8 @@ class Runtime:
             with contextlib.suppress(Exception):
                 self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
+            self.logs.close()
+            self._release_logging()
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -125,7 +128,6 @@ class Runtime:
             log.exception("the in-process server did not stop cleanly")
             self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=30)
-        self.logs.close()
 
     async def _shutdown(self) -> None:
         await self.core.quiesce()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -257,15 +258,11 @@ class Server:
         for path in server_options.model_repositories:
             if not os.path.isdir(path):
                 raise InternalError(f"failed to stat file {path}")
-        logs = LogManager(_log_settings(server_options), logging.getLogger("tritium"))
-        logging.getLogger("tritium").propagate = False  # the server's logs go where its options say, only
-        runtime = Runtime(server_options, logs)
+        _LOGGER.acquire()
+        logs = LogManager(_log_settings(server_options), _LOGGER.logger)
+        runtime = Runtime(server_options, logs, _LOGGER.release)
         runtime.core.custom_metrics = PROCESS_METRICS
-        try:
-            runtime.start()
-        except BaseException:
-            logs.close()
-            raise
+        runtime.start()  # a failed start is stopped, which releases the logger
         self._server = Handle(runtime)
         start_time = time.monotonic()
         while wait_until_ready and not self.ready() and (timeout is None or time.monotonic() - start_time < timeout):
@@ -356,6 +353,36 @@ class Server:
     def unregister_model_repository(self, repository_path: str) -> None:
         self._started()
         raise UnsupportedError("unregistering model repositories at run time is not supported by tritium")
+
+
+class _TritiumLogger:
+    """While in-process servers run, the ``tritium`` logger writes only where their options say (Triton's
+    logs do not go through the program's logging); the program's settings of it come back when the last stops."""
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger("tritium")
+        self._users = 0
+        self._lock = threading.Lock()
+        self._saved: tuple[bool, list[logging.Handler], int] | None = None
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._saved = (self.logger.propagate, list(self.logger.handlers), self.logger.level)
+            self._users += 1
+            self.logger.propagate = False
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._saved is not None:
+                self.logger.propagate, handlers, level = self._saved
+                self.logger.handlers[:] = handlers
+                self.logger.setLevel(level)
+                self._saved = None
+
+
+_LOGGER = _TritiumLogger()
 
 
 def _log_settings(options: ServerOptions) -> LogSettings:
