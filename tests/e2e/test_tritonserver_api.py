@@ -93,12 +93,41 @@ output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]
 """
 
 
+ACC_CONFIG = """
+backend: "onnxruntime"
+max_batch_size: 4
+input [ { name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+sequence_batching {
+  control_input [ { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] } ]
+  state [ { input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_INT32 dims: [ 1 ]
+            initial_state [ { data_type: TYPE_INT32 dims: [ 1 ] zero_data: true name: "zero" } ] } ]
+}
+"""
+
+
+def accumulator_graph():  # type: ignore[no-untyped-def]
+    """OUTPUT = START ? INPUT : STATE_IN + INPUT, kept per sequence as STATE_OUT."""
+    from onnx import TensorProto, helper
+
+    def tensor(name: str) -> object:
+        return helper.make_tensor_value_info(name, TensorProto.INT32, ["batch", 1])
+
+    nodes = [helper.make_node("Cast", ["START"], ["is_start"], to=TensorProto.BOOL),
+             helper.make_node("Add", ["STATE_IN", "INPUT"], ["sum"]),
+             helper.make_node("Where", ["is_start", "INPUT", "sum"], ["OUTPUT"]),
+             helper.make_node("Identity", ["OUTPUT"], ["STATE_OUT"])]
+    return helper.make_graph(nodes, "acc", [tensor("INPUT"), tensor("START"), tensor("STATE_IN")],
+                             [tensor("OUTPUT"), tensor("STATE_OUT")])
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = str(tmp_path_factory.mktemp("repo"))
     write_python_model(path, "echo", ECHO, ECHO_CONFIG)
     write_python_model(path, "stream", STREAM, STREAM_CONFIG)
     write_model(path, "identity", identity_graph("FP32", ("batch", 16)), IDENTITY_CONFIG)
+    write_model(path, "acc", accumulator_graph(), ACC_CONFIG)
     return path
 
 
@@ -202,6 +231,19 @@ def test_decoupled_model_streams_and_cancels(server: tritonserver.Server) -> Non
     rest = list(iterator)
     assert len(rest) < 999 and rest[-1].final
     assert rest[-1].error is not None and rest[-1].error.status.name == "CANCELLED"
+
+
+def test_sequences_through_correlation_id_and_flags(server: tritonserver.Server) -> None:
+    model = server.load("acc")
+    start, end = tritonserver.RequestFlag.SEQUENCE_START, tritonserver.RequestFlag.SEQUENCE_END
+
+    def send(sequence: int, value: int, flags: int) -> int:
+        (response,) = model.infer(inputs={"INPUT": np.array([[value]], np.int32)}, correlation_id=sequence,
+                                  flags=flags)
+        return int(np.from_dlpack(response.outputs["OUTPUT"])[0, 0])
+
+    assert [send(7, 1, start), send(8, 10, start), send(7, 2, 0), send(8, 20, end), send(7, 3, end)] == \
+        [1, 10, 3, 30, 6]
 
 
 def test_async_infer_from_the_callers_loop(server: tritonserver.Server) -> None:

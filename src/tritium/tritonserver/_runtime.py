@@ -198,7 +198,10 @@ class Runtime:
     def submit(self, model: Model, request: InferenceRequest, deliver: Deliver) -> Call:
         """Run a validated ``request`` on the loop; ``deliver`` gets each response, the last one final."""
         call = Call(self)
-        self.loop.call_soon_threadsafe(self._begin, call, model, request, deliver)
+        try:
+            self.loop.call_soon_threadsafe(self._begin, call, model, request, deliver)
+        except RuntimeError:  # the loop is closed
+            raise UnavailableError("the server is stopped") from None
         return call
 
     def _begin(self, call: Call, model: Model, request: InferenceRequest, deliver: Deliver) -> None:
