@@ -180,3 +180,14 @@ def test_custom_metrics_are_process_wide(tmp_path: object) -> None:
         assert 'inproc_test_total{kind="unit"} 3.0' in server.metrics()
     finally:
         server.stop()
+
+
+def test_read_only_memory_stays_read_only() -> None:
+    tensor = Tensor.from_dlpack(np.frombuffer(b"\x00" * 16, dtype=np.float32))
+    view = np.from_dlpack(tensor)  # numpy asks for DLPack 1.0: the capsule says read-only
+    assert not view.flags.writeable and view.tolist() == [0.0] * 4
+    with pytest.raises(BufferError, match="read-only"):
+        tensor.__dlpack__()  # a legacy capsule could not say so
+    del view
+    assert _dlpack.exported_count() == 0
+    assert np.from_dlpack(Tensor.from_dlpack(np.ones(2))).flags.writeable

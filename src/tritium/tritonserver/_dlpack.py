@@ -17,6 +17,9 @@ from typing import Any
 from tritium.core.errors import InvalidArgumentError, UnsupportedError
 
 _DLTENSOR = b"dltensor"
+_DLTENSOR_VERSIONED = b"dltensor_versioned"
+#: ``DLPACK_FLAG_BITMASK_READ_ONLY``: the consumer must not write (only versioned capsules can say so).
+READ_ONLY = 1
 
 
 class DLDevice(ctypes.Structure):
@@ -46,6 +49,15 @@ class DLManagedTensor(ctypes.Structure):
     _fields_ = [("dl_tensor", DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", _Deleter)]
 
 
+class DLPackVersion(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_uint32), ("minor", ctypes.c_uint32)]
+
+
+class DLManagedTensorVersioned(ctypes.Structure):
+    _fields_ = [("version", DLPackVersion), ("manager_ctx", ctypes.c_void_p), ("deleter", _Deleter),
+                ("flags", ctypes.c_uint64), ("dl_tensor", DLTensor)]
+
+
 # Private prototypes of the capsule API: the global ``ctypes.pythonapi`` functions stay as other code set them,
 # and a capsule being destroyed is passed as a plain pointer (a ``py_object`` would touch its reference count).
 _api = ctypes.pythonapi
@@ -57,8 +69,8 @@ _capsule_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_
 _object_capsule_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
     ("PyCapsule_GetPointer", _api))
 
-#: Address of an exported ``DLManagedTensor`` -> (the structure, its shape array, the owner of the memory).
-_EXPORTED: dict[int, tuple[DLManagedTensor, Any, Any]] = {}
+#: Address of an exported ``DLManagedTensor(Versioned)`` -> (the structure, its shape array, the memory's owner).
+_EXPORTED: dict[int, tuple[DLManagedTensor | DLManagedTensorVersioned, Any, Any]] = {}
 
 
 @_Deleter
@@ -75,16 +87,35 @@ _CapsuleDestructor = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 @_CapsuleDestructor
 def _capsule_destructor(capsule: int | None) -> None:
     """A capsule nobody consumed (still named ``dltensor``) releases its tensor; a consumed one was renamed."""
-    if capsule is not None and _capsule_is_valid(capsule, _DLTENSOR):
-        _release(_capsule_pointer(capsule, _DLTENSOR))
+    if capsule is None:
+        return
+    for name in (_DLTENSOR, _DLTENSOR_VERSIONED):
+        if _capsule_is_valid(capsule, name):
+            _release(_capsule_pointer(capsule, name))
 
 
 _DESTRUCTOR_ADDRESS = ctypes.cast(_capsule_destructor, ctypes.c_void_p)
 
 
-def export(data_ptr: int, device: tuple[int, int], dtype: tuple[int, int], shape: list[int], owner: Any) -> Any:
-    """A ``dltensor`` capsule viewing ``data_ptr`` (C-contiguous); ``owner`` is kept alive while it is used."""
-    managed = DLManagedTensor()
+def export(data_ptr: int, device: tuple[int, int], dtype: tuple[int, int], shape: list[int], owner: Any,
+           versioned: bool = False, read_only: bool = False) -> Any:
+    """A capsule viewing ``data_ptr`` (C-contiguous); ``owner`` is kept alive while it is used.
+
+    ``versioned``: a DLPack 1.0 ``dltensor_versioned`` capsule (for consumers that ask for one), which carries
+    ``read_only``; otherwise the legacy ``dltensor`` one, which cannot (and is refused for read-only memory).
+    """
+    managed: DLManagedTensor | DLManagedTensorVersioned
+    if versioned:
+        managed = DLManagedTensorVersioned()
+        managed.version = DLPackVersion(1, 0)
+        managed.flags = READ_ONLY if read_only else 0
+        name = _DLTENSOR_VERSIONED
+    else:
+        if read_only:
+            raise BufferError("cannot export read-only memory through a legacy DLPack capsule; the consumer must "
+                              "ask for DLPack 1.0 (max_version)")
+        managed = DLManagedTensor()
+        name = _DLTENSOR
     ndim = len(shape)
     dims = (ctypes.c_int64 * ndim)(*shape)
     tensor = managed.dl_tensor
@@ -97,7 +128,7 @@ def export(data_ptr: int, device: tuple[int, int], dtype: tuple[int, int], shape
     managed.deleter = _release
     address = ctypes.addressof(managed)
     _EXPORTED[address] = (managed, dims, owner)
-    return _capsule_new(address, _DLTENSOR, _DESTRUCTOR_ADDRESS)
+    return _capsule_new(address, name, _DESTRUCTOR_ADDRESS)
 
 
 @dataclass(slots=True)

@@ -154,7 +154,9 @@ class Tensor:
                    copy: bool | None = None) -> Any:
         """A DLPack capsule viewing this tensor's memory (no copy); it keeps the tensor alive while used.
 
-        ``stream`` must be ``None`` (or ``0``/``-1``) for CPU memory; ``copy=True`` exports a private copy.
+        ``stream`` must be ``None`` (or ``0``/``-1``) for CPU memory; ``copy=True`` exports a private copy.  A
+        consumer that asks for DLPack 1.0 (``max_version``, as numpy 2 and torch do) gets a versioned capsule,
+        marked read-only when the memory is (a read-only numpy array, e.g. over ``bytes``).
         """
         if stream not in (None, 0, -1):
             raise UnsupportedError(
@@ -172,7 +174,11 @@ class Tensor:
         if copy:
             owner = numpy.from_dlpack(self).copy()
             data_ptr = owner.ctypes.data
-        return _dlpack.export(data_ptr, (int(device[0]), device[1]), code_bits, [int(d) for d in self.shape], owner)
+        buffer_owner = self.memory_buffer.owner
+        read_only = owner is self and isinstance(buffer_owner, numpy.ndarray) and not buffer_owner.flags.writeable
+        versioned = max_version is not None and tuple(max_version)[:1] >= (1,)
+        return _dlpack.export(data_ptr, (int(device[0]), device[1]), code_bits, [int(d) for d in self.shape], owner,
+                              versioned, read_only)
 
     def __dlpack_device__(self) -> tuple[DLDeviceType, int]:
         return _MEMORY_TYPE_TO_DLPACK[self.memory_type], self.memory_type_id
