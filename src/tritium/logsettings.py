@@ -88,7 +88,9 @@ class _LevelFilter(logging.Filter):
 class LogManager:
     """Owns the root logger's handler and applies :class:`LogSettings` to it."""
 
-    def __init__(self, settings: LogSettings) -> None:
+    def __init__(self, settings: LogSettings, logger: logging.Logger | None = None) -> None:
+        """``logger``: the logger whose handler this is (the root logger by default; an embedded server passes
+        ``tritium``'s so that the program's own logging is left as it was)."""
         if settings.log_format not in FORMATS:
             raise InvalidArgumentError(f"invalid argument for --log_format, got: {settings.log_format}")
         self.settings = settings
@@ -100,12 +102,18 @@ class LogManager:
         handler.addFilter(_LevelFilter(settings))
         handler.setFormatter(TritonLogFormatter(settings.log_format))
         self.handler = handler
-        root = logging.getLogger()
-        root.handlers[:] = [handler]
+        self.logger = logging.getLogger() if logger is None else logger
+        self.logger.handlers[:] = [handler]
         self._apply_level()
 
     def _apply_level(self) -> None:
-        logging.getLogger().setLevel(logging.DEBUG if self.settings.log_verbose_level > 0 else logging.INFO)
+        self.logger.setLevel(logging.DEBUG if self.settings.log_verbose_level > 0 else logging.INFO)
+
+    def close(self) -> None:
+        """Detach and close the handler (its log file)."""
+        if self.handler in self.logger.handlers:
+            self.logger.removeHandler(self.handler)
+        self.handler.close()
 
     def update(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Apply the given settings (unknown keys are ignored, as Triton does); returns all settings."""

@@ -89,8 +89,15 @@ class Server:
     def open(self) -> None:
         """The endpoints are listening: report ready and start polling the repositories (poll mode)."""
         self._started = True
-        if self._poller is not None:
+        if self._poller is not None and self.options.repository_poll_secs > 0:
             self._poller.start()
+
+    async def poll_repository(self) -> None:
+        """One rescan of the repositories, now (poll mode; Triton's ``TRITONSERVER_ServerPollModelRepository``):
+        with ``repository_poll_secs`` 0 an embedding program polls only when it calls this."""
+        if self._poller is None:
+            raise UnavailableError("polling the model repository is only allowed in POLL mode")
+        await self._poller.poll()
 
     async def quiesce(self) -> None:
         """Stop reporting ready and stop polling, before the endpoints close."""

@@ -6,6 +6,7 @@ or gRPC code once, at the edge; nothing below a frontend knows about wire
 status codes.
 
     TritiumError
+    ├── UnknownError           UNKNOWN         (HTTP 400, gRPC UNKNOWN)
     ├── InvalidArgumentError   INVALID_ARG     (HTTP 400, gRPC INVALID_ARGUMENT)
     ├── NotFoundError          NOT_FOUND       (HTTP 404, gRPC NOT_FOUND)
     ├── UnavailableError       UNAVAILABLE     (HTTP 503, gRPC UNAVAILABLE)
@@ -66,6 +67,10 @@ def status_text(error: BaseException) -> str:
     if isinstance(error, TritiumError):
         return f"{STATUS_TEXT[error.status]}: {error.message}"
     return f"Internal: {type(error).__name__}: {error}"
+
+
+class UnknownError(TritiumError):
+    status = Status.UNKNOWN
 
 
 class InvalidArgumentError(TritiumError):

@@ -325,6 +325,16 @@ def _triton_names(text: bytes, extra: Sequence[str] = ()) -> bytes:
     return text
 
 
+def render_metrics(api: InferenceAPI, options: ServerOptions, cpu: CpuSampler | None = None) -> bytes:
+    """The text ``/metrics`` answers, made now, for a caller without the endpoint (the in-process API's
+    ``Server.metrics()``); call it on the server's event loop, where the statistics are written."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TritonCollector(api, options, cpu))
+    custom = CustomCollector(api.custom_metrics)
+    registry.register(custom)
+    return _triton_names(generate_latest(registry), custom.counter_names)
+
+
 class MetricsFrontend(HttpListener):
     """The metrics endpoint and the periodic CPU sampling behind it."""
 
