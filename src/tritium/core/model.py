@@ -19,6 +19,7 @@ from tritium.config.parse import config_to_dict
 from .classification import classify
 from .errors import InternalError, InvalidArgumentError, TritiumError, request_error
 from .inference import InferenceRequest, InferenceResponse
+from .response_cache import ResponseCache, cache_key, now_ns
 from .streaming import ResponseStream, StreamItem
 from .types import DataType, Tensor
 
@@ -96,6 +97,7 @@ class Model:
         config: mc.ModelConfig,
         scheduler: Scheduler,
         labels: dict[str, list[str]] | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -109,6 +111,8 @@ class Model:
         self._config_dict: dict[str, Any] | None = None
         #: Class labels per output (``label_filename``), for the classification extension.
         self.labels = labels or {}
+        #: The server's response cache when the config enables it (``response_cache { enable: true }``).
+        self.cache = cache
 
     # -- metadata ---------------------------------------------------------------------------------
 
@@ -128,17 +132,62 @@ class Model:
         :meth:`validate` (which applies ``reshape``, so it runs once)."""
         if not validated:
             self.validate(request)
+        if self.cache is not None:
+            return await self._cached(request)
+        if request.trace is None:  # the common path, with no frame in between
+            try:
+                return self._shape_response(request, await self.scheduler.infer(request))
+            except asyncio.CancelledError:
+                _cancelled(request)
+                raise
+        return await self._execute(request)
+
+    async def _execute(self, request: InferenceRequest, stamp: bool = True) -> InferenceResponse:
+        """Through the scheduler, traced when sampled (``stamp``: the trace's start is still to be stamped)."""
         trace = request.trace
         try:
             if trace is None:
                 return self._shape_response(request, await self.scheduler.infer(request))
-            trace.stamp("REQUEST_START")
-            trace.add_tensors("TENSOR_QUEUE_INPUT", request.inputs)
+            if stamp:
+                trace.stamp("REQUEST_START")
+                trace.add_tensors("TENSOR_QUEUE_INPUT", request.inputs)
             response = self._shape_response(request, await self.scheduler.infer(request))
         except asyncio.CancelledError:
             _cancelled(request)
             raise
         trace.add_tensors("TENSOR_BACKEND_OUTPUT", response.outputs)
+        return response
+
+    async def _cached(self, request: InferenceRequest, stamp: bool = True) -> InferenceResponse:
+        """Answer from the cache, or execute and store a successful response.  Statistics as Triton's: a hit
+        counts as a success (and its queue), never as an inference or execution; a miss adds its lookup and
+        insertion time to ``cache_miss``, the execution counting as usual."""
+        cache = self.cache
+        assert cache is not None
+        counters = cache.counters
+        stats = self.scheduler.stats
+        start = now_ns()
+        key = cache_key(request, self.name, self.version)
+        entry = await cache.lookup(key)
+        looked = now_ns()
+        counters.lookups += 1
+        counters.lookup_ns += looked - start
+        if entry is not None:
+            counters.hits += 1
+            response = entry.response(request, self.name, self.version)
+            stats.record_cache_hit(start, looked, now_ns())
+            return response
+        counters.misses += 1
+        try:
+            response = await self._execute(request, stamp)
+        except BaseException:
+            stats.record_cache_miss(looked - start)
+            raise
+        inserting = now_ns()
+        await cache.insert(key, response)
+        inserted = now_ns()
+        counters.insertion_ns += inserted - inserting
+        stats.record_cache_miss(looked - start + inserted - inserting)
         return response
 
     async def stream(self, request: InferenceRequest, validated: bool = False) -> AsyncIterator[StreamItem]:
@@ -158,14 +207,17 @@ class Model:
             request.trace.add_tensors("TENSOR_QUEUE_INPUT", request.inputs)
         if not self.decoupled:
             try:
-                response = await self.scheduler.infer(request)
+                if self.cache is not None:
+                    response = await self._cached(request, stamp=False)
+                else:
+                    response = self._shape_response(request, await self.scheduler.infer(request))
             except TritiumError as e:
                 yield StreamItem(None, True, e)
                 return
             except asyncio.CancelledError:
                 _cancelled(request)
                 raise
-            yield StreamItem(self._shape_response(request, response), True)
+            yield StreamItem(response, True)
             return
         stream = ResponseStream(asyncio.get_running_loop())
         request.response_stream = stream
