@@ -18,6 +18,7 @@ fail; both are logged (at most once per ``_LOG_EVERY_S`` seconds) and requests a
 from __future__ import annotations
 
 import logging
+import math
 import struct
 import time
 from dataclasses import dataclass
@@ -247,7 +248,7 @@ def decode_entry(data: bytes) -> CachedResponse:
             raise ValueError(f"output '{name}' runs past the entry")
         buffer = view[offset:offset + size]
         offset += size
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)  # Python ints: a hostile shape cannot overflow
         if datatype is DataType.BYTES:
             array = deserialize_bytes_tensor(buffer, count, name).reshape(shape)
         else:
