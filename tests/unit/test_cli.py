@@ -104,7 +104,6 @@ def test_disabled_endpoints_accept_false():
     (["--grpc-infer-allocation-pool-size=8"], "--grpc-infer-allocation-pool-size"),
     (["--metrics-config=histogram_latencies=true"], "histogram_latencies"),
     (["--rate-limit", "execution_count"], "--rate-limit"),
-    (["--cache-config", "local,size=1024"], "--cache-config"),
     (["--pinned-memory-pool-byte-size=0"], "--pinned-memory-pool-byte-size"),
 ])
 def test_unsupported_flags_name_the_flag(capsys, argv, flag):

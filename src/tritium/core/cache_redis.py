@@ -167,7 +167,7 @@ class RedisCache:
         except Exception as e:  # connection refused or reset, timeout, pool exhausted: a miss
             self._failed("Failed to retrieve key: ", key, e)
             return None
-        if data is None:
+        if not isinstance(data, bytes):  # None: not stored (a client decoding to str is never made here)
             return None
         try:
             return decode_entry(data)

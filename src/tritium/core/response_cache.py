@@ -146,10 +146,12 @@ def cache_key(request: InferenceRequest, model_name: str, model_version: int) ->
         update(np.asarray(data.shape, dtype="<u8").tobytes())
         if tensor.datatype is DataType.BYTES:
             payload = serialize_bytes_tensor(data)
-        else:
-            payload = memoryview(np.ascontiguousarray(data)).cast("B")
-        update(_U64.pack(len(payload)))
-        update(payload)
+            update(_U64.pack(len(payload)))
+            update(payload)
+        else:  # the array's own bytes, not copied (any element type, BF16 included, as bytes)
+            flat = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+            update(_U64.pack(flat.nbytes))
+            update(flat.data)
     wanted = request.requested_outputs
     if wanted is None:
         update(b"\x00")

@@ -24,6 +24,7 @@ from prometheus_client.metrics_core import Metric
 from tritium.api import InferenceAPI
 from tritium.core.custom_metrics import CustomMetrics
 from tritium.core.response_cache import ResponseCache
+from tritium.core.stats import ModelStats
 from tritium.options import ServerOptions
 
 from .http.listener import HttpListener, metrics_limits
@@ -248,9 +249,7 @@ class TritonCollector:
                 "nv_inference_pending_request_count", labels, model.scheduler.pending_count()
             )
             if model.cache is not None:
-                for name, (field, figure, _) in _CACHE_MODEL_METRICS.items():
-                    duration = getattr(stats, field)
-                    cached[name].add_sample(name, labels, duration.count if figure == "count" else duration.ns // 1000)
+                _cache_samples(cached, stats, labels)
             if self.counter_latencies:
                 for name, (field, _) in _LATENCY_METRICS.items():
                     latencies[name].add_sample(name, labels, getattr(stats, field).ns // 1000)
@@ -271,6 +270,10 @@ class TritonCollector:
             yield from summaries.values()
         if self.counter_latencies:
             yield from latencies.values()
+        yield from self._machine()
+
+    def _machine(self) -> Iterator[Metric]:
+        """GPU and CPU figures of the last sample."""
         if self.gpu is not None and self.gpu.rows:
             for name, (kind, help_) in _GPU_METRICS.items():
                 metric = Metric(name, help_, kind)
@@ -286,6 +289,13 @@ class TritonCollector:
                 metric = Metric(name, help_, "gauge")
                 metric.add_sample(name, {}, value)
                 yield metric
+
+
+def _cache_samples(families: dict[str, Metric], stats: ModelStats, labels: dict[str, str]) -> None:
+    """One model's response cache counters (models whose config enables the cache)."""
+    for name, (field, figure, _) in _CACHE_MODEL_METRICS.items():
+        duration = getattr(stats, field)
+        families[name].add_sample(name, labels, duration.count if figure == "count" else duration.ns // 1000)
 
 
 def _cache_gauges(cache: ResponseCache) -> Iterator[Metric]:
