@@ -810,6 +810,7 @@ def build_repo(repo: str) -> None:
     write_python_model(repo, "no_class", "x = 1\n", plain)
     write_python_model(repo, "import_fails", "import no_such_module_here\n" + IDENTITY, plain)
     build_compat_repo(repo)
+    write_python_model(repo, "cache_enabled", IDENTITY, ECHO_INT_CONFIG.replace("{extra}", "response_cache { enable: true }"))
     write_python_model(repo, "bad_config", IDENTITY,
                        BATCHED_CONFIG.replace("dynamic_batching { }", "dynamic_batching { preferred_batch_size: [ 9 ] }"))
 
@@ -1223,6 +1224,16 @@ def case_statistics_after_calls(s: Servers) -> Any:
     return (shape(after).keys(), counts, after["inference_count"] - before["inference_count"],
             after["execution_count"] - before["execution_count"],
             sorted(b["batch_size"] for b in after["batch_stats"]))
+
+
+def case_response_cache_without_cache_config(s: Servers) -> Any:
+    """A model that enables the response cache on a server without --cache-config is served, uncached."""
+    x = np.array([4, 2], np.int32)
+    answers = [s.http.infer("cache_enabled", http_inputs(("INPUT0", x, "INT32"))).as_numpy("OUTPUT0").tolist()
+               for _ in range(3)]
+    stats = settled_statistics(s, "cache_enabled")
+    counts = {k: v["count"] for k, v in stats["inference_stats"].items()}
+    return answers, stats["execution_count"], counts, s.http.get_model_config("cache_enabled")["response_cache"]
 
 
 def case_model_config_full(s: Servers) -> Any:
