@@ -21,7 +21,6 @@ import hashlib
 import logging
 import os
 import re
-import struct
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -118,52 +117,40 @@ def _physical_memory() -> int:
 
 # -- the key ------------------------------------------------------------------------------------------------
 
-_U64 = struct.Struct("<Q")
-
-
 def cache_key(request: InferenceRequest, model_name: str, model_version: int) -> bytes:
     """The digest that identifies ``request``'s answer (after validation, which leaves the model's inputs and
-    takes the scheduling parameters ``priority`` and ``timeout`` out)."""
+    takes the scheduling parameters ``priority`` and ``timeout`` out).
+
+    The inputs' bytes are hashed in name order, then one description of everything else (names with their
+    lengths, data types, shapes, requested outputs, classification, parameters): each input's bytes have a
+    length its shape and data type fix (BYTES elements carry their own), so the whole is unambiguous."""
     h = hashlib.blake2b(digest_size=32)
-    update = h.update
-
-    def text(value: str) -> None:
-        data = value.encode("utf-8", "surrogatepass")
-        update(_U64.pack(len(data)))
-        update(data)
-
-    text(model_name)
-    update(_U64.pack(model_version % 2**64))
     inputs = request.inputs
     if len(inputs) > 1:
-        inputs = sorted(inputs, key=lambda t: t.name)
-    update(_U64.pack(len(inputs)))
+        inputs = sorted(inputs, key=_name)
+    head = [f"{len(model_name)}:{model_name}:{model_version}:{len(inputs)}"]
     for tensor in inputs:
-        text(tensor.name)
-        text(tensor.datatype.wire_name)
         data = tensor.data
-        update(_U64.pack(data.ndim))
-        update(np.asarray(data.shape, dtype="<u8").tobytes())
         if tensor.datatype is DataType.BYTES:
-            payload = serialize_bytes_tensor(data)
-            update(_U64.pack(len(payload)))
-            update(payload)
-        else:  # the array's own bytes, not copied (any element type, BF16 included, as bytes)
-            flat = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-            update(_U64.pack(flat.nbytes))
-            update(flat.data)
+            h.update(serialize_bytes_tensor(data))
+        else:  # the array's own bytes, not copied (any element type, BF16 included)
+            h.update(np.ascontiguousarray(data).reshape(-1).view(np.uint8).data)
+        head.append(f"{len(tensor.name)}:{tensor.name}:{tensor.datatype.wire_name}:{data.shape}")
     wanted = request.requested_outputs
-    if wanted is None:
-        update(b"\x00")
-    else:
-        update(b"\x01")
+    if wanted is not None:
         names = sorted(set(wanted))
-        update(_U64.pack(len(names)))
-        for name in names:
-            text(name)
-    text(repr(sorted(request.classification.items())) if request.classification else "")
-    text(repr(sorted(request.parameters.items())) if request.parameters else "")
+        head.append(f"outputs:{len(names)}")
+        head.extend(f"{len(n)}:{n}" for n in names)
+    if request.classification:
+        head.append(f"classification:{sorted(request.classification.items())!r}")
+    if request.parameters:
+        head.append(f"parameters:{sorted(request.parameters.items())!r}")
+    h.update("|".join(head).encode("utf-8", "surrogatepass"))
     return h.digest()
+
+
+def _name(tensor: Tensor) -> str:
+    return tensor.name
 
 
 # -- entries ------------------------------------------------------------------------------------------------
