@@ -120,7 +120,7 @@ def start(label: str, workdir: str, repo: str, triton_python: str | None) -> tup
              f"--metrics-port={free_port()}", f"--cache-config=local,size={CACHE_BYTES}"]
     log = open(os.path.join(workdir, f"{label}.log"), "wb")
     if label == "triton":
-        script = os.path.join(HERE, "..", "..", "shared", "tools", "real_triton.sh")
+        script = os.path.join(HERE, "..", "scripts", "real_triton.sh")
         proc = subprocess.Popen(["bash", script, *flags], stdout=log, stderr=log,
                                 env=dict(os.environ, PYTRITON_PYTHON=triton_python or ""))
     else:

@@ -4,6 +4,7 @@ errors, and Triton's Redis cache shared by two servers through a real ``redis-se
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -352,3 +353,42 @@ def test_a_redis_cache_that_cannot_be_reached_stops_the_start(tmp_path: Any) -> 
             assert done.returncode != 0 and words in done.stderr and "creating server" in done.stderr
     finally:
         redis_server.stop()
+
+
+def test_a_reloaded_model_is_not_answered_with_what_the_old_one_computed(tmp_path: Any) -> None:
+    """Deliberate difference: Triton's keys name only the model and version, so a model reloaded with new files
+    under the same version would answer from the old one's entries; a local cache here keys each load apart."""
+    repo = str(tmp_path / "repo")
+    write_python_model(repo, "counted", COUNTED, CACHED)
+    trace_file = tmp_path / "trace.json"
+    args = ["--model-control-mode=explicit", "--load-model=counted", f"--cache-config=local,size={CACHE_SIZE}",
+            "--trace-config", f"triton,file={trace_file}", "--trace-config", "level=TIMESTAMPS",
+            "--trace-config", "rate=1", "--trace-config", "triton,log-frequency=1"]
+    with RunningServer([repo], args) as server:
+        client = httpclient.InferenceServerClient(server.url)
+        assert infer(client, [6])["OUT_S"] == [b"66"] and infer(client, [6])["OUT_S"] == [b"66"]
+        assert executions(repo) == 1
+        with open(os.path.join(repo, "counted", "1", "model.py"), "w") as f:
+            f.write(COUNTED.replace("str(v).encode() * 2", "str(v).encode() * 3"))
+        client.load_model("counted")
+        assert infer(client, [6])["OUT_S"] == [b"666"] and infer(client, [6])["OUT_S"] == [b"666"]
+        assert executions(repo) == 2
+        # a traced hit is written with its request's start, lookup and end
+        deadline = time.monotonic() + 30
+        names: list[list[str]] = []
+        while time.monotonic() < deadline and len(names) < 4:
+            names = []
+            for path in sorted(tmp_path.glob("trace.json*")):
+                try:
+                    entries = json.loads(path.read_text() or "[]")
+                except ValueError:
+                    continue
+                by_id: dict[int, list[str]] = {}
+                for entry in entries:
+                    for stamp in entry.get("timestamps", []):
+                        by_id.setdefault(entry["id"], []).append(stamp["name"])
+                names.extend(by_id.values())
+            time.sleep(0.2)
+        core = [[n for n in stamps if not n.startswith("HTTP_")] for stamps in names]
+        hits = [n for n in core if "COMPUTE_START" not in n]
+        assert len(hits) == 2 and all(n == ["REQUEST_START", "QUEUE_START", "REQUEST_END"] for n in hits), names

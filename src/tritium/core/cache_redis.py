@@ -132,6 +132,7 @@ class RedisCache:
     """Entries in Redis, through a pool of ``pool_size`` connections on the server's event loop."""
 
     name = "redis"
+    shared = True
 
     def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings

@@ -8,6 +8,7 @@ the config at load time to keep the per-request cost small.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from .types import DataType, Tensor
 if TYPE_CHECKING:
     from tritium.scheduler.base import Scheduler
 
+
+#: Loads of cache-enabled models in this process (each load's local cache entries are its own).
+_LOADS = itertools.count(1)
 
 #: What C's ``strtol`` reads (as Triton's ``std::stol``): blanks, a sign, digits; the rest is ignored.
 _VERSION_TEXT = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
@@ -113,6 +117,8 @@ class Model:
         self.labels = labels or {}
         #: The server's response cache when the config enables it (``response_cache { enable: true }``).
         self.cache = cache
+        #: The model as its cache keys name it: this load of it, unless other servers share the cache.
+        self._cache_name = name if cache is None or cache.shared else f"{name}\0load {next(_LOADS)}"
 
     # -- metadata ---------------------------------------------------------------------------------
 
@@ -167,7 +173,7 @@ class Model:
         counters = cache.counters
         stats = self.scheduler.stats
         start = now_ns()
-        key = cache_key(request, self.name, self.version)
+        key = cache_key(request, self._cache_name, self.version)
         entry = await cache.lookup(key)
         looked = now_ns()
         counters.lookups += 1
@@ -175,7 +181,16 @@ class Model:
         if entry is not None:
             counters.hits += 1
             response = entry.response(request, self.name, self.version)
-            stats.record_cache_hit(start, looked, now_ns())
+            end = now_ns()
+            stats.record_cache_hit(start, looked, end)
+            trace = request.trace
+            if trace is not None:  # no execution to stamp: the request's start, its lookup and its end
+                if stamp:
+                    trace.stamp("REQUEST_START", start)
+                    trace.add_tensors("TENSOR_QUEUE_INPUT", request.inputs)
+                trace.stamp("QUEUE_START", start)
+                trace.stamp("REQUEST_END", end)
+                trace.add_tensors("TENSOR_BACKEND_OUTPUT", response.outputs)
             return response
         counters.misses += 1
         try:

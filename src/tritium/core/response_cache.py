@@ -212,6 +212,10 @@ class ResponseCache(Protocol):
 
     name: str
     counters: CacheCounters
+    #: Whether other servers read its entries (Redis): keys then name the model by name and version only, as
+    #: Triton's do; a cache of this process keys each load of a model apart, so a reload never answers with
+    #: what the model it replaced computed.
+    shared: bool
 
     async def lookup(self, key: bytes) -> CachedResponse | None:
         """The entry stored under ``key``, or ``None`` (a cache that cannot answer logs why and misses)."""
@@ -230,6 +234,7 @@ class LocalCache:
     """Entries in this process, at most ``size`` bytes in all, least recently used evicted first."""
 
     name = "local"
+    shared = False
 
     def __init__(self, size: int) -> None:
         self.size = size
