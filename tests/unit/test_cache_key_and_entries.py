@@ -215,3 +215,10 @@ def _entry(header: object, payload: bytes = b"") -> bytes:
 def test_an_entry_that_does_not_decode_exactly_is_refused(data: bytes) -> None:
     with pytest.raises((ValueError, InvalidArgumentError)):
         decode_entry(data)
+
+
+def test_a_strided_view_is_keyed_as_the_array_the_model_sees() -> None:
+    grid = np.arange(8, dtype=np.float32).reshape(2, 4)
+    view = request(Tensor("A", DataType.FP32, grid[:, :2]))
+    copy = request(Tensor("A", DataType.FP32, np.ascontiguousarray(grid[:, :2])))
+    assert key(view) == key(copy) != key(request(Tensor("A", DataType.FP32, grid[:, 2:])))
