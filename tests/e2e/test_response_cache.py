@@ -104,7 +104,8 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningSer
     write_python_model(repo, "uncached", COUNTED, COUNTED_CONFIG.replace("{extra}", ""))
     write_python_model(repo, "decoupled", COUNTED, CACHED + "model_transaction_policy { decoupled: true }")
     write_python_model(repo, "sequence", COUNTED, CACHED + "sequence_batching { }")
-    with RunningServer([repo], ["--exit-on-error=false", f"--cache-config=local,size={CACHE_SIZE}"]) as server:
+    with RunningServer([repo], ["--exit-on-error=false", f"--cache-config=local,size={CACHE_SIZE}",
+                                "--metrics-config=summary_latencies=true"]) as server:
         yield server, repo
 
 
@@ -129,6 +130,8 @@ def test_a_hit_is_answered_without_executing_the_model(local: tuple[RunningServe
     assert metric(server, "nv_cache_hit_duration_per_model" + labels) >= 0
     assert metric(server, "nv_inference_exec_count" + labels) == after["execution"]
     assert metric(server, "nv_cache_num_lookups ") >= after["hit"] + after["miss"]
+    assert metric(server, "nv_cache_hit_summary_per_model_count" + labels) == after["hit"]
+    assert metric(server, "nv_cache_miss_summary_per_model_count" + labels) == after["miss"]
     assert 0 < metric(server, "nv_cache_util ") <= 1
     with urllib.request.urlopen(server.metrics_url, timeout=30) as r:
         assert 'nv_cache_num_hits_per_model{model="uncached"' not in r.read().decode()

@@ -222,3 +222,12 @@ def test_a_strided_view_is_keyed_as_the_array_the_model_sees() -> None:
     view = request(Tensor("A", DataType.FP32, grid[:, :2]))
     copy = request(Tensor("A", DataType.FP32, np.ascontiguousarray(grid[:, :2])))
     assert key(view) == key(copy) != key(request(Tensor("A", DataType.FP32, grid[:, 2:])))
+
+
+def test_bf16_inputs_are_keyed_by_their_bytes() -> None:
+    import ml_dtypes
+
+    def bf16(values: list[float]) -> InferenceRequest:
+        return request(Tensor("A", DataType.BF16, np.array(values, ml_dtypes.bfloat16)))
+
+    assert key(bf16([1.0, 2.0])) == key(bf16([1.0, 2.0])) != key(bf16([1.0, 3.0]))

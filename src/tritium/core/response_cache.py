@@ -138,9 +138,9 @@ def cache_key(request: InferenceRequest, model_name: str, model_version: int) ->
         if tensor.datatype is DataType.BYTES:
             h.update(serialize_bytes_tensor(data))
         else:  # the array's own bytes, not copied (any element type, BF16 included)
-            try:
-                h.update(data)
-            except ValueError:  # not C-contiguous (a view): hashed as the copy the model would see
+            try:  # an ndarray is a buffer (numpy's stubs do not say so); ``.data`` would refuse BF16's dtype
+                h.update(data)  # type: ignore[arg-type]
+            except (ValueError, BufferError):  # not C-contiguous (a view): hashed as the copy the model sees
                 h.update(np.ascontiguousarray(data).reshape(-1).view(np.uint8).data)
         head.append(f"{len(tensor.name)}:{tensor.name}:{tensor.datatype.wire_name}:{data.shape}")
     wanted = request.requested_outputs

@@ -94,7 +94,7 @@ class LatencyWindow:
 class LatencySummaries:
     """Per-request latency windows behind Triton's ``nv_inference_*_summary_us`` metrics."""
 
-    __slots__ = ("request", "queue", "compute_input", "compute_infer", "compute_output")
+    __slots__ = ("request", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
 
     def __init__(self) -> None:
         self.request = LatencyWindow()
@@ -102,6 +102,9 @@ class LatencySummaries:
         self.compute_input = LatencyWindow()
         self.compute_infer = LatencyWindow()
         self.compute_output = LatencyWindow()
+        #: Response cache lookups that hit, and misses (lookup plus insertion), of models that enable it.
+        self.cache_hit = LatencyWindow()
+        self.cache_miss = LatencyWindow()
 
 
 @dataclass(slots=True)
@@ -194,7 +197,10 @@ class ModelStats:
             now_s = time.monotonic()
             summaries.request.observe(now_s, (end_ns - start_ns) // 1000)
             summaries.queue.observe(now_s, 0)
+            summaries.cache_hit.observe(now_s, (looked_ns - start_ns) // 1000)
 
     def record_cache_miss(self, ns: int) -> None:
         """A lookup that missed; ``ns``: its time and that of storing the response."""
         self.cache_miss.add(ns)
+        if self.summaries is not None:
+            self.summaries.cache_miss.observe(time.monotonic(), ns // 1000)

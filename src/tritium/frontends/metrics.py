@@ -24,7 +24,7 @@ from prometheus_client.metrics_core import Metric
 from tritium.api import InferenceAPI
 from tritium.core.custom_metrics import CustomMetrics
 from tritium.core.response_cache import ResponseCache
-from tritium.core.stats import ModelStats
+from tritium.core.stats import LatencySummaries, ModelStats
 from tritium.options import ServerOptions
 
 from .http.listener import HttpListener, metrics_limits
@@ -110,6 +110,13 @@ _CACHE_MODEL_METRICS: dict[str, tuple[str, str, str]] = {
     "nv_cache_num_misses_per_model": ("cache_miss", "count", "Number of cache misses per model"),
     "nv_cache_miss_duration_per_model": (
         "cache_miss", "us", "Total cache miss (insert+lookup) duration per model, in microseconds"),
+}
+#: Their summaries (``--metrics-config summary_latencies=true``): name -> (LatencySummaries field, help).
+_CACHE_SUMMARY_METRICS: dict[str, tuple[str, str]] = {
+    "nv_cache_hit_summary_per_model": ("cache_hit", "Summary of cache hit counts/durations per model, in "
+                                                    "microseconds."),
+    "nv_cache_miss_summary_per_model": ("cache_miss", "Summary of cache miss counts/durations per model, in "
+                                                      "microseconds."),
 }
 #: The server's cache as a whole (gauges, as Triton's): name -> help.
 _CACHE_METRICS: dict[str, str] = {
@@ -231,6 +238,7 @@ class TritonCollector:
         latencies = {name: Metric(name, help_, "counter") for name, (_, help_) in _LATENCY_METRICS.items()}
         summaries = {name: Metric(name, help_, "summary") for name, (_, help_) in _SUMMARY_METRICS.items()}
         cached = {name: Metric(name, help_, "counter") for name, (_, _, help_) in _CACHE_MODEL_METRICS.items()}
+        cached.update({name: Metric(name, help_, "summary") for name, (_, help_) in _CACHE_SUMMARY_METRICS.items()})
         now_s = time.monotonic()
         for model in models:
             stats = model.scheduler.stats
@@ -250,17 +258,14 @@ class TritonCollector:
             )
             if model.cache is not None:
                 _cache_samples(cached, stats, labels)
+                if self.summary_latencies and stats.summaries is not None:
+                    self._summaries(cached, _CACHE_SUMMARY_METRICS, stats.summaries, labels, now_s)
             if self.counter_latencies:
                 for name, (field, _) in _LATENCY_METRICS.items():
                     latencies[name].add_sample(name, labels, getattr(stats, field).ns // 1000)
             windows = stats.summaries
             if self.summary_latencies and windows is not None:
-                for name, (field, _) in _SUMMARY_METRICS.items():
-                    window = getattr(windows, field)
-                    summaries[name].add_sample(name + "_count", labels, window.count)
-                    summaries[name].add_sample(name + "_sum", labels, window.sum_us)
-                    for q, value in zip(self.quantiles, window.quantiles(self.quantiles, now_s), strict=False):
-                        summaries[name].add_sample(name, {**labels, "quantile": f"{q:g}"}, value)
+                self._summaries(summaries, _SUMMARY_METRICS, windows, labels, now_s)
         yield from families.values()
         cache = self.api.response_cache
         if cache is not None:
@@ -271,6 +276,16 @@ class TritonCollector:
         if self.counter_latencies:
             yield from latencies.values()
         yield from self._machine()
+
+    def _summaries(self, families: dict[str, Metric], which: dict[str, tuple[str, str]], windows: LatencySummaries,
+                   labels: dict[str, str], now_s: float) -> None:
+        """One model's samples of the summaries ``which`` names (count, sum, quantiles)."""
+        for name, (field, _) in which.items():
+            window = getattr(windows, field)
+            families[name].add_sample(name + "_count", labels, window.count)
+            families[name].add_sample(name + "_sum", labels, window.sum_us)
+            for q, value in zip(self.quantiles, window.quantiles(self.quantiles, now_s), strict=False):
+                families[name].add_sample(name, {**labels, "quantile": f"{q:g}"}, value)
 
     def _machine(self) -> Iterator[Metric]:
         """GPU and CPU figures of the last sample."""
