@@ -9,6 +9,9 @@ One Python-backend model (2 ms per execution, its output twice its input) served
   request is looked up, executed and stored: the cost of a cache that never helps;
 * ``uncached``: the different bodies to the model without a cache: the baseline a miss is compared with.
 
+With ``--redis``, tritium also runs with the Redis cache (a redis-server started here, ``pool_size=8``): label
+``redis``.
+
 Rounds alternate which server goes first; ratios are the median of per-round ratios of runs made back to back
 (this machine's speed drifts).  Needs ``wrk``; Triton's side with ``--triton-python PYTHON`` (an interpreter
 with nvidia-pytriton, whose build ships the local cache).
@@ -106,10 +109,16 @@ def write_body(workdir: str) -> tuple[str, int]:
     return path, len(header)
 
 
-def start(label: str, workdir: str, repo: str, triton_python: str | None) -> tuple[str, subprocess.Popen]:
+def start(label: str, workdir: str, repo: str, triton_python: str | None,
+          redis_port: int = 0) -> tuple[str, subprocess.Popen]:
     port = free_port()
     flags = [f"--model-repository={repo}", f"--http-port={port}", f"--grpc-port={free_port()}",
-             f"--metrics-port={free_port()}", f"--cache-config=local,size={CACHE_BYTES}"]
+             f"--metrics-port={free_port()}"]
+    if label == "redis":
+        flags += ["--cache-config=redis,host=127.0.0.1", f"--cache-config=redis,port={redis_port}",
+                  "--cache-config=redis,pool_size=8"]
+    else:
+        flags.append(f"--cache-config=local,size={CACHE_BYTES}")
     log = open(os.path.join(workdir, f"{label}.log"), "wb")
     if label == "triton":
         script = os.path.join(HERE, "..", "scripts", "real_triton.sh")
@@ -139,6 +148,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", default="1,8")
     ap.add_argument("--triton-python", default=None, help="interpreter with nvidia-pytriton: Triton side by side")
+    ap.add_argument("--redis", action="store_true",
+                    help="also tritium with the Redis cache (pool_size=8), on a redis-server started here")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -146,15 +157,22 @@ def main() -> int:
     repo = os.path.join(workdir, "repo")
     build_repo(repo)
     body = write_body(workdir)
-    labels = ["tritium"] + (["triton"] if args.triton_python else [])
+    labels = ["tritium"] + (["triton"] if args.triton_python else []) + (["redis"] if args.redis else [])
     servers: dict[str, tuple[str, subprocess.Popen]] = {}
+    redis_port = free_port()
+    if args.redis:
+        if shutil.which("redis-server") is None:
+            raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+        servers["redis-server"] = ("", subprocess.Popen(
+            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", workdir], stdout=subprocess.DEVNULL))
     modes = ("hit", "miss", "uncached")
     connections = [int(c) for c in args.connections.split(",")]
     results: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     seed = 0
     try:
         for label in labels:
-            servers[label] = start(label, workdir, repo, args.triton_python)
+            servers[label] = start(label, workdir, repo, args.triton_python, redis_port)
             url, proc = servers[label]
             for mode in modes:  # warm up: stubs started, the hit body stored
                 seed += 1
