@@ -24,6 +24,10 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from tritium.core.cache_redis import encode_entry
+from tritium.core.inference import InferenceResponse
+from tritium.core.types import DataType, Tensor
+
 from models import write_python_model
 from server import RunningServer, free_port
 
@@ -268,9 +272,14 @@ class RedisServer:
 
     def __init__(self, workdir: str) -> None:
         self.port = free_port()
+        self.workdir = workdir
+        self.start()
+
+    def start(self) -> None:
+        """Start (again, on the same port, empty)."""
         self.proc = subprocess.Popen([REDIS or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                                       "--save", "", "--appendonly", "no", "--requirepass", PASSWORD,
-                                      "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                      "--dir", self.workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -291,6 +300,15 @@ class RedisServer:
         client = redis.Redis(host="127.0.0.1", port=self.port, password=PASSWORD, db=db)
         try:
             return list(client.keys("*"))
+        finally:
+            client.close()
+
+    def set(self, key: bytes, value: bytes, db: int = 3) -> None:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=PASSWORD, db=db)
+        try:
+            client.set(key, value)
         finally:
             client.close()
 
@@ -330,13 +348,25 @@ def test_two_servers_share_one_redis_cache_and_survive_its_loss(tmp_path: Any) -
             t.set_data_from_numpy(np.array([41, 42], np.int32))
             assert g.infer("counted", [t]).as_numpy("OUT_S").tolist() == first["OUT_S"]
             assert executions(repos[1]) == 0
+            # what Redis holds is not trusted: an entry that does not fit the model, or does not decode, is a miss
+            [stored] = redis_server.keys()
+            foreign = InferenceResponse("counted", 1, outputs=[Tensor("EVIL", DataType.INT32, np.array([1], np.int32))])
+            for value in (encode_entry(foreign), b"\x80\x04not an entry"):
+                redis_server.set(stored, value)
+                assert infer(client_b, [41, 42]) == first
+            assert executions(repos[1]) == 2
+            assert "does not fit the model" in b.output() and "Failed to decode the entry of key" in b.output()
             redis_server.stop()
             # Redis went away: requests are still answered (by the model), the failure is logged, servers stay up
             for _ in range(3):
                 assert infer(client_b, [41, 42]) == first
-            assert executions(repos[1]) == 3 and client_b.is_server_live() and client_a.is_server_live()
+            assert executions(repos[1]) == 5 and client_b.is_server_live() and client_a.is_server_live()
             assert "Failed to retrieve key" in b.output()
             assert metric(b, "nv_cache_num_hits ") == 3
+            # and back: the next answer is stored again, the one after is a hit
+            redis_server.start()
+            assert [infer(client_b, [41, 42]) for _ in range(2)] == [first, first]
+            assert executions(repos[1]) == 6 and metric(b, "nv_cache_num_hits ") == 4
     finally:
         redis_server.stop()
 

@@ -138,8 +138,8 @@ class RedisCache:
         self.settings = settings
         self.counters = CacheCounters()
         self._client: Redis | None = None
-        self._last_log = 0.0
-        self._suppressed = 0
+        #: What failed (retrieve, insert, decode) -> when it was last logged, and how often since.
+        self._logged: dict[str, tuple[float, int]] = {}
 
     async def connect(self) -> None:
         """Connect and ping, as Triton's cache does at start (refusing to start when it cannot)."""
@@ -198,15 +198,16 @@ class RedisCache:
             await client.connection_pool.disconnect()
 
     def _failed(self, what: str, key: bytes, error: BaseException) -> None:
-        """Log a failure in Triton's words, once per ``_LOG_EVERY_S``: a Redis that went away must not flood
-        the log with one line per request."""
+        """Log a failure in Triton's words, each kind at most once per ``_LOG_EVERY_S``: a Redis that went away
+        must not flood the log with one line per request."""
         now = time.monotonic()
-        if now - self._last_log < _LOG_EVERY_S:
-            self._suppressed += 1
+        last, suppressed = self._logged.get(what, (-_LOG_EVERY_S, 0))
+        if now - last < _LOG_EVERY_S:
+            self._logged[what] = (last, suppressed + 1)
             return
-        more = f" ({self._suppressed} more Redis cache errors since the last one logged)" if self._suppressed else ""
+        more = f" ({suppressed} more like it since the last one logged)" if suppressed else ""
         log.error("%s%s. %s%s", what, key.hex(), error or type(error).__name__, more)
-        self._last_log, self._suppressed = now, 0
+        self._logged[what] = (now, 0)
 
 
 def encode_entry(response: InferenceResponse) -> bytes:

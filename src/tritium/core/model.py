@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -20,13 +21,15 @@ from tritium.config.parse import config_to_dict
 from .classification import classify
 from .errors import InternalError, InvalidArgumentError, TritiumError, request_error
 from .inference import InferenceRequest, InferenceResponse
-from .response_cache import ResponseCache, cache_key, now_ns
+from .response_cache import CachedResponse, ResponseCache, cache_key, now_ns
 from .streaming import ResponseStream, StreamItem
 from .types import DataType, Tensor
 
 if TYPE_CHECKING:
     from tritium.scheduler.base import Scheduler
 
+
+log = logging.getLogger(__name__)
 
 #: Loads of cache-enabled models in this process (each load's local cache entries are its own).
 _LOADS = itertools.count(1)
@@ -175,6 +178,8 @@ class Model:
         start = now_ns()
         key = cache_key(request, self._cache_name, self.version)
         entry = await cache.lookup(key)
+        if entry is not None and cache.shared and not self._answers(request, entry):
+            entry = None
         looked = now_ns()
         counters.lookups += 1
         counters.lookup_ns += looked - start
@@ -204,6 +209,22 @@ class Model:
         counters.insertion_ns += inserted - inserting
         stats.record_cache_miss(looked - start + inserted - inserting)
         return response
+
+    def _answers(self, request: InferenceRequest, entry: CachedResponse) -> bool:
+        """Whether an entry of a cache other servers write (Redis) fits this model and request: outputs of its
+        config with their data types (BYTES where classification was asked), and only those asked for.  One that
+        does not (another repository's model of the same name, a tampered entry) is a miss, logged."""
+        wanted = request.requested_outputs
+        classification = request.classification or {}
+        for tensor in entry.outputs:
+            spec = self.outputs.get(tensor.name)
+            classified = tensor.name in classification
+            expected = DataType.BYTES if classified else (spec.datatype if spec is not None else None)
+            if tensor.datatype is not expected or (wanted is not None and tensor.name not in wanted):
+                log.warning("model '%s': a response cache entry with output '%s' (%s) does not fit the model; "
+                            "it is executed instead", self.name, tensor.name, tensor.datatype.wire_name)
+                return False
+        return True
 
     async def stream(self, request: InferenceRequest, validated: bool = False) -> AsyncIterator[StreamItem]:
         """Every response of one request as the model sends it, ending with a final item.
