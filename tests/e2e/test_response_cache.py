@@ -425,3 +425,46 @@ def test_a_reloaded_model_is_not_answered_with_what_the_old_one_computed(tmp_pat
         core = [[n for n in stamps if not n.startswith("HTTP_")] for stamps in names]
         hits = [n for n in core if "COMPUTE_START" not in n]
         assert len(hits) == 2 and all(n == ["REQUEST_START", "QUEUE_START", "REQUEST_END"] for n in hits), names
+
+
+@needs_redis
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificates")
+def test_a_redis_cache_over_tls(tmp_path: Any) -> None:
+    """Triton's TLS settings: ``cacert`` (any of cert, key, cacert, cacert_dir) turns TLS on."""
+    pytest.importorskip("redis")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60, cwd=tmp_path)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+            "-keyout", "ca.key", "-out", "ca.pem")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
+            "-out", "server.csr")
+    (tmp_path / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.cnf", "-out", "server.pem")
+    port = free_port()
+    redis_proc = subprocess.Popen([REDIS or "redis-server", "--port", "0", "--tls-port", str(port), "--bind",
+                                   "127.0.0.1", "--tls-cert-file", str(tmp_path / "server.pem"), "--tls-key-file",
+                                   str(tmp_path / "server.key"), "--tls-ca-cert-file", str(tmp_path / "ca.pem"),
+                                   "--tls-auth-clients", "no", "--save", "", "--appendonly", "no",
+                                   "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    repo = str(tmp_path / "repo")
+    write_python_model(repo, "counted", COUNTED, CACHED)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        flags = ["--cache-config=redis,host=127.0.0.1", f"--cache-config=redis,port={port}",
+                 f"--cache-config=redis,cacert={tmp_path / 'ca.pem'}"]
+        with RunningServer([repo], flags) as server:
+            client = httpclient.InferenceServerClient(server.url)
+            assert infer(client, [8]) == infer(client, [8])
+            assert executions(repo) == 1 and stats(client)["hit"] == 1
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait(30)
