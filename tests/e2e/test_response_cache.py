@@ -198,7 +198,7 @@ def _http_input(values: list[int], binary: bool) -> httpclient.InferInput:
 
 def test_least_recently_used_answers_are_evicted_and_big_ones_never_stored(local: tuple[RunningServer, str]) -> None:
     """Answers of 20 KB in a 64 KiB cache: the fourth evicts the least recently used; an 80 KB one is not kept,
-    nor does a 32 MB request body make the cache hold more than its size."""
+    nor does an 8 MB request body make the cache hold more than its size."""
     server, repo = local
     client = httpclient.InferenceServerClient(server.url)
     big = 5000  # OUT_BIG: 20,000 bytes
@@ -216,7 +216,7 @@ def test_least_recently_used_answers_are_evicted_and_big_ones_never_stored(local
         infer(client, [20_000], outputs=["OUT_BIG"])  # 80,000 bytes > 65,536: executed both times
     assert executions(repo) == ran + 4
     assert "is greater than total cache size: 65536" in server.output()
-    huge = [3] + [0] * (8 * 1024 * 1024 - 1)  # 32 MB of input, a small answer
+    huge = [3] + [0] * (2 * 1024 * 1024 - 1)  # 8 MB of input (128 times the cache), a small answer
     for _ in range(2):
         assert infer(client, huge, outputs=["OUT_BIG"])["OUT_BIG"] == [7, 7, 7]
     assert executions(repo) == ran + 5
