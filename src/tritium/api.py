@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from tritium.core.custom_metrics import CustomMetrics
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.model import Model
+from tritium.core.response_cache import ResponseCache
 from tritium.core.shm_regions import Region, SystemSharedMemory
 from tritium.core.streaming import StreamItem
 from tritium.trace import Trace
@@ -26,6 +27,8 @@ class InferenceAPI(Protocol):
     system_shm: SystemSharedMemory
     #: Metric families model code defines (Python backend), shown by the metrics frontend.
     custom_metrics: CustomMetrics
+    #: The response cache of ``--cache-config`` (``None`` without one); the metrics frontend reads its figures.
+    response_cache: ResponseCache | None
 
     # -- health and server metadata --------------------------------------------------------------
 

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from tritium import __version__
-from tritium.core.errors import TritiumError
+from tritium.core.errors import STATUS_TEXT, TritiumError
+from tritium.core.response_cache import check_cache_config, parse_cache_flags
 from tritium.frontends.restrictions import GROUPS, parse_restriction
 from tritium.logsettings import configure_logging
 from tritium.options import ServerOptions
@@ -30,9 +31,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     "--model-namespacing": "model namespacing is not available in this version of tritium",
     "--http-thread-count": "tritium serves HTTP on its event loop; there is no HTTP thread pool to size",
     "--http-header-forward-pattern": "header forwarding is not available in this version of tritium",
-    "--cache-config": "the response cache is not available in this version of tritium",
-    "--cache-directory": "the response cache is not available in this version of tritium",
-    "--response-cache-byte-size": "the response cache is not available in this version of tritium",
     "--rate-limit": "the rate limiter is not available in this version of tritium",
     "--rate-limit-resource": "the rate limiter is not available in this version of tritium",
     "--allow-sagemaker": "the SageMaker endpoint is not available in tritium",
@@ -149,6 +147,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend-config", action="append", default=[], metavar="BACKEND,KEY=VALUE")
     p.add_argument("--backend-directory", default=None, metavar="DIR",
                    help="where Python-based backends are found: DIR/<backend name>/model.py")
+    p.add_argument("--cache-config", action="append", default=[], metavar="CACHE,KEY=VALUE",
+                   help="the response cache: local,size=<bytes> or redis,host=<host> with redis,port=<port> "
+                        "(and user, password, db, connect_timeout, socket_timeout, pool_size, wait_timeout, cert, "
+                        "key, cacert, cacert_dir); models enable it with response_cache { enable: true }")
+    p.add_argument("--cache-directory", default=None, metavar="DIR",
+                   help="accepted for tritonserver's command lines; tritium's caches are built in")
+    p.add_argument("--response-cache-byte-size", default=None, metavar="BYTES",
+                   help="deprecated: --cache-config=local,size=BYTES")
     p.add_argument("--trace-config", action="append", default=[], metavar="[MODE,]SETTING=VALUE",
                    help="trace setting: level, rate, count, mode; triton,file / triton,log-frequency; "
                         "opentelemetry,url / resource / bsp_*")
@@ -278,6 +284,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         parser.error(f"--exit-timeout-secs must be >= 0, got {args.exit_timeout_secs}")
     if args.load_models and args.model_control_mode != "explicit":
         parser.error("--load-model requires --model-control-mode=explicit")
+    cache_config = _cache_config(parser, args)
     restricted = _restrictions(parser, args)
     trace_config = _trace_items(args)
     try:
@@ -351,6 +358,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         log_file=args.log_file,
         backend_config=backend_config,
         backend_directory=args.backend_directory,
+        cache_config=cache_config,
         trace_config=trace_config,
         inline_execute_us=args.inline_execute_us,
         switch_interval_us=args.switch_interval_us,
@@ -389,6 +397,27 @@ def _metrics_config(parser: argparse.ArgumentParser, items: list[str]) -> tuple[
         else:
             parser.error(f"--metrics-config: unknown setting '{key}'")
     return counter_latencies, summary_latencies, quantiles
+
+
+def _cache_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, dict[str, str]]:
+    """``--cache-config`` items (and the deprecated ``--response-cache-byte-size``), checked as Triton checks them
+    when it creates the cache, in its words; a Redis cache is reached only when the server starts."""
+    items = list(args.cache_config)
+    if args.response_cache_byte_size is not None:
+        print("Warning: '--response-cache-byte-size' has been deprecated! This will default to the 'local' cache "
+              "implementation with the provided byte size for its config. Please use '--cache-config' instead. The "
+              "equivalent --cache-config CLI args would be: "
+              f"'--cache-config=local,size={args.response_cache_byte_size}'", file=sys.stderr)
+        items.insert(0, f"local,size={args.response_cache_byte_size}")
+    try:
+        config = parse_cache_flags(items)
+    except ValueError as e:
+        parser.error(f"--cache-config: {e}")
+    try:
+        check_cache_config(config)
+    except TritiumError as e:
+        parser.error(f"creating server: {STATUS_TEXT[e.status]} - {e.message}")
+    return config
 
 
 def _restrictions(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, dict[str, tuple[str, str]]]:

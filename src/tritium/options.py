@@ -108,6 +108,9 @@ class ServerOptions:
 
     #: ``--backend-config <backend>,<key>=<value>``; backend ``*`` holds global settings.
     backend_config: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: ``--cache-config <cache>,<key>=<value>``: cache name -> settings (``local`` with ``size``, or ``redis``);
+    #: empty: no response cache (models that enable one are served uncached, as Triton).
+    cache_config: dict[str, dict[str, str]] = field(default_factory=dict)
     #: ``--backend-directory``: where Python-based backends (``<dir>/<name>/model.py``) are found.
     backend_directory: str | None = None
 

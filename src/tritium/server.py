@@ -14,10 +14,18 @@ from typing import Any, cast
 from tritium import __version__
 from tritium.backends.registry import BackendRegistry
 from tritium.core.custom_metrics import CustomMetrics
-from tritium.core.errors import InternalError, InvalidArgumentError, TritiumError, UnavailableError, UnsupportedError
+from tritium.core.errors import (
+    STATUS_TEXT,
+    InternalError,
+    InvalidArgumentError,
+    TritiumError,
+    UnavailableError,
+    UnsupportedError,
+)
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.model import Model
 from tritium.core.names import check_model_name
+from tritium.core.response_cache import ResponseCache, open_cache
 from tritium.core.shm_regions import Region, SystemSharedMemory, cuda_register, cuda_status
 from tritium.core.streaming import StreamItem
 from tritium.logsettings import LogManager, configure_logging
@@ -64,6 +72,8 @@ class Server:
         self.custom_metrics = CustomMetrics()
         self.system_shm = SystemSharedMemory(options.allow_client_shm)
         self.repository: ModelRepositoryManager | None = None
+        #: The response cache of ``--cache-config`` (made by :meth:`start`; ``None`` without one).
+        self.response_cache: ResponseCache | None = None
         self._live = False
         self._started = False
         self._poller: RepositoryPoller | None = None
@@ -76,8 +86,13 @@ class Server:
         Raises :class:`StartupError` when a model fails and ``--exit-on-error`` is on.
         """
         self.tracer.open()
+        try:
+            self.response_cache = await open_cache(self.options.cache_config)
+        except TritiumError as e:  # Triton's words: "Failed to initialize LocalCache: ...", an unreachable Redis
+            raise StartupError(f"creating server: {STATUS_TEXT[e.status]} - {e.message}") from None
         self.repository = ModelRepositoryManager(self.options, self.backends)
         self.repository.inference = LocalInference(self, asyncio.get_running_loop())
+        self.repository.response_cache = self.response_cache
         self._live = True
         if self.options.model_control_mode == "poll":
             self._poller = RepositoryPoller(self.repository, self.options.repository_poll_secs)
@@ -110,6 +125,8 @@ class Server:
         await self.quiesce()
         if self.repository is not None:
             await self.repository.unload_all()
+        if self.response_cache is not None:
+            await self.response_cache.close()
         self.backends.finalize()
         self.tracer.close()
         self._live = False

@@ -20,7 +20,6 @@ def _duration(d: Duration) -> dict[str, int]:
 def model_stats_dict(model: Model) -> dict[str, Any]:
     """One entry of ``model_stats`` as Triton's ``/v2/models/{m}/stats`` returns it."""
     stats: ModelStats = model.scheduler.stats
-    empty = _duration(Duration())
     return {
         "name": model.name,
         "version": str(model.version),
@@ -34,8 +33,8 @@ def model_stats_dict(model: Model) -> dict[str, Any]:
             "compute_input": _duration(stats.compute_input),
             "compute_infer": _duration(stats.compute_infer),
             "compute_output": _duration(stats.compute_output),
-            "cache_hit": dict(empty),
-            "cache_miss": dict(empty),
+            "cache_hit": _duration(stats.cache_hit),
+            "cache_miss": _duration(stats.cache_miss),
         },
         "response_stats": {},
         "batch_stats": [

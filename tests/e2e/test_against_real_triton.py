@@ -810,6 +810,7 @@ def build_repo(repo: str) -> None:
     write_python_model(repo, "no_class", "x = 1\n", plain)
     write_python_model(repo, "import_fails", "import no_such_module_here\n" + IDENTITY, plain)
     build_compat_repo(repo)
+    write_python_model(repo, "cache_enabled", IDENTITY, ECHO_INT_CONFIG.replace("{extra}", "response_cache { enable: true }"))
     write_python_model(repo, "bad_config", IDENTITY,
                        BATCHED_CONFIG.replace("dynamic_batching { }", "dynamic_batching { preferred_batch_size: [ 9 ] }"))
 
@@ -1223,6 +1224,16 @@ def case_statistics_after_calls(s: Servers) -> Any:
     return (shape(after).keys(), counts, after["inference_count"] - before["inference_count"],
             after["execution_count"] - before["execution_count"],
             sorted(b["batch_size"] for b in after["batch_stats"]))
+
+
+def case_response_cache_without_cache_config(s: Servers) -> Any:
+    """A model that enables the response cache on a server without --cache-config is served, uncached."""
+    x = np.array([4, 2], np.int32)
+    answers = [s.http.infer("cache_enabled", http_inputs(("INPUT0", x, "INT32"))).as_numpy("OUTPUT0").tolist()
+               for _ in range(3)]
+    stats = settled_statistics(s, "cache_enabled")
+    counts = {k: v["count"] for k, v in stats["inference_stats"].items()}
+    return answers, stats["execution_count"], counts, s.http.get_model_config("cache_enabled")["response_cache"]
 
 
 def case_model_config_full(s: Servers) -> Any:
@@ -2408,3 +2419,149 @@ def test_restriction_flags_refused_as_triton(tmp_path: Any, flags: list[str], wo
     assert flag_name in theirs.stdout + theirs.stderr and flag_name in ours.stderr
     if words is not None:
         assert words in theirs.stdout + theirs.stderr and words in ours.stderr
+
+
+# -- the response cache (issue 26): Triton 2.51's build has the local cache (caches/local), not Redis ----------
+
+#: OUTPUT0 = INPUT0 + 1, OUTPUT1 = 2 * INPUT0.
+CACHE_ECHO = '''
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = r.inputs()[0].as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x + 1), pb_utils.Tensor("OUTPUT1", x * 2)]))
+        return out
+'''
+CACHE_CONFIG = """
+    backend: "python"
+    max_batch_size: {mbs}
+    input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ -1 ] } ]
+    output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ -1 ] }, { name: "OUTPUT1" data_type: TYPE_INT32 dims: [ -1 ] } ]
+    {extra}
+"""
+CACHE_ENABLED = "response_cache { enable: true }"
+CACHED_ENSEMBLE_CONFIG = """
+    platform: "ensemble"
+    max_batch_size: 0
+    input [ { name: "X" data_type: TYPE_INT32 dims: [ -1 ] } ]
+    output [ { name: "Y" data_type: TYPE_INT32 dims: [ -1 ] } ]
+    response_cache { enable: true }
+    ensemble_scheduling { step [ { model_name: "plain" model_version: -1 input_map { key: "INPUT0" value: "X" }
+                                   output_map { key: "OUTPUT0" value: "Y" } } ] }
+"""
+CACHE_FLAGS = ("--cache-config=local,size=1048576", "--metrics-interval-ms=200")
+
+
+def build_cache_repo(repo: str) -> None:
+    def config(mbs: int, extra: str) -> str:
+        return CACHE_CONFIG.replace("{mbs}", str(mbs)).replace("{extra}", extra)
+
+    write_python_model(repo, "cached", CACHE_ECHO, config(0, CACHE_ENABLED))
+    write_python_model(repo, "cached_batched", CACHE_ECHO, config(4, CACHE_ENABLED + " dynamic_batching { }"))
+    write_python_model(repo, "plain", CACHE_ECHO, config(0, ""))
+    write_python_model(repo, "cached_decoupled", CACHE_ECHO,
+                       config(0, CACHE_ENABLED + " model_transaction_policy { decoupled: true }"))
+    write_python_model(repo, "cached_sequence", CACHE_ECHO, config(0, CACHE_ENABLED + " sequence_batching { }"))
+    os.makedirs(os.path.join(repo, "cached_ensemble", "1"))
+    with open(os.path.join(repo, "cached_ensemble", "config.pbtxt"), "w") as f:
+        f.write(CACHED_ENSEMBLE_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def cache_pair():  # type: ignore[no-untyped-def]
+    yield from start_pair(CACHE_FLAGS, build_cache_repo)
+
+
+def cache_story(s: Servers) -> list[Any]:
+    """Repeated requests on every protocol, then what each model's statistics and metrics say.  Where Triton
+    2.51 answers wrongly from its cache (other requested outputs or parameters, error responses: see
+    tests/e2e/test_response_cache.py) the story does not go."""
+    def ints(*values: int) -> np.ndarray:
+        return np.array(values, np.int32)
+
+    seen: list[Any] = []
+    for _ in range(3):
+        seen.append(as_lists(s.http.infer("cached", http_inputs(("INPUT0", ints(1, 2), "INT32"))), ["OUTPUT0", "OUTPUT1"]))
+    seen.append(as_lists(s.http.infer("cached", http_inputs(("INPUT0", ints(1, 2), "INT32"), binary=False)),
+                         ["OUTPUT0", "OUTPUT1"]))
+    for values in ((1, 2), (3,), (3,)):
+        seen.append(as_lists(s.grpc.infer("cached", grpc_inputs(("INPUT0", ints(*values), "INT32"))),
+                             ["OUTPUT0", "OUTPUT1"]))
+    for _ in range(2):
+        seen.append(as_lists(s.http.infer("cached_batched", http_inputs(("INPUT0", ints(5, 6).reshape(1, 2), "INT32"))),
+                             ["OUTPUT0"]))
+        seen.append(as_lists(s.http.infer("cached_batched", http_inputs(("INPUT0", ints(5, 6, 7, 8).reshape(2, 2),
+                                                                        "INT32"))), ["OUTPUT1"]))
+    for _ in range(3):
+        seen.append(as_lists(s.http.infer("cached_ensemble", http_inputs(("X", ints(9), "INT32"))), ["Y"]))
+    seen.append(as_lists(s.http.infer("plain", http_inputs(("INPUT0", ints(1, 2), "INT32"))), ["OUTPUT0"]))
+    for model in ("cached", "cached_batched", "cached_ensemble", "plain"):
+        stats = settled_statistics(s, model)
+        counts = {k: v["count"] for k, v in stats["inference_stats"].items()}
+        batches = sorted((b["batch_size"], b["compute_infer"]["count"]) for b in stats["batch_stats"])
+        if model == "cached_ensemble":  # an ensemble's own queue, compute and batch figures are not the cache's
+            counts = {k: counts[k] for k in ("success", "fail", "cache_hit", "cache_miss")}
+            batches = []
+        seen.append((model, stats["inference_count"], stats["execution_count"], counts, batches))
+    time.sleep(1.0)  # Triton refreshes the cache-wide gauges every --metrics-interval-ms
+    with urllib.request.urlopen(s.metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    for family in ("nv_cache_num_hits_per_model", "nv_cache_num_misses_per_model", "nv_inference_count",
+                   "nv_inference_exec_count", "nv_inference_request_success"):
+        seen.append(sorted(line for line in text.splitlines() if line.startswith(family + "{")))
+    seen.append(sorted(line.split()[2:] for line in text.splitlines() if line.startswith("# TYPE nv_cache")))
+    for gauge in ("nv_cache_num_entries", "nv_cache_num_hits", "nv_cache_num_misses", "nv_cache_num_lookups",
+                  "nv_cache_num_evictions"):
+        seen.append([line for line in text.splitlines() if line.startswith(gauge + " ")])
+    seen.append([(m, s.http.is_model_ready(m)) for m in ("cached_decoupled", "cached_sequence", "cached")])
+    return seen
+
+
+def _float_counts(lines: list[Any]) -> list[Any]:
+    """``name{labels} 2.0`` (prometheus_client) and ``name{labels} 2`` (Triton) are the same sample."""
+    return [re.sub(r" (\d+)\.0$", r" \1", line) if isinstance(line, str) else line for line in lines]
+
+
+def test_response_cache_as_triton(cache_pair: tuple[Servers, Servers]) -> None:
+    tritium, triton = cache_pair
+    theirs, ours = cache_story(triton), cache_story(tritium)
+    normalize = [_float_counts(x) if isinstance(x, list) else x for x in ours]
+    for mine, expected in zip(normalize, [_float_counts(x) if isinstance(x, list) else x for x in theirs], strict=True):
+        assert mine == expected
+    index = {m["name"]: m for m in tritium.http.get_model_repository_index()}
+    assert "with 'decoupled' transaction policy. Please disable the response cache." in \
+        index["cached_decoupled"]["reason"]
+
+
+CACHE_REFUSALS = [
+    (["--cache-config=local,size=abc"], "Failed to initialize LocalCache: stoull"),
+    (["--cache-config=local,size=191"],
+     "Failed to initialize LocalCache: Could not initialize buffer in basic_managed_external_buffer constructor"),
+    (["--cache-config=local,size=-1"], "Failed to initialize LocalCache: failed to allocate buffer"),
+    (["--cache-config=local"], "No cache specified. --cache-config option format is <cache name>,<setting>=<value>. "
+                               "Got local"),
+    (["--cache-config=size=100"], "No cache specified."),
+    (["--cache-config=local,size"], "--cache-config option format is '<cache name>,<setting>=<value>'. Got local,size"),
+    (["--cache-config=bogus,x=1"], "unable to find 'libtritoncache_bogus.so' for cache."),
+    (["--cache-config=local,size=4096", "--cache-config=other,x=1"],
+     "found multiple cache configurations, but only a single cache is currently supported"),
+]
+
+
+@pytest.mark.parametrize("flags, words", CACHE_REFUSALS, ids=[" ".join(f) for f, _ in CACHE_REFUSALS])
+def test_cache_configs_refused_as_triton(tmp_path: Any, flags: list[str], words: str) -> None:
+    """Both refuse to start, in Triton's words (Triton: "error: creating server: Internal - ...")."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTRITON_PYTHON=TRITON_PYTHON)
+    ports = [f"--http-port={free_port()}", f"--grpc-port={free_port()}", f"--metrics-port={free_port()}"]
+    theirs = subprocess.run(["bash", SCRIPT, f"--model-repository={tmp_path}", *ports, *flags],
+                            capture_output=True, text=True, timeout=120, env=env)
+    ours = subprocess.run([sys.executable, "-m", "tritium", f"--model-repository={tmp_path}", *ports, *flags],
+                          capture_output=True, text=True, timeout=120)
+    assert theirs.returncode != 0 and ours.returncode != 0
+    assert words in theirs.stdout + theirs.stderr and words in ours.stderr

@@ -104,7 +104,6 @@ def test_disabled_endpoints_accept_false():
     (["--grpc-infer-allocation-pool-size=8"], "--grpc-infer-allocation-pool-size"),
     (["--metrics-config=histogram_latencies=true"], "histogram_latencies"),
     (["--rate-limit", "execution_count"], "--rate-limit"),
-    (["--cache-config", "local,size=1024"], "--cache-config"),
     (["--pinned-memory-pool-byte-size=0"], "--pinned-memory-pool-byte-size"),
 ])
 def test_unsupported_flags_name_the_flag(capsys, argv, flag):
@@ -216,3 +215,13 @@ def test_process_exits_nonzero_naming_the_flag():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "--http-port" in result.stderr
+
+
+def test_cache_flags_become_the_cache_config(capsys):
+    options = parse_args([*REPO, "--cache-config=redis,host=r", "--cache-config", "redis,port=6379",
+                          "--cache-directory=/opt/tritonserver/caches"])
+    assert options.cache_config == {"redis": {"host": "r", "port": "6379"}}
+    options = parse_args([*REPO, "--response-cache-byte-size=4096"])
+    assert options.cache_config == {"local": {"size": "4096"}}
+    assert "'--response-cache-byte-size' has been deprecated" in capsys.readouterr().err
+    assert parse_args(REPO).cache_config == {}

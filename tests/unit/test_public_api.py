@@ -63,6 +63,8 @@ CLI_FLAGS = {
     "--log-verbose", "--log-info", "--log-warning", "--log-error", "--log-format", "--log-file",
     # backends
     "--backend-config", "--backend-directory",
+    # the response cache (--response-cache-byte-size: Triton's deprecated spelling of local,size=)
+    "--cache-config", "--cache-directory", "--response-cache-byte-size",
     # tracing (the last five are Triton's deprecated spellings, still accepted)
     "--trace-config", "--trace-file", "--trace-level", "--trace-rate", "--trace-count", "--trace-log-frequency",
 }
@@ -87,7 +89,7 @@ SERVER_OPTIONS = {
     "allow_metrics", "allow_cpu_metrics", "allow_gpu_metrics", "metrics_address", "metrics_port",
     "metrics_interval_ms", "metrics_counter_latencies", "metrics_summary_latencies", "metrics_summary_quantiles",
     "log_verbose", "log_info", "log_warning", "log_error", "log_format", "log_file",
-    "trace_config", "backend_config", "backend_directory",
+    "trace_config", "backend_config", "backend_directory", "cache_config",
 }
 
 REQUEST_FIELDS = [

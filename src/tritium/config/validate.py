@@ -68,6 +68,7 @@ def validate(config: mc.ModelConfig, model_name: str) -> None:
         fail(f"config name '{config.name}' does not match the model directory name '{model_name}'")
     if config.max_batch_size < 0:
         fail(f"max_batch_size must be >= 0, got {config.max_batch_size}")
+    _check_response_cache(config)
     if config.platform == "ensemble":
         return
     if not config.backend and not config.platform:
@@ -84,6 +85,18 @@ def validate(config: mc.ModelConfig, model_name: str) -> None:
     if config.HasField("dynamic_batching"):
         _check_dynamic_batching(config, fail)
     _check_batch_io(config, fail)
+
+
+def _check_response_cache(config: mc.ModelConfig) -> None:
+    """Where Triton's response cache cannot apply it refuses the model, with or without ``--cache-config``."""
+    if not config.response_cache.enable:
+        return
+    if config.model_transaction_policy.decoupled:
+        raise ModelConfigError(f"Response Cache does not currently support model {config.name} with 'decoupled' "
+                               "transaction policy. Please disable the response cache.")
+    if config.HasField("sequence_batching"):
+        raise ModelConfigError(f"Response Cache does not currently support model {config.name} with sequence "
+                               "batching scheduler. Please disable the response cache.")
 
 
 def check_instance_groups(config: mc.ModelConfig, model_name: str, gpus: Sequence[int]) -> None:

@@ -8,6 +8,8 @@ the config at load time to keep the per-request cost small.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -19,12 +21,18 @@ from tritium.config.parse import config_to_dict
 from .classification import classify
 from .errors import InternalError, InvalidArgumentError, TritiumError, request_error
 from .inference import InferenceRequest, InferenceResponse
+from .response_cache import CachedResponse, ResponseCache, cache_key, now_ns
 from .streaming import ResponseStream, StreamItem
 from .types import DataType, Tensor
 
 if TYPE_CHECKING:
     from tritium.scheduler.base import Scheduler
 
+
+log = logging.getLogger(__name__)
+
+#: Loads of cache-enabled models in this process (each load's local cache entries are its own).
+_LOADS = itertools.count(1)
 
 #: What C's ``strtol`` reads (as Triton's ``std::stol``): blanks, a sign, digits; the rest is ignored.
 _VERSION_TEXT = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
@@ -96,6 +104,7 @@ class Model:
         config: mc.ModelConfig,
         scheduler: Scheduler,
         labels: dict[str, list[str]] | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -109,6 +118,10 @@ class Model:
         self._config_dict: dict[str, Any] | None = None
         #: Class labels per output (``label_filename``), for the classification extension.
         self.labels = labels or {}
+        #: The server's response cache when the config enables it (``response_cache { enable: true }``).
+        self.cache = cache
+        #: The model as its cache keys name it: this load of it, unless other servers share the cache.
+        self._cache_name = name if cache is None or cache.shared else f"{name}\0load {next(_LOADS)}"
 
     # -- metadata ---------------------------------------------------------------------------------
 
@@ -128,18 +141,90 @@ class Model:
         :meth:`validate` (which applies ``reshape``, so it runs once)."""
         if not validated:
             self.validate(request)
+        if self.cache is not None:
+            return await self._cached(request)
+        if request.trace is None:  # the common path, with no frame in between
+            try:
+                return self._shape_response(request, await self.scheduler.infer(request))
+            except asyncio.CancelledError:
+                _cancelled(request)
+                raise
+        return await self._execute(request)
+
+    async def _execute(self, request: InferenceRequest, stamp: bool = True) -> InferenceResponse:
+        """Through the scheduler, traced when sampled (``stamp``: the trace's start is still to be stamped)."""
         trace = request.trace
         try:
             if trace is None:
                 return self._shape_response(request, await self.scheduler.infer(request))
-            trace.stamp("REQUEST_START")
-            trace.add_tensors("TENSOR_QUEUE_INPUT", request.inputs)
+            if stamp:
+                trace.stamp("REQUEST_START")
+                trace.add_tensors("TENSOR_QUEUE_INPUT", request.inputs)
             response = self._shape_response(request, await self.scheduler.infer(request))
         except asyncio.CancelledError:
             _cancelled(request)
             raise
         trace.add_tensors("TENSOR_BACKEND_OUTPUT", response.outputs)
         return response
+
+    async def _cached(self, request: InferenceRequest, stamp: bool = True) -> InferenceResponse:
+        """Answer from the cache, or execute and store a successful response.  Statistics as Triton's: a hit
+        counts as a success (and its queue), never as an inference or execution; a miss adds its lookup and
+        insertion time to ``cache_miss``, the execution counting as usual."""
+        cache = self.cache
+        assert cache is not None
+        counters = cache.counters
+        stats = self.scheduler.stats
+        start = now_ns()
+        key = cache_key(request, self._cache_name, self.version)
+        entry = await cache.lookup(key)
+        if entry is not None and cache.shared and not self._answers(request, entry):
+            entry = None
+        looked = now_ns()
+        counters.lookups += 1
+        counters.lookup_ns += looked - start
+        if entry is not None:
+            counters.hits += 1
+            response = entry.response(request, self.name, self.version)
+            end = now_ns()
+            stats.record_cache_hit(start, looked, end)
+            trace = request.trace
+            if trace is not None:  # no execution to stamp: the request's start, its lookup and its end
+                if stamp:
+                    trace.stamp("REQUEST_START", start)
+                    trace.add_tensors("TENSOR_QUEUE_INPUT", request.inputs)
+                trace.stamp("QUEUE_START", start)
+                trace.stamp("REQUEST_END", end)
+                trace.add_tensors("TENSOR_BACKEND_OUTPUT", response.outputs)
+            return response
+        counters.misses += 1
+        try:
+            response = await self._execute(request, stamp)
+        except BaseException:
+            stats.record_cache_miss(looked - start)
+            raise
+        inserting = now_ns()
+        await cache.insert(key, response)
+        inserted = now_ns()
+        counters.insertion_ns += inserted - inserting
+        stats.record_cache_miss(looked - start + inserted - inserting)
+        return response
+
+    def _answers(self, request: InferenceRequest, entry: CachedResponse) -> bool:
+        """Whether an entry of a cache other servers write (Redis) fits this model and request: outputs of its
+        config with their data types (BYTES where classification was asked), and only those asked for.  One that
+        does not (another repository's model of the same name, a tampered entry) is a miss, logged."""
+        wanted = request.requested_outputs
+        classification = request.classification or {}
+        for tensor in entry.outputs:
+            spec = self.outputs.get(tensor.name)
+            classified = tensor.name in classification
+            expected = DataType.BYTES if classified else (spec.datatype if spec is not None else None)
+            if tensor.datatype is not expected or (wanted is not None and tensor.name not in wanted):
+                log.warning("model '%s': a response cache entry with output '%s' (%s) does not fit the model; "
+                            "it is executed instead", self.name, tensor.name, tensor.datatype.wire_name)
+                return False
+        return True
 
     async def stream(self, request: InferenceRequest, validated: bool = False) -> AsyncIterator[StreamItem]:
         """Every response of one request as the model sends it, ending with a final item.
@@ -158,14 +243,17 @@ class Model:
             request.trace.add_tensors("TENSOR_QUEUE_INPUT", request.inputs)
         if not self.decoupled:
             try:
-                response = await self.scheduler.infer(request)
+                if self.cache is not None:
+                    response = await self._cached(request, stamp=False)
+                else:
+                    response = self._shape_response(request, await self.scheduler.infer(request))
             except TritiumError as e:
                 yield StreamItem(None, True, e)
                 return
             except asyncio.CancelledError:
                 _cancelled(request)
                 raise
-            yield StreamItem(self._shape_response(request, response), True)
+            yield StreamItem(response, True)
             return
         stream = ResponseStream(asyncio.get_running_loop())
         request.response_stream = stream

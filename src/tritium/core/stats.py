@@ -94,7 +94,7 @@ class LatencyWindow:
 class LatencySummaries:
     """Per-request latency windows behind Triton's ``nv_inference_*_summary_us`` metrics."""
 
-    __slots__ = ("request", "queue", "compute_input", "compute_infer", "compute_output")
+    __slots__ = ("request", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
 
     def __init__(self) -> None:
         self.request = LatencyWindow()
@@ -102,6 +102,9 @@ class LatencySummaries:
         self.compute_input = LatencyWindow()
         self.compute_infer = LatencyWindow()
         self.compute_output = LatencyWindow()
+        #: Response cache lookups that hit, and misses (lookup plus insertion), of models that enable it.
+        self.cache_hit = LatencyWindow()
+        self.cache_miss = LatencyWindow()
 
 
 @dataclass(slots=True)
@@ -116,6 +119,9 @@ class ModelStats:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+    #: Response cache: hits (lookup time) and misses (lookup plus insertion time); models without a cache: 0.
+    cache_hit: Duration = field(default_factory=Duration)
+    cache_miss: Duration = field(default_factory=Duration)
     #: Items inferred (sum of batch sizes) and model executions.
     inference_count: int = 0
     execution_count: int = 0
@@ -178,3 +184,23 @@ class ModelStats:
         while it waited (``CANCELED``)."""
         self.fail.add(now_ns() - (request.queued_ns or now_ns()))
         self.failures[reason] = self.failures.get(reason, 0) + 1
+
+    def record_cache_hit(self, start_ns: int, looked_ns: int, end_ns: int) -> None:
+        """A request answered from the response cache: as Triton, a success (and a queue entry) that is
+        neither an inference nor an execution."""
+        self.success.add(end_ns - start_ns)
+        self.queue.add(0)
+        self.cache_hit.add(looked_ns - start_ns)
+        self.last_inference_ms = time.time_ns() // 1_000_000
+        summaries = self.summaries
+        if summaries is not None:
+            now_s = time.monotonic()
+            summaries.request.observe(now_s, (end_ns - start_ns) // 1000)
+            summaries.queue.observe(now_s, 0)
+            summaries.cache_hit.observe(now_s, (looked_ns - start_ns) // 1000)
+
+    def record_cache_miss(self, ns: int) -> None:
+        """A lookup that missed; ``ns``: its time and that of storing the response."""
+        self.cache_miss.add(ns)
+        if self.summaries is not None:
+            self.summaries.cache_miss.observe(time.monotonic(), ns // 1000)

@@ -23,6 +23,8 @@ from prometheus_client.metrics_core import Metric
 
 from tritium.api import InferenceAPI
 from tritium.core.custom_metrics import CustomMetrics
+from tritium.core.response_cache import ResponseCache
+from tritium.core.stats import LatencySummaries, ModelStats
 from tritium.options import ServerOptions
 
 from .http.listener import HttpListener, metrics_limits
@@ -99,6 +101,33 @@ _SUMMARY_METRICS: dict[str, tuple[str, str]] = {
         "Summary of compute output duration in microseconds (does "
         "not include cached requests)",
     ),
+}
+#: Per-model response cache counters (models whose config enables the cache): name -> (ModelStats field, which
+#: figure, help), as Triton 2.51 writes them.
+_CACHE_MODEL_METRICS: dict[str, tuple[str, str, str]] = {
+    "nv_cache_num_hits_per_model": ("cache_hit", "count", "Number of cache hits per model"),
+    "nv_cache_hit_duration_per_model": ("cache_hit", "us", "Total cache hit duration per model, in microseconds"),
+    "nv_cache_num_misses_per_model": ("cache_miss", "count", "Number of cache misses per model"),
+    "nv_cache_miss_duration_per_model": (
+        "cache_miss", "us", "Total cache miss (insert+lookup) duration per model, in microseconds"),
+}
+#: Their summaries (``--metrics-config summary_latencies=true``): name -> (LatencySummaries field, help).
+_CACHE_SUMMARY_METRICS: dict[str, tuple[str, str]] = {
+    "nv_cache_hit_summary_per_model": ("cache_hit", "Summary of cache hit counts/durations per model, in "
+                                                    "microseconds."),
+    "nv_cache_miss_summary_per_model": ("cache_miss", "Summary of cache miss counts/durations per model, in "
+                                                      "microseconds."),
+}
+#: The server's cache as a whole (gauges, as Triton's): name -> help.
+_CACHE_METRICS: dict[str, str] = {
+    "nv_cache_util": "Cache utilization [0.0 - 1.0]",
+    "nv_cache_num_entries": "Number of responses stored in response cache",
+    "nv_cache_num_hits": "Number of cache hits in response cache",
+    "nv_cache_num_misses": "Number of cache misses in response cache",
+    "nv_cache_num_lookups": "Number of cache lookups in response cache",
+    "nv_cache_num_evictions": "Number of cache evictions in response cache",
+    "nv_cache_lookup_duration": "Total cache lookup duration (hit and miss), in microseconds",
+    "nv_cache_insertion_duration": "Total cache insertion duration, in microseconds",
 }
 #: Triton's failure reasons, always exported (zero when none happened).
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
@@ -208,6 +237,8 @@ class TritonCollector:
         families = {name: Metric(name, help_, kind) for name, (kind, help_) in _MODEL_METRICS.items()}
         latencies = {name: Metric(name, help_, "counter") for name, (_, help_) in _LATENCY_METRICS.items()}
         summaries = {name: Metric(name, help_, "summary") for name, (_, help_) in _SUMMARY_METRICS.items()}
+        cached = {name: Metric(name, help_, "counter") for name, (_, _, help_) in _CACHE_MODEL_METRICS.items()}
+        cached.update({name: Metric(name, help_, "summary") for name, (_, help_) in _CACHE_SUMMARY_METRICS.items()})
         now_s = time.monotonic()
         for model in models:
             stats = model.scheduler.stats
@@ -225,22 +256,39 @@ class TritonCollector:
             families["nv_inference_pending_request_count"].add_sample(
                 "nv_inference_pending_request_count", labels, model.scheduler.pending_count()
             )
+            if model.cache is not None:
+                _cache_samples(cached, stats, labels)
+                if self.summary_latencies and stats.summaries is not None:
+                    self._summaries(cached, _CACHE_SUMMARY_METRICS, stats.summaries, labels, now_s)
             if self.counter_latencies:
                 for name, (field, _) in _LATENCY_METRICS.items():
                     latencies[name].add_sample(name, labels, getattr(stats, field).ns // 1000)
             windows = stats.summaries
             if self.summary_latencies and windows is not None:
-                for name, (field, _) in _SUMMARY_METRICS.items():
-                    window = getattr(windows, field)
-                    summaries[name].add_sample(name + "_count", labels, window.count)
-                    summaries[name].add_sample(name + "_sum", labels, window.sum_us)
-                    for q, value in zip(self.quantiles, window.quantiles(self.quantiles, now_s), strict=False):
-                        summaries[name].add_sample(name, {**labels, "quantile": f"{q:g}"}, value)
+                self._summaries(summaries, _SUMMARY_METRICS, windows, labels, now_s)
         yield from families.values()
+        cache = self.api.response_cache
+        if cache is not None:
+            yield from (family for family in cached.values() if family.samples)
+            yield from _cache_gauges(cache)
         if self.summary_latencies:
             yield from summaries.values()
         if self.counter_latencies:
             yield from latencies.values()
+        yield from self._machine()
+
+    def _summaries(self, families: dict[str, Metric], which: dict[str, tuple[str, str]], windows: LatencySummaries,
+                   labels: dict[str, str], now_s: float) -> None:
+        """One model's samples of the summaries ``which`` names (count, sum, quantiles)."""
+        for name, (field, _) in which.items():
+            window = getattr(windows, field)
+            families[name].add_sample(name + "_count", labels, window.count)
+            families[name].add_sample(name + "_sum", labels, window.sum_us)
+            for q, value in zip(self.quantiles, window.quantiles(self.quantiles, now_s), strict=False):
+                families[name].add_sample(name, {**labels, "quantile": f"{q:g}"}, value)
+
+    def _machine(self) -> Iterator[Metric]:
+        """GPU and CPU figures of the last sample."""
         if self.gpu is not None and self.gpu.rows:
             for name, (kind, help_) in _GPU_METRICS.items():
                 metric = Metric(name, help_, kind)
@@ -256,6 +304,31 @@ class TritonCollector:
                 metric = Metric(name, help_, "gauge")
                 metric.add_sample(name, {}, value)
                 yield metric
+
+
+def _cache_samples(families: dict[str, Metric], stats: ModelStats, labels: dict[str, str]) -> None:
+    """One model's response cache counters (models whose config enables the cache)."""
+    for name, (field, figure, _) in _CACHE_MODEL_METRICS.items():
+        duration = getattr(stats, field)
+        families[name].add_sample(name, labels, duration.count if figure == "count" else duration.ns // 1000)
+
+
+def _cache_gauges(cache: ResponseCache) -> Iterator[Metric]:
+    """The cache-wide gauges, read now (Triton refreshes them each metrics interval)."""
+    c = cache.counters
+    usage = cache.usage()
+    values: dict[str, float] = {
+        "nv_cache_num_hits": c.hits, "nv_cache_num_misses": c.misses, "nv_cache_num_lookups": c.lookups,
+        "nv_cache_num_evictions": c.evictions, "nv_cache_lookup_duration": c.lookup_ns // 1000,
+        "nv_cache_insertion_duration": c.insertion_ns // 1000,
+    }
+    if usage is not None:  # a Redis cache cannot tell what it holds
+        values["nv_cache_num_entries"], values["nv_cache_util"] = usage
+    for name, help_ in _CACHE_METRICS.items():
+        if name in values:
+            metric = Metric(name, help_, "gauge")
+            metric.add_sample(name, {}, values[name])
+            yield metric
 
 
 class CustomCollector:
@@ -312,8 +385,7 @@ class MetricsApi:
 
 
 _COUNTER_NAMES = [n for n, (kind, _) in _MODEL_METRICS.items() if kind == "counter"] + list(_LATENCY_METRICS) + [
-    "nv_energy_consumption"
-]
+    "nv_energy_consumption", *_CACHE_MODEL_METRICS]
 
 
 def _triton_names(text: bytes, extra: Sequence[str] = ()) -> bytes:

@@ -23,6 +23,7 @@ from tritium.config.validate import check_instance_groups, normalize, validate
 from tritium.core.devices import available_gpus
 from tritium.core.errors import ModelConfigError, TritiumError, status_text
 from tritium.core.model import Model
+from tritium.core.response_cache import ResponseCache
 from tritium.core.stats import LatencySummaries
 from tritium.options import ServerOptions
 from tritium.scheduler.workers import InstanceWorker
@@ -46,6 +47,8 @@ class ModelBuilder:
         self.gpus = available_gpus()
         #: Lets backends call this server's models (Python-backend BLS); set by the server.
         self.inference: InferenceHandle | None = None
+        #: The server's response cache (``--cache-config``), for models whose config enables it.
+        self.response_cache: ResponseCache | None = None
 
     def build(self, name: str, plan: Plan, versions: Sequence[int],
               loop: asyncio.AbstractEventLoop) -> list[VersionSlot]:
@@ -80,7 +83,6 @@ class ModelBuilder:
         fill_backend_fields(config, model_dir)
         # nothing of the model is read or run before every path its config names is known to stay inside
         check_config_paths(config, model_dir, versions, name, plan.from_client)
-        _refuse_unsupported_features(config, name)
         if not config.name:
             config.name = name
         backend = self._backends.get(config.backend, config.runtime) if config.backend else None
@@ -102,7 +104,16 @@ class ModelBuilder:
         steps = ensemble_steps(config, name)
         check_composing_models(config, name, steps, lambda m, v: self._lookup(m, v).config)
         scheduler = ensemble_scheduler(name, config, steps, self._lookup)
-        return VersionSlot(version, State.READY, model=Model(name, version, config, scheduler))
+        return VersionSlot(version, State.READY, model=Model(name, version, config, scheduler,
+                                                             cache=self._cache_for(config)))
+
+    def _cache_for(self, config: mc.ModelConfig) -> ResponseCache | None:
+        if not config.response_cache.enable:
+            return None
+        if self.response_cache is None:  # as Triton: the model loads, uncached
+            log.warning("model '%s' enables the response cache, but the server has no cache (--cache-config): its "
+                        "responses are not cached", config.name)
+        return self.response_cache
 
     def _context(self, name: str, version: int, model_dir: str, config: mc.ModelConfig,
                  from_client: bool = False) -> ModelContext:
@@ -127,7 +138,8 @@ class ModelBuilder:
             scheduler = make_scheduler(workers, loop)
             if self._options.metrics_summary_latencies:
                 scheduler.stats.summaries = LatencySummaries()
-            slot.model = Model(name, version, config, scheduler, _read_labels(config, model_dir, name))
+            slot.model = Model(name, version, config, scheduler, _read_labels(config, model_dir, name),
+                               self._cache_for(config))
             slot.state = State.READY
         except TritiumError as e:  # a version's reason reads as Triton's: "Internal: ..."
             slot.state, slot.reason = State.UNAVAILABLE, status_text(e)
@@ -166,12 +178,6 @@ def _warm_up(slot: VersionSlot, model_dir: str) -> None:
         slot.model = None
         slot.state, slot.reason = State.UNAVAILABLE, status_text(e)
         finalize(slot)
-
-
-def _refuse_unsupported_features(config: mc.ModelConfig, name: str) -> None:
-    """Fail the load of a model that needs what tritium cannot do yet, rather than serve it wrongly."""
-    if config.response_cache.enable:
-        log.warning("model '%s': the response cache is not available in this version of tritium; caching is off", name)
 
 
 def _read_labels(config: mc.ModelConfig, model_dir: str, name: str) -> dict[str, list[str]]:

@@ -22,6 +22,7 @@ from tritium.config.paths import relative_text
 from tritium.core.errors import InternalError, InvalidArgumentError, ModelConfigError, TritiumError, UnavailableError
 from tritium.core.model import Model
 from tritium.core.names import check_model_name
+from tritium.core.response_cache import ResponseCache
 from tritium.options import ServerOptions
 
 from . import planning
@@ -68,6 +69,15 @@ class ModelRepositoryManager(ModelTable):
     @inference.setter
     def inference(self, handle: InferenceHandle | None) -> None:
         self._builder.inference = handle
+
+    @property
+    def response_cache(self) -> ResponseCache | None:
+        """The server's response cache, given to the models whose config enables it."""
+        return self._builder.response_cache
+
+    @response_cache.setter
+    def response_cache(self, cache: ResponseCache | None) -> None:
+        self._builder.response_cache = cache
 
     @property
     def control_mode(self) -> str:
