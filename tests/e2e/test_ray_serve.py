@@ -211,7 +211,7 @@ def test_rays_own_triton_example_with_only_its_import_changed(
     input, ``numpy.from_dlpack`` of the output and an image saved with Pillow."""
     repo = example.write_repository(str(tmp_path_factory.mktemp("triton_example")))
     images = tmp_path_factory.mktemp("images")
-    ray.cloudpickle.register_pickle_by_value(example)  # Ray's workers cannot import a test module
+    ray.cloudpickle.register_pickle_by_value(example)  # shipped by value: replicas need not find a test module
     deployment = example.TritonDeployment.options(  # pickled again, by value now
         ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": {"MODEL_REPOSITORY": repo}}})
     serve.run(deployment.bind(), name="triton_example", route_prefix="/triton")
