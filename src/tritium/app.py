@@ -69,10 +69,12 @@ class App:
     """A server and its endpoints: start (models, then listeners), serve, stop (listeners, then models)."""
 
     def __init__(self, options: ServerOptions, logs: LogManager | None = None,
-                 frontends: Callable[[InferenceAPI, ServerOptions], list[Frontend]] = make_frontends) -> None:
+                 frontends: Callable[[InferenceAPI, ServerOptions], list[Frontend]] = make_frontends,
+                 tune: bool = True) -> None:
         self.options = options
         self.server = Server(options, logs)
         self._make_frontends = frontends
+        self._tune = tune  # False when embedded in a program that is not only this server
         self.frontends: list[Frontend] = []
         self._stopping: asyncio.Event | None = None
 
@@ -86,7 +88,8 @@ class App:
             await frontend.start()
             self.frontends.append(frontend)
         self.server.open()
-        tune_process(self.options)
+        if self._tune:
+            tune_process(self.options)
 
     async def serve_forever(self) -> None:
         """Run until SIGINT/SIGTERM (or :meth:`request_stop`), then shut down gracefully."""
@@ -104,6 +107,11 @@ class App:
 
     async def stop(self) -> None:
         """Stop accepting requests, let in-flight ones finish (bounded), unload models."""
+        await self.close_frontends()
+        await self.server.stop()
+
+    async def close_frontends(self) -> None:
+        """Stop reporting ready, then close every endpoint (each bounded by the exit timeout)."""
         await self.server.quiesce()
         for frontend in reversed(self.frontends):
             try:
@@ -111,7 +119,6 @@ class App:
             except (asyncio.TimeoutError, Exception):
                 log.exception("frontend failed to stop cleanly")
         self.frontends.clear()
-        await self.server.stop()
 
 
 async def serve(options: ServerOptions, logs: LogManager | None = None) -> int:

@@ -1,30 +1,38 @@
 """tritium inside a program that has its own event loop, or none: :class:`EmbeddedServer`.
 
-The server runs on an event loop of its own, in one daemon thread, so the host's loop (a Ray Serve replica's,
-a notebook's) never runs tritium's schedulers and tritium never waits on the host: calls cross with
-``run_coroutine_threadsafe`` (tens of microseconds; a hop through Ray costs milliseconds).  It knows nothing of
-Ray: :mod:`tritium.ray` touches tritium only through it, and it is the seam where ``tritium.tritonserver``
-(Triton's in-process API, which must own its loop the same way) can take over.
+The one way an embedded tritium owns its event loop: the server runs on a loop of its own, in one daemon thread,
+so the host's loop (a Ray Serve replica's, a notebook's) never runs tritium's schedulers and tritium never waits
+on the host.  Calls cross with ``run_coroutine_threadsafe`` or ``call_soon_threadsafe`` (tens of microseconds; a
+hop through Ray costs milliseconds).  Two facades build on it: :mod:`tritium.ray` (each Serve replica holds one)
+and ``tritium.tritonserver`` (Triton's in-process API: its runtime is a subclass that adds the callback-driven
+inference path).  It knows nothing of either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import functools
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 
 from tritium.api import InferenceAPI
-from tritium.app import App, event_loop_factory
-from tritium.core.errors import InvalidArgumentError
+from tritium.app import App, Frontend, event_loop_factory, make_frontends
+from tritium.core.errors import InvalidArgumentError, UnavailableError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.types import DataType, Tensor
-from tritium.frontends.http.routes import HttpApi, HttpRequest, compress_body
+from tritium.logsettings import LogManager
 from tritium.options import ServerOptions
+from tritium.server import Server
+
+if TYPE_CHECKING:
+    from tritium.frontends.http.routes import HttpApi, HttpRequest
 
 log = logging.getLogger(__name__)
 
@@ -33,48 +41,184 @@ T = TypeVar("T")
 
 class EmbeddedServer:
     """A whole tritium (repository, schedulers with their dynamic batching, backends; frontends only when the
-    options allow them) on a private event loop thread.  ``start`` blocks until the startup models are loaded."""
+    options allow them) on a private event loop thread.  ``start`` blocks until the startup models are loaded.
 
-    def __init__(self, options: ServerOptions) -> None:
+    ``logs``: where the server's logs go (the command line's logging setup when None), closed when the loop
+    ends.  ``tune_process``: tune the garbage collector and the GIL switch interval as the command line does
+    (for a process that is only this server, such as a Ray replica; never for someone else's program).
+    """
+
+    def __init__(self, options: ServerOptions, *, logs: LogManager | None = None,
+                 tune_process: bool = False) -> None:
         self.options = options
         factory = event_loop_factory(options.event_loop)
         self._loop = factory() if factory is not None else asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tritium-loop", daemon=True)
-        self._app = App(options)
-        #: The KServe v2 HTTP API (with Triton's extensions) without a socket: an ingress hands it requests.
-        self.http = HttpApi(self._app.server, options.http_max_input_size, options.http_restricted_apis)
+        self._app = App(options, logs, make_frontends, tune=tune_process)
+        self._logs = logs
+        self._thread = threading.Thread(target=self._run, name="tritium-loop", daemon=True)
+        #: Tasks of requests in flight that ``stop`` cancels before unloading the models (whose reader may be
+        #: gone: nobody would drain them).
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
+        self._stopped = False
 
     @property
     def api(self) -> InferenceAPI:
         return self._app.server
 
     @property
+    def core(self) -> Server:
+        """The core server (only to be touched on the loop, or for reads that are safe from any thread)."""
+        return self._app.server
+
+    @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
 
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    @functools.cached_property
+    def http(self) -> HttpApi:
+        """The KServe v2 HTTP API (with Triton's extensions) without a socket: an ingress hands it requests."""
+        from tritium.frontends.http.routes import HttpApi
+
+        return HttpApi(self._app.server, self.options.http_max_input_size, self.options.http_restricted_apis)
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            with contextlib.suppress(Exception):
+                self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._closed()
+
+    def _closed(self) -> None:
+        """The loop has ended (on its thread, or in ``stop`` when it never ran): close it and the logs."""
+        self._loop.close()
+        if self._logs is not None:
+            self._logs.close()
+
     def start(self, timeout: float | None = None) -> None:
         """Start the loop thread and the server (models, then any frontends the options ask for); raises what
-        the start raised (a model failed with ``exit_on_error``, a repository that cannot be read)."""
+        the start raised (a model failed with ``exit_on_error``, a repository that cannot be read); a failed
+        start is stopped."""
+        if self._started or self._stopped:
+            raise InvalidArgumentError("an embedded server starts once")
         self._thread.start()
         try:
-            self.submit(self._app.start()).result(timeout)
+            self.wait(self._app.start(), timeout)
         except BaseException:
             self.stop()
             raise
         self._started = True
 
+    def stop(self, timeout: float | None = None) -> None:
+        """Close the frontends, cancel in-flight tracked requests, unload every model (each drains what it
+        runs, bounded by ``exit_timeout_secs``), then end the loop and its thread.  From the loop's own thread
+        (an object dropped there) the shutdown is scheduled and not waited for."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if not self._thread.is_alive():
+            if self._thread.ident is None:  # never started: the loop never ran
+                self._closed()
+            return
+        if threading.current_thread() is self._thread:
+            self._loop.create_task(self._shutdown())
+            return
+        try:
+            self.wait(self._shutdown(), timeout or self.options.exit_timeout_secs + 30)
+        except Exception:
+            log.exception("tritium did not stop cleanly")
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+
+    async def _shutdown(self) -> None:
+        try:
+            await self._app.close_frontends()
+            for task in list(self._tasks):
+                task.cancel()
+            await self._app.server.stop()
+        finally:
+            self._loop.call_soon(self._loop.stop)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def running(self) -> bool:
+        """Started, and the loop thread still runs (a call to a dead loop would never be answered)."""
+        return self._started and self._thread.is_alive() and self._loop.is_running()
+
+    # -- calls onto the loop --------------------------------------------------------------------------
+
     def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Run ``coroutine`` on tritium's loop (from any other thread)."""
+        """Run ``coroutine`` on tritium's loop (from any other thread); UnavailableError once it has ended."""
+        if self._loop.is_closed():
+            coroutine.close()
+            raise UnavailableError("the server is stopped")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def call(self, coroutine: Coroutine[Any, Any, T]) -> Awaitable[T]:
         """Run ``coroutine`` on tritium's loop and await it from the caller's loop."""
         return asyncio.wrap_future(self.submit(coroutine))
 
-    def running(self) -> bool:
-        """Started, and the loop thread still runs (a call to a dead loop would never be answered)."""
-        return self._started and self._thread.is_alive() and self._loop.is_running()
+    def wait(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coroutine`` on tritium's loop and block for its result (its exception is raised here)."""
+        return self.submit(coroutine).result(timeout)
+
+    def run(self, function: Callable[..., T], *args: Any) -> T:
+        """Call ``function(*args)`` on the loop (where the core's state changes) and block for its result."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def invoke() -> None:
+            try:
+                future.set_result(function(*args))
+            except BaseException as e:  # handed to the waiting caller
+                future.set_exception(e)
+
+        try:
+            self._loop.call_soon_threadsafe(invoke)
+        except RuntimeError:  # the loop is closed
+            raise UnavailableError("the server is stopped") from None
+        return future.result()
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Have ``stop`` cancel ``task`` (a request started on the loop) if it still runs (on the loop)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- frontends opened later -------------------------------------------------------------------------
+
+    def open_frontend(self, make: Callable[[Server, ServerOptions], Frontend], **settings: Any) -> Frontend:
+        """Start a network endpoint (HTTP, gRPC, metrics) over this server with ``settings`` as its options;
+        ``stop`` closes it with the others."""
+        options = replace(self.options, **settings)
+
+        async def start() -> Frontend:
+            frontend = make(self._app.server, options)
+            await frontend.start()
+            self._app.frontends.append(frontend)
+            return frontend
+
+        return self.wait(start())
+
+    def close_frontend(self, frontend: Frontend) -> None:
+        async def stop() -> None:
+            if frontend in self._app.frontends:
+                self._app.frontends.remove(frontend)
+                await frontend.stop()
+
+        if not self._stopped:
+            self.wait(stop())
+
+    # -- for an ingress on another loop ------------------------------------------------------------------
 
     async def relay(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Iterate a stream that lives on tritium's loop from the caller's loop; closing this closes it (the
@@ -86,20 +230,6 @@ class EmbeddedServer:
             if not self._loop.is_closed():
                 await self.call(_close(stream))
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Unload every model (in-flight requests drain, bounded by ``exit_timeout_secs``), then end the loop."""
-        if self._loop.is_closed():
-            return
-        if self._thread.is_alive():
-            try:
-                self.submit(self._app.stop()).result(timeout or self.options.exit_timeout_secs + 30)
-            except Exception:
-                log.exception("tritium did not stop cleanly")
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=30)
-        if not self._thread.is_alive():
-            self._loop.close()
-
     async def ready(self) -> bool:
         """Live and ready (on tritium's loop)."""
         return self.api.live() and self.api.ready()
@@ -107,6 +237,8 @@ class EmbeddedServer:
     async def handle_http(self, request: HttpRequest, accept_encoding: str | None = None) -> HttpAnswer:
         """One KServe v2 HTTP request, answered as tritium's own HTTP frontend answers it (on tritium's loop):
         routing, errors, binary tensors, compression as the client accepts; a trace is finished here."""
+        from tritium.frontends.http.routes import compress_body
+
         response = await self.http.handle(request)
         pieces = response.body
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]

@@ -4,7 +4,9 @@ private loop thread, called from the host's loop; KServe v2 HTTP answered withou
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import sys
 import threading
 
 import numpy as np
@@ -128,3 +130,25 @@ def test_a_stream_on_tritiums_loop_is_relayed_and_closed(engine):  # type: ignor
     assert asyncio.run(read(3)) == [b"event 0", b"event 1", b"event 2"]
     assert closed == [True]
     assert len(asyncio.run(read(1000))) == 100 and closed == [True, True]
+
+
+def test_the_host_process_is_left_untuned_and_a_server_starts_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An embedded server runs in someone else's program: unless asked (``tune_process=True``, as a Ray replica,
+    whose process is only the server, asks), the garbage collector and the GIL switch interval stay as they
+    were.  A stopped server is gone: stopping again is a no-op, starting again is refused."""
+    before = (gc.get_freeze_count(), gc.get_threshold(), sys.getswitchinterval())
+    options = ServerOptions(model_repositories=[str(tmp_path)], allow_http=False, allow_grpc=False,
+                            allow_metrics=False)
+    server = EmbeddedServer(options)
+    server.start(timeout=60)
+    try:
+        assert server.running() and server.thread.name == "tritium-loop"
+        assert (gc.get_freeze_count(), gc.get_threshold(), sys.getswitchinterval()) == before
+    finally:
+        server.stop()
+    assert not server.running() and server.loop.is_closed() and not server.thread.is_alive()
+    server.stop()
+    with pytest.raises(InvalidArgumentError, match="starts once"):
+        server.start()
+    with pytest.raises(TritiumError, match="stopped"):
+        server.submit(server.ready())

@@ -31,11 +31,15 @@ if importlib.util.find_spec("ray") is not None:
 
 serve = pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install 'tritium[ray]')")
 import ray  # noqa: E402
+import ray.cloudpickle  # noqa: E402
+import requests  # noqa: E402
+from PIL import Image  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 import tritium.ray as tritium_ray  # noqa: E402
 from tritium.core.errors import TritiumError  # noqa: E402
 
+import ray_triton_example as example  # noqa: E402
 from models import ADD_SUB_CONFIG, add_sub_graph, write_model  # noqa: E402
 from server import free_port  # noqa: E402
 
@@ -196,6 +200,43 @@ def test_replicas_may_open_tritiums_own_ports(ray_cluster: RayCluster) -> None:
             break  # refused: the replica stopped tritium (or its process ended)
         assert time.monotonic() < deadline, "tritium's port stays open after the application was deleted"
         time.sleep(0.5)
+
+
+def test_rays_own_triton_example_with_only_its_import_changed(
+        ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Ray's "Serving models with Triton Server in Ray Serve" (its deployment, as the page shows it, is in
+    ray_triton_example.py with ``import tritium.tritonserver as tritonserver``): a FastAPI ingress whose replica
+    starts an in-process server in EXPLICIT mode, finds ``model("stable_diffusion").ready()`` False, loads the
+    three models, and answers ``GET /generate`` in Serve's thread pool with ``model.infer`` on a ``[[prompt]]``
+    input, ``numpy.from_dlpack`` of the output and an image saved with Pillow."""
+    repo = example.write_repository(str(tmp_path_factory.mktemp("triton_example")))
+    images = tmp_path_factory.mktemp("images")
+    ray.cloudpickle.register_pickle_by_value(example)  # shipped by value: replicas need not find a test module
+    deployment = example.TritonDeployment.options(  # pickled again, by value now
+        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": {"MODEL_REPOSITORY": repo}}})
+    serve.run(deployment.bind(), name="triton_example", route_prefix="/triton")
+    try:
+        def generate(prompt: str, name: str) -> np.ndarray:
+            path = str(images / name)
+            response = requests.get(f"{ray_cluster.url}/triton/generate",
+                                    params={"prompt": prompt, "filename": path}, timeout=120)
+            assert response.status_code == 200 and response.json() is None, response.text
+            assert os.path.exists(path), "the example did not save an image (its replica printed why)"
+            with Image.open(path) as image:
+                return np.asarray(image)
+
+        # the first request loads the models (the example's not-ready branch)
+        first = "dogs in new york, realistic, 4k, photograph"
+        np.testing.assert_array_equal(generate(first, "first.png"), example.expected_image(first))
+        # then concurrent requests, each in one of Serve's threads, sharing the loaded model
+        prompts = [f"pigeon {i} in new york" for i in range(6)] + ["café ☕", "a" * 100]
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(generate, prompts, [f"{i}.png" for i in range(len(prompts))]))
+        for prompt, image in zip(prompts, got):
+            assert image.shape == (example.TOKENS, example.TOKENS, 3) and image.dtype == np.uint8
+            np.testing.assert_array_equal(image, example.expected_image(prompt))
+    finally:
+        serve.delete("triton_example")
 
 
 def _replica_states() -> dict[str, int]:

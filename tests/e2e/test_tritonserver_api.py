@@ -13,6 +13,7 @@ import sys
 import threading
 import tracemalloc
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -126,6 +127,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = str(tmp_path_factory.mktemp("repo"))
     write_python_model(path, "echo", ECHO, ECHO_CONFIG)
     write_python_model(path, "stream", STREAM, STREAM_CONFIG)
+    write_python_model(path, "shout", SHOUT, SHOUT_CONFIG)
     write_model(path, "identity", identity_graph("FP32", ("batch", 16)), IDENTITY_CONFIG)
     write_model(path, "acc", accumulator_graph(), ACC_CONFIG)
     return path
@@ -203,6 +205,59 @@ def test_load_with_config_and_file_overrides_then_unload(server: tritonserver.Se
     assert not server.model("uploaded").ready()
     with pytest.raises(tritonserver.TritonError):
         server.load("uploaded", {"config": json.dumps({"backend": "python", "max_batch_size": -3})})
+
+
+SHOUT = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            prompts = pb_utils.get_input_tensor_by_name(r, "prompt").as_numpy()
+            image = np.stack([np.frombuffer(bytes(p[0]).upper(), np.uint8)[None, :] for p in prompts])
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("generated_image", image)]))
+        return out
+'''
+
+SHOUT_CONFIG = """
+backend: "python"
+max_batch_size: 8
+input [ { name: "prompt" data_type: TYPE_STRING dims: [ 1 ] } ]
+output [ { name: "generated_image" data_type: TYPE_UINT8 dims: [ -1, -1 ] } ]
+"""
+
+
+def test_the_calls_of_rays_triton_example_from_a_replicas_threads(server: tritonserver.Server) -> None:
+    """What Ray's Triton example does in a Serve replica (tests/e2e/test_ray_serve.py runs the example itself):
+    ``model(name).ready()`` is False, not an error, before the model is loaded; ``load`` returns a ready model;
+    a nested ``[[prompt]]`` list is a BYTES [1, 1] input; the output is read with ``numpy.from_dlpack``; and the
+    blocking ``infer`` works from a thread whose own asyncio loop is running (the replica's) and from the
+    threads of a pool that loop hands sync handlers to (Serve's)."""
+    assert not server.model("shout").ready()  # in the repository, not loaded yet (EXPLICIT)
+    assert not server.model("no_such_model").ready()
+    model = server.load("shout")
+    assert model.ready()
+
+    def generate(prompt: str) -> bytes:
+        (response,) = model.infer(inputs={"prompt": [[prompt]]})
+        return np.from_dlpack(response.outputs["generated_image"]).squeeze().astype(np.uint8).tobytes()
+
+    async def replica(pool: ThreadPoolExecutor) -> tuple[bytes, list[bytes]]:
+        loop = asyncio.get_running_loop()
+        on_loop_thread = generate("on the loop's thread")
+        pooled = await asyncio.gather(*(loop.run_in_executor(pool, generate, f"prompt {i}") for i in range(8)))
+        return on_loop_thread, pooled
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            on_loop_thread, pooled = asyncio.run(replica(pool))
+        assert on_loop_thread == b"ON THE LOOP'S THREAD"
+        assert pooled == [f"PROMPT {i}".encode() for i in range(8)]
+    finally:
+        server.unload("shout", wait_until_unloaded=True, timeout=60)
 
 
 ECHO_CONFIG_JSON = json.dumps({

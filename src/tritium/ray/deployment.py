@@ -52,7 +52,7 @@ class TritiumDeployment:
     (``__call__``) and handle methods for Python callers."""
 
     def __init__(self, options: ServerOptions) -> None:
-        self._engine = EmbeddedServer(options)
+        self._engine = EmbeddedServer(options, tune_process=True)  # the replica process is only this server
         self._engine.start()
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.node_id = ray.get_runtime_context().get_node_id()

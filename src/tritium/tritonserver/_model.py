@@ -55,7 +55,7 @@ class Model:
                                        "goes with async_infer()")
         core_model, core_request = request._prepare()
         iterator = ResponseIterator(self, request, raise_on_error)
-        iterator._call = self._runtime.submit(core_model, core_request, iterator._deliver)
+        iterator._call = self._runtime.begin(core_model, core_request, iterator._deliver)
         return iterator
 
     def async_infer(self, inference_request: InferenceRequest | None = None, raise_on_error: bool = True,
@@ -70,7 +70,7 @@ class Model:
         request = inference_request if inference_request is not None else InferenceRequest(model=self, **kwargs)
         core_model, core_request = request._prepare()
         iterator = AsyncResponseIterator(self, request, raise_on_error, loop)
-        iterator._call = self._runtime.submit(core_model, core_request, iterator._deliver)
+        iterator._call = self._runtime.begin(core_model, core_request, iterator._deliver)
         return iterator
 
     def metadata(self) -> dict[str, Any]:

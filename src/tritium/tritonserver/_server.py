@@ -308,7 +308,7 @@ class Server:
     def models(self, exclude_not_ready: bool = False) -> ModelDictionary:
         """Every model of the repositories: (name, version) -> Model with ``state`` and ``reason``."""
         runtime = self._started()
-        rows = runtime.call(runtime.core.repository_index(exclude_not_ready))
+        rows = runtime.wait(runtime.core.repository_index(exclude_not_ready))
         models = []
         for row in rows:
             version = row.get("version", "")
@@ -323,7 +323,7 @@ class Server:
         ``"file:<version>/<name>"`` (a file's content as bytes: the model is loaded from those files).
         """
         runtime = self._started()
-        runtime.call(runtime.core.load_model(model_name, dict(parameters) if parameters else None))
+        runtime.wait(runtime.core.load_model(model_name, dict(parameters) if parameters else None))
         return self.model(model_name)
 
     def unload(self, model: str | Model, unload_dependents: bool = False, wait_until_unloaded: bool = False,
@@ -332,7 +332,7 @@ class Server:
         it takes no new requests, with ``wait_until_unloaded`` once every version is UNAVAILABLE."""
         runtime = self._started()
         name = model if isinstance(model, str) else model.name
-        runtime.call(runtime.core.unload_model(name, {"unload_dependents": unload_dependents}))
+        runtime.wait(runtime.core.unload_model(name, {"unload_dependents": unload_dependents}))
         if wait_until_unloaded:
             start = time.monotonic()
             while not self._unloaded(name) and (timeout is None or time.monotonic() - start < timeout):
@@ -344,7 +344,7 @@ class Server:
     def poll_model_repository(self) -> None:
         """Rescan the repositories now: load new and changed models, unload removed ones (POLL mode)."""
         runtime = self._started()
-        runtime.call(runtime.core.poll_repository())
+        runtime.wait(runtime.core.poll_repository())
 
     def register_model_repository(self, repository_path: str, name_mapping: dict[str, str] | None = None) -> None:
         self._started()
