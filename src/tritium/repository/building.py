@@ -8,6 +8,7 @@ its instances freed, and never takes the server or another version down.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from tritium.core.errors import ModelConfigError, TritiumError, status_text
 from tritium.core.model import Model
 from tritium.core.stats import LatencySummaries
 from tritium.options import ServerOptions
+from tritium.scheduler.rate_limiter import RateLimiter
 from tritium.scheduler.workers import InstanceWorker
 
 from .planning import Plan
@@ -46,6 +48,9 @@ class ModelBuilder:
         self.gpus = available_gpus()
         #: Lets backends call this server's models (Python-backend BLS); set by the server.
         self.inference: InferenceHandle | None = None
+        #: The server's rate limiter (``--rate-limit=execution_count``), shared by every model; ``None`` when off.
+        self.rate_limiter = RateLimiter(options.rate_limit_resources) if options.rate_limit == "execution_count" \
+            else None
 
     def build(self, name: str, plan: Plan, versions: Sequence[int],
               loop: asyncio.AbstractEventLoop) -> list[VersionSlot]:
@@ -118,9 +123,14 @@ class ModelBuilder:
         ctx = self._context(name, version, model_dir, config, plan.from_client)
         try:
             check_instance_groups(config, name, self.gpus)
-            make_scheduler = scheduler_for(config, model_dir)  # its settings are checked before the model loads
+            specs = _instance_specs(config)
+            limits = None
+            if self.rate_limiter is not None:  # resources that could never let an instance run fail the load now
+                limits = self.rate_limiter.register(specs)
+                slot.unregister = functools.partial(self.rate_limiter.unregister, limits)
+            make_scheduler = scheduler_for(config, model_dir, limits)  # settings checked before the model loads
             slot.model_state = backend.model_initialize(ctx)
-            for spec in _instance_specs(config):
+            for spec in specs:
                 slot.instances.append(slot.model_state.instance_initialize(spec))
             inline_s = self._options.inline_execute_us / 1e6
             workers = [InstanceWorker(instance, loop, inline_s) for instance in slot.instances]
@@ -141,6 +151,9 @@ class ModelBuilder:
 
 def finalize(slot: VersionSlot) -> None:
     """Free the version's instances and model state (each failure logged, none raised)."""
+    if slot.unregister is not None:
+        slot.unregister()
+        slot.unregister = None
     for instance in slot.instances:
         try:
             instance.finalize()

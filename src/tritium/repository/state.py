@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tritium.backends.base import ModelInstanceState, ModelState
@@ -42,6 +43,8 @@ class VersionSlot:
     fingerprint: str = ""
     #: The temporary model directory of a load with file overrides, removed when its last version goes.
     override: OverrideDir | None = None
+    #: Gives the instances' rate-limiter resources back when the version is freed (rate limiting on).
+    unregister: Callable[[], None] | None = None
 
 
 @dataclass
