@@ -221,7 +221,7 @@ class ModelRepositoryManager(ModelTable):
             if override is not None:
                 override.remove()
             entry.poll_failed, entry.reason = True, str(e)
-            if not entry.versions:
+            if entry.latest is None:
                 entry.state = State.UNAVAILABLE
             # the operator's log names the folder; what clients read names paths relative to it
             log.error("failed to load '%s' from %s: %s", name, model_dir, e)

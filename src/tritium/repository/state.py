@@ -177,17 +177,23 @@ class ModelTable:
         return True
 
     def rows(self, found: set[str], ready_only: bool = False) -> list[dict[str, str]]:
-        """The repository index as Triton shows it, of the models ``found`` in the repositories and those known:
-        sorted by name; models never loaded (or whose config cannot be read) by name only; otherwise one row per
-        version, ``reason`` only when not empty."""
+        """The repository index as Triton shows it, of the models ``found`` in the repositories: sorted by name;
+        models never loaded by name only; otherwise one row per version, ``reason`` only when not empty.
+
+        Unlike Triton 2.51, which lists it by name only, a model whose config cannot be read is UNAVAILABLE with
+        the reason, so that a user reading the index sees why.  A model whose folder is gone is no longer listed
+        (as Triton), unless a version of it still serves or loads (one loaded from a client's files).
+        """
         rows: list[dict[str, str]] = []
         for name in sorted(found | set(self._models)):
             entry = self._models.get(name)
-            if entry is None or (not entry.versions and (entry.state is State.UNKNOWN or entry.poll_failed)):
+            if name not in found and (entry is None or not _in_service(entry)):
+                continue
+            if entry is None or (not entry.versions and entry.state is State.UNKNOWN):
                 if not ready_only:
                     rows.append({"name": name})
                 continue
-            if not entry.versions:
+            if not entry.versions or (entry.poll_failed and entry.latest is None):
                 if not ready_only:
                     rows.append(_row(name, None, entry.state, entry.reason))
                 continue
@@ -197,6 +203,12 @@ class ModelTable:
                     continue
                 rows.append(_row(name, version, slot.state, slot.reason))
         return rows
+
+
+def _in_service(entry: ModelEntry) -> bool:
+    """A version of ``entry`` serves, loads or drains."""
+    return entry.state is State.LOADING or any(
+        slot.state in (State.READY, State.LOADING, State.UNLOADING) for slot in entry.versions.values())
 
 
 def _row(name: str, version: int | None, state: State, reason: str) -> dict[str, str]:
