@@ -30,7 +30,7 @@ from .ensembles import dependents_of, read_ensemble_config
 from .overrides import OverrideDir, check_override_name
 from .overrides import remove_all as remove_overrides
 from .planning import Plan, PollFailure
-from .state import ModelEntry, ModelTable, State, VersionSlot
+from .state import DUPLICATE, ModelEntry, ModelTable, State, VersionSlot
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ class ModelRepositoryManager(ModelTable):
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """The repository index as Triton shows it (see :meth:`.state.ModelTable.rows`)."""
-        return self.rows(set(self.scan()), ready_only)
+        found = self.scan()
+        return self.rows(set(found), ready_only, {name for name, path in found.items() if path is None})
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -115,11 +116,11 @@ class ModelRepositoryManager(ModelTable):
         if name not in found and not files:
             raise InternalError(f"failed to load '{name}', failed to poll from model repository")
         path = found.get(name, "")  # a model made only of file overrides has no folder in the repository
-        if path is None:
+        if path is None:  # the index says so (state.DUPLICATE); the load fails as Triton's
             entry = self._models.setdefault(name, ModelEntry(name, ""))
-            entry.state, entry.reason = State.UNAVAILABLE, f"model '{name}' appears in multiple repositories"
-            log.error("failed to load '%s': %s", name, entry.reason)
-            raise InvalidArgumentError(entry.reason)
+            entry.state, entry.reason = State.UNAVAILABLE, DUPLICATE
+            log.error("failed to poll model '%s': not unique across all model repositories", name)
+            raise InternalError(f"failed to load '{name}', failed to poll from model repository")
         entry = self._models.setdefault(name, ModelEntry(name, path))
         entry.loads += 1
         try:

@@ -20,6 +20,10 @@ from tritium.core.names import check_model_name
 from .overrides import OverrideDir
 
 
+#: Triton's reason for a model name that is in more than one repository (none of them loads).
+DUPLICATE = "model appears in two or more repositories"
+
+
 class State(enum.Enum):
     UNKNOWN = "UNKNOWN"
     READY = "READY"
@@ -176,16 +180,22 @@ class ModelTable:
                 return False
         return True
 
-    def rows(self, found: set[str], ready_only: bool = False) -> list[dict[str, str]]:
+    def rows(self, found: set[str], ready_only: bool = False,
+             duplicates: set[str] | frozenset[str] = frozenset()) -> list[dict[str, str]]:
         """The repository index as Triton shows it, of the models ``found`` in the repositories: sorted by name;
         models never loaded by name only; otherwise one row per version, ``reason`` only when not empty.
 
         Unlike Triton 2.51, which lists it by name only, a model whose config cannot be read is UNAVAILABLE with
         the reason, so that a user reading the index sees why.  A model whose folder is gone is no longer listed
-        (as Triton), unless a version of it still serves or loads (one loaded from a client's files).
+        (as Triton), unless a version of it still serves or loads (one loaded from a client's files).  A name in
+        several repositories (``duplicates``) is UNAVAILABLE with Triton's reason, whatever else is known of it.
         """
         rows: list[dict[str, str]] = []
         for name in sorted(found | set(self._models)):
+            if name in duplicates:
+                if not ready_only:
+                    rows.append(_row(name, None, State.UNAVAILABLE, DUPLICATE))
+                continue
             entry = self._models.get(name)
             if name not in found and (entry is None or not _in_service(entry)):
                 continue
