@@ -19,7 +19,6 @@ from tritium.core.names import check_model_name
 
 from .overrides import OverrideDir
 
-
 #: Triton's reason for a model name that is in more than one repository (none of them loads).
 DUPLICATE = "model appears in two or more repositories"
 
