@@ -90,8 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-timeout-secs", type=int, default=30)
     p.add_argument("--model-load-thread-count", type=int, default=4)
     p.add_argument("--model-namespacing", type=_bool, default=False, metavar="BOOL",
-                   help="false (the default) only: a model name in two repositories is listed UNAVAILABLE and "
-                        "neither copy loads, as in Triton; namespaces (true) are not available yet")
+                   help="true: a model name may be in several repositories, each copy loaded in its repository's "
+                        "namespace (clients address names that are in one only; an ensemble's steps find its own "
+                        "repository's copy); false (default): such a name is UNAVAILABLE and no copy loads")
     p.add_argument("--rate-limit", default="off", metavar="MODE",
                    help="'off' (default): run inference as soon as an instance is free; 'execution_count': an "
                         "instance runs once the resources its rate_limiter config lists are free, instances of "
@@ -287,9 +288,6 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         parser.error("--load-model requires --model-control-mode=explicit")
     restricted = _restrictions(parser, args)
     rate_limit, rate_limit_resources = _rate_limit(parser, args)
-    if args.model_namespacing:
-        parser.error("--model-namespacing=true is not supported: model namespacing is not available in this "
-                     "version of tritium")
     for flag in ("http_header_forward_pattern", "grpc_header_forward_pattern"):
         try:
             re.compile(getattr(args, flag))

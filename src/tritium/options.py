@@ -21,8 +21,8 @@ class ServerOptions:
     exit_timeout_secs: int = 30
     model_load_thread_count: int = 4
     server_id: str = "triton"
-    #: ``--model-namespacing``: only False is served (the CLI refuses true); a name in two repositories is a
-    #: conflict, as Triton reports it without namespacing.
+    #: ``--model-namespacing``: a model name may be in several repositories, each copy in its repository's
+    #: namespace (a client addresses a name that is in one only; ensembles find their own repository's first).
     model_namespacing: bool = False
     #: ``--rate-limit`` (off | execution_count) and ``--rate-limit-resource`` items as (name, count, device;
     #: -1 for every device): see ``scheduler/rate_limiter.py``.

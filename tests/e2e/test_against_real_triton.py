@@ -2599,9 +2599,27 @@ def build_refused_resources(repo: str) -> None:
 def test_rate_limit_resources_too_few_fail_the_load_as_triton() -> None:
     """Resources given on the command line that could never let an instance run fail its load, in Triton's
     words; a resource not given has none."""
-    for tritium, triton in start_pair(("--rate-limit=execution_count", "--rate-limit-resource=R1:1"),
+    for tritium, triton in start_pair(("--rate-limit=execution_count", "--rate-limit-resource=R1:1", "--exit-timeout-secs=5"),
                                       build_refused_resources):
         ours, theirs = index_of(tritium), index_of(triton)
         assert ours == theirs
         assert ("needs_two", "1", "UNAVAILABLE", 'Invalid argument: Resource count for "R1" is limited to 1 which '
                 "will prevent scheduling of one or more model instances, the minimum required count is 2") in ours
+
+
+def test_model_namespacing_as_triton() -> None:
+    """Two repositories with the same names: each ensemble runs its own repository's step model, names in
+    both are refused in Triton's words, the index lists each repository in turn."""
+    from test_namespacing import build_namespaced, namespace_story
+
+    root = tempfile.mkdtemp(prefix="tritium-namespaces-")
+    second = os.path.join(root, "second")
+    try:
+        for tritium, triton in start_pair((f"--model-repository={second}", "--model-namespacing=true", "--exit-timeout-secs=5"),
+                                          lambda first: build_namespaced(first, second)):
+            ours = namespace_story(tritium.url, tritium.grpc_url)
+            assert ours == namespace_story(triton.url, triton.grpc_url)
+            ordered = [[m["name"] for m in s.http.get_model_repository_index()] for s in (tritium, triton)]
+            assert ordered[0] == ordered[1]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

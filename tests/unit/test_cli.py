@@ -249,12 +249,11 @@ def test_bad_issue_26_flags_are_refused_with_tritons_words(capsys, argv, message
     assert message in refused(capsys, [*REPO, *argv])
 
 
-def test_header_patterns_and_namespacing(capsys):
+def test_header_patterns_and_namespacing():
     options = parse_args([*REPO, "--http-header-forward-pattern=^x-", "--grpc-header-forward-pattern", "trace",
-                          "--model-namespacing=false"])
+                          "--model-namespacing=true"])
     assert (options.http_header_forward_pattern, options.grpc_header_forward_pattern) == ("^x-", "trace")
-    assert options.model_namespacing is False
-    assert "--model-namespacing=true is not supported" in refused(capsys, [*REPO, "--model-namespacing=true"])
+    assert options.model_namespacing is True
 
 
 def test_issue_26_flags_are_in_help():

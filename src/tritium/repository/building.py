@@ -48,6 +48,9 @@ class ModelBuilder:
         self.gpus = available_gpus()
         #: Lets backends call this server's models (Python-backend BLS); set by the server.
         self.inference: InferenceHandle | None = None
+        #: With ``--model-namespacing``: (ensemble folder, step model) -> the key an ensemble's step resolves
+        #: to (its own repository's copy first); set by the manager.
+        self.step_key: Callable[[str, str], str] | None = None
         #: The server's rate limiter (``--rate-limit=execution_count``), shared by every model; ``None`` when off.
         self.rate_limiter = RateLimiter(options.rate_limit_resources) if options.rate_limit == "execution_count" \
             else None
@@ -57,7 +60,7 @@ class ModelBuilder:
         """One slot per version of ``versions``, READY or UNAVAILABLE; raises when the config itself is bad."""
         config, backend = self._complete_config(name, plan, versions)
         if is_ensemble(config):
-            return [self._build_ensemble(name, version, config) for version in versions]
+            return [self._build_ensemble(name, version, config, plan.model_dir) for version in versions]
         assert backend is not None  # validate() refuses configs without a backend
         check_model(backend, config, name)
         slots = []
@@ -102,11 +105,17 @@ class ModelBuilder:
         check_config_paths(config, model_dir, versions, name, plan.from_client)  # auto-complete may add some
         return config, backend
 
-    def _build_ensemble(self, name: str, version: int, config: mc.ModelConfig) -> VersionSlot:
+    def _build_ensemble(self, name: str, version: int, config: mc.ModelConfig, model_dir: str) -> VersionSlot:
         """An ensemble version: its graph checked against the loaded composing models, no instances."""
         steps = ensemble_steps(config, name)
-        check_composing_models(config, name, steps, lambda m, v: self._lookup(m, v).config)
-        scheduler = ensemble_scheduler(name, config, steps, self._lookup)
+        lookup = self._lookup
+        step_key = self.step_key
+        if self._options.model_namespacing and step_key is not None:
+            def lookup(model: str, version: int) -> Model:  # its own repository's copy of a name in several
+                return self._lookup(step_key(model_dir, model), version)
+
+        check_composing_models(config, name, steps, lambda m, v: lookup(m, v).config)
+        scheduler = ensemble_scheduler(name, config, steps, lookup)
         return VersionSlot(version, State.READY, model=Model(name, version, config, scheduler))
 
     def _context(self, name: str, version: int, model_dir: str, config: mc.ModelConfig,

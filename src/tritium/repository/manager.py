@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ from .ensembles import dependents_of, read_ensemble_config
 from .overrides import OverrideDir, check_override_name
 from .overrides import remove_all as remove_overrides
 from .planning import Plan, PollFailure
-from .state import DUPLICATE, ModelEntry, ModelTable, State, VersionSlot
+from .state import DUPLICATE, NAMESPACE_SEPARATOR, ModelEntry, ModelTable, State, VersionSlot, name_of
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class ModelRepositoryManager(ModelTable):
         self._retiring: set[asyncio.Task[None]] = set()
         #: Repository folders whose names cannot be model names (warned about once).
         self._ignored_names: set[str] = set()
+        self._builder.step_key = self._step_key
 
     @property
     def inference(self) -> InferenceHandle | None:
@@ -68,17 +70,33 @@ class ModelRepositoryManager(ModelTable):
     # -- discovery --------------------------------------------------------------------------------
 
     def scan(self) -> dict[str, str | None]:
-        """Model name -> directory for every model in the repositories; ``None`` when the name is in two."""
-        return planning.scan(self._options.model_repositories, self._ignored_names)
+        """Model key -> directory for every model in the repositories (:func:`.planning.scan`); remembers which
+        names are in several namespaces (``--model-namespacing``), which clients cannot address."""
+        found = planning.scan(self._options.model_repositories, self._ignored_names, self._options.model_namespacing)
+        if self._options.model_namespacing:
+            counts: dict[str, int] = {}
+            for key in found:
+                if NAMESPACE_SEPARATOR in key:
+                    counts[name_of(key)] = counts.get(name_of(key), 0) + 1
+            self._ambiguous = counts
+        return found
 
     def fingerprints(self, found: Mapping[str, str | None]) -> dict[str, str]:
         """Name -> fingerprint of every model folder found (what the poller compares between polls)."""
         return planning.fingerprints(found)
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        """The repository index as Triton shows it (see :meth:`.state.ModelTable.rows`)."""
+        """The repository index as Triton shows it (see :meth:`.state.ModelTable.rows`); with namespacing,
+        ordered by repository, then name, as Triton orders its (namespace, name) identifiers."""
         found = self.scan()
-        return self.rows(set(found), ready_only, {name for name, path in found.items() if path is None})
+        order = None
+        if self._options.model_namespacing:
+            repositories = {key: os.path.dirname(path) for key, path in found.items() if path}
+
+            def order(key: str) -> tuple[str, str]:
+                return repositories.get(key, "\U0010ffff"), name_of(key)
+
+        return self.rows(set(found), ready_only, {name for name, path in found.items() if path is None}, order)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -88,11 +106,12 @@ class ModelRepositoryManager(ModelTable):
         if self._options.model_control_mode == "explicit":
             wanted = self._options.load_models
             names = sorted(found) if "*" in wanted else list(dict.fromkeys(wanted))
+            names = [key for name in names for key in self._keys(name, found)]
         else:
             names = sorted(found)
         for name, path in found.items():
             if path is not None and name not in self._models:
-                self._models[name] = ModelEntry(name, path)
+                self._models[name] = ModelEntry(name_of(name), path)
         results = await asyncio.gather(*(self.load(name, found) for name in names), return_exceptions=True)
         return [name for name, result in zip(names, results, strict=True) if isinstance(result, BaseException)]
 
@@ -105,7 +124,16 @@ class ModelRepositoryManager(ModelTable):
         then swapped in; replaced and dropped versions are drained and finalized in the background.
         Versions whose files and config did not change are kept as they are.
         """
-        check_model_name(name)  # before anything touches the file system
+        check_model_name(name_of(name))  # before anything touches the file system
+        if self._ambiguous and name in self._ambiguous and not (config or files):
+            # a name in several namespaces: each copy loads (as Triton's load of a name)
+            found = self.scan() if found is None else found
+            keys = self._keys(name, found)
+            results = await asyncio.gather(*(self.load(key, found) for key in keys), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            return
         if files:
             # a refused request changes nothing: no folder written, no entry made or changed
             if config is None:
@@ -121,7 +149,7 @@ class ModelRepositoryManager(ModelTable):
             entry.state, entry.reason = State.UNAVAILABLE, DUPLICATE
             log.error("failed to poll model '%s': not unique across all model repositories", name)
             raise InternalError(f"failed to load '{name}', failed to poll from model repository")
-        entry = self._models.setdefault(name, ModelEntry(name, path))
+        entry = self._models.setdefault(name, ModelEntry(name_of(name), path))
         entry.loads += 1
         try:
             await self._load_composing(entry, path, config)
@@ -151,10 +179,11 @@ class ModelRepositoryManager(ModelTable):
                 if step_model in chain or step_model == name:
                     raise ModelConfigError(f"in ensemble '{name}', composing model '{step_model}' leads back to "
                                            f"ensemble '{name}': ensembles must not contain themselves")
-                child = self._models.get(step_model)
+                step_key = self._step_key(model_dir, step_model)
+                child = self._models.get(step_key)
                 if child is None or child.latest is None or child.lock.locked():
                     try:
-                        await self.load(step_model)
+                        await self.load(step_key)
                     except TritiumError as e:
                         raise UnavailableError(f"in ensemble '{name}', composing model '{step_model}' failed to "
                                                f"load: {e}") from None
@@ -280,13 +309,17 @@ class ModelRepositoryManager(ModelTable):
         """
         entry = self._models.get(name)
         if entry is None:
-            check_model_name(name)  # an unknown name: say so when it cannot be a model's name at all
+            check_model_name(name_of(name))  # an unknown name: say so when it cannot be a model's name at all
+            if self._ambiguous and name in self._ambiguous:  # every copy of a name in several namespaces
+                for key in [key for key in self._models if name_of(key) == name and key != name]:
+                    await self.unload(key, unload_dependents)
             return
         composing = composing_models(entry.latest.config) if entry.latest and is_ensemble(entry.latest.config) else []
         await self._unload_one(entry)
         for ensemble in dependents_of(name, self.ready_models()):
             await self.unload(ensemble)
-            self._models[ensemble].reason = f"composing model '{name}' was unloaded"
+            if ensemble in self._models:
+                self._models[ensemble].reason = f"composing model '{name}' was unloaded"
         if unload_dependents:
             for child, _ in composing:
                 if not dependents_of(child, self.ready_models()):
@@ -303,6 +336,19 @@ class ModelRepositoryManager(ModelTable):
                 entry.state, entry.reason = State.UNAVAILABLE, "unloaded"
             for slot in retire:
                 self._spawn_retire(slot)
+
+    def _keys(self, name: str, found: Mapping[str, str | None]) -> list[str]:
+        """The keys of ``name``: itself, or with namespacing the key of each repository's copy."""
+        if not self._ambiguous or name not in self._ambiguous:
+            return [name]
+        return [key for key in found if NAMESPACE_SEPARATOR in key and name_of(key) == name]
+
+    def _step_key(self, model_dir: str, step_model: str) -> str:
+        """The key of an ensemble step's model: with namespacing, the copy in the ensemble's own repository
+        when its name is in several (as Triton resolves steps in the ensemble's namespace first)."""
+        if self._ambiguous and step_model in self._ambiguous:
+            return os.path.dirname(model_dir) + NAMESPACE_SEPARATOR + step_model
+        return step_model
 
     async def unload_all(self) -> None:
         """Unload every model and wait until each has drained and been finalized (shutdown)."""

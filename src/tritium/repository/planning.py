@@ -20,7 +20,7 @@ from tritium.core.errors import InternalError, InvalidArgumentError, TritiumErro
 from tritium.core.names import name_problem, shown
 
 from .fingerprint import model_fingerprint, version_fingerprint
-from .state import ModelEntry, State, VersionSlot
+from .state import NAMESPACE_SEPARATOR, ModelEntry, State, VersionSlot
 from .versions import select_versions
 
 log = logging.getLogger(__name__)
@@ -48,13 +48,29 @@ class PollFailure(InternalError):
     """The model's config cannot be read: Triton treats the folder as no model at all."""
 
 
-def scan(repositories: Sequence[str], ignored: set[str]) -> dict[str, str | None]:
-    """Model name -> directory for every model in ``repositories``; ``None`` when the name is in two.
+def scan(repositories: Sequence[str], ignored: set[str], namespacing: bool = False) -> dict[str, str | None]:
+    """Model key -> directory for every model in ``repositories``.  The key is the model's name; a name in two
+    repositories maps to ``None``, or with ``namespacing`` each copy has its own key,
+    ``<repository>\0<name>``.
 
     Folders whose names cannot be model names are skipped, with a warning the first time (``ignored``
     remembers them).
     """
-    found: dict[str, str | None] = {}
+    found = _scan(repositories, ignored)
+    if not namespacing:
+        return {name: paths[0] if len(paths) == 1 else None for name, paths in found.items()}
+    keyed: dict[str, str | None] = {}
+    for name, paths in found.items():
+        if len(paths) == 1:
+            keyed[name] = paths[0]
+        else:
+            for path in paths:
+                keyed[os.path.dirname(path) + NAMESPACE_SEPARATOR + name] = path
+    return keyed
+
+
+def _scan(repositories: Sequence[str], ignored: set[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
     for repository in repositories:
         try:
             entries = sorted(os.listdir(repository))
@@ -72,7 +88,7 @@ def scan(repositories: Sequence[str], ignored: set[str]) -> dict[str, str | None
                     log.warning("model folder '%s' of repository '%s' is ignored: %s", shown(entry), repository,
                                 problem)
                 continue
-            found[entry] = None if entry in found else path
+            found.setdefault(entry, []).append(path)
     return found
 
 

@@ -11,13 +11,24 @@ import asyncio
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tritium.backends.base import ModelInstanceState, ModelState
-from tritium.core.errors import NotFoundError, TritiumError, UnavailableError
+from tritium.core.errors import InvalidArgumentError, NotFoundError, TritiumError, UnavailableError
 from tritium.core.model import Model
 from tritium.core.names import check_model_name
 
 from .overrides import OverrideDir
+
+#: Between a repository and a model name in the key of a model whose name is in several repositories
+#: (``--model-namespacing``); no model name or path holds it.
+NAMESPACE_SEPARATOR = "\0"
+
+
+def name_of(key: str) -> str:
+    """The model name of a repository key (the key itself unless namespaced)."""
+    return key.rpartition(NAMESPACE_SEPARATOR)[2]
+
 
 #: Triton's reason for a model name that is in more than one repository (none of them loads).
 DUPLICATE = "model appears in two or more repositories"
@@ -110,7 +121,11 @@ class ModelTable:
     """The models by name, and the read-only questions the server asks about them."""
 
     def __init__(self) -> None:
+        #: By key: the model's name, or with ``--model-namespacing`` ``<repository>\0<name>`` for a name that is
+        #: in several repositories (:func:`.planning.scan`).
         self._models: dict[str, ModelEntry] = {}
+        #: With ``--model-namespacing``: names in several repositories -> how many (what clients cannot address).
+        self._ambiguous: dict[str, int] = {}
 
     def get(self, name: str, version: int = -1) -> Model:
         """The READY model for ``name`` (latest ready version when ``version`` is -1).
@@ -121,6 +136,10 @@ class ModelTable:
         if entry is None or not entry.versions:
             if entry is None:
                 check_model_name(name)  # only on this failure path: a known name is valid by construction
+                if name in self._ambiguous:
+                    raise InvalidArgumentError(
+                        f"There are {self._ambiguous[name]} identifiers of model '{name}' in global map, model "
+                        "namespace must be provided to resolve ambiguity.")
             raise NotFoundError(f"Request for unknown model: '{name}' is not found")
         if version < 0:
             if entry.latest is not None:
@@ -179,8 +198,8 @@ class ModelTable:
                 return False
         return True
 
-    def rows(self, found: set[str], ready_only: bool = False,
-             duplicates: set[str] | frozenset[str] = frozenset()) -> list[dict[str, str]]:
+    def rows(self, found: set[str], ready_only: bool = False, duplicates: set[str] | frozenset[str] = frozenset(),
+             order: Callable[[str], Any] | None = None) -> list[dict[str, str]]:
         """The repository index as Triton shows it, of the models ``found`` in the repositories: sorted by name;
         models never loaded by name only; otherwise one row per version, ``reason`` only when not empty.
 
@@ -188,15 +207,17 @@ class ModelTable:
         the reason, so that a user reading the index sees why.  A model whose folder is gone is no longer listed
         (as Triton), unless a version of it still serves or loads (one loaded from a client's files).  A name in
         several repositories (``duplicates``) is UNAVAILABLE with Triton's reason, whatever else is known of it.
+        Rows are ordered by key, or by ``order`` (with namespacing: repository, then name); each shows the name.
         """
         rows: list[dict[str, str]] = []
-        for name in sorted(found | set(self._models)):
-            if name in duplicates:
+        for key in sorted(found | set(self._models), key=order):
+            name = name_of(key)
+            if key in duplicates:
                 if not ready_only:
                     rows.append(_row(name, None, State.UNAVAILABLE, DUPLICATE))
                 continue
-            entry = self._models.get(name)
-            if name not in found and (entry is None or not _in_service(entry)):
+            entry = self._models.get(key)
+            if key not in found and (entry is None or not _in_service(entry)):
                 continue
             if entry is None or (not entry.versions and entry.state is State.UNKNOWN):
                 if not ready_only:
