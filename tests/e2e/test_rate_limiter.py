@@ -47,7 +47,7 @@ def config(resources: str = "", count: int = 2, priority: int = 0, extra: str = 
 
 
 #: model -> copies of R1 each of its executions holds (for the accounting check).
-R1 = {"whole": 2, "half": 1, "batched": 1}
+R1 = {"whole": 2, "half": 1, "batched": 1, "sequences": 2}
 
 
 def build(repo: str, sleep: float = 0.4) -> None:
@@ -58,6 +58,7 @@ def build(repo: str, sleep: float = 0.4) -> None:
     write_python_model(repo, "free", code, config())
     write_python_model(repo, "batched", code, config('{ name: "R1" count: 1 }', batch=4,
                                                      extra="dynamic_batching { max_queue_delay_microseconds: 1000 }"))
+    write_python_model(repo, "sequences", code, config('{ name: "R1" count: 2 }', extra="sequence_batching { }"))
 
 
 def executions(url: str, models: list[str]) -> list[tuple[str, str, float, float]]:
@@ -65,14 +66,17 @@ def executions(url: str, models: list[str]) -> list[tuple[str, str, float, float
     out: list[Any] = []
     errors: list[BaseException] = []
     barrier = threading.Barrier(len(models))
+    sequence_ids = iter(range(1, len(models) + 1))
 
     def call(model: str) -> None:
+        sequence = {"sequence_id": next(sequence_ids), "sequence_start": True, "sequence_end": True} \
+            if model == "sequences" else {}
         try:
             client = httpclient.InferenceServerClient(url, network_timeout=120)
             t = httpclient.InferInput("INPUT0", [1, 1] if model == "batched" else [1], "INT32")
             t.set_data_from_numpy(np.ones(t.shape(), np.int32))
             barrier.wait(30)
-            name, start, end = json.loads(client.infer(model, [t]).as_numpy("OUT").reshape(-1)[0])
+            name, start, end = json.loads(client.infer(model, [t], **sequence).as_numpy("OUT").reshape(-1)[0])
             out.append((model, name, start, end))
         except BaseException as e:  # reported below
             errors.append(e)
@@ -103,7 +107,7 @@ def limited(tmp_path_factory):  # type: ignore[no-untyped-def]
     build(repo)
     with RunningServer([repo], ["--rate-limit=execution_count"], timeout=180) as server:
         client = httpclient.InferenceServerClient(server.url)
-        for model in ("whole", "half", "single", "free", "batched"):
+        for model in ("whole", "half", "single", "free", "batched", "sequences"):
             assert client.is_model_ready(model), server.output()[-3000:]
         yield server
 
@@ -119,6 +123,12 @@ def test_instances_share_a_resource_up_to_its_count(limited):
     assert most_at_once(runs) == 2  # two copies of R1 (the most any instance asks for), one each
     mixed = executions(limited.url, ["whole", "whole", "half", "half", "half", "batched"])
     assert most_at_once(mixed, R1) <= 2  # across models: never more copies of R1 held than exist
+
+
+def test_sequence_batches_wait_for_their_instances_resources(limited):
+    runs = executions(limited.url, ["sequences"] * 2 + ["half"] * 2)
+    assert most_at_once(runs, R1) <= 2
+    assert most_at_once([r for r in runs if r[0] == "sequences"]) == 1  # two instances, never together
 
 
 def test_a_global_resource_is_held_by_one_instance_at_a_time(limited):

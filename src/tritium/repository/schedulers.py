@@ -12,7 +12,7 @@ from tritium.core.model import Model
 from tritium.scheduler.direct import DirectScheduler
 from tritium.scheduler.dynamic import DynamicBatcher
 from tritium.scheduler.ensemble import EnsembleScheduler
-from tritium.scheduler.limited import LimitedDirectScheduler, LimitedDynamicBatcher
+from tritium.scheduler.limited import LimitedDirectScheduler, LimitedDynamicBatcher, LimitedSequenceBatcher
 from tritium.scheduler.rate_limiter import InstanceLimit
 from tritium.scheduler.sequence import SequenceBatcher
 from tritium.scheduler.workers import InstanceWorker
@@ -27,12 +27,14 @@ def scheduler_for(config: mc.ModelConfig, model_dir: str,
 
     ``sequence_batching`` wins over ``dynamic_batching``, which needs ``max_batch_size`` > 0; otherwise
     requests go straight to the instances.  ``limits`` (one per instance, under ``--rate-limit=execution_count``)
-    select the rate-limited direct scheduler or batcher; sequence batching is not rate limited.  Raises
+    select the rate-limited schedulers.  Raises
     :class:`ModelConfigError` for bad sequence settings (its initial-state files are read here, from
     ``model_dir``).
     """
     if config.HasField("sequence_batching"):
         settings = sequence_settings(config, model_dir)
+        if limits is not None:
+            return lambda workers, loop: LimitedSequenceBatcher(workers, loop, limits, config, settings)
         return lambda workers, loop: SequenceBatcher(workers, loop, config, settings)
     if config.HasField("dynamic_batching") and config.max_batch_size > 0:
         ragged = [i.name for i in config.input if i.allow_ragged_batch]

@@ -1,11 +1,13 @@
-"""The direct scheduler and the dynamic batcher under ``--rate-limit=execution_count``.
+"""The direct scheduler, the dynamic batcher and the sequence batcher under ``--rate-limit=execution_count``.
 
 Only the point where an instance is chosen changes: a batch formed for a free instance (the instance of
 lowest scaled priority, as Triton picks among a model's available instances) waits until the
 :class:`~tritium.scheduler.rate_limiter.RateLimiter` allocates that instance's resources, then runs; its end
 releases them.  No batch waits in an instance thread's queue (it would start without its resources), so
 batches are formed when an instance frees up.  A batch whose clients all left while it waited is not run.
-These classes are used only when rate limiting is on: the ``off`` path is the plain schedulers, unchanged.
+The sequence batcher's batch belongs to the instance that holds its sequences' slots: it is formed as
+before and waits for that instance's resources.  These classes are used only when rate limiting is on: the
+``off`` path is the plain schedulers, unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from tritium._proto import model_config_pb2 as mc
+from tritium.config.sequence import SequenceSettings
 from tritium.core.errors import UnavailableError
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.stats import ExecutionTiming, ModelStats
@@ -21,6 +25,7 @@ from tritium.core.stats import ExecutionTiming, ModelStats
 from .direct import DirectScheduler, _resolve
 from .dynamic import DynamicBatcher
 from .rate_limiter import InstanceLimit
+from .sequence import SequenceBatcher, _Lane
 from .workers import Done, InstanceWorker, Responses
 
 Futures = list["asyncio.Future[InferenceResponse]"]
@@ -125,3 +130,37 @@ class LimitedDynamicBatcher(RateLimited, DynamicBatcher):
                  limits: Sequence[InstanceLimit], *args: Any) -> None:
         DynamicBatcher.__init__(self, workers, loop, *args)
         self._init_limits(limits)
+
+
+class LimitedSequenceBatcher(SequenceBatcher):
+    def __init__(self, workers: Sequence[InstanceWorker], loop: asyncio.AbstractEventLoop,
+                 limits: Sequence[InstanceLimit], config: mc.ModelConfig, settings: SequenceSettings) -> None:
+        super().__init__(workers, loop, config, settings)
+        self._limits = dict(zip(self._workers, limits, strict=True))
+        #: Batches formed and waiting for their instance's resources: limit -> (rows, completion).
+        self._waiting: dict[InstanceLimit, tuple[list[InferenceRequest], Done]] = {}
+
+    def _submit(self, lane: _Lane, rows: list[InferenceRequest], done: Done) -> None:
+        worker = lane.worker
+        limit = self._limits[worker]
+
+        def release_then_done(batch: Sequence[InferenceRequest], responses: Responses | None, error: Any,
+                              timing: ExecutionTiming) -> None:
+            limit.release()
+            done(batch, responses, error, timing)
+
+        def granted() -> None:
+            del self._waiting[limit]
+            worker.submit(rows, release_then_done)
+
+        self._waiting[limit] = (rows, done)
+        limit.stage(granted)
+
+    def close(self) -> None:
+        """Batches still waiting for resources are answered UNAVAILABLE, as requests of a model going away."""
+        waiting = list(self._waiting.items())
+        self._waiting.clear()
+        super().close()
+        for limit, (rows, done) in waiting:
+            limit.unstage()
+            done(rows, None, UnavailableError("model is being unloaded"), ExecutionTiming(0, 0, 0, 0))
