@@ -53,6 +53,8 @@ class ModelRepositoryManager(ModelTable):
         #: Repository folders whose names cannot be model names (warned about once).
         self._ignored_names: set[str] = set()
         self._builder.step_key = self._step_key
+        if options.model_namespacing:
+            self.enable_namespacing()
 
     @property
     def inference(self) -> InferenceHandle | None:
@@ -124,7 +126,7 @@ class ModelRepositoryManager(ModelTable):
         then swapped in; replaced and dropped versions are drained and finalized in the background.
         Versions whose files and config did not change are kept as they are.
         """
-        check_model_name(name_of(name))  # before anything touches the file system
+        check_model_name(self._checked_name(name))  # before anything touches the file system
         if self._ambiguous and name in self._ambiguous and not (config or files):
             # a name in several namespaces: each copy loads (as Triton's load of a name)
             found = self.scan() if found is None else found
@@ -309,7 +311,7 @@ class ModelRepositoryManager(ModelTable):
         """
         entry = self._models.get(name)
         if entry is None:
-            check_model_name(name_of(name))  # an unknown name: say so when it cannot be a model's name at all
+            check_model_name(name)  # an unknown name: say so when it cannot be a model's name at all
             if self._ambiguous and name in self._ambiguous:  # every copy of a name in several namespaces
                 for key in [key for key in self._models if name_of(key) == name and key != name]:
                     await self.unload(key, unload_dependents)
@@ -336,6 +338,11 @@ class ModelRepositoryManager(ModelTable):
                 entry.state, entry.reason = State.UNAVAILABLE, "unloaded"
             for slot in retire:
                 self._spawn_retire(slot)
+
+    def _checked_name(self, name: str) -> str:
+        """What of ``name`` must be a valid model name: all of it, or the name part of a namespaced key (never
+        a client's: the server checks those before they get here)."""
+        return name_of(name) if self._options.model_namespacing and NAMESPACE_SEPARATOR in name else name
 
     def _keys(self, name: str, found: Mapping[str, str | None]) -> list[str]:
         """The keys of ``name``: itself, or with namespacing the key of each repository's copy."""

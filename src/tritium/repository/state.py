@@ -127,6 +127,21 @@ class ModelTable:
         #: With ``--model-namespacing``: names in several repositories -> how many (what clients cannot address).
         self._ambiguous: dict[str, int] = {}
 
+    def enable_namespacing(self) -> None:
+        """Namespaced keys (``<repository>\0<name>``) are in the table: lookups by a client's name must never
+        reach one, so :meth:`get` checks names first (the ``off`` path keeps the plain lookup)."""
+        plain_get = self.get
+
+        def get(name: str, version: int = -1) -> Model:
+            if NAMESPACE_SEPARATOR in name:
+                check_model_name(name)  # raises: a client cannot name a namespace
+            return plain_get(name, version)
+
+        self.get = get  # type: ignore[method-assign]
+
+    def _client_entry(self, name: str) -> ModelEntry | None:
+        return None if NAMESPACE_SEPARATOR in name else self._models.get(name)
+
     def get(self, name: str, version: int = -1) -> Model:
         """The READY model for ``name`` (latest ready version when ``version`` is -1).
 
@@ -160,7 +175,7 @@ class ModelTable:
         return True
 
     def ready_versions(self, name: str) -> list[str]:
-        entry = self._models.get(name)
+        entry = self._client_entry(name)
         if entry is None:
             return []
         return [str(v) for v, slot in sorted(entry.versions.items()) if slot.state is State.READY]
@@ -170,7 +185,7 @@ class ModelTable:
         names = [name] if name else sorted(self._models)
         found = []
         for n in names:
-            entry = self._models.get(n)
+            entry = self._models.get(n) if not name else self._client_entry(n)
             if entry is None:
                 continue
             for _, slot in sorted(entry.versions.items()):
