@@ -151,7 +151,9 @@ class HttpProtocol(asyncio.Protocol):
         self.url = b""
         self.headers: dict[str, str] = {}
         #: Every header as received (names' case, repeats), kept only for --http-header-forward-pattern.
-        self.raw_headers: list[tuple[bytes, bytes]] | None = [] if api.forward_headers is not None else None
+        # (the metrics endpoint's api has no patterns to forward by)
+        forwarding = getattr(api, "forward_headers", None) is not None
+        self.raw_headers: list[tuple[bytes, bytes]] | None = [] if forwarding else None
         self.body: list[bytes] = []
         self.body_size = 0
         self.queue: deque[tuple[HttpRequest, bool]] = deque()
