@@ -109,3 +109,22 @@ def test_without_namespacing_a_shared_name_is_a_conflict(tmp_path):
         for row in rows.values():
             assert row["state"] == "UNAVAILABLE" and row["reason"] == "model appears in two or more repositories"
         assert any(m["name"] == "only_first" and m.get("state") == "READY" for m in index)
+
+
+def test_explicit_loads_resolve_steps_in_the_ensembles_repository(tmp_path):
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    build_namespaced(first, second)
+    with RunningServer([first, second], ["--model-namespacing=true", "--model-control-mode=explicit",
+                                         "--load-model=ensemble_b"], timeout=120) as server:
+        client = httpclient.InferenceServerClient(server.url)
+        x = httpclient.InferInput("INPUT0", [1], "INT32")
+        x.set_data_from_numpy(np.array([1], np.int32))
+        assert client.infer("ensemble_b", [x]).as_numpy("OUT").tolist() == [b"B"]  # the second's step came along
+        def ready() -> list[str]:
+            return [m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY"]
+
+        assert sorted(ready()) == ["composing", "ensemble_b"]
+        client.load_model("composing")  # a name in both: each repository's copy loads
+        assert ready().count("composing") == 2
+        client.unload_model("composing")  # and each copy goes
+        assert "composing" not in ready()
