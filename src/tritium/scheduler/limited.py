@@ -72,8 +72,8 @@ class RateLimited(DirectScheduler):
             else:
                 live_requests.append(request)
                 live_futures.append(future)
-        if not live_requests:
-            self._limits[worker].release()
+        if not live_requests:  # every client left while it waited: nothing runs
+            self._limits[worker].release(executed=False)
             self._load[worker] = 0
             self._idle.append(worker)
             if slot is not None:

@@ -88,9 +88,11 @@ class InstanceLimit:
         """Stop waiting (the model is going away)."""
         self._limiter.unstage(self)
 
-    def release(self) -> None:
-        """The execution ended: free the resources, count the execution, let the next instance go."""
-        self.executions += 1
+    def release(self, executed: bool = True) -> None:
+        """The execution ended (or, ``executed`` False, did not happen): free the resources, count the
+        execution, let the next instance go."""
+        if executed:
+            self.executions += 1
         self._limiter.release(self)
 
 
