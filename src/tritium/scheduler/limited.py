@@ -50,8 +50,11 @@ class RateLimited(DirectScheduler):
             batch = self._take()
             if not batch:
                 return
-            worker = min(idle, key=lambda w: limits[w].scaled_priority)
-            idle.remove(worker)
+            if len(idle) == 1:
+                worker = idle.popleft()
+            else:  # the model's free instance of lowest scaled priority, as Triton stages
+                worker = min(idle, key=lambda w: limits[w].scaled_priority)
+                idle.remove(worker)
             self._load[worker] = 1
             futures = [f for _, f in batch]
             slot = None
@@ -64,6 +67,10 @@ class RateLimited(DirectScheduler):
     def _granted(self, worker: InstanceWorker) -> None:
         """``worker``'s resources are allocated: run its batch (the requests whose clients still wait)."""
         requests, futures, slot = self._waiting.pop(worker)
+        if not any(future.cancelled() for future in futures):
+            self._executing += len(futures)
+            worker.submit(requests, self._make_done(worker, futures, slot))
+            return
         live_requests, live_futures = [], []
         for request, future in zip(requests, futures, strict=True):
             if future.cancelled():

@@ -14,8 +14,10 @@ they are free and only the head (it is never passed by a cheaper instance behind
 releases them.  Registration checks the counts with Triton's messages, so a model that could never run fails
 its load instead.
 
-Everything but registration runs on the event loop; registration runs on a load thread, so the resource
-tables are guarded by a lock.  With ``--rate-limit=off`` there is no limiter at all (no cost on that path).
+Everything but registration runs on the event loop, without locks; registration runs on a load thread under
+a lock of its own and only ever replaces the table of counts whole and adds (never removes) allocation
+counters, each one step under the GIL.  With ``--rate-limit=off`` there is no limiter at all (no cost on that
+path).
 """
 
 from __future__ import annotations
@@ -64,12 +66,14 @@ def parse_resource(text: str) -> tuple[str, int, int]:
 class InstanceLimit:
     """One model instance as the limiter sees it: what it needs, its priority, how often it executed."""
 
-    __slots__ = ("name", "needs", "priority", "executions", "grant", "_limiter")
+    __slots__ = ("name", "needs", "flat", "priority", "executions", "grant", "_limiter")
 
     def __init__(self, limiter: RateLimiter, name: str, needs: Resources, priority: int) -> None:
         self._limiter = limiter
         self.name = name
         self.needs = needs
+        #: ``needs`` as (device, name, count) triples, for the checks on every execution.
+        self.flat = [(device, resource, count) for device, names in needs.items() for resource, count in names.items()]
         #: Triton treats 0 (unset) as 1.
         self.priority = max(priority, 1)
         self.executions = 0
@@ -106,12 +110,14 @@ class RateLimiter:
             self._explicit.setdefault(device, {})[name] = count
         self._lock = threading.Lock()
         self._registered: set[InstanceLimit] = set()
-        #: What exists and what is allocated now: device (or GLOBAL) -> name -> count.
+        #: What exists and what is allocated now: device (or GLOBAL) -> name -> count; every resource a
+        #: registered instance needs has both.
         self._available: Resources = {}
         self._allocated: Resources = {}
         self._staged: list[tuple[int, int, InstanceLimit]] = []
         self._order = itertools.count()
         self._attempting = False
+        self._again = False
 
     # -- registration (load threads) ----------------------------------------------------------------
 
@@ -123,20 +129,23 @@ class RateLimiter:
         with self._lock:
             self._registered.update(limits)
             try:
-                self._available = self._compute()
+                available = self._compute()
             except InvalidArgumentError:
                 self._registered.difference_update(limits)
-                self._available = self._compute()
                 raise
+            for device, names in available.items():  # counters first: the loop reads both without a lock
+                counters = self._allocated.setdefault(device, {})
+                for name in names:
+                    counters.setdefault(name, 0)
+            self._available = available
         return limits
 
     def unregister(self, limits: Sequence[InstanceLimit]) -> None:
-        """The version is gone: its needs no longer count towards the default resource counts."""
+        """The version is gone (its scheduler closed, so none of its instances is staged): its needs no longer
+        count towards the default resource counts."""
         with self._lock:
             self._registered.difference_update(limits)
             self._available = self._compute()
-            self._staged = [entry for entry in self._staged if entry[2] not in limits]
-            heapq.heapify(self._staged)
 
     def _compute(self) -> Resources:
         """The copies of each resource, as Triton's ``ResourceManager`` derives and checks them."""
@@ -179,57 +188,47 @@ class RateLimiter:
         if limit.grant is None:
             return
         limit.grant = None
-        self._staged = [entry for entry in self._staged if entry[2] is not limit]
+        self._staged[:] = [entry for entry in self._staged if entry[2] is not limit]
         heapq.heapify(self._staged)
         self._attempt()  # the head may have been the one that blocked the others
 
     def release(self, limit: InstanceLimit) -> None:
-        with self._lock:
-            for device, names in limit.needs.items():
-                allocated = self._allocated[device]
-                for name, count in names.items():
-                    allocated[name] -= count
-        self._attempt()
+        allocated = self._allocated
+        for device, name, count in limit.flat:
+            allocated[device][name] -= count
+        if self._staged:
+            self._attempt()
 
     def _attempt(self) -> None:
-        """Allocate the head of the staged heap while its resources are free; a grant that releases at once
-        (an execution that ran inline, a batch whose clients left) comes back here and is handled by the
-        loop already running."""
+        """Allocate the head of the staged heap while its resources are free; a grant that stages or releases
+        at once (an execution that ran inline, a batch whose clients left) comes back here and is handled by
+        the loop already running."""
         if self._attempting:
             self._again = True
             return
         self._attempting = True
+        staged = self._staged
         try:
-            self._again = True
-            while self._again:
+            while True:
                 self._again = False
-                while self._staged:
-                    limit = self._staged[0][2]
-                    if not self._allocate(limit):
-                        break
-                    heapq.heappop(self._staged)
+                while staged and self._allocate(staged[0][2]):
+                    limit = heapq.heappop(staged)[2]
                     grant, limit.grant = limit.grant, None
                     if grant is not None:
                         grant()
+                if not self._again:
+                    return
         finally:
             self._attempting = False
 
-    _again = False
-
     def _allocate(self, limit: InstanceLimit) -> bool:
-        with self._lock:
-            available = self._available
-            allocated = self._allocated
-            for device, names in limit.needs.items():
-                have = available.get(device, {})
-                taken = allocated.get(device, {})
-                for name, count in names.items():
-                    if taken.get(name, 0) + count > have.get(name, 0):
-                        return False
-            for device, names in limit.needs.items():
-                taken = allocated.setdefault(device, {})
-                for name, count in names.items():
-                    taken[name] = taken.get(name, 0) + count
+        available = self._available
+        allocated = self._allocated
+        for device, name, count in limit.flat:
+            if allocated[device][name] + count > available[device][name]:
+                return False
+        for device, name, count in limit.flat:
+            allocated[device][name] += count
         return True
 
 
