@@ -126,5 +126,7 @@ def test_explicit_loads_resolve_steps_in_the_ensembles_repository(tmp_path):
         assert sorted(ready()) == ["composing", "ensemble_b"]
         client.load_model("composing")  # a name in both: each repository's copy loads
         assert ready().count("composing") == 2
-        client.unload_model("composing")  # and each copy goes
-        assert "composing" not in ready()
+        client.unload_model("composing")  # and each copy goes, and the ensemble that ran one of them
+        assert ready() == []
+        rows = {m["name"]: m for m in client.get_model_repository_index()}
+        assert rows["ensemble_b"]["state"] == "UNAVAILABLE"

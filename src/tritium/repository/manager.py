@@ -27,7 +27,7 @@ from tritium.options import ServerOptions
 
 from . import planning
 from .building import ModelBuilder, finalize
-from .ensembles import dependents_of, read_ensemble_config
+from .ensembles import dependents_of, read_ensemble_config, uses
 from .overrides import OverrideDir, check_override_name
 from .overrides import remove_all as remove_overrides
 from .planning import Plan, PollFailure
@@ -318,14 +318,25 @@ class ModelRepositoryManager(ModelTable):
             return
         composing = composing_models(entry.latest.config) if entry.latest and is_ensemble(entry.latest.config) else []
         await self._unload_one(entry)
-        for ensemble in dependents_of(name, self.ready_models()):
+        for ensemble in self._dependents(name):
             await self.unload(ensemble)
             if ensemble in self._models:
-                self._models[ensemble].reason = f"composing model '{name}' was unloaded"
+                self._models[ensemble].reason = f"composing model '{name_of(name)}' was unloaded"
         if unload_dependents:
             for child, _ in composing:
-                if not dependents_of(child, self.ready_models()):
-                    await self.unload(child, True)
+                child_key = self._step_key(entry.model_dir, child)
+                if not self._dependents(child_key):
+                    await self.unload(child_key, True)
+
+    def _dependents(self, key: str) -> list[str]:
+        """The keys of the serving ensembles whose steps run the model of ``key`` (with namespacing, those
+        whose step resolves to that copy)."""
+        if not self._options.model_namespacing:
+            return dependents_of(key, self.ready_models())
+        name = name_of(key)
+        return sorted(other for other, entry in self._models.items()
+                      if other != key and entry.latest is not None and uses(entry.latest, name)
+                      and self._step_key(entry.model_dir, name) == key)
 
     async def _unload_one(self, entry: ModelEntry) -> None:
         async with entry.lock:
