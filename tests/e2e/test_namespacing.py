@@ -129,4 +129,4 @@ def test_explicit_loads_resolve_steps_in_the_ensembles_repository(tmp_path):
         client.unload_model("composing")  # and each copy goes, and the ensemble that ran one of them
         assert ready() == []
         rows = {m["name"]: m for m in client.get_model_repository_index()}
-        assert rows["ensemble_b"]["state"] == "UNAVAILABLE"
+        assert rows["ensemble_b"]["state"] in ("UNLOADING", "UNAVAILABLE")  # drained in the background
