@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -19,20 +20,16 @@ from tritium.core.response_cache import check_cache_config, parse_cache_flags
 from tritium.frontends.restrictions import GROUPS, parse_restriction
 from tritium.logsettings import configure_logging
 from tritium.options import ServerOptions
+from tritium.scheduler.rate_limiter import parse_resource
 from tritium.trace import TraceConfig, TraceManager
 
 #: tritonserver flags tritium knows but cannot honour yet, with the reason shown to the user.
 UNSUPPORTED_FLAGS: dict[str, str] = {
-    "--grpc-header-forward-pattern": "header forwarding is not available in this version of tritium",
     "--grpc-infer-thread-count": "tritium serves gRPC on its event loop; there is no gRPC thread pool to size",
     "--grpc-infer-allocation-pool-size": "tritium's gRPC frontend keeps no pool of request/response objects",
     "--grpc-max-response-pool-size": "tritium's gRPC frontend keeps no pool of request/response objects",
     "--model-load-retry-count": "load retries are not available in this version of tritium",
-    "--model-namespacing": "model namespacing is not available in this version of tritium",
     "--http-thread-count": "tritium serves HTTP on its event loop; there is no HTTP thread pool to size",
-    "--http-header-forward-pattern": "header forwarding is not available in this version of tritium",
-    "--rate-limit": "the rate limiter is not available in this version of tritium",
-    "--rate-limit-resource": "the rate limiter is not available in this version of tritium",
     "--allow-sagemaker": "the SageMaker endpoint is not available in tritium",
     "--sagemaker-port": "the SageMaker endpoint is not available in tritium",
     "--allow-vertex-ai": "the Vertex AI endpoint is not available in tritium",
@@ -95,12 +92,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strict-readiness", type=_bool, default=True, metavar="BOOL")
     p.add_argument("--exit-timeout-secs", type=int, default=30)
     p.add_argument("--model-load-thread-count", type=int, default=4)
+    p.add_argument("--model-namespacing", type=_bool, default=False, metavar="BOOL",
+                   help="true: a model name may be in several repositories, each copy loaded in its repository's "
+                        "namespace (clients address names that are in one only; an ensemble's steps find its own "
+                        "repository's copy); false (default): such a name is UNAVAILABLE and no copy loads")
+    p.add_argument("--rate-limit", default="off", metavar="MODE",
+                   help="'off' (default): run inference as soon as an instance is free; 'execution_count': an "
+                        "instance runs once the resources its rate_limiter config lists are free, instances of "
+                        "lower priority and fewer executions first")
+    p.add_argument("--rate-limit-resource", action="append", default=[], metavar="<name>:<count>[:<device>]",
+                   help="copies of a rate-limiter resource (repeatable; without <device>, on every device; "
+                        "resources the configs call global ignore <device>); once any is given, resources not "
+                        "listed have none. Default: the most any instance asks for")
     p.add_argument("--id", dest="server_id", default="triton")
     p.add_argument("--allow-http", type=_bool, default=True, metavar="BOOL")
     p.add_argument("--http-address", default="0.0.0.0")
     p.add_argument("--http-port", type=_port, default=8000)
     p.add_argument("--reuse-http-port", type=_bool, default=False, metavar="BOOL")
     p.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024)
+    p.add_argument("--http-header-forward-pattern", default="", metavar="REGEX",
+                   help="HTTP headers whose names match REGEX (case-insensitive) reach the model as request "
+                        "parameters")
     p.add_argument("--http-restricted-api", action="append", default=[], metavar="APIS:KEY=VALUE",
                    help="HTTP requests of these APIs must carry header KEY with VALUE (repeatable; APIs: "
                         + ", ".join(GROUPS) + ")")
@@ -112,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-client-shm", type=_bool, default=False, metavar="BOOL",
                    help="let clients register system shared-memory regions (off by default, as in current Triton)")
     p.add_argument("--grpc-address", default="0.0.0.0")
+    p.add_argument("--grpc-header-forward-pattern", default="", metavar="REGEX",
+                   help="gRPC metadata whose keys match REGEX (case-insensitive) reach the model as request "
+                        "parameters")
     p.add_argument("--grpc-port", type=_port, default=8001)
     p.add_argument("--reuse-grpc-port", type=_bool, default=False, metavar="BOOL")
     p.add_argument("--grpc-max-input-size", type=int, default=2**31 - 1,
@@ -286,6 +301,12 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         parser.error("--load-model requires --model-control-mode=explicit")
     cache_config = _cache_config(parser, args)
     restricted = _restrictions(parser, args)
+    rate_limit, rate_limit_resources = _rate_limit(parser, args)
+    for flag in ("http_header_forward_pattern", "grpc_header_forward_pattern"):
+        try:
+            re.compile(getattr(args, flag))
+        except re.error as e:
+            parser.error(f"--{flag.replace('_', '-')}: not a regular expression: {e}")
     trace_config = _trace_items(args)
     try:
         TraceManager(TraceConfig.parse(trace_config))
@@ -314,6 +335,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         repository_cache_dir=args.repository_cache_dir,
         repository_cache_size=args.repository_cache_size << 20,
         server_id=args.server_id,
+        model_namespacing=args.model_namespacing,
+        rate_limit=rate_limit,
+        rate_limit_resources=rate_limit_resources,
+        http_header_forward_pattern=args.http_header_forward_pattern,
+        grpc_header_forward_pattern=args.grpc_header_forward_pattern,
         allow_http=args.allow_http,
         http_address=args.http_address,
         http_port=args.http_port,
@@ -418,6 +444,20 @@ def _cache_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     except TritiumError as e:
         parser.error(f"creating server: {STATUS_TEXT[e.status]} - {e.message}")
     return config
+
+
+def _rate_limit(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, list[tuple[str, int, int]]]:
+    """``--rate-limit`` (case-insensitive, as Triton) and ``--rate-limit-resource`` items, with Triton's messages."""
+    mode = args.rate_limit.lower()
+    if mode not in ("off", "execution_count"):
+        parser.error("invalid argument for --rate-limit")
+    resources = []
+    for item in args.rate_limit_resource:
+        try:
+            resources.append(parse_resource(item))
+        except ValueError as e:
+            parser.error(str(e))
+    return mode, resources
 
 
 def _restrictions(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, dict[str, tuple[str, str]]]:

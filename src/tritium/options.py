@@ -25,6 +25,13 @@ class ServerOptions:
     repository_cache_dir: str = ""
     repository_cache_size: int = 10 << 30
     server_id: str = "triton"
+    #: ``--model-namespacing``: a model name may be in several repositories, each copy in its repository's
+    #: namespace (a client addresses a name that is in one only; ensembles find their own repository's first).
+    model_namespacing: bool = False
+    #: ``--rate-limit`` (off | execution_count) and ``--rate-limit-resource`` items as (name, count, device;
+    #: -1 for every device): see ``scheduler/rate_limiter.py``.
+    rate_limit: str = "off"
+    rate_limit_resources: list[tuple[str, int, int]] = field(default_factory=list)
 
     allow_http: bool = True
     http_address: str = "0.0.0.0"
@@ -41,12 +48,17 @@ class ServerOptions:
     http_send_timeout_secs: float = 60.0
     http_idle_timeout_secs: float = 75.0
     http_max_connections: int = 0
+    #: ``--http-header-forward-pattern``: request headers whose names match (case-insensitive search) reach
+    #: the model as string parameters, as Triton forwards them; "" forwards none.
+    http_header_forward_pattern: str = ""
 
     #: ``--http-restricted-api <group>[,<group>...]:<header>=<value>`` (repeatable): group -> (header, value)
     #: that an HTTP request of that group must carry (Triton's groups, ``frontends.restrictions``); none by default.
     http_restricted_apis: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     allow_grpc: bool = True
+    #: ``--grpc-header-forward-pattern``: the same for gRPC metadata.
+    grpc_header_forward_pattern: str = ""
     #: ``--grpc-restricted-protocol <group>[,...]:<key>=<value>`` (repeatable): group -> (key, value); a call
     #: must carry the metadata ``triton-grpc-protocol-<key>: <value>``, as in Triton.
     grpc_restricted_protocols: dict[str, tuple[str, str]] = field(default_factory=dict)

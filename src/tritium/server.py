@@ -242,6 +242,7 @@ class Server:
         """Unload ``name`` (explicit mode only); returns once it takes no new requests, as Triton does."""
         _no_repository_name(repository)
         self._explicit_only()
+        check_model_name(name)  # a client's name is never a namespaced key of the repository
         assert self.repository is not None
         dependents = (parameters or {}).get("unload_dependents", False)
         if not isinstance(dependents, bool):

@@ -2565,3 +2565,220 @@ def test_cache_configs_refused_as_triton(tmp_path: Any, flags: list[str], words:
                           capture_output=True, text=True, timeout=120)
     assert theirs.returncode != 0 and ours.returncode != 0
     assert words in theirs.stdout + theirs.stderr and words in ours.stderr
+
+
+
+
+# -- issue 26: rate limiter, header forwarding, duplicate names, the repository index -----------------------
+
+#: The request's parameters as the model reads them (Triton's JSON string, parsed).
+PARAMETERS_SEEN = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([r.parameters().encode()], np.object_))])
+                for r in requests]
+'''
+#: Sleeps, then answers [instance, start, end] (wall clock), to measure how executions overlap.
+TIMED = '''
+import json, time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.name = args["model_instance_name"]
+
+    def execute(self, requests):
+        start = time.time()
+        time.sleep(0.4)
+        out = np.array([json.dumps([self.name, start, time.time()]).encode()], np.object_)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out)]) for _ in requests]
+'''
+ONE_STRING_OUT = """
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+    output [ { name: "OUT" data_type: TYPE_STRING dims: [ 1 ] } ]
+    {extra}
+"""
+FORWARD = "^my-|^a$"
+
+
+def limited_config(resources: str, count: int = 2) -> str:
+    return ONE_STRING_OUT.replace("{extra}", f"instance_group [ {{ count: {count} kind: KIND_CPU "
+                                             f"rate_limiter {{ resources [ {resources} ] }} }} ]")
+
+
+def build_issue26_repo(repo: str) -> None:
+    """The first repository; the second (``<repo>2``) holds another ``dup``."""
+    write_python_model(repo, "params", PARAMETERS_SEEN, ONE_STRING_OUT.replace("{extra}", ""))
+    write_python_model(repo, "gone", PARAMETERS_SEEN, ONE_STRING_OUT.replace("{extra}", ""))
+    write_python_model(repo, "dup", PARAMETERS_SEEN, ONE_STRING_OUT.replace("{extra}", ""))
+    write_python_model(repo + "2", "dup", PARAMETERS_SEEN, ONE_STRING_OUT.replace("{extra}", ""))
+    write_python_model(repo, "init_fails", INIT_FAILS, ECHO_INT_CONFIG.replace("{extra}", ""))
+    write_python_model(repo, "unparsable", IDENTITY, 'backend: "python"\nmax_batch_size: [[[\n')
+    write_python_model(repo, "whole", TIMED, limited_config('{ name: "R1" count: 2 }'))
+    write_python_model(repo, "half", TIMED, limited_config('{ name: "R1" count: 1 }'))
+
+
+@pytest.fixture(scope="module")
+def issue26_pair():  # type: ignore[no-untyped-def]
+    root = tempfile.mkdtemp(prefix="tritium-issue26-")
+    repo = os.path.join(root, "repo")  # start_pair builds its own copy; the second repository is fixed here
+    build_issue26_repo(repo)
+    holder: list[str] = []
+
+    def build(target: str) -> None:
+        shutil.copytree(repo, target)
+        holder.append(target)
+
+    try:
+        yield from (servers + (holder[0],) for servers in start_pair(
+            (f"--model-repository={repo}2", "--model-control-mode=poll", "--repository-poll-secs=1",
+             f"--http-header-forward-pattern={FORWARD}", f"--grpc-header-forward-pattern={FORWARD}",
+             "--rate-limit=execution_count", "--exit-timeout-secs=5"), build))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def forwarded_parameters(s: Servers) -> list[Any]:
+    """What the model reads of headers, by HTTP, gRPC and a gRPC stream (parsed: Triton writes duplicates)."""
+    seen = []
+    x = np.array([1], np.int32)
+    result = s.http.infer("params", http_inputs(("INPUT0", x, "INT32")), parameters={"a": 1},
+                          headers={"My-Header": "Hello World", "my-other": "x", "other": "y", "A": "upper",
+                                   "priority": "7"})
+    seen.append(json.loads(result.as_numpy("OUT")[0]))
+    result = s.grpc.infer("params", grpc_inputs(("INPUT0", x, "INT32")), parameters={"a": 1},
+                          headers={"my-header": "Hello World", "other": "y", "a": "from-header"})
+    seen.append(json.loads(result.as_numpy("OUT")[0]))
+    answers: queue.Queue[Any] = queue.Queue()
+    s.grpc.start_stream(callback=lambda result, error: answers.put((result, error)), headers={"my-stream": "s"})
+    try:
+        s.grpc.async_stream_infer("params", grpc_inputs(("INPUT0", x, "INT32")), parameters={"a": 2})
+        result, error = answers.get(timeout=60)
+        seen.append(str(error) if error else json.loads(result.as_numpy("OUT")[0]))
+    finally:
+        s.grpc.stop_stream()
+    return seen
+
+
+def test_headers_forwarded_as_triton(issue26_pair: tuple[Servers, Servers, str]) -> None:
+    tritium, triton, _ = issue26_pair
+    ours, theirs = forwarded_parameters(tritium), forwarded_parameters(triton)
+    assert ours == theirs
+    assert ours[0] == {"a": 1, "My-Header": "Hello World", "my-other": "x", "A": "upper"}  # case as sent
+
+
+def index_of(s: Servers) -> list[tuple[Any, ...]]:
+    """Rows of the index, reasons by their first line (tracebacks name each server's own frames)."""
+    return [(m["name"], m.get("version"), m.get("state"), m.get("reason", "").split("\n")[0])
+            for m in s.http.get_model_repository_index()]
+
+
+def test_duplicates_failures_and_removed_folders_in_the_index_as_triton(
+        issue26_pair: tuple[Servers, Servers, str]) -> None:
+    """The same rows, but for one deliberate difference: a model whose config does not parse is listed by
+    name only by Triton, UNAVAILABLE with the reason here.  A model whose folder goes is no longer listed."""
+    tritium, triton, repo = issue26_pair
+
+    def compared() -> tuple[list[Any], list[Any]]:
+        ours, theirs = index_of(tritium), index_of(triton)
+        [unparsable] = [row for row in ours if row[0] == "unparsable"]
+        assert unparsable[2] == "UNAVAILABLE" and "config.pbtxt" in unparsable[3] and "[" in unparsable[3]
+        assert ("unparsable", None, None, "") in theirs
+        # Triton tries a failed model again at every poll (LOADING meanwhile); tritium when its files change
+        failed = ("init_fails", "1", "UNAVAILABLE", "Internal: RuntimeError: no weights today")
+        assert failed in ours and (failed in theirs or ("init_fails", "1", "LOADING", "") in theirs)
+        return ([r for r in ours if r[0] not in ("unparsable", "init_fails")],
+                [r for r in theirs if r[0] not in ("unparsable", "init_fails")])
+
+    ours, theirs = compared()
+    assert ours == theirs
+    assert ("dup", None, "UNAVAILABLE", "model appears in two or more repositories") in ours
+    assert outcome(lambda: tritium.http.infer("dup", http_inputs(("INPUT0", np.array([1], np.int32), "INT32")))) \
+        == outcome(lambda: triton.http.infer("dup", http_inputs(("INPUT0", np.array([1], np.int32), "INT32"))))
+    shutil.move(os.path.join(repo, "gone"), os.path.join(os.path.dirname(repo), "gone_away"))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ours, theirs = compared()
+        if all(row[0] != "gone" for row in ours + theirs):
+            break
+        time.sleep(0.5)
+    assert ours == theirs
+    assert all(row[0] != "gone" for row in ours)
+
+
+def overlap(s: Servers, models: list[str]) -> int:
+    """How many executions of ``models`` (one request each, sent at once) ran at one moment, at most."""
+    import threading
+
+    spans: list[tuple[float, float]] = []
+    errors: list[BaseException] = []
+
+    def call(model: str) -> None:
+        try:
+            client = httpclient.InferenceServerClient(s.url, network_timeout=120)
+            result = client.infer(model, http_inputs(("INPUT0", np.array([1], np.int32), "INT32")))
+            _, start, end = json.loads(result.as_numpy("OUT")[0])
+            spans.append((start, end))
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=call, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans], key=lambda e: (e[0], e[1]))
+    now = most = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_rate_limited_executions_overlap_as_triton(issue26_pair: tuple[Servers, Servers, str]) -> None:
+    """Two instances needing both copies of R1 run one at a time; two needing one copy each run together."""
+    tritium, triton, _ = issue26_pair
+    for models, expected in ((["whole"] * 3, 1), (["half"] * 2, 2)):
+        assert overlap(tritium, models) == overlap(triton, models) == expected
+
+
+def build_refused_resources(repo: str) -> None:
+    write_python_model(repo, "needs_two", TIMED, limited_config('{ name: "R1" count: 2 }', 1))
+    write_python_model(repo, "unlisted", TIMED, limited_config('{ name: "R9" count: 1 }', 1))
+    write_python_model(repo, "fits", TIMED, limited_config('{ name: "R1" count: 1 }', 1))
+
+
+def test_rate_limit_resources_too_few_fail_the_load_as_triton() -> None:
+    """Resources given on the command line that could never let an instance run fail its load, in Triton's
+    words; a resource not given has none."""
+    for tritium, triton in start_pair(("--rate-limit=execution_count", "--rate-limit-resource=R1:1", "--exit-timeout-secs=5"),
+                                      build_refused_resources):
+        ours, theirs = index_of(tritium), index_of(triton)
+        assert ours == theirs
+        assert ("needs_two", "1", "UNAVAILABLE", 'Invalid argument: Resource count for "R1" is limited to 1 which '
+                "will prevent scheduling of one or more model instances, the minimum required count is 2") in ours
+
+
+def test_model_namespacing_as_triton() -> None:
+    """Two repositories with the same names: each ensemble runs its own repository's step model, names in
+    both are refused in Triton's words, the index lists each repository in turn."""
+    from test_namespacing import build_namespaced, namespace_story
+
+    root = tempfile.mkdtemp(prefix="tritium-namespaces-")
+    second = os.path.join(root, "second")
+    try:
+        for tritium, triton in start_pair((f"--model-repository={second}", "--model-namespacing=true", "--exit-timeout-secs=5"),
+                                          lambda first: build_namespaced(first, second)):
+            ours = namespace_story(tritium.url, tritium.grpc_url)
+            assert ours == namespace_story(triton.url, triton.grpc_url)
+            ordered = [[m["name"] for m in s.http.get_model_repository_index()] for s in (tritium, triton)]
+            assert ordered[0] == ordered[1]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -103,7 +103,7 @@ def test_disabled_endpoints_accept_false():
     (["--grpc-infer-thread-count", "4"], "--grpc-infer-thread-count"),
     (["--grpc-infer-allocation-pool-size=8"], "--grpc-infer-allocation-pool-size"),
     (["--metrics-config=histogram_latencies=true"], "histogram_latencies"),
-    (["--rate-limit", "execution_count"], "--rate-limit"),
+    (["--model-load-retry-count", "2"], "--model-load-retry-count"),
     (["--pinned-memory-pool-byte-size=0"], "--pinned-memory-pool-byte-size"),
 ])
 def test_unsupported_flags_name_the_flag(capsys, argv, flag):
@@ -225,3 +225,48 @@ def test_cache_flags_become_the_cache_config(capsys):
     assert options.cache_config == {"local": {"size": "4096"}}
     assert "'--response-cache-byte-size' has been deprecated" in capsys.readouterr().err
     assert parse_args(REPO).cache_config == {}
+
+
+# -- issue 26: rate limiter, header forwarding, namespacing -----------------------------------------
+
+
+def test_rate_limiter_flags():
+    options = parse_args([*REPO, "--rate-limit=EXECUTION_COUNT", "--rate-limit-resource=R1:4",
+                          "--rate-limit-resource", "R2:2:1", "--rate-limit-resource=:3"])
+    assert options.rate_limit == "execution_count"
+    assert options.rate_limit_resources == [("R1", 4, -1), ("R2", 2, 1), ("", 3, -1)]
+    assert parse_args(REPO).rate_limit == "off"
+
+
+@pytest.mark.parametrize("argv, message", [
+    # Triton's own words (tritonserver 2.51 asked)
+    (["--rate-limit=bogus"], "invalid argument for --rate-limit"),
+    (["--rate-limit-resource=R1"], "--rate-limit-resource option format is '<resource_name>:<count>:<device>' "
+                                   "or '<resource_name>:<count>'. Got R1"),
+    (["--rate-limit-resource=a:1:2:3"], "option format is '<resource_name>:<count>:<device>' or "
+                                        "'<resource_name>:<count>'. Got a:1:2:3"),
+    (["--rate-limit-resource=R1:x"], "Invalid option value. Got x"),
+    (["--rate-limit-resource=R1:2:x"], "Invalid option value. Got x"),
+    (["--rate-limit-resource=R1:"], "Invalid option value. Got "),
+    # Triton reads -1 as an unsigned count (unlimited): refused here
+    (["--rate-limit-resource=R1:-1"], "count must be >= 0. Got R1:-1"),
+    (["--http-header-forward-pattern=("], "--http-header-forward-pattern: not a regular expression"),
+    (["--grpc-header-forward-pattern=a[b"], "--grpc-header-forward-pattern: not a regular expression"),
+    (["--model-namespacing=maybe"], "--model-namespacing"),
+])
+def test_bad_issue_26_flags_are_refused_with_tritons_words(capsys, argv, message):
+    assert message in refused(capsys, [*REPO, *argv])
+
+
+def test_header_patterns_and_namespacing():
+    options = parse_args([*REPO, "--http-header-forward-pattern=^x-", "--grpc-header-forward-pattern", "trace",
+                          "--model-namespacing=true"])
+    assert (options.http_header_forward_pattern, options.grpc_header_forward_pattern) == ("^x-", "trace")
+    assert options.model_namespacing is True
+
+
+def test_issue_26_flags_are_in_help():
+    out = subprocess.run([sys.executable, "-m", "tritium", "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in ("--rate-limit ", "--rate-limit-resource", "--http-header-forward-pattern",
+                 "--grpc-header-forward-pattern", "--model-namespacing"):
+        assert flag in out

@@ -43,11 +43,13 @@ CLI_FLAGS = {
     "--model-repository", "--model-store", "--model-control-mode", "--repository-poll-secs", "--repository-cache-dir",
     "--repository-cache-size", "--load-model",
     "--model-config-name", "--strict-model-config", "--disable-auto-complete-config", "--exit-on-error",
-    "--strict-readiness", "--exit-timeout-secs", "--model-load-thread-count", "--id",
+    "--strict-readiness", "--exit-timeout-secs", "--model-load-thread-count", "--id", "--model-namespacing",
+    # rate limiter
+    "--rate-limit", "--rate-limit-resource",
     # HTTP
     "--allow-http", "--http-address", "--http-port", "--reuse-http-port", "--http-max-input-size",
     "--http-restricted-api", "--http-header-timeout-secs", "--http-body-timeout-secs", "--http-send-timeout-secs",
-    "--http-idle-timeout-secs", "--http-max-connections",
+    "--http-idle-timeout-secs", "--http-max-connections", "--http-header-forward-pattern",
     # gRPC
     "--allow-grpc", "--grpc-restricted-protocol", "--allow-client-shm", "--grpc-address", "--grpc-port",
     "--reuse-grpc-port", "--grpc-max-input-size", "--grpc-use-ssl", "--grpc-use-ssl-mutual", "--grpc-server-cert",
@@ -56,6 +58,7 @@ CLI_FLAGS = {
     "--grpc-http2-min-recv-ping-interval-without-data", "--grpc-http2-max-ping-strikes",
     "--grpc-max-connection-age", "--grpc-max-connection-age-grace", "--grpc-max-connections",
     "--grpc-max-concurrent-streams", "--grpc-max-concurrent-rpcs", "--grpc-max-connection-idle",
+    "--grpc-header-forward-pattern",
     # metrics
     "--allow-metrics", "--allow-cpu-metrics", "--allow-gpu-metrics", "--metrics-address", "--metrics-port",
     "--metrics-interval-ms", "--metrics-config",
@@ -90,6 +93,8 @@ SERVER_OPTIONS = {
     "metrics_interval_ms", "metrics_counter_latencies", "metrics_summary_latencies", "metrics_summary_quantiles",
     "log_verbose", "log_info", "log_warning", "log_error", "log_format", "log_file",
     "trace_config", "backend_config", "backend_directory", "cache_config",
+    "model_namespacing", "rate_limit", "rate_limit_resources", "http_header_forward_pattern",
+    "grpc_header_forward_pattern",
 }
 
 REQUEST_FIELDS = [

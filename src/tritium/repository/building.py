@@ -8,6 +8,7 @@ its instances freed, and never takes the server or another version down.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from tritium.core.model import Model
 from tritium.core.response_cache import ResponseCache
 from tritium.core.stats import LatencySummaries
 from tritium.options import ServerOptions
+from tritium.scheduler.rate_limiter import RateLimiter
 from tritium.scheduler.workers import InstanceWorker
 
 from .planning import Plan
@@ -49,13 +51,19 @@ class ModelBuilder:
         self.inference: InferenceHandle | None = None
         #: The server's response cache (``--cache-config``), for models whose config enables it.
         self.response_cache: ResponseCache | None = None
+        #: With ``--model-namespacing``: (ensemble folder, step model) -> the key an ensemble's step resolves
+        #: to (its own repository's copy first); set by the manager.
+        self.step_key: Callable[[str, str], str] | None = None
+        #: The server's rate limiter (``--rate-limit=execution_count``), shared by every model; ``None`` when off.
+        self.rate_limiter = RateLimiter(options.rate_limit_resources) if options.rate_limit == "execution_count" \
+            else None
 
     def build(self, name: str, plan: Plan, versions: Sequence[int],
               loop: asyncio.AbstractEventLoop) -> list[VersionSlot]:
         """One slot per version of ``versions``, READY or UNAVAILABLE; raises when the config itself is bad."""
         config, backend = self._complete_config(name, plan, versions)
         if is_ensemble(config):
-            return [self._build_ensemble(name, version, config) for version in versions]
+            return [self._build_ensemble(name, version, config, plan.model_dir) for version in versions]
         assert backend is not None  # validate() refuses configs without a backend
         check_model(backend, config, name)
         slots = []
@@ -99,11 +107,17 @@ class ModelBuilder:
         check_config_paths(config, model_dir, versions, name, plan.from_client)  # auto-complete may add some
         return config, backend
 
-    def _build_ensemble(self, name: str, version: int, config: mc.ModelConfig) -> VersionSlot:
+    def _build_ensemble(self, name: str, version: int, config: mc.ModelConfig, model_dir: str) -> VersionSlot:
         """An ensemble version: its graph checked against the loaded composing models, no instances."""
         steps = ensemble_steps(config, name)
-        check_composing_models(config, name, steps, lambda m, v: self._lookup(m, v).config)
-        scheduler = ensemble_scheduler(name, config, steps, self._lookup)
+        lookup = self._lookup
+        step_key = self.step_key
+        if self._options.model_namespacing and step_key is not None:
+            def lookup(model: str, version: int) -> Model:  # its own repository's copy of a name in several
+                return self._lookup(step_key(model_dir, model), version)
+
+        check_composing_models(config, name, steps, lambda m, v: lookup(m, v).config)
+        scheduler = ensemble_scheduler(name, config, steps, lookup)
         return VersionSlot(version, State.READY, model=Model(name, version, config, scheduler,
                                                              cache=self._cache_for(config)))
 
@@ -129,9 +143,14 @@ class ModelBuilder:
         ctx = self._context(name, version, model_dir, config, plan.from_client)
         try:
             check_instance_groups(config, name, self.gpus)
-            make_scheduler = scheduler_for(config, model_dir)  # its settings are checked before the model loads
+            specs = _instance_specs(config)
+            limits = None
+            if self.rate_limiter is not None:  # resources that could never let an instance run fail the load now
+                limits = self.rate_limiter.register(specs)
+                slot.unregister = functools.partial(self.rate_limiter.unregister, limits)
+            make_scheduler = scheduler_for(config, model_dir, limits)  # settings checked before the model loads
             slot.model_state = backend.model_initialize(ctx)
-            for spec in _instance_specs(config):
+            for spec in specs:
                 slot.instances.append(slot.model_state.instance_initialize(spec))
             inline_s = self._options.inline_execute_us / 1e6
             workers = [InstanceWorker(instance, loop, inline_s) for instance in slot.instances]
@@ -153,6 +172,9 @@ class ModelBuilder:
 
 def finalize(slot: VersionSlot) -> None:
     """Free the version's instances and model state (each failure logged, none raised)."""
+    if slot.unregister is not None:
+        slot.unregister()
+        slot.unregister = None
     for instance in slot.instances:
         try:
             instance.finalize()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -27,11 +28,11 @@ from tritium.options import ServerOptions
 
 from . import planning
 from .building import ModelBuilder, finalize
-from .ensembles import dependents_of, read_ensemble_config
+from .ensembles import dependents_of, read_ensemble_config, uses
 from .overrides import OverrideDir, check_override_name
 from .overrides import remove_all as remove_overrides
 from .planning import Plan, PollFailure
-from .state import ModelEntry, ModelTable, State, VersionSlot
+from .state import DUPLICATE, NAMESPACE_SEPARATOR, ModelEntry, ModelTable, State, VersionSlot, name_of
 from .storage import CacheSettings, ModelSource, open_storages
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,9 @@ class ModelRepositoryManager(ModelTable):
         )
         #: Where each model was last fetched from (its local copy goes when it no longer serves).
         self._sources: dict[str, ModelSource] = {}
+        self._builder.step_key = self._step_key
+        if options.model_namespacing:
+            self.enable_namespacing()
 
     @property
     def inference(self) -> InferenceHandle | None:
@@ -86,12 +90,21 @@ class ModelRepositoryManager(ModelTable):
     # -- discovery --------------------------------------------------------------------------------
 
     def scan(self, failures: list[TritiumError] | None = None) -> dict[str, ModelSource | None]:
-        """Model name -> where it is, for every model in the repositories; ``None`` when the name is in two.
+        """Model key -> where it is, for every model in the repositories (:func:`.planning.scan`): the name, or
+        with ``--model-namespacing`` one key per repository for a name in several (clients cannot address those;
+        this remembers which names they are).
 
         A repository that cannot be read raises, or, when ``failures`` is given, is skipped and its error
         added there.
         """
-        return planning.scan(self._storages, self._ignored_names, failures)
+        found = planning.scan(self._storages, self._ignored_names, failures, self._options.model_namespacing)
+        if self._options.model_namespacing:
+            counts: dict[str, int] = {}
+            for key in found:
+                if NAMESPACE_SEPARATOR in key:
+                    counts[name_of(key)] = counts.get(name_of(key), 0) + 1
+            self._ambiguous = counts
+        return found
 
     async def scan_async(self, failures: list[TritiumError] | None = None) -> dict[str, ModelSource | None]:
         """:meth:`scan` off the event loop (object storage lists over the network)."""
@@ -103,8 +116,17 @@ class ModelRepositoryManager(ModelTable):
 
     async def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """The repository index as Triton shows it (see :meth:`.state.ModelTable.rows`); a repository that
-        cannot be read lists none of its models (the error is logged)."""
-        return self.rows(set(await self.scan_async([])), ready_only)
+        cannot be read lists none of its models (the error is logged). With namespacing, ordered by repository,
+        then name, as Triton orders its (namespace, name) identifiers."""
+        found = await self.scan_async([])
+        order = None
+        if self._options.model_namespacing:
+            repositories = {key: os.path.dirname(str(source)) for key, source in found.items() if source}
+
+            def order(key: str) -> tuple[str, str]:
+                return repositories.get(key, "\U0010ffff"), name_of(key)
+
+        return self.rows(set(found), ready_only, {name for name, source in found.items() if source is None}, order)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -114,11 +136,12 @@ class ModelRepositoryManager(ModelTable):
         if self._options.model_control_mode == "explicit":
             wanted = self._options.load_models
             names = sorted(found) if "*" in wanted else list(dict.fromkeys(wanted))
+            names = [key for name in names for key in self._keys(name, found)]
         else:
             names = sorted(found)
         for name, source in found.items():
             if source is not None and name not in self._models:
-                self._models[name] = ModelEntry(name, str(source))
+                self._models[name] = ModelEntry(name_of(name), str(source))
         results = await asyncio.gather(*(self.load(name, found) for name in names), return_exceptions=True)
         return [name for name, result in zip(names, results, strict=True) if isinstance(result, BaseException)]
 
@@ -132,7 +155,16 @@ class ModelRepositoryManager(ModelTable):
         then swapped in; replaced and dropped versions are drained and finalized in the background.
         Versions whose files and config did not change are kept as they are.
         """
-        check_model_name(name)  # before anything touches the file system
+        check_model_name(self._checked_name(name))  # before anything touches the file system
+        if self._ambiguous and name in self._ambiguous and not (config or files):
+            # a name in several namespaces: each copy loads (as Triton's load of a name)
+            found = await self.scan_async() if found is None else found
+            keys = self._keys(name, found)
+            results = await asyncio.gather(*(self.load(key, found) for key in keys), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            return
         if files:
             # a refused request changes nothing: no folder written, no entry made or changed
             if config is None:
@@ -145,13 +177,13 @@ class ModelRepositoryManager(ModelTable):
             if failures:  # it may be in the repository that cannot be read: say so
                 raise UnavailableError(f"failed to load '{name}': {'; '.join(map(str, failures))}")
             raise InternalError(f"failed to load '{name}', failed to poll from model repository")
-        if name in found and found[name] is None:
-            entry = self._models.setdefault(name, ModelEntry(name, ""))
-            entry.state, entry.reason = State.UNAVAILABLE, f"model '{name}' appears in multiple repositories"
-            log.error("failed to load '%s': %s", name, entry.reason)
-            raise InvalidArgumentError(entry.reason)
         source = found.get(name)  # a model made only of file overrides has no folder in the repository
-        entry = self._models.setdefault(name, ModelEntry(name, str(source or "")))
+        if name in found and source is None:  # the index says so (state.DUPLICATE); the load fails as Triton's
+            entry = self._models.setdefault(name, ModelEntry(name, ""))
+            entry.state, entry.reason = State.UNAVAILABLE, DUPLICATE
+            log.error("failed to poll model '%s': not unique across all model repositories", name)
+            raise InternalError(f"failed to load '{name}', failed to poll from model repository")
+        entry = self._models.setdefault(name, ModelEntry(name_of(name), str(source or "")))
         entry.loads += 1
         try:
             path = str(source or "")
@@ -215,10 +247,11 @@ class ModelRepositoryManager(ModelTable):
                 if step_model in chain or step_model == name:
                     raise ModelConfigError(f"in ensemble '{name}', composing model '{step_model}' leads back to "
                                            f"ensemble '{name}': ensembles must not contain themselves")
-                child = self._models.get(step_model)
+                step_key = self._step_key(model_dir, step_model)
+                child = self._models.get(step_key)
                 if child is None or child.latest is None or child.lock.locked():
                     try:
-                        await self.load(step_model)
+                        await self.load(step_key)
                     except TritiumError as e:
                         raise UnavailableError(f"in ensemble '{name}', composing model '{step_model}' failed to "
                                                f"load: {e}") from None
@@ -286,7 +319,7 @@ class ModelRepositoryManager(ModelTable):
             if override is not None:
                 override.remove()
             entry.poll_failed, entry.reason = True, str(e)
-            if not entry.versions:
+            if entry.latest is None:
                 entry.state = State.UNAVAILABLE
             # the operator's log names the folder; what clients read names paths relative to it
             log.error("failed to load '%s' from %s: %s", name, model_dir, e)
@@ -345,16 +378,31 @@ class ModelRepositoryManager(ModelTable):
         entry = self._models.get(name)
         if entry is None:
             check_model_name(name)  # an unknown name: say so when it cannot be a model's name at all
+            if self._ambiguous and name in self._ambiguous:  # every copy of a name in several namespaces
+                for key in [key for key in self._models if name_of(key) == name and key != name]:
+                    await self.unload(key, unload_dependents)
             return
         composing = composing_models(entry.latest.config) if entry.latest and is_ensemble(entry.latest.config) else []
         await self._unload_one(entry)
-        for ensemble in dependents_of(name, self.ready_models()):
+        for ensemble in self._dependents(name):
             await self.unload(ensemble)
-            self._models[ensemble].reason = f"composing model '{name}' was unloaded"
+            if ensemble in self._models:
+                self._models[ensemble].reason = f"composing model '{name_of(name)}' was unloaded"
         if unload_dependents:
             for child, _ in composing:
-                if not dependents_of(child, self.ready_models()):
-                    await self.unload(child, True)
+                child_key = self._step_key(entry.model_dir, child)
+                if not self._dependents(child_key):
+                    await self.unload(child_key, True)
+
+    def _dependents(self, key: str) -> list[str]:
+        """The keys of the serving ensembles whose steps run the model of ``key`` (with namespacing, those
+        whose step resolves to that copy)."""
+        if not self._options.model_namespacing:
+            return dependents_of(key, self.ready_models())
+        name = name_of(key)
+        return sorted(other for other, entry in self._models.items()
+                      if other != key and entry.latest is not None and uses(entry.latest, name)
+                      and self._step_key(entry.model_dir, name) == key)
 
     async def _unload_one(self, entry: ModelEntry) -> None:
         async with entry.lock:
@@ -367,6 +415,24 @@ class ModelRepositoryManager(ModelTable):
                 entry.state, entry.reason = State.UNAVAILABLE, "unloaded"
             tasks = [self._spawn_retire(slot) for slot in retire]
         self._track(asyncio.ensure_future(self._release_after(entry, tasks)))
+
+    def _checked_name(self, name: str) -> str:
+        """What of ``name`` must be a valid model name: all of it, or the name part of a namespaced key (never
+        a client's: the server checks those before they get here)."""
+        return name_of(name) if self._options.model_namespacing and NAMESPACE_SEPARATOR in name else name
+
+    def _keys(self, name: str, found: Mapping[str, ModelSource | None]) -> list[str]:
+        """The keys of ``name``: itself, or with namespacing the key of each repository's copy."""
+        if not self._ambiguous or name not in self._ambiguous:
+            return [name]
+        return [key for key in found if NAMESPACE_SEPARATOR in key and name_of(key) == name]
+
+    def _step_key(self, model_dir: str, step_model: str) -> str:
+        """The key of an ensemble step's model: with namespacing, the copy in the ensemble's own repository
+        when its name is in several (as Triton resolves steps in the ensemble's namespace first)."""
+        if self._ambiguous and step_model in self._ambiguous:
+            return os.path.dirname(model_dir) + NAMESPACE_SEPARATOR + step_model
+        return step_model
 
     async def unload_all(self) -> None:
         """Unload every model and wait until each has drained and been finalized (shutdown)."""

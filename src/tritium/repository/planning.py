@@ -7,6 +7,7 @@ Nothing here builds or runs a model; the planning functions run on a load thread
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from tritium.core.errors import InternalError, InvalidArgumentError, TritiumErro
 from tritium.core.names import name_problem, shown
 
 from .fingerprint import model_fingerprint, version_fingerprint
-from .state import ModelEntry, State, VersionSlot
+from .state import NAMESPACE_SEPARATOR, ModelEntry, State, VersionSlot
 from .storage import ModelSource, ModelStorage
 from .versions import select_versions
 
@@ -48,15 +49,32 @@ class PollFailure(InternalError):
     """The model's config cannot be read: Triton treats the folder as no model at all."""
 
 
-def scan(storages: Sequence[ModelStorage], ignored: set[str],
-         failures: list[TritiumError] | None = None) -> dict[str, ModelSource | None]:
-    """Model name -> where it is, for every model in the repositories; ``None`` when the name is in two.
+def scan(storages: Sequence[ModelStorage], ignored: set[str], failures: list[TritiumError] | None = None,
+         namespacing: bool = False) -> dict[str, ModelSource | None]:
+    """Model key -> where it is, for every model in the repositories.  The key is the model's name; a name in
+    two repositories maps to ``None``, or with ``namespacing`` each copy has its own key,
+    ``<repository>\0<name>``.
 
     Folders whose names cannot be model names are skipped, with a warning the first time (``ignored``
     remembers them).  A repository that cannot be read raises, unless ``failures`` collects the errors
     (then the other repositories are still scanned).
     """
-    found: dict[str, ModelSource | None] = {}
+    found = _scan(storages, ignored, failures)
+    if not namespacing:
+        return {name: sources[0] if len(sources) == 1 else None for name, sources in found.items()}
+    keyed: dict[str, ModelSource | None] = {}
+    for name, sources in found.items():
+        if len(sources) == 1:
+            keyed[name] = sources[0]
+        else:
+            for source in sources:
+                keyed[os.path.dirname(str(source)) + NAMESPACE_SEPARATOR + name] = source
+    return keyed
+
+
+def _scan(storages: Sequence[ModelStorage], ignored: set[str],
+          failures: list[TritiumError] | None) -> dict[str, list[ModelSource]]:
+    found: dict[str, list[ModelSource]] = {}
     for storage in storages:
         try:
             entries = storage.list_models()
@@ -76,7 +94,7 @@ def scan(storages: Sequence[ModelStorage], ignored: set[str],
                     log.warning("model folder '%s' of repository '%s' is ignored: %s", shown(entry),
                                 storage.location, problem)
                 continue
-            found[entry] = None if entry in found else ModelSource(storage, entry)
+            found.setdefault(entry, []).append(ModelSource(storage, entry))
     return found
 
 

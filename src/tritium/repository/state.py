@@ -9,14 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tritium.backends.base import ModelInstanceState, ModelState
-from tritium.core.errors import NotFoundError, TritiumError, UnavailableError
+from tritium.core.errors import InvalidArgumentError, NotFoundError, TritiumError, UnavailableError
 from tritium.core.model import Model
 from tritium.core.names import check_model_name
 
 from .overrides import OverrideDir
+
+#: Between a repository and a model name in the key of a model whose name is in several repositories
+#: (``--model-namespacing``); no model name or path holds it.
+NAMESPACE_SEPARATOR = "\0"
+
+
+def name_of(key: str) -> str:
+    """The model name of a repository key (the key itself unless namespaced)."""
+    return key.rpartition(NAMESPACE_SEPARATOR)[2]
+
+
+#: Triton's reason for a model name that is in more than one repository (none of them loads).
+DUPLICATE = "model appears in two or more repositories"
 
 
 class State(enum.Enum):
@@ -42,6 +57,8 @@ class VersionSlot:
     fingerprint: str = ""
     #: The temporary model directory of a load with file overrides, removed when its last version goes.
     override: OverrideDir | None = None
+    #: Gives the instances' rate-limiter resources back when the version is freed (rate limiting on).
+    unregister: Callable[[], None] | None = None
 
 
 @dataclass
@@ -104,7 +121,26 @@ class ModelTable:
     """The models by name, and the read-only questions the server asks about them."""
 
     def __init__(self) -> None:
+        #: By key: the model's name, or with ``--model-namespacing`` ``<repository>\0<name>`` for a name that is
+        #: in several repositories (:func:`.planning.scan`).
         self._models: dict[str, ModelEntry] = {}
+        #: With ``--model-namespacing``: names in several repositories -> how many (what clients cannot address).
+        self._ambiguous: dict[str, int] = {}
+
+    def enable_namespacing(self) -> None:
+        """Namespaced keys (``<repository>\0<name>``) are in the table: lookups by a client's name must never
+        reach one, so :meth:`get` checks names first (the ``off`` path keeps the plain lookup)."""
+        plain_get = self.get
+
+        def get(name: str, version: int = -1) -> Model:
+            if NAMESPACE_SEPARATOR in name:
+                check_model_name(name)  # raises: a client cannot name a namespace
+            return plain_get(name, version)
+
+        self.get = get  # type: ignore[method-assign]
+
+    def _client_entry(self, name: str) -> ModelEntry | None:
+        return None if NAMESPACE_SEPARATOR in name else self._models.get(name)
 
     def get(self, name: str, version: int = -1) -> Model:
         """The READY model for ``name`` (latest ready version when ``version`` is -1).
@@ -115,6 +151,10 @@ class ModelTable:
         if entry is None or not entry.versions:
             if entry is None:
                 check_model_name(name)  # only on this failure path: a known name is valid by construction
+                if name in self._ambiguous:
+                    raise InvalidArgumentError(
+                        f"There are {self._ambiguous[name]} identifiers of model '{name}' in global map, model "
+                        "namespace must be provided to resolve ambiguity.")
             raise NotFoundError(f"Request for unknown model: '{name}' is not found")
         if version < 0:
             if entry.latest is not None:
@@ -135,7 +175,7 @@ class ModelTable:
         return True
 
     def ready_versions(self, name: str) -> list[str]:
-        entry = self._models.get(name)
+        entry = self._client_entry(name)
         if entry is None:
             return []
         return [str(v) for v, slot in sorted(entry.versions.items()) if slot.state is State.READY]
@@ -145,7 +185,7 @@ class ModelTable:
         names = [name] if name else sorted(self._models)
         found = []
         for n in names:
-            entry = self._models.get(n)
+            entry = self._models.get(n) if not name else self._client_entry(n)
             if entry is None:
                 continue
             for _, slot in sorted(entry.versions.items()):
@@ -173,18 +213,32 @@ class ModelTable:
                 return False
         return True
 
-    def rows(self, found: set[str], ready_only: bool = False) -> list[dict[str, str]]:
-        """The repository index as Triton shows it, of the models ``found`` in the repositories and those known:
-        sorted by name; models never loaded (or whose config cannot be read) by name only; otherwise one row per
-        version, ``reason`` only when not empty."""
+    def rows(self, found: set[str], ready_only: bool = False, duplicates: set[str] | frozenset[str] = frozenset(),
+             order: Callable[[str], Any] | None = None) -> list[dict[str, str]]:
+        """The repository index as Triton shows it, of the models ``found`` in the repositories: sorted by name;
+        models never loaded by name only; otherwise one row per version, ``reason`` only when not empty.
+
+        Unlike Triton 2.51, which lists it by name only, a model whose config cannot be read is UNAVAILABLE with
+        the reason, so that a user reading the index sees why.  A model whose folder is gone is no longer listed
+        (as Triton), unless a version of it still serves or loads (one loaded from a client's files).  A name in
+        several repositories (``duplicates``) is UNAVAILABLE with Triton's reason, whatever else is known of it.
+        Rows are ordered by key, or by ``order`` (with namespacing: repository, then name); each shows the name.
+        """
         rows: list[dict[str, str]] = []
-        for name in sorted(found | set(self._models)):
-            entry = self._models.get(name)
-            if entry is None or (not entry.versions and (entry.state is State.UNKNOWN or entry.poll_failed)):
+        for key in sorted(found | set(self._models), key=order):
+            name = name_of(key)
+            if key in duplicates:
+                if not ready_only:
+                    rows.append(_row(name, None, State.UNAVAILABLE, DUPLICATE))
+                continue
+            entry = self._models.get(key)
+            if key not in found and (entry is None or not _in_service(entry)):
+                continue
+            if entry is None or (not entry.versions and entry.state is State.UNKNOWN):
                 if not ready_only:
                     rows.append({"name": name})
                 continue
-            if not entry.versions:
+            if not entry.versions or (entry.poll_failed and entry.latest is None):
                 if not ready_only:
                     rows.append(_row(name, None, entry.state, entry.reason))
                 continue
@@ -194,6 +248,12 @@ class ModelTable:
                     continue
                 rows.append(_row(name, version, slot.state, slot.reason))
         return rows
+
+
+def _in_service(entry: ModelEntry) -> bool:
+    """A version of ``entry`` serves, loads or drains."""
+    return entry.state is State.LOADING or any(
+        slot.state in (State.READY, State.LOADING, State.UNLOADING) for slot in entry.versions.values())
 
 
 def _row(name: str, version: int | None, state: State, reason: str) -> dict[str, str]:

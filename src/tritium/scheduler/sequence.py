@@ -335,7 +335,11 @@ class SequenceBatcher(InFlightScheduler):
         rows = [row if row is not None else self._null_request(template) for row in rows]
         lane.busy = True
         self._executing += len(entries)
-        lane.worker.submit(rows, self._make_done(lane, entries, sequences, rows))
+        self._submit(lane, rows, self._make_done(lane, entries, sequences, rows))
+
+    def _submit(self, lane: _Lane, rows: list[InferenceRequest], done: Done) -> None:
+        """Run a formed batch on its lane's instance (the rate-limited batcher waits for resources first)."""
+        lane.worker.submit(rows, done)
 
     def _prepare(self, entry: _Entry, sequence: _Sequence) -> None:
         """Add control and state inputs to the request; ask for its state outputs."""

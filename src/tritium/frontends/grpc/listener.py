@@ -67,7 +67,7 @@ class GrpcFrontend:
     """Serves :class:`GrpcApi` on ``--grpc-address``:``--grpc-port``."""
 
     def __init__(self, api: InferenceAPI, options: ServerOptions) -> None:
-        self.api = GrpcApi(api, options.grpc_restricted_protocols)
+        self.api = GrpcApi(api, options.grpc_restricted_protocols, options.grpc_header_forward_pattern)
         self.options = options
         for key, _ in options.grpc_restricted_protocols.values():
             if key != key.lower():  # gRPC metadata keys are lower-case on the wire; Triton compares as configured

@@ -27,6 +27,7 @@ from tritium.core.errors import InternalError, InvalidArgumentError, TritiumErro
 from tritium.core.inference import InferenceRequest, InferenceResponse
 from tritium.core.model import Model
 from tritium.core.model import parse_version as _version
+from tritium.frontends.forwarding import forward_headers, forward_pattern
 from tritium.frontends.restrictions import (
     GRPC_GROUPS,
     GRPC_HEADER_PREFIX,
@@ -92,8 +93,11 @@ def _guarded(method: Callable[[Any, Context], Awaitable[Any]]) -> Callable[[Any,
 class GrpcApi:
     """Triton's gRPC RPCs over the protocol-neutral :class:`InferenceAPI`."""
 
-    def __init__(self, api: InferenceAPI, restricted: Restrictions | None = None) -> None:
+    def __init__(self, api: InferenceAPI, restricted: Restrictions | None = None,
+                 header_forward_pattern: str = "") -> None:
         self.api = api
+        #: ``--grpc-header-forward-pattern``: metadata whose keys it finds reach the model as parameters.
+        self.forward_headers = forward_pattern(header_forward_pattern)
         #: --grpc-restricted-protocol: group -> (key, value); RPCs of these groups get a check, the others none.
         self.restricted = restricted or {}
         check_restrictions(self.restricted, "grpc-restricted-protocol")
@@ -235,6 +239,12 @@ class GrpcApi:
 
     # -- inference ------------------------------------------------------------------------------
 
+    def _forward(self, context: Context, parameters: dict[str, Any]) -> None:
+        """The call's metadata that the forward pattern finds, by key as Triton's (sorted) metadata map."""
+        assert self.forward_headers is not None
+        metadata = sorted(context.invocation_metadata() or (), key=lambda item: item[0])
+        forward_headers(self.forward_headers, metadata, parameters)
+
     def _model(self, decoded: DecodedRequest) -> Model:
         if decoded.error is not None:  # the message could not be parsed: not even its model name is known
             raise InvalidArgumentError(decoded.error)
@@ -246,6 +256,8 @@ class GrpcApi:
         model = self._model(decoded)
         api.require_unary(model, "ModelInfer RPC")
         request = to_inference_request(decoded, model.name, model.version, api.system_shm)
+        if self.forward_headers is not None:
+            self._forward(context, request.parameters)
         trace = api.start_trace(model, request.id)
         if trace is not None:
             return await self._traced_infer(model, request, trace, context, decoded.shm_outputs)
@@ -286,6 +298,9 @@ class GrpcApi:
         tasks: set[asyncio.Task[None]] = set()
         grpc_error = any(key == "triton_grpc_error" and value == "true"
                          for key, value in context.invocation_metadata() or ())
+        forwarded: dict[str, Any] = {}
+        if self.forward_headers is not None:  # the stream's metadata, for each of its requests
+            self._forward(context, forwarded)
         slots = asyncio.Semaphore(STREAM_DEPTH)
 
         async def put(item: bytes | TritiumError) -> None:
@@ -305,7 +320,7 @@ class GrpcApi:
                         decoded = await iterator.__anext__()
                     except StopAsyncIteration:
                         break
-                    task = asyncio.ensure_future(self._stream_one(decoded, put, grpc_error))
+                    task = asyncio.ensure_future(self._stream_one(decoded, put, grpc_error, forwarded))
                     tasks.add(task)
                     task.add_done_callback(done)
                 if tasks:
@@ -328,12 +343,15 @@ class GrpcApi:
                 task.cancel()
 
     async def _stream_one(self, decoded: DecodedRequest, put: Callable[[bytes | TritiumError], Awaitable[None]],
-                          grpc_error: bool = False) -> None:
-        """One request of a stream; ``grpc_error``: an error of its execution ends the stream (queued as is)."""
+                          grpc_error: bool = False, forwarded: dict[str, Any] | None = None) -> None:
+        """One request of a stream; ``grpc_error``: an error of its execution ends the stream (queued as is);
+        ``forwarded``: the stream's metadata that ``--grpc-header-forward-pattern`` forwards."""
         request_id = decoded.message.id
         try:
             model = self._model(decoded)
             request = to_inference_request(decoded, model.name, model.version, self.api.system_shm)
+            if forwarded:
+                request.parameters.update(forwarded)
             if grpc_error:  # a request refused before it runs is answered in-band even so (as Triton)
                 self.api.validate(request, model)
             shm = decoded.shm_outputs

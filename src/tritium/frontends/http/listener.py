@@ -154,7 +154,8 @@ class HttpFrontend(HttpListener):
 
     def __init__(self, api: InferenceAPI, options: ServerOptions) -> None:
         super().__init__(
-            HttpApi(api, options.http_max_input_size, options.http_restricted_apis),
+            HttpApi(api, options.http_max_input_size, options.http_restricted_apis,
+                    options.http_header_forward_pattern),
             options.http_address,
             options.http_port,
             options.http_max_input_size,

@@ -24,6 +24,7 @@ from tritium.core.inference import InferenceRequest
 from tritium.core.model import Model, parse_version
 from tritium.core.shm_regions import CUDA_IPC_HANDLE_SIZE
 from tritium.core.streaming import StreamItem
+from tritium.frontends.forwarding import forward_headers, forward_pattern
 from tritium.frontends.restrictions import Restrictions, check_restrictions, http_group, refusal_message
 
 from .codec import (
@@ -66,6 +67,8 @@ class HttpRequest:
     headers: dict[str, str]
     #: A memoryview when a big body was received into shared memory (``core.shared_memory``).
     body: bytes | memoryview
+    #: Every header as received, in order (only with ``--http-header-forward-pattern``).
+    raw_headers: list[tuple[bytes, bytes]] | None = None
 
 
 @dataclass(slots=True)
@@ -105,9 +108,12 @@ def _not_allowed(content_type: bytes = JSON) -> HttpResponse:
 class HttpApi:
     """Routes HTTP requests to the protocol-neutral :class:`InferenceAPI`."""
 
-    def __init__(self, api: InferenceAPI, max_input_size: int, restricted: Restrictions | None = None) -> None:
+    def __init__(self, api: InferenceAPI, max_input_size: int, restricted: Restrictions | None = None,
+                 header_forward_pattern: str = "") -> None:
         self.api = api
         self.max_input_size = max_input_size
+        #: ``--http-header-forward-pattern``: headers whose names it finds reach the model as parameters.
+        self.forward_headers = forward_pattern(header_forward_pattern)
         if restricted:
             # --http-restricted-api: checked before routing, as Triton does; without it nothing runs per request
             check_restrictions(restricted, "http-restricted-api")
@@ -358,6 +364,8 @@ class HttpApi:
                 )
             else:
                 infer_request, encoding = decode_infer_request(body, length, name, version, api.system_shm)
+        if self.forward_headers is not None and request.raw_headers:
+            forward_headers(self.forward_headers, request.raw_headers, infer_request.parameters)
         if trace is not None:
             trace.stamp("HTTP_RECV_END")
             trace.request_id = infer_request.id

@@ -124,7 +124,7 @@ class HttpProtocol(asyncio.Protocol):
         "api", "max_body", "loop", "transport", "parser", "url", "headers", "body", "body_size",
         "queue", "busy", "closing", "tasks", "head_size", "refusal", "in_head", "shared",
         "listener", "requests", "in_body", "write_paused", "reading_paused", "queued_bytes", "mark", "mark_at",
-        "drained",
+        "drained", "raw_headers",
     )
 
     def __init__(self, api: HttpApi, max_body: int, loop: asyncio.AbstractEventLoop, listener: Admission) -> None:
@@ -150,6 +150,10 @@ class HttpProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
         self.headers: dict[str, str] = {}
+        #: Every header as received (names' case, repeats), kept only for --http-header-forward-pattern.
+        # (the metrics endpoint's api has no patterns to forward by)
+        forwarding = getattr(api, "forward_headers", None) is not None
+        self.raw_headers: list[tuple[bytes, bytes]] | None = [] if forwarding else None
         self.body: list[bytes] = []
         self.body_size = 0
         self.queue: deque[tuple[HttpRequest, bool]] = deque()
@@ -292,6 +296,8 @@ class HttpProtocol(asyncio.Protocol):
             pass
         self.url = b""
         self.headers = {}
+        if self.raw_headers is not None:
+            self.raw_headers = []
         self.body = []
         self.body_size = 0
         self.head_size = 0
@@ -319,6 +325,9 @@ class HttpProtocol(asyncio.Protocol):
                 _HEADER_NAMES[name] = key
         if key not in self.headers:  # a repeated header: the first counts, as in Triton (libevhtp's lookup)
             self.headers[key] = value.decode("latin-1")
+        raw = self.raw_headers
+        if raw is not None:
+            raw.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -357,7 +366,7 @@ class HttpProtocol(asyncio.Protocol):
             body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         raw_method = self.parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        request = HttpRequest(method, path, self.headers, body)
+        request = HttpRequest(method, path, self.headers, body, self.raw_headers)
         self.queue.append((request, self.parser.should_keep_alive()))
         self.queued_bytes += len(body)
         if not (self.busy or self.write_paused):
