@@ -489,3 +489,39 @@ def test_poll_mode_and_stop_when_collected(tmp_path: object) -> None:
     gc.collect()
     thread.join(timeout=60)
     assert not thread.is_alive() and threading.active_count() >= 1
+
+
+def test_cache_rate_limiter_and_namespacing_options_reach_the_server(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Triton's Options for the response cache, the rate limiter and namespacing configure the server as the
+    command line's flags do (and a cache config Triton refuses is refused at start, in its words)."""
+    first, second = str(tmp_path / "a"), str(tmp_path / "b")
+    cached = IDENTITY_CONFIG + "\nresponse_cache { enable: true }\n"
+    write_model(first, "identity", identity_graph("FP32", ("batch", 16)), cached)
+    write_model(second, "identity", identity_graph("FP32", ("batch", 16)), IDENTITY_CONFIG)
+    with pytest.raises(tritonserver.InternalError, match="stoull"):
+        tritonserver.Server(model_repository=first, cache_config={"local": {"size": "lots"}}).start()
+    server = tritonserver.Server(
+        model_repository=[first, second], model_namespacing=True, cache_config={"local": {"size": 1 << 20}},
+        rate_limiter_mode=tritonserver.RateLimitMode.EXEC_COUNT,
+        rate_limiter_resources=[tritonserver.RateLimiterResource("R", 1, -1)],
+    ).start(wait_until_ready=True, timeout=120)
+    try:
+        # the same name in two repositories: both load (namespacing), and a request by that name is ambiguous
+        assert [(m[0], m[1]) for m in server.models()].count(("identity", 1)) >= 1
+        with pytest.raises(tritonserver.TritonError, match="identifiers of model 'identity'"):
+            list(server.model("identity").infer(inputs={"INPUT0": np.ones((1, 16), np.float32)}))
+    finally:
+        server.stop()
+    server = tritonserver.Server(model_repository=first, cache_config={"local": {"size": 1 << 20}}).start(
+        wait_until_ready=True, timeout=120)
+    try:
+        data = np.arange(16, dtype=np.float32).reshape(1, 16)
+        for _ in range(3):
+            (response,) = server.model("identity").infer(inputs={"INPUT0": data})
+            np.testing.assert_array_equal(np.from_dlpack(response.outputs["OUTPUT0"]), data)
+        stats = server.model("identity").statistics()["model_stats"][0]
+        assert stats["inference_stats"]["cache_hit"]["count"] == 2
+        assert stats["inference_stats"]["cache_miss"]["count"] == 1
+        assert stats["execution_count"] == 1
+    finally:
+        server.stop()

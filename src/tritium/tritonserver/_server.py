@@ -11,6 +11,7 @@ from typing import Any
 
 from tritium.core.custom_metrics import CustomMetrics, label_key
 from tritium.core.errors import InternalError, InvalidArgumentError, UnavailableError, UnsupportedError
+from tritium.core.response_cache import check_cache_config
 from tritium.logsettings import LogManager, LogSettings
 from tritium.options import ServerOptions
 
@@ -21,7 +22,7 @@ from ._runtime import Handle, Runtime
 
 @dataclass(slots=True)
 class RateLimiterResource:
-    """A resource count for rate limiting (accepted; tritium has no rate limiter, so ``OFF`` is required)."""
+    """A resource count for the rate limiter (``device`` -1: the resource is shared by every device)."""
 
     name: str
     count: int
@@ -49,8 +50,8 @@ class Options:
     model at start, EXPLICIT loads ``startup_models`` (``"*"``: all); in POLL mode ``poll_model_repository()``
     rescans.  Logging goes to ``log_file`` (stderr when None), by level switches (``log_verbose`` > 0 turns
     the others on).  Options about GPUs, pinned memory, caches and repository agents are accepted for
-    compatibility and have no effect; ``model_namespacing``, ``rate_limiter_mode=EXEC_COUNT`` and a
-    ``cache_config`` are refused at start (not implemented).
+    compatibility and have no effect.  ``model_namespacing``, ``rate_limiter_mode``/``rate_limiter_resources``
+    and ``cache_config`` (``{"local": {"size": ...}}`` or ``{"redis": {...}}``) work as the server's flags.
     """
 
     model_repository: str | list[str] = field(default_factory=list)
@@ -148,12 +149,9 @@ class Options:
         repositories = self.model_repository if isinstance(self.model_repository, list) else [self.model_repository]
         if not repositories:
             raise InvalidArgumentError("Model repository must be specified.")
-        if self.model_namespacing:
-            raise UnsupportedError("model_namespacing is not supported by tritium")
-        if self.rate_limiter_mode != RateLimitMode.OFF:
-            raise UnsupportedError("rate_limiter_mode EXEC_COUNT is not supported by tritium; use RateLimitMode.OFF")
-        if self.cache_config:
-            raise UnsupportedError("the response cache (cache_config) is not supported by tritium")
+        cache_config = {name: {key: str(value) for key, value in settings.items()}
+                        for name, settings in self.cache_config.items()}
+        check_cache_config(cache_config)  # Triton's refusals, in its words, before anything starts
         self._cascade_log_levels()
         counter_latencies, summary_latencies = True, False
         for settings in self.metrics_configuration.values():
@@ -190,6 +188,10 @@ class Options:
             log_file=self.log_file or "",
             backend_config={k: dict(v) for k, v in self.backend_configuration.items()},
             backend_directory=backend_directory,
+            model_namespacing=self.model_namespacing,
+            rate_limit="execution_count" if self.rate_limiter_mode == RateLimitMode.EXEC_COUNT else "off",
+            rate_limit_resources=[(r.name, r.count, r.device) for r in self.rate_limiter_resources],
+            cache_config=cache_config,
         )
 
 
