@@ -411,7 +411,9 @@ class MetricFamily:
         PROCESS_METRICS.create_family(self, name, description, _KINDS[self.kind])
 
     def __del__(self) -> None:
-        PROCESS_METRICS.delete_family(self, self.name)
+        registry = PROCESS_METRICS  # None once the interpreter is tearing modules down at exit
+        if registry is not None and hasattr(self, "name"):
+            registry.delete_family(self, self.name)
 
 
 class Metric:
