@@ -48,7 +48,7 @@ BAD_MODELS: dict[str, list[str]] = {
     "bad_preferred_batch": ["preferred", "16"],
     "bad_reshape": ["INPUT0", "reshape"],
     "bad_config_is_dir": ["config.pbtxt"],
-    "dup": ["multiple repositories"],
+    "dup": ["not unique across all model repositories"],  # Triton's words; its index says "appears in two or more"
 }
 GOOD_MODELS = ["good", "good_configured"]
 
@@ -166,7 +166,8 @@ def _get(server, path):
 
 def _failure_line(log: str, name: str) -> str:
     """The log line(s) saying why ``name`` failed."""
-    lines = [line for line in log.splitlines() if f"failed to load '{name}'" in line]
+    lines = [line for line in log.splitlines()
+             if f"failed to load '{name}'" in line or f"failed to poll model '{name}'" in line]
     assert lines, f"no failure logged for model '{name}':\n{log}"
     return "\n".join(lines)
 
