@@ -469,3 +469,16 @@ def test_declared_sizes_are_refused_before_allocating(datatype):
                 assert tracemalloc.get_traced_memory()[1] < 1 << 20
             finally:
                 tracemalloc.stop()
+
+
+def test_found_json_floats_beyond_fp32_become_inf_as_tritons_cast():
+    """3.4028235677973366e+38 is just above FP32's largest value: a C++ cast gives inf (Triton), numpy warned
+    (an error under -W error, and noise in a server's log)."""
+    from tritium.frontends.http.generate import decode_generate_request
+
+    request = decode_generate_request(dumps({"INPUT0": 3.4028235677973366e38}), targets.MODELS[0])
+    assert np.isinf(request.inputs[0].data).all()
+    for data in ([3.5e38, 1.0], [[3.5e38], [1]]):
+        request, _ = http_codec.decode_infer_request(
+            dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [2], "data": data}]}), None, "m", 1)
+        assert np.isinf(request.inputs[0].data[0]) and request.inputs[0].data[1] == 1.0

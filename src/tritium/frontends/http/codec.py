@@ -418,7 +418,8 @@ def _from_json(data: Any, datatype: DataType, shape: list[int], count: int, name
     allowed = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[target]
     if kind not in allowed:
         raise _type_error(name, datatype)
-    return array.astype(datatype.numpy_dtype, casting="unsafe").reshape(shape)
+    with np.errstate(over="ignore", invalid="ignore"):  # a number beyond the type's range becomes inf, as Triton's cast
+        return array.astype(datatype.numpy_dtype, casting="unsafe").reshape(shape)
 
 
 def _type_error(name: str, datatype: DataType) -> InvalidArgumentError:
@@ -436,7 +437,8 @@ def _from_values(values: list[Any], datatype: DataType, name: str) -> np.ndarray
     if target.kind == "f":
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise _type_error(name, datatype)
-        return np.array([float(v) for v in values], dtype=target)
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond the type's range: inf, as Triton's cast
+            return np.array([float(v) for v in values], dtype=target)
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise _type_error(name, datatype)
     mask = (1 << (8 * target.itemsize)) - 1

@@ -111,7 +111,8 @@ def _input_array(name: str, value: Any, datatype: DataType, dims: tuple[int, ...
             array[i] = v.encode("utf-8")
         return array.reshape(shape)
     try:
-        return np.array(values, dtype=datatype.numpy_dtype).reshape(shape)
+        with np.errstate(over="ignore", invalid="ignore"):  # a float beyond FP16/FP32 becomes inf, as Triton's cast
+            return np.array(values, dtype=datatype.numpy_dtype).reshape(shape)
     except (TypeError, ValueError, OverflowError) as e:
         raise InvalidArgumentError(
             f"Unable to parse 'data': input '{name}' is {datatype.wire_name}: {e}") from None
