@@ -27,7 +27,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from http_infer import LUA, MODELS, bodies, build_repo, run_wrk, wait_live  # noqa: E402
+from http_infer import LUA, MODELS, bodies, build_repo, run_wrk, tree_cpu_s, wait_live  # noqa: E402
 
 
 def grpc_body(path: str, model: str, shape: tuple[int, ...]) -> None:
@@ -54,11 +54,15 @@ def check_grpc(url: str, model: str, shape: tuple[int, ...]) -> None:
         raise SystemExit(f"unexpected gRPC answer from {model}")
 
 
-def run_h2load(url: str, body: str, streams: int, duration: int, log: str) -> dict[str, float]:
+def run_h2load(url: str, body: str, streams: int, duration: int, log: str,
+               pid: int | None = None) -> dict[str, float]:
+    """One h2load run: req/s, p50/p99 ms, errors; with the server's ``pid``, ``cpu_us`` (server CPU per request)."""
     cmd = ["h2load", f"-c{streams}", "-m1", f"-t{min(streams, 2)}", f"-D{duration}", "--warm-up-time=1",
            "-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers", f"--log-file={log}",
            f"http://{url}/inference.GRPCInferenceService/ModelInfer"]
+    cpu_before = tree_cpu_s(pid) if pid is not None else 0.0
     text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    cpu = tree_cpu_s(pid) - cpu_before if pid is not None else 0.0
     latencies, errors = [], 0
     with open(log) as f:
         for line in f:
@@ -68,8 +72,12 @@ def run_h2load(url: str, body: str, streams: int, duration: int, log: str) -> di
     if not latencies:
         raise SystemExit(f"h2load completed no request:\n{text}")
     values = np.array(latencies)
-    return {"rps": len(values) / duration, "p50": float(np.percentile(values, 50)),
-            "p99": float(np.percentile(values, 99)), "errors": errors}
+    result = {"rps": len(values) / duration, "p50": float(np.percentile(values, 50)),
+              "p99": float(np.percentile(values, 99)), "errors": errors}
+    if pid is not None:
+        # the log holds the measured requests only (after --warm-up-time=1); the CPU covers the warm-up too
+        result["cpu_us"] = cpu * 1e6 / (len(values) * (duration + 1) / duration)
+    return result
 
 
 def main() -> int:
@@ -105,11 +113,11 @@ def main() -> int:
             run_wrk(http_url, model, lua, 8, 2, 1)  # warm up
             for n in (int(s) for s in args.streams.split(",")):
                 h2log = os.path.join(workdir, f"h2load-{model}-{n}.log")
-                rows.append(("grpc", key, n, run_h2load(grpc_url, body, n, args.duration, h2log)))
-                rows.append(("http", key, n, run_wrk(http_url, model, lua, n, args.duration, 1)))
-        print(f"{'protocol':<9} {'model':<9} {'streams':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+                rows.append(("grpc", key, n, run_h2load(grpc_url, body, n, args.duration, h2log, proc.pid)))
+                rows.append(("http", key, n, run_wrk(http_url, model, lua, n, args.duration, 1, proc.pid)))
+        print(f"{'protocol':<9} {'model':<9} {'streams':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu us':>7} {'errors':>6}")
         for protocol, key, n, r in rows:
-            print(f"{protocol:<9} {key:<9} {n:>7} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>6}")
+            print(f"{protocol:<9} {key:<9} {n:>7} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r.get('cpu_us', 0):>7.0f} {r['errors']:>6}")
     finally:
         proc.terminate()
         proc.wait(10)
