@@ -85,6 +85,9 @@ class RunningServer(ServerProcess):
                f"--grpc-port={grpc_port}", "--grpc-address=127.0.0.1",
                f"--metrics-port={metrics_port}", "--metrics-address=127.0.0.1"]
         cmd += [f"--model-repository={r}" for r in repos]
+        transport = os.environ.get("TRITIUM_TEST_GRPC_TRANSPORT")  # run the suite on either gRPC transport
+        if transport and not any(str(a).startswith("--grpc-transport") for a in args):
+            cmd.append(f"--grpc-transport={transport}")
         cmd += list(args)
         log_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"tritium-{http_port}.log")
         super().__init__(cmd, log_path, dict(os.environ, PYTHONUNBUFFERED="1"), http_port, grpc_port, metrics_port)
