@@ -855,6 +855,8 @@ class GrpcConnection(asyncio.Protocol):
         """A unary call's answer: HEADERS, DATA, trailers, in one write when the windows allow."""
         if stream.finished:
             return
+        self._ping_strikes = 0  # as grpc: sending headers or data resets the ping policy's strikes
+        self._last_ping_recv = float("-inf")
         flag, body = self._compressed(stream, data) if stream.compress else (0, data)
         size = 5 + len(body)
         sid = stream.id
@@ -878,6 +880,8 @@ class GrpcConnection(asyncio.Protocol):
 
     def _send_message(self, stream: Stream, data: bytes) -> None:
         """One message of a streaming response (its headers first)."""
+        self._ping_strikes = 0
+        self._last_ping_recv = float("-inf")
         if not stream.headers_sent:
             stream.headers_sent = True
             head = RESPONSE_HEADERS[stream.compress]
@@ -949,8 +953,6 @@ class GrpcConnection(asyncio.Protocol):
         """The call's last frame is written."""
         if not stream.remote_closed:  # the client may stop sending (gRPC over HTTP/2: RST_STREAM NO_ERROR)
             self._write(F.rst_stream(stream.id, F.NO_ERROR))
-        self._ping_strikes = 0
-        self._last_ping_recv = float("-inf")
         self._release(stream)
 
     def _release(self, stream: Stream) -> None:
