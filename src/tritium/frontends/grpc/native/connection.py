@@ -142,7 +142,7 @@ class Stream:
 
     __slots__ = ("id", "conn", "method", "context", "buf", "messages", "remote_closed", "task", "send_window",
                  "recv_window", "recv_unacked", "pending", "trailer", "headers_sent", "cancelled", "finished",
-                 "deadline", "timer", "encoding", "compress", "waiter", "streaming")
+                 "deadline", "timer", "encoding", "compress", "waiter", "drained", "streaming")
 
     def __init__(self, sid: int, conn: GrpcConnection, method: grpc.RpcMethodHandler, head: Head) -> None:
         self.id = sid
@@ -165,7 +165,9 @@ class Stream:
         self.timer: asyncio.TimerHandle | None = None
         self.encoding = head.encoding
         self.compress: str | None = None
+        #: the handler waiting for a request message (``waiter``), for window to send (``drained``)
         self.waiter: asyncio.Future[None] | None = None
+        self.drained: asyncio.Future[None] | None = None
         self.streaming = bool(method.request_streaming)
 
 
@@ -186,9 +188,19 @@ class ConnectionError_(Exception):
 
 
 def _wake(stream: Stream) -> None:
+    """Wake the stream's request reader."""
     waiter = stream.waiter
     if waiter is not None:
         stream.waiter = None
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+def _drained(stream: Stream) -> None:
+    """Wake the stream's response writer."""
+    waiter = stream.drained
+    if waiter is not None:
+        stream.drained = None
         if not waiter.done():
             waiter.set_result(None)
 
@@ -795,8 +807,8 @@ class GrpcConnection(asyncio.Protocol):
         """Wait until the stream's response data has window and the client reads again."""
         while not stream.finished and not self.dead:
             if stream.pending:
-                stream.waiter = self.loop.create_future()
-                await stream.waiter
+                stream.drained = self.loop.create_future()
+                await stream.drained
             elif self._write_paused:
                 waiter = self.loop.create_future()
                 self._drain_waiters.append(waiter)
@@ -821,7 +833,6 @@ class GrpcConnection(asyncio.Protocol):
             self._release(stream)
         if stream.task is not None:
             stream.task.cancel()
-        _wake(stream)
 
     # -- sending ------------------------------------------------------------------------------------
 
@@ -924,7 +935,7 @@ class GrpcConnection(asyncio.Protocol):
             self._write(stream.trailer)
             stream.trailer = None
             self._end(stream)
-        _wake(stream)
+        _drained(stream)
 
     def _finish(self, stream: Stream, code: grpc.StatusCode, details: str, trailing: Any = ()) -> None:
         """End the call with a status (after its data, or as a trailers-only response)."""
@@ -961,11 +972,14 @@ class GrpcConnection(asyncio.Protocol):
             self.server.rpcs -= 1
         self._blocked.pop(stream, None)
         stream.pending.clear()
+        stream.messages.clear()
+        stream.buf = bytearray()
         if stream.timer is not None:
             stream.timer.cancel()
             stream.timer = None
         stream.context._done()
         _wake(stream)
+        _drained(stream)
         if not self.streams:
             self._idle_since = time.monotonic()
             if self.closing:
