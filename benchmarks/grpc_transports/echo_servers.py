@@ -57,11 +57,32 @@ def serve_sync(port: int, threads: int) -> None:
     server.wait_for_termination()
 
 
+def serve_native(port: int, uvloop: bool) -> None:
+    """tritium's own HTTP/2 server (``frontends/grpc/native``), the same generic handlers as grpc.aio gets."""
+    if uvloop:
+        import uvloop as _uvloop
+
+        _uvloop.install()
+    from tritium.frontends.grpc.native.server import NativeConfig, NativeServer
+
+    async def handler(request: bytes, context: object) -> bytes:
+        return request
+
+    async def main() -> None:
+        server = NativeServer(_handlers(handler), NativeConfig())
+        await server.start("127.0.0.1", port, None, False)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
 MODES = {
     "grpc.aio": lambda port: serve_aio(port, uvloop=False),
     "grpc.aio+uvloop": lambda port: serve_aio(port, uvloop=True),
     "grpc-sync-1-thread": lambda port: serve_sync(port, 1),
     "grpc-sync-4-threads": lambda port: serve_sync(port, 4),
+    "native": lambda port: serve_native(port, uvloop=False),
+    "native+uvloop": lambda port: serve_native(port, uvloop=True),
 }
 
 if __name__ == "__main__":
