@@ -9,7 +9,8 @@ streams), takes p50/p99 from h2load's per-request log, and checks one answer wit
 (h2load sees only the HTTP status; the gRPC status is in the trailers).  The HTTP figures come from
 ``http_infer.py``'s wrk runner on the same server and model, binary tensor bodies.
 
-    python benchmarks/grpc_infer.py [--duration 10] [--streams 1,8,32] [--models identity,mlp]
+    python benchmarks/grpc_infer.py [--duration 10] [--streams 1,8,32] [--models identity,mlp] \\
+        [--grpc-transport grpcio,native] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -80,11 +82,21 @@ def run_h2load(url: str, body: str, streams: int, duration: int, log: str,
     return result
 
 
+def start_server(repo: str, workdir: str, http_port: int, grpc_port: int, transport: str) -> subprocess.Popen:
+    log = open(os.path.join(workdir, f"server-{transport}.log"), "wb")
+    return subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}",
+                             f"--http-port={http_port}", "--http-address=127.0.0.1", f"--grpc-port={grpc_port}",
+                             "--grpc-address=127.0.0.1", f"--grpc-transport={transport}"], stdout=log, stderr=log)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--streams", default="1,8,32")
     ap.add_argument("--models", default="identity,mlp")
+    ap.add_argument("--grpc-transport", default="grpcio",
+                    help="comma-separated: grpcio, native; each round serves each in turn (alternating)")
+    ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
     for tool, package in (("h2load", "nghttp2-client"), ("wrk", "wrk")):
         if shutil.which(tool) is None:
@@ -94,33 +106,44 @@ def main() -> int:
     http_url, grpc_url = f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
     repo = os.path.join(workdir, "repo")
     build_repo(repo)
-    log = open(os.path.join(workdir, "server.log"), "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}", f"--http-port={http_port}",
-                             "--http-address=127.0.0.1", f"--grpc-port={grpc_port}", "--grpc-address=127.0.0.1"],
-                            stdout=log, stderr=log)
-    rows = []
+    transports = args.grpc_transport.split(",")
+    results: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     try:
-        wait_live(http_url, proc)
-        for key in args.models.split(","):
-            model, shape = MODELS[key]
-            check_grpc(grpc_url, model, shape)
-            body = os.path.join(workdir, f"{model}.grpc")
-            grpc_body(body, model, shape)
-            path, ctype, extra = bodies(workdir, model, shape)["binary"]
-            lua = os.path.join(workdir, f"{model}-binary.lua")
-            with open(lua, "w") as f:
-                f.write(LUA.format(body=path, content_type=ctype, extra=extra))
-            run_wrk(http_url, model, lua, 8, 2, 1)  # warm up
-            for n in (int(s) for s in args.streams.split(",")):
-                h2log = os.path.join(workdir, f"h2load-{model}-{n}.log")
-                rows.append(("grpc", key, n, run_h2load(grpc_url, body, n, args.duration, h2log, proc.pid)))
-                rows.append(("http", key, n, run_wrk(http_url, model, lua, n, args.duration, 1, proc.pid)))
-        print(f"{'protocol':<9} {'model':<9} {'streams':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu us':>7} {'errors':>6}")
-        for protocol, key, n, r in rows:
-            print(f"{protocol:<9} {key:<9} {n:>7} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r.get('cpu_us', 0):>7.0f} {r['errors']:>6}")
+        for rnd in range(args.rounds):
+            for transport in transports:
+                proc = start_server(repo, workdir, http_port, grpc_port, transport)
+                try:
+                    wait_live(http_url, proc)
+                    for key in args.models.split(","):
+                        model, shape = MODELS[key]
+                        check_grpc(grpc_url, model, shape)
+                        body = os.path.join(workdir, f"{model}.grpc")
+                        grpc_body(body, model, shape)
+                        path, ctype, extra = bodies(workdir, model, shape)["binary"]
+                        lua = os.path.join(workdir, f"{model}-binary.lua")
+                        with open(lua, "w") as f:
+                            f.write(LUA.format(body=path, content_type=ctype, extra=extra))
+                        run_wrk(http_url, model, lua, 8, 2, 1)  # warm up
+                        for n in (int(s) for s in args.streams.split(",")):
+                            h2log = os.path.join(workdir, f"h2load-{model}-{n}.log")
+                            results.setdefault((f"grpc/{transport}", key, n), []).append(
+                                run_h2load(grpc_url, body, n, args.duration, h2log, proc.pid))
+                            if transport == transports[0]:  # HTTP once per round, on the first server
+                                results.setdefault(("http", key, n), []).append(
+                                    run_wrk(http_url, model, lua, n, args.duration, 1, proc.pid))
+                finally:
+                    proc.terminate()
+                    proc.wait(10)
+        print(f"{'protocol':<14} {'model':<9} {'streams':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu us':>7} "
+              f"{'errors':>6}  (median of {args.rounds} rounds; req/s and cpu ranges)")
+        for (protocol, key, n), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
+            med = {k: statistics.median(r.get(k, 0) for r in runs) for k in ("rps", "p50", "p99", "cpu_us", "errors")}
+            rps = [r["rps"] for r in runs]
+            cpu = [r.get("cpu_us", 0) for r in runs]
+            print(f"{protocol:<14} {key:<9} {n:>7} {med['rps']:>9.0f} {med['p50']:>8.3f} {med['p99']:>8.3f} "
+                  f"{med['cpu_us']:>7.0f} {med['errors']:>6.0f}  ({min(rps):.0f}-{max(rps):.0f}, "
+                  f"{min(cpu):.0f}-{max(cpu):.0f} us)")
     finally:
-        proc.terminate()
-        proc.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
