@@ -109,7 +109,7 @@ def main() -> int:
     transports = args.grpc_transport.split(",")
     results: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     try:
-        for rnd in range(args.rounds):
+        for _ in range(args.rounds):
             for transport in transports:
                 proc = start_server(repo, workdir, http_port, grpc_port, transport)
                 try:

@@ -25,7 +25,6 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from hpack import Decoder, Encoder
 from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
 from hostile import rss_mib

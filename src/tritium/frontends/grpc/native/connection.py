@@ -268,8 +268,9 @@ class GrpcConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # a stream transport (TCP or TLS)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport: asyncio.Transport = base  # type: ignore[assignment]  # a stream transport (TCP or TLS)
+        self.transport = transport
         server = self.server
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
@@ -407,16 +408,23 @@ class GrpcConnection(asyncio.Protocol):
         elif kind == F.PING:
             self._ping(flags, sid, payload)
         elif kind == F.RST_STREAM:
-            if sid == 0:
-                raise ConnectionError_(F.PROTOCOL_ERROR, "RST_STREAM on stream 0")
-            if len(payload) != 4:
-                raise ConnectionError_(F.FRAME_SIZE_ERROR, "RST_STREAM size")
-            stream = self.streams.get(sid)
-            if stream is not None:
-                self._cancel(stream)
+            self._rst_stream(sid, payload)
         elif kind == F.CONTINUATION:
             self._continue(flags, sid, payload)
-        elif kind == F.GOAWAY:
+        else:
+            self._rare_frame(kind, sid, payload)
+
+    def _rst_stream(self, sid: int, payload: bytes | bytearray) -> None:
+        if sid == 0:
+            raise ConnectionError_(F.PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        if len(payload) != 4:
+            raise ConnectionError_(F.FRAME_SIZE_ERROR, "RST_STREAM size")
+        stream = self.streams.get(sid)
+        if stream is not None:
+            self._cancel(stream)
+
+    def _rare_frame(self, kind: int, sid: int, payload: bytes | bytearray) -> None:
+        if kind == F.GOAWAY:
             if sid != 0:
                 raise ConnectionError_(F.PROTOCOL_ERROR, "GOAWAY on a stream")
             self.closing = True  # the client leaves: finish what is in progress, take nothing new
@@ -457,36 +465,42 @@ class GrpcConnection(asyncio.Protocol):
         end = bool(flags & F.END_STREAM)
         try:
             if stream.streaming:
-                if payload:
-                    stream.buf += payload
-                    self._split_messages(stream)
-                if end:
-                    stream.remote_closed = True
-                    if stream.buf:
-                        raise CallError(grpc.StatusCode.INTERNAL, "the request stream ended inside a message")
-                    _wake(stream)
-                elif not stream.messages:
-                    self.consumed(stream)
-                return
-            buf = stream.buf
-            if end and not buf and len(payload) >= 5:  # the usual unary request: one frame, one message
-                message = self._one_message(stream, memoryview(payload))
-                stream.remote_closed = True
-                self._dispatch_unary(stream, message)
-                return
-            if payload:
-                buf += payload
-                if len(buf) >= 5 and _PREFIX.unpack_from(buf)[1] > self.server.config.max_input:
-                    self._check_size(stream, _PREFIX.unpack_from(buf)[1])
-            if end:
-                stream.remote_closed = True
-                self._dispatch_unary(stream, self._one_message(stream, memoryview(buf)))
-            elif stream.recv_unacked >= STREAM_WINDOW // 2:
-                self.consumed(stream)
+                self._stream_data(stream, payload, end)
+            else:
+                self._unary_data(stream, payload, end)
         except CallError as e:
             self._finish(stream, e.code, e.details)
             if stream.task is not None:
                 stream.task.cancel()
+
+    def _stream_data(self, stream: Stream, payload: bytes | bytearray, end: bool) -> None:
+        if payload:
+            stream.buf += payload
+            self._split_messages(stream)
+        if end:
+            stream.remote_closed = True
+            if stream.buf:
+                raise CallError(grpc.StatusCode.INTERNAL, "the request stream ended inside a message")
+            _wake(stream)
+        elif not stream.messages:
+            self.consumed(stream)
+
+    def _unary_data(self, stream: Stream, payload: bytes | bytearray, end: bool) -> None:
+        buf = stream.buf
+        if end and not buf and len(payload) >= 5:  # the usual unary request: one frame, one message
+            message = self._one_message(stream, memoryview(payload))
+            stream.remote_closed = True
+            self._dispatch_unary(stream, message)
+            return
+        if payload:
+            buf += payload
+            if len(buf) >= 5:
+                self._check_size(stream, _PREFIX.unpack_from(buf)[1])
+        if end:
+            stream.remote_closed = True
+            self._dispatch_unary(stream, self._one_message(stream, memoryview(buf)))
+        elif stream.recv_unacked >= STREAM_WINDOW // 2:
+            self.consumed(stream)
 
     def _check_size(self, stream: Stream, size: int) -> None:
         limit = self.server.config.max_input
@@ -607,42 +621,44 @@ class GrpcConnection(asyncio.Protocol):
 
     def _header_block(self, sid: int, flags: int, block: bytes) -> None:
         head = self._head(block)  # always decoded: HPACK's state must follow every block
-        stream = self.streams.get(sid)
         if sid <= self.last_id:
-            if stream is not None and flags & F.END_STREAM:  # trailers from the client: its side ends
-                stream.remote_closed = True
-                if stream.streaming:
-                    _wake(stream)
-                elif stream.task is None:
-                    try:
-                        self._dispatch_unary(stream, self._one_message(stream, memoryview(stream.buf)))
-                    except CallError as e:
-                        self._finish(stream, e.code, e.details)
-            elif stream is None:
-                pass  # a stream we ended or refused
+            self._trailers_received(sid, flags)
             return
         self.last_id = sid
         server = self.server
         config = server.config
-        if self.closing:
-            self._out.append(F.rst_stream(sid, F.REFUSED_STREAM))
-            return
-        if len(self.streams) >= config.max_streams:
+        if self.closing or len(self.streams) >= config.max_streams:
             self._out.append(F.rst_stream(sid, F.REFUSED_STREAM))
             return
         end = bool(flags & F.END_STREAM)
-        if not head.valid:
-            self._trailers_only(sid, grpc.StatusCode.UNIMPLEMENTED.value[0],
-                                "not a gRPC request (POST with content-type application/grpc)", end)
+        method = server.method(head.path) if head.valid else None
+        if method is None or not (method.unary_unary or method.stream_stream) or server.rpcs >= config.max_rpcs:
+            code, details = (
+                (grpc.StatusCode.UNIMPLEMENTED, "not a gRPC request (POST with content-type application/grpc)")
+                if not head.valid else (grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+                if method is None or not (method.unary_unary or method.stream_stream)
+                else (grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!"))
+            self._trailers_only(sid, code.value[0], details, end)
             return
-        method = server.method(head.path)
-        if method is None or not (method.unary_unary or method.stream_stream):
-            self._trailers_only(sid, grpc.StatusCode.UNIMPLEMENTED.value[0], "Method not found!", end)
+        self._open(sid, head, method, end)
+
+    def _trailers_received(self, sid: int, flags: int) -> None:
+        """A header block on a stream already open (the client's trailers end its side) or ended (ignored)."""
+        stream = self.streams.get(sid)
+        if stream is None or not flags & F.END_STREAM:
             return
-        if server.rpcs >= config.max_rpcs:
-            self._trailers_only(sid, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
-                                "Concurrent RPC limit exceeded!", end)
-            return
+        stream.remote_closed = True
+        if stream.streaming:
+            _wake(stream)
+        elif stream.task is None:
+            try:
+                self._dispatch_unary(stream, self._one_message(stream, memoryview(stream.buf)))
+            except CallError as e:
+                self._finish(stream, e.code, e.details)
+
+    def _open(self, sid: int, head: Head, method: grpc.RpcMethodHandler, end: bool) -> None:
+        server = self.server
+        config = server.config
         stream = Stream(sid, self, method, head)
         self.streams[sid] = stream
         server.rpcs += 1
@@ -670,7 +686,7 @@ class GrpcConnection(asyncio.Protocol):
     def _window_update(self, sid: int, payload: bytes | bytearray) -> None:
         if len(payload) != 4:
             raise ConnectionError_(F.FRAME_SIZE_ERROR, "WINDOW_UPDATE size")
-        increment = F.u32(payload) & 0x7FFFFFFF
+        increment = F.u32(bytes(payload)) & 0x7FFFFFFF
         if sid == 0:
             if increment == 0:
                 raise ConnectionError_(F.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
@@ -680,9 +696,10 @@ class GrpcConnection(asyncio.Protocol):
             for stream in list(self._blocked):
                 self._pump(stream)
             return
-        stream = self.streams.get(sid)
-        if stream is None:
+        target = self.streams.get(sid)
+        if target is None:
             return
+        stream = target
         if increment == 0:
             self._out.append(F.rst_stream(sid, F.PROTOCOL_ERROR))
             self._cancel(stream)

@@ -114,7 +114,7 @@ class NativeServer:
             return found
         details = _CallDetails(path, ())
         for handler in self.handlers:
-            found = handler.service(details)  # type: ignore[arg-type]
+            found = handler.service(details)
             if found is not None:
                 self._methods[path] = found
                 return found
