@@ -63,7 +63,8 @@ def serve_native(port: int, uvloop: bool) -> None:
         import uvloop as _uvloop
 
         _uvloop.install()
-    from tritium.frontends.grpc.native.server import NativeConfig, NativeServer
+    from tritium.frontends.grpc.native.config import NativeConfig
+    from tritium.frontends.grpc.native.server import NativeServer
 
     async def handler(request: bytes, context: object) -> bytes:
         return request

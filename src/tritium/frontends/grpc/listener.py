@@ -103,7 +103,8 @@ class GrpcFrontend:
         log.info("Started GRPCInferenceService at %s:%d", options.grpc_address, self.port)
 
     async def _start_native(self) -> None:
-        from .native.server import NativeConfig, NativeServer, ssl_context
+        from .native.config import NativeConfig
+        from .native.server import NativeServer, ssl_context
 
         options = self.options
         context = ssl_context(options) if options.grpc_use_ssl or options.grpc_use_ssl_mutual else None

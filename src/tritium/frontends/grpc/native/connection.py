@@ -27,7 +27,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import grpc
@@ -37,10 +37,8 @@ from hpack.exceptions import HPACKError
 from hpack.hpack import encode_integer
 
 from . import frames as F
+from .config import NativeConfig
 from .context import Metadata, NativeContext
-
-if TYPE_CHECKING:
-    from .server import NativeServer
 
 log = logging.getLogger(__name__)
 #: hpack logs every header field it encodes or decodes at debug level: kept out of --log-verbose output.
@@ -95,6 +93,20 @@ def status_block(code: int, details: str, trailing: Any = ()) -> bytes:
 
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _NOT_METADATA = frozenset({"te", "content-type", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"})
+
+
+class Listener(Protocol):
+    """What a connection needs of its server (``server.NativeServer``)."""
+
+    loop: asyncio.AbstractEventLoop
+    config: NativeConfig
+    rpcs: int
+
+    def method(self, path: str) -> grpc.RpcMethodHandler | None: ...
+
+    def admit(self, conn: GrpcConnection) -> bool: ...
+
+    def forget(self, conn: GrpcConnection) -> None: ...
 
 
 class Head:
@@ -232,7 +244,7 @@ class _Requests:
 class GrpcConnection(asyncio.Protocol):
     """One client connection (see the module's docstring)."""
 
-    def __init__(self, server: NativeServer) -> None:
+    def __init__(self, server: Listener) -> None:
         self.server = server
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None

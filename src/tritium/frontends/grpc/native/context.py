@@ -6,13 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from grpc.aio import AbortError
-
-if TYPE_CHECKING:
-    from .connection import Stream
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +22,8 @@ class NativeContext:
 
     __slots__ = ("_stream", "_metadata", "code", "details", "trailing", "_callbacks")
 
-    def __init__(self, stream: Stream, metadata: Metadata) -> None:
+    def __init__(self, stream: Any, metadata: Metadata) -> None:
+        """``stream``: its ``connection.Stream`` (typed loosely: connection.py imports this module)."""
         self._stream = stream
         self._metadata = metadata
         self.code: grpc.StatusCode = grpc.StatusCode.OK
