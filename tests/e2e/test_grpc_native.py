@@ -512,3 +512,79 @@ def test_client_that_never_reads_is_bounded(server: RunningServer) -> None:
         thread.join(30)
         h2.sock.close()
     _live(server)
+
+
+# -- keepalive, connection lifetime, shutdown -----------------------------------------------------
+
+
+def test_keepalive_pings_and_ping_abuse(repo: str) -> None:
+    """The server pings every --grpc-keepalive-time and closes a connection whose client does not answer
+    within --grpc-keepalive-timeout; a client pinging without calls too often gets GOAWAY ENHANCE_YOUR_CALM."""
+    args = [NATIVE, "--grpc-keepalive-time=300", "--grpc-keepalive-timeout=500", "--grpc-max-connection-idle=0"]
+    with RunningServer([repo], args) as server:
+        with H2(server.grpc_port) as answering, H2(server.grpc_port) as silent:
+            pings, started = 0, time.monotonic()
+            while pings < 3 and time.monotonic() - started < 20:
+                kind, flags, _, payload = answering.read_frame()
+                if kind == 0x6 and not flags & 1:
+                    pings += 1
+                    answering.sock.sendall(frame(0x6, 1, 0, payload))
+            assert pings == 3
+            silent.sock.settimeout(15)  # a timeout here (socket.timeout) fails the test: it must be cut
+            assert silent.until_goaway() is None  # cut at the keepalive timeout, without GOAWAY
+            _, messages, trailers = answering.call("/inference.GRPCInferenceService/ServerLive", b"")
+            assert trailers["grpc-status"] == "0" and messages[0][1] == b"\x08\x01"  # live: true
+        with H2(server.grpc_port) as abuser:
+            abuser.sock.sendall(b"".join(frame(0x6, 0, 0, bytes(8)) for _ in range(5)))
+            code = None
+            while code is None:
+                kind, _, _, payload = abuser.read_frame()
+                if kind == 0x7:
+                    code = int.from_bytes(payload[4:8], "big")
+                    assert payload[8:] == b"too_many_pings"
+            assert code == 0xB
+        _live(server)
+
+
+def test_idle_and_aged_connections_are_closed(repo: str) -> None:
+    args = [NATIVE, "--grpc-max-connection-idle=500", "--grpc-max-connection-age=1500",
+            "--grpc-max-connection-age-grace=500"]
+    with RunningServer([repo], args) as server:
+        started = time.monotonic()
+        with H2(server.grpc_port) as idle:
+            assert idle.until_goaway() == 0  # NO_ERROR
+        assert time.monotonic() - started < 10
+        request = pb.ModelInferRequest(model_name="cancel_watch")
+        request.inputs.add(name="INPUT0", datatype="INT32", shape=[1])
+        request.raw_input_contents.append(struct.pack("<i", 0))  # would wait 20 s
+        started = time.monotonic()
+        with H2(server.grpc_port) as busy:
+            busy.request(1, "/inference.GRPCInferenceService/ModelInfer", request.SerializeToString())
+            assert busy.until_goaway() == 0  # at its age: no new calls; the one in flight gets the grace
+            with pytest.raises((EOFError, ConnectionResetError)):
+                while True:
+                    busy.read_frame()
+        assert time.monotonic() - started < 15  # cut after age + grace, not after the model's 20 s
+        _live(server)
+
+
+def test_shutdown_finishes_calls_in_flight(tmp_path: Any) -> None:
+    from models import echo_config, sleep_then_echo
+
+    repo = str(tmp_path)
+    write_python_model(repo, "sleepy", sleep_then_echo(), echo_config(0))
+    server = RunningServer([repo], [NATIVE])
+    try:
+        c = grpcclient.InferenceServerClient(server.grpc_url)
+        results: queue.Queue[Any] = queue.Queue()
+        c.async_infer("sleepy", _fp32(np.array([2.0], np.float32)),
+                      callback=lambda result, error: results.put(error or result))
+        time.sleep(0.5)
+        server.proc.terminate()  # SIGTERM: GOAWAY, the call in flight still answered
+        result = results.get(timeout=30)
+        assert not isinstance(result, Exception), result
+        assert result.as_numpy("OUTPUT0").tolist() == [2.0]
+        assert server.proc.wait(30) == 0
+        c.close()
+    finally:
+        server.stop()
