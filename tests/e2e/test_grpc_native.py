@@ -588,3 +588,16 @@ def test_shutdown_finishes_calls_in_flight(tmp_path: Any) -> None:
         c.close()
     finally:
         server.stop()
+
+
+def test_reuse_grpc_port(repo: str) -> None:
+    """--reuse-grpc-port=true: a second server listens on the same gRPC port (SO_REUSEPORT); both answer."""
+    with RunningServer([repo], [NATIVE, "--reuse-grpc-port=true"]) as first:
+        with RunningServer([repo], [NATIVE, "--reuse-grpc-port=true", f"--grpc-port={first.grpc_port}"]) as second:
+            assert second.proc.poll() is None  # it bound the same port (without the flag it exits: below)
+            for _ in range(4):
+                _live(first)  # each new connection goes to one of the two listeners
+    with RunningServer([repo], [NATIVE]) as alone:
+        taken = RunningServer([repo], [NATIVE, f"--grpc-port={alone.grpc_port}"], wait_ready=False)
+        assert taken.wait_exit(60) != 0  # without the flag the port is taken: the second cannot start
+        taken.stop()
