@@ -10,7 +10,7 @@ streams), takes p50/p99 from h2load's per-request log, and checks one answer wit
 ``http_infer.py``'s wrk runner on the same server and model, binary tensor bodies.
 
     python benchmarks/grpc_infer.py [--duration 10] [--streams 1,8,32] [--models identity,mlp] \\
-        [--grpc-transport grpcio,native] [--rounds 3]
+        [--grpc-transport grpcio,native] [--rounds 3] [--triton-python /work/triton-ref/.venv-triton/bin/python]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from http_infer import LUA, MODELS, bodies, build_repo, run_wrk, tree_cpu_s, wait_live  # noqa: E402
+from http_infer import LUA, MODELS, bodies, build_repo, build_triton_repo, run_wrk, start_triton, tree_cpu_s, wait_live  # noqa: E402
 
 
 def grpc_body(path: str, model: str, shape: tuple[int, ...]) -> None:
@@ -89,6 +89,24 @@ def start_server(repo: str, workdir: str, http_port: int, grpc_port: int, transp
                              "--grpc-address=127.0.0.1", f"--grpc-transport={transport}"], stdout=log, stderr=log)
 
 
+def print_ratios(results: dict[tuple[str, str, int], list[dict[str, float]]], rounds: int) -> None:
+    """req/s of each gRPC row over the others of its model and streams, paired round by round (median, range)."""
+    keys = sorted({(key, n) for _, key, n in results})
+    labels = sorted({label for label, _, _ in results})
+    grpc_rows = [label for label in labels if label.endswith("/grpc")]
+    print(f"\npaired req/s ratios (per round; median and range of {rounds} rounds)")
+    for key, n in keys:
+        for a in grpc_rows:
+            for b in labels:
+                if a == b or (a, key, n) not in results or (b, key, n) not in results:
+                    continue
+                ratios = [x["rps"] / y["rps"] for x, y in zip(results[(a, key, n)], results[(b, key, n)])
+                          if y["rps"] > 0]
+                if ratios:
+                    print(f"  {key:<9} {n:>3} streams  {a} / {b}: {statistics.median(ratios):.2f} "
+                          f"({min(ratios):.2f}-{max(ratios):.2f})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
@@ -97,6 +115,8 @@ def main() -> int:
     ap.add_argument("--grpc-transport", default="grpcio",
                     help="comma-separated: grpcio, native; each round serves each in turn (alternating)")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--triton-python", help="also real Triton (this Python runs its stub); then the identity model "
+                                            "is the same model.py on both servers (Python backend)")
     args = ap.parse_args()
     for tool, package in (("h2load", "nghttp2-client"), ("wrk", "wrk")):
         if shutil.which(tool) is None:
@@ -105,45 +125,64 @@ def main() -> int:
     http_port, grpc_port = 18700, 18701
     http_url, grpc_url = f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
     repo = os.path.join(workdir, "repo")
-    build_repo(repo)
+    models = args.models.split(",")
+    triton: subprocess.Popen | None = None
+    if args.triton_python:
+        build_triton_repo(repo)  # identity_fp32: the same model.py for both
+        models = ["identity"]
+        triton = start_triton(os.path.join(workdir), args.triton_python, 28750)
+        wait_live("127.0.0.1:28750", triton, timeout=180)
+    else:
+        build_repo(repo)
     transports = args.grpc_transport.split(",")
     results: dict[tuple[str, str, int], list[dict[str, float]]] = {}
+
+    def measure(label: str, http: str, grpc: str, pid: int, with_http: bool) -> None:
+        for key in models:
+            model, shape = MODELS[key]
+            check_grpc(grpc, model, shape)
+            body = os.path.join(workdir, f"{model}.grpc")
+            grpc_body(body, model, shape)
+            path, ctype, extra = bodies(workdir, model, shape)["binary"]
+            lua = os.path.join(workdir, f"{model}-binary.lua")
+            with open(lua, "w") as f:
+                f.write(LUA.format(body=path, content_type=ctype, extra=extra))
+            run_wrk(http, model, lua, 8, 2, 1)  # warm up
+            for n in (int(s) for s in args.streams.split(",")):
+                h2log = os.path.join(workdir, f"h2load-{model}-{n}.log")
+                results.setdefault((f"{label}/grpc", key, n), []).append(
+                    run_h2load(grpc, body, n, args.duration, h2log, pid))
+                if with_http:
+                    results.setdefault((f"{label}/http", key, n), []).append(
+                        run_wrk(http, model, lua, n, args.duration, 1, pid))
+
     try:
         for _ in range(args.rounds):
             for transport in transports:
                 proc = start_server(repo, workdir, http_port, grpc_port, transport)
                 try:
                     wait_live(http_url, proc)
-                    for key in args.models.split(","):
-                        model, shape = MODELS[key]
-                        check_grpc(grpc_url, model, shape)
-                        body = os.path.join(workdir, f"{model}.grpc")
-                        grpc_body(body, model, shape)
-                        path, ctype, extra = bodies(workdir, model, shape)["binary"]
-                        lua = os.path.join(workdir, f"{model}-binary.lua")
-                        with open(lua, "w") as f:
-                            f.write(LUA.format(body=path, content_type=ctype, extra=extra))
-                        run_wrk(http_url, model, lua, 8, 2, 1)  # warm up
-                        for n in (int(s) for s in args.streams.split(",")):
-                            h2log = os.path.join(workdir, f"h2load-{model}-{n}.log")
-                            results.setdefault((f"grpc/{transport}", key, n), []).append(
-                                run_h2load(grpc_url, body, n, args.duration, h2log, proc.pid))
-                            if transport == transports[0]:  # HTTP once per round, on the first server
-                                results.setdefault(("http", key, n), []).append(
-                                    run_wrk(http_url, model, lua, n, args.duration, 1, proc.pid))
+                    # HTTP once per round, on the first server
+                    measure(f"tritium-{transport}", http_url, grpc_url, proc.pid, transport == transports[0])
                 finally:
                     proc.terminate()
                     proc.wait(10)
-        print(f"{'protocol':<14} {'model':<9} {'streams':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu us':>7} "
+            if triton is not None:
+                measure("triton", "127.0.0.1:28750", "127.0.0.1:28751", triton.pid, True)
+        print(f"{'server/protocol':<24} {'model':<9} {'streams':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu us':>7} "
               f"{'errors':>6}  (median of {args.rounds} rounds; req/s and cpu ranges)")
         for (protocol, key, n), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
             med = {k: statistics.median(r.get(k, 0) for r in runs) for k in ("rps", "p50", "p99", "cpu_us", "errors")}
             rps = [r["rps"] for r in runs]
             cpu = [r.get("cpu_us", 0) for r in runs]
-            print(f"{protocol:<14} {key:<9} {n:>7} {med['rps']:>9.0f} {med['p50']:>8.3f} {med['p99']:>8.3f} "
+            print(f"{protocol:<24} {key:<9} {n:>7} {med['rps']:>9.0f} {med['p50']:>8.3f} {med['p99']:>8.3f} "
                   f"{med['cpu_us']:>7.0f} {med['errors']:>6.0f}  ({min(rps):.0f}-{max(rps):.0f}, "
                   f"{min(cpu):.0f}-{max(cpu):.0f} us)")
+        print_ratios(results, args.rounds)
     finally:
+        if triton is not None:
+            triton.terminate()
+            triton.wait(30)
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
