@@ -28,7 +28,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from http_infer import tree_cpu_s, wait_live  # noqa: E402
+from http_infer import real_triton_script, tree_cpu_s, wait_live  # noqa: E402
 
 RESPONSES = 100
 
@@ -126,7 +126,7 @@ def main() -> int:
             servers.append((f"tritium-{transport}", f"127.0.0.1:{grpc}", proc))
             wait_live(f"127.0.0.1:{http}", proc)
         if args.triton_python:
-            script = os.path.join(HERE, "..", "..", "shared", "tools", "real_triton.sh")
+            script = real_triton_script()
             log = open(os.path.join(workdir, "triton.log"), "wb")
             proc = subprocess.Popen(["bash", script, f"--model-repository={repo}", "--http-port=28850",
                                      "--grpc-port=28851", "--metrics-port=28852"], stdout=log, stderr=log,

@@ -233,7 +233,8 @@ class _Requests:
         while True:
             if stream.messages:
                 message = stream.messages.popleft()
-                stream.conn.consumed(stream)
+                if not stream.messages and stream.recv_unacked >= STREAM_WINDOW // 4:
+                    stream.conn.consumed(stream)
                 return self.deserializer(message) if self.deserializer is not None else message
             if stream.remote_closed or stream.finished:
                 raise StopAsyncIteration
@@ -494,8 +495,8 @@ class GrpcConnection(asyncio.Protocol):
             if stream.buf:
                 raise CallError(grpc.StatusCode.INTERNAL, "the request stream ended inside a message")
             _wake(stream)
-        elif not stream.messages:
-            self.consumed(stream)
+        elif stream.buf or (not stream.messages and stream.recv_unacked >= STREAM_WINDOW // 4):
+            self.consumed(stream)  # a message still arriving needs window; taken ones give theirs back
 
     def _unary_data(self, stream: Stream, payload: bytes | bytearray, end: bool) -> None:
         buf = stream.buf
@@ -798,7 +799,7 @@ class GrpcConnection(asyncio.Protocol):
             self._finish(stream, grpc.StatusCode.CANCELLED, "Cancelled")
             return
         except Exception as e:  # noqa: BLE001 - a handler's failure is the call's status, as in grpcio
-            log.exception("unexpected error in gRPC method %s", stream.context)
+            log.exception("unexpected error in a unary gRPC method")
             self._finish(stream, grpc.StatusCode.UNKNOWN, f"Unexpected {type(e)}: {e}")
             return
         if context.code is not grpc.StatusCode.OK:
@@ -874,8 +875,10 @@ class GrpcConnection(asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         out = self._out
-        if out and not self.dead and self.transport is not None:
-            self._out = []
+        if not out:
+            return
+        self._out = []  # (a connection that is gone drops what its calls still write)
+        if not self.dead and self.transport is not None:
             if len(out) == 1:
                 self.transport.write(out[0])
             else:
