@@ -62,6 +62,8 @@ def run_h2load(url: str, body: str, streams: int, duration: int, log: str,
     cmd = ["h2load", f"-c{streams}", "-m1", f"-t{min(streams, 2)}", f"-D{duration}", "--warm-up-time=1",
            "-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers", f"--log-file={log}",
            f"http://{url}/inference.GRPCInferenceService/ModelInfer"]
+    if os.path.exists(log):
+        os.remove(log)  # h2load appends to its log: a reused name would count earlier runs' requests too
     cpu_before = tree_cpu_s(pid) if pid is not None else 0.0
     text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     cpu = tree_cpu_s(pid) - cpu_before if pid is not None else 0.0
