@@ -910,10 +910,15 @@ class GrpcConnection(asyncio.Protocol):
                 and size < 65536:
             stream.send_window -= size
             self.send_window -= size
-            self._write(b"".join((
+            data = b"".join((
                 F.frame_header(F.HEADERS, F.END_HEADERS, sid, len(head)), head,
                 F.frame_header(F.DATA, 0, sid, size), _PREFIX.pack(flag, len(body)), body,
-                F.frame_header(F.HEADERS, F.END_HEADERS | F.END_STREAM, sid, len(tail)), tail)))
+                F.frame_header(F.HEADERS, F.END_HEADERS | F.END_STREAM, sid, len(tail)), tail))
+            if len(self.streams) == 1 and not self._out and not self._receiving and stream.remote_closed \
+                    and self.transport is not None and not self.dead:
+                self.transport.write(data)  # the connection's only call: now (coalescing would only delay it)
+            else:
+                self._write(data)  # answers finishing together on one connection go out in one write
             self._end(stream)
             return
         self._write(F.frame_header(F.HEADERS, F.END_HEADERS, sid, len(head)) + head)
