@@ -76,6 +76,8 @@ class GrpcFrontend:
                             key, GRPC_HEADER_PREFIX, key)
         self._server: grpc.aio.Server | None = None
         self._native: Any = None  # native.server.NativeServer with --grpc-transport=native
+        if options.grpc_transport == "native":  # imported now, so that start() only binds (HTTP is up by then)
+            from .native import server as _native  # noqa: F401
         self.port = options.grpc_port
 
     async def start(self) -> None:

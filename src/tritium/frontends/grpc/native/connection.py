@@ -233,7 +233,7 @@ class _Requests:
         while True:
             if stream.messages:
                 message = stream.messages.popleft()
-                if not stream.messages and stream.recv_unacked >= STREAM_WINDOW // 4:
+                if not stream.messages and (stream.buf or stream.recv_unacked >= STREAM_WINDOW // 4):
                     stream.conn.consumed(stream)
                 return self.deserializer(message) if self.deserializer is not None else message
             if stream.remote_closed or stream.finished:
@@ -495,8 +495,10 @@ class GrpcConnection(asyncio.Protocol):
             if stream.buf:
                 raise CallError(grpc.StatusCode.INTERNAL, "the request stream ended inside a message")
             _wake(stream)
-        elif stream.buf or (not stream.messages and stream.recv_unacked >= STREAM_WINDOW // 4):
-            self.consumed(stream)  # a message still arriving needs window; taken ones give theirs back
+        elif not stream.messages and (stream.buf or stream.recv_unacked >= STREAM_WINDOW // 4):
+            # the handler has taken every message: give back their window (and any a message still arriving
+            # needs); while messages wait for it, none is given back, so a client cannot queue more
+            self.consumed(stream)
 
     def _unary_data(self, stream: Stream, payload: bytes | bytearray, end: bool) -> None:
         buf = stream.buf
