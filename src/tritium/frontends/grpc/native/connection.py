@@ -58,6 +58,7 @@ WRITE_HIGH = 4 << 20
 HEAD_CACHE = 64
 
 _PREFIX = struct.Struct(">BL")
+_NEVER = float("-inf")
 _DATA_HEADER = F.HEADER
 
 
@@ -276,7 +277,7 @@ class GrpcConnection(asyncio.Protocol):
         self._idle_since = time.monotonic()
         self._ping_payload: bytes | None = None
         self._ping_timeout: asyncio.TimerHandle | None = None
-        self._last_ping_recv = float("-inf")
+        self._last_ping_recv = _NEVER
         self._ping_strikes = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
@@ -682,7 +683,7 @@ class GrpcConnection(asyncio.Protocol):
         if head.timeout is not None:
             stream.deadline = self.loop.time() + head.timeout
             stream.timer = self.loop.call_later(head.timeout, self._expire, stream)
-        self._last_ping_recv = float("-inf")
+        self._last_ping_recv = _NEVER
         if stream.streaming:
             stream.task = self.loop.create_task(self._run_stream(stream))
             if end:
@@ -695,7 +696,8 @@ class GrpcConnection(asyncio.Protocol):
                 self._finish(stream, e.code, e.details)
 
     def _dispatch_unary(self, stream: Stream, message: memoryview | bytes) -> None:
-        stream.buf = bytearray()
+        if stream.buf:
+            stream.buf = bytearray()  # the message may be a view of it: a new buffer, not a cleared one
         stream.task = self.loop.create_task(self._run_unary(stream, message))
 
     def _window_update(self, sid: int, payload: bytes | bytearray) -> None:
@@ -901,7 +903,7 @@ class GrpcConnection(asyncio.Protocol):
         if stream.finished:
             return
         self._ping_strikes = 0  # as grpc: sending headers or data resets the ping policy's strikes
-        self._last_ping_recv = float("-inf")
+        self._last_ping_recv = _NEVER
         flag, body = self._compressed(stream, data) if stream.compress else (0, data)
         size = 5 + len(body)
         sid = stream.id
@@ -931,7 +933,7 @@ class GrpcConnection(asyncio.Protocol):
     def _send_message(self, stream: Stream, data: bytes) -> None:
         """One message of a streaming response (its headers first)."""
         self._ping_strikes = 0
-        self._last_ping_recv = float("-inf")
+        self._last_ping_recv = _NEVER
         if not stream.headers_sent:
             stream.headers_sent = True
             head = RESPONSE_HEADERS[stream.compress]
@@ -1012,7 +1014,8 @@ class GrpcConnection(asyncio.Protocol):
         self._blocked.pop(stream, None)
         stream.pending.clear()
         stream.messages.clear()
-        stream.buf = bytearray()
+        if stream.buf:
+            stream.buf = bytearray()
         if stream.timer is not None:
             stream.timer.cancel()
             stream.timer = None
