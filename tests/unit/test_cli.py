@@ -216,3 +216,10 @@ def test_process_exits_nonzero_naming_the_flag():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "--http-port" in result.stderr
+
+
+def test_grpc_transport():
+    assert parse_args(REPO).grpc_transport == "grpcio"
+    assert parse_args([*REPO, "--grpc-transport=native"]).grpc_transport == "native"
+    with pytest.raises(SystemExit):
+        parse_args([*REPO, "--grpc-transport=h2"])
