@@ -9,7 +9,8 @@ streams), takes p50/p99 from h2load's per-request log, and checks one answer wit
 (h2load sees only the HTTP status; the gRPC status is in the trailers).  The HTTP figures come from
 ``http_infer.py``'s wrk runner on the same server and model, binary tensor bodies.
 
-    python benchmarks/grpc_infer.py [--duration 10] [--streams 1,8,32] [--models identity,mlp]
+    python benchmarks/grpc_infer.py [--duration 10] [--streams 1,8,32] [--models identity,mlp] \\
+        [--grpc-transport grpcio,native] [--rounds 3] [--triton-python /work/triton-ref/.venv-triton/bin/python]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -27,7 +29,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from http_infer import LUA, MODELS, bodies, build_repo, run_wrk, wait_live  # noqa: E402
+from http_infer import LUA, MODELS, bodies, build_repo, build_triton_repo, run_wrk, start_triton, tree_cpu_s, wait_live  # noqa: E402
 
 
 def grpc_body(path: str, model: str, shape: tuple[int, ...]) -> None:
@@ -54,11 +56,17 @@ def check_grpc(url: str, model: str, shape: tuple[int, ...]) -> None:
         raise SystemExit(f"unexpected gRPC answer from {model}")
 
 
-def run_h2load(url: str, body: str, streams: int, duration: int, log: str) -> dict[str, float]:
+def run_h2load(url: str, body: str, streams: int, duration: int, log: str,
+               pid: int | None = None) -> dict[str, float]:
+    """One h2load run: req/s, p50/p99 ms, errors; with the server's ``pid``, ``cpu_us`` (server CPU per request)."""
     cmd = ["h2load", f"-c{streams}", "-m1", f"-t{min(streams, 2)}", f"-D{duration}", "--warm-up-time=1",
            "-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers", f"--log-file={log}",
            f"http://{url}/inference.GRPCInferenceService/ModelInfer"]
+    if os.path.exists(log):
+        os.remove(log)  # h2load appends to its log: a reused name would count earlier runs' requests too
+    cpu_before = tree_cpu_s(pid) if pid is not None else 0.0
     text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    cpu = tree_cpu_s(pid) - cpu_before if pid is not None else 0.0
     latencies, errors = [], 0
     with open(log) as f:
         for line in f:
@@ -68,8 +76,37 @@ def run_h2load(url: str, body: str, streams: int, duration: int, log: str) -> di
     if not latencies:
         raise SystemExit(f"h2load completed no request:\n{text}")
     values = np.array(latencies)
-    return {"rps": len(values) / duration, "p50": float(np.percentile(values, 50)),
-            "p99": float(np.percentile(values, 99)), "errors": errors}
+    result = {"rps": len(values) / duration, "p50": float(np.percentile(values, 50)),
+              "p99": float(np.percentile(values, 99)), "errors": errors}
+    if pid is not None:
+        # the log holds the measured requests only (after --warm-up-time=1); the CPU covers the warm-up too
+        result["cpu_us"] = cpu * 1e6 / (len(values) * (duration + 1) / duration)
+    return result
+
+
+def start_server(repo: str, workdir: str, http_port: int, grpc_port: int, transport: str) -> subprocess.Popen:
+    log = open(os.path.join(workdir, f"server-{transport}.log"), "wb")
+    return subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}",
+                             f"--http-port={http_port}", "--http-address=127.0.0.1", f"--grpc-port={grpc_port}",
+                             "--grpc-address=127.0.0.1", f"--grpc-transport={transport}"], stdout=log, stderr=log)
+
+
+def print_ratios(results: dict[tuple[str, str, int], list[dict[str, float]]], rounds: int) -> None:
+    """req/s of each gRPC row over the others of its model and streams, paired round by round (median, range)."""
+    keys = sorted({(key, n) for _, key, n in results})
+    labels = sorted({label for label, _, _ in results})
+    grpc_rows = [label for label in labels if label.endswith("/grpc")]
+    print(f"\npaired req/s ratios (per round; median and range of {rounds} rounds)")
+    for key, n in keys:
+        for a in grpc_rows:
+            for b in labels:
+                if a == b or (a, key, n) not in results or (b, key, n) not in results:
+                    continue
+                ratios = [x["rps"] / y["rps"] for x, y in zip(results[(a, key, n)], results[(b, key, n)])
+                          if y["rps"] > 0]
+                if ratios:
+                    print(f"  {key:<9} {n:>3} streams  {a} / {b}: {statistics.median(ratios):.2f} "
+                          f"({min(ratios):.2f}-{max(ratios):.2f})")
 
 
 def main() -> int:
@@ -77,6 +114,11 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--streams", default="1,8,32")
     ap.add_argument("--models", default="identity,mlp")
+    ap.add_argument("--grpc-transport", default="grpcio",
+                    help="comma-separated: grpcio, native; each round serves each in turn (alternating)")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--triton-python", help="also real Triton (this Python runs its stub); then the identity model "
+                                            "is the same model.py on both servers (Python backend)")
     args = ap.parse_args()
     for tool, package in (("h2load", "nghttp2-client"), ("wrk", "wrk")):
         if shutil.which(tool) is None:
@@ -85,34 +127,64 @@ def main() -> int:
     http_port, grpc_port = 18700, 18701
     http_url, grpc_url = f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
     repo = os.path.join(workdir, "repo")
-    build_repo(repo)
-    log = open(os.path.join(workdir, "server.log"), "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}", f"--http-port={http_port}",
-                             "--http-address=127.0.0.1", f"--grpc-port={grpc_port}", "--grpc-address=127.0.0.1"],
-                            stdout=log, stderr=log)
-    rows = []
-    try:
-        wait_live(http_url, proc)
-        for key in args.models.split(","):
+    models = args.models.split(",")
+    triton: subprocess.Popen | None = None
+    if args.triton_python:
+        build_triton_repo(repo)  # identity_fp32: the same model.py for both
+        models = ["identity"]
+        triton = start_triton(os.path.join(workdir), args.triton_python, 28750)
+        wait_live("127.0.0.1:28750", triton, timeout=180)
+    else:
+        build_repo(repo)
+    transports = args.grpc_transport.split(",")
+    results: dict[tuple[str, str, int], list[dict[str, float]]] = {}
+
+    def measure(label: str, http: str, grpc: str, pid: int, with_http: bool) -> None:
+        for key in models:
             model, shape = MODELS[key]
-            check_grpc(grpc_url, model, shape)
+            check_grpc(grpc, model, shape)
             body = os.path.join(workdir, f"{model}.grpc")
             grpc_body(body, model, shape)
             path, ctype, extra = bodies(workdir, model, shape)["binary"]
             lua = os.path.join(workdir, f"{model}-binary.lua")
             with open(lua, "w") as f:
                 f.write(LUA.format(body=path, content_type=ctype, extra=extra))
-            run_wrk(http_url, model, lua, 8, 2, 1)  # warm up
+            run_wrk(http, model, lua, 8, 2, 1)  # warm up
             for n in (int(s) for s in args.streams.split(",")):
                 h2log = os.path.join(workdir, f"h2load-{model}-{n}.log")
-                rows.append(("grpc", key, n, run_h2load(grpc_url, body, n, args.duration, h2log)))
-                rows.append(("http", key, n, run_wrk(http_url, model, lua, n, args.duration, 1)))
-        print(f"{'protocol':<9} {'model':<9} {'streams':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
-        for protocol, key, n, r in rows:
-            print(f"{protocol:<9} {key:<9} {n:>7} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>6}")
+                results.setdefault((f"{label}/grpc", key, n), []).append(
+                    run_h2load(grpc, body, n, args.duration, h2log, pid))
+                if with_http:
+                    results.setdefault((f"{label}/http", key, n), []).append(
+                        run_wrk(http, model, lua, n, args.duration, 1, pid))
+
+    try:
+        for _ in range(args.rounds):
+            for transport in transports:
+                proc = start_server(repo, workdir, http_port, grpc_port, transport)
+                try:
+                    wait_live(http_url, proc)
+                    # HTTP once per round, on the first server
+                    measure(f"tritium-{transport}", http_url, grpc_url, proc.pid, transport == transports[0])
+                finally:
+                    proc.terminate()
+                    proc.wait(10)
+            if triton is not None:
+                measure("triton", "127.0.0.1:28750", "127.0.0.1:28751", triton.pid, True)
+        print(f"{'server/protocol':<24} {'model':<9} {'streams':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu us':>7} "
+              f"{'errors':>6}  (median of {args.rounds} rounds; req/s and cpu ranges)")
+        for (protocol, key, n), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
+            med = {k: statistics.median(r.get(k, 0) for r in runs) for k in ("rps", "p50", "p99", "cpu_us", "errors")}
+            rps = [r["rps"] for r in runs]
+            cpu = [r.get("cpu_us", 0) for r in runs]
+            print(f"{protocol:<24} {key:<9} {n:>7} {med['rps']:>9.0f} {med['p50']:>8.3f} {med['p99']:>8.3f} "
+                  f"{med['cpu_us']:>7.0f} {med['errors']:>6.0f}  ({min(rps):.0f}-{max(rps):.0f}, "
+                  f"{min(cpu):.0f}-{max(cpu):.0f} us)")
+        print_ratios(results, args.rounds)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        if triton is not None:
+            triton.terminate()
+            triton.wait(30)
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

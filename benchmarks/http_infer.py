@@ -108,9 +108,19 @@ def build_triton_repo(root: str) -> None:
         f.write(TRITON_IDENTITY)
 
 
+def real_triton_script() -> str:
+    """``shared/tools/real_triton.sh`` beside the checkout (a worktree may sit deeper than the main one)."""
+    here = HERE
+    while True:
+        script = os.path.join(here, "shared", "tools", "real_triton.sh")
+        if os.path.exists(script) or os.path.dirname(here) == here:
+            return script
+        here = os.path.dirname(here)
+
+
 def start_triton(workdir: str, python: str, port: int, extra: Callable[[str], None] | None = None) -> subprocess.Popen:
     """Real Triton on identity_fp32 (and whatever ``extra(repo)`` adds to its repository)."""
-    script = os.path.join(HERE, "..", "..", "shared", "tools", "real_triton.sh")
+    script = real_triton_script()
     repo = os.path.join(workdir, "triton-repo")
     build_triton_repo(repo)
     if extra is not None:

@@ -85,12 +85,34 @@ class RunningServer(ServerProcess):
                f"--grpc-port={grpc_port}", "--grpc-address=127.0.0.1",
                f"--metrics-port={metrics_port}", "--metrics-address=127.0.0.1"]
         cmd += [f"--model-repository={r}" for r in repos]
+        transport = os.environ.get("TRITIUM_TEST_GRPC_TRANSPORT")  # run the suite on either gRPC transport
+        if transport and not any(str(a).startswith("--grpc-transport") for a in args):
+            cmd.append(f"--grpc-transport={transport}")
         cmd += list(args)
         log_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"tritium-{http_port}.log")
         super().__init__(cmd, log_path, dict(os.environ, PYTHONUNBUFFERED="1"), http_port, grpc_port, metrics_port,
                          preexec_fn)
         if wait_ready:
             self.wait_live(timeout)
+            flags = [str(a) for a in args]
+            if not any(f.replace(" ", "=") in ("--allow-grpc=false", "--allow-grpc=0") for f in flags):
+                port = self.grpc_port
+                for i, flag in enumerate(flags):  # a test may give the port itself (the last one counts)
+                    if flag.startswith("--grpc-port="):
+                        port = int(flag.split("=", 1)[1])
+                    elif flag == "--grpc-port" and i + 1 < len(flags):
+                        port = int(flags[i + 1])
+                self.wait_port(port, timeout)  # live (HTTP) comes before the gRPC listener binds
+
+    def wait_port(self, port: int, timeout: float = 60.0) -> None:
+        """Wait until ``port`` accepts connections (the server keeps the port it was given, or exits)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.02)
 
     def __enter__(self) -> RunningServer:
         return self

@@ -224,6 +224,9 @@ def _connection_flags(p: argparse.ArgumentParser) -> None:
                    help="concurrent RPCs (HTTP/2 streams) per gRPC connection")
     p.add_argument("--grpc-max-concurrent-rpcs", type=int, default=o.grpc_max_concurrent_rpcs, metavar="N",
                    help="gRPC RPCs in progress in all; more are refused with RESOURCE_EXHAUSTED")
+    p.add_argument("--grpc-transport", choices=["grpcio", "native"], default=o.grpc_transport,
+                   help="the gRPC server: grpcio (grpc.aio) or native (tritium's own HTTP/2 server, "
+                        "lower CPU per call)")
     p.add_argument("--grpc-max-connection-idle", type=int, default=o.grpc_max_connection_idle, metavar="MS",
                    help="close a gRPC connection without RPCs for MS ms (0: never)")
 
@@ -233,7 +236,7 @@ def _connection_options(parser: argparse.ArgumentParser, args: argparse.Namespac
     values = {name: getattr(args, name) for name in (
         "http_header_timeout_secs", "http_body_timeout_secs", "http_send_timeout_secs", "http_idle_timeout_secs",
         "http_max_connections", "grpc_max_connections", "grpc_max_concurrent_streams", "grpc_max_concurrent_rpcs",
-        "grpc_max_connection_idle")}
+        "grpc_max_connection_idle", "grpc_transport")}
     for name, value in values.items():
         flag = "--" + name.replace("_", "-")
         if name.endswith("_secs") and not (0 < value < 1e6):

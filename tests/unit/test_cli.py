@@ -270,3 +270,10 @@ def test_issue_26_flags_are_in_help():
     for flag in ("--rate-limit ", "--rate-limit-resource", "--http-header-forward-pattern",
                  "--grpc-header-forward-pattern", "--model-namespacing"):
         assert flag in out
+
+
+def test_grpc_transport():
+    assert parse_args(REPO).grpc_transport == "grpcio"
+    assert parse_args([*REPO, "--grpc-transport=native"]).grpc_transport == "native"
+    with pytest.raises(SystemExit):
+        parse_args([*REPO, "--grpc-transport=h2"])

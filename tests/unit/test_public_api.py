@@ -57,7 +57,7 @@ CLI_FLAGS = {
     "--grpc-keepalive-timeout", "--grpc-keepalive-permit-without-calls", "--grpc-http2-max-pings-without-data",
     "--grpc-http2-min-recv-ping-interval-without-data", "--grpc-http2-max-ping-strikes",
     "--grpc-max-connection-age", "--grpc-max-connection-age-grace", "--grpc-max-connections",
-    "--grpc-max-concurrent-streams", "--grpc-max-concurrent-rpcs", "--grpc-max-connection-idle",
+    "--grpc-max-concurrent-streams", "--grpc-max-concurrent-rpcs", "--grpc-max-connection-idle", "--grpc-transport",
     "--grpc-header-forward-pattern",
     # metrics
     "--allow-metrics", "--allow-cpu-metrics", "--allow-gpu-metrics", "--metrics-address", "--metrics-port",

@@ -75,10 +75,16 @@ class GrpcFrontend:
                             "metadata '%s%s', so its RPCs refuse every call (as in Triton)",
                             key, GRPC_HEADER_PREFIX, key)
         self._server: grpc.aio.Server | None = None
+        self._native: Any = None  # native.server.NativeServer with --grpc-transport=native
+        if options.grpc_transport == "native":  # imported now, so that start() only binds (HTTP is up by then)
+            from .native import server as _native  # noqa: F401
         self.port = options.grpc_port
 
     async def start(self) -> None:
         options = self.options
+        if options.grpc_transport == "native":
+            await self._start_native()
+            return
         server = grpc.aio.server(options=server_options(options),
                                  maximum_concurrent_rpcs=options.grpc_max_concurrent_rpcs)
         server.add_generic_rpc_handlers(self.api.handlers())
@@ -98,7 +104,23 @@ class GrpcFrontend:
         self._server = server
         log.info("Started GRPCInferenceService at %s:%d", options.grpc_address, self.port)
 
+    async def _start_native(self) -> None:
+        from .native.config import NativeConfig
+        from .native.server import NativeServer, ssl_context
+
+        options = self.options
+        context = ssl_context(options) if options.grpc_use_ssl or options.grpc_use_ssl_mutual else None
+        server = NativeServer(self.api.handlers(), NativeConfig.from_options(
+            options, options.grpc_max_connections or default_grpc_connections()))
+        address = options.grpc_address.strip("[]")
+        self.port = await server.start(address, options.grpc_port, context, options.reuse_grpc_port)
+        self._native = server
+        log.info("Started GRPCInferenceService at %s:%d (native transport)", options.grpc_address, self.port)
+
     async def stop(self) -> None:
+        if self._native is not None:
+            await self._native.stop(self.options.exit_timeout_secs)
+            self._native = None
         if self._server is not None:
             await self._server.stop(grace=self.options.exit_timeout_secs)
             self._server = None
