@@ -273,7 +273,7 @@ def test_issue_26_flags_are_in_help():
 
 
 def test_grpc_transport():
-    assert parse_args(REPO).grpc_transport == "grpcio"
-    assert parse_args([*REPO, "--grpc-transport=native"]).grpc_transport == "native"
+    assert parse_args(REPO).grpc_transport == "native"
+    assert parse_args([*REPO, "--grpc-transport=grpcio"]).grpc_transport == "grpcio"
     with pytest.raises(SystemExit):
         parse_args([*REPO, "--grpc-transport=h2"])
