@@ -333,7 +333,7 @@ def test_app_builder_reads_serve_run_arguments(tmp_path: Any) -> None:
     ({"model_repository": "/m", "ray_actor_options": "[1]"}, "'ray_actor_options' must be a mapping"),
     ({"model_repository": "/m", "replicas": 2}, "unknown argument"),
     ({"model_repository": "/m", "server_args": "--no-such-flag"}, "unrecognized arguments: --no-such-flag"),
-    ({"model_repository": "/m", "server_args": "--cache-config=local,size=1"}, "response cache is not available"),
+    ({"model_repository": "/m", "server_args": "--cache-config=local,size=1"}, "Failed to initialize LocalCache"),
 ])
 def test_app_builder_refuses_bad_arguments_by_name(args: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
