@@ -41,6 +41,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _in_e2e(item.path):
             item.add_marker(pytest.mark.filterwarnings("ignore::ResourceWarning"))
+            # tritonclient.http's client, collected on another thread than its own, fails in its __del__
+            # (gevent's thread-local has no loop there): the test's client, not the server, so not an error here
+            item.add_marker(pytest.mark.filterwarnings(
+                r"ignore:Exception ignored in. <function InferenceServerClient\.__del__"
+                ":pytest.PytestUnraisableExceptionWarning"))
 
 
 @pytest.fixture(autouse=True, scope="module")
