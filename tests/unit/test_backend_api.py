@@ -24,7 +24,7 @@ PUBLIC = {
     "Backend", "ModelState", "ModelInstanceState", "ModelContext", "InstanceSpec", "InferenceHandle",
     "ExecuteDone", "ALL_INSTANCE_KINDS", "ENTRY_POINT_GROUP", "model_config",
     "InferenceRequest", "InferenceResponse", "Tensor", "DataType",
-    "batch_inputs", "split_batch", "requested_union",
+    "batch_inputs", "split_batch", "requested_union", "batch_responses",
     "TritiumError", "Status", "InvalidArgumentError", "ModelConfigError", "NotFoundError", "UnavailableError",
     "UnsupportedError", "InternalError", "CancelledError",
 }

@@ -45,7 +45,7 @@ from .base import (
     ModelInstanceState,
     ModelState,
 )
-from .batching import batch_inputs, requested_union, split_batch
+from .batching import batch_inputs, batch_responses, requested_union, split_batch
 from .registry import ENTRY_POINT_GROUP
 
 __all__ = [
@@ -69,6 +69,7 @@ __all__ = [
     "batch_inputs",
     "split_batch",
     "requested_union",
+    "batch_responses",
     # errors (mapped to HTTP/gRPC codes by the frontends)
     "TritiumError",
     "Status",

@@ -8,13 +8,14 @@ BackendOutputResponder play the same part).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
 from tritium._proto import model_config_pb2 as mc
-from tritium.core.errors import InternalError, InvalidArgumentError
-from tritium.core.inference import InferenceRequest
+from tritium.core.errors import InternalError, InvalidArgumentError, TritiumError
+from tritium.core.inference import InferenceRequest, InferenceResponse
+from tritium.core.types import DataType, Tensor
 
 
 def batch_inputs(requests: Sequence[InferenceRequest], ragged: Collection[str] = ()) -> dict[str, np.ndarray]:
@@ -115,3 +116,20 @@ def requested_union(requests: Sequence[InferenceRequest], all_outputs: Sequence[
             return list(all_outputs)
         wanted.update(request.requested_outputs)
     return [name for name in all_outputs if name in wanted]
+
+
+def batch_responses(requests: Sequence[InferenceRequest], version: int,
+                    outputs: Iterable[tuple[str, DataType, np.ndarray]],
+                    batched: bool) -> list[InferenceResponse | TritiumError]:
+    """Each request's response from the batch's output arrays (name, type, array): the request's rows of each
+    (all of it when not ``batched``), and only the outputs it asked for."""
+    per_request: list[list[Tensor]] = [[] for _ in requests]
+    for name, datatype, array in outputs:
+        views = split_batch(array, requests) if batched else [array]
+        for tensors, request, view in zip(per_request, requests, views, strict=True):
+            if request.requested_outputs is None or name in request.requested_outputs:
+                tensors.append(Tensor(name, datatype, view))
+    responses: list[InferenceResponse | TritiumError] = [
+        InferenceResponse(r.model_name, version, r.id, tensors)
+        for r, tensors in zip(requests, per_request, strict=True)]
+    return responses

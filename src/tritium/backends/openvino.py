@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,13 +55,12 @@ from tritium.backends import (
     ModelContext,
     ModelInstanceState,
     ModelState,
-    Tensor,
     TritiumError,
     UnavailableError,
     batch_inputs,
+    batch_responses,
     model_config,
     requested_union,
-    split_batch,
 )
 
 log = logging.getLogger(__name__)
@@ -389,20 +388,16 @@ class OpenVinoInstance(ModelInstanceState):
         except Exception as e:  # a shape the model cannot take, or OpenVINO's own failure
             raise InvalidArgumentError(f"OpenVINO failed to run model '{model.ctx.name}': {_short(e)}") from None
         self.infer_end_ns = time.monotonic_ns()
-        per_request: list[list[Tensor]] = [[] for _ in requests]
         wanted = requested_union(requests, model.output_names)
-        for name, index, datatype in model.outputs:
-            if name not in wanted:
-                continue
-            array = request.get_output_tensor(index).data
-            array = np.array(array[:rows] if pad else array)  # a copy: the request's memory is reused
-            views = split_batch(array, requests) if model.batch > 0 else [array]
-            for outputs, r, view in zip(per_request, requests, views, strict=True):
-                if r.requested_outputs is None or name in r.requested_outputs:
-                    outputs.append(Tensor(name, datatype, view))
-        version = model.ctx.version
-        return [InferenceResponse(r.model_name, version, r.id, outputs)
-                for r, outputs in zip(requests, per_request, strict=True)]
+
+        def arrays() -> Iterator[tuple[str, DataType, np.ndarray]]:
+            for name, index, datatype in model.outputs:
+                if name in wanted:
+                    array = request.get_output_tensor(index).data
+                    # a copy: the infer request's memory is reused by its next run
+                    yield name, datatype, np.array(array[:rows] if pad else array)
+
+        return batch_responses(requests, model.ctx.version, arrays(), model.batch > 0)
 
     def finalize(self) -> None:
         self.request = None

@@ -49,12 +49,11 @@ from tritium.backends import (
     ModelContext,
     ModelInstanceState,
     ModelState,
-    Tensor,
     TritiumError,
     UnavailableError,
     batch_inputs,
+    batch_responses,
     model_config,
-    split_batch,
 )
 
 log = logging.getLogger(__name__)
@@ -439,19 +438,14 @@ class TensorFlowInstance(ModelInstanceState):
             raise InvalidArgumentError(f"TensorFlow failed to run model '{model.ctx.name}': "
                                        f"{type(e).__name__}: {text.strip()[:600]}") from None
         self.infer_end_ns = time.monotonic_ns()
-        per_request: list[list[Tensor]] = [[] for _ in requests]
-        for (name, datatype), array in zip(model.outputs, results, strict=True):
-            array = np.asarray(array)
+        outputs: list[tuple[str, DataType, np.ndarray]] = []
+        for (name, datatype), result in zip(model.outputs, results, strict=True):
+            array = np.asarray(result)
             if datatype is not DataType.BYTES and array.dtype != datatype.numpy_dtype:
                 raise InternalError(f"model '{model.ctx.name}' output '{name}' is {array.dtype} but the "
                                     f"configuration says {datatype.config_name}")
-            views = split_batch(array, requests) if model.batched else [array]
-            for outputs, request, view in zip(per_request, requests, views, strict=True):
-                if request.requested_outputs is None or name in request.requested_outputs:
-                    outputs.append(Tensor(name, datatype, view))
-        version = model.ctx.version
-        return [InferenceResponse(r.model_name, version, r.id, outputs)
-                for r, outputs in zip(requests, per_request, strict=True)]
+            outputs.append((name, datatype, array))
+        return batch_responses(requests, model.ctx.version, outputs, model.batched)
 
     def finalize(self) -> None:
         self.call = None
