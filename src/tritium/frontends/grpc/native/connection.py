@@ -796,15 +796,8 @@ class GrpcConnection(asyncio.Protocol):
             response = await method.unary_unary(request, context)
             serializer = method.response_serializer
             data = serializer(response) if serializer is not None else response
-        except AbortError:
-            self._finish(stream, context.code, context.details, context.trailing)
-            return
-        except asyncio.CancelledError:
-            self._finish(stream, grpc.StatusCode.CANCELLED, "Cancelled")
-            return
-        except Exception as e:  # noqa: BLE001 - a handler's failure is the call's status, as in grpcio
-            log.exception("unexpected error in a unary gRPC method")
-            self._finish(stream, grpc.StatusCode.UNKNOWN, f"Unexpected {type(e)}: {e}")
+        except (AbortError, asyncio.CancelledError, Exception) as e:  # noqa: BLE001 - each becomes the status
+            self._finish_failed(stream, e, "unary")
             return
         if context.code is not grpc.StatusCode.OK:
             self._finish(stream, context.code, context.details, context.trailing)
@@ -825,17 +818,22 @@ class GrpcConnection(asyncio.Protocol):
                     self._send_message(stream, serializer(item) if serializer is not None else item)
                     if stream.pending or self._write_paused:
                         await self._drain(stream)
-        except AbortError:
-            self._finish(stream, context.code, context.details, context.trailing)
-            return
-        except asyncio.CancelledError:
-            self._finish(stream, grpc.StatusCode.CANCELLED, "Cancelled")
-            return
-        except Exception as e:  # noqa: BLE001 - a handler's failure is the call's status, as in grpcio
-            log.exception("unexpected error in a streaming gRPC method")
-            self._finish(stream, grpc.StatusCode.UNKNOWN, f"Unexpected {type(e)}: {e}")
+        except (AbortError, asyncio.CancelledError, Exception) as e:  # noqa: BLE001 - each becomes the status
+            self._finish_failed(stream, e, "streaming")
             return
         self._finish(stream, context.code, context.details, context.trailing)
+
+    def _finish_failed(self, stream: Stream, error: BaseException, kind: str) -> None:
+        """End a call whose handler raised, with the status grpcio gives: the handler's own on abort,
+        CANCELLED when it was cancelled, UNKNOWN (logged) for any other exception.  Called in the except block."""
+        context = stream.context
+        if isinstance(error, AbortError):
+            self._finish(stream, context.code, context.details, context.trailing)
+        elif isinstance(error, asyncio.CancelledError):
+            self._finish(stream, grpc.StatusCode.CANCELLED, "Cancelled")
+        else:
+            log.exception("unexpected error in a %s gRPC method", kind)
+            self._finish(stream, grpc.StatusCode.UNKNOWN, f"Unexpected {type(error)}: {error}")
 
     async def _drain(self, stream: Stream) -> None:
         """Wait until the stream's response data has window and the client reads again."""
