@@ -470,6 +470,29 @@ def test_network_endpoints_share_the_core(server: tritonserver.Server) -> None:
         urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/live", timeout=10)
 
 
+def test_endpoints_forward_headers_by_their_options_patterns(server: tritonserver.Server) -> None:
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    with pytest.raises(tritonserver.InvalidArgumentError, match="not a regular expression"):
+        KServeHttp(server, KServeHttp.Options(address="127.0.0.1", port=free_port(), header_forward_pattern="("))
+    http_port, grpc_port = free_port(), free_port()
+    with KServeHttp(server, KServeHttp.Options(address="127.0.0.1", port=http_port, header_forward_pattern="^x-fw")), \
+            KServeGrpc(server, KServeGrpc.Options(address="127.0.0.1", port=grpc_port, forward_header_pattern="^x-fw")):
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        try:
+            for client, module in ((http, httpclient), (grpc, grpcclient)):
+                infer_input = module.InferInput("fp32_input", [1], "FP32")
+                infer_input.set_data_from_numpy(np.ones(1, np.float32))
+                result = client.infer("echo", [infer_input], headers={"x-fw-one": "1", "x-other": "2"})
+                seen = json.loads(result.as_numpy("output_parameters")[0])
+                assert seen.get("x-fw-one") == "1" and "x-other" not in seen, seen
+        finally:
+            http.close()
+            grpc.close()
+
+
 def test_poll_mode_and_stop_when_collected(tmp_path: object) -> None:
     repo = str(tmp_path)
     server = tritonserver.Server(model_repository=repo, model_control_mode=tritonserver.ModelControlMode.POLL)

@@ -15,6 +15,7 @@ in-process calls; ``stop()`` (or leaving the ``with`` block, or ``Server.stop()`
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,15 @@ def _port(port: int) -> int:
     return port
 
 
+def _pattern(pattern: str) -> str:
+    """A header forwarding pattern, refused here (as the flag is at start) when it is not a regular expression."""
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise InvalidArgumentError(f"header forward pattern {pattern!r} is not a regular expression: {e}") from None
+    return pattern
+
+
 class KServeHttp(_Endpoint):
     """The KServe v2 HTTP/REST endpoint (with Triton's extensions)."""
 
@@ -80,7 +90,8 @@ class KServeHttp(_Endpoint):
             raise InvalidArgumentError("restricted_features are not supported here; use tritium's "
                                        "--http-restricted-api on the command line")
         super().__init__(server, {"allow_http": True, "http_address": options.address,
-                                  "http_port": _port(options.port), "reuse_http_port": options.reuse_port})
+                                  "http_port": _port(options.port), "reuse_http_port": options.reuse_port,
+                                  "http_header_forward_pattern": _pattern(options.header_forward_pattern)})
 
     def _make(self, core: Any, options: Any) -> Frontend:
         from tritium.frontends.http.listener import HttpFrontend
@@ -133,6 +144,7 @@ class KServeGrpc(_Endpoint):
             "grpc_max_connection_age": o.max_connection_age_ms or None,
             "grpc_max_connection_age_grace": o.max_connection_age_grace_ms or None,
             "grpc_infer_response_compression_level": str(level).lower(),
+            "grpc_header_forward_pattern": _pattern(o.forward_header_pattern),
         })
 
     def _make(self, core: Any, options: Any) -> Frontend:
