@@ -51,17 +51,37 @@ class InferenceResponse:
         return result
 
 
-class ResponseIterator:
-    """The responses of one ``Model.infer`` call, in order; the last one has ``final`` set."""
+class _Responses:
+    """What both iterators hold: the call's model and request, whether an error response raises, whether the
+    final response was taken, the caller's own response queue, and the call (to cancel it)."""
 
     def __init__(self, model: Model, inference_request: InferenceRequest, raise_on_error: bool) -> None:
         self._model = model
         self._inference_request = inference_request
         self._raise_on_error = raise_on_error
         self._complete = False
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._user_queue = inference_request.response_queue
         self._call: Call | None = None
+
+    def _taken(self, response: InferenceResponse) -> InferenceResponse:
+        """``response``, as the iterator hands it out (raised instead when it is an error and errors raise)."""
+        self._complete = response.final
+        if response.error is not None and self._raise_on_error:
+            raise response.error
+        return response
+
+    def cancel(self) -> None:
+        """Ask the model to stop; the iterator ends with a CANCELLED error response (unless already done)."""
+        if self._call is not None:
+            self._call.cancel()
+
+
+class ResponseIterator(_Responses):
+    """The responses of one ``Model.infer`` call, in order; the last one has ``final`` set."""
+
+    def __init__(self, model: Model, inference_request: InferenceRequest, raise_on_error: bool) -> None:
+        super().__init__(model, inference_request, raise_on_error)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     def _deliver(self, core: CoreResponse | None, error: TritiumError | None, final: bool) -> None:
         """On the server's loop: hand over a response (converted now when the caller's queue wants it)."""
@@ -81,30 +101,17 @@ class ResponseIterator:
         got = self._queue.get()
         response = got if self._user_queue is not None else InferenceResponse._from_item(
             self._model, self._inference_request, got)
-        self._complete = response.final
-        if response.error is not None and self._raise_on_error:
-            raise response.error
-        return response
-
-    def cancel(self) -> None:
-        """Ask the model to stop; the iterator ends with a CANCELLED error response (unless already done)."""
-        if self._call is not None:
-            self._call.cancel()
+        return self._taken(response)
 
 
-class AsyncResponseIterator:
+class AsyncResponseIterator(_Responses):
     """The responses of one ``Model.async_infer`` call, delivered on the caller's event loop."""
 
     def __init__(self, model: Model, inference_request: InferenceRequest, raise_on_error: bool,
                  loop: asyncio.AbstractEventLoop) -> None:
-        self._model = model
-        self._inference_request = inference_request
-        self._raise_on_error = raise_on_error
-        self._complete = False
+        super().__init__(model, inference_request, raise_on_error)
         self._loop = loop
         self._queue: asyncio.Queue[InferenceResponse] = asyncio.Queue()
-        self._user_queue = inference_request.response_queue
-        self._call: Call | None = None
 
     def _deliver(self, core: CoreResponse | None, error: TritiumError | None, final: bool) -> None:
         """On the server's loop: pass the response to the caller's loop."""
@@ -123,12 +130,4 @@ class AsyncResponseIterator:
     async def __anext__(self) -> InferenceResponse:
         if self._complete:
             raise StopAsyncIteration
-        response = await self._queue.get()
-        self._complete = response.final
-        if response.error is not None and self._raise_on_error:
-            raise response.error
-        return response
-
-    def cancel(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
+        return self._taken(await self._queue.get())
