@@ -19,6 +19,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL when the process has not ended within 30 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class ServerProcess:
     """A server process on free ports, its output in a log file; ``url`` is host:port for tritonclient.http,
     ``grpc_url`` for tritonclient.grpc, ``metrics_url`` the metrics page."""
@@ -58,13 +69,7 @@ class ServerProcess:
         return self.proc.wait(timeout)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
         return self.proc.returncode
 

@@ -28,7 +28,7 @@ import tritonclient.http as httpclient
 import yaml
 
 from models import identity_graph, write_model
-from server import ROOT, RunningServer, ServerProcess, free_port
+from server import ROOT, RunningServer, ServerProcess, free_port, stop_process
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="needs Debian's prometheus (scripts/system-packages.txt; scripts/test.sh "
@@ -126,13 +126,7 @@ class Prometheus:
         return list(data["result"])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 
