@@ -103,6 +103,9 @@ def _repository(repo: str, saved: str, graph: bytes) -> None:
           filename="my.savedmodel")
     model("graphdef", 'platform: "tensorflow_graphdef"\n' + batched + GRAPH_IO
           + "optimization { graph { level: -1 } }\n", savedmodel=False)
+    # the graph fixes x's 8 values, the config leaves them open: the backend checks each call
+    model("graphdef_open", 'platform: "tensorflow_graphdef"\n' + batched + GRAPH_IO.replace("[ 8 ]", "[ -1 ]"),
+          savedmodel=False)
     model("graphdef_xla", 'platform: "tensorflow_graphdef"\n' + batched + GRAPH_IO
           + "optimization { graph { level: 1 } }\n", savedmodel=False)
     model("saved_auto", None)
@@ -189,7 +192,7 @@ def test_savedmodel_outputs_equal_tensorflow_in_process(server: RunningServer, t
             assert list(result.as_numpy("upper").reshape(-1)) == list(expected["upper"])
 
 
-@pytest.mark.parametrize("model", ["graphdef", "graphdef_xla"])
+@pytest.mark.parametrize("model", ["graphdef", "graphdef_xla", "graphdef_open"])
 def test_graphdef_outputs_equal_tensorflow_in_process(server: RunningServer, trained, model: str) -> None:  # type: ignore[no-untyped-def]
     module = trained[1]
     client = grpcclient.InferenceServerClient(server.grpc_url)
@@ -257,6 +260,12 @@ def test_bad_inputs_are_client_errors_naming_the_input(server: RunningServer) ->
         grpc.infer("saved", _inputs(grpcclient, np.zeros((2, 5), np.float32), _ids(2), WORDS[:2]))
     assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert client.is_model_ready("saved")
+    open_x = httpclient.InferInput("x", [2, 5], "FP32")  # the config allows any width, the graph takes 8
+    open_x.set_data_from_numpy(np.zeros((2, 5), np.float32))
+    with pytest.raises(InferenceServerException, match=r"'x'.*\[2, 5\].*\[-1, 8\]") as e:
+        client.infer("graphdef_open", [open_x])
+    assert e.value.status() == "400"
+    assert client.is_model_ready("graphdef_open")
 
 
 def test_refused_models_fail_alone_with_reasons(server: RunningServer) -> None:
@@ -267,5 +276,5 @@ def test_refused_models_fail_alone_with_reasons(server: RunningServer) -> None:
         assert index[name]["state"] == "UNAVAILABLE", name
         for word in words:
             assert word in index[name]["reason"], (name, word, index[name]["reason"])
-    for name in ("saved", "graphdef", "saved_auto", "saved_custom_name"):
+    for name in ("saved", "graphdef", "graphdef_open", "saved_auto", "saved_custom_name"):
         assert index[name]["state"] == "READY", (name, index[name].get("reason"))

@@ -269,6 +269,8 @@ class TensorFlowModel(ModelState):
                 raise ModelConfigError(f"unable to load model '{name}': tensor '{tensor.name}' is "
                                        f"{mc.DataType.Name(tensor.data_type)}, which the TensorFlow backend does "
                                        "not exchange")
+        #: input -> (the graph's shape, (axis, size) the graph fixes and the config leaves variable)
+        self.fixed: dict[str, tuple[list[int], tuple[tuple[int, int], ...]]] = {}
         self._sessions: dict[str, list[list[Any]]] = {}  # device -> [[session, callable, users], ...]
         self._sessions["CPU"] = [[*self._session(""), 0]]  # loads and checks the model now: a bad one fails here
 
@@ -324,18 +326,8 @@ class TensorFlowModel(ModelState):
                     session.run(graph.get_operation_by_name(op))
             self._check(feeds, "input")
             self._check(fetches, "output")
-            call = session.make_callable([fetches[name] for name, _ in self.outputs],
-                                         feed_list=[feeds[name] for name in self.inputs],
-                                         accept_options=self.inter == 1)
-            if self.inter == 1:
-                # One inter-op thread: no parallelism between ops to lose, so run them on the calling
-                # (instance) thread and spare a thread hand-off per execution.
-                options = self.tf.compat.v1.RunOptions(inter_op_thread_pool=-1)
-                flat = call
-
-                def run_inline(*arrays: Any) -> Any:
-                    return flat(*arrays, options=options)
-                call = run_inline
+            call = self._callable(session, [feeds[name] for name in self.inputs],
+                                  [fetches[name] for name, _ in self.outputs])
         except TritiumError:
             session.close()
             raise
@@ -344,6 +336,25 @@ class TensorFlowModel(ModelState):
             raise ModelConfigError(f"unable to load model '{ctx.name}' from {self.path}: {type(e).__name__}: "
                                    f"{str(e).strip()[:600]}") from None
         return session, call
+
+    def _callable(self, session: Any, feeds: Sequence[Any], fetches: Sequence[Any]) -> Any:
+        """The session's C++ callable (``Session::MakeCallable``, as Triton's backend runs a model):
+        feeds and fetches resolved once, so a call is a ``RunCallable`` with no per-call Python graph work
+        (``Session.make_callable`` with a feed list goes through ``Session.run``: ~100 us more per call)."""
+        from tensorflow.core.protobuf.config_pb2 import CallableOptions
+
+        options = CallableOptions(feed=[t.name for t in feeds], fetch=[t.name for t in fetches])
+        if self.inter == 1:
+            # One inter-op thread: no parallelism between ops to lose, so run them on the calling
+            # (instance) thread and spare a thread hand-off per execution.
+            options.run_options.inter_op_thread_pool = -1
+        make = getattr(session, "_make_callable_from_options", None)
+        if make is not None:
+            return make(options)
+        # a TensorFlow without the callable API: the slower public path, same results
+        call = session.make_callable(list(fetches), feed_list=list(feeds), accept_options=True)
+        run_options = options.run_options
+        return lambda *arrays: call(*arrays, options=run_options)
 
     def _import_graphdef(self, graph: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         tf = self.tf
@@ -394,6 +405,10 @@ class TensorFlowModel(ModelState):
                 raise ModelConfigError(f"unable to load model '{self.ctx.name}', {what} '{spec.name}': the model "
                                        f"expects shape {shape} but the configuration specifies {full} "
                                        f"(max_batch_size {config.max_batch_size})")
+            if what == "input":  # sizes the graph fixes where the config leaves them open: checked per call
+                fixed = tuple((axis, g) for axis, (g, c) in enumerate(zip(shape, full, strict=True)) if g >= 0 > c)
+                if fixed:
+                    self.fixed[spec.name] = (shape, fixed)
 
     def instance_initialize(self, spec: InstanceSpec) -> ModelInstanceState:
         device = ""
@@ -430,6 +445,11 @@ class TensorFlowInstance(ModelInstanceState):
         model = self.model
         feeds = batch_inputs(requests)
         arrays = [feeds[name] for name in model.inputs]
+        for name, (shape, fixed) in model.fixed.items():  # what Session.run checked in Python, the callable not
+            array = feeds[name]
+            if any(array.shape[axis] != size for axis, size in fixed):
+                raise InvalidArgumentError(f"model '{model.ctx.name}' input '{name}': shape {list(array.shape)} "
+                                           f"does not fit the graph's {shape}")
         self.input_end_ns = time.monotonic_ns()
         try:
             results = self.call(*arrays)
