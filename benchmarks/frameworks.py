@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from http_infer import LUA, run_wrk, wait_live
+from http_infer import LUA, alternating, run_wrk, wait_live
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SIZES = (256, 1024, 1024, 256)
@@ -120,9 +121,14 @@ def runner(framework: str, folder: str):  # type: ignore[no-untyped-def]
         intra_op_parallelism_threads=1, inter_op_parallelism_threads=1, use_per_session_threads=True))
     with graph.as_default():
         meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
+    from tensorflow.core.protobuf.config_pb2 import CallableOptions
+
     sig = meta.signature_def["serving_default"]
-    return session.make_callable(graph.get_tensor_by_name(sig.outputs["y"].name),
-                                 feed_list=[graph.get_tensor_by_name(sig.inputs["x"].name)])
+    # as the backend runs it: the session's C++ callable, ops on the calling thread (one inter-op thread)
+    options = CallableOptions(feed=[sig.inputs["x"].name], fetch=[sig.outputs["y"].name])
+    options.run_options.inter_op_thread_pool = -1
+    call = session._make_callable_from_options(options)
+    return lambda x: call(x)[0]
 
 
 def ceiling(framework: str, folder: str, batches: tuple[int, ...], seconds: float = 2.0) -> dict[int, float]:
@@ -140,19 +146,28 @@ def ceiling(framework: str, folder: str, batches: tuple[int, ...], seconds: floa
     return rates
 
 
-def call_us(framework: str, folder: str, width: int = 16, calls: int = 2000) -> float:
-    """Microseconds per in-process call of one row (best of 5 runs): the framework's own per-call cost."""
+def call_us(framework: str, folder: str, width: int = 16, calls: int = 2000) -> tuple[float, float]:
+    """CPU microseconds per in-process call of one row (best of 3 runs), back to back and with a 100 us
+    sleep before each call (as requests arrive when served at one connection: the framework's threads
+    and caches cool between calls): the framework's own per-call cost."""
     call = runner(framework, folder)
     x = np.ones((1, width), np.float32)
     for _ in range(200):
         call(x)
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(calls):
-            call(x)
-        best = min(best, (time.perf_counter() - start) / calls * 1e6)
-    return best
+    costs = []
+    for gap in (0.0, 100e-6):
+        best = float("inf")
+        for _ in range(3):
+            spent = 0.0
+            for _ in range(calls // 2 if gap else calls):
+                if gap:
+                    time.sleep(gap)
+                start = time.process_time()
+                call(x)
+                spent += time.process_time() - start
+            best = min(best, spent / (calls // 2 if gap else calls) * 1e6)
+        costs.append(best)
+    return costs[0], costs[1]
 
 
 def config(framework: str, name: str, batching: bool, width: int) -> str:
@@ -191,97 +206,161 @@ def counts(url: str, model: str) -> tuple[int, int]:
     return int(stats["inference_count"]), int(stats["execution_count"])
 
 
+def start_server(repo: str, port: int, workdir: str, src: str | None = None) -> subprocess.Popen:
+    """tritium serving ``repo`` on ``port``; from the sources in ``src`` (a checkout's ``src`` folder: the
+    baseline of a before/after comparison) where given."""
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
+    log = open(os.path.join(workdir, f"server{port}.log"), "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}",
+                             f"--http-port={port}", "--http-address=127.0.0.1", "--allow-grpc=false",
+                             "--allow-metrics=false",
+                             # the configs are complete; auto-complete would turn dynamic batching on
+                             "--disable-auto-complete-config"], stdout=log, stderr=log, env=env)
+    wait_live(f"127.0.0.1:{port}", proc, timeout=300)
+    return proc
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        proc.wait(10)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--connections", default="1,8,32")
     ap.add_argument("--frameworks", default="onnx,openvino,tensorflow")
+    ap.add_argument("--parts", default="mlp,identity", help="mlp (ceilings, served MLP), identity (overhead)")
+    ap.add_argument("--rounds", type=int, default=1, help="identity: rounds, frameworks alternating in each")
+    ap.add_argument("--baseline-src", help="identity: also serve from this tritium 'src' folder (before/after)")
+    ap.add_argument("--baseline-frameworks", help="identity: frameworks served by the baseline (default all)")
     ap.add_argument("--openvino-precision", default="f32", choices=("f32", "bf16", "f16"))
     args = ap.parse_args()
     global PRECISION
     PRECISION = args.openvino_precision
     frameworks = args.frameworks.split(",")
+    parts = args.parts.split(",")
     conns = [int(c) for c in args.connections.split(",")]
     workdir = tempfile.mkdtemp(prefix="tritium-frameworks-bench-")
-    proc = None
+    procs: dict[str, subprocess.Popen | None] = {}
     served: list[tuple[str, bool, int, dict[str, float], float]] = []
-    overhead: dict[str, dict[str, float]] = {}
+    overhead: dict[str, list[dict[str, float]]] = {}
     ceilings: dict[str, dict[int, float]] = {}
+    own: dict[str, tuple[float, float]] = {}
     try:
         repo = os.path.join(workdir, "repo")
         for fw in frameworks:
             for identity in (False, True):
                 kind = "identity" if identity else "mlp"
+                if kind not in parts:
+                    continue
                 build(fw, os.path.join(workdir, "files", f"{kind}_{fw}"), identity)
                 for batching in ((False,) if identity else (False, True)):
                     name = f"{kind}_{fw}{'_batched' if batching else ''}"
                     shutil.copytree(os.path.join(workdir, "files", f"{kind}_{fw}"), os.path.join(repo, name, "1"))
                     with open(os.path.join(repo, name, "config.pbtxt"), "w") as f:
                         f.write(config(fw, name, batching, 16 if identity else SIZES[0]))
-        own: dict[str, float] = {}
-        for fw in frameworks:
-            ceilings[fw] = ceiling(fw, os.path.join(workdir, "files", f"mlp_{fw}"), (1, 32))
-            own[fw] = call_us(fw, os.path.join(workdir, "files", f"identity_{fw}"))
-        port = 18690
-        url = f"127.0.0.1:{port}"
-        log = open(os.path.join(workdir, "server.log"), "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}",
-                                 f"--http-port={port}", "--http-address=127.0.0.1", "--allow-grpc=false",
-                                 "--allow-metrics=false",
-                                 # the configs are complete; auto-complete would turn dynamic batching on
-                                 "--disable-auto-complete-config"], stdout=log, stderr=log)
-        wait_live(url, proc, timeout=300)
-        mlp_lua, identity_lua = body(workdir, SIZES[0]), body(workdir, 16)
-        for fw in frameworks:
-            run_wrk(url, f"identity_{fw}", identity_lua, 1, 1, 1)
-            overhead[fw] = run_wrk(url, f"identity_{fw}", identity_lua, 1, args.duration, 1, proc.pid)
-            for batching in (False, True):
-                model = f"mlp_{fw}{'_batched' if batching else ''}"
-                run_wrk(url, model, mlp_lua, 4, 1, 1)
-                for c in conns:
-                    before = counts(url, model)
-                    result = run_wrk(url, model, mlp_lua, c, args.duration, min(c, 2), proc.pid)
-                    after = counts(url, model)
-                    served.append((fw, batching, c, result, (after[0] - before[0]) / max(1, after[1] - before[1])))
-        proc.terminate()
-        proc.wait(10)
-        proc = None
-        # measured again after serving: the best of the two, as other load on the machine comes and goes
-        for fw in frameworks:
-            again = ceiling(fw, os.path.join(workdir, "files", f"mlp_{fw}"), (1, 32))
-            ceilings[fw] = {b: max(rate, again[b]) for b, rate in ceilings[fw].items()}
-            own[fw] = min(own[fw], call_us(fw, os.path.join(workdir, "files", f"identity_{fw}")))
+
+        def in_process() -> None:
+            """Ceilings and own per-call costs; measured before and after serving, the best of the two kept
+            (other load on the machine comes and goes)."""
+            for fw in frameworks:
+                if "mlp" in parts:
+                    rates = ceiling(fw, os.path.join(workdir, "files", f"mlp_{fw}"), (1, 32))
+                    ceilings[fw] = {b: max(r, ceilings.get(fw, {}).get(b, 0.0)) for b, r in rates.items()}
+                if "identity" in parts:
+                    costs = call_us(fw, os.path.join(workdir, "files", f"identity_{fw}"))
+                    old = own.get(fw, (float("inf"), float("inf")))
+                    own[fw] = (min(old[0], costs[0]), min(old[1], costs[1]))
+
+        in_process()
+        url = "127.0.0.1:18690"
+        procs["main"] = start_server(repo, 18690, workdir)
+        pids = {"": procs["main"].pid}
+        urls = {"": url}
+        entries = [(fw, "") for fw in frameworks]
+        if args.baseline_src and "identity" in parts:
+            procs["baseline"] = start_server(repo, 18691, workdir, args.baseline_src)
+            pids["@baseline"], urls["@baseline"] = procs["baseline"].pid, "127.0.0.1:18691"
+            entries += [(fw, "@baseline") for fw in (args.baseline_frameworks or args.frameworks).split(",")]
+        identity_lua = body(workdir, 16)
+        if "identity" in parts:
+            for fw, where in entries:
+                run_wrk(urls[where], f"identity_{fw}", identity_lua, 1, 1, 1)  # warm-up
+            for i in range(args.rounds):
+                for fw, where in alternating(entries, i):
+                    result = run_wrk(urls[where], f"identity_{fw}", identity_lua, 1, args.duration, 1, pids[where])
+                    overhead.setdefault(fw + where, []).append(result)
+        if "mlp" in parts:
+            mlp_lua = body(workdir, SIZES[0])
+            for fw in frameworks:
+                for batching in (False, True):
+                    model = f"mlp_{fw}{'_batched' if batching else ''}"
+                    run_wrk(url, model, mlp_lua, 4, 1, 1)
+                    for c in conns:
+                        before = counts(url, model)
+                        result = run_wrk(url, model, mlp_lua, c, args.duration, min(c, 2), procs["main"].pid)
+                        after = counts(url, model)
+                        served.append((fw, batching, c, result,
+                                       (after[0] - before[0]) / max(1, after[1] - before[1])))
+        for key in list(procs):
+            stop(procs.pop(key))
+        in_process()
     except BaseException:
-        if os.path.exists(os.path.join(workdir, "server.log")):  # why the server failed
-            with open(os.path.join(workdir, "server.log"), errors="replace") as f:
-                sys.stderr.write("".join(f.readlines()[-30:]))
+        for name in os.listdir(workdir):  # why a server failed
+            if name.startswith("server") and name.endswith(".log"):
+                with open(os.path.join(workdir, name), errors="replace") as f:
+                    sys.stderr.write("".join(f.readlines()[-30:]))
         raise
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            proc.wait(10)
+        for proc in procs.values():
+            stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)
-    print("in process, 1 thread: rows/s of the MLP 256-1024-1024-256 (best of before and after serving)")
-    print(f"{'framework':<12}{'batch 1':>12}{'batch 32':>12}")
-    for fw, rates in ceilings.items():
-        print(f"{fw:<12}{rates[1]:>12,.0f}{rates[32]:>12,.0f}")
-    print("\nserved by tritium (1 instance, 1 thread, 1-row requests, binary HTTP, wrk)")
-    print(f"{'framework':<12}{'batching':>9}{'conns':>6}{'rows/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'cpu us/req':>11}"
-          f"{'mean batch':>11}{'of ceiling@32':>14}")
-    for fw, batching, c, r, batch in served:
-        print(f"{fw:<12}{'dynamic' if batching else 'none':>9}{c:>6}{r['rps']:>9,.0f}{r['p50']:>8.2f}{r['p99']:>8.2f}"
-              f"{r.get('cpu_us', float('nan')):>11,.0f}{batch:>11.1f}{r['rps'] / ceilings[fw][32]:>14.0%}")
-    print("\nper-request overhead: identity (16 FP32), 1 connection; 'tritium us' = server CPU per request minus"
-          " the framework's own in-process call")
-    print(f"{'framework':<12}{'req/s':>9}{'p50 ms':>8}{'cpu us/req':>11}{'call us':>9}{'tritium us':>11}"
-          f"{'vs onnx':>9}")
-    base = overhead["onnx"]["cpu_us"] - own["onnx"] if "onnx" in overhead and overhead["onnx"].get("cpu_us") else None
-    for fw, r in overhead.items():
-        mine = r.get("cpu_us", float("nan")) - own[fw]
-        ratio = f"{mine / base:>9.2f}" if base else f"{'':>9}"
-        print(f"{fw:<12}{r['rps']:>9,.0f}{r['p50']:>8.2f}{r.get('cpu_us', float('nan')):>11,.0f}{own[fw]:>9,.0f}"
-              f"{mine:>11,.0f}{ratio}")
+    if "mlp" in parts:
+        print("in process, 1 thread: rows/s of the MLP 256-1024-1024-256 (best of before and after serving)")
+        print(f"{'framework':<12}{'batch 1':>12}{'batch 32':>12}")
+        for fw, rates in ceilings.items():
+            print(f"{fw:<12}{rates[1]:>12,.0f}{rates[32]:>12,.0f}")
+        print("\nserved by tritium (1 instance, 1 thread, 1-row requests, binary HTTP, wrk)")
+        print(f"{'framework':<12}{'batching':>9}{'conns':>6}{'rows/s':>9}{'p50 ms':>8}{'p99 ms':>8}"
+              f"{'cpu us/req':>11}{'mean batch':>11}{'of ceiling@32':>14}")
+        for fw, batching, c, r, batch in served:
+            print(f"{fw:<12}{'dynamic' if batching else 'none':>9}{c:>6}{r['rps']:>9,.0f}{r['p50']:>8.2f}"
+                  f"{r['p99']:>8.2f}{r.get('cpu_us', float('nan')):>11,.0f}{batch:>11.1f}"
+                  f"{r['rps'] / ceilings[fw][32]:>14.0%}")
+    if "identity" in parts:
+        report_overhead(overhead, own, args.rounds)
     return 0
+
+
+def report_overhead(overhead: dict[str, list[dict[str, float]]], own: dict[str, tuple[float, float]],
+                    rounds: int) -> None:
+    """Per-request overhead: server CPU per request, and that minus the framework's own call (with gaps, as
+    served); each round's ratio to ONNX's of the same round: median and range."""
+    print(f"\nper-request overhead: identity (16 FP32), 1 connection, {rounds} round(s); 'call us' = the framework's"
+          " own in-process call (CPU), back to back / with 100 us gaps; 'tritium us' = server CPU per request"
+          " minus the call with gaps; 'vs onnx' = per-round ratios to ONNX's, median (range)")
+    print(f"{'server':<22}{'req/s':>9}{'p50 ms':>8}{'cpu us/req':>11}{'cpu vs onnx':>19}{'call us':>10}"
+          f"{'tritium us':>11}  tritium us vs onnx")
+    base = overhead.get("onnx")
+
+    def versus(values: list[float], subtract: float) -> str:
+        if not base:
+            return ""
+        ratios = sorted(v / (b.get("cpu_us", float("nan")) - subtract) for v, b in zip(values, base, strict=True))
+        return f"{statistics.median(ratios):.2f}" + (f" ({ratios[0]:.2f}-{ratios[-1]:.2f})" if rounds > 1 else "")
+
+    for key, runs in overhead.items():
+        fw = key.split("@")[0]
+        cpus = [r.get("cpu_us", float("nan")) for r in runs]
+        mine = [c - own[fw][1] for c in cpus]
+        print(f"{key:<22}{statistics.median(r['rps'] for r in runs):>9,.0f}"
+              f"{statistics.median(r['p50'] for r in runs):>8.2f}{statistics.median(cpus):>11,.0f}"
+              f"{versus(cpus, 0.0):>19}{f'{own[fw][0]:.0f}/{own[fw][1]:.0f}':>10}"
+              f"{statistics.median(mine):>11,.0f}  {versus(mine, own['onnx'][1])}")
 
 
 if __name__ == "__main__":
