@@ -1,14 +1,15 @@
 """The same MLP (256 -> 1024 -> 1024 -> 256, ReLU, FP32) as ONNX, OpenVINO IR and TensorFlow SavedModel:
 in-process ceiling of each framework (one thread) and served by tritium.
 
-In process: rows/s at batch 1 and 32 (ONNX Runtime session, OpenVINO compiled model, TensorFlow session
-through ``make_callable``, each on one thread).  Served (one instance, one thread per framework, binary
+In process: rows/s at batch 1 and 32 (ONNX Runtime session, OpenVINO compiled model, TensorFlow session's
+C++ callable, each on one thread).  Served (one instance, one thread per framework, binary
 HTTP by wrk, 1-row requests): 1, 8 and 32 connections, without and with dynamic batching; rows/s, p50,
 p99, the mean batch executed, and rows/s as a share of the framework's in-process ceiling at batch 32.
 Per-request overhead: an identity model (16 FP32) of each framework at 1 connection, server CPU time per
-request compared with the ONNX backend's.
+request (and that minus the framework's own call) compared with the ONNX backend's, round by round.
 
     python benchmarks/frameworks.py [--duration 5] [--connections 1,8,32] [--frameworks onnx,openvino,tensorflow]
+        [--parts mlp,identity] [--rounds 1] [--baseline-src OTHER_CHECKOUT/src [--baseline-frameworks tensorflow]]
 """
 
 from __future__ import annotations

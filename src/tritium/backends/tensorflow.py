@@ -6,8 +6,9 @@ extra (``pip install tritium[tensorflow]``, the CPU build) and is imported when 
 
 Files: ``<version>/model.savedmodel/`` (a SavedModel folder) or ``<version>/model.graphdef`` (a frozen
 GraphDef), or the ``default_model_filename``.  Like Triton's backend (TensorFlow's C API), models run in
-TF1-style sessions: a SavedModel's signature (``TF_SIGNATURE_DEF``, default ``serving_default``) binds
-config names to graph tensors; a GraphDef's tensors are named by the config (``x`` = ``x:0``).
+TF1-style sessions, each execution one call of the session's C++ callable (``Session::RunCallable``): a
+SavedModel's signature (``TF_SIGNATURE_DEF``, default ``serving_default``) binds config names to graph
+tensors; a GraphDef's tensors are named by the config (``x`` = ``x:0``).
 
 Auto-complete (SavedModel only; a GraphDef needs a config, as in Triton): inputs and outputs from the
 signature (name, data type, dims; outputs the config names are completed, others left out); the model
