@@ -201,10 +201,12 @@ def body(workdir: str, width: int) -> str:
     return lua
 
 
-def counts(url: str, model: str) -> tuple[int, int]:
+def counts(url: str, model: str) -> tuple[int, int, int]:
+    """Inferences, executions and the nanoseconds spent in the framework's calls (compute_infer) so far."""
     with urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats", timeout=10) as r:
         stats = json.loads(r.read())["model_stats"][0]
-    return int(stats["inference_count"]), int(stats["execution_count"])
+    return (int(stats["inference_count"]), int(stats["execution_count"]),
+            int(stats["inference_stats"]["compute_infer"]["ns"]))
 
 
 def start_server(repo: str, port: int, workdir: str, src: str | None = None) -> subprocess.Popen:
@@ -293,7 +295,11 @@ def main() -> int:
                 run_wrk(urls[where], f"identity_{fw}", identity_lua, 1, 1, 1)  # warm-up
             for i in range(args.rounds):
                 for fw, where in alternating(entries, i):
+                    before = counts(urls[where], f"identity_{fw}")
                     result = run_wrk(urls[where], f"identity_{fw}", identity_lua, 1, args.duration, 1, pids[where])
+                    after = counts(urls[where], f"identity_{fw}")
+                    # the framework's call as served (wall, on the one thread that runs it)
+                    result["infer_us"] = (after[2] - before[2]) / 1e3 / max(1, after[0] - before[0])
                     overhead.setdefault(fw + where, []).append(result)
         if "mlp" in parts:
             mlp_lua = body(workdir, SIZES[0])
@@ -339,29 +345,31 @@ def main() -> int:
 
 def report_overhead(overhead: dict[str, list[dict[str, float]]], own: dict[str, tuple[float, float]],
                     rounds: int) -> None:
-    """Per-request overhead: server CPU per request, and that minus the framework's own call (with gaps, as
-    served); each round's ratio to ONNX's of the same round: median and range."""
-    print(f"\nper-request overhead: identity (16 FP32), 1 connection, {rounds} round(s); 'call us' = the framework's"
-          " own in-process call (CPU), back to back / with 100 us gaps; 'tritium us' = server CPU per request"
-          " minus the call with gaps; 'vs onnx' = per-round ratios to ONNX's, median (range)")
-    print(f"{'server':<22}{'req/s':>9}{'p50 ms':>8}{'cpu us/req':>11}{'cpu vs onnx':>19}{'call us':>10}"
-          f"{'tritium us':>11}  tritium us vs onnx")
+    """Per-request overhead: server CPU per request, and that minus the framework's call as served; each
+    round's ratio to ONNX's of the same round: median and range."""
+    print(f"\nper-request overhead: identity (16 FP32), 1 connection, {rounds} round(s). 'call us': the framework's"
+          " own call in process (CPU), back to back / with 100 us gaps; 'infer us': its call as served (the"
+          " model's compute_infer per request); 'tritium us' = server CPU per request - 'infer us'; ratios to"
+          " ONNX's of the same round, median (range)")
+    print(f"{'server':<20}{'req/s':>8}{'cpu us/req':>11}{'vs onnx':>18}{'call us':>9}{'infer us':>9}"
+          f"{'tritium us':>11}{'vs onnx':>18}")
     base = overhead.get("onnx")
 
-    def versus(values: list[float], subtract: float) -> str:
+    def versus(values: list[float], minus_infer: bool) -> str:
         if not base:
             return ""
-        ratios = sorted(v / (b.get("cpu_us", float("nan")) - subtract) for v, b in zip(values, base, strict=True))
+        ratios = sorted(v / (b["cpu_us"] - (b["infer_us"] if minus_infer else 0.0)) for v, b in zip(values, base,
+                                                                                             strict=True))
         return f"{statistics.median(ratios):.2f}" + (f" ({ratios[0]:.2f}-{ratios[-1]:.2f})" if rounds > 1 else "")
 
     for key, runs in overhead.items():
         fw = key.split("@")[0]
-        cpus = [r.get("cpu_us", float("nan")) for r in runs]
-        mine = [c - own[fw][1] for c in cpus]
-        print(f"{key:<22}{statistics.median(r['rps'] for r in runs):>9,.0f}"
-              f"{statistics.median(r['p50'] for r in runs):>8.2f}{statistics.median(cpus):>11,.0f}"
-              f"{versus(cpus, 0.0):>19}{f'{own[fw][0]:.0f}/{own[fw][1]:.0f}':>10}"
-              f"{statistics.median(mine):>11,.0f}  {versus(mine, own['onnx'][1])}")
+        cpus = [r["cpu_us"] for r in runs]
+        mine = [r["cpu_us"] - r["infer_us"] for r in runs]
+        print(f"{key:<20}{statistics.median(r['rps'] for r in runs):>8,.0f}{statistics.median(cpus):>11,.0f}"
+              f"{versus(cpus, False):>18}{f'{own[fw][0]:.0f}/{own[fw][1]:.0f}':>9}"
+              f"{statistics.median(r['infer_us'] for r in runs):>9,.0f}{statistics.median(mine):>11,.0f}"
+              f"{versus(mine, True):>18}")
 
 
 if __name__ == "__main__":
