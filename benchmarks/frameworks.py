@@ -331,13 +331,16 @@ def main() -> int:
         print(f"{'framework':<12}{'batch 1':>12}{'batch 32':>12}")
         for fw, rates in ceilings.items():
             print(f"{fw:<12}{rates[1]:>12,.0f}{rates[32]:>12,.0f}")
-        print("\nserved by tritium (1 instance, 1 thread, 1-row requests, binary HTTP, wrk)")
+        print("\nserved by tritium (1 instance, 1 thread, 1-row requests, binary HTTP, wrk); 'of ceiling@32': rows/s"
+              " over the in-process rows/s at batch 32; 'per cpu-s': rows per second of server CPU over the same"
+              " ceiling (rows per second of one thread): steadier where other load takes the cores")
         print(f"{'framework':<12}{'batching':>9}{'conns':>6}{'rows/s':>9}{'p50 ms':>8}{'p99 ms':>8}"
-              f"{'cpu us/req':>11}{'mean batch':>11}{'of ceiling@32':>14}")
+              f"{'cpu us/req':>11}{'mean batch':>11}{'of ceiling@32':>14}{'per cpu-s':>10}")
         for fw, batching, c, r, batch in served:
+            cpu = r.get("cpu_us", float("nan"))
             print(f"{fw:<12}{'dynamic' if batching else 'none':>9}{c:>6}{r['rps']:>9,.0f}{r['p50']:>8.2f}"
-                  f"{r['p99']:>8.2f}{r.get('cpu_us', float('nan')):>11,.0f}{batch:>11.1f}"
-                  f"{r['rps'] / ceilings[fw][32]:>14.0%}")
+                  f"{r['p99']:>8.2f}{cpu:>11,.0f}{batch:>11.1f}{r['rps'] / ceilings[fw][32]:>14.0%}"
+                  f"{1e6 / cpu / ceilings[fw][32]:>10.0%}")
     if "identity" in parts:
         report_overhead(overhead, own, args.rounds)
     return 0
