@@ -22,8 +22,8 @@ order, to the other inputs); such an output is written into its region and answe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -118,7 +118,7 @@ class DecodedRequest:
     shm_outputs: ShmOutputs | None = None
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
+def _varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
     result = 0
     shift = 0
     while True:
@@ -132,7 +132,7 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _skip_group(data: bytes, pos: int, number: int) -> int:
+def _skip_group(data: bytes | memoryview, pos: int, number: int) -> int:
     """Past the end of a group (wire type 3, proto2's): protobuf keeps one as an unknown field, so the
     pre-parser must step over it too (raw contents inside it are not the message's)."""
     open_groups = [number]
