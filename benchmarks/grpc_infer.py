@@ -58,10 +58,10 @@ def check_grpc(url: str, model: str, shape: tuple[int, ...]) -> None:
 
 
 def run_h2load(url: str, body: str, streams: int, duration: int, log: str,
-               pid: int | None = None, method: str = "ModelInfer") -> dict[str, float]:
+               pid: int | None = None, method: str = "ModelInfer", threads: int = 2) -> dict[str, float]:
     """One h2load run: req/s, p50/p99 ms, errors, response data bytes per request; with the server's ``pid``,
     ``cpu_us`` (server CPU per request)."""
-    cmd = ["h2load", f"-c{streams}", "-m1", f"-t{min(streams, 2)}", f"-D{duration}", "--warm-up-time=1",
+    cmd = ["h2load", f"-c{streams}", "-m1", f"-t{min(streams, threads)}", f"-D{duration}", "--warm-up-time=1",
            "-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers", f"--log-file={log}",
            f"http://{url}/inference.GRPCInferenceService/{method}"]
     if os.path.exists(log):
@@ -123,6 +123,9 @@ def main() -> int:
     ap.add_argument("--grpc-transport", default="grpcio",
                     help="comma-separated: grpcio, native; each round serves each in turn (alternating)")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--client-threads", type=int, default=1,
+                    help="threads of each load generator (h2load and wrk alike: on a 2-core machine a second client "
+                         "thread takes CPU from the server)")
     ap.add_argument("--triton-python", help="also real Triton (this Python runs its stub); then the identity model "
                                             "is the same model.py on both servers (Python backend)")
     args = ap.parse_args()
@@ -159,10 +162,10 @@ def main() -> int:
             for n in (int(s) for s in args.streams.split(",")):
                 h2log = os.path.join(workdir, f"h2load-{model}-{n}.log")
                 results.setdefault((f"{label}/grpc", key, n), []).append(
-                    run_h2load(grpc, body, n, args.duration, h2log, pid))
+                    run_h2load(grpc, body, n, args.duration, h2log, pid, threads=args.client_threads))
                 if with_http:
                     results.setdefault((f"{label}/http", key, n), []).append(
-                        run_wrk(http, model, lua, n, args.duration, 1, pid))
+                        run_wrk(http, model, lua, n, args.duration, args.client_threads, pid))
 
     try:
         for _ in range(args.rounds):
