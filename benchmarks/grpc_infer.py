@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import struct
@@ -57,11 +58,12 @@ def check_grpc(url: str, model: str, shape: tuple[int, ...]) -> None:
 
 
 def run_h2load(url: str, body: str, streams: int, duration: int, log: str,
-               pid: int | None = None) -> dict[str, float]:
-    """One h2load run: req/s, p50/p99 ms, errors; with the server's ``pid``, ``cpu_us`` (server CPU per request)."""
-    cmd = ["h2load", f"-c{streams}", "-m1", f"-t{min(streams, 2)}", f"-D{duration}", "--warm-up-time=1",
+               pid: int | None = None, method: str = "ModelInfer", threads: int = 2) -> dict[str, float]:
+    """One h2load run: req/s, p50/p99 ms, errors, response data bytes per request; with the server's ``pid``,
+    ``cpu_us`` (server CPU per request)."""
+    cmd = ["h2load", f"-c{streams}", "-m1", f"-t{min(streams, threads)}", f"-D{duration}", "--warm-up-time=1",
            "-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers", f"--log-file={log}",
-           f"http://{url}/inference.GRPCInferenceService/ModelInfer"]
+           f"http://{url}/inference.GRPCInferenceService/{method}"]
     if os.path.exists(log):
         os.remove(log)  # h2load appends to its log: a reused name would count earlier runs' requests too
     cpu_before = tree_cpu_s(pid) if pid is not None else 0.0
@@ -78,6 +80,10 @@ def run_h2load(url: str, body: str, streams: int, duration: int, log: str,
     values = np.array(latencies)
     result = {"rps": len(values) / duration, "p50": float(np.percentile(values, 50)),
               "p99": float(np.percentile(values, 99)), "errors": errors}
+    traffic = re.search(r"\((\d+)\) data", text)
+    done = re.search(r"requests: .*? (\d+) done", text)
+    if traffic and done and int(done.group(1)):
+        result["data_bytes"] = int(traffic.group(1)) / int(done.group(1))
     if pid is not None:
         # the log holds the measured requests only (after --warm-up-time=1); the CPU covers the warm-up too
         result["cpu_us"] = cpu * 1e6 / (len(values) * (duration + 1) / duration)
@@ -117,6 +123,9 @@ def main() -> int:
     ap.add_argument("--grpc-transport", default="grpcio",
                     help="comma-separated: grpcio, native; each round serves each in turn (alternating)")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--client-threads", type=int, default=1,
+                    help="threads of each load generator (h2load and wrk alike: on a 2-core machine a second client "
+                         "thread takes CPU from the server)")
     ap.add_argument("--triton-python", help="also real Triton (this Python runs its stub); then the identity model "
                                             "is the same model.py on both servers (Python backend)")
     args = ap.parse_args()
@@ -153,10 +162,10 @@ def main() -> int:
             for n in (int(s) for s in args.streams.split(",")):
                 h2log = os.path.join(workdir, f"h2load-{model}-{n}.log")
                 results.setdefault((f"{label}/grpc", key, n), []).append(
-                    run_h2load(grpc, body, n, args.duration, h2log, pid))
+                    run_h2load(grpc, body, n, args.duration, h2log, pid, threads=args.client_threads))
                 if with_http:
                     results.setdefault((f"{label}/http", key, n), []).append(
-                        run_wrk(http, model, lua, n, args.duration, 1, pid))
+                        run_wrk(http, model, lua, n, args.duration, args.client_threads, pid))
 
     try:
         for _ in range(args.rounds):

@@ -3,11 +3,15 @@ tritonclient.grpc streams, on each gRPC transport (and real Triton with ``--trit
 and server CPU per response, rounds alternating between servers.
 
     python benchmarks/grpc_stream.py [--rounds 3] [--requests 20] [--streams 1,8] [--grpc-transport grpcio,native]
-        [--triton-python /work/triton-ref/.venv-triton/bin/python]
+        [--client python,h2load] [--duration 4] [--triton-python /work/triton-ref/.venv-triton/bin/python]
 
-Each of ``--streams`` client streams (one tritonclient each, in threads) sends ``--requests`` requests
-and waits for all their responses.  The client's Python is part of what is measured (it reads every
-response), so the CPU per response of the server is the figure to compare.
+``--client python``: each of ``--streams`` client streams (one tritonclient each, in threads) sends
+``--requests`` requests and waits for all their responses.  The client's Python is part of what is
+measured (it reads every response, and it shares the machine's cores), so the CPU per response of the
+server is the figure to compare.  ``--client h2load``: the C load generator keeps ``--streams``
+``ModelStreamInfer`` calls open at a time for ``--duration`` seconds, each sending one request and reading
+its 100 responses and trailers (a new call then starts); the client costs little, so responses/s is the
+servers' own.  Both check every response's bytes arrived (h2load's data per call).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import queue
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -27,6 +32,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+
+from grpc_infer import run_h2load  # noqa: E402
 
 from http_infer import real_triton_script, tree_cpu_s, wait_live  # noqa: E402
 
@@ -101,6 +108,29 @@ def run(url: str, pid: int, streams: int, requests: int) -> dict[str, float]:
     return {"rps": responses / seconds, "cpu_us": cpu * 1e6 / responses}
 
 
+def stream_body(path: str) -> None:
+    """One framed ``ModelInferRequest`` asking the counter model for RESPONSES responses."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name="counter")
+    request.inputs.add(name="INPUT0", datatype="INT32", shape=[1])
+    request.raw_input_contents.append(np.array([RESPONSES], np.int32).tobytes())
+    message = request.SerializeToString()
+    with open(path, "wb") as f:
+        f.write(struct.pack(">BI", 0, len(message)) + message)
+
+
+def run_h2load_streams(url: str, pid: int, streams: int, duration: int, workdir: str) -> dict[str, float]:
+    body = os.path.join(workdir, "stream-body")
+    if not os.path.exists(body):
+        stream_body(body)
+    result = run_h2load(url, body, streams, duration, os.path.join(workdir, "h2load.log"), pid, "ModelStreamInfer")
+    # (a call cut at the end of the run may count as an error: at most one per stream)
+    if result["errors"] > streams or result.get("data_bytes", 0) < RESPONSES * 20:  # each response is over 20 bytes
+        raise SystemExit(f"ModelStreamInfer calls from h2load did not get their responses: {result}")
+    return {"rps": result["rps"] * RESPONSES, "cpu_us": result["cpu_us"] / RESPONSES, "p99": result["p99"]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -108,7 +138,10 @@ def main() -> int:
     ap.add_argument("--streams", default="1,8")
     ap.add_argument("--grpc-transport", default="grpcio,native")
     ap.add_argument("--triton-python")
+    ap.add_argument("--client", default="python", help="python, h2load or both (python,h2load)")
+    ap.add_argument("--duration", type=int, default=4, help="seconds of each h2load run")
     args = ap.parse_args()
+    clients = args.client.split(",")
     workdir = tempfile.mkdtemp(prefix="tritium-grpc-stream-")
     repo = os.path.join(workdir, "repo")
     build_repo(repo)
@@ -136,14 +169,27 @@ def main() -> int:
         for _, url, proc in servers:  # warm up
             run(url, proc.pid, 1, 2)
         for _ in range(args.rounds):
-            for name, url, proc in servers:
-                for n in streams:
-                    results.setdefault((name, n), []).append(run(url, proc.pid, n, args.requests))
-        print(f"{'server':<18}{'streams':>8}{'responses/s':>13}{'cpu us/resp':>12}  (median of {args.rounds}; ranges)")
+            for client in clients:
+                for name, url, proc in servers:
+                    for n in streams:
+                        result = (run(url, proc.pid, n, args.requests) if client == "python"
+                                  else run_h2load_streams(url, proc.pid, n, args.duration, workdir))
+                        results.setdefault((f"{name} ({client})", n), []).append(result)
+        print(f"{'server (client)':<28}{'streams':>8}{'responses/s':>13}{'cpu us/resp':>12}"
+              f"  (median of {args.rounds}; ranges)")
         for (name, n), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             rps, cpu = [r["rps"] for r in runs], [r["cpu_us"] for r in runs]
-            print(f"{name:<18}{n:>8}{statistics.median(rps):>13,.0f}{statistics.median(cpu):>12,.1f}"
+            print(f"{name:<28}{n:>8}{statistics.median(rps):>13,.0f}{statistics.median(cpu):>12,.1f}"
                   f"  ({min(rps):,.0f}-{max(rps):,.0f}; {min(cpu):.1f}-{max(cpu):.1f} us)")
+        if "triton" in {name for name, _, _ in servers}:
+            print(f"\npaired responses/s ratios over triton (per round; median and range of {args.rounds} rounds)")
+            for (name, n), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+                client = name.split(" (")[1]
+                theirs = results.get((f"triton ({client}", n))
+                if name.startswith("triton") or theirs is None:
+                    continue
+                ratios = sorted(a["rps"] / b["rps"] for a, b in zip(runs, theirs, strict=True))
+                print(f"  {name:<28}{n:>4} streams: {statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})")
     finally:
         for _, _, proc in servers:
             proc.terminate()

@@ -231,6 +231,20 @@ PARAM_KEYS = ["shared_memory_region", "shared_memory_offset", "shared_memory_byt
 
 
 @st.composite
+def plain_grpc_messages(draw):
+    """``ModelInferRequest`` as clients send them most: raw contents, no parameters (those get a plan)."""
+    message = pb.ModelInferRequest(model_name=draw(st.sampled_from(["m", "another"])),
+                                   model_version=draw(st.sampled_from(["", "1"])), id=draw(st.text(max_size=3)))
+    for _ in range(draw(st.integers(1, 3))):
+        name, dtype, shape, array = draw(tensors())
+        message.inputs.add(name=name, datatype=dtype.wire_name, shape=shape)
+        message.raw_input_contents.append(_raw(dtype, array))
+    for _ in range(draw(st.integers(0, 2))):
+        message.outputs.add(name=draw(names))
+    return message.SerializeToString()
+
+
+@st.composite
 def grpc_messages(draw):
     message = pb.ModelInferRequest(model_name="m", id=draw(st.text(max_size=4)))
     use_raw = draw(st.booleans())

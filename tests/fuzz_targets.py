@@ -215,6 +215,40 @@ def bytes_tensor(buffer: bytes, count: int) -> TritiumError | None:
 
 # -- gRPC ModelInferRequest -----------------------------------------------------------------------------
 
+def _outcome(fn: Callable[..., Any], *args: Any) -> Any:
+    """What ``fn`` returns, or the text of the error it raises."""
+    try:
+        return fn(*args)
+    except TritiumError as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def _same_as_without_plans(decoded: Any, data: bytes, shm_regions: Any) -> None:
+    """A request decoded by plan equals the one the full decode (protobuf's parse) makes of the same bytes."""
+    saved, last = dict(grpc_codec._PLANS), grpc_codec._last[0]
+    grpc_codec._PLANS.clear()
+    grpc_codec._last[0] = None
+    try:
+        full = grpc_codec.decode_request_bytes(data)
+        fast: Any = _outcome(grpc_codec.to_inference_request, decoded, "m", 1, shm_regions)
+        slow: Any = _outcome(grpc_codec.to_inference_request, full, "m", 1, shm_regions)
+    finally:
+        grpc_codec._PLANS.clear()
+        grpc_codec._PLANS.update(saved)
+        grpc_codec._last[0] = last
+    if isinstance(fast, str) or isinstance(slow, str):
+        if fast != slow:
+            raise ContractError(f"a gRPC request decoded by plan fails otherwise than its full decode: {fast} / {slow}")
+        return
+    if full.message is None or (fast.id, fast.requested_outputs, fast.parameters) != (
+            slow.id, slow.requested_outputs, slow.parameters):
+        raise ContractError("a gRPC request decoded by plan differs from its full decode")
+    for a, b in zip(fast.inputs, slow.inputs, strict=True):
+        values = (lambda t: t.data.tolist()) if a.data.dtype == object else (lambda t: t.data.tobytes())
+        if (a.name, a.datatype, a.data.shape) != (b.name, b.datatype, b.data.shape) or values(a) != values(b):
+            raise ContractError(f"input {a.name!r} decoded by plan differs from its full decode")
+
+
 def grpc_infer(data: bytes, model: Model | None = None) -> TritiumError | None:
     """``ModelInfer``: the wire pre-parser (raw contents cut out), the request, validation.
 
@@ -241,11 +275,17 @@ def grpc_infer(data: bytes, model: Model | None = None) -> TritiumError | None:
             raise ContractError("the gRPC pre-parser accepted a message protobuf refuses")
         if [bytes(r) for r in decoded.raw] != list(reference.raw_input_contents):
             raise ContractError("the gRPC pre-parser cut out other raw_input_contents than protobuf reads")
-        rest = pb.ModelInferRequest()
-        rest.CopyFrom(reference)
-        del rest.raw_input_contents[:]
-        if rest != decoded.message:
-            raise ContractError("the gRPC pre-parser's message differs from protobuf's")
+        if (decoded.model_name, decoded.model_version, decoded.id) != (
+                reference.model_name, reference.model_version, reference.id):
+            raise ContractError("the gRPC pre-parser read another model, version or id than protobuf")
+        if decoded.message is None:  # a plan stood for the message: it must mean what the full decode says
+            _same_as_without_plans(decoded, data, shm.regions)
+        else:
+            rest = pb.ModelInferRequest()
+            rest.CopyFrom(reference)
+            del rest.raw_input_contents[:]
+            if rest != decoded.message:
+                raise ContractError("the gRPC pre-parser's message differs from protobuf's")
     else:
         if parsed:
             raise ContractError(f"the gRPC pre-parser refused a message protobuf parses: {decoded.error}")

@@ -22,6 +22,7 @@ order, to the other inputs); such an output is written into its region and answe
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,9 @@ from tritium.core.types import DataType, Tensor, check_empty_shape
 #: Most dimensions a tensor may have (numpy's own limit is 64), as the HTTP frontend.
 MAX_RANK = 64
 _RAW_INPUT_FIELD = 7
+_ID_FIELD = 3
+_ID_TAG = 0x1A  # field 3, length-delimited
+_RAW_TAG = 0x3A  # field 7, length-delimited
 _RAW_OUTPUT_TAG = b"\x32"  # field 6, length-delimited
 _STREAM_RESPONSE_TAG = b"\x12"  # ModelStreamInferResponse.infer_response: field 2, length-delimited
 
@@ -67,22 +71,54 @@ class ShmOutputs:
     places: dict[str, OutputPlace]
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a ``ModelInferRequest`` says besides its id and raw contents, kept so that the next request
+    with the same bytes there is not parsed and checked again: a client sends the same model, inputs
+    and outputs with every request of the same shapes (only the id and the tensor data change)."""
+
+    model_name: str
+    model_version: str
+    #: name, data type, shape, element count, byte size (-1: BYTES, checked when deserialized) of each input.
+    inputs: tuple[tuple[str, DataType, tuple[int, ...], int, int], ...]
+    outputs: tuple[str, ...] | None
+    #: The key split where an id goes (fields 1-2, then 4-6), when its fields are in protobuf's order;
+    #: ``None`` otherwise (its messages are always scanned).
+    before: bytes | None = None
+    after: bytes = b""
+
+
+_PLANS: dict[bytes, _Plan] = {}
+#: Plans kept at most (all are dropped when full), and the longest message remainder that gets one.
+MAX_PLANS = 256
+MAX_PLAN_KEY = 4096
+#: The plan of the last message decoded by plan, tried first (held in a list: one slot, set in place).
+_last: list[_Plan | None] = [None]
+
+
 @dataclass(slots=True)
 class DecodedRequest:
     """A parsed ``ModelInferRequest`` whose raw contents are views of the received bytes.
 
     ``error`` is set instead of raising, so a malformed message becomes a per-request error
     (a status for ``ModelInfer``, an ``error_message`` on a stream) rather than a broken call.
+    ``message`` is ``None`` when a plan (of an earlier request with the same bytes) stands for it.
     """
 
-    message: pb.ModelInferRequest
+    message: pb.ModelInferRequest | None
     raw: list[memoryview]
     error: str | None = None
+    model_name: str = ""
+    model_version: str = ""
+    id: str = ""
+    plan: _Plan | None = None
+    #: The message's bytes besides its id and raw contents, when a plan may be made of them.
+    key: bytes | None = None
     #: Set by :func:`to_inference_request` when some requested output goes into shared memory.
     shm_outputs: ShmOutputs | None = None
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
+def _varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
     result = 0
     shift = 0
     while True:
@@ -96,7 +132,7 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _skip_group(data: bytes, pos: int, number: int) -> int:
+def _skip_group(data: bytes | memoryview, pos: int, number: int) -> int:
     """Past the end of a group (wire type 3, proto2's): protobuf keeps one as an unknown field, so the
     pre-parser must step over it too (raw contents inside it are not the message's)."""
     open_groups = [number]
@@ -126,6 +162,8 @@ def _skip_group(data: bytes, pos: int, number: int) -> int:
 
 
 def _varint_bytes(value: int) -> bytes:
+    if value < 0x80:
+        return bytes((value,))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -134,49 +172,145 @@ def _varint_bytes(value: int) -> bytes:
     return bytes(out)
 
 
-def decode_request_bytes(data: bytes) -> DecodedRequest:
-    """gRPC request deserializer for ``ModelInfer`` and ``ModelStreamInfer`` (never raises)."""
-    message = pb.ModelInferRequest()
+def decode_request_bytes(data: bytes | memoryview) -> DecodedRequest:
+    """gRPC request deserializer for ``ModelInfer`` and ``ModelStreamInfer`` (never raises).
+
+    The raw contents (field 7) and the id (field 3) are cut out of the message; the rest is the key of a
+    plan (what an earlier message with the same rest meant).  With a plan, protobuf does not parse the
+    message at all; a message laid out as the last plan's (the same rest, then an id, then raw contents:
+    how every client's protobuf lays it out) is not even scanned field by field.
+    """
+    view = memoryview(data)
+    last = _last[0]
+    if last is not None:
+        decoded = _match(last, view)
+        if decoded is not None:
+            return decoded
     try:
-        view = memoryview(data)
-        raw: list[memoryview] = []
-        rest: list[memoryview] = []
-        pos, start, size = 0, 0, len(data)
-        while pos < size:
-            field_start = pos
-            key, pos = _varint(data, pos)
-            wire_type = key & 7
-            if wire_type == 2:
-                length, pos = _varint(data, pos)
-                end = pos + length
-                if end > size:
-                    raise DecodeError("truncated length-delimited field")
-                if key >> 3 == _RAW_INPUT_FIELD:
-                    if field_start > start:
-                        rest.append(view[start:field_start])
-                    raw.append(view[pos:end])
-                    start = end
-                pos = end
-            elif wire_type == 0:
-                _, pos = _varint(data, pos)
-            elif wire_type == 1:
-                pos += 8
-            elif wire_type == 5:
-                pos += 4
-            elif wire_type == 3:
-                pos = _skip_group(data, pos, key >> 3)
+        parts, raw, ids = _scan(view)
+        key = b"".join(parts) if len(parts) != 1 else bytes(parts[0])
+        plan = _PLANS.get(key)
+        if plan is not None and _fits(plan, raw):
+            try:
+                request_id = str(ids[-1][_id_offset(ids[-1]):], "utf-8") if ids else ""
+            except UnicodeDecodeError:
+                pass  # protobuf's parse below says what is wrong
             else:
-                raise DecodeError(f"unsupported wire type {wire_type}")
-        if pos != size:
-            raise DecodeError("truncated message")
-        if not raw:
-            message.ParseFromString(data)
-        else:
-            rest.append(view[start:])
-            message.ParseFromString(b"".join(rest))
-        return DecodedRequest(message, raw)
+                _last[0] = plan
+                return DecodedRequest(None, raw, None, plan.model_name, plan.model_version, request_id, plan)
+        message = pb.ModelInferRequest()
+        message.ParseFromString(b"".join([key, *ids]) if ids else key)
+        return DecodedRequest(message, raw, None, message.model_name, message.model_version, message.id,
+                              key=key if len(key) <= MAX_PLAN_KEY else None)
     except DecodeError as e:
-        return DecodedRequest(message, [], f"failed to parse the ModelInferRequest message: {e}")
+        return DecodedRequest(pb.ModelInferRequest(), [], f"failed to parse the ModelInferRequest message: {e}")
+
+
+def _scan(view: memoryview) -> tuple[list[memoryview], list[memoryview], list[memoryview]]:
+    """The message's top-level fields: the parts that are neither id nor raw contents, the raw contents'
+    values, and the id fields (whole)."""
+    raw: list[memoryview] = []
+    parts: list[memoryview] = []
+    ids: list[memoryview] = []
+    pos, start, size = 0, 0, len(view)
+    while pos < size:
+        field_start = pos
+        tag = view[pos]
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = _varint(view, pos)
+        wire_type = tag & 7
+        if wire_type == 2:
+            if pos < size and view[pos] < 0x80:
+                end = pos + 1 + view[pos]
+                pos += 1
+            else:
+                length, pos = _varint(view, pos)
+                end = pos + length
+            if end > size:
+                raise DecodeError("truncated length-delimited field")
+            number = tag >> 3
+            if number == _RAW_INPUT_FIELD or number == _ID_FIELD:
+                if field_start > start:
+                    parts.append(view[start:field_start])
+                if number == _RAW_INPUT_FIELD:
+                    raw.append(view[pos:end])
+                else:
+                    ids.append(view[field_start:end])
+                start = end
+            pos = end
+        elif wire_type == 0:
+            _, pos = _varint(view, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        elif wire_type == 3:
+            pos = _skip_group(view, pos, tag >> 3)
+        else:
+            raise DecodeError(f"unsupported wire type {wire_type}")
+    if pos != size:
+        raise DecodeError("truncated message")
+    if start < size:
+        parts.append(view[start:])
+    return parts, raw, ids
+
+
+def _match(plan: _Plan, view: memoryview) -> DecodedRequest | None:
+    """The request when ``view`` is the plan's key (fields before the id, an id or none, the fields after
+    it) followed by exactly one raw contents field per input; ``None`` otherwise (then it is scanned)."""
+    before = plan.before
+    if before is None:
+        return None
+    size = len(view)
+    pos = len(before)
+    if view[:pos] != before:
+        return None
+    request_id = ""
+    try:
+        if pos < size and view[pos] == _ID_TAG:
+            length, start = _varint(view, pos + 1)
+            pos = start + length
+            request_id = str(view[start:pos], "utf-8")
+        after = plan.after
+        if after:
+            end = pos + len(after)
+            if view[pos:end] != after:
+                return None
+            pos = end
+        raw = []
+        for item in plan.inputs:
+            if pos >= size or view[pos] != _RAW_TAG:
+                return None
+            length, start = _varint(view, pos + 1)
+            pos = start + length
+            if pos > size or (item[4] >= 0 and length != item[4]):
+                return None
+            raw.append(view[start:pos])
+    except (DecodeError, UnicodeDecodeError):
+        return None
+    if pos != size:
+        return None
+    return DecodedRequest(None, raw, None, plan.model_name, plan.model_version, request_id, plan)
+
+
+def _id_offset(field: memoryview) -> int:
+    """Where the id's text starts in its field (past its tag and length)."""
+    _, pos = _varint(field, 0)
+    _, pos = _varint(field, pos)
+    return pos
+
+
+def _fits(plan: _Plan, raw: list[memoryview]) -> bool:
+    """Whether the raw contents are what the plan's inputs need (otherwise the full decode says what is wrong)."""
+    if len(raw) != len(plan.inputs):
+        return False
+    for item, data in zip(plan.inputs, raw, strict=True):
+        if item[4] >= 0 and len(data) != item[4]:
+            return False
+    return True
+
 
 
 # -- parameters -------------------------------------------------------------------------------------
@@ -218,7 +352,11 @@ def to_inference_request(
     ``regions``: the shared-memory regions tensors may name (none: such a request is refused).  Outputs
     bound for a region are recorded in ``decoded.shm_outputs`` for the response encoder.
     """
+    plan = decoded.plan
+    if plan is not None:
+        return _from_plan(plan, decoded, model_name, model_version)
     message = decoded.message
+    assert message is not None  # (a decoded request has its message or its plan)
     request = InferenceRequest(model_name, model_version, message.id)
     if message.parameters:
         request.parameters = {k: parameter_value(k, v) for k, v in message.parameters.items()}
@@ -227,11 +365,14 @@ def to_inference_request(
     tensors = []  # raw contents beyond the inputs' are ignored, as Triton 2.51 does
     uses_raw = bool(raw)
     next_raw = 0  # as Triton: raw contents go, in order, to the inputs that are not in shared memory
+    plain = True  # no parameters anywhere, every input in raw contents: a plan can stand for this message
     for item in inputs:
-        place = _shm_place(item.parameters, item.name) if item.parameters else None
-        if place is not None:
-            tensors.append(_decode_input(item, None, uses_raw, model_name, place, regions, message.id))
-            continue
+        if item.parameters:
+            plain = False
+            place = _shm_place(item.parameters, item.name)
+            if place is not None:
+                tensors.append(_decode_input(item, None, uses_raw, model_name, place, regions, message.id))
+                continue
         tensors.append(_decode_input(item, raw[next_raw] if next_raw < len(raw) else None, uses_raw, model_name))
         next_raw += 1
     request.inputs = tensors
@@ -240,6 +381,62 @@ def to_inference_request(
         if places:
             assert regions is not None  # _output_place refuses shared memory without regions
             decoded.shm_outputs = ShmOutputs(regions, places)
+        plain = plain and not request.classification and not any(output.parameters for output in message.outputs)
+    if decoded.key is not None and plain and uses_raw and len(raw) == len(tensors) and not message.parameters:
+        _remember(decoded.key, message, tensors, request.requested_outputs)
+    return request
+
+
+def _remember(key: bytes, message: pb.ModelInferRequest, tensors: list[Tensor], outputs: list[str] | None) -> None:
+    inputs = tuple(
+        (t.name, t.datatype, tuple(t.data.shape), t.data.size, -1 if t.datatype is DataType.BYTES else t.data.nbytes)
+        for t in tensors
+    )
+    if len(_PLANS) >= MAX_PLANS:
+        _PLANS.clear()
+    before, after = _split_key(key)
+    _PLANS[key] = _Plan(message.model_name, message.model_version, inputs, None if outputs is None else tuple(outputs),
+                        before, after)
+
+
+def _split_key(key: bytes) -> tuple[bytes | None, bytes]:
+    """The key's fields numbered below the id's and above it, when they are in ascending order."""
+    view = memoryview(key)
+    numbers = []
+    split = len(key)
+    pos = 0
+    try:
+        while pos < len(key):
+            start = pos
+            tag, pos = _varint(view, pos)
+            wire_type = tag & 7
+            if wire_type != 2:
+                return None, b""  # (ModelInferRequest has no such field: left to the scan)
+            length, pos = _varint(view, pos)
+            pos += length
+            numbers.append(tag >> 3)
+            if tag >> 3 > _ID_FIELD and split == len(key):
+                split = start
+    except DecodeError:
+        return None, b""
+    if numbers != sorted(numbers):
+        return None, b""
+    return key[:split], key[split:]
+
+
+def _from_plan(plan: _Plan, decoded: DecodedRequest, model_name: str, model_version: int) -> InferenceRequest:
+    """The request of a message whose plan is known (its raw contents' sizes checked by the decoder)."""
+    request = InferenceRequest(model_name, model_version, decoded.id)
+    tensors = []
+    for (name, datatype, shape, count, size), data in zip(plan.inputs, decoded.raw, strict=True):
+        if size < 0:
+            array = deserialize_bytes_tensor(data, count, name).reshape(shape)
+        else:
+            array = np.frombuffer(data, dtype=datatype.numpy_dtype, count=count).reshape(shape)
+        tensors.append(Tensor(name, datatype, array))
+    request.inputs = tensors
+    if plan.outputs is not None:
+        request.requested_outputs = list(plan.outputs)
     return request
 
 
@@ -442,30 +639,74 @@ def encode_response(
 ) -> list[bytes | memoryview]:
     """A serialized ``ModelInferResponse`` as pieces to join: header fields, then each raw output.
 
-    An output in ``shm`` is written into its region and gets an empty ``raw_output_contents`` entry,
-    as Triton answers (the entries stay one per output).
+    Written field by field in protobuf's order (the same bytes as ``SerializeToString``), from pieces
+    remembered per model, output and parameters: a model answers the same names, types and shapes again
+    and again.  An output in ``shm`` is written into its region and gets an empty ``raw_output_contents``
+    entry, as Triton answers (the entries stay one per output).
     """
-    message = pb.ModelInferResponse(
-        model_name=response.model_name, model_version=str(response.model_version), id=response.id
-    )
+    pieces: list[bytes | memoryview] = [_remembered(_HEADS, (response.model_name, response.model_version),
+                                                    _head_bytes)]
+    if response.id:
+        pieces.append(_string_field(_ID_TAG, response.id))
     params = {**response.parameters, **extra} if extra else response.parameters
     if params:
-        target = message.parameters
-        for key, value in params.items():
-            set_parameter(target[key], value)
-    pieces: list[bytes | memoryview] = [b""]
-    outputs = message.outputs
+        try:
+            pieces.append(_remembered(_PARAMETERS, tuple(params.items()), _parameters_bytes))
+        except TypeError:  # a value that is not hashable: encoded each time
+            pieces.append(_parameters_bytes(tuple(params.items())))
+    raws: list[bytes | memoryview] = []
     for tensor in response.outputs:
         array = tensor.data
-        outputs.add(name=tensor.name, datatype=tensor.datatype.wire_name, shape=array.shape)
+        pieces.append(_remembered(_OUTPUTS, (tensor.name, tensor.datatype.wire_name, array.shape), _output_bytes))
         blob = _to_raw(array, tensor.datatype)
         if shm is not None and (place := shm.places.get(tensor.name)) is not None:
             shm.regions.write_output(tensor.name, blob, place)
             blob = b""
-        pieces.append(_RAW_OUTPUT_TAG + _varint_bytes(len(blob)))
-        pieces.append(blob)
-    pieces[0] = message.SerializeToString()
+        raws.append(_RAW_OUTPUT_TAG + _varint_bytes(len(blob)))
+        raws.append(blob)
+    pieces += raws
     return pieces
+
+
+#: Encoded pieces of responses, by what they encode (each table dropped whole when full).
+_HEADS: dict[tuple[str, int], bytes] = {}
+_PARAMETERS: dict[tuple[tuple[str, Any], ...], bytes] = {}
+_OUTPUTS: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
+MAX_REMEMBERED = 1024
+
+
+def _remembered(table: dict[Any, bytes], key: Any, encode: Callable[[Any], bytes]) -> bytes:
+    piece = table.get(key)
+    if piece is None:
+        piece = encode(key)
+        if len(table) >= MAX_REMEMBERED:
+            table.clear()
+        table[key] = piece
+    return piece
+
+
+def _head_bytes(key: tuple[str, int]) -> bytes:
+    return pb.ModelInferResponse(model_name=key[0], model_version=str(key[1])).SerializeToString()
+
+
+def _parameters_bytes(items: tuple[tuple[str, Any], ...]) -> bytes:
+    message = pb.ModelInferResponse()
+    target = message.parameters
+    for key, value in items:
+        set_parameter(target[key], value)
+    return message.SerializeToString()
+
+
+def _output_bytes(key: tuple[str, str, tuple[int, ...]]) -> bytes:
+    name, datatype, shape = key
+    message = pb.ModelInferResponse()
+    message.outputs.add(name=name, datatype=datatype, shape=shape)
+    return message.SerializeToString()
+
+
+def _string_field(tag: int, value: str) -> bytes:
+    data = value.encode()
+    return bytes((tag,)) + _varint_bytes(len(data)) + data
 
 
 def _to_raw(array: np.ndarray, datatype: DataType) -> bytes | memoryview:

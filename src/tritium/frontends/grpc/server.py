@@ -248,8 +248,7 @@ class GrpcApi:
     def _model(self, decoded: DecodedRequest) -> Model:
         if decoded.error is not None:  # the message could not be parsed: not even its model name is known
             raise InvalidArgumentError(decoded.error)
-        message = decoded.message
-        return self.api.model(message.model_name, _version(message.model_version))
+        return self.api.model(decoded.model_name, _version(decoded.model_version))
 
     async def model_infer(self, decoded: DecodedRequest, context: Context) -> bytes:
         api = self.api
@@ -346,7 +345,7 @@ class GrpcApi:
                           grpc_error: bool = False, forwarded: dict[str, Any] | None = None) -> None:
         """One request of a stream; ``grpc_error``: an error of its execution ends the stream (queued as is);
         ``forwarded``: the stream's metadata that ``--grpc-header-forward-pattern`` forwards."""
-        request_id = decoded.message.id
+        request_id = decoded.id
         try:
             model = self._model(decoded)
             request = to_inference_request(decoded, model.name, model.version, self.api.system_shm)

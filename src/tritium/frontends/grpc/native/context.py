@@ -20,11 +20,17 @@ class NativeContext:
     """What a handler may ask of its call: metadata, deadline, peer, cancellation; how it ends it
     (``abort`` raises ``grpc.aio.AbortError``, which the transport turns into the status)."""
 
-    __slots__ = ("_stream", "_metadata", "code", "details", "trailing", "_callbacks")
+    __slots__ = ("_stream", "_conn", "_cancelled", "_deadline", "_metadata", "code", "details", "trailing",
+                 "_callbacks")
 
     def __init__(self, stream: Any, metadata: Metadata) -> None:
-        """``stream``: its ``connection.Stream`` (typed loosely: connection.py imports this module)."""
+        """``stream``: its ``connection.Stream`` (typed loosely: connection.py imports this module), until the
+        call ends: then what the context still answers is kept here, so that the stream and its context
+        (which reference each other) are freed by reference counting, not left to the cycle collector."""
         self._stream = stream
+        self._conn = stream.conn
+        self._cancelled = False
+        self._deadline: float | None = None
         self._metadata = metadata
         self.code: grpc.StatusCode = grpc.StatusCode.OK
         self.details = ""
@@ -65,6 +71,9 @@ class NativeContext:
         self._callbacks.append(callback)
 
     def _done(self) -> None:
+        stream = self._stream
+        if stream is not None:
+            self._cancelled, self._deadline, self._stream = stream.cancelled, stream.deadline, None
         callbacks, self._callbacks = self._callbacks, None
         for callback in callbacks or ():
             try:
@@ -73,22 +82,25 @@ class NativeContext:
                 log.exception("a gRPC call's done callback failed")
 
     def cancelled(self) -> bool:
-        return self._stream.cancelled
+        stream = self._stream
+        return self._cancelled if stream is None else stream.cancelled
 
     def done(self) -> bool:
-        return self._stream.finished
+        stream = self._stream
+        return True if stream is None else stream.finished
 
     def time_remaining(self) -> float | None:
-        deadline = self._stream.deadline
+        stream = self._stream
+        deadline = self._deadline if stream is None else stream.deadline
         if deadline is None:
             return None
         return max(0.0, deadline - asyncio.get_running_loop().time())
 
     def peer(self) -> str:
-        return self._stream.conn.peer
+        return self._conn.peer
 
     def auth_context(self) -> dict[str, list[bytes]]:
-        return self._stream.conn.auth
+        return self._conn.auth
 
     def disable_next_message_compression(self) -> None:
         """Accepted for compatibility (responses are compressed per the server's flag)."""
