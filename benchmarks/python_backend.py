@@ -15,6 +15,11 @@
    through the system shared-memory extension (input and output in registered regions), on both servers.
 
     python benchmarks/python_backend.py [--duration 10] [--triton-python /work/triton-ref/.venv-triton/bin/python]
+        [--parts http --rounds 5 --duration 4]
+
+Where the time goes: ``TRITIUM_STUB_PROFILE=/tmp/stub.prof`` in the server's environment makes each stub write a
+cProfile of its serve loop to ``/tmp/stub.prof.<pid>`` when its model is unloaded (``python -m pstats``); the
+server itself, ``py-spy`` or ``perf record -g -p <pid>``.
 """
 
 from __future__ import annotations

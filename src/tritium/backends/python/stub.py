@@ -502,17 +502,21 @@ def main() -> None:
         control.send((Kind.STARTED, False, format_exception(e)))
         return
     control.send((Kind.STARTED, True, None))
-    if os.environ.get("TRITIUM_STUB_PROFILE"):  # TEMP
-        import cProfile
-        prof = cProfile.Profile()
-        prof.enable()
-        try:
-            stub.serve()
-        finally:
-            prof.disable()
-            prof.dump_stats(os.environ["TRITIUM_STUB_PROFILE"])
+    profile = os.environ.get("TRITIUM_STUB_PROFILE")
+    if not profile:
+        stub.serve()
         return
-    stub.serve()
+    # Where a stub's time goes (benchmarks/python_backend.py's docstring): cProfile of its serve loop, written
+    # to this path plus the stub's pid when it finalizes.
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        stub.serve()
+    finally:
+        profiler.disable()
+        profiler.dump_stats(f"{profile}.{os.getpid()}")
 
 
 if __name__ == "__main__":
