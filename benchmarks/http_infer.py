@@ -278,7 +278,7 @@ def wrk_header(rounds: int) -> str:
 
 
 def measure(args: argparse.Namespace, workdir: str, url: str, label: str, models: list[str],
-            pid: int | None = None, hook: Any = None) -> list:
+            pid: int | None = None, hook: Any = None, warm: bool = True) -> list:
     """wrk runs; ``hook(model)``, when given, is called just before each measured run (after the warm-up) and
     returns what is called with that run's result dict after it (to add to it)."""
     rows = []
@@ -290,7 +290,8 @@ def measure(args: argparse.Namespace, workdir: str, url: str, label: str, models
             lua = os.path.join(workdir, f"{model}-{mode}.lua")
             with open(lua, "w") as f:
                 f.write(LUA.format(body=body, content_type=ctype, extra=extra))
-            run_wrk(url, model, lua, 8, 2, args.threads)  # warm up
+            if warm:
+                run_wrk(url, model, lua, 8, 2, args.threads)  # warm up
             for c in (int(x) for x in args.connections.split(",")):
                 after = hook(model) if hook is not None else None
                 result = run_wrk(url, model, lua, c, args.duration, args.threads, pid)

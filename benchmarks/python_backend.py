@@ -272,6 +272,8 @@ def main() -> int:
                          "HTTP), bls, shm")
     ap.add_argument("--rounds", type=int, default=1, help="alternate the servers this many times and report medians")
     ap.add_argument("--triton-python", help="also measure real Triton on the same model.py")
+    ap.add_argument("--baseline-python", help="also measure tritium as installed for this interpreter (another "
+                                              "checkout's .venv/bin/python: before and after, side by side)")
     args = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="tritium-pybench-")
     repo = os.path.join(workdir, "triton-repo")  # the name http_infer.start_triton uses
@@ -296,6 +298,17 @@ def main() -> int:
         http_infer.wait_live(f"127.0.0.1:{port}", proc)
         servers = [("tritium", f"127.0.0.1:{port}")]
         pids = {"tritium": proc.pid}  # CPU per request counts each server's processes
+        if args.baseline_python:
+            # tritium as it was (another checkout's interpreter, tritium installed there), side by side
+            log = open(os.path.join(workdir, "baseline.log"), "wb")
+            proc = subprocess.Popen([args.baseline_python, "-m", "tritium", f"--model-repository={repo}",
+                                     f"--http-port={port + 10}", "--http-address=127.0.0.1", "--allow-grpc=false",
+                                     "--allow-metrics=false", "--allow-client-shm=true"],
+                                    stdout=log, stderr=log, cwd="/")
+            procs.append(proc)
+            http_infer.wait_live(f"127.0.0.1:{port + 10}", proc)
+            servers.append(("baseline", f"127.0.0.1:{port + 10}"))
+            pids["baseline"] = proc.pid
         if args.triton_python:
             # Both stay up (idle they cost nothing) so that rounds can alternate between them; Triton's
             # repository is a copy of the same model.py.
@@ -312,28 +325,31 @@ def main() -> int:
             if not connections:
                 continue
             results: dict[tuple[str, int], list[dict[str, float]]] = {}
+            warm = True  # each server once, at the first measurement of this model
             for round_index in range(args.rounds):
                 for c in (int(x) for x in connections.split(",")):
                     for label, url in http_infer.alternating(servers, round_index):
                         args_one = argparse.Namespace(**{**vars(args), "connections": str(c)})
                         for row in http_infer.measure(args_one, workdir, url, label, [model], pids[label],
-                                                      functools.partial(_batch_hook, url)):
+                                                      functools.partial(_batch_hook, url), warm):
                             results.setdefault((label, c), []).append(row[4])
+                    warm = False
             print(f"\nHTTP, identity model.py, {what}, binary body, wrk {args.duration}s"
                   + (f", median of {args.rounds} alternating rounds:" if args.rounds > 1 else ":"))
             print(f"{'server':<10} {'conns':>5} {http_infer.wrk_header(args.rounds)}")
             median = http_infer.median_runs(results)
-            for (label, c), r in sorted(median.items(), key=lambda kv: (kv[0][0] != "tritium", kv[0][1])):
-                print(f"{label:<10} {c:>5} {http_infer.wrk_columns(r, results[(label, c)], args.rounds)}")
-            for (label, c), runs in sorted(results.items()):
-                other = results.get(("triton", c))
-                if label == "tritium" and other:
-                    print(f"tritium / triton at {c} conns = {http_infer.paired_ratio(runs, other)}"
-                          " (median of each round's ratio, runs made back to back); CPU per request "
-                          f"{http_infer.paired_ratio(runs, other, 'cpu_us')}, p99 "
-                          f"{http_infer.paired_ratio(runs, other, 'p99')}; requests per execute "
-                          f"{statistics.median(r['batch'] for r in runs):.1f} vs "
-                          f"{statistics.median(r['batch'] for r in other):.1f}")
+            order = {label: i for i, (label, _) in enumerate(servers)}
+            for (label, c), r in sorted(median.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
+                print(f"{label:<10} {c:>5} {http_infer.wrk_columns(r, results[(label, c)], args.rounds)}"
+                      f"  {statistics.median(x['batch'] for x in results[(label, c)]):.1f} requests/execute")
+            print("paired ratios: median of each round's ratio of two runs made back to back (range):")
+            for ours, theirs in (("tritium", "triton"), ("baseline", "triton"), ("tritium", "baseline")):
+                for c in sorted({c for _, c in results}):
+                    mine, other = results.get((ours, c)), results.get((theirs, c))
+                    if mine and other:
+                        print(f"  {ours} / {theirs} at {c:>2} conns: req/s {http_infer.paired_ratio(mine, other)}, "
+                              f"CPU per request {http_infer.paired_ratio(mine, other, 'cpu_us')}, "
+                              f"p99 {http_infer.paired_ratio(mine, other, 'p99')}")
         if "bls" in parts:
             _print_bls(servers, args.rounds)
         if "shm" in parts:

@@ -113,7 +113,7 @@ INCOMPLETE = object()
 _HEAD = struct.Struct("<II")
 _SIZE = struct.Struct("<Q")
 #: How long :meth:`Channel.recv` polls back to back before it naps between polls.
-_HOT_S = 30e-6
+_HOT_S = 10e-6
 #: A message longer than this is received straight into its own memory (see :meth:`Channel._take`).
 _BIG = 1 << 16
 

@@ -14,7 +14,7 @@ _MIB = 1 << 20
 #: sleeping process costs more than the identity model's whole execute on a VM (ARCHITECTURE.md, decisions).
 #: The stub polls only while executes lately came sooner than this, yielding the CPU on every poll.
 DEFAULT_STUB_SPIN_US = 1000
-#: While it polls for its next execute, after the first tens of µs, a stub naps this long between polls
+#: While it polls for its next execute, after the first 10 µs, a stub naps this long between polls
 #: (``stub-nap-microseconds``; 0: polls back to back all along): a timer wakes it, so the server's send finds
 #: nobody to wake, and a nap costs about a quarter of the CPU of polling through it (ARCHITECTURE.md, decisions).
 DEFAULT_STUB_NAP_US = 20
