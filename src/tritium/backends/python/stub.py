@@ -451,10 +451,8 @@ class Stub:
         for metas, index, name, kind, shape, data, offset, nbytes in pending:
             at = base + offset
             metas[index] = (name, kind, shape, at, nbytes, location, -1)
-            if isinstance(data, bytes):
+            if nbytes:  # bytes, or a C-contiguous array (protocol.encoded): one memcpy
                 mm[at : at + nbytes] = data
-            elif nbytes:
-                np.copyto(np.frombuffer(mm, data.dtype, data.size, at).reshape(data.shape), data)
         return (Kind.EXECUTED, new_arena, results, None)
 
 
