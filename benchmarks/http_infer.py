@@ -278,7 +278,9 @@ def wrk_header(rounds: int) -> str:
 
 
 def measure(args: argparse.Namespace, workdir: str, url: str, label: str, models: list[str],
-            pid: int | None = None) -> list:
+            pid: int | None = None, hook: Any = None, warm: bool = True) -> list:
+    """wrk runs; ``hook(model)``, when given, is called just before each measured run (after the warm-up) and
+    returns what is called with that run's result dict after it (to add to it)."""
     rows = []
     for key in models:
         model, shape = MODELS[key]
@@ -288,9 +290,14 @@ def measure(args: argparse.Namespace, workdir: str, url: str, label: str, models
             lua = os.path.join(workdir, f"{model}-{mode}.lua")
             with open(lua, "w") as f:
                 f.write(LUA.format(body=body, content_type=ctype, extra=extra))
-            run_wrk(url, model, lua, 8, 2, args.threads)  # warm up
+            if warm:
+                run_wrk(url, model, lua, 8, 2, args.threads)  # warm up
             for c in (int(x) for x in args.connections.split(",")):
-                rows.append((label, key, mode, c, run_wrk(url, model, lua, c, args.duration, args.threads, pid)))
+                after = hook(model) if hook is not None else None
+                result = run_wrk(url, model, lua, c, args.duration, args.threads, pid)
+                if after is not None:
+                    after(result)
+                rows.append((label, key, mode, c, result))
     return rows
 
 

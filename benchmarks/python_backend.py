@@ -15,12 +15,18 @@
    through the system shared-memory extension (input and output in registered regions), on both servers.
 
     python benchmarks/python_backend.py [--duration 10] [--triton-python /work/triton-ref/.venv-triton/bin/python]
+        [--parts http --rounds 5 --duration 4]
+
+Where the time goes: ``TRITIUM_STUB_PROFILE=/tmp/stub.prof`` in the server's environment makes each stub write a
+cProfile of its serve loop to ``/tmp/stub.prof.<pid>`` when its model is unloaded (``python -m pstats``); the
+server itself, ``py-spy`` or ``perf record -g -p <pid>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import shutil
 import statistics
@@ -218,6 +224,42 @@ def shm_rows(url: str, calls: int = 300) -> list[tuple[str, float, float]]:
     return rows
 
 
+def _counts(url: str, model: str) -> tuple[int, int]:
+    """The model's inference and execution counts from the statistics extension (both servers have it):
+    their ratio over a run is the requests per ``execute`` that the batcher formed."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats", timeout=30) as reply:
+        stats = json.load(reply)["model_stats"]
+    return (sum(int(s.get("inference_count", 0)) for s in stats),
+            sum(int(s.get("execution_count", 0)) for s in stats))
+
+
+def _batch_hook(url: str, model: str):  # type: ignore[no-untyped-def]
+    """For ``http_infer.measure``: adds ``batch``, the requests per execute of the run, to its result."""
+    before = _counts(url, model)
+
+    def after(result: dict[str, float]) -> None:
+        now = _counts(url, model)
+        executions = now[1] - before[1]
+        result["batch"] = (now[0] - before[0]) / executions if executions else 0.0
+
+    return after
+
+
+def _print_crossing(repo: str, iterations: int) -> None:
+    print("process crossing, in-process (execute of one request, identity model.py):")
+    print(f"{'tensor':>10} {'input in':>12} {'called':>12} {'median us':>10} {'p99 us':>10}")
+    sizes = [64, 64 << 10, 1 << 20, 4 << 20]
+    for on_loop in (False, True):
+        for shared in (False, True):
+            where = "shared body" if shared else "private"
+            called = "event loop" if on_loop else "thread"
+            for size, median, p99 in crossing(repo, sizes if not shared else sizes[1:], iterations, shared, on_loop):
+                print(f"{size:>10} {where:>12} {called:>12} {median:>10.1f} {p99:>10.1f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
@@ -225,8 +267,13 @@ def main() -> int:
     ap.add_argument("--big-connections", default="1,4", help="connections for the 1 MiB tensor")
     ap.add_argument("--iterations", type=int, default=2000)
     ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument("--parts", default="crossing,http,big,bls,shm",
+                    help="what to run, of: crossing (in-process), http (FP32 [1,16] over HTTP), big (1 MiB over "
+                         "HTTP), bls, shm")
     ap.add_argument("--rounds", type=int, default=1, help="alternate the servers this many times and report medians")
     ap.add_argument("--triton-python", help="also measure real Triton on the same model.py")
+    ap.add_argument("--baseline-python", help="also measure tritium as installed for this interpreter (another "
+                                              "checkout's .venv/bin/python: before and after, side by side)")
     args = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="tritium-pybench-")
     repo = os.path.join(workdir, "triton-repo")  # the name http_infer.start_triton uses
@@ -234,19 +281,12 @@ def main() -> int:
     add_bls_models(repo)
     # The wrk config of http_infer's "identity" row: FP32 [1,16] into identity_fp32.
     args.modes, args.threads = "binary", 1
+    parts = set(args.parts.split(","))
     procs: list[subprocess.Popen] = []
     try:
-        print("process crossing, in-process (execute of one request, identity model.py):")
-        print(f"{'tensor':>10} {'input in':>12} {'called':>12} {'median us':>10} {'p99 us':>10}")
-        sizes = [64, 64 << 10, 1 << 20, 4 << 20]
-        for on_loop in (False, True):
-            for shared in (False, True):
-                where = "shared body" if shared else "private"
-                called = "event loop" if on_loop else "thread"
-                for size, median, p99 in crossing(repo, sizes if not shared else sizes[1:], args.iterations, shared,
-                                                  on_loop):
-                    print(f"{size:>10} {where:>12} {called:>12} {median:>10.1f} {p99:>10.1f}")
-        if args.skip_http:
+        if "crossing" in parts:
+            _print_crossing(repo, args.iterations)
+        if args.skip_http or not parts - {"crossing"}:
             return 0
         port = http_infer.free_port() if hasattr(http_infer, 'free_port') else 28710
         log = open(os.path.join(workdir, "server.log"), "wb")
@@ -258,6 +298,17 @@ def main() -> int:
         http_infer.wait_live(f"127.0.0.1:{port}", proc)
         servers = [("tritium", f"127.0.0.1:{port}")]
         pids = {"tritium": proc.pid}  # CPU per request counts each server's processes
+        if args.baseline_python:
+            # tritium as it was (another checkout's interpreter, tritium installed there), side by side
+            log = open(os.path.join(workdir, "baseline.log"), "wb")
+            proc = subprocess.Popen([args.baseline_python, "-m", "tritium", f"--model-repository={repo}",
+                                     f"--http-port={port + 10}", "--http-address=127.0.0.1", "--allow-grpc=false",
+                                     "--allow-metrics=false", "--allow-client-shm=true"],
+                                    stdout=log, stderr=log, cwd="/")
+            procs.append(proc)
+            http_infer.wait_live(f"127.0.0.1:{port + 10}", proc)
+            servers.append(("baseline", f"127.0.0.1:{port + 10}"))
+            pids["baseline"] = proc.pid
         if args.triton_python:
             # Both stay up (idle they cost nothing) so that rounds can alternate between them; Triton's
             # repository is a copy of the same model.py.
@@ -268,51 +319,41 @@ def main() -> int:
             http_infer.wait_live("127.0.0.1:28750", proc, timeout=120)
             servers.append(("triton", "127.0.0.1:28750"))
             pids["triton"] = proc.pid
-        for model, what, connections in (("identity", "FP32 [1,16]", args.connections),
-                                         ("identity_1mib", "FP32 [262144] (1 MiB)", args.big_connections)):
+        for model, what, connections in (("identity", "FP32 [1,16]", args.connections if "http" in parts else ""),
+                                         ("identity_1mib", "FP32 [262144] (1 MiB)",
+                                          args.big_connections if "big" in parts else "")):
+            if not connections:
+                continue
             results: dict[tuple[str, int], list[dict[str, float]]] = {}
+            warm = True  # each server once, at the first measurement of this model
             for round_index in range(args.rounds):
                 for c in (int(x) for x in connections.split(",")):
                     for label, url in http_infer.alternating(servers, round_index):
                         args_one = argparse.Namespace(**{**vars(args), "connections": str(c)})
-                        for row in http_infer.measure(args_one, workdir, url, label, [model], pids[label]):
+                        for row in http_infer.measure(args_one, workdir, url, label, [model], pids[label],
+                                                      functools.partial(_batch_hook, url), warm):
                             results.setdefault((label, c), []).append(row[4])
+                    warm = False
             print(f"\nHTTP, identity model.py, {what}, binary body, wrk {args.duration}s"
                   + (f", median of {args.rounds} alternating rounds:" if args.rounds > 1 else ":"))
             print(f"{'server':<10} {'conns':>5} {http_infer.wrk_header(args.rounds)}")
             median = http_infer.median_runs(results)
-            for (label, c), r in sorted(median.items(), key=lambda kv: (kv[0][0] != "tritium", kv[0][1])):
-                print(f"{label:<10} {c:>5} {http_infer.wrk_columns(r, results[(label, c)], args.rounds)}")
-            for (label, c), runs in sorted(results.items()):
-                other = results.get(("triton", c))
-                if label == "tritium" and other:
-                    print(f"tritium / triton at {c} conns = {http_infer.paired_ratio(runs, other)}"
-                          " (median of each round's ratio, runs made back to back); CPU per request "
-                          f"{http_infer.paired_ratio(runs, other, 'cpu_us')}")
-        bls: dict[tuple[str, int], list[tuple[float, float]]] = {}
-        for round_index in range(max(1, args.rounds)):
-            for label, url in http_infer.alternating(servers, round_index):
-                for size, median_us, p90_us in bls_rows(url, [64, 1 << 20, 4 << 20]):
-                    bls.setdefault((label, size), []).append((median_us, p90_us))
-        print("\nBLS exec() from a model.py to the identity model.py, timed in the calling model (40 calls)"
-              + (f", median of {args.rounds} alternating rounds:" if args.rounds > 1 else ":"))
-        print(f"{'server':<10} {'tensor':>10} {'median us':>10} {'p90 us':>10}")
-        for (label, size), runs in sorted(bls.items(), key=lambda kv: (kv[0][0] != "tritium", kv[0][1])):
-            median_us, p90_us = sorted(runs)[len(runs) // 2]
-            print(f"{label:<10} {size:>10} {median_us:>10.1f} {p90_us:>10.1f}")
-        for (label, size), runs in sorted(bls.items()):
-            other = bls.get(("triton", size))
-            if label == "tritium" and other:
-                ratios = sorted(ours[0] / theirs[0] for ours, theirs in zip(runs, other))
-                spread = f" (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})" if len(ratios) > 1 else ""
-                print(f"BLS time tritium / triton at {size} B = {statistics.median(ratios):.2f}x{spread}"
-                      " (lower is faster; median of each round's ratio)")
-        print("\n1 MiB through the identity model.py from tritonclient.http, one call at a time (300 calls):")
-        print(f"{'server':<10} {'tensor in':>12} {'median us':>10} {'p90 us':>10}")
-        for _ in range(max(1, args.rounds)):
-            for label, url in servers:
-                for how, median_us, p90_us in shm_rows(url):
-                    print(f"{label:<10} {how:>12} {median_us:>10.1f} {p90_us:>10.1f}")
+            order = {label: i for i, (label, _) in enumerate(servers)}
+            for (label, c), r in sorted(median.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
+                print(f"{label:<10} {c:>5} {http_infer.wrk_columns(r, results[(label, c)], args.rounds)}"
+                      f"  {statistics.median(x['batch'] for x in results[(label, c)]):.1f} requests/execute")
+            print("paired ratios: median of each round's ratio of two runs made back to back (range):")
+            for ours, theirs in (("tritium", "triton"), ("baseline", "triton"), ("tritium", "baseline")):
+                for c in sorted({c for _, c in results}):
+                    mine, other = results.get((ours, c)), results.get((theirs, c))
+                    if mine and other:
+                        print(f"  {ours} / {theirs} at {c:>2} conns: req/s {http_infer.paired_ratio(mine, other)}, "
+                              f"CPU per request {http_infer.paired_ratio(mine, other, 'cpu_us')}, "
+                              f"p99 {http_infer.paired_ratio(mine, other, 'p99')}")
+        if "bls" in parts:
+            _print_bls(servers, args.rounds)
+        if "shm" in parts:
+            _print_shm(servers, args.rounds)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -320,6 +361,36 @@ def main() -> int:
                 proc.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def _print_bls(servers: list[tuple[str, str]], rounds: int) -> None:
+    bls: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for round_index in range(max(1, rounds)):
+        for label, url in http_infer.alternating(servers, round_index):
+            for size, median_us, p90_us in bls_rows(url, [64, 1 << 20, 4 << 20]):
+                bls.setdefault((label, size), []).append((median_us, p90_us))
+    print("\nBLS exec() from a model.py to the identity model.py, timed in the calling model (40 calls)"
+          + (f", median of {rounds} alternating rounds:" if rounds > 1 else ":"))
+    print(f"{'server':<10} {'tensor':>10} {'median us':>10} {'p90 us':>10}")
+    for (label, size), runs in sorted(bls.items(), key=lambda kv: (kv[0][0] != "tritium", kv[0][1])):
+        median_us, p90_us = sorted(runs)[len(runs) // 2]
+        print(f"{label:<10} {size:>10} {median_us:>10.1f} {p90_us:>10.1f}")
+    for (label, size), runs in sorted(bls.items()):
+        other = bls.get(("triton", size))
+        if label == "tritium" and other:
+            ratios = sorted(ours[0] / theirs[0] for ours, theirs in zip(runs, other))
+            spread = f" (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})" if len(ratios) > 1 else ""
+            print(f"BLS time tritium / triton at {size} B = {statistics.median(ratios):.2f}x{spread}"
+                  " (lower is faster; median of each round's ratio)")
+
+
+def _print_shm(servers: list[tuple[str, str]], rounds: int) -> None:
+    print("\n1 MiB through the identity model.py from tritonclient.http, one call at a time (300 calls):")
+    print(f"{'server':<10} {'tensor in':>12} {'median us':>10} {'p90 us':>10}")
+    for _ in range(max(1, rounds)):
+        for label, url in servers:
+            for how, median_us, p90_us in shm_rows(url):
+                print(f"{label:<10} {how:>12} {median_us:>10.1f} {p90_us:>10.1f}")
 
 
 if __name__ == "__main__":

@@ -136,6 +136,36 @@ def test_recv_polls_then_sleeps_until_the_message_comes() -> None:
     b.close()
 
 
+def test_recv_naps_between_polls_and_still_gets_every_message() -> None:
+    """With naps between polls (the stub's wait for its next execute): messages that come during the back-to-back
+    polls, during the naps, in pieces, or after the polling ends all arrive whole and in order."""
+    a, b = socket.socketpair()
+    reader, writer = Channel(b), Channel(a)
+    assert not reader.readable()
+    for delay in (0.0, 0.002, 0.1):  # at once, while it naps, long after it stopped polling
+        timer = threading.Timer(delay, writer.send, (("exec", delay),))
+        start = time.perf_counter()
+        timer.start()
+        assert reader.recv(spin_s=0.02, nap_s=20e-6) == ("exec", delay)
+        assert time.perf_counter() - start >= delay
+        timer.join()
+    frame = pickle.dumps(("exec", "split"), 5)
+    frame = struct.pack("<II", len(frame), 0) + frame
+    a.sendall(frame[:5])  # a partial message is readable, yet incomplete: polling goes on until the rest comes
+    assert reader.readable()
+    threading.Timer(0.005, a.sendall, (frame[5:],)).start()
+    assert reader.recv(spin_s=0.02, nap_s=20e-6) == ("exec", "split")
+    writer.send(("one",))
+    writer.send(("two",))
+    assert reader.recv(spin_s=0.02, nap_s=20e-6) == ("one",)
+    assert reader.readable()  # the second is buffered here, not on the socket
+    assert reader.recv(spin_s=0.02, nap_s=20e-6) == ("two",)
+    a.close()
+    with pytest.raises(EOFError):
+        reader.recv(spin_s=0.02, nap_s=20e-6)
+    b.close()
+
+
 def test_poll_works_past_fd_setsize() -> None:
     """A busy server holds more than 1024 descriptors (connections, shared-memory blocks): waiting for a
     stub's reply (finalize on unload) must not depend on the socket's descriptor number."""
@@ -158,6 +188,14 @@ def test_poll_works_past_fd_setsize() -> None:
         high.close()
         b.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5"])
+def test_stub_nap_setting_is_checked(value: str) -> None:
+    with pytest.raises(ModelConfigError, match=f"'stub-nap-microseconds' .*'{value}'"):
+        Settings({"stub-nap-microseconds": value})
+    assert Settings({"stub-nap-microseconds": "0"}).stub_nap_us == 0
+    assert Settings({}).stub_nap_us > 0
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", "1.5"])
@@ -359,3 +397,21 @@ def test_execute_messages_have_their_named_layouts_and_plain_types_on_the_wire(i
     by_name = {meta.name: meta for meta in map(TensorMeta._make, metas)}
     assert by_name["SAME"].location == Location.IN_ARENA and by_name["SAME"].offset == given.offset  # not copied
     assert by_name["PLUS"].location in (Location.IN_ARENA, Location.OUT_ARENA) and by_name["PLUS"].block == -1
+
+
+def test_the_stubs_requests_and_tensors_are_those_the_constructors_make() -> None:
+    """The stub builds an execute's requests and inputs without the constructors' conversions: what a model
+    sees of them must be exactly what the constructors would have given it."""
+    from tritium.backends.python import pb_utils
+
+    array = np.arange(4, dtype=np.float32)
+    assert vars(pb_utils.Tensor._wrap("INPUT0", array)) == vars(pb_utils.Tensor("INPUT0", array))
+    tensors = [pb_utils.Tensor("INPUT0", array)]
+    made = pb_utils.InferenceRequest(inputs=tensors, requested_output_names=["OUT"], request_id="r1",
+                                     correlation_id=7, flags=3, parameters={"p": 1})
+    made._key = 5
+    fast = pb_utils.InferenceRequest._incoming(5, tensors, ["OUT"], "r1", 7, 3, {"p": 1})
+    mine, theirs = vars(fast), vars(made)
+    assert type(mine.pop("_trace")) is type(theirs.pop("_trace"))
+    assert mine == theirs
+    assert pb_utils.InferenceRequest._incoming(5, [], [], "", 0, 0, None).parameters() == "{}"

@@ -258,7 +258,8 @@ class PythonInstanceState(ModelInstanceState):
         now = _clock()
         if now - last > _BUSY_GAP_S:
             return  # the loop has other work: the reader completes this one
-        self._on_reply(stub, loop)
+        if stub.control.readable():
+            self._on_reply(stub, loop)
         if stub.pending is pending and now < deadline:
             os.sched_yield()
             loop.call_soon(self._poll_reply, stub, loop, pending, deadline, _clock())

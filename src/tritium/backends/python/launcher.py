@@ -74,6 +74,7 @@ def start_message(ctx: ModelContext, spec: InstanceSpec, settings: Settings, dec
         "shm_default": settings.shm_default,
         "shm_prefix": settings.shm_prefix,
         "spin_s": settings.stub_spin_us / 1e6,
+        "nap_s": settings.stub_nap_us / 1e6,
         "args": {
             "model_config": config_json,
             "model_instance_kind": spec.kind.removeprefix("KIND_"),

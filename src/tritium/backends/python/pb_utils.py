@@ -107,6 +107,15 @@ class Tensor:
         self._name = _text(name)
         self._array = data
 
+    @classmethod
+    def _wrap(cls, name: str, array: np.ndarray) -> Tensor:
+        """An input of an execute, made by the stub: ``name`` is text and ``array`` of a wire type already, so
+        none of the constructor's conversions apply (this runs for every input of every request)."""
+        tensor = cls.__new__(cls)
+        tensor._name = name
+        tensor._array = array
+        return tensor
+
     def name(self) -> str:
         return self._name
 
@@ -338,6 +347,27 @@ class InferenceRequest:
         self._key = -1
         self._sender: InferenceResponseSender | None = None
         self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
+
+    @classmethod
+    def _incoming(cls, key: int, inputs: list[Tensor], requested: list[str], request_id: str, correlation_id: Any,
+                  flags: int, parameters: dict[str, Any] | None) -> InferenceRequest:
+        """A request of an execute, as the constructor would make it from the server's message, whose values
+        need none of its conversions (this runs for every request the model is given)."""
+        request = cls.__new__(cls)
+        request.model_name = ""
+        request._inputs = inputs
+        request._requested = requested
+        request._request_id = request_id
+        request._correlation_id = correlation_id
+        request.model_version = -1
+        request._flags = flags
+        request._timeout = 0
+        request._trace = InferenceTrace()
+        request._parameters = dict(parameters) if parameters else {}
+        request._key = key
+        request._sender = None
+        request._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
+        return request
 
     def inputs(self) -> list[Tensor]:
         return self._inputs

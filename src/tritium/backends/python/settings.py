@@ -14,6 +14,10 @@ _MIB = 1 << 20
 #: sleeping process costs more than the identity model's whole execute on a VM (ARCHITECTURE.md, decisions).
 #: The stub polls only while executes lately came sooner than this, yielding the CPU on every poll.
 DEFAULT_STUB_SPIN_US = 1000
+#: While it polls for its next execute, after the first 10 µs, a stub naps this long between polls
+#: (``stub-nap-microseconds``; 0: polls back to back all along): a timer wakes it, so the server's send finds
+#: nobody to wake, and a nap costs about a quarter of the CPU of polling through it (ARCHITECTURE.md, decisions).
+DEFAULT_STUB_NAP_US = 20
 #: How long the server's event loop polls for a stub's reply while it has nothing else to do
 #: (``reply-spin-microseconds``): the same reason from the other side (ARCHITECTURE.md, decisions).
 DEFAULT_REPLY_SPIN_US = 500
@@ -27,6 +31,7 @@ class Settings:
             return whole_number("python backend", config, key, default, unit, minimum)
 
         self.stub_spin_us = whole("stub-spin-microseconds", DEFAULT_STUB_SPIN_US, "microseconds", minimum=0)
+        self.stub_nap_us = whole("stub-nap-microseconds", DEFAULT_STUB_NAP_US, "microseconds", minimum=0)
         self.reply_spin_s = whole("reply-spin-microseconds", DEFAULT_REPLY_SPIN_US, "microseconds", minimum=0) / 1e6
         self.shm_default = whole("shm-default-byte-size", _MIB, "bytes")
         self.shm_growth = whole("shm-growth-byte-size", _MIB, "bytes")

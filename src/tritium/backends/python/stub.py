@@ -274,6 +274,8 @@ class Stub:
         runtime.calls_arena = protocol.BlsArena(self.shm_prefix, int(init["shm_default"]), self.growth)
         #: The longest it polls for the next execute before it sleeps (the backend's ``stub-spin-microseconds``).
         self.spin_s = float(init["spin_s"])
+        #: Between those polls, after the first few, it naps this long (the backend's ``stub-nap-microseconds``).
+        self.nap_s = float(init.get("nap_s", 0.0))
 
     def _call(self, function: Any, *args: Any) -> Any:
         result = function(*args)
@@ -293,11 +295,14 @@ class Stub:
         control = self.control
         clock = time.perf_counter
         spin_s = self.spin_s
+        nap_s = self.nap_s
+        if nap_s:
+            _precise_timers()
         gap = 1.0  # moving average of the time from a reply to the next message, s
         while True:
             replied = clock()
             try:
-                message = control.recv(spin_s if gap < spin_s else 0.0)
+                message = control.recv(spin_s if gap < spin_s else 0.0, nap_s)
             except (EOFError, OSError):
                 return
             gap += (clock() - replied - gap) * 0.25
@@ -342,23 +347,21 @@ class Stub:
         self.used_blocks = used_blocks = set()
         mm = arena.mm
         view = protocol.view
-        Tensor = pb_utils.Tensor
+        wrap = pb_utils.Tensor._wrap
+        incoming = pb_utils.InferenceRequest._incoming
+        block_location = Location.BLOCK
         for key, request_id, correlation_id, flags, parameters, requested, metas in batch:
             tensors = []
             for name, kind, shape, offset, nbytes, location, block in metas:
-                if location == Location.BLOCK:
+                if location == block_location:
                     buffer = self.blocks[block].mm
                     used_blocks.add(block)
                 else:
                     buffer = mm
                 array = view(buffer, kind, shape, offset, nbytes)
                 inputs[id(array)] = (array, kind, offset, nbytes, location, block)
-                tensors.append(Tensor(name, array))
-            request = pb_utils.InferenceRequest(inputs=tensors, requested_output_names=requested,
-                                                request_id=request_id, correlation_id=correlation_id, flags=flags,
-                                                parameters=parameters)
-            request._key = key
-            requests.append(request)
+                tensors.append(wrap(name, array))
+            requests.append(incoming(key, tensors, requested, request_id, correlation_id, flags, parameters))
         try:
             responses = self._call(self.model.execute, requests)
         except Exception as e:
@@ -448,11 +451,20 @@ class Stub:
         for metas, index, name, kind, shape, data, offset, nbytes in pending:
             at = base + offset
             metas[index] = (name, kind, shape, at, nbytes, location, -1)
-            if isinstance(data, bytes):
+            if nbytes:  # bytes, or a C-contiguous array (protocol.encoded): one memcpy
                 mm[at : at + nbytes] = data
-            elif nbytes:
-                np.copyto(np.frombuffer(mm, data.dtype, data.size, at).reshape(data.shape), data)
         return (Kind.EXECUTED, new_arena, results, None)
+
+
+def _precise_timers() -> None:
+    """Naps of this thread as long as asked: Linux lets a thread's timers fire up to 50 µs late by default
+    (its timer slack), longer than the naps between polls for work.  Only where ``prctl`` is at hand."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(29, 1000, 0, 0, 0)  # PR_SET_TIMERSLACK, 1 µs
+    except (OSError, AttributeError, ImportError):
+        pass
 
 
 def auto_complete(init: dict) -> dict:
@@ -488,7 +500,21 @@ def main() -> None:
         control.send((Kind.STARTED, False, format_exception(e)))
         return
     control.send((Kind.STARTED, True, None))
-    stub.serve()
+    profile = os.environ.get("TRITIUM_STUB_PROFILE")
+    if not profile:
+        stub.serve()
+        return
+    # Where a stub's time goes (benchmarks/python_backend.py's docstring): cProfile of its serve loop, written
+    # to this path plus the stub's pid when it finalizes.
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        stub.serve()
+    finally:
+        profiler.disable()
+        profiler.dump_stats(f"{profile}.{os.getpid()}")
 
 
 if __name__ == "__main__":
