@@ -30,6 +30,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import http_infer  # noqa: E402
 from http_infer import LUA, MODELS, bodies, build_repo, build_triton_repo, run_wrk, start_triton, tree_cpu_s, wait_live  # noqa: E402
 
 
@@ -61,7 +62,7 @@ def run_h2load(url: str, body: str, streams: int, duration: int, log: str,
                pid: int | None = None, method: str = "ModelInfer", threads: int = 2) -> dict[str, float]:
     """One h2load run: req/s, p50/p99 ms, errors, response data bytes per request; with the server's ``pid``,
     ``cpu_us`` (server CPU per request)."""
-    cmd = ["h2load", f"-c{streams}", "-m1", f"-t{min(streams, threads)}", f"-D{duration}", "--warm-up-time=1",
+    cmd = [*http_infer.CLIENT_PREFIX, "h2load", f"-c{streams}", "-m1", f"-t{min(streams, threads)}", f"-D{duration}", "--warm-up-time=1",
            "-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers", f"--log-file={log}",
            f"http://{url}/inference.GRPCInferenceService/{method}"]
     if os.path.exists(log):
@@ -90,9 +91,13 @@ def run_h2load(url: str, body: str, streams: int, duration: int, log: str,
     return result
 
 
+#: A command prefix for the servers (``taskset -c 0``), empty by default.
+SERVER_PREFIX: list[str] = []
+
+
 def start_server(repo: str, workdir: str, http_port: int, grpc_port: int, transport: str) -> subprocess.Popen:
     log = open(os.path.join(workdir, f"server-{transport}.log"), "wb")
-    return subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}",
+    return subprocess.Popen([*SERVER_PREFIX, sys.executable, "-m", "tritium", f"--model-repository={repo}",
                              f"--http-port={http_port}", "--http-address=127.0.0.1", f"--grpc-port={grpc_port}",
                              "--grpc-address=127.0.0.1", f"--grpc-transport={transport}"], stdout=log, stderr=log)
 
@@ -126,9 +131,16 @@ def main() -> int:
     ap.add_argument("--client-threads", type=int, default=1,
                     help="threads of each load generator (h2load and wrk alike: on a 2-core machine a second client "
                          "thread takes CPU from the server)")
+    ap.add_argument("--pin", metavar="SERVER_CPUS/CLIENT_CPUS",
+                    help="taskset CPU lists, e.g. 0/1: servers on one core, load generators on the other (so the "
+                         "clients' own cost, which differs between h2load and wrk, takes nothing from the server)")
     ap.add_argument("--triton-python", help="also real Triton (this Python runs its stub); then the identity model "
                                             "is the same model.py on both servers (Python backend)")
     args = ap.parse_args()
+    if args.pin:
+        server_cpus, client_cpus = args.pin.split("/")
+        SERVER_PREFIX[:] = ["taskset", "-c", server_cpus]
+        http_infer.CLIENT_PREFIX[:] = ["taskset", "-c", client_cpus]
     for tool, package in (("h2load", "nghttp2-client"), ("wrk", "wrk")):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (apt-get install {package})")
@@ -141,7 +153,7 @@ def main() -> int:
     if args.triton_python:
         build_triton_repo(repo)  # identity_fp32: the same model.py for both
         models = ["identity"]
-        triton = start_triton(os.path.join(workdir), args.triton_python, 28750)
+        triton = start_triton(os.path.join(workdir), args.triton_python, 28750, prefix=SERVER_PREFIX)
         wait_live("127.0.0.1:28750", triton, timeout=180)
     else:
         build_repo(repo)

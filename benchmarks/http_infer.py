@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from models import identity_graph, mlp_graph, write_model  # noqa: E402
+
+#: A command prefix for the load generators (``taskset -c 1``: the clients on their own cores), empty by default.
+CLIENT_PREFIX: list[str] = []
 
 LUA = """
 local f = io.open("{body}", "rb")
@@ -118,7 +121,8 @@ def real_triton_script() -> str:
         here = os.path.dirname(here)
 
 
-def start_triton(workdir: str, python: str, port: int, extra: Callable[[str], None] | None = None) -> subprocess.Popen:
+def start_triton(workdir: str, python: str, port: int, extra: Callable[[str], None] | None = None,
+                 prefix: Sequence[str] = ()) -> subprocess.Popen:
     """Real Triton on identity_fp32 (and whatever ``extra(repo)`` adds to its repository)."""
     script = real_triton_script()
     repo = os.path.join(workdir, "triton-repo")
@@ -127,7 +131,7 @@ def start_triton(workdir: str, python: str, port: int, extra: Callable[[str], No
         extra(repo)
     log = open(os.path.join(workdir, "triton.log"), "wb")
     return subprocess.Popen(
-        ["bash", script, f"--model-repository={repo}", f"--http-port={port}", f"--grpc-port={port + 1}",
+        [*prefix, "bash", script, f"--model-repository={repo}", f"--http-port={port}", f"--grpc-port={port + 1}",
          f"--metrics-port={port + 2}"],
         stdout=log, stderr=log, env=dict(os.environ, PYTRITON_PYTHON=python),
     )
@@ -221,7 +225,7 @@ def run_wrk(url: str, model: str, lua: str, connections: int, duration: int, thr
     req/s when the cores are busy)."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: the HTTP benchmarks drive load with it (apt-get install wrk)")
-    cmd = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", lua,
+    cmd = [*CLIENT_PREFIX, "wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", lua,
            f"http://{url}/v2/models/{model}/infer"]
     cpu_before = tree_cpu_s(pid) if pid is not None else 0.0
     text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
