@@ -13,10 +13,21 @@ from collections.abc import Callable, Sequence
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+#: Ports handed out by :func:`free_port` in this process: the kernel may give a just-released port again, and a
+#: server given the same port for two endpoints fails to start.
+_HANDED: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now and not handed out before by this process."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED:
+            _HANDED.add(port)
+            return port
+    raise RuntimeError("no free port that was not handed out already")
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
