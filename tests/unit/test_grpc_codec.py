@@ -145,6 +145,9 @@ def test_a_message_that_differs_from_the_plan_is_decoded_in_full():
     message.raw_input_contents.append(b"extra")  # raw contents beyond the inputs': ignored, as Triton
     decoded, request = _decode(message.SerializeToString())
     assert decoded.message is not None and len(request.inputs) == 1
+    assert _decode(_plain())[0].message is None and codec._last[0] is not None  # matched by layout from now on
+    decoded = decode_request_bytes(_plain().replace(b"\x12\x012", b"\x12\x012\x1a\x7f"))  # an id past the end
+    assert decoded.error is not None and "truncated" in decoded.error
     bad_utf8 = _plain().replace(b"\x12\x012", b"\x12\x012\x1a\x02\xff\xfe")  # an id that is not UTF-8
     decoded = decode_request_bytes(bad_utf8)
     assert decoded.error is not None and "parse" in decoded.error

@@ -272,6 +272,8 @@ def _match(plan: _Plan, view: memoryview) -> DecodedRequest | None:
         if pos < size and view[pos] == _ID_TAG:
             length, start = _varint(view, pos + 1)
             pos = start + length
+            if pos > size:
+                return None  # (the scan says what is wrong)
             request_id = str(view[start:pos], "utf-8")
         after = plan.after
         if after:
