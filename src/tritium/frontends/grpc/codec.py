@@ -22,7 +22,7 @@ order, to the other inputs); such an output is written into its region and answe
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -427,16 +427,10 @@ def _split_key(key: bytes) -> tuple[bytes | None, bytes]:
 
 
 def _from_plan(plan: _Plan, decoded: DecodedRequest, model_name: str, model_version: int) -> InferenceRequest:
-    """The request of a message whose plan is known (its raw contents' sizes checked by the decoder)."""
+    """The request of a message whose plan is known: its inputs decoded as the full decode decodes them."""
     request = InferenceRequest(model_name, model_version, decoded.id)
-    tensors = []
-    for (name, datatype, shape, count, size), data in zip(plan.inputs, decoded.raw, strict=True):
-        if size < 0:
-            array = deserialize_bytes_tensor(data, count, name).reshape(shape)
-        else:
-            array = np.frombuffer(data, dtype=datatype.numpy_dtype, count=count).reshape(shape)
-        tensors.append(Tensor(name, datatype, array))
-    request.inputs = tensors
+    request.inputs = [Tensor(name, datatype, _from_raw(data, datatype, shape, count, name, model_name))
+                      for (name, datatype, shape, count, _), data in zip(plan.inputs, decoded.raw, strict=True)]
     if plan.outputs is not None:
         request.requested_outputs = list(plan.outputs)
     return request
@@ -526,7 +520,8 @@ def _no_data(name: str, model_name: str) -> InvalidArgumentError:
     return InvalidArgumentError(f"unable to find data for input tensor '{name}' for model '{model_name}' in request.")
 
 
-def _from_raw(raw: memoryview, datatype: DataType, shape: list[int], count: int, name: str, model: str) -> np.ndarray:
+def _from_raw(raw: memoryview, datatype: DataType, shape: Sequence[int], count: int, name: str, model: str
+              ) -> np.ndarray:
     if datatype is DataType.BYTES:
         return deserialize_bytes_tensor(raw, count, name).reshape(shape)
     expected = count * datatype.itemsize
