@@ -35,7 +35,7 @@ sys.path.insert(0, HERE)
 
 from grpc_infer import run_h2load  # noqa: E402
 
-from http_infer import real_triton_script, tree_cpu_s, wait_live  # noqa: E402
+from http_infer import paired_ratio, real_triton_script, tree_cpu_s, wait_live  # noqa: E402
 
 RESPONSES = 100
 
@@ -147,7 +147,7 @@ def main() -> int:
     build_repo(repo)
     streams = [int(s) for s in args.streams.split(",")]
     servers: list[tuple[str, str, subprocess.Popen]] = []
-    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    results: dict[tuple[int, str, str], list[dict[str, float]]] = {}  # (streams, client, server) -> rounds
     try:
         for i, transport in enumerate(args.grpc_transport.split(",")):
             http, grpc = 18800 + 10 * i, 18801 + 10 * i
@@ -174,22 +174,19 @@ def main() -> int:
                     for n in streams:
                         result = (run(url, proc.pid, n, args.requests) if client == "python"
                                   else run_h2load_streams(url, proc.pid, n, args.duration, workdir))
-                        results.setdefault((f"{name} ({client})", n), []).append(result)
+                        results.setdefault((n, client, name), []).append(result)
         print(f"{'server (client)':<28}{'streams':>8}{'responses/s':>13}{'cpu us/resp':>12}"
               f"  (median of {args.rounds}; ranges)")
-        for (name, n), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        for (n, client, name), runs in sorted(results.items()):
             rps, cpu = [r["rps"] for r in runs], [r["cpu_us"] for r in runs]
-            print(f"{name:<28}{n:>8}{statistics.median(rps):>13,.0f}{statistics.median(cpu):>12,.1f}"
+            print(f"{f'{name} ({client})':<28}{n:>8}{statistics.median(rps):>13,.0f}{statistics.median(cpu):>12,.1f}"
                   f"  ({min(rps):,.0f}-{max(rps):,.0f}; {min(cpu):.1f}-{max(cpu):.1f} us)")
-        if "triton" in {name for name, _, _ in servers}:
-            print(f"\npaired responses/s ratios over triton (per round; median and range of {args.rounds} rounds)")
-            for (name, n), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-                client = name.split(" (")[1]
-                theirs = results.get((f"triton ({client}", n))
-                if name.startswith("triton") or theirs is None:
-                    continue
-                ratios = sorted(a["rps"] / b["rps"] for a, b in zip(runs, theirs, strict=True))
-                print(f"  {name:<28}{n:>4} streams: {statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})")
+        if args.triton_python:
+            print("\nresponses/s over triton's, paired round by round (median, range)")
+            for (n, client, name), runs in sorted(results.items()):
+                if name != "triton":
+                    print(f"  {f'{name} ({client})':<28}{n:>4} streams: "
+                          f"{paired_ratio(runs, results[(n, client, 'triton')])}")
     finally:
         for _, _, proc in servers:
             proc.terminate()
