@@ -139,6 +139,27 @@ class TritonPythonModel:
 '''
 
 
+def timed_model(seconds: float) -> str:
+    """A Python-backend ``model.py`` that sleeps ``seconds`` per execute and answers each request's OUT with
+    ``[instance name, start, end]`` (wall clock, JSON): tests see which instance ran and how executions overlapped."""
+    return f'''
+import json, time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.name = args["model_instance_name"]
+
+    def execute(self, requests):
+        start = time.time()
+        time.sleep({seconds!r})
+        end = time.time()
+        out = np.array([json.dumps([self.name, start, end]).encode()], dtype=np.object_)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out)]) for _ in requests]
+'''
+
+
 def echo_config(max_batch_size: int, count: int = 1, extra: str = "") -> str:
     """config.pbtxt of a Python FP32 echo model (INPUT0 → OUTPUT0): dims [1] when batching, else [-1]."""
     dims = "[ 1 ]" if max_batch_size > 0 else "[ -1 ]"

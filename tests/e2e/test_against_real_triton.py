@@ -38,7 +38,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from models import write_python_model
+from models import timed_model, write_python_model
 from server import ROOT, RunningServer, ServerProcess, free_port
 
 #: ``TRITIUM_REAL_TRITON_SCRIPT`` overrides where the launcher is.
@@ -2582,21 +2582,7 @@ class TritonPythonModel:
                 for r in requests]
 '''
 #: Sleeps, then answers [instance, start, end] (wall clock), to measure how executions overlap.
-TIMED = '''
-import json, time
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-class TritonPythonModel:
-    def initialize(self, args):
-        self.name = args["model_instance_name"]
-
-    def execute(self, requests):
-        start = time.time()
-        time.sleep(0.4)
-        out = np.array([json.dumps([self.name, start, time.time()]).encode()], np.object_)
-        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out)]) for _ in requests]
-'''
+TIMED = timed_model(0.4)
 ONE_STRING_OUT = """
     backend: "python"
     max_batch_size: 0

@@ -13,26 +13,8 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from models import write_python_model
+from models import timed_model, write_python_model
 from server import RunningServer
-
-#: Answers [instance name, start, end] (wall clock) after sleeping SLEEP seconds.
-TIMED = '''
-import json, time
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-class TritonPythonModel:
-    def initialize(self, args):
-        self.name = args["model_instance_name"]
-
-    def execute(self, requests):
-        start = time.time()
-        time.sleep(SLEEP)
-        end = time.time()
-        out = np.array([json.dumps([self.name, start, end]).encode()], dtype=np.object_)
-        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out)]) for _ in requests]
-'''
 
 
 def config(resources: str = "", count: int = 2, priority: int = 0, extra: str = "", batch: int = 0) -> str:
@@ -51,7 +33,7 @@ R1 = {"whole": 2, "half": 1, "batched": 1, "sequences": 2}
 
 
 def build(repo: str, sleep: float = 0.4) -> None:
-    code = TIMED.replace("SLEEP", str(sleep))
+    code = timed_model(sleep)
     write_python_model(repo, "whole", code, config('{ name: "R1" count: 2 }'))
     write_python_model(repo, "half", code, config('{ name: "R1" count: 1 }'))
     write_python_model(repo, "single", code, config('{ name: "G" global: true count: 1 }'))
@@ -142,7 +124,7 @@ def test_instances_without_resources_are_not_held_back(limited):
 def test_priorities_share_turns(tmp_path):
     """Two models, two instances each, one copy of X: priority 3 gets about a third of priority 1's turns."""
     repo = str(tmp_path)
-    code = TIMED.replace("SLEEP", "0.15")
+    code = timed_model(0.15)
     write_python_model(repo, "first", code, config('{ name: "X" count: 1 }', priority=1))
     write_python_model(repo, "third", code, config('{ name: "X" count: 1 }', priority=3))
     with RunningServer([repo], ["--rate-limit=execution_count"], timeout=180) as server:
@@ -154,7 +136,7 @@ def test_priorities_share_turns(tmp_path):
 
 def test_off_ignores_the_rate_limiter_config(tmp_path):
     repo = str(tmp_path)
-    write_python_model(repo, "whole", TIMED.replace("SLEEP", "0.4"), config('{ name: "R1" count: 2 }'))
+    write_python_model(repo, "whole", timed_model(0.4), config('{ name: "R1" count: 2 }'))
     with RunningServer([repo], ["--rate-limit-resource=R1:1"], timeout=180) as server:  # off: not even checked
         assert most_at_once(executions(server.url, ["whole"] * 2)) == 2
 
@@ -167,7 +149,7 @@ def index(url: str) -> list[dict[str, str]]:
 
 def test_resources_that_could_never_suffice_fail_the_load_in_tritons_words(tmp_path):
     repo = str(tmp_path)
-    code = TIMED.replace("SLEEP", "0")
+    code = timed_model(0)
     write_python_model(repo, "needs_two", code, config('{ name: "R1" count: 2 }', count=1))
     write_python_model(repo, "unlisted", code, config('{ name: "R9" count: 1 }', count=1))
     write_python_model(repo, "fits", code, config('{ name: "R1" count: 1 }', count=1))
@@ -187,7 +169,7 @@ def test_resources_that_could_never_suffice_fail_the_load_in_tritons_words(tmp_p
 
 def test_global_and_per_device_use_of_one_name_is_refused(tmp_path):
     repo = str(tmp_path)
-    code = TIMED.replace("SLEEP", "0")
+    code = timed_model(0)
     write_python_model(repo, "a_global", code, config('{ name: "G" global: true count: 1 }', count=1))
     write_python_model(repo, "b_device", code, config('{ name: "G" count: 1 }', count=1))
     with RunningServer([repo], ["--rate-limit=execution_count", "--exit-on-error=false",
