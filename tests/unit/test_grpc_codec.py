@@ -223,3 +223,17 @@ def test_responses_are_the_bytes_protobuf_writes(response):
         if len(response.parameters) <= 1:  # (a map's entries may come in another order)
             assert data == reference.SerializeToString()
         assert triton_pb.ModelInferResponse.FromString(data) == reference
+
+
+def test_remembered_response_pieces_are_bounded():
+    """A model may answer long parameters, each one different (say, echoing a client's): such pieces are
+    encoded every time, not kept, and the tables stay bounded in entries too."""
+    big = "x" * (codec.MAX_REMEMBERED_PIECE + 1)
+    for i in range(3):
+        response = InferenceResponse("m", 1, "", [], {"echo": f"{big}{i}"})
+        parsed = triton_pb.ModelInferResponse.FromString(infer_response_bytes(response))
+        assert parsed.parameters["echo"].string_param == f"{big}{i}"
+    assert not any(len(piece) > codec.MAX_REMEMBERED_PIECE for piece in codec._PARAMETERS.values())
+    for i in range(codec.MAX_REMEMBERED + 10):
+        infer_response_bytes(InferenceResponse("m", 1, "", [], {"n": i}))
+    assert 0 < len(codec._PARAMETERS) <= codec.MAX_REMEMBERED

@@ -670,15 +670,19 @@ _HEADS: dict[tuple[str, int], bytes] = {}
 _PARAMETERS: dict[tuple[tuple[str, Any], ...], bytes] = {}
 _OUTPUTS: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
 MAX_REMEMBERED = 1024
+#: The longest piece remembered (a model may answer parameters as long as a request's, each one different):
+#: longer ones are encoded every time, so the tables hold at most about 2 MiB each.
+MAX_REMEMBERED_PIECE = 1024
 
 
 def _remembered(table: dict[Any, bytes], key: Any, encode: Callable[[Any], bytes]) -> bytes:
     piece = table.get(key)
     if piece is None:
         piece = encode(key)
-        if len(table) >= MAX_REMEMBERED:
-            table.clear()
-        table[key] = piece
+        if len(piece) <= MAX_REMEMBERED_PIECE:
+            if len(table) >= MAX_REMEMBERED:
+                table.clear()
+            table[key] = piece
     return piece
 
 
