@@ -151,6 +151,54 @@ def test_unknown_method_and_health_service(server: RunningServer) -> None:
         assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_requests_that_lie_after_a_known_layout_are_refused(server: RunningServer) -> None:
+    """Messages laid out as an earlier request's (which the codec then matches by layout, without protobuf) but
+    lying: an id or raw contents longer than the message, a short tensor, an id that is not
+    UTF-8, a message cut short.  Each is refused with a status naming the problem; the same request done right still answers."""
+    values = np.arange(4, dtype=np.float32)
+
+    def message(request_id: str = "r", raw: bytes = values.tobytes()) -> bytes:
+        m = pb.ModelInferRequest(model_name="identity", id=request_id)
+        m.inputs.add(name="INPUT0", datatype="FP32", shape=[4])
+        m.raw_input_contents.append(raw)
+        return m.SerializeToString()
+
+    good = message()
+    name_field = b"\x0a\x08identity"
+    bad = {
+        "id past the end": good.replace(b"\x1a\x01r", b"\x1a\x7fr"),
+        "raw past the end": good[:-17] + b"\x3a\x7f" + good[-16:],
+        "short tensor": message(raw=values.tobytes()[:12]),
+        "cut short": good[:-1],
+        "id not UTF-8": good.replace(b"\x1a\x01r", b"\x1a\x02\xff\xfe"),
+    }
+    assert good.startswith(name_field) and good[-18:-16] == b"\x3a\x10"
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        for _ in range(3):  # the layout is known from now on
+            answer = pb.ModelInferResponse.FromString(infer(good, timeout=30))
+            assert np.frombuffer(answer.raw_output_contents[0], np.float32).tolist() == values.tolist()
+        for what, data in bad.items():
+            with pytest.raises(grpc.RpcError) as info:
+                infer(data, timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, what
+            assert info.value.details(), what
+        assert "byte size mismatch" in _details(infer, bad["short tensor"])
+        # raw contents beyond the inputs' are ignored, as Triton ignores them: the layout differs, the answer not
+        answer = pb.ModelInferResponse.FromString(infer(good + b"\x3a\x00", timeout=30))
+        assert np.frombuffer(answer.raw_output_contents[0], np.float32).tolist() == values.tolist()
+        answer = pb.ModelInferResponse.FromString(infer(message("again"), timeout=30))
+        assert answer.id == "again" and np.frombuffer(answer.raw_output_contents[0], np.float32).tolist() == values.tolist()
+
+
+def _details(call: Any, data: bytes) -> str:
+    try:
+        call(data, timeout=30)
+    except grpc.RpcError as e:
+        return str(e.details())
+    raise AssertionError("the call succeeded")
+
+
 def test_aio_client(server: RunningServer) -> None:
     async def run() -> None:
         async with aioclient.InferenceServerClient(server.grpc_url) as c:
