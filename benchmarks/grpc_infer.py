@@ -10,7 +10,8 @@ streams), takes p50/p99 from h2load's per-request log, and checks one answer wit
 ``http_infer.py``'s wrk runner on the same server and model, binary tensor bodies.
 
     python benchmarks/grpc_infer.py [--duration 10] [--streams 1,8,32] [--models identity,mlp] \\
-        [--grpc-transport grpcio,native] [--rounds 3] [--triton-python /work/triton-ref/.venv-triton/bin/python]
+        [--grpc-transport grpcio,native] [--rounds 3] [--client-threads 1] [--pin 0/1] \\
+        [--triton-python /work/triton-ref/.venv-triton/bin/python]
 """
 
 from __future__ import annotations
