@@ -125,6 +125,15 @@ def _repository(repo: str, workdir: str) -> None:
            'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]\n'
            'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]\n',
            {"model.xml": ov.Model([same], [x], "identity")})
+    # outputs whose shape depends on the values (NonZero): the instance reuses its request's tensors, whose
+    # shapes must follow each run
+    v = ops.parameter([-1, 4], ov.Type.f32, name="VALUES")
+    where = ops.non_zero(v, "i64")
+    where.output(0).set_names({"WHERE"})
+    _write(repo, "nonzero", 'backend: "openvino"\n'
+           'input [ { name: "VALUES" data_type: TYPE_FP32 dims: [ -1, 4 ] } ]\n'
+           'output [ { name: "WHERE" data_type: TYPE_INT64 dims: [ 2, -1 ] } ]\n',
+           {"model.xml": ov.Model([where], [v], "nonzero")})
     # ONNX read by OpenVINO (Triton's backend loads model.onnx named by default_model_filename)
     onnx_path = os.path.join(workdir, "identity.onnx")
     _onnx_identity(onnx_path)
@@ -262,6 +271,19 @@ def test_identity_under_concurrent_binary_requests(server: RunningServer) -> Non
     assert server.proc.poll() is None and client.is_server_live()
 
 
+def test_output_shapes_follow_each_run(server: RunningServer) -> None:
+    """The instance keeps its infer request's tensors between runs: inputs of new shapes and outputs whose
+    shape depends on the values (NonZero) must still come back exact, in any order of shapes."""
+    client = httpclient.InferenceServerClient(server.url)
+    for values in ([[1, 0, 2, 0]], [[1, 1, 1, 1], [0, 0, 0, 3], [5, 5, 5, 5]], [[0, 0, 0, 0], [0, 0, 0, 0]],
+                   [[-1, 0, 2, 3]], [[0, 0, 0, 7]]):
+        x = np.array(values, np.float32)
+        tensor = httpclient.InferInput("VALUES", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        got = client.infer("nonzero", [tensor]).as_numpy("WHERE")
+        np.testing.assert_array_equal(got, np.array(np.nonzero(x), np.int64))
+
+
 def test_fixed_batch_pads_or_refuses(server: RunningServer) -> None:
     expected = _reference(X, _ids(32), {"INFERENCE_PRECISION_HINT": "f32"})
     client = httpclient.InferenceServerClient(server.url)
@@ -338,3 +360,25 @@ def test_refused_models_fail_alone_with_reasons(server: RunningServer) -> None:
         for word in words:
             assert word in index[name]["reason"], (name, word, index[name]["reason"])
     assert index["mlp"]["state"] == "READY"
+
+
+def test_bare_infer_runs_the_request_without_the_wrapper() -> None:
+    """The backend runs each request through the binding's own ``infer`` (no per-run dictionary of output
+    copies); on the OpenVINO this suite installs, that entry point exists and fills the request's tensors as
+    the public ``infer()`` does."""
+    import functools
+
+    from tritium.backends.openvino import _bare_infer
+
+    x = ops.parameter([-1, 4], ov.Type.f32, name="x")
+    compiled = ov.Core().compile_model(ov.Model([ops.relu(x)], [x], "relu"), "CPU", {"INFERENCE_NUM_THREADS": 1})
+    request = compiled.create_infer_request()
+    run = _bare_infer(request)
+    assert isinstance(run, functools.partial)
+    for rows in (1, 3, 2):
+        values = RNG.standard_normal((rows, 4)).astype(np.float32)
+        tensor = request.get_input_tensor(0)
+        tensor.shape = values.shape
+        tensor.data[...] = values
+        run()
+        np.testing.assert_array_equal(request.get_output_tensor(0).data, np.maximum(values, 0))
