@@ -10,6 +10,7 @@ request (and that minus the framework's own call) compared with the ONNX backend
 
     python benchmarks/frameworks.py [--duration 5] [--connections 1,8,32] [--frameworks onnx,openvino,tensorflow]
         [--parts mlp,identity] [--rounds 1] [--baseline-src OTHER_CHECKOUT/src [--baseline-frameworks tensorflow]]
+        [--pin 0/1]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import http_infer
 from http_infer import LUA, alternating, run_wrk, wait_live
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -114,7 +116,20 @@ def runner(framework: str, folder: str):  # type: ignore[no-untyped-def]
                                                          "INFERENCE_PRECISION_HINT": PRECISION,
                                                          "ENABLE_CPU_PINNING": False})
         request = compiled.create_infer_request()
-        return lambda x: request.infer({"x": x}, share_inputs=True)
+        # as the backend runs it: into the request's own input tensor, the binding's bare infer, a copy out
+        from tritium.backends.openvino import _bare_infer
+
+        run, tensor, out = _bare_infer(request), request.get_input_tensor(0), request.get_output_tensor(0)
+        known: list = [None, None]  # the input's shape and view (reading the tensor's shape costs ~30 us)
+
+        def call(x: np.ndarray) -> np.ndarray:
+            if known[0] != x.shape:
+                tensor.shape = x.shape
+                known[:] = x.shape, tensor.data
+            known[1][...] = x
+            run()
+            return out.data.copy()
+        return call
     import tensorflow as tf
 
     graph = tf.Graph()
@@ -209,6 +224,10 @@ def counts(url: str, model: str) -> tuple[int, int, int]:
             int(stats["inference_stats"]["compute_infer"]["ns"]))
 
 
+#: Put before the server's command line (``--pin``: taskset).
+SERVER_PREFIX: list[str] = []
+
+
 def start_server(repo: str, port: int, workdir: str, src: str | None = None) -> subprocess.Popen:
     """tritium serving ``repo`` on ``port``; from the sources in ``src`` (a checkout's ``src`` folder: the
     baseline of a before/after comparison) where given."""
@@ -216,7 +235,7 @@ def start_server(repo: str, port: int, workdir: str, src: str | None = None) -> 
     if src:
         env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
     log = open(os.path.join(workdir, f"server{port}.log"), "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "tritium", f"--model-repository={repo}",
+    proc = subprocess.Popen([*SERVER_PREFIX, sys.executable, "-m", "tritium", f"--model-repository={repo}",
                              f"--http-port={port}", "--http-address=127.0.0.1", "--allow-grpc=false",
                              "--allow-metrics=false",
                              # the configs are complete; auto-complete would turn dynamic batching on
@@ -241,7 +260,14 @@ def main() -> int:
     ap.add_argument("--baseline-src", help="identity: also serve from this tritium 'src' folder (before/after)")
     ap.add_argument("--baseline-frameworks", help="identity: frameworks served by the baseline (default all)")
     ap.add_argument("--openvino-precision", default="f32", choices=("f32", "bf16", "f16"))
+    ap.add_argument("--pin", metavar="SERVER_CPUS/CLIENT_CPUS",
+                    help="taskset CPU lists, e.g. 0/1: servers on one core, wrk on the other (on 2 cores the "
+                         "scheduler otherwise moves them between rounds, and CPU per request jumps with it)")
     args = ap.parse_args()
+    if args.pin:
+        server_cpus, client_cpus = args.pin.split("/")
+        SERVER_PREFIX[:] = ["taskset", "-c", server_cpus]
+        http_infer.CLIENT_PREFIX[:] = ["taskset", "-c", client_cpus]
     global PRECISION
     PRECISION = args.openvino_precision
     frameworks = args.frameworks.split(",")
