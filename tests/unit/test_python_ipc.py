@@ -203,7 +203,8 @@ def test_stub_spin_setting_is_checked(value: str) -> None:
     with pytest.raises(ModelConfigError, match=f"'stub-spin-microseconds' .*'{value}'"):
         Settings({"stub-spin-microseconds": value})
     assert Settings({"stub-spin-microseconds": "0"}).stub_spin_us == 0
-    assert Settings({}).stub_spin_us > 0
+    assert Settings({}).stub_spin_us == 0  # it sleeps as soon as it replied (settings.DEFAULT_STUB_SPIN_US)
+    assert Settings({"stub-spin-microseconds": "1000"}).stub_spin_us == 1000
 
 
 MODEL = """
