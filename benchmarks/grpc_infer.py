@@ -11,7 +11,7 @@ streams), takes p50/p99 from h2load's per-request log, and checks one answer wit
 
     python benchmarks/grpc_infer.py [--duration 10] [--streams 1,8,32] [--models identity,mlp] \\
         [--grpc-transport grpcio,native] [--rounds 3] [--client-threads 1] [--pin 0/1] \\
-        [--triton-python /work/triton-ref/.venv-triton/bin/python]
+        [--triton-python /work/triton-ref/.venv-triton/bin/python] [--baseline-python OTHER_CHECKOUT/.venv/bin/python]
 """
 
 from __future__ import annotations
@@ -96,29 +96,38 @@ def run_h2load(url: str, body: str, streams: int, duration: int, log: str,
 SERVER_PREFIX: list[str] = []
 
 
-def start_server(repo: str, workdir: str, http_port: int, grpc_port: int, transport: str) -> subprocess.Popen:
-    log = open(os.path.join(workdir, f"server-{transport}.log"), "wb")
-    return subprocess.Popen([*SERVER_PREFIX, sys.executable, "-m", "tritium", f"--model-repository={repo}",
+def start_server(repo: str, workdir: str, http_port: int, grpc_port: int, transport: str,
+                 python: str | None = None) -> subprocess.Popen:
+    """tritium from this checkout, or with ``python`` (another checkout's interpreter, tritium installed there,
+    started outside this checkout so that it imports its own)."""
+    log = open(os.path.join(workdir, f"server-{transport}{'-baseline' if python else ''}.log"), "wb")
+    return subprocess.Popen([*SERVER_PREFIX, python or sys.executable, "-m", "tritium", f"--model-repository={repo}",
                              f"--http-port={http_port}", "--http-address=127.0.0.1", f"--grpc-port={grpc_port}",
-                             "--grpc-address=127.0.0.1", f"--grpc-transport={transport}"], stdout=log, stderr=log)
+                             "--grpc-address=127.0.0.1", f"--grpc-transport={transport}"], stdout=log, stderr=log,
+                            cwd="/" if python else None)
 
 
 def print_ratios(results: dict[tuple[str, str, int], list[dict[str, float]]], rounds: int) -> None:
-    """req/s of each gRPC row over the others of its model and streams, paired round by round (median, range)."""
+    """req/s, CPU per request and p99 of each gRPC row over the others of its model and streams, paired round by
+    round (median, range)."""
     keys = sorted({(key, n) for _, key, n in results})
     labels = sorted({label for label, _, _ in results})
     grpc_rows = [label for label in labels if label.endswith("/grpc")]
-    print(f"\npaired req/s ratios (per round; median and range of {rounds} rounds)")
+    print(f"\npaired ratios (per round; median and range of {rounds} rounds)")
     for key, n in keys:
         for a in grpc_rows:
             for b in labels:
                 if a == b or (a, key, n) not in results or (b, key, n) not in results:
                     continue
-                ratios = [x["rps"] / y["rps"] for x, y in zip(results[(a, key, n)], results[(b, key, n)])
-                          if y["rps"] > 0]
-                if ratios:
-                    print(f"  {key:<9} {n:>3} streams  {a} / {b}: {statistics.median(ratios):.2f} "
-                          f"({min(ratios):.2f}-{max(ratios):.2f})")
+                ours, theirs = results[(a, key, n)], results[(b, key, n)]
+                if len(ours) != len(theirs) or not all(y["rps"] > 0 for y in theirs):
+                    continue
+                line = f"  {key:<9} {n:>3} streams  {a} / {b}: req/s {http_infer.paired_ratio(ours, theirs)}"
+                if all(y.get("cpu_us") for y in theirs) and all("cpu_us" in x for x in ours):
+                    line += f", CPU per request {http_infer.paired_ratio(ours, theirs, 'cpu_us')}"
+                if all(y["p99"] > 0 for y in theirs):
+                    line += f", p99 {http_infer.paired_ratio(ours, theirs, 'p99')}"
+                print(line)
 
 
 def main() -> int:
@@ -135,6 +144,8 @@ def main() -> int:
     ap.add_argument("--pin", metavar="SERVER_CPUS/CLIENT_CPUS",
                     help="taskset CPU lists, e.g. 0/1: servers on one core, load generators on the other (so the "
                          "clients' own cost, which differs between h2load and wrk, takes nothing from the server)")
+    ap.add_argument("--baseline-python", help="also tritium as it was: another checkout's interpreter (tritium "
+                                              "installed there), measured in each round after this checkout's")
     ap.add_argument("--triton-python", help="also real Triton (this Python runs its stub); then the identity model "
                                             "is the same model.py on both servers (Python backend)")
     args = ap.parse_args()
@@ -188,6 +199,14 @@ def main() -> int:
                     wait_live(http_url, proc)
                     # HTTP once per round, on the first server
                     measure(f"tritium-{transport}", http_url, grpc_url, proc.pid, transport == transports[0])
+                finally:
+                    proc.terminate()
+                    proc.wait(10)
+            if args.baseline_python:
+                proc = start_server(repo, workdir, http_port, grpc_port, transports[0], args.baseline_python)
+                try:
+                    wait_live(http_url, proc)
+                    measure(f"baseline-{transports[0]}", http_url, grpc_url, proc.pid, True)
                 finally:
                     proc.terminate()
                     proc.wait(10)

@@ -22,6 +22,7 @@ from tritium.backends.base import InstanceSpec, ModelContext
 from tritium.backends.python import protocol
 from tritium.backends.python.backend import PythonBackend, Settings
 from tritium.backends.python.protocol import INCOMPLETE, Channel
+from tritium.backends.python.stub import WaitPolicy
 from tritium.config.parse import parse_config_text
 from tritium.core import shared_memory
 from tritium.core.errors import ModelConfigError
@@ -204,6 +205,20 @@ def test_stub_spin_setting_is_checked(value: str) -> None:
         Settings({"stub-spin-microseconds": value})
     assert Settings({"stub-spin-microseconds": "0"}).stub_spin_us == 0
     assert Settings({}).stub_spin_us > 0
+
+
+def test_stub_polls_only_while_executes_come_crowded() -> None:
+    """One request in flight (one request per execute, whatever the gap): the stub sleeps at once after each
+    reply.  Batches of several requests soon after the reply: it polls; when they thin out again, it sleeps."""
+    policy = WaitPolicy(1e-3)
+    assert all(policy.next(gap, 1) == 0.0 for gap in (5e-6, 200e-6, 50e-6) * 10)
+    polls = [policy.next(100e-6, 4) for _ in range(10)]
+    assert polls[0] == 0.0 and polls[-1] == 1e-3  # crowded after a few such executes, not the first
+    assert [policy.next(100e-6, 1) for _ in range(10)][-1] == 0.0
+    for _ in range(10):  # several requests each, but long after the reply: sleeping costs nothing then
+        policy.next(5e-3, 8)
+    assert policy.next(5e-3, 8) == 0.0
+    assert WaitPolicy(0.0).next(1e-6, 32) == 0.0  # stub-spin-microseconds=0: never polls
 
 
 MODEL = """

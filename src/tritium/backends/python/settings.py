@@ -11,8 +11,9 @@ from ..parameters import whole_number
 _MIB = 1 << 20
 
 #: How long a stub polls for its next execute before it sleeps (``stub-spin-microseconds``): waking a
-#: sleeping process costs more than the identity model's whole execute on a VM (ARCHITECTURE.md, decisions).
-#: The stub polls only while executes lately came sooner than this, yielding the CPU on every poll.
+#: sleeping process costs tens of µs on a VM (ARCHITECTURE.md, decisions).  The stub polls only while
+#: executes come crowded (several requests each, soon after its last reply: ``stub.WaitPolicy``), yielding
+#: the CPU on every poll; with one request in flight it sleeps as soon as it has replied.
 DEFAULT_STUB_SPIN_US = 1000
 #: While it polls for its next execute, after the first 10 µs, a stub naps this long between polls
 #: (``stub-nap-microseconds``; 0: polls back to back all along): a timer wakes it, so the server's send finds
