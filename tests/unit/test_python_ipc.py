@@ -191,20 +191,14 @@ def test_poll_works_past_fd_setsize() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+@pytest.mark.parametrize("key,attribute", [("stub-nap-microseconds", "stub_nap_us"),
+                                           ("stub-spin-microseconds", "stub_spin_us")])
 @pytest.mark.parametrize("value", ["abc", "-1", "1.5"])
-def test_stub_nap_setting_is_checked(value: str) -> None:
-    with pytest.raises(ModelConfigError, match=f"'stub-nap-microseconds' .*'{value}'"):
-        Settings({"stub-nap-microseconds": value})
-    assert Settings({"stub-nap-microseconds": "0"}).stub_nap_us == 0
-    assert Settings({}).stub_nap_us > 0
-
-
-@pytest.mark.parametrize("value", ["abc", "-1", "1.5"])
-def test_stub_spin_setting_is_checked(value: str) -> None:
-    with pytest.raises(ModelConfigError, match=f"'stub-spin-microseconds' .*'{value}'"):
-        Settings({"stub-spin-microseconds": value})
-    assert Settings({"stub-spin-microseconds": "0"}).stub_spin_us == 0
-    assert Settings({}).stub_spin_us > 0
+def test_stub_wait_settings_are_checked(key: str, attribute: str, value: str) -> None:
+    with pytest.raises(ModelConfigError, match=f"'{key}' .*'{value}'"):
+        Settings({key: value})
+    assert getattr(Settings({key: "0"}), attribute) == 0
+    assert getattr(Settings({}), attribute) > 0
 
 
 def test_stub_polls_only_while_executes_come_crowded() -> None:
