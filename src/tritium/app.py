@@ -17,6 +17,7 @@ from typing import Protocol
 
 from tritium.api import InferenceAPI
 from tritium.core.errors import TritiumError
+from tritium.frontends.busy_poll import BUSY_POLL
 from tritium.frontends.limits import raise_descriptor_limit
 from tritium.logsettings import LogManager
 from tritium.options import ServerOptions
@@ -58,11 +59,13 @@ def make_frontends(api: InferenceAPI, options: ServerOptions) -> list[Frontend]:
 def tune_process(options: ServerOptions) -> None:
     """What start-up made (modules, configs, sessions) lives as long as the server: keep it out of the
     collector's scans and collect young objects less often, so pauses stay off request latency; and let
-    a waiting thread (an instance worker) take the GIL from the event loop sooner than CPython's 5 ms."""
+    a waiting thread (an instance worker) take the GIL from the event loop sooner than CPython's 5 ms; and
+    let the loop poll a while after each answer (``frontends/busy_poll.py``)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
     sys.setswitchinterval(options.switch_interval_us / 1e6)
+    BUSY_POLL.configure(options.busy_poll_us)
 
 
 class App:

@@ -183,6 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     # Process tuning for experts (hidden): the defaults are measured (ARCHITECTURE.md, decisions).
     p.add_argument("--inline-execute-us", type=_non_negative, default=150.0, help=argparse.SUPPRESS)
     p.add_argument("--switch-interval-us", type=_positive, default=100.0, help=argparse.SUPPRESS)
+    p.add_argument("--busy-poll-us", type=_non_negative, default=200.0, help=argparse.SUPPRESS)
     p.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto", help=argparse.SUPPRESS)
     return p
 
@@ -391,6 +392,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         trace_config=trace_config,
         inline_execute_us=args.inline_execute_us,
         switch_interval_us=args.switch_interval_us,
+        busy_poll_us=args.busy_poll_us,
         event_loop=args.event_loop,
         **_connection_options(parser, args),
     )

@@ -136,5 +136,8 @@ class ServerOptions:
     #: ``--switch-interval-us``: ``sys.setswitchinterval``, how long the event loop may keep the GIL from a
     #: waiting instance thread (CPython's default is 5000).
     switch_interval_us: float = 100.0
+    #: ``--busy-poll-us``: after writing an answer the event loop polls its sockets this long before it sleeps,
+    #: while requests lately followed answers that soon (``frontends/busy_poll.py``); 0: never.
+    busy_poll_us: float = 200.0
     #: ``--event-loop``: ``auto`` (uvloop when installed), ``uvloop`` or ``asyncio``.
     event_loop: str = "auto"

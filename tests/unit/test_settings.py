@@ -13,6 +13,7 @@ import pytest
 
 from tritium import app
 from tritium.cli import _parser, parse_args
+from tritium.frontends.busy_poll import BUSY_POLL
 from tritium.options import ServerOptions
 from tritium.scheduler import workers
 
@@ -23,17 +24,21 @@ REPO = ["--model-repository=/models"]
 
 
 def test_expert_flags_set_the_options_and_stay_out_of_help():
-    options = parse_args([*REPO, "--inline-execute-us=0", "--switch-interval-us=250", "--event-loop=asyncio"])
-    assert (options.inline_execute_us, options.switch_interval_us, options.event_loop) == (0, 250, "asyncio")
+    options = parse_args([*REPO, "--inline-execute-us=0", "--switch-interval-us=250", "--event-loop=asyncio",
+                          "--busy-poll-us=0"])
+    assert (options.inline_execute_us, options.switch_interval_us, options.event_loop, options.busy_poll_us) == \
+        (0, 250, "asyncio", 0)
     defaults = parse_args(REPO)
-    assert (defaults.inline_execute_us, defaults.switch_interval_us, defaults.event_loop) == (150, 100, "auto")
+    assert (defaults.inline_execute_us, defaults.switch_interval_us, defaults.event_loop, defaults.busy_poll_us) == \
+        (150, 100, "auto", 200)
     assert defaults.inline_execute_us / 1e6 == workers.INLINE_EXECUTE_S
     text = _parser().format_help()
-    assert "--inline-execute-us" not in text and "--switch-interval-us" not in text and "--event-loop" not in text
+    assert not any(flag in text for flag in ("--inline-execute-us", "--switch-interval-us", "--event-loop",
+                                             "--busy-poll-us"))
 
 
 @pytest.mark.parametrize("flag", ["--inline-execute-us=-1", "--inline-execute-us=fast", "--switch-interval-us=0",
-                                  "--event-loop=trio"])
+                                  "--event-loop=trio", "--busy-poll-us=-5"])
 def test_bad_expert_flag_values_are_refused(flag, capsys):
     with pytest.raises(SystemExit):
         parse_args([*REPO, flag])
@@ -53,10 +58,11 @@ def test_event_loop_choice():
 
 @pytest.fixture
 def restore_process_tuning():
-    interval, threshold = sys.getswitchinterval(), gc.get_threshold()
+    interval, threshold, budget = sys.getswitchinterval(), gc.get_threshold(), BUSY_POLL.budget_s
     yield
     sys.setswitchinterval(interval)
     gc.set_threshold(*threshold)
+    BUSY_POLL.configure(budget * 1e6)
     gc.unfreeze()
 
 
@@ -69,7 +75,8 @@ def test_an_embedded_app_serves_and_tunes_the_process_like_the_cli(tmp_path, res
     """)
     port = free_port()
     options = ServerOptions(model_repositories=[str(tmp_path)], http_address="127.0.0.1", http_port=port,
-                            allow_grpc=False, allow_metrics=False, switch_interval_us=300, inline_execute_us=0)
+                            allow_grpc=False, allow_metrics=False, switch_interval_us=300, inline_execute_us=0,
+                            busy_poll_us=150)
 
     def get(path: str) -> tuple[int, bytes]:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
@@ -80,6 +87,7 @@ def test_an_embedded_app_serves_and_tunes_the_process_like_the_cli(tmp_path, res
         await embedded.start()
         try:
             assert sys.getswitchinterval() == pytest.approx(300e-6)
+            assert BUSY_POLL.budget_s == pytest.approx(150e-6)
             assert gc.get_threshold()[0] == app.GC_THRESHOLD
             assert gc.get_freeze_count() > 0
             status, _ = await asyncio.to_thread(get, "/v2/health/ready")

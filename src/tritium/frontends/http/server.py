@@ -30,6 +30,7 @@ import httptools
 import numpy as np
 
 from tritium.core import shared_memory
+from tritium.frontends.busy_poll import BUSY_POLL
 from tritium.options import ServerOptions
 
 from .routes import HttpApi, HttpRequest, HttpResponse, compress_body, error_response
@@ -182,6 +183,7 @@ class HttpProtocol(asyncio.Protocol):
         self.listener.admit(self)
 
     def data_received(self, data: bytes) -> None:
+        BUSY_POLL.arrived()
         if self.closing:
             return
         try:
@@ -413,6 +415,7 @@ class HttpProtocol(asyncio.Protocol):
         trace = response.trace
         if trace is None:
             transport.writelines([_head(response, length, keep_alive), *pieces])
+            BUSY_POLL.answered(self.loop)
         else:
             trace.stamp("HTTP_SEND_START")
             transport.writelines([_head(response, length, keep_alive), *pieces])

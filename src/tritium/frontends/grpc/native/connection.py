@@ -36,6 +36,8 @@ from hpack import Decoder
 from hpack.exceptions import HPACKError
 from hpack.hpack import encode_integer
 
+from tritium.frontends.busy_poll import BUSY_POLL
+
 from . import frames as F
 from .config import NativeConfig
 from .context import Metadata, NativeContext
@@ -351,6 +353,7 @@ class GrpcConnection(asyncio.Protocol):
                 waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        BUSY_POLL.arrived()
         if self.dead:
             return
         self._receiving = True
@@ -922,6 +925,7 @@ class GrpcConnection(asyncio.Protocol):
             else:
                 self._write(data)  # answers finishing together on one connection go out in one write
             self._end(stream)
+            BUSY_POLL.answered(self.loop)
             return
         self._write(F.frame_header(F.HEADERS, F.END_HEADERS, sid, len(head)) + head)
         self._queue_message(stream, flag, body)
