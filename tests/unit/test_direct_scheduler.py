@@ -237,11 +237,15 @@ class LoopRecorder(Recorder):
                       done: Callable[[list[InferenceResponse] | None, TritiumError | None], None]) -> bool:
         if self.decline:
             return False
+        if any(r.id.startswith("bug") for r in requests):
+            raise KeyError("a bug in the backend")
         self.async_batches.append([r.id for r in requests])
         responses = [InferenceResponse("m", 1, r.id) for r in requests]
         if any(r.id.startswith("short") for r in requests):
             responses.pop()
         loop.call_later(0.01, done, responses, None)
+        if any(r.id.startswith("twice") for r in requests):
+            loop.call_later(0.02, done, None, InternalError("a second answer"))
         return True
 
 
@@ -253,6 +257,11 @@ async def test_an_instance_completing_on_the_loop_needs_no_thread() -> None:
         assert instance.async_batches == [["async"]] and instance.batches == []
         with pytest.raises(InternalError, match="returned 0 responses for 1 requests"):
             await scheduler.infer(req("short"))
+        with pytest.raises(InternalError, match="KeyError: 'a bug in the backend'"):  # not a client left waiting
+            await asyncio.wait_for(scheduler.infer(req("bug")), 5)
+        assert (await scheduler.infer(req("twice"))).id == "twice"  # a second answer is dropped
+        await asyncio.sleep(0.05)
+        assert (await scheduler.infer(req("after"))).id == "after"
         instance.decline = True
         assert (await scheduler.infer(req("threaded"))).id == "threaded"
         assert instance.batches == [["threaded"]] and instance.threads[0] != threading.get_ident()

@@ -133,14 +133,26 @@ class InstanceWorker:
         if self._execute_async is not None:
             start = time.monotonic_ns()
 
+            answered = False
+
             def finished(responses: Responses | None, error: TritiumError | None) -> None:
+                nonlocal answered
+                if answered:
+                    return
+                answered = True
                 if responses is not None and len(responses) != len(batch):
                     error = InternalError(f"instance {self.name} returned {len(responses)} "
                                           f"responses for {len(batch)} requests")
                     responses = None
                 done(batch, responses, error, ExecutionTiming(start, 0, 0, time.monotonic_ns()))
 
-            if self._execute_async(batch, self._loop, finished):
+            try:
+                handed = self._execute_async(batch, self._loop, finished)
+            except Exception as e:  # a bug in a backend must fail its batch, not leave its clients waiting
+                log.exception("instance %s: execute_async raised", self.name)
+                finished(None, InternalError(f"{type(e).__name__}: {e}"))
+                return
+            if handed:
                 return
         if self._average_s < self._inline_s:
             responses, error, timing = self._execute(batch)
