@@ -108,26 +108,26 @@ def start_server(repo: str, workdir: str, http_port: int, grpc_port: int, transp
 
 
 def print_ratios(results: dict[tuple[str, str, int], list[dict[str, float]]], rounds: int) -> None:
-    """req/s, CPU per request and p99 of each gRPC row over the others of its model and streams, paired round by
-    round (median, range)."""
+    """req/s, CPU per request and p99 of each gRPC row over the others of its model and streams, and of each HTTP
+    row over the other HTTP rows, paired round by round (median, range)."""
     keys = sorted({(key, n) for _, key, n in results})
     labels = sorted({label for label, _, _ in results})
-    grpc_rows = [label for label in labels if label.endswith("/grpc")]
+    pairs = [(a, b) for a in labels for b in labels if a != b and (a.endswith("/grpc") or b.endswith("/http"))
+             and not (a.endswith("/http") and b.endswith("/grpc"))]
     print(f"\npaired ratios (per round; median and range of {rounds} rounds)")
     for key, n in keys:
-        for a in grpc_rows:
-            for b in labels:
-                if a == b or (a, key, n) not in results or (b, key, n) not in results:
-                    continue
-                ours, theirs = results[(a, key, n)], results[(b, key, n)]
-                if len(ours) != len(theirs) or not all(y["rps"] > 0 for y in theirs):
-                    continue
-                line = f"  {key:<9} {n:>3} streams  {a} / {b}: req/s {http_infer.paired_ratio(ours, theirs)}"
-                if all(y.get("cpu_us") for y in theirs) and all("cpu_us" in x for x in ours):
-                    line += f", CPU per request {http_infer.paired_ratio(ours, theirs, 'cpu_us')}"
-                if all(y["p99"] > 0 for y in theirs):
-                    line += f", p99 {http_infer.paired_ratio(ours, theirs, 'p99')}"
-                print(line)
+        for a, b in pairs:
+            if (a, key, n) not in results or (b, key, n) not in results:
+                continue
+            ours, theirs = results[(a, key, n)], results[(b, key, n)]
+            if len(ours) != len(theirs) or not all(y["rps"] > 0 for y in theirs):
+                continue
+            line = f"  {key:<9} {n:>3} streams  {a} / {b}: req/s {http_infer.paired_ratio(ours, theirs)}"
+            if all(y.get("cpu_us") for y in theirs) and all("cpu_us" in x for x in ours):
+                line += f", CPU per request {http_infer.paired_ratio(ours, theirs, 'cpu_us')}"
+            if all(y["p99"] > 0 for y in theirs):
+                line += f", p99 {http_infer.paired_ratio(ours, theirs, 'p99')}"
+            print(line)
 
 
 def main() -> int:
@@ -135,7 +135,7 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--streams", default="1,8,32")
     ap.add_argument("--models", default="identity,mlp")
-    ap.add_argument("--grpc-transport", default="grpcio",
+    ap.add_argument("--grpc-transport", default="native",
                     help="comma-separated: grpcio, native; each round serves each in turn (alternating)")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--client-threads", type=int, default=1,
