@@ -543,6 +543,24 @@ async def test_a_request_whose_client_went_away_is_skipped_and_counts_return_to_
 
 
 @on_loop
+async def test_a_lone_queued_request_without_queue_delay_runs_alone_or_is_dropped_if_its_client_left() -> None:
+    """The batcher's shortcut for one queued request and no queue delay takes what _decide would take."""
+    instance = Recorder()
+    # Priority levels keep requests in the queue while the instance is busy (no batch is formed early).
+    async with dynamic(instance, max_batch_size=4, config="priority_levels: 2 default_priority_level: 1") as batcher:
+        busy = await occupy(batcher, instance)
+        (gone,) = submit(batcher, req("gone"))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        instance.gate.set()
+        await busy
+        assert batcher.stats.failures == {"CANCELED": 1}
+        assert (await batcher.infer(req("alone"))).id == "alone"
+        assert instance.batches == [["busy"], ["alone"]]
+        await settled(batcher)
+
+
+@on_loop
 async def test_a_client_that_goes_away_while_its_batch_executes_leaves_no_count_behind() -> None:
     instance = Recorder()
     async with dynamic(instance, max_batch_size=4) as batcher:
