@@ -415,7 +415,6 @@ class HttpProtocol(asyncio.Protocol):
         trace = response.trace
         if trace is None:
             transport.writelines([_head(response, length, keep_alive), *pieces])
-            BUSY_POLL.answered(self.loop)
         else:
             trace.stamp("HTTP_SEND_START")
             transport.writelines([_head(response, length, keep_alive), *pieces])
@@ -426,6 +425,7 @@ class HttpProtocol(asyncio.Protocol):
     def _answered(self, transport: asyncio.Transport, keep_alive: bool) -> None:
         """A response is out: close, or answer the next request that waited on this connection."""
         self.busy = False
+        BUSY_POLL.answered(self.loop)
         if not keep_alive:
             self.closing = True
             transport.close()

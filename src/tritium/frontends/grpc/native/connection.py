@@ -925,7 +925,6 @@ class GrpcConnection(asyncio.Protocol):
             else:
                 self._write(data)  # answers finishing together on one connection go out in one write
             self._end(stream)
-            BUSY_POLL.answered(self.loop)
             return
         self._write(F.frame_header(F.HEADERS, F.END_HEADERS, sid, len(head)) + head)
         self._queue_message(stream, flag, body)
@@ -1008,6 +1007,7 @@ class GrpcConnection(asyncio.Protocol):
         if not stream.remote_closed:  # the client may stop sending (gRPC over HTTP/2: RST_STREAM NO_ERROR)
             self._write(F.rst_stream(stream.id, F.NO_ERROR))
         self._release(stream)
+        BUSY_POLL.answered(self.loop)
 
     def _release(self, stream: Stream) -> None:
         stream.finished = True
